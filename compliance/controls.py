@@ -1,0 +1,193 @@
+"""States -> ISO/IEC 27001 controls and remediation, kept as data an auditor can read.
+
+Each container state (see DESIGN.md's vocabulary) maps to the 2013 Annex A controls it
+touches, shown with the 2022 number, and a one-line rationale per (state, control) pair.
+Remediation text is built from the verdict's own facts (which user, which level set what)
+so that a team lead can paste it. Standard library only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Control:
+    """One ISO/IEC 27001 Annex A control, by its 2013 and 2022 numbers."""
+
+    id: str  # 2013 number, the one used in data and exports
+    id_2022: str
+    title: str
+    title_2022: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.id} (2022: {self.id_2022})"
+
+
+CONTROLS: dict[str, Control] = {
+    "A.9.4.4": Control("A.9.4.4", "8.18", "Use of privileged utility programs",
+                       "Use of privileged utility programs"),
+    "A.12.6.1": Control("A.12.6.1", "8.8", "Management of technical vulnerabilities",
+                        "Management of technical vulnerabilities"),
+    "A.14.2.5": Control("A.14.2.5", "8.27", "Secure system engineering principles",
+                        "Secure system architecture and engineering principles"),
+}
+
+STATE_LABELS = {
+    "compliant": "Compliant",
+    "unenforced": "Not enforced",
+    "root": "Runs as root",
+    "blocked": "Blocked by kubelet",
+    "unverified": "Unverified",
+}
+
+STATE_DESCRIPTIONS = {
+    "compliant": "runAsNonRoot is in force and the container's uid is known to be non-zero.",
+    "unenforced": "Runs as a known non-zero uid, but runAsNonRoot is not set: the guardrail "
+                  "is missing and a future image could run as root unnoticed.",
+    "root": "Runs (or would run) as uid 0 and nothing refuses it.",
+    "blocked": "The kubelet refuses to start it (CreateContainerConfigError), because "
+               "runAsNonRoot is set and the user is root or cannot be verified.",
+    "unverified": "The identity cannot be determined: the image's USER is unknown or is a "
+                  "user name that only the image's /etc/passwd can map to a uid.",
+}
+
+# (state, control) -> why the state is evidence against the control.
+MAPPING: dict[str, dict[str, str]] = {
+    "compliant": {},
+    "unenforced": {
+        "A.14.2.5": "Least privilege is not enforced by the platform; it holds only by "
+                    "the image's current USER.",
+    },
+    "root": {
+        "A.9.4.4": "A process running as uid 0 holds privileged rights that can override "
+                   "system and application controls.",
+        "A.12.6.1": "Any vulnerability exploited in a root container gains root in the "
+                    "container and a shorter path to the node.",
+        "A.14.2.5": "The workload is not engineered for least privilege.",
+    },
+    "blocked": {
+        "A.14.2.5": "The image or manifest was built without a verifiable non-root user, so "
+                    "the guardrail stops the workload from starting.",
+    },
+    "unverified": {
+        "A.12.6.1": "The exposure of the workload cannot be assessed while its identity is "
+                    "unknown.",
+        "A.14.2.5": "The workload does not declare a verifiable numeric user.",
+    },
+}
+
+# Users of well-known official images, so a blocked `USER <name>` gets its numeric form.
+WELL_KNOWN_UIDS = {
+    "node": 1000,  # node images
+    "nobody": 65534,
+    "nginx": 101,  # nginx images
+    "www-data": 33,
+    "postgres": 999,  # postgres images
+    "redis": 999,  # redis images
+    "mysql": 999,
+    "elasticsearch": 1000,
+    "grafana": 472,
+    "nonroot": 65532,  # distroless
+    "app": 1000,
+}
+
+DEFAULT_UID = 1000
+
+
+def controls_for(state: str) -> tuple[str, ...]:
+    """The 2013 control ids a state is evidence against, in a stable order."""
+    return tuple(MAPPING[state])
+
+
+def rationale(state: str, control_id: str) -> str:
+    return MAPPING[state][control_id]
+
+
+def numeric_user(name: str | None) -> int:
+    """A numeric uid to suggest for a user name (its usual uid in official images)."""
+    return WELL_KNOWN_UIDS.get(name or "", DEFAULT_UID)
+
+
+def remediation(v: Any) -> dict[str, Any]:
+    """Steps that fix one container verdict (a runas.ContainerVerdict).
+
+    Returns {"summary", "dockerfile", "security_context": {"level", "fields"}, "steps"}.
+    The securityContext goes where the offending value was set: a container-level value
+    can only be overridden at container level; an unset one is set on the container so
+    the change touches only this container.
+    """
+    state = v.state
+    if state == "compliant":
+        return {"summary": "Nothing to do.", "dockerfile": None, "security_context": None,
+                "steps": []}
+
+    if v.windows:
+        fields = {"runAsNonRoot": True, "windowsOptions": {"runAsUserName": "ContainerUser"}}
+        level = v.run_as_non_root_from or "container"
+        return _result(
+            "Run the container as ContainerUser, not ContainerAdministrator.",
+            'USER ContainerUser', level, fields,
+            ["Set windowsOptions.runAsUserName to ContainerUser (or another non-admin "
+             "user) and keep runAsNonRoot: true."])
+
+    uid = DEFAULT_UID
+    image_name = None
+    if v.image_user is not None:
+        image_name = v.image_user.split(":", 1)[0]
+        if image_name and not image_name.lstrip("+-").isdigit():
+            uid = numeric_user(image_name)
+        else:
+            image_name = None
+
+    if state == "unenforced":
+        level = v.run_as_non_root_from or "container"
+        return _result(
+            "Enforce the guardrail: add runAsNonRoot: true.",
+            None, level, {"runAsNonRoot": True},
+            [f"Add runAsNonRoot: true to the {level} securityContext; the container already "
+             f"runs as uid {v.uid}, so it keeps starting."])
+
+    # Pick the level: wherever runAsUser (or runAsNonRoot) was set, else the container.
+    level = v.run_as_user_from or v.run_as_non_root_from or "container"
+    if v.run_as_non_root_from == "container" or v.run_as_user_from == "container":
+        level = "container"
+    fields = {"runAsNonRoot": True, "runAsUser": uid}
+    dockerfile = f"USER {uid}"
+    steps: list[str] = []
+    if v.run_as_user == 0:
+        summary = f"runAsUser is 0 at {v.run_as_user_from} level: set it to {uid}."
+        steps.append(f"Change runAsUser: 0 to runAsUser: {uid} in the "
+                     f"{v.run_as_user_from} securityContext.")
+    elif image_name is not None:
+        summary = (f"The image's USER is the name {image_name!r}, which the kubelet cannot "
+                   f"verify: use its numeric uid {uid}.")
+        steps.append(f"In the Dockerfile replace `USER {image_name}` with `USER {uid}` "
+                     f"(check with `id -u {image_name}` inside the image).")
+        steps.append(f"Or set runAsUser: {uid} in the {level} securityContext.")
+    elif v.uid is not None and not 0 <= v.uid <= 2147483647:
+        summary = f"The image's uid {v.uid} is out of range: use a uid from 1 to 2147483647."
+        steps.append(f"In the Dockerfile set `USER {uid}`, or set runAsUser: {uid}.")
+    elif state == "unverified":
+        summary = ("The image's USER is unknown: declare the user explicitly so it can be "
+                   "verified.")
+        steps.append(f"Set runAsUser: {uid} and runAsNonRoot: true in the {level} "
+                     "securityContext, or put a numeric `USER` in the Dockerfile.")
+    else:
+        summary = ("The image has no USER (or USER 0) and runs as root: give it a numeric "
+                   "non-root user.")
+        steps.append(f"Add `USER {uid}` as the last USER line of the Dockerfile (create the "
+                     "user if the image needs a home directory).")
+        steps.append(f"Or set runAsUser: {uid} in the {level} securityContext.")
+    if v.run_as_non_root is not True:
+        steps.append(f"Add runAsNonRoot: true to the {level} securityContext so the kubelet "
+                     "refuses any root image in the future.")
+    return _result(summary, dockerfile, level, fields, steps)
+
+
+def _result(summary: str, dockerfile: str | None, level: str, fields: dict,
+            steps: list[str]) -> dict[str, Any]:
+    return {"summary": summary, "dockerfile": dockerfile,
+            "security_context": {"level": level, "fields": fields}, "steps": steps}

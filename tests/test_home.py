@@ -1,0 +1,32 @@
+"""The landing page, served from PostgreSQL-backed Django."""
+
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+from compliance import runas
+
+
+@pytest.mark.django_db
+def test_it_runs_on_postgresql():
+    assert connection.vendor == "postgresql"
+
+
+@pytest.mark.django_db
+def test_it_serves_the_landing_page(client):
+    r = client.get("/")
+    assert r.status_code == 200
+    assert b"Preventing forgotten roots" in r.content
+    assert b"A.9.4.4" in r.content and b"8.18" in r.content
+
+
+def test_it_builds_an_image_that_passes_its_own_check():
+    """The Dockerfile's last USER, under runAsNonRoot, is compliant by our evaluator."""
+    users = [line.split(None, 1)[1].strip() for line in
+             (Path(__file__).parent.parent / "Dockerfile").read_text().splitlines()
+             if line.startswith("USER ")]
+    pod = {"metadata": {"name": "web"}, "spec": {"securityContext": {"runAsNonRoot": True},
+                                                 "containers": [{"name": "web", "image": "w"}]}}
+    verdict = runas.evaluate_pod(pod, {"w": users[-1]}).containers[0]
+    assert verdict.state == "compliant"

@@ -1,0 +1,50 @@
+"""Settings read from the environment fail loudly on bad values."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from welkin_dash.settings import database_from_url
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_settings(**env):
+    full = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DEBUG")}
+    full.update(env)
+    return subprocess.run([sys.executable, "-c", "import welkin_dash.settings"], cwd=ROOT,
+                          env=full, capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"DEBUG": "maybe"}, "DEBUG='maybe': expected true or false"),
+    ({"DEBUG": "0"}, "SECRET_KEY is required when DEBUG is off"),
+    ({"DEBUG": "1", "DATABASE_URL": "mysql://x/y"}, "DATABASE_URL: unsupported scheme 'mysql'"),
+    ({"DEBUG": "1", "DATABASE_URL": "postgres://h:5432/"}, "DATABASE_URL: no database name"),
+    ({"DEBUG": "1", "TIME_ZONE": "Mars/Base"}, "TIME_ZONE='Mars/Base': not a known time zone"),
+    ({"DEBUG": "1", "CELERY_BROKER_URL": "http://x"}, "CELERY_BROKER_URL='http://x'"),
+    ({"DEBUG": "1", "DATABASE_CONN_MAX_AGE": "soon",
+      "DATABASE_URL": "postgres://h/db"}, "DATABASE_CONN_MAX_AGE='soon': expected a whole"),
+])
+def test_it_names_the_bad_variable(env, message):
+    p = load_settings(**env)
+    assert p.returncode != 0
+    assert "ImproperlyConfigured" in p.stderr
+    assert message in p.stderr
+
+
+def test_it_loads_with_good_values():
+    p = load_settings(DEBUG="0", SECRET_KEY="s" * 50, DATABASE_URL="postgres://u:p@h:1/db",
+                      ALLOWED_HOSTS="a.example,b.example", TIME_ZONE="Europe/Stockholm")
+    assert p.returncode == 0, p.stderr
+
+
+def test_it_parses_database_urls():
+    db = database_from_url("postgresql://us%40er:p%3Ass@db.local:6543/welkin?sslmode=require")
+    assert (db["USER"], db["PASSWORD"], db["HOST"], db["PORT"], db["NAME"]) == (
+        "us@er", "p:ss", "db.local", "6543", "welkin")
+    assert db["OPTIONS"] == {"sslmode": "require"}
+    assert database_from_url("postgres:///welkin")["HOST"] == ""

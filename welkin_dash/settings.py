@@ -175,6 +175,36 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
+# Scanning.
+# Fernet keys for credentials at rest, comma separated: the first encrypts, all decrypt.
+WELKIN_FERNET_KEYS = env_list("WELKIN_FERNET_KEYS", [])
+if not WELKIN_FERNET_KEYS:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "WELKIN_FERNET_KEYS is required when DEBUG is off (generate a key with `python -c "
+            "'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`)")
+    # A first look (DEBUG): a key derived from SECRET_KEY, so nothing needs setting up.
+    import base64
+    import hashlib
+
+    WELKIN_FERNET_KEYS = [base64.urlsafe_b64encode(hashlib.sha256(
+        b"welkin-dash credentials:" + SECRET_KEY.encode()).digest()).decode()]
+WELKIN_PAGE_LIMIT = env_int("WELKIN_PAGE_LIMIT", 500, minimum=1)
+WELKIN_KUBE_TIMEOUT = env_int("WELKIN_KUBE_TIMEOUT", 60, minimum=1)
+WELKIN_SCAN_TIME_LIMIT = env_int("WELKIN_SCAN_TIME_LIMIT", 1800, minimum=10)
+# A running scan whose progress is older than this is taken as abandoned (SQLite only;
+# on PostgreSQL the advisory lock tells at once).
+WELKIN_SCAN_STALE_SECONDS = env_int("WELKIN_SCAN_STALE_SECONDS", 2100, minimum=10)
+WELKIN_FANOUT_SECONDS = env_int("WELKIN_FANOUT_SECONDS", 60, minimum=5)
+CELERY_BEAT_SCHEDULE = {
+    "enqueue-due-scans": {
+        "task": "compliance.tasks.enqueue_due_scans",
+        "schedule": float(WELKIN_FANOUT_SECONDS),
+        # A fan-out nobody picked up in time is replaced by the next one.
+        "options": {"expires": WELKIN_FANOUT_SECONDS * 0.9},
+    },
+}
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

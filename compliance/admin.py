@@ -1,0 +1,78 @@
+"""Admin: clusters are added from a kubeconfig through the same checks as add_cluster."""
+
+from django import forms
+from django.contrib import admin
+
+from compliance import clusters
+from compliance.models import Cluster, Finding, ScanRun
+
+
+class ClusterForm(forms.ModelForm):
+    kubeconfig = forms.FileField(required=False, help_text=(
+        "Inline credentials only: exec plugins, auth-providers and file paths are refused. "
+        "Leave empty to keep the stored credentials."))
+    kubeconfig_context = forms.CharField(required=False, help_text="Default: current-context")
+
+    class Meta:
+        model = Cluster
+        fields = ["name", "source", "schedule_minutes", "enabled"]
+
+    def clean(self):
+        data = super().clean()
+        upload = data.get("kubeconfig")
+        self._kubeconfig = upload.read() if upload else None
+        if self._kubeconfig is not None:
+            try:
+                from compliance import kube
+
+                self._context, self._creds = kube.parse_kubeconfig(
+                    self._kubeconfig, data.get("kubeconfig_context") or None)
+            except kube.KubeconfigError as e:
+                raise forms.ValidationError(f"kubeconfig refused: {e}") from None
+        elif data.get("source") == "kubeconfig" and not (
+                self.instance.pk and self.instance.credentials_encrypted):
+            raise forms.ValidationError("a kubeconfig is required for this source")
+        try:
+            clusters.check_name(data.get("name", ""))
+        except clusters.ClusterError as e:
+            raise forms.ValidationError(str(e)) from None
+        return data
+
+    def save(self, commit=True):
+        cluster = super().save(commit=False)
+        if self._kubeconfig is not None:
+            cluster.context = self._context
+            cluster.set_credentials(self._creds)
+        if commit:
+            cluster.save()
+        return cluster
+
+
+@admin.register(Cluster)
+class ClusterAdmin(admin.ModelAdmin):
+    form = ClusterForm
+    list_display = ["name", "source", "server", "schedule_minutes", "enabled", "next_scan_at"]
+    readonly_fields = ["server", "context", "next_scan_at", "last_scan", "last_complete_scan"]
+
+
+@admin.register(ScanRun)
+class ScanRunAdmin(admin.ModelAdmin):
+    list_display = ["cluster", "status", "trigger", "started_at", "finished_at", "pods",
+                    "findings_opened", "findings_changed", "findings_resolved"]
+    list_filter = ["status", "cluster"]
+    raw_id_fields = ["cluster"]
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(Finding)
+class FindingAdmin(admin.ModelAdmin):
+    list_display = ["cluster", "namespace", "workload_kind", "workload_name", "container",
+                    "state", "pods", "resolved_at"]
+    list_filter = ["state", "cluster"]
+    search_fields = ["namespace", "workload_name", "image"]
+    show_full_result_count = False
+
+    def has_add_permission(self, request):
+        return False

@@ -1,0 +1,58 @@
+"""Encryption at rest for cluster (and registry) credentials.
+
+WELKIN_FERNET_KEYS is a comma-separated list of Fernet keys: the first encrypts, all
+decrypt, so a key is rotated by putting the new one first and running
+`manage.py rotate_credentials`. With DEBUG on and no keys set, a key is derived from
+SECRET_KEY so a first look needs no set-up; without DEBUG the variable is required
+(settings.py decides, at start-up).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+
+class DecryptionError(Exception):
+    """Stored credentials cannot be decrypted with any configured key."""
+
+
+@lru_cache(maxsize=4)
+def _fernet(keys: tuple[str, ...]) -> MultiFernet:
+    fernets = []
+    for i, key in enumerate(keys):
+        try:
+            fernets.append(Fernet(key))
+        except (ValueError, TypeError):
+            raise ImproperlyConfigured(
+                f"WELKIN_FERNET_KEYS: key {i + 1} is not a valid Fernet key "
+                "(32 url-safe base64-encoded bytes)") from None
+    return MultiFernet(fernets)
+
+
+def fernet() -> MultiFernet:
+    return _fernet(tuple(settings.WELKIN_FERNET_KEYS))
+
+
+def encrypt(data: bytes) -> bytes:
+    return fernet().encrypt(data)
+
+
+def decrypt(token: bytes) -> bytes:
+    try:
+        return fernet().decrypt(bytes(token))
+    except InvalidToken:
+        raise DecryptionError("stored credentials cannot be decrypted with the configured "
+                              "WELKIN_FERNET_KEYS (was a key removed?)") from None
+
+
+def rotate(token: bytes) -> bytes:
+    """Re-encrypt with the first key."""
+    try:
+        return fernet().rotate(bytes(token))
+    except InvalidToken:
+        raise DecryptionError("stored credentials cannot be decrypted with the configured "
+                              "WELKIN_FERNET_KEYS") from None

@@ -1,0 +1,39 @@
+"""`manage.py add_cluster NAME --kubeconfig FILE [--context CTX]`."""
+
+from django.core.management.base import BaseCommand, CommandError
+
+from compliance import clusters
+
+
+class Command(BaseCommand):
+    help = ("Register a cluster from a kubeconfig context (inline credentials only) or the "
+            "in-cluster service account.")
+
+    def add_arguments(self, parser):
+        parser.add_argument("name")
+        src = parser.add_mutually_exclusive_group(required=True)
+        src.add_argument("--kubeconfig", metavar="FILE")
+        src.add_argument("--in-cluster", action="store_true")
+        parser.add_argument("--context")
+        parser.add_argument("--schedule", type=int, metavar="MINUTES")
+        parser.add_argument("--replace", action="store_true",
+                            help="update an existing cluster")
+
+    def handle(self, *args, **o):
+        text = None
+        if o["kubeconfig"]:
+            try:
+                with open(o["kubeconfig"], "rb") as f:
+                    text = f.read()
+            except OSError as e:
+                raise CommandError(f"{o['kubeconfig']}: {e.strerror}") from None
+        try:
+            cluster = clusters.add_cluster(o["name"], kubeconfig=text, context=o["context"],
+                                           in_cluster=o["in_cluster"],
+                                           schedule_minutes=o["schedule"], replace=o["replace"])
+        except clusters.ClusterError as e:
+            raise CommandError(str(e)) from None
+        self.stdout.write(f"cluster {cluster.name}: {cluster.server} "
+                          f"({cluster.get_source_display()}"
+                          f"{', context ' + cluster.context if cluster.context else ''}), "
+                          f"every {cluster.schedule_minutes} min")

@@ -1,0 +1,210 @@
+"""welkin-dash data: clusters, scans, findings, their events and daily rollups.
+
+Nothing here touches the network; the scan service (scanning.py) fills these tables.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from compliance import crypto
+from compliance.kube import Credentials
+
+
+class State(models.TextChoices):
+    """A container's effective runAs state (DESIGN.md vocabulary)."""
+
+    COMPLIANT = "compliant", "Compliant"
+    UNENFORCED = "unenforced", "Not enforced"
+    ROOT = "root", "Runs as root"
+    BLOCKED = "blocked", "Blocked by kubelet"
+    UNVERIFIED = "unverified", "Unverified"
+
+
+class Source(models.TextChoices):
+    KUBECONFIG = "kubeconfig", "Kubeconfig context"
+    IN_CLUSTER = "in_cluster", "In-cluster service account"
+    SNAPSHOT = "snapshot", "Offline snapshot"
+
+
+class ScanStatus(models.TextChoices):
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    SKIPPED = "skipped", "Skipped"
+
+
+class Cluster(models.Model):
+    """A Kubernetes cluster to scan, with its encrypted credentials and schedule."""
+
+    name = models.SlugField(max_length=63, unique=True)
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.KUBECONFIG)
+    context = models.CharField(max_length=253, blank=True)
+    server = models.CharField(max_length=500, blank=True)
+    credentials_encrypted = models.BinaryField(null=True, blank=True, editable=False)
+    schedule_minutes = models.PositiveIntegerField(default=15)
+    enabled = models.BooleanField(default=True)
+    next_scan_at = models.DateTimeField(default=timezone.now)
+    last_scan = models.ForeignKey("ScanRun", null=True, blank=True, on_delete=models.SET_NULL,
+                                  related_name="+")
+    last_complete_scan = models.ForeignKey("ScanRun", null=True, blank=True,
+                                           on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def credentials(self) -> Credentials | None:
+        if not self.credentials_encrypted:
+            return None
+        return Credentials.from_json(crypto.decrypt(self.credentials_encrypted))
+
+    def set_credentials(self, creds: Credentials) -> None:
+        self.credentials_encrypted = crypto.encrypt(creds.to_json())
+        self.server = creds.server
+
+    @property
+    def schedule(self) -> timedelta:
+        return timedelta(minutes=self.schedule_minutes)
+
+
+class ScanRun(models.Model):
+    """One scan of one cluster (or one imported snapshot): the Job record of a run."""
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="scans")
+    status = models.CharField(max_length=16, choices=ScanStatus.choices,
+                              default=ScanStatus.RUNNING)
+    reason = models.TextField(blank=True)
+    trigger = models.CharField(max_length=16, default="schedule")  # schedule/manual/snapshot
+    task_id = models.CharField(max_length=64, blank=True, db_index=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(default=timezone.now)
+    observed_at = models.DateTimeField(default=timezone.now)  # the time the data describes
+    pages = models.PositiveIntegerField(default=0)
+    pods = models.PositiveIntegerField(default=0)
+    containers = models.PositiveIntegerField(default=0)
+    findings_opened = models.PositiveIntegerField(default=0)
+    findings_changed = models.PositiveIntegerField(default=0)
+    findings_resolved = models.PositiveIntegerField(default=0)
+    timings = models.JSONField(default=dict, blank=True)
+    warnings = models.JSONField(default=list, blank=True)  # e.g. malformed pods skipped
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [models.Index(fields=["cluster", "-started_at"])]
+        constraints = [
+            # At most one running scan per cluster, enforced by the database.
+            models.UniqueConstraint(fields=["cluster"], condition=Q(status="running"),
+                                    name="one_running_scan_per_cluster"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.cluster_id}#{self.pk} {self.status}"
+
+    @property
+    def duration(self) -> timedelta | None:
+        return self.finished_at - self.started_at if self.finished_at else None
+
+
+class Finding(models.Model):
+    """A non-compliant container of one workload, open until fixed or gone.
+
+    One open row per (cluster, namespace, workload kind, workload name, container). The
+    facts come from the worst pod of the workload; `mixed` says its pods disagree.
+    """
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="findings")
+    namespace = models.CharField(max_length=63)
+    workload_kind = models.CharField(max_length=63)
+    workload_name = models.CharField(max_length=253)
+    container = models.CharField(max_length=253)
+    container_type = models.CharField(max_length=9)  # init, app, ephemeral
+    image = models.CharField(max_length=1000)
+    state = models.CharField(max_length=16, choices=State.choices)
+    runs_as_root = models.BooleanField(null=True)
+    kubelet_error = models.TextField(blank=True)
+    evidence = models.CharField(max_length=9)  # predicted, observed
+    # None: unknown; "": the image has no USER (which the kubelet treats as root).
+    image_user = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
+    image_user_source = models.CharField(max_length=16, default="unknown")
+    uid = models.BigIntegerField(null=True)
+    run_as_user = models.BigIntegerField(null=True)
+    run_as_non_root = models.BooleanField(null=True)
+    pods = models.PositiveIntegerField(default=0)
+    mixed = models.BooleanField(default=False)
+    detail = models.JSONField(default=dict)  # the sample pod's verdict, PSA, level origins
+    first_seen = models.DateTimeField()
+    last_changed = models.DateTimeField()
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["cluster", "namespace", "workload_kind", "workload_name", "container"],
+                condition=Q(resolved_at__isnull=True), name="one_open_finding_per_container"),
+        ]
+        indexes = [
+            models.Index(fields=["cluster", "namespace", "state"],
+                         condition=Q(resolved_at__isnull=True), name="open_findings_by_ns"),
+        ]
+
+    def __str__(self) -> str:
+        return (f"{self.namespace}/{self.workload_kind}/{self.workload_name}:{self.container} "
+                f"{self.state}")
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.namespace, self.workload_kind, self.workload_name, self.container)
+
+
+class FindingEvent(models.Model):
+    """Append-only history of a finding: opened, state changed, resolved."""
+
+    class Kind(models.TextChoices):
+        OPENED = "opened"
+        CHANGED = "changed"
+        RESOLVED = "resolved"
+
+    finding = models.ForeignKey(Finding, on_delete=models.CASCADE, related_name="events")
+    scan = models.ForeignKey(ScanRun, on_delete=models.PROTECT, related_name="events")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    from_state = models.CharField(max_length=16, blank=True)
+    to_state = models.CharField(max_length=16, blank=True)
+    at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["finding", "at"]), models.Index(fields=["at"])]
+
+    def __str__(self) -> str:
+        return f"{self.finding_id} {self.kind} {self.from_state}->{self.to_state} {self.at}"
+
+
+class DailyRollup(models.Model):
+    """Per day, cluster, namespace and state: containers (workload x container) and pods.
+
+    Written when a scan completes; trend charts read these rows only.
+    """
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="rollups")
+    day = models.DateField()
+    namespace = models.CharField(max_length=63)
+    state = models.CharField(max_length=16, choices=State.choices)
+    containers = models.PositiveIntegerField(default=0)
+    pods = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["cluster", "namespace", "state", "day"],
+                                               name="one_rollup_per_day")]
+        indexes = [models.Index(fields=["day", "cluster"])]
+
+    def __str__(self) -> str:
+        return f"{self.cluster_id} {self.day} {self.namespace} {self.state}={self.containers}"

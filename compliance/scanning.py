@@ -1,0 +1,519 @@
+"""The scan service: collect -> evaluate -> group -> reconcile -> rollup.
+
+`scan_cluster` serves the Celery task and `manage.py scan`; `import_snapshot` serves
+`manage.py import_snapshot`. Invariants (DESIGN.md):
+- at most one scan per cluster at a time: a PostgreSQL advisory lock held for the scan
+  (released by the server if the worker dies) and a partial unique index on running scans;
+- findings change only after a complete scan, in the transaction that marks it succeeded;
+  a failed or partial scan resolves nothing;
+- a rescan that finds nothing new writes O(1) rows: unchanged findings are not touched and
+  rollup rows are only written when their counts differ.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from compliance import kube, runas
+from compliance.manifests import ManifestError, parse_documents
+from compliance.models import (
+    Cluster,
+    DailyRollup,
+    Finding,
+    FindingEvent,
+    ScanRun,
+    ScanStatus,
+    Source,
+    State,
+)
+from compliance.workloads import OwnerIndex, OwnerSink
+
+log = logging.getLogger(__name__)
+
+LOCK_NAMESPACE = 0x57454C4B  # "WELK": the first key of pg_try_advisory_lock(int, int)
+MAX_WARNINGS = 20
+
+
+# --- group: pods folded onto workload containers ---------------------------------------
+
+@dataclass(slots=True)
+class Group:
+    """One (namespace, workload kind, workload name, container) across its pods."""
+
+    states: Counter = field(default_factory=Counter)
+    pods: int = 0
+    worst: runas.ContainerVerdict | None = None
+    worst_pod: str = ""
+    psa: list[str] = field(default_factory=list)
+
+    @property
+    def state(self) -> str:
+        return self.worst.state  # type: ignore[union-attr]
+
+
+class PodAggregator:
+    """A kube.PageSink for pods: evaluates each pod and folds it into groups."""
+
+    def __init__(self, owners: OwnerIndex, image_users: Mapping[str, str],
+                 sources: Mapping[str, str] | None = None):
+        self.owners = owners
+        self.image_users = image_users
+        self.sources = sources
+        self.reset()
+
+    def reset(self) -> None:
+        self.groups: dict[tuple[str, str, str, str], Group] = {}
+        self.pods = 0
+        self.containers = 0
+        self.malformed = 0
+        self.warnings: list[str] = []
+
+    def add(self, items: list[dict]) -> None:
+        sev = runas.SEVERITY
+        for pod in items:
+            try:
+                verdict = runas.evaluate_pod(pod, self.image_users, self.sources)
+            except ValueError as e:
+                self.malformed += 1
+                if len(self.warnings) < MAX_WARNINGS:
+                    meta = pod.get("metadata") if isinstance(pod, dict) else None
+                    name = (f"{meta.get('namespace')}/{meta.get('name')}"
+                            if isinstance(meta, dict) else "?")
+                    self.warnings.append(f"pod {name} skipped: {e}")
+                continue
+            self.pods += 1
+            kind, name = self.owners.workload_of(pod)
+            ns = sys.intern(verdict.namespace)
+            kind = sys.intern(kind)
+            for c in verdict.containers:
+                self.containers += 1
+                key = (ns, kind, name, c.name)
+                g = self.groups.get(key)
+                if g is None:
+                    g = self.groups[key] = Group()
+                g.pods += 1
+                g.states[c.state] += 1
+                w = g.worst
+                # The worst pod wins; among equals the first by name, so the sample (and
+                # its kubelet message) does not flap between scans.
+                if w is None or sev[c.state] > sev[w.state] or (
+                        sev[c.state] == sev[w.state] and verdict.name < g.worst_pod):
+                    g.worst, g.worst_pod, g.psa = c, verdict.name, verdict.psa.violations
+
+
+# --- scan lifecycle ---------------------------------------------------------------------
+
+@dataclass
+class ScanResult:
+    """What `manage.py scan` prints and the task returns."""
+
+    scan_id: int | None
+    cluster: str
+    status: str
+    reason: str = ""
+    transient: bool = False
+    pods: int = 0
+    opened: int = 0
+    changed: int = 0
+    resolved: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def _uses_advisory_locks() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def _try_lock(cluster_id: int) -> bool:
+    if not _uses_advisory_locks():
+        return True
+    with connection.cursor() as cur:
+        cur.execute("SELECT pg_try_advisory_lock(%s, %s)", [LOCK_NAMESPACE, cluster_id])
+        return bool(cur.fetchone()[0])
+
+
+def _unlock(cluster_id: int) -> None:
+    if _uses_advisory_locks():
+        with connection.cursor() as cur:
+            cur.execute("SELECT pg_advisory_unlock(%s, %s)", [LOCK_NAMESPACE, cluster_id])
+
+
+def _begin(cluster: Cluster, trigger: str, task_id: str | None,
+           observed_at: datetime | None = None) -> ScanRun:
+    """A running ScanRun, or a skipped one when another scan of the cluster runs."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.WELKIN_SCAN_STALE_SECONDS)
+    with transaction.atomic():
+        running = (ScanRun.objects.select_for_update()
+                   .filter(cluster=cluster, status=ScanStatus.RUNNING).first())
+        # Holding the advisory lock means no one else runs this cluster: a running row
+        # is left by a worker that died. Without advisory locks (SQLite), only a stale
+        # heartbeat says so.
+        if running is not None and (_uses_advisory_locks() or running.heartbeat_at < stale):
+            running.status = ScanStatus.FAILED
+            running.reason = ("interrupted: the worker running this scan stopped "
+                              f"(last progress {running.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC)")
+            running.finished_at = now
+            running.save(update_fields=["status", "reason", "finished_at"])
+        elif running is not None:
+            return _skipped(cluster, trigger, task_id, running)
+        try:
+            with transaction.atomic():
+                return ScanRun.objects.create(cluster=cluster, trigger=trigger,
+                                              task_id=task_id or "", started_at=now,
+                                              heartbeat_at=now,
+                                              observed_at=observed_at or now)
+        except IntegrityError:
+            running = ScanRun.objects.filter(cluster=cluster,
+                                             status=ScanStatus.RUNNING).first()
+            return _skipped(cluster, trigger, task_id, running)
+
+
+def _skipped(cluster: Cluster, trigger: str, task_id: str | None,
+             running: ScanRun | None) -> ScanRun:
+    now = timezone.now()
+    reason = "another scan of this cluster is running" + (
+        f" (scan {running.pk}, started {running.started_at:%H:%M:%S} UTC)" if running else "")
+    return ScanRun.objects.create(cluster=cluster, trigger=trigger, task_id=task_id or "",
+                                  status=ScanStatus.SKIPPED, reason=reason, started_at=now,
+                                  finished_at=now, heartbeat_at=now, observed_at=now)
+
+
+def _fail(scan: ScanRun, reason: str) -> None:
+    scan.status = ScanStatus.FAILED
+    scan.reason = reason[:4000]
+    scan.finished_at = timezone.now()
+    scan.save(update_fields=["status", "reason", "finished_at", "pages", "pods",
+                             "containers", "timings", "warnings"])
+    Cluster.objects.filter(pk=scan.cluster_id).update(last_scan=scan)
+
+
+class _Progress:
+    """Throttled progress writes: one UPDATE every few seconds, not one per page."""
+
+    def __init__(self, scan: ScanRun, agg: PodAggregator, client: kube.ClusterClient,
+                 every: float = 2.0):
+        self.scan, self.agg, self.client, self.every = scan, agg, client, every
+        self._last = time.monotonic()
+
+    def tick(self) -> None:
+        if time.monotonic() - self._last < self.every:
+            return
+        self._last = time.monotonic()
+        ScanRun.objects.filter(pk=self.scan.pk).update(
+            pages=self.client.pages, pods=self.agg.pods, heartbeat_at=timezone.now())
+
+
+class _ProgressSink:
+    def __init__(self, inner: Any, progress: _Progress):
+        self.inner, self.progress = inner, progress
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def add(self, items: list[dict]) -> None:
+        self.inner.add(items)
+        self.progress.tick()
+
+
+def image_users_for(cluster: Cluster) -> tuple[dict[str, str], dict[str, str]]:
+    """Image users known before a scan, and where each came from. The registry
+    resolution issue extends this; today it is the operator-supplied mapping."""
+    return {}, {}
+
+
+def scan_cluster(cluster_id: int, *, trigger: str = "schedule", task_id: str | None = None,
+                 policy: kube.Policy | None = None) -> ScanResult:
+    """Scan one cluster end to end and reconcile its findings (the task's and command's
+    service)."""
+    cluster = Cluster.objects.get(pk=cluster_id)
+    if task_id:
+        done = ScanRun.objects.filter(task_id=task_id, status=ScanStatus.SUCCEEDED).first()
+        if done is not None:  # a redelivered task: the work is done
+            return _result(done)
+    if cluster.source == Source.SNAPSHOT:
+        return ScanResult(None, cluster.name, ScanStatus.SKIPPED,
+                          "snapshot clusters are updated by import_snapshot, not scanned")
+    if not _try_lock(cluster.pk):
+        return _result(_skipped(cluster, trigger, task_id, ScanRun.objects.filter(
+            cluster=cluster, status=ScanStatus.RUNNING).first()))
+    try:
+        scan = _begin(cluster, trigger, task_id)
+        if scan.status == ScanStatus.SKIPPED:
+            return _result(scan)
+        return _run(cluster, scan, policy or _policy())
+    finally:
+        _unlock(cluster.pk)
+
+
+def _policy() -> kube.Policy:
+    return kube.Policy(page_limit=settings.WELKIN_PAGE_LIMIT,
+                       read_timeout=settings.WELKIN_KUBE_TIMEOUT)
+
+
+def _run(cluster: Cluster, scan: ScanRun, policy: kube.Policy) -> ScanResult:
+    started = time.monotonic()
+    try:
+        creds = (kube.in_cluster_credentials() if cluster.source == Source.IN_CLUSTER
+                 else cluster.credentials)
+        if creds is None:
+            raise kube.ScanError("no credentials stored for this cluster")
+        users, sources = image_users_for(cluster)
+        owners = OwnerIndex()
+        agg = PodAggregator(owners, users, sources)
+        with kube.ClusterClient(creds, policy) as client:
+            progress = _Progress(scan, agg, client)
+            t0 = time.monotonic()
+            client.list_all("replicasets", _ProgressSink(OwnerSink(owners, "ReplicaSet"),
+                                                         progress))
+            client.list_all("jobs", _ProgressSink(OwnerSink(owners, "Job"), progress))
+            t1 = time.monotonic()
+            client.list_all("pods", _ProgressSink(agg, progress))
+            t2 = time.monotonic()
+            scan.pages = client.pages
+        scan.timings = {"owners_s": round(t1 - t0, 3), "pods_s": round(t2 - t1, 3)}
+    except kube.ScanError as e:
+        scan.timings["total_s"] = round(time.monotonic() - started, 3)
+        _fail(scan, e.reason)
+        return _result(scan, transient=e.transient)
+    except Exception as e:  # a bug or an unexpected answer: recorded, never half-applied
+        log.exception("scan of %s failed", cluster.name)
+        _fail(scan, f"internal error: {type(e).__name__}: {e}")
+        raise
+    _complete(cluster, scan, agg, started)
+    return _result(scan)
+
+
+def _complete(cluster: Cluster, scan: ScanRun, agg: PodAggregator, started: float) -> None:
+    """Reconcile and mark the scan succeeded, in one transaction."""
+    t = time.monotonic()
+    scan.pods, scan.containers = agg.pods, agg.containers
+    if agg.malformed:
+        scan.warnings = [f"{agg.malformed} malformed pods skipped", *agg.warnings]
+    with transaction.atomic():
+        opened, changed, resolved = reconcile(cluster, scan, agg.groups)
+        write_rollup(cluster, scan.observed_at, agg.groups)
+        scan.findings_opened, scan.findings_changed, scan.findings_resolved = \
+            opened, changed, resolved
+        scan.status = ScanStatus.SUCCEEDED
+        scan.finished_at = timezone.now()
+        scan.timings["reconcile_s"] = round(time.monotonic() - t, 3)
+        scan.timings["total_s"] = round(time.monotonic() - started, 3)
+        scan.save()
+        Cluster.objects.filter(pk=cluster.pk).update(last_scan=scan, last_complete_scan=scan)
+
+
+def _result(scan: ScanRun, transient: bool = False) -> ScanResult:
+    return ScanResult(
+        scan.pk, scan.cluster.name, scan.status, scan.reason, transient, scan.pods,
+        scan.findings_opened, scan.findings_changed, scan.findings_resolved,
+        (scan.timings or {}).get("total_s", 0.0))
+
+
+# --- reconcile ----------------------------------------------------------------------------
+
+# Finding fields that, when they differ, are written (without an event unless `state`).
+TRACKED = ("state", "pods", "mixed", "image", "container_type", "runs_as_root", "evidence",
+           "image_user", "image_user_source", "uid", "run_as_user", "run_as_non_root")
+
+
+def _values(g: Group) -> dict[str, Any]:
+    c = g.worst
+    assert c is not None
+    return {
+        "state": c.state, "pods": g.pods, "mixed": len(g.states) > 1, "image": c.image[:1000],
+        "container_type": c.type, "runs_as_root": c.runs_as_root, "evidence": c.evidence,
+        "image_user": c.image_user[:255] if c.image_user is not None else None,
+        "image_user_source": c.image_user_source, "uid": c.uid, "run_as_user": c.run_as_user,
+        "run_as_non_root": c.run_as_non_root, "kubelet_error": c.kubelet_error or "",
+        "detail": {"pod": g.worst_pod, "psa_violations": g.psa, "states": dict(g.states),
+                   "windows": c.windows, "run_as_user_name": c.run_as_user_name,
+                   "run_as_user_from": c.run_as_user_from,
+                   "run_as_non_root_from": c.run_as_non_root_from},
+    }
+
+
+def reconcile(cluster: Cluster, scan: ScanRun, groups: Mapping[tuple, Group]
+              ) -> tuple[int, int, int]:
+    """Apply a complete scan's groups to the cluster's open findings.
+
+    new -> open; state changed -> event; other tracked facts changed -> row updated;
+    gone or compliant -> resolved with an event; unchanged -> nothing written.
+    """
+    at = scan.observed_at
+    existing = {
+        (ns, kind, name, container): (pk, vals)
+        for pk, ns, kind, name, container, *vals in Finding.objects.filter(
+            cluster=cluster, resolved_at__isnull=True).values_list(
+            "pk", "namespace", "workload_kind", "workload_name", "container", *TRACKED)
+        .iterator(chunk_size=5000)
+    }
+    new: list[Finding] = []
+    changed: list[Finding] = []
+    touched: list[Finding] = []
+    events: list[FindingEvent] = []
+    for key, g in groups.items():
+        if g.state == State.COMPLIANT:
+            continue
+        values = _values(g)
+        found = existing.pop(key, None)
+        if found is None:
+            new.append(Finding(cluster=cluster, namespace=key[0], workload_kind=key[1],
+                               workload_name=key[2][:253], container=key[3], first_seen=at,
+                               last_changed=at, **values))
+            continue
+        pk, old = found
+        old_state = old[0]
+        if tuple(values[f] for f in TRACKED) == tuple(old):
+            continue
+        if old_state != values["state"]:
+            changed.append(Finding(pk=pk, last_changed=at, **values))
+            events.append(FindingEvent(finding_id=pk, scan=scan, kind="changed",
+                                       from_state=old_state, to_state=values["state"], at=at))
+        else:  # same state, other facts (pod count, image...): no event
+            touched.append(Finding(pk=pk, **values))
+    created = Finding.objects.bulk_create(new, batch_size=2000)
+    events.extend(FindingEvent(finding_id=f.pk, scan=scan, kind="opened",
+                               to_state=f.state, at=at) for f in created)
+    fields = [*TRACKED, "kubelet_error", "detail"]
+    Finding.objects.bulk_update(touched, fields, batch_size=500)
+    Finding.objects.bulk_update(changed, [*fields, "last_changed"], batch_size=500)
+    gone = [(pk, old[0]) for pk, old in existing.values()]
+    for i in range(0, len(gone), 5000):
+        Finding.objects.filter(pk__in=[pk for pk, _ in gone[i:i + 5000]]).update(
+            resolved_at=at, last_changed=at)
+    events.extend(FindingEvent(finding_id=pk, scan=scan, kind="resolved", from_state=state,
+                               at=at) for pk, state in gone)
+    FindingEvent.objects.bulk_create(events, batch_size=5000)
+    return len(created), len(changed), len(gone)
+
+
+def write_rollup(cluster: Cluster, at: datetime, groups: Mapping[tuple, Group]) -> int:
+    """Upsert the day's (namespace, state) counts; rows whose counts are unchanged, and
+    zero counts with no row, are not written."""
+    day = timezone.localdate(at)
+    counts: dict[tuple[str, str], list[int]] = {}
+    for (ns, _, _, _), g in groups.items():
+        c = counts.setdefault((ns, g.state), [0, 0])
+        c[0] += 1
+        c[1] += g.pods
+    # Namespace/state pairs that had rows today but are gone now drop to zero.
+    for ns, state in DailyRollup.objects.filter(cluster=cluster, day=day).exclude(
+            containers=0, pods=0).values_list("namespace", "state"):
+        counts.setdefault((ns, state), [0, 0])
+    if not counts:
+        return 0
+    table = DailyRollup._meta.db_table
+    rows = [(cluster.pk, day, ns, state, c, p) for (ns, state), (c, p) in counts.items()]
+    written = 0
+    with connection.cursor() as cur:
+        for i in range(0, len(rows), 1000):
+            chunk = rows[i:i + 1000]
+            placeholders = ",".join(["(%s, %s, %s, %s, %s, %s)"] * len(chunk))
+            cur.execute(
+                f"INSERT INTO {table} (cluster_id, day, namespace, state, containers, pods) "
+                f"VALUES {placeholders} "
+                "ON CONFLICT (cluster_id, namespace, state, day) DO UPDATE "
+                "SET containers = excluded.containers, pods = excluded.pods "
+                f"WHERE {table}.containers <> excluded.containers "
+                f"OR {table}.pods <> excluded.pods",
+                [v for row in chunk for v in row])
+            written += max(cur.rowcount, 0)
+    return written
+
+
+# --- offline snapshots --------------------------------------------------------------------
+
+class SnapshotError(ValueError):
+    """A snapshot file that cannot be imported; nothing was stored."""
+
+
+def import_snapshot(cluster_name: str, data: bytes, filename: str,
+                    at: datetime | None = None) -> ScanResult:
+    """Record `kubectl get pods,replicasets,jobs -A -o json` output as a complete scan of
+    an air-gapped cluster (created as a snapshot cluster when new)."""
+    try:
+        docs = parse_documents(data, filename)
+    except ManifestError as e:
+        raise SnapshotError(str(e)) from None
+    if len(docs) != 1 or not isinstance(docs[0], dict) or docs[0].get("kind") != "List" \
+            or not isinstance(docs[0].get("items"), list):
+        raise SnapshotError(f"{filename}: expected one List, the output of `kubectl get "
+                            "pods,replicasets,jobs -A -o json`")
+    items = docs[0]["items"]
+    by_kind: dict[str, list[dict]] = {"Pod": [], "ReplicaSet": [], "Job": []}
+    for i, item in enumerate(items):
+        kind = item.get("kind") if isinstance(item, dict) else None
+        if kind not in by_kind:
+            raise SnapshotError(f"{filename}: items[{i}]: kind {kind!r}; a snapshot holds "
+                                "Pods, ReplicaSets and Jobs")
+        by_kind[kind].append(item)
+    at = at or timezone.now()
+    if timezone.is_naive(at):
+        raise SnapshotError("--at needs a time zone (e.g. 2026-11-28T10:00:00Z)")
+
+    cluster, _ = Cluster.objects.get_or_create(name=cluster_name,
+                                               defaults={"source": Source.SNAPSHOT})
+    last = cluster.last_complete_scan
+    if last is not None and last.observed_at > at:
+        raise SnapshotError(f"--at {at.isoformat()} is before the cluster's last complete "
+                            f"scan ({last.observed_at.isoformat()}); import snapshots in "
+                            "time order")
+    if not _try_lock(cluster.pk):
+        return _result(_skipped(cluster, "snapshot", None, None))
+    try:
+        scan = _begin(cluster, "snapshot", None, observed_at=at)
+        if scan.status == ScanStatus.SKIPPED:
+            return _result(scan)
+        started = time.monotonic()
+        owners = OwnerIndex()
+        for kind in ("ReplicaSet", "Job"):
+            OwnerSink(owners, kind).add(by_kind[kind])
+        users, sources = image_users_for(cluster)
+        agg = PodAggregator(owners, users, sources)
+        agg.add(by_kind["Pod"])
+        scan.pages = 1
+        _complete(cluster, scan, agg, started)
+        return _result(scan)
+    finally:
+        _unlock(cluster.pk)
+
+
+# --- scheduling ---------------------------------------------------------------------------
+
+def claim_due_clusters(now: datetime | None = None) -> list[tuple[int, int]]:
+    """(cluster id, schedule seconds) of enabled clusters whose scan is due, each claimed by
+    moving its next_scan_at forward so that a second fan-out does not enqueue it again."""
+    now = now or timezone.now()
+    claimed = []
+    due = Cluster.objects.filter(enabled=True, next_scan_at__lte=now).exclude(
+        source=Source.SNAPSHOT).values_list("pk", "next_scan_at", "schedule_minutes")
+    for pk, next_at, minutes in due:
+        if Cluster.objects.filter(pk=pk, next_scan_at=next_at).update(
+                next_scan_at=now + timedelta(minutes=minutes)):
+            claimed.append((pk, minutes * 60))
+    return claimed
+
+
+def summarize(results: Iterable[ScanResult]) -> list[str]:
+    lines = []
+    for r in results:
+        if r.status == ScanStatus.SUCCEEDED:
+            lines.append(f"{r.cluster}: {r.pods} pods, {r.opened} opened, {r.changed} changed,"
+                         f" {r.resolved} resolved in {r.seconds:.1f} s")
+        else:
+            lines.append(f"{r.cluster}: {r.status}: {r.reason}")
+    return lines

@@ -1,0 +1,230 @@
+"""The collector against the fake API server, through the real kubernetes client."""
+
+import base64
+
+import pytest
+import yaml
+
+from compliance import kube
+from tests import podgen
+from tests.conftest import FAST
+from tests.fakekube import Fault
+
+
+class Sink:
+    def __init__(self):
+        self.resets, self.pages, self.items = 0, 0, []
+
+    def reset(self):
+        self.resets += 1
+        self.items = []
+
+    def add(self, items):
+        self.pages += 1
+        self.items.extend(i["metadata"]["name"] for i in items)
+
+
+def client_for(server, token=None, policy=FAST, sleeps=None):
+    _, creds = kube.parse_kubeconfig(server.kubeconfig_yaml(token=token))
+    return kube.ClusterClient(creds, policy, sleep=(sleeps.append if sleeps is not None
+                                                    else lambda s: None))
+
+
+@pytest.fixture
+def pods(fake_kube):
+    fake_kube.state.put_many(podgen.pod("ns-a" if i % 2 else "ns-b", f"p-{i:04d}", "img", {},
+                                        {}) for i in range(120))
+    return fake_kube
+
+
+def test_it_lists_every_page_with_continue_tokens(pods):
+    sink = Sink()
+    with client_for(pods) as c:
+        c.list_all("pods", sink)
+    assert len(sink.items) == 120 and len(set(sink.items)) == 120
+    assert sink.pages == 3  # limit 50
+    queries = [q for p, q in pods.state.requests if p == "/api/v1/pods"]
+    assert "limit=50" in queries[0] and "continue=" not in queries[0]
+    assert all("continue=" in q for q in queries[1:])
+
+
+def test_it_sees_a_consistent_snapshot_while_the_cluster_changes(pods):
+    class Mutating(Sink):
+        def add(self, items):
+            super().add(items)
+            if self.pages == 1:
+                pods.state.put(podgen.pod("ns-a", "p-zzzz-new", "img", {}, {}))
+    sink = Mutating()
+    with client_for(pods) as c:
+        c.list_all("pods", sink)
+    assert "p-zzzz-new" not in sink.items and len(sink.items) == 120
+
+
+def test_it_restarts_the_list_on_410_expired(pods):
+    class Expiring(Sink):
+        def add(self, items):
+            super().add(items)
+            if self.resets == 1 and self.pages == 1:
+                pods.state.expire_all_tokens()
+    sink = Expiring()
+    with client_for(pods) as c:
+        c.list_all("pods", sink)
+    assert sink.resets == 2
+    assert len(sink.items) == 120
+
+
+def test_it_gives_up_after_bounded_restarts(pods):
+    pods.state.faults.append(Fault("pods", 2, "410", times=99))
+    with client_for(pods) as c, pytest.raises(kube.ScanError, match="410 Expired"):
+        c.list_all("pods", Sink())
+
+
+def test_it_honours_retry_after_on_429(pods):
+    pods.state.faults.append(Fault("pods", 2, "429", times=2, retry_after=7))
+    sleeps = []
+    policy = kube.Policy(page_limit=50, backoff=0.01, max_retry_after=30)
+    sink = Sink()
+    with client_for(pods, policy=policy, sleeps=sleeps) as c:
+        c.list_all("pods", sink)
+    assert len(sink.items) == 120
+    assert len(sleeps) == 2 and all(7 <= s <= 8 for s in sleeps)
+
+
+def test_it_fails_when_throttled_too_long(pods):
+    pods.state.faults.append(Fault("pods", 1, "429", times=99))
+    with client_for(pods) as c, pytest.raises(kube.ScanError, match="throttled") as e:
+        c.list_all("pods", Sink())
+    assert e.value.transient
+
+
+@pytest.mark.parametrize("kind", ["500", "503"])
+def test_it_retries_5xx_then_succeeds(pods, kind):
+    pods.state.faults.append(Fault("pods", 2, kind, times=2))
+    sink = Sink()
+    with client_for(pods) as c:
+        c.list_all("pods", sink)
+    assert len(sink.items) == 120
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("500", "list pods: 500 fake 500 at page 3 (after 4 attempts)"),
+    ("503", "list pods: 503 fake 503 at page 3 (after 4 attempts)"),
+    ("drop", "list pods: the API server dropped the connection (after 4 attempts)"),
+    ("slow", "list pods: timed out waiting for the API server (after 4 attempts)"),
+])
+def test_it_fails_after_repeated_errors_with_the_reason(pods, kind, message):
+    pods.state.faults.append(Fault("pods", 3, kind, times=99, delay=3))
+    with client_for(pods) as c, pytest.raises(kube.ScanError) as e:
+        c.list_all("pods", Sink())
+    assert e.value.reason == message
+    assert e.value.transient
+
+
+def test_it_fails_on_401(pods):
+    with client_for(pods, token="wrong") as c, pytest.raises(kube.ScanError) as e:
+        c.list_all("pods", Sink())
+    assert e.value.reason == "credentials rejected (401 Unauthorized)"
+    assert not e.value.transient
+
+
+def test_it_names_the_missing_permission_on_403(pods):
+    pods.state.tokens["pods-only"] = {"pods"}
+    with client_for(pods, token="pods-only") as c:
+        c.list_all("pods", Sink())
+        with pytest.raises(kube.ScanError) as e:
+            c.list_all("replicasets", Sink())
+    assert e.value.reason.startswith(
+        'forbidden (403): the scanner needs list on replicasets ("apps" API group)')
+    assert 'cannot list resource "replicasets"' in e.value.reason
+
+
+def test_it_does_not_trust_another_ca(pods):
+    from tests.fakekube import make_ca_and_cert
+
+    other_ca = make_ca_and_cert()[0]
+    _, creds = kube.parse_kubeconfig(pods.kubeconfig_yaml())
+    creds = kube.Credentials(server=creds.server, ca_data=other_ca.decode(), token=creds.token)
+    with kube.ClusterClient(creds, FAST, sleep=lambda s: None) as c, \
+            pytest.raises(kube.ScanError,
+                          match="TLS verification failed: .*CERTIFICATE_VERIFY_FAILED"):
+        c.list_all("pods", Sink())
+
+
+def test_it_uses_its_own_configuration_not_the_global_default(pods):
+    from kubernetes import client
+
+    before = client.Configuration.get_default_copy().host
+    with client_for(pods) as c:
+        c.list_all("pods", Sink())
+        assert c.api_client.configuration.host == pods.url
+        assert c.api_client.configuration.retries is False
+    assert client.Configuration.get_default_copy().host == before
+
+
+# --- kubeconfig safety ---
+
+def kubeconfig(server, **user):
+    cfg = server.kubeconfig()
+    cfg["users"][0]["user"] = user or cfg["users"][0]["user"]
+    return cfg
+
+
+@pytest.mark.parametrize("user,field", [
+    ({"exec": {"command": "aws", "apiVersion": "client.authentication.k8s.io/v1"}},
+     "users[fake-user].user.exec is refused: an exec credential plugin runs a program"),
+    ({"auth-provider": {"name": "gcp"}}, "user.auth-provider is refused"),
+    ({"tokenFile": "/var/run/token"}, "user.tokenFile is refused: a token file is a path"),
+    ({"client-certificate": "/etc/c.crt", "client-key": "/etc/c.key"},
+     "user.client-certificate is refused: a path on the worker's disk"),
+    ({"username": "admin", "password": "x"}, "user.username is refused"),
+    ({}, "no credentials"),
+])
+def test_it_refuses_unsafe_user_fields(fake_kube, user, field):
+    cfg = fake_kube.kubeconfig()
+    cfg["users"][0]["user"] = user
+    with pytest.raises(kube.KubeconfigError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        kube.parse_kubeconfig(yaml.safe_dump(cfg))
+
+
+@pytest.mark.parametrize("cluster,message", [
+    ({"certificate-authority": "/etc/ca.crt"}, "certificate-authority is refused"),
+    ({"insecure-skip-tls-verify": True}, "TLS verification cannot be turned off"),
+    ({"server": "http://127.0.0.1:8080"}, "expected an https:// URL"),
+    ({"certificate-authority-data": "bm90IHBlbQ=="}, "the decoded data is not PEM"),
+    ({"certificate-authority-data": "%%%"}, "not valid base64"),
+])
+def test_it_refuses_unsafe_cluster_fields(fake_kube, cluster, message):
+    cfg = fake_kube.kubeconfig()
+    cfg["clusters"][0]["cluster"].update(cluster)
+    with pytest.raises(kube.KubeconfigError, match=message):
+        kube.parse_kubeconfig(yaml.safe_dump(cfg))
+
+
+def test_it_picks_the_named_context(fake_kube):
+    cfg = fake_kube.kubeconfig()
+    cfg["contexts"].append({"name": "other", "context": {"cluster": "fake", "user": "bad"}})
+    with pytest.raises(kube.KubeconfigError, match="users: no entry named 'bad'"):
+        kube.parse_kubeconfig(yaml.safe_dump(cfg), "other")
+    with pytest.raises(kube.KubeconfigError, match="contexts: no entry named 'nope'"):
+        kube.parse_kubeconfig(yaml.safe_dump(cfg), "nope")
+    name, creds = kube.parse_kubeconfig(yaml.safe_dump(cfg))
+    assert (name, creds.server, creds.token) == ("fake", fake_kube.url, "admin-token")
+    assert creds.ca_data == fake_kube.ca_pem.decode()
+
+
+@pytest.mark.parametrize("text,message", [
+    ("{", "not valid YAML"), ("[]", "expected a kubeconfig"), ("kind: Pod", "expected Config"),
+    ("x" * (2 << 20), "larger than"),
+])
+def test_it_rejects_malformed_kubeconfigs(text, message):
+    with pytest.raises(kube.KubeconfigError, match=message):
+        kube.parse_kubeconfig(text)
+
+
+def test_it_accepts_client_certificates_inline(fake_kube):
+    cfg = fake_kube.kubeconfig()
+    pem = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n")
+    cfg["users"][0]["user"] = {"client-certificate-data": pem.decode(),
+                               "client-key-data": pem.decode()}
+    _, creds = kube.parse_kubeconfig(yaml.safe_dump(cfg))
+    assert creds.client_cert_data.startswith("-----BEGIN CERTIFICATE")

@@ -15,7 +15,8 @@ class ReportError(ValueError):
 
 def open_findings(cluster: str | None = None, namespace: str | None = None,
                   state: str | None = None) -> Iterator[dict[str, Any]]:
-    """Open findings as plain rows, ordered by cluster, namespace, workload, container."""
+    """Open findings as plain rows, ordered by cluster, namespace, workload, container.
+    Checks its arguments at once (not when iterated)."""
     qs = Finding.objects.filter(resolved_at__isnull=True)
     if cluster:
         if not Cluster.objects.filter(name=cluster).exists():
@@ -27,6 +28,10 @@ def open_findings(cluster: str | None = None, namespace: str | None = None,
         qs = qs.filter(state=state)
     qs = qs.order_by("cluster__name", "namespace", "workload_kind", "workload_name",
                      "container")
+    return _rows(qs)
+
+
+def _rows(qs) -> Iterator[dict[str, Any]]:
     for f in qs.values("cluster__name", "namespace", "workload_kind", "workload_name",
                        "container", "container_type", "image", "state", "runs_as_root",
                        "kubelet_error", "evidence", "image_user", "image_user_source", "uid",

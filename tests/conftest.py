@@ -25,11 +25,7 @@ def cluster(db, fake_kube):
 def deployment(fake, ns, name, image, replicas=3, pod_sc=None, container_sc=None):
     """A Deployment's ReplicaSet and pods, put into the fake cluster."""
     rs = f"{name}-5c9d8f7b6"
-    fake.state.put({"apiVersion": "apps/v1", "kind": "ReplicaSet",
-                    "metadata": {"name": rs, "namespace": ns,
-                                 "ownerReferences": [{**podgen.owner_ref("Deployment", name, ns),
-                                                      "controller": True}]},
-                    "spec": {"replicas": replicas}})
+    fake.state.put(podgen.replicaset(ns, rs, name, replicas, image, "5c9d8f7b6"))
     for i in range(replicas):
         p = podgen.pod(ns, f"{rs}-{i:05d}", image, pod_sc or {}, container_sc or {},
                        owner=podgen.owner_ref("ReplicaSet", rs, ns))

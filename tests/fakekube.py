@@ -358,8 +358,12 @@ def _resource_list(group_version: str, names: list[str]) -> bytes:
 
 def _discovery(parts: list[str]) -> bytes | None:
     if parts == ["version"]:
-        return orjson.dumps({"major": "1", "minor": "34", "gitVersion": "v1.34.0-fake",
-                             "platform": "linux/amd64"})
+        return orjson.dumps({
+            "major": "1", "minor": "34", "emulationMajor": "1", "emulationMinor": "34",
+            "minCompatibilityMajor": "1", "minCompatibilityMinor": "33",
+            "gitVersion": "v1.34.0-fake", "gitCommit": "0" * 40, "gitTreeState": "clean",
+            "buildDate": "2026-08-27T00:00:00Z", "goVersion": "go1.24.6",
+            "compiler": "gc", "platform": "linux/amd64"})
     if parts == ["api"]:
         return orjson.dumps({"kind": "APIVersions", "versions": ["v1"],
                              "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0",

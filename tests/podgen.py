@@ -143,6 +143,45 @@ def owner_ref(kind: str, name: str, namespace: str, api_version: str = "apps/v1"
             "uid": uid_for(namespace, kind, name)}
 
 
+def _template(labels: dict, image: str) -> dict:
+    return {"metadata": {"labels": labels},
+            "spec": {"containers": [{"name": "app", "image": image}]}}
+
+
+def replicaset(namespace: str, name: str, deployment: str, replicas: int,
+               image: str = "img", hash_: str = "7d9f8c6b5") -> dict:
+    """A ReplicaSet owned by a Deployment, complete enough for the typed models."""
+    labels = {"app.kubernetes.io/name": deployment, "pod-template-hash": hash_}
+    return {
+        "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": name, "namespace": namespace,
+                     "uid": uid_for(namespace, "ReplicaSet", name), "labels": labels,
+                     "ownerReferences": [{**owner_ref("Deployment", deployment, namespace),
+                                          "controller": True, "blockOwnerDeletion": True}]},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
+                 "template": _template(labels, image)},
+        "status": {"replicas": replicas, "readyReplicas": replicas},
+    }
+
+
+def job(namespace: str, name: str, cronjob: str | None, parallelism: int = 1,
+        image: str = "img") -> dict:
+    """A Job, owned by a CronJob when cronjob is given."""
+    labels = {"batch.kubernetes.io/job-name": name}
+    meta = {"name": name, "namespace": namespace, "uid": uid_for(namespace, "Job", name),
+            "labels": labels}
+    if cronjob:
+        meta["ownerReferences"] = [{**owner_ref("CronJob", cronjob, namespace, "batch/v1"),
+                                    "controller": True, "blockOwnerDeletion": True}]
+    tmpl = _template(labels, image)
+    tmpl["spec"]["restartPolicy"] = "Never"
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta,
+            "spec": {"parallelism": parallelism, "completions": parallelism,
+                     "backoffLimit": 6, "selector": {"matchLabels": labels},
+                     "template": tmpl},
+            "status": {"active": parallelism}}
+
+
 def fleet(total_pods: int, namespaces: int = 20, replicas: int = 10, seed: int = 7
           ) -> Iterator[tuple[str, dict]]:
     """(kind, object) for a synthetic cluster: pods with their ReplicaSets and Jobs.
@@ -163,25 +202,15 @@ def fleet(total_pods: int, namespaces: int = 20, replicas: int = 10, seed: int =
         if shape < 6:  # Deployment -> ReplicaSet -> Pod
             deploy = f"svc-{w}"
             rs = f"{deploy}-7d9f8c6b5"
-            yield "ReplicaSet", {
-                "apiVersion": "apps/v1", "kind": "ReplicaSet",
-                "metadata": {"name": rs, "namespace": ns, "uid": uid_for(ns, "ReplicaSet", rs),
-                             "ownerReferences": [{**owner_ref("Deployment", deploy, ns),
-                                                  "controller": True}]},
-                "spec": {"replicas": count}}
+            yield "ReplicaSet", replicaset(ns, rs, deploy, count, image)
             owner = owner_ref("ReplicaSet", rs, ns)
             base = rs
         elif shape == 6:  # CronJob -> Job -> Pod
             cron = f"cron-{w}"
-            job = f"{cron}-29123456"
-            yield "Job", {
-                "apiVersion": "batch/v1", "kind": "Job",
-                "metadata": {"name": job, "namespace": ns, "uid": uid_for(ns, "Job", job),
-                             "ownerReferences": [{**owner_ref("CronJob", cron, ns, "batch/v1"),
-                                                  "controller": True}]},
-                "spec": {"parallelism": count}}
-            owner = owner_ref("Job", job, ns, "batch/v1")
-            base = job
+            job_name = f"{cron}-29123456"
+            yield "Job", job(ns, job_name, cron, count, image)
+            owner = owner_ref("Job", job_name, ns, "batch/v1")
+            base = job_name
         elif shape == 7:
             base = f"db-{w}"
             owner = owner_ref("StatefulSet", base, ns)

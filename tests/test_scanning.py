@@ -39,9 +39,7 @@ def fleet(fake_kube):
     fake_kube.state.put(podgen.pod("data", "debug", "busybox", {}, ROOT_SC))
     # CronJob -> Job -> Pod
     ns = "data"
-    fake_kube.state.put({"apiVersion": "batch/v1", "kind": "Job", "metadata": {
-        "name": "nightly-29000000", "namespace": ns, "ownerReferences": [
-            {**podgen.owner_ref("CronJob", "nightly", ns, "batch/v1"), "controller": True}]}})
+    fake_kube.state.put(podgen.job(ns, "nightly-29000000", "nightly"))
     fake_kube.state.put(podgen.pod(ns, "nightly-29000000-abcde", "etl", {}, ROOT_SC,
                                    owner=podgen.owner_ref("Job", "nightly-29000000", ns,
                                                           "batch/v1")))

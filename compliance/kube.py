@@ -29,7 +29,7 @@ import orjson
 import urllib3
 import yaml
 
-from compliance.manifests import gc_paused
+from compliance import podjson
 
 log = logging.getLogger(__name__)
 
@@ -279,14 +279,14 @@ class ClusterClient:
         token = None
         while True:
             body = self._page(resource, token)
-            with gc_paused():
-                page = orjson.loads(body)
-            del body
+            try:
+                items, token = podjson.decode_page(resource, body)
+            except podjson.PageError as e:
+                raise ScanError(f"list {resource}: {e}") from None
+            del body  # one page in memory at a time
             self.pages += 1
-            items = page.get("items") or []
             sink.add(items)
-            token = (page.get("metadata") or {}).get("continue")
-            del page, items
+            del items
             if not token:
                 return
 

@@ -175,7 +175,8 @@ class FindingEvent(models.Model):
         RESOLVED = "resolved"
 
     finding = models.ForeignKey(Finding, on_delete=models.CASCADE, related_name="events")
-    scan = models.ForeignKey(ScanRun, on_delete=models.PROTECT, related_name="events")
+    # Deleting a cluster deletes its history; single scans cannot be deleted (admin).
+    scan = models.ForeignKey(ScanRun, on_delete=models.CASCADE, related_name="events")
     kind = models.CharField(max_length=8, choices=Kind.choices)
     from_state = models.CharField(max_length=16, blank=True)
     to_state = models.CharField(max_length=16, blank=True)

@@ -1,4 +1,4 @@
-"""Which workload a pod belongs to. Pure: dicts in, tuples out.
+"""Which workload a pod belongs to, and pods folded onto workload containers. Pure.
 
 Pod -> ReplicaSet -> Deployment; Pod -> Job -> CronJob; StatefulSet, DaemonSet,
 ReplicationController and any other controller kind are kept as they are; a pod without a
@@ -8,6 +8,13 @@ controller is its own workload.
 from __future__ import annotations
 
 import sys
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from compliance import runas
+
+MAX_WARNINGS = 20
 
 # Kinds whose own controller we look through.
 INTERMEDIATE = {"ReplicaSet", "Job"}
@@ -89,3 +96,68 @@ class OwnerSink:
         for obj in items:
             if isinstance(obj, dict):
                 self.index.add(self.kind, obj)
+
+
+@dataclass(slots=True)
+class Group:
+    """One (namespace, workload kind, workload name, container) across its pods."""
+
+    states: Counter = field(default_factory=Counter)
+    pods: int = 0
+    worst: runas.ContainerVerdict | None = None
+    worst_pod: str = ""
+    psa: list[str] = field(default_factory=list)
+
+    @property
+    def state(self) -> str:
+        return self.worst.state  # type: ignore[union-attr]
+
+
+class PodAggregator:
+    """A kube.PageSink for pods: evaluates each pod and folds it into groups."""
+
+    def __init__(self, owners: OwnerIndex, image_users: Mapping[str, str],
+                 sources: Mapping[str, str] | None = None):
+        self.owners = owners
+        self.image_users = image_users
+        self.sources = sources
+        self.reset()
+
+    def reset(self) -> None:
+        self.groups: dict[tuple[str, str, str, str], Group] = {}
+        self.pods = 0
+        self.containers = 0
+        self.malformed = 0
+        self.warnings: list[str] = []
+
+    def add(self, items: list[dict]) -> None:
+        sev = runas.SEVERITY
+        for pod in items:
+            try:
+                verdict = runas.evaluate_pod(pod, self.image_users, self.sources)
+            except ValueError as e:
+                self.malformed += 1
+                if len(self.warnings) < MAX_WARNINGS:
+                    meta = pod.get("metadata") if isinstance(pod, dict) else None
+                    name = (f"{meta.get('namespace')}/{meta.get('name')}"
+                            if isinstance(meta, dict) else "?")
+                    self.warnings.append(f"pod {name} skipped: {e}")
+                continue
+            self.pods += 1
+            kind, name = self.owners.workload_of(pod)
+            ns = sys.intern(verdict.namespace)
+            kind = sys.intern(kind)
+            for c in verdict.containers:
+                self.containers += 1
+                key = (ns, kind, name, c.name)
+                g = self.groups.get(key)
+                if g is None:
+                    g = self.groups[key] = Group()
+                g.pods += 1
+                g.states[c.state] += 1
+                w = g.worst
+                # The worst pod wins; among equals the first by name, so the sample (and
+                # its kubelet message) does not flap between scans.
+                if w is None or sev[c.state] > sev[w.state] or (
+                        sev[c.state] == sev[w.state] and verdict.name < g.worst_pod):
+                    g.worst, g.worst_pod, g.psa = c, verdict.name, verdict.psa.violations

@@ -1,0 +1,115 @@
+"""Decoding LIST pages: only the fields the evaluator and owner resolution read.
+
+A pod is about 5 KB of JSON of which the runAs verdict needs a few hundred bytes. msgspec
+decodes against the TypedDicts below and skips every other field without creating Python
+objects, which is 4-5x faster than a full parse (and 20x+ faster than the kubernetes
+client's typed models). The result is plain dicts, the same shape runas.evaluate_pod and
+workloads.OwnerIndex read from a full parse.
+
+The subtrees the evaluator validates itself (securityContext, os, user, state, owner
+references) are declared `Any`, so a wrong type there is reported per pod by the
+evaluator. A page whose structure does not fit (say `containers` is not a list) is
+decoded again in full with orjson, so each bad pod still gets its own clear error.
+
+If runas.py or workloads.py start reading another field, add it here: the tests compare
+verdicts from this decoder with verdicts from a full parse.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+import msgspec
+import orjson
+
+from compliance.manifests import gc_paused
+
+
+class _Container(TypedDict, total=False):
+    name: Any
+    image: Any
+    securityContext: Any
+
+
+class _ContainerStatus(TypedDict, total=False):
+    name: Any
+    imageID: Any
+    user: Any
+    state: Any
+
+
+class _PodSpec(TypedDict, total=False):
+    securityContext: Any
+    os: Any
+    hostUsers: Any
+    initContainers: list[_Container]
+    containers: list[_Container]
+    ephemeralContainers: list[_Container]
+
+
+class _PodStatus(TypedDict, total=False):
+    initContainerStatuses: list[_ContainerStatus]
+    containerStatuses: list[_ContainerStatus]
+    ephemeralContainerStatuses: list[_ContainerStatus]
+
+
+class _ObjectMeta(TypedDict, total=False):
+    name: Any
+    generateName: Any
+    namespace: Any
+    uid: Any
+    labels: Any
+    ownerReferences: Any
+
+
+class _Pod(TypedDict, total=False):
+    metadata: _ObjectMeta
+    spec: _PodSpec
+    status: _PodStatus
+
+
+class _Owned(TypedDict, total=False):  # ReplicaSets and Jobs: who owns them
+    metadata: _ObjectMeta
+
+
+_ListMeta = TypedDict("_ListMeta", {"continue": Any, "resourceVersion": Any}, total=False)
+
+
+class _PodList(TypedDict, total=False):
+    metadata: _ListMeta
+    items: list[_Pod]
+
+
+class _OwnedList(TypedDict, total=False):
+    metadata: _ListMeta
+    items: list[_Owned]
+
+
+_DECODERS = {
+    "pods": msgspec.json.Decoder(_PodList),
+    "replicasets": msgspec.json.Decoder(_OwnedList),
+    "jobs": msgspec.json.Decoder(_OwnedList),
+}
+
+
+class PageError(ValueError):
+    """A LIST response that is not JSON or not a list."""
+
+
+def decode_page(resource: str, body: bytes) -> tuple[list[dict], str | None]:
+    """(items, continue token) of one LIST page, reduced to the fields that matter."""
+    with gc_paused():
+        try:
+            page = _DECODERS[resource].decode(body)
+        except msgspec.ValidationError:
+            try:
+                page = orjson.loads(body)
+            except orjson.JSONDecodeError as e:
+                raise PageError(f"{resource}: the API server's answer is not JSON: {e}")
+        except msgspec.DecodeError as e:
+            raise PageError(f"{resource}: the API server's answer is not JSON: {e}")
+    if not isinstance(page, dict) or not isinstance(page.get("items", []), list):
+        raise PageError(f"{resource}: the API server's answer is not a list")
+    meta = page.get("metadata")
+    token = meta.get("continue") if isinstance(meta, dict) else None
+    return page.get("items") or [], token if isinstance(token, str) and token else None

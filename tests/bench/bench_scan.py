@@ -1,0 +1,208 @@
+"""`make bench-scan`: fleet scanning against the budgets in DESIGN.md.
+
+For each fleet size a fake API server (its own process, HTTPS) serves a synthetic cluster
+of realistic pods (about 5 KB of JSON each, mixed states, Deployments of 10 replicas,
+CronJobs, StatefulSets, DaemonSets, bare pods). A fresh Celery worker (`--pool=solo`, one
+process) runs the scan task into PostgreSQL; the figures are
+
+- parse + evaluate pods/s against the kubernetes client's typed models on the same page
+  bytes (the ratio, measured in this run);
+- end-to-end seconds (task start to reconcile committed) and the worker's peak RSS
+  (VmHWM) for each size;
+- rows written by a rescan in which nothing changed (PostgreSQL's own tuple counters).
+
+Uses the database `welkin_bench` on the local server (dropped and created each run) and Redis db 12.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DB = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/welkin_bench")
+BROKER = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/12")
+ENV = {**os.environ, "DATABASE_URL": DB, "CELERY_BROKER_URL": BROKER, "DEBUG": "1",
+       "CELERY_TASK_ALWAYS_EAGER": "0", "LOG_LEVEL": "WARNING"}
+os.environ.update({k: ENV[k] for k in ("DATABASE_URL", "CELERY_BROKER_URL", "DEBUG",
+                                       "CELERY_TASK_ALWAYS_EAGER", "LOG_LEVEL")})
+
+
+def fresh_database() -> None:
+    """Drop and create the bench database, so every run starts from the same state."""
+    import psycopg2
+
+    name = DB.rsplit("/", 1)[1]
+    conn = psycopg2.connect(DB.rsplit("/", 1)[0] + "/postgres")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        cur.execute(f'CREATE DATABASE "{name}"')
+    conn.close()
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=ENV,
+                   check=True)
+
+
+class Server:
+    def __init__(self, pods: int):
+        self.kubeconfig = Path(tempfile.mkdtemp(prefix="bench-")) / "kubeconfig"
+        self.p = subprocess.Popen([sys.executable, "-m", "tests.fakekube", "--pods", str(pods),
+                                   "--kubeconfig", str(self.kubeconfig)], cwd=ROOT, env=ENV,
+                                  stdout=subprocess.PIPE, text=True)
+        line = self.p.stdout.readline()
+        if not line.startswith("ready"):
+            raise SystemExit(f"fake API server did not start: {line!r}")
+
+    def stop(self) -> None:
+        self.p.send_signal(signal.SIGINT)
+        self.p.wait(30)
+
+
+class Worker:
+    def __init__(self):
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="bench-worker-", suffix=".log")
+        self.p = subprocess.Popen([sys.executable, "-m", "celery", "-A", "welkin_dash",
+                                   "worker", "--pool=solo", "--loglevel=WARNING",
+                                   "--without-gossip", "--without-mingle",
+                                   "--without-heartbeat"], cwd=ROOT, env=ENV,
+                                  stdout=self.log, stderr=subprocess.STDOUT)
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.p.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        self.p.send_signal(signal.SIGTERM)
+        self.p.wait(60)
+
+
+def typed_ratio(kubeconfig: Path, pages: int = 6) -> tuple[float, float]:
+    """(our pods/s, typed pods/s) over the same raw pages."""
+    import orjson
+    from kubernetes.client import ApiClient
+
+    from compliance import kube, podjson
+    from compliance.workloads import OwnerIndex, PodAggregator
+
+    _, creds = kube.parse_kubeconfig(kubeconfig.read_text())
+    bodies, token = [], None
+    with kube.ClusterClient(creds) as c:
+        for _ in range(pages):
+            body = c._page("pods", token)
+            bodies.append(body)
+            token = orjson.loads(body)["metadata"].get("continue")
+            if not token:
+                break
+    pods = sum(len(orjson.loads(b)["items"]) for b in bodies)
+
+    start = time.perf_counter()
+    agg = PodAggregator(OwnerIndex(), {})
+    for body in bodies:
+        agg.add(podjson.decode_page("pods", body)[0])
+    ours = pods / (time.perf_counter() - start)
+
+    api = ApiClient()
+    start = time.perf_counter()
+    for body in bodies:
+        api.deserialize(body.decode(), "V1PodList", "application/json")
+    typed = pods / (time.perf_counter() - start)
+    return ours, typed
+
+
+def rows_written() -> dict[str, int]:
+    """Row writes (inserts + updates + deletes) per table, from PostgreSQL's counters."""
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute("SELECT pg_stat_clear_snapshot()")
+        cur.execute("SELECT relname, n_tup_ins + n_tup_upd + n_tup_del "
+                    "FROM pg_stat_user_tables WHERE relname LIKE 'compliance_%%'")
+        return {name.removeprefix("compliance_"): int(n) for name, n in cur.fetchall()}
+
+
+def run_scan(cluster_id: int, timeout: float = 900):
+    from compliance import tasks
+    from compliance.models import ScanRun
+
+    result = tasks.scan_cluster.apply_async((cluster_id,))
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        scan = ScanRun.objects.filter(task_id=result.id).exclude(status="running").first()
+        if scan:
+            return scan
+        time.sleep(0.2)
+    raise SystemExit("scan timed out")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="10000,50000,150000")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+
+    fresh_database()
+    import django
+
+    django.setup()
+    from compliance import clusters
+    from welkin_dash.celery import app
+
+    app.control.purge()
+    print(f"{'pods':>8} {'pages':>6} {'findings':>9} {'end-to-end':>11} {'pods/s':>8} "
+          f"{'list+parse+eval':>16} {'reconcile':>10} {'peak RSS':>9}")
+    ratio_line = rescan_line = ""
+    for n in sizes:
+        server = Server(n)
+        try:
+            if not ratio_line:
+                ours, typed = typed_ratio(server.kubeconfig)
+                ratio_line = (f"parse + evaluate: {ours:,.0f} pods/s; kubernetes typed models "
+                              f"(deserialize only): {typed:,.0f} pods/s; ratio "
+                              f"{ours / typed:.1f}x")
+            cluster = clusters.add_cluster(f"bench-{n}",
+                                           kubeconfig=server.kubeconfig.read_text())
+            worker = Worker()
+            try:
+                scan = run_scan(cluster.pk)
+                rss = worker.peak_rss_mb()
+                if scan.status != "succeeded":
+                    raise SystemExit(f"scan failed: {scan.reason}")
+                t = scan.timings
+                secs = (scan.finished_at - scan.started_at).total_seconds()
+                print(f"{n:>8,} {scan.pages:>6} {scan.findings_opened:>9,} {secs:>10.1f}s "
+                      f"{n / secs:>8,.0f} {t['owners_s'] + t['pods_s']:>15.1f}s "
+                      f"{t['reconcile_s']:>9.1f}s {rss:>7.0f}MB", flush=True)
+                if n == max(sizes):
+                    before = rows_written()
+                    again = run_scan(cluster.pk)
+                    time.sleep(1.0)  # statistics are flushed at most once a second
+                    after = rows_written()
+                    per_table = {t: after[t] - before.get(t, 0) for t in after
+                                 if after[t] != before.get(t, 0)}
+                    written = (f"{sum(per_table.values())} row writes ("
+                               + ", ".join(f"{t} {n}" for t, n in sorted(per_table.items()))
+                               + ")")
+                    touched = (again.findings_opened + again.findings_changed
+                               + again.findings_resolved)
+                    seconds = (again.finished_at - again.started_at).total_seconds()
+                    rescan_line = (f"rescan with nothing changed ({n:,} pods, "
+                                   f"{scan.findings_opened:,} findings): {written}, "
+                                   f"{touched} findings touched, {seconds:.1f} s")
+            finally:
+                worker.stop()
+        finally:
+            server.stop()
+    print(ratio_line)
+    print(rescan_line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""The slim page decoder gives the same verdicts and workloads as a full parse."""
+
+import json
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+
+from compliance import podjson, runas
+from compliance.workloads import OwnerIndex
+from tests import podgen
+from tests.test_runas_properties import pods as pod_strategy
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def page(items, token=None):
+    meta = {"resourceVersion": "7"}
+    if token:
+        meta["continue"] = token
+    # The standard library writes integers beyond 64 bits too, as an API server might.
+    return json.dumps({"kind": "PodList", "apiVersion": "v1", "metadata": meta,
+                       "items": items}, allow_nan=False).encode()
+
+
+def verdict(pod):
+    try:
+        v = runas.evaluate_pod(pod, podgen.IMAGES)
+    except ValueError as e:
+        return ("error", str(e))
+    return ([c.as_dict() for c in v.containers], v.psa.as_dict(), v.name, v.namespace,
+            OwnerIndex().workload_of(pod))
+
+
+def same_as_full_parse(items):
+    body = page(items)
+    slim, _ = podjson.decode_page("pods", body)
+    full = orjson.loads(body)["items"]
+    assert [verdict(p) for p in slim] == [verdict(p) for p in full]
+    return slim
+
+
+def test_it_matches_a_full_parse_on_the_fixture_pods():
+    items = json.loads((FIXTURES / "welkin-pods.json").read_text())["items"]
+    slim = same_as_full_parse(items)
+    assert len(orjson.dumps(slim)) < len(orjson.dumps(items)) / 4
+
+
+def test_it_matches_a_full_parse_on_a_synthetic_fleet():
+    same_as_full_parse([o for k, o in podgen.fleet(400) if k == "Pod"])
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(pod_strategy)
+def test_it_matches_a_full_parse_on_any_pod_shape(pod):
+    try:
+        page([pod])
+    except ValueError:
+        assume(False)  # NaN and infinities are not JSON; no API server sends them
+    same_as_full_parse([pod])
+
+
+def test_it_returns_the_continue_token():
+    items, token = podjson.decode_page("pods", page([], "abc"))
+    assert (items, token) == ([], "abc")
+    assert podjson.decode_page("pods", page([]))[1] is None
+
+
+def test_a_structurally_odd_page_still_gives_per_pod_errors():
+    good = podgen.pod("ns", "good", "img", {}, {})
+    bad = podgen.pod("ns", "bad", "img", {}, {})
+    bad["spec"]["containers"] = {"not": "a list"}
+    items, _ = podjson.decode_page("pods", page([good, bad]))
+    assert verdict(items[0])[2] == "good"
+    assert verdict(items[1]) == ("error", "spec.containers: expected a list, got object")
+
+
+@pytest.mark.parametrize("body,message", [
+    (b"<html>proxy error</html>", "not JSON"), (b"[1, 2]", "not a list"),
+    (b'{"items": 3}', "not a list"),
+])
+def test_it_rejects_answers_that_are_not_lists(body, message):
+    with pytest.raises(podjson.PageError, match=message):
+        podjson.decode_page("pods", body)
+
+
+def test_it_keeps_owner_references_of_replicasets():
+    rs = podgen.replicaset("ns", "web-1", "web", 3)
+    items, _ = podjson.decode_page("replicasets", page([rs]))
+    idx = OwnerIndex()
+    idx.add("ReplicaSet", items[0])
+    pod = podgen.pod("ns", "web-1-x", "i", {}, {},
+                     owner=podgen.owner_ref("ReplicaSet", "web-1", "ns"))
+    assert idx.workload_of(pod) == ("Deployment", "web")
+    assert "spec" not in items[0]

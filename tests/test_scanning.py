@@ -254,3 +254,23 @@ def test_it_claims_due_clusters_once(cluster):
     assert cluster.next_scan_at > timezone.now()
     Cluster.objects.filter(pk=cluster.pk).update(next_scan_at=timezone.now(), enabled=False)
     assert scanning.claim_due_clusters() == []
+
+
+def test_it_scans_with_the_in_cluster_service_account(db, fake_kube, fleet, tmp_path,
+                                                       monkeypatch):
+    from compliance import clusters, kube
+
+    (tmp_path / "token").write_text("sa-token\n")
+    (tmp_path / "ca.crt").write_bytes(fake_kube.ca_pem)
+    fake_kube.state.tokens["sa-token"] = {"pods", "replicasets", "jobs"}
+    monkeypatch.setattr(kube, "SERVICE_ACCOUNT_DIR", tmp_path)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(fake_kube.port))
+    c = clusters.add_cluster("self", in_cluster=True)
+    assert c.credentials is None
+    r = scan(c)
+    assert (r.status, r.pods) == ("succeeded", 14)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
+    r = scan(c)
+    assert (r.status, r.reason) == ("failed", "not running in a cluster: "
+                                              "KUBERNETES_SERVICE_HOST is not set")

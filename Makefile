@@ -6,7 +6,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/welkin_dash
 TEST_BROKER_URL ?= redis://127.0.0.1:6379/13
 export DJANGO_SETTINGS_MODULE := welkin_dash.settings
 
-.PHONY: install run test lint bench-evaluate bench-scan services
+.PHONY: install run test lint bench-evaluate bench-scan bench-registry services
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,3 +37,6 @@ bench-evaluate: install
 
 bench-scan: install services
 	$(BIN)/python -m tests.bench.bench_scan --sizes $${SIZES:-10000,50000,150000}
+
+bench-registry: install services
+	$(BIN)/python -m tests.bench.bench_registry

@@ -4,7 +4,7 @@ from django import forms
 from django.contrib import admin
 
 from compliance import clusters
-from compliance.models import Cluster, Finding, ScanRun
+from compliance.models import Cluster, Finding, ImageCache, ImageUserOverride, Registry, ScanRun
 
 
 class ClusterForm(forms.ModelForm):
@@ -78,4 +78,61 @@ class FindingAdmin(admin.ModelAdmin):
     show_full_result_count = False
 
     def has_add_permission(self, request):
+        return False
+
+
+class RegistryForm(forms.ModelForm):
+    password = forms.CharField(required=False, widget=forms.PasswordInput(render_value=False),
+                               help_text="Stored encrypted. Leave empty to keep the current "
+                                         "one.")
+    clear_password = forms.BooleanField(required=False)
+
+    class Meta:
+        model = Registry
+        fields = ["host", "username", "ca_pem", "plain_http"]
+
+    def clean_ca_pem(self):
+        pem = self.cleaned_data.get("ca_pem", "").strip()
+        if pem:
+            import ssl
+
+            try:
+                ssl.create_default_context(cadata=pem)
+            except ssl.SSLError as e:
+                raise forms.ValidationError(f"not a usable PEM CA certificate: {e}") from None
+        return pem
+
+    def save(self, commit=True):
+        reg = super().save(commit=False)
+        if self.cleaned_data.get("clear_password"):
+            reg.set_password(None)
+        elif self.cleaned_data.get("password"):
+            reg.set_password(self.cleaned_data["password"])
+        if commit:
+            reg.save()
+        return reg
+
+
+@admin.register(Registry)
+class RegistryAdmin(admin.ModelAdmin):
+    form = RegistryForm
+    list_display = ["host", "username", "plain_http"]
+
+
+@admin.register(ImageUserOverride)
+class ImageUserOverrideAdmin(admin.ModelAdmin):
+    list_display = ["pattern", "user", "note", "created_at"]
+    search_fields = ["pattern", "note"]
+
+
+@admin.register(ImageCache)
+class ImageCacheAdmin(admin.ModelAdmin):
+    list_display = ["key", "user", "error", "resolved_at", "expires_at"]
+    search_fields = ["key"]
+    show_full_result_count = False
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
         return False

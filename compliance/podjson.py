@@ -11,8 +11,8 @@ references) are declared `Any`, so a wrong type there is reported per pod by the
 evaluator. A page whose structure does not fit (say `containers` is not a list) is
 decoded again in full with orjson, so each bad pod still gets its own clear error.
 
-If runas.py or workloads.py start reading another field, add it here: the tests compare
-verdicts from this decoder with verdicts from a full parse.
+If runas.py, workloads.py or images.platform_of start reading another field, add it here:
+the tests compare verdicts, workloads and platforms from this decoder with a full parse.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class _PodSpec(TypedDict, total=False):
     securityContext: Any
     os: Any
     hostUsers: Any
+    nodeSelector: Any  # kubernetes.io/arch: the platform for multi-arch images
     initContainers: list[_Container]
     containers: list[_Container]
     ephemeralContainers: list[_Container]

@@ -383,12 +383,13 @@ def evaluate_pod(
     verdicts = []
     for c in containers:
         status = statuses.get((c.type, c.name))
-        image_key = c.image
-        raw_user = image_users.get(c.image)
-        if raw_user is None and status is not None:
-            image_id = status.get("imageID")
-            if isinstance(image_id, str) and image_id in image_users:
-                image_key, raw_user = image_id, image_users[image_id]
+        # The digest the status reports is what actually runs: it wins over the tag.
+        image_key, raw_user = c.image, None
+        image_id = status.get("imageID") if status is not None else None
+        if isinstance(image_id, str) and image_id in image_users:
+            image_key, raw_user = image_id, image_users[image_id]
+        else:
+            raw_user = image_users.get(c.image)
         if raw_user is not None and not isinstance(raw_user, str):
             raise ValueError(f"image user for {c.image!r}: expected a string")
         source = SOURCE_UNKNOWN if raw_user is None else (

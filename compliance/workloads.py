@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from compliance import runas
@@ -107,6 +107,7 @@ class Group:
     worst: runas.ContainerVerdict | None = None
     worst_pod: str = ""
     psa: list[str] = field(default_factory=list)
+    note: str | None = None  # where the image user came from, or why it is unknown
 
     @property
     def state(self) -> str:
@@ -117,10 +118,19 @@ class PodAggregator:
     """A kube.PageSink for pods: evaluates each pod and folds it into groups."""
 
     def __init__(self, owners: OwnerIndex, image_users: Mapping[str, str],
-                 sources: Mapping[str, str] | None = None):
+                 sources: Mapping[str, str] | None = None,
+                 notes: Mapping[str, str] | None = None,
+                 prepare: Callable[[list[dict]], None] | None = None,
+                 users_for: Callable[[dict], tuple[Mapping, Mapping]] | None = None):
+        """image_users/sources/notes may be filled by `prepare`, which runs before each
+        page is evaluated (the registry lookups of images.ImageResolver); `users_for`, when
+        given, picks (image users, sources) per pod (per platform)."""
         self.owners = owners
         self.image_users = image_users
         self.sources = sources
+        self.notes = notes if notes is not None else {}
+        self.prepare = prepare
+        self.users_for = users_for
         self.reset()
 
     def reset(self) -> None:
@@ -132,9 +142,13 @@ class PodAggregator:
 
     def add(self, items: list[dict]) -> None:
         sev = runas.SEVERITY
+        if self.prepare is not None:
+            self.prepare(items)
         for pod in items:
+            users, sources = (self.users_for(pod) if self.users_for is not None
+                              and isinstance(pod, dict) else (self.image_users, self.sources))
             try:
-                verdict = runas.evaluate_pod(pod, self.image_users, self.sources)
+                verdict = runas.evaluate_pod(pod, users, sources)
             except ValueError as e:
                 self.malformed += 1
                 if len(self.warnings) < MAX_WARNINGS:
@@ -161,3 +175,4 @@ class PodAggregator:
                 if w is None or sev[c.state] > sev[w.state] or (
                         sev[c.state] == sev[w.state] and verdict.name < g.worst_pod):
                     g.worst, g.worst_pod, g.psa = c, verdict.name, verdict.psa.violations
+                    g.note = self.notes.get(c.image)

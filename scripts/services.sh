@@ -36,4 +36,6 @@ if ! redis_up; then
   for _ in $(seq 1 30); do redis_up && break; sleep 0.5; done
   redis_up || { echo "services: Redis did not start on 127.0.0.1:6379" >&2; exit 1; }
 fi
+# Tools the tests start themselves: a real OCI registry.
+command -v docker-registry >/dev/null || { echo "services: installing docker-registry" >&2; apt_install docker-registry; }
 echo "services: PostgreSQL and Redis are up" >&2

@@ -10,6 +10,13 @@ FAST = kube.Policy(page_limit=50, connect_timeout=2, read_timeout=2, backoff=0.0
                    max_retry_after=0.2)
 
 
+@pytest.fixture(autouse=True)
+def no_registry_lookups(request, settings):
+    """Tests reach only registries they start themselves (mark: uses_registry)."""
+    if "uses_registry" not in request.keywords:
+        settings.WELKIN_REGISTRY_LOOKUPS = False
+
+
 @pytest.fixture
 def fake_kube():
     server = FakeKubeServer().start()

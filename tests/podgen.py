@@ -128,7 +128,7 @@ def pod(namespace: str, name: str, image: str, pod_sc: dict, container_sc: dict,
             "state": {"running": {"startedAt": "2026-11-20T08:15:48Z"}},
             "lastState": {},
             "image": image,
-            "imageID": image.split(":")[0] + "@sha256:" + hashlib.sha256(
+            "imageID": _repository(image) + "@sha256:" + hashlib.sha256(
                 image.encode()).hexdigest(),
             "containerID": "containerd://" + hashlib.sha256(uid.encode()).hexdigest(),
         }],
@@ -136,6 +136,12 @@ def pod(namespace: str, name: str, image: str, pod_sc: dict, container_sc: dict,
     }
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec,
             "status": status}
+
+
+def _repository(image: str) -> str:
+    """The image reference without its tag (a registry host may carry a port)."""
+    head, _, last = image.rpartition("/")
+    return (head + "/" if head else "") + last.split(":", 1)[0]
 
 
 def owner_ref(kind: str, name: str, namespace: str, api_version: str = "apps/v1") -> dict:

@@ -35,3 +35,26 @@ def test_it_refuses_an_exec_plugin_in_the_admin(admin, fake_kube):
     assert r.status_code == 200
     assert b"user.exec is refused: an exec credential plugin runs a program" in r.content
     assert not Cluster.objects.exists()
+
+
+@pytest.mark.django_db
+def test_it_stores_registry_passwords_encrypted(admin):
+    from compliance.models import Registry
+
+    r = admin.post("/admin/compliance/registry/add/", {
+        "host": "registry.example.com", "username": "bot", "password": "hunter2",
+        "ca_pem": "", "plain_http": ""})
+    assert r.status_code == 302
+    reg = Registry.objects.get()
+    assert reg.password == "hunter2"
+    assert b"hunter2" not in bytes(reg.password_encrypted)
+
+
+@pytest.mark.django_db
+def test_it_refuses_a_bad_registry_ca(admin):
+    r = admin.post("/admin/compliance/registry/add/", {
+        "host": "r.example.com", "username": "", "password": "",
+        "ca_pem": "-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----",
+        "plain_http": ""})
+    assert r.status_code == 200
+    assert b"not a usable PEM CA certificate" in r.content

@@ -7,7 +7,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 
-from compliance import podjson, runas
+from compliance import images, podjson, runas
 from compliance.workloads import OwnerIndex
 from tests import podgen
 from tests.test_runas_properties import pods as pod_strategy
@@ -30,7 +30,7 @@ def verdict(pod):
     except ValueError as e:
         return ("error", str(e))
     return ([c.as_dict() for c in v.containers], v.psa.as_dict(), v.name, v.namespace,
-            OwnerIndex().workload_of(pod))
+            OwnerIndex().workload_of(pod), images.platform_of(pod), list(images._images(pod)))
 
 
 def same_as_full_parse(items):
@@ -48,7 +48,10 @@ def test_it_matches_a_full_parse_on_the_fixture_pods():
 
 
 def test_it_matches_a_full_parse_on_a_synthetic_fleet():
-    same_as_full_parse([o for k, o in podgen.fleet(400) if k == "Pod"])
+    pods = [o for k, o in podgen.fleet(400) if k == "Pod"]
+    pods[0]["spec"]["nodeSelector"] = {"kubernetes.io/arch": "arm64", "disk": "ssd"}
+    pods[1]["spec"]["os"] = {"name": "windows"}
+    same_as_full_parse(pods)
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])

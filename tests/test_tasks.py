@@ -37,7 +37,7 @@ def _env(**extra):
     return {**os.environ, "DEBUG": "1", "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
             "CELERY_TASK_ALWAYS_EAGER": "0",
             # Small pages: a few dozen pods make many pages, so a kill lands mid-list.
-            "WELKIN_PAGE_LIMIT": "4",
+            "WELKIN_PAGE_LIMIT": "4", "WELKIN_REGISTRY_LOOKUPS": "0",
             "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:"
                             f"{db['PORT'] or 5432}/{db['NAME']}", **extra}
 

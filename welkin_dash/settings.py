@@ -196,6 +196,13 @@ WELKIN_SCAN_TIME_LIMIT = env_int("WELKIN_SCAN_TIME_LIMIT", 1800, minimum=10)
 # on PostgreSQL the advisory lock tells at once).
 WELKIN_SCAN_STALE_SECONDS = env_int("WELKIN_SCAN_STALE_SECONDS", 2100, minimum=10)
 WELKIN_FANOUT_SECONDS = env_int("WELKIN_FANOUT_SECONDS", 60, minimum=5)
+# Image registries.
+WELKIN_REGISTRY_TIMEOUT = env_int("WELKIN_REGISTRY_TIMEOUT", 10, minimum=1)
+WELKIN_REGISTRY_CONCURRENCY = env_int("WELKIN_REGISTRY_CONCURRENCY", 8, minimum=1)
+WELKIN_REGISTRY_TAG_TTL = env_int("WELKIN_REGISTRY_TAG_TTL", 3600, minimum=0)
+WELKIN_REGISTRY_FAILURE_TTL = env_int("WELKIN_REGISTRY_FAILURE_TTL", 300, minimum=0)
+WELKIN_REGISTRY_LOOKUPS = env_bool("WELKIN_REGISTRY_LOOKUPS", True)
+
 CELERY_BEAT_SCHEDULE = {
     "enqueue-due-scans": {
         "task": "compliance.tasks.enqueue_due_scans",

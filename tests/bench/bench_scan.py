@@ -28,10 +28,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 DB = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/welkin_bench")
 BROKER = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/12")
+# The synthetic images live in no registry: scans here measure the cluster side only.
 ENV = {**os.environ, "DATABASE_URL": DB, "CELERY_BROKER_URL": BROKER, "DEBUG": "1",
-       "CELERY_TASK_ALWAYS_EAGER": "0", "LOG_LEVEL": "WARNING"}
+       "CELERY_TASK_ALWAYS_EAGER": "0", "LOG_LEVEL": "WARNING",
+       "WELKIN_REGISTRY_LOOKUPS": "0"}
 os.environ.update({k: ENV[k] for k in ("DATABASE_URL", "CELERY_BROKER_URL", "DEBUG",
-                                       "CELERY_TASK_ALWAYS_EAGER", "LOG_LEVEL")})
+                                       "CELERY_TASK_ALWAYS_EAGER", "LOG_LEVEL",
+                                       "WELKIN_REGISTRY_LOOKUPS")})
 
 
 def fresh_database() -> None:

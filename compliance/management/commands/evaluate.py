@@ -25,6 +25,9 @@ class Command(BaseCommand):
         parser.add_argument("--image-users", metavar="FILE",
                             help="a JSON object {image: user}")
         parser.add_argument("--format", choices=("table", "json"), default="table")
+        parser.add_argument("--resolve", action="store_true",
+                            help="look image users up in their registries (the stored "
+                                 "registry settings and cache when the database is set up)")
 
     def handle(self, *args, **opts):
         try:
@@ -42,7 +45,17 @@ class Command(BaseCommand):
                 inputs.append((name if name != "-" else "<stdin>", _read(name)))
             except OSError as e:
                 read_errors.append(f"{name}: cannot read: {e.strerror or e}")
-        report = offline.evaluate_inputs(inputs, image_users)
+        if opts["resolve"]:
+            from compliance import images
+
+            resolver = images.offline_resolver(image_users)
+            try:
+                report = offline.evaluate_inputs(inputs, resolver.users, resolver.sources,
+                                                 prepare=resolver.prepare)
+            finally:
+                resolver.close()
+        else:
+            report = offline.evaluate_inputs(inputs, image_users)
         report.errors[:0] = read_errors
 
         if opts["format"] == "json":

@@ -1,0 +1,436 @@
+"""The only code that talks to image registries: an image reference -> its config's User.
+
+Follows the OCI distribution API the way a container runtime does: normalise the reference
+(`nginx` -> docker.io/library/nginx:latest), fetch the manifest (for an image index or a
+Docker manifest list, the entry for the pod's platform), then the config blob. Prefers the
+digest the pod's status reports (`imageID`), so the answer is about what actually runs.
+
+Authentication: anonymous, basic, and the Bearer token flow announced by
+`WWW-Authenticate` (realm, service, scope), as Docker Hub, GHCR, Quay and Harbor use.
+TLS is verified (optionally against a per-registry CA); plain HTTP only where configured.
+Every request has a timeout; every failure becomes a short reason such as
+`registry.example.com: 401 unauthorized`, and the image stays unknown.
+
+No Django here: caching and per-registry settings are passed in (see images.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+import urllib3
+
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_API = "registry-1.docker.io"
+MAX_MANIFEST_BYTES = 4 << 20
+MAX_CONFIG_BYTES = 8 << 20
+
+MANIFEST_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+)
+INDEX_TYPES = MANIFEST_TYPES[:2]
+
+_DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$")
+_REPO_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)"
+                      r"[a-z0-9]+)*)*$")
+_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
+
+
+class ReferenceError(ValueError):
+    """An image reference that is not valid."""
+
+
+class RegistryError(Exception):
+    """A registry could not answer; `reason` is shown next to the unverified image."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """A normalised image reference, as containerd and CRI-O read one."""
+
+    domain: str  # docker.io, ghcr.io, registry.example.com:5000
+    repository: str  # library/nginx
+    tag: str | None
+    digest: str | None
+
+    @classmethod
+    def parse(cls, ref: str) -> ImageRef:
+        if not ref or len(ref) > 4096 or ref != ref.strip():
+            raise ReferenceError(f"invalid image reference {ref!r}")
+        name, digest = ref, None
+        if "@" in ref:
+            name, digest = ref.split("@", 1)
+            if not _DIGEST_RE.match(digest):
+                raise ReferenceError(f"invalid digest in {ref!r}")
+        tag = None
+        last = name.rsplit("/", 1)[-1]
+        if ":" in last:
+            name, tag = name.rsplit(":", 1)
+            if not _TAG_RE.match(tag):
+                raise ReferenceError(f"invalid tag in {ref!r}")
+        first, _, rest = name.partition("/")
+        if rest and ("." in first or ":" in first or first == "localhost"):
+            domain, repo = first, rest
+        else:
+            domain, repo = DOCKER_HUB, name
+        if domain in ("index.docker.io", "registry-1.docker.io"):
+            domain = DOCKER_HUB
+        if domain == DOCKER_HUB and "/" not in repo:
+            repo = "library/" + repo
+        if not _REPO_RE.match(repo):
+            raise ReferenceError(f"invalid repository {repo!r} in {ref!r}")
+        if tag is None and digest is None:
+            tag = "latest"
+        return cls(domain, repo, tag, digest)
+
+    @property
+    def api_host(self) -> str:
+        return DOCKER_HUB_API if self.domain == DOCKER_HUB else self.domain
+
+    @property
+    def reference(self) -> str:
+        """What to ask the manifest endpoint for: the digest when known."""
+        return self.digest or self.tag  # type: ignore[return-value]
+
+    def with_digest(self, digest: str) -> ImageRef:
+        return ImageRef(self.domain, self.repository, None, digest)
+
+    def __str__(self) -> str:
+        s = f"{self.domain}/{self.repository}"
+        if self.tag:
+            s += f":{self.tag}"
+        if self.digest:
+            s += f"@{self.digest}"
+        return s
+
+
+def digest_from_image_id(image_id: str | None) -> str | None:
+    """The manifest digest in a status imageID (`docker.io/library/x@sha256:...`,
+    `docker-pullable://x@sha256:...`), or None."""
+    if not image_id or "@" not in image_id:
+        return None
+    digest = image_id.rsplit("@", 1)[1]
+    return digest if _DIGEST_RE.match(digest) else None
+
+
+@dataclass(frozen=True)
+class Platform:
+    os: str = "linux"
+    architecture: str = "amd64"
+    variant: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.os}/{self.architecture}" + (f"/{self.variant}" if self.variant else "")
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    """How to reach one registry (host, or host:port)."""
+
+    host: str
+    username: str | None = None
+    password: str | None = None
+    ca_pem: str | None = None
+    plain_http: bool = False
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """An image's configured user, or why it is unknown."""
+
+    user: str | None  # None: unknown
+    digest: str | None = None  # the manifest digest the answer is about
+    config_digest: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class _Response:
+    status: int
+    headers: Any
+    data: bytes
+
+
+@dataclass
+class _Token:
+    value: str
+    expires: float
+
+
+@dataclass
+class RegistryClient:
+    """Talks to registries. Thread-safe; one instance per scan or command."""
+
+    configs: dict[str, RegistryConfig] = field(default_factory=dict)
+    timeout: float = 10.0
+    concurrency: int = 8  # connections kept per registry host
+    requests: int = 0  # how many HTTP requests were made, for the benchmark
+
+    def __post_init__(self):
+        self._lock = threading.Lock()
+        self._tokens: dict[tuple[str, str], _Token] = {}
+        self._pools: dict[str, urllib3.PoolManager] = {}
+
+    # --- public -------------------------------------------------------------------------
+
+    def resolve(self, ref: ImageRef, platform: Platform = Platform()) -> Resolution:
+        """The config User of the image at ref, for platform."""
+        try:
+            manifest, media_type, digest = self._manifest(ref, ref.reference)
+            if media_type in INDEX_TYPES or "manifests" in manifest:
+                entry = _pick_platform(manifest, platform, str(ref))
+                manifest, media_type, digest = self._manifest(ref, entry)
+            config = manifest.get("config")
+            if not isinstance(config, dict) or not isinstance(config.get("digest"), str):
+                raise RegistryError(f"{ref.domain}: malformed manifest for {ref}: no config")
+            config_digest = config["digest"]
+            blob = self._get(ref, f"/v2/{ref.repository}/blobs/{config_digest}",
+                             accept="*/*", limit=MAX_CONFIG_BYTES)
+            user = _config_user(blob, ref)
+            return Resolution(user, digest, config_digest)
+        except RegistryError as e:
+            return Resolution(None, ref.digest, error=e.reason)
+
+    def close(self) -> None:
+        for pool in self._pools.values():
+            pool.clear()
+
+    # --- HTTP -----------------------------------------------------------------------------
+
+    def _config_for(self, host: str) -> RegistryConfig:
+        return self.configs.get(host) or RegistryConfig(host)
+
+    def _pool(self, host: str, cfg: RegistryConfig) -> urllib3.PoolManager:
+        """A connection pool per API host, with the TLS settings of its registry."""
+        with self._lock:
+            pool = self._pools.get(host)
+            if pool is None:
+                kwargs: dict[str, Any] = {"retries": False, "maxsize": self.concurrency,
+                                          "timeout": urllib3.Timeout(connect=self.timeout,
+                                                                     read=self.timeout)}
+                if not cfg.plain_http:
+                    ctx = ssl.create_default_context(cadata=cfg.ca_pem) if cfg.ca_pem \
+                        else ssl.create_default_context()
+                    kwargs["ssl_context"] = ctx
+                pool = self._pools[host] = urllib3.PoolManager(**kwargs)
+            return pool
+
+    def _manifest(self, ref: ImageRef, reference: str) -> tuple[dict, str, str]:
+        body, headers = self._get(ref, f"/v2/{ref.repository}/manifests/{reference}",
+                                  accept=", ".join(MANIFEST_TYPES), limit=MAX_MANIFEST_BYTES,
+                                  with_headers=True)
+        try:
+            manifest = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise RegistryError(f"{ref.domain}: malformed manifest for {ref}: not JSON")
+        if not isinstance(manifest, dict):
+            raise RegistryError(f"{ref.domain}: malformed manifest for {ref}")
+        media_type = manifest.get("mediaType") or headers.get("Content-Type", "")
+        digest = headers.get("Docker-Content-Digest") or (
+            reference if reference.startswith("sha256:") else None)
+        return manifest, media_type.split(";")[0].strip(), digest
+
+    def _get(self, ref: ImageRef, path: str, accept: str, limit: int,
+             with_headers: bool = False) -> Any:
+        host = ref.api_host
+        cfg = self._config_for(ref.domain)  # settings are kept by the name in references
+        scheme = "http" if cfg.plain_http else "https"
+        url = f"{scheme}://{host}{path}"
+        scope = f"repository:{ref.repository}:pull"
+        headers = {"Accept": accept}
+        auth = self._cached_auth(host, scope, cfg)
+        for attempt in (1, 2):
+            if auth:
+                headers["Authorization"] = auth
+            r = self._request(host, cfg, url, headers, limit)
+            if r.status == 401 and attempt == 1:
+                auth = self._authenticate(host, scope, cfg,
+                                          r.headers.get("WWW-Authenticate", ""), ref)
+                if auth:
+                    continue
+            break
+        if r.status == 200:
+            return (r.data, r.headers) if with_headers else r.data
+        raise RegistryError(_status_reason(ref, r.status, r.data))
+
+    def _request(self, host: str, cfg: RegistryConfig, url: str, headers: dict,
+                 limit: int) -> _Response:
+        with self._lock:
+            self.requests += 1
+        try:
+            r = self._pool(host, cfg).request("GET", url, headers=headers, preload_content=False,
+                                         redirect=True)
+        except urllib3.exceptions.SSLError as e:
+            raise RegistryError(f"{host}: TLS verification failed: {_last_line(e)}")
+        except urllib3.exceptions.NewConnectionError as e:  # a TimeoutError subclass
+            raise RegistryError(f"{host}: unreachable ({_last_line(e)})")
+        except (urllib3.exceptions.TimeoutError, TimeoutError):
+            raise RegistryError(f"{host}: timed out")
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise RegistryError(f"{host}: unreachable ({_last_line(e)})")
+        try:
+            length = int(r.headers.get("Content-Length") or 0)
+            if length > limit:
+                raise RegistryError(f"{host}: response too large ({length} bytes)")
+            data = r.read(limit + 1, decode_content=True)
+            if len(data) > limit:
+                raise RegistryError(f"{host}: response too large")
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise RegistryError(f"{host}: connection lost ({_last_line(e)})")
+        finally:
+            r.release_conn()
+        return _Response(r.status, r.headers, data)
+
+    # --- authentication ---------------------------------------------------------------
+
+    def _cached_auth(self, host: str, scope: str, cfg: RegistryConfig) -> str | None:
+        with self._lock:
+            token = self._tokens.get((host, scope))
+        if token and token.expires > time.monotonic():
+            return token.value
+        return None
+
+    def _authenticate(self, host: str, scope: str, cfg: RegistryConfig, challenge: str,
+                      ref: ImageRef) -> str | None:
+        scheme, params = _parse_challenge(challenge)
+        basic = None
+        if cfg.username is not None:
+            basic = "Basic " + base64.b64encode(
+                f"{cfg.username}:{cfg.password or ''}".encode()).decode()
+        if scheme == "basic":
+            if basic is None:
+                raise RegistryError(f"{host}: 401 unauthorized (credentials required)")
+            self._store(host, scope, basic, 3600)
+            return basic
+        if scheme != "bearer" or "realm" not in params:
+            return None
+        realm = params["realm"]
+        if not realm.startswith(("https://", "http://")):
+            raise RegistryError(f"{host}: unusable token realm {realm!r}")
+        query = {"scope": params.get("scope", scope)}
+        if "service" in params:
+            query["service"] = params["service"]
+        realm_host = realm.split("/")[2]
+        headers = {"Accept": "application/json"}
+        if basic:
+            headers["Authorization"] = basic
+        # The token service is its own host: default TLS settings, or the registry's CA.
+        realm_cfg = RegistryConfig(realm_host, ca_pem=cfg.ca_pem,
+                                   plain_http=realm.startswith("http://"))
+        r = self._request("token:" + realm_host, realm_cfg, f"{realm}?{urlencode(query)}",
+                          headers, 1 << 20)
+        if r.status != 200:
+            raise RegistryError(f"{host}: token service refused ({r.status})"
+                                if r.status not in (401, 403)
+                                else f"{host}: 401 unauthorized")
+        try:
+            doc = orjson.loads(r.data)
+            token = doc.get("token") or doc.get("access_token")
+            ttl = float(doc.get("expires_in") or 60)
+        except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+            token = None
+        if not isinstance(token, str) or not token:
+            raise RegistryError(f"{host}: token service answered without a token")
+        value = f"Bearer {token}"
+        self._store(host, scope, value, max(ttl - 10, 5))
+        return value
+
+    def _store(self, host: str, scope: str, value: str, ttl: float) -> None:
+        with self._lock:
+            self._tokens[(host, scope)] = _Token(value, time.monotonic() + ttl)
+
+
+def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    scheme, _, rest = header.strip().partition(" ")
+    params = dict(re.findall(r'(\w+)="([^"]*)"', rest))
+    return scheme.lower(), params
+
+
+def _status_reason(ref: ImageRef, status: int, body: bytes | None) -> str:
+    code = ""
+    try:
+        errors = orjson.loads(body or b"{}").get("errors") or []
+        code = errors[0].get("code", "") if errors else ""
+    except (orjson.JSONDecodeError, AttributeError, IndexError, TypeError):
+        pass
+    words = {401: "401 unauthorized", 403: "403 denied", 404: "404 not found",
+             429: "429 rate limited"}
+    reason = words.get(status, f"{status} error")
+    if code and code.lower().replace("_", " ") not in reason:
+        reason += f" ({code})"
+    return f"{ref.domain}: {reason} for {ref}"
+
+
+def _last_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
+
+
+def _pick_platform(index: dict, platform: Platform, ref: str) -> str:
+    entries = index.get("manifests")
+    if not isinstance(entries, list):
+        raise RegistryError(f"{ref.split('/')[0]}: malformed image index for {ref}")
+    candidates = []
+    for m in entries:
+        if not isinstance(m, dict) or not isinstance(m.get("digest"), str):
+            continue
+        p = m.get("platform") if isinstance(m.get("platform"), dict) else {}
+        if p.get("os") == platform.os and p.get("architecture") == platform.architecture:
+            exact = platform.variant is None or p.get("variant") == platform.variant
+            candidates.append((0 if exact else 1, m["digest"]))
+    if not candidates:
+        raise RegistryError(f"{ref.split('/')[0]}: no {platform} image in the index for {ref}")
+    return min(candidates)[1]
+
+
+def _config_user(blob: bytes, ref: ImageRef) -> str:
+    try:
+        config = orjson.loads(blob)
+    except orjson.JSONDecodeError:
+        raise RegistryError(f"{ref.domain}: malformed image config for {ref}: not JSON")
+    inner = config.get("config") if isinstance(config, dict) else None
+    if inner is None and isinstance(config, dict) and "architecture" in config:
+        return ""  # an image config without a config section: no USER
+    if not isinstance(inner, dict):
+        raise RegistryError(f"{ref.domain}: malformed image config for {ref}")
+    user = inner.get("User", "")
+    if user is None:
+        return ""
+    if not isinstance(user, str):
+        raise RegistryError(f"{ref.domain}: malformed image config for {ref}: User is not "
+                            "a string")
+    return user
+
+
+def resolve_many(client: RegistryClient, items: Iterable[tuple[ImageRef, Platform]],
+                 workers: int = 8,
+                 on_done: Callable[[ImageRef, Platform, Resolution], None] | None = None
+                 ) -> dict[tuple[ImageRef, Platform], Resolution]:
+    """Resolve several images concurrently (a bounded pool)."""
+    items = list(dict.fromkeys(items))
+    results: dict[tuple[ImageRef, Platform], Resolution] = {}
+    if not items:
+        return results
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        for key, res in zip(items, pool.map(lambda kp: client.resolve(*kp), items),
+                            strict=True):
+            results[key] = res
+            if on_done:
+                on_done(*key, res)
+    return results

@@ -1,0 +1,306 @@
+"""Real OCI registries for tests: Debian's docker-registry on loopback.
+
+Several registry processes share one storage directory: plain HTTP (for pushing and
+anonymous pulls), TLS with a test CA, Bearer tokens from a small token server (the flow of
+Docker Hub, GHCR, Quay, Harbor), and htpasswd basic auth. A fault server answers 429 or
+malformed manifests, which a real registry never does on purpose.
+"""
+
+from __future__ import annotations
+
+import base64
+import crypt
+import datetime
+import hashlib
+import io
+import json
+import shutil
+import socket
+import subprocess
+import tarfile
+import tempfile
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import urllib3
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.x509.oid import NameOID
+
+from tests.fakekube import make_ca_and_cert
+
+REGISTRY_BIN = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class RegistryProcess:
+    """One docker-registry serving `storage` with the given auth/TLS settings."""
+
+    def __init__(self, storage: Path, workdir: Path, name: str, auth: dict | None = None,
+                 tls: tuple[Path, Path] | None = None):
+        self.port = free_port()
+        http = {"addr": f"127.0.0.1:{self.port}", "secret": "test-secret"}
+        if tls:
+            http["tls"] = {"certificate": str(tls[0]), "key": str(tls[1])}
+        config = {"version": 0.1, "log": {"level": "error", "accesslog": {"disabled": True}},
+                  "storage": {"filesystem": {"rootdirectory": str(storage)},
+                              "delete": {"enabled": True}},
+                  "http": http}
+        if auth:
+            config["auth"] = auth
+        path = workdir / f"{name}.yml"
+        path.write_text(yaml.safe_dump(config))
+        self.log = open(workdir / f"{name}.log", "w")
+        self.p = subprocess.Popen([REGISTRY_BIN, "serve", str(path)], stdout=self.log,
+                                  stderr=subprocess.STDOUT)
+        self.host = f"127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return
+            except OSError:
+                if self.p.poll() is not None:
+                    break
+                time.sleep(0.05)
+        raise RuntimeError(f"docker-registry {name} did not start: "
+                           f"{(workdir / f'{name}.log').read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        self.p.terminate()
+        self.p.wait(10)
+        self.log.close()
+
+
+class TokenServer:
+    """Issues registry Bearer tokens (ES256 JWT with an x5c chain), Docker Hub style.
+
+    Anonymous requests get pull on `public/*` only; `user`/`password` get pull on all."""
+
+    def __init__(self, workdir: Path, service: str = "welkin-test", issuer: str = "test-issuer",
+                 user: str = "reader", password: str = "s3cret"):
+        self.service, self.issuer, self.user, self.password = service, issuer, user, password
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "token-signer")])
+        self.cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                     .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+                     .not_valid_before(now - datetime.timedelta(minutes=5))
+                     .not_valid_after(now + datetime.timedelta(days=1))
+                     .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+                     .sign(self.key, hashes.SHA256()))
+        self.bundle = workdir / "token-bundle.pem"
+        self.bundle.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+        self.requests = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):  # noqa: N802
+                server.requests += 1
+                q = {k: v[-1] for k, v in parse_qs(urlsplit(self.path).query).items()}
+                authed = self.headers.get("Authorization") == "Basic " + base64.b64encode(
+                    f"{server.user}:{server.password}".encode()).decode()
+                if self.headers.get("Authorization") and not authed:
+                    return self._send(401, {"details": "incorrect username or password"})
+                scope = q.get("scope", "")
+                access = []
+                if scope.startswith("repository:"):
+                    _, repo, actions = scope.split(":", 2)
+                    if authed or repo.startswith("public/"):
+                        access.append({"type": "repository", "name": repo,
+                                       "actions": actions.split(",")})
+                token = server.token(q.get("service", ""), access)
+                self._send(200, {"token": token, "access_token": token, "expires_in": 300})
+
+            def _send(self, code, body):
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/token"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def token(self, audience: str, access: list) -> str:
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "ES256",
+                  "x5c": [base64.b64encode(self.cert.public_bytes(
+                      serialization.Encoding.DER)).decode()]}
+        claims = {"iss": self.issuer, "sub": "tester", "aud": audience, "exp": now + 300,
+                  "nbf": now - 10, "iat": now, "jti": uuid.uuid4().hex, "access": access}
+        signing_input = (b64url(json.dumps(header).encode()) + "." +
+                         b64url(json.dumps(claims).encode()))
+        r, s = decode_dss_signature(self.key.sign(signing_input.encode(),
+                                                  ec.ECDSA(hashes.SHA256())))
+        return signing_input + "." + b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+
+    def auth_config(self) -> dict:
+        return {"token": {"realm": self.url, "service": self.service, "issuer": self.issuer,
+                          "rootcertbundle": str(self.bundle)}}
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class FaultServer:
+    """Answers every registry request with a fault: 429 or a malformed manifest."""
+
+    def __init__(self, mode: str):
+        self.mode, self.requests = mode, 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):  # noqa: N802
+                server.requests += 1
+                if server.mode == "429":
+                    body = json.dumps({"errors": [{"code": "TOOMANYREQUESTS",
+                                                   "message": "pull rate limit"}]}).encode()
+                    self.send_response(429)
+                    self.send_header("Retry-After", "60")
+                else:
+                    body = b'{"schemaVersion": 2, "config": '
+                    self.send_response(200)
+                self.send_header("Content-Type", OCI_MANIFEST)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class Registries:
+    """The set of registries over one storage, and helpers to push image configs."""
+
+    def __init__(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="registries-"))
+        storage = self.dir / "storage"
+        storage.mkdir()
+        ca, cert, key = make_ca_and_cert()
+        self.ca_pem = ca.decode()
+        (self.dir / "tls.crt").write_bytes(cert)
+        (self.dir / "tls.key").write_bytes(key)
+        self.tokens = TokenServer(self.dir)
+        (self.dir / "htpasswd").write_text(
+            "basicuser:" + crypt.crypt("basicpass", crypt.mksalt(crypt.METHOD_BLOWFISH)) + "\n")
+        self.plain = RegistryProcess(storage, self.dir, "plain")
+        self.tls = RegistryProcess(storage, self.dir, "tls",
+                                   tls=(self.dir / "tls.crt", self.dir / "tls.key"))
+        self.token = RegistryProcess(storage, self.dir, "token", auth=self.tokens.auth_config())
+        self.basic = RegistryProcess(storage, self.dir, "basic", auth={"htpasswd": {
+            "realm": "welkin-test", "path": str(self.dir / "htpasswd")}})
+        self.http = urllib3.PoolManager(retries=False, timeout=10)
+
+    def stop(self) -> None:
+        for r in (self.plain, self.tls, self.token, self.basic):
+            r.stop()
+        self.tokens.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # --- pushing ---
+
+    def push_blob(self, repo: str, data: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        base = f"http://{self.plain.host}"
+        r = self.http.request("POST", f"{base}/v2/{repo}/blobs/uploads/")
+        assert r.status == 202, r.data
+        location = r.headers["Location"]
+        if location.startswith("/"):
+            location = base + location
+        sep = "&" if "?" in location else "?"
+        r = self.http.request("PUT", f"{location}{sep}digest={digest}", body=data,
+                              headers={"Content-Type": "application/octet-stream"})
+        assert r.status == 201, r.data
+        return digest
+
+    def push_manifest(self, repo: str, reference: str, manifest: dict, media_type: str) -> str:
+        data = json.dumps(manifest).encode()
+        r = self.http.request("PUT", f"http://{self.plain.host}/v2/{repo}/manifests/{reference}",
+                              body=data, headers={"Content-Type": media_type})
+        assert r.status == 201, r.data
+        return r.headers["Docker-Content-Digest"]
+
+    def push_image(self, repo: str, tag: str | None, user: str | None,
+                   platform: tuple[str, str] = ("linux", "amd64"),
+                   config_bytes: bytes | None = None) -> str:
+        """An image whose config has User `user` (None: no config section). Returns the
+        manifest digest."""
+        layer = _tiny_layer(repo + (user or ""))
+        layer_digest = self.push_blob(repo, layer)
+        config = {"architecture": platform[1], "os": platform[0],
+                  "rootfs": {"type": "layers", "diff_ids": [
+                      "sha256:" + hashlib.sha256(_tiny_tar(repo + (user or ""))).hexdigest()]}}
+        if user is not None:
+            config["config"] = {"User": user, "Env": ["PATH=/usr/bin"], "Cmd": ["/bin/sh"]}
+        data = config_bytes if config_bytes is not None else json.dumps(config).encode()
+        config_digest = self.push_blob(repo, data)
+        manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                    "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                               "digest": config_digest, "size": len(data)},
+                    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                                "digest": layer_digest, "size": len(layer)}]}
+        data = json.dumps(manifest).encode()
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        self.push_manifest(repo, tag or digest, manifest, OCI_MANIFEST)
+        return digest
+
+    def push_index(self, repo: str, tag: str, users: dict[tuple[str, str], str]) -> str:
+        entries = []
+        for (os_, arch), user in users.items():
+            digest = self.push_image(repo, None, user, (os_, arch))
+            size = len(self.http.request(
+                "GET", f"http://{self.plain.host}/v2/{repo}/manifests/{digest}",
+                headers={"Accept": OCI_MANIFEST}).data)
+            entries.append({"mediaType": OCI_MANIFEST, "digest": digest, "size": size,
+                            "platform": {"os": os_, "architecture": arch}})
+        return self.push_manifest(repo, tag, {"schemaVersion": 2, "mediaType": OCI_INDEX,
+                                              "manifests": entries}, OCI_INDEX)
+
+
+def _tiny_tar(seed: str) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        data = seed.encode()
+        info = tarfile.TarInfo("seed.txt")
+        info.size, info.mtime = len(data), 0
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _tiny_layer(seed: str) -> bytes:
+    import gzip
+
+    return gzip.compress(_tiny_tar(seed), mtime=0)

@@ -21,7 +21,13 @@ services:
 
 # A first look: SQLite under ./var, scans in-process, demo data when there is no cluster.
 run: install
-	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py migrate --noinput
+	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py migrate --noinput -v0
+	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py load_demo --if-empty
+	@echo ""
+	@echo "  welkin-dash: http://127.0.0.1:8000/"
+	@echo "  Log in as officer (security officer), auditor, or lead (team lead of the"
+	@echo "  payments and web namespaces). Demo password: welkin-demo"
+	@echo ""
 	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py runserver 127.0.0.1:8000
 
 test: install services

@@ -274,3 +274,46 @@ class ImageCache(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key} -> {self.user!r}{' ' + self.error if self.error else ''}"
+
+
+class NamespaceGrant(models.Model):
+    """Lets a team lead (a user, or everyone in a group) see namespaces.
+
+    `cluster` empty means every cluster; `namespace` is a name or a glob (`team-a-*`)."""
+
+    user = models.ForeignKey("auth.User", null=True, blank=True, on_delete=models.CASCADE,
+                             related_name="namespace_grants")
+    group = models.ForeignKey("auth.Group", null=True, blank=True, on_delete=models.CASCADE,
+                              related_name="namespace_grants")
+    cluster = models.ForeignKey(Cluster, null=True, blank=True, on_delete=models.CASCADE,
+                                related_name="grants")
+    namespace = models.CharField(max_length=63, help_text="A namespace, or a glob: team-a-*")
+
+    class Meta:
+        constraints = [models.CheckConstraint(
+            condition=Q(user__isnull=False) | Q(group__isnull=False),
+            name="grant_has_user_or_group")]
+
+    def __str__(self) -> str:
+        who = self.user or self.group
+        return f"{who}: {self.cluster or '*'}/{self.namespace}"
+
+
+class DailyActivity(models.Model):
+    """Per day, cluster and namespace: findings opened, resolved, and the seconds from
+    first seen to resolved summed over the resolved ones (mean time to remediate)."""
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="activity")
+    day = models.DateField()
+    namespace = models.CharField(max_length=63)
+    opened = models.PositiveIntegerField(default=0)
+    resolved = models.PositiveIntegerField(default=0)
+    remediation_seconds = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["cluster", "namespace", "day"],
+                                               name="one_activity_per_day")]
+        indexes = [models.Index(fields=["day"])]
+
+    def __str__(self) -> str:
+        return f"{self.cluster_id} {self.day} {self.namespace} +{self.opened} -{self.resolved}"

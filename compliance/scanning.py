@@ -28,6 +28,7 @@ from compliance import images, kube
 from compliance.manifests import ManifestError, parse_documents
 from compliance.models import (
     Cluster,
+    DailyActivity,
     DailyRollup,
     Finding,
     FindingEvent,
@@ -296,11 +297,11 @@ def reconcile(cluster: Cluster, scan: ScanRun, groups: Mapping[tuple, Group]
     """
     at = scan.observed_at
     existing = {
-        (ns, kind, name, container): (pk, vals)
-        for pk, ns, kind, name, container, *vals in Finding.objects.filter(
+        (ns, kind, name, container): (pk, vals, first_seen)
+        for pk, ns, kind, name, container, first_seen, *vals in Finding.objects.filter(
             cluster=cluster, resolved_at__isnull=True).values_list(
-            "pk", "namespace", "workload_kind", "workload_name", "container", *TRACKED)
-        .iterator(chunk_size=5000)
+            "pk", "namespace", "workload_kind", "workload_name", "container", "first_seen",
+            *TRACKED).iterator(chunk_size=5000)
     }
     new: list[Finding] = []
     changed: list[Finding] = []
@@ -316,7 +317,7 @@ def reconcile(cluster: Cluster, scan: ScanRun, groups: Mapping[tuple, Group]
                                workload_name=key[2][:253], container=key[3], first_seen=at,
                                last_changed=at, **values))
             continue
-        pk, old = found
+        pk, old, _ = found
         old_state = old[0]
         if tuple(values[f] for f in TRACKED) == tuple(old):
             continue
@@ -332,14 +333,43 @@ def reconcile(cluster: Cluster, scan: ScanRun, groups: Mapping[tuple, Group]
     fields = [*TRACKED, "kubelet_error", "detail"]
     _update_findings(touched, fields)
     _update_findings(changed, [*fields, "last_changed"])
-    gone = [(pk, old[0]) for pk, old in existing.values()]
+    gone = [(pk, old[0]) for pk, old, _ in existing.values()]
     for i in range(0, len(gone), 5000):
         Finding.objects.filter(pk__in=[pk for pk, _ in gone[i:i + 5000]]).update(
             resolved_at=at, last_changed=at)
     events.extend(FindingEvent(finding_id=pk, scan=scan, kind="resolved", from_state=state,
                                at=at) for pk, state in gone)
     FindingEvent.objects.bulk_create(events, batch_size=5000)
+    activity: dict[str, list[int]] = {}
+    for f in created:
+        activity.setdefault(f.namespace, [0, 0, 0])[0] += 1
+    for key, (_, _, first_seen) in existing.items():
+        a = activity.setdefault(key[0], [0, 0, 0])
+        a[1] += 1
+        a[2] += max(0, int((at - first_seen).total_seconds()))
+    _add_activity(cluster, at, activity)
     return len(created), len(changed), len(gone)
+
+
+def _add_activity(cluster: Cluster, at: datetime, activity: dict[str, list[int]]) -> None:
+    """Add the day's opened/resolved counts; nothing is written when nothing changed."""
+    if not activity:
+        return
+    table = DailyActivity._meta.db_table
+    day = timezone.localdate(at)
+    rows = [(cluster.pk, day, ns, o, r, secs) for ns, (o, r, secs) in activity.items()]
+    with connection.cursor() as cur:
+        for i in range(0, len(rows), 1000):
+            chunk = rows[i:i + 1000]
+            cur.execute(
+                f"INSERT INTO {table} (cluster_id, day, namespace, opened, resolved, "
+                f"remediation_seconds) VALUES {','.join(['(%s,%s,%s,%s,%s,%s)'] * len(chunk))} "
+                "ON CONFLICT (cluster_id, namespace, day) DO UPDATE SET "
+                f"opened = {table}.opened + excluded.opened, "
+                f"resolved = {table}.resolved + excluded.resolved, "
+                f"remediation_seconds = {table}.remediation_seconds "
+                "+ excluded.remediation_seconds",
+                [v for row in chunk for v in row])
 
 
 def _update_findings(objs: list[Finding], fields: list[str]) -> None:

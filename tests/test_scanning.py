@@ -96,6 +96,19 @@ def test_it_resolves_exactly_the_fixed_workloads(cluster, fleet):
     assert {e.from_state for e in resolved} == {"root"}
 
 
+def test_it_counts_daily_activity(cluster, fleet):
+    from compliance.models import DailyActivity
+
+    scan(cluster)
+    deployment(fleet, "shop", "web", "nginx", 3, container_sc=GOOD_SC)
+    scan(cluster)
+    rows = {r.namespace: (r.opened, r.resolved) for r in DailyActivity.objects.all()}
+    assert rows == {"shop": (2, 1), "data": (4, 0)}
+    web = Finding.objects.get(workload_name="web")
+    assert DailyActivity.objects.get(namespace="shop").remediation_seconds == int(
+        (web.resolved_at - web.first_seen).total_seconds())
+
+
 def test_it_records_a_state_change_as_an_event(cluster, fleet):
     scan(cluster)
     deployment(fleet, "data", "etl", "etl", 4, pod_sc={"runAsNonRoot": True},

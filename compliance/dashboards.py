@@ -1,0 +1,285 @@
+"""Queries for the dashboard, one function per screen, each filtered through access.py.
+
+Counts and trends read the daily rollups (never COUNT over findings); lists use keyset
+pagination; each screen's query count is pinned by a test. The fleet overview is cached
+per completed scan: a new scan anywhere changes the key.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from django.core.cache import cache
+from django.db.models import Max, Q, Sum
+from django.utils import timezone
+
+from compliance import access, controls
+from compliance.access import Scope
+from compliance.models import (
+    Cluster,
+    DailyActivity,
+    DailyRollup,
+    Finding,
+    FindingEvent,
+    ScanRun,
+    State,
+)
+
+NONCOMPLIANT = ("blocked", "root", "unverified", "unenforced")
+STATES = ("blocked", "root", "unverified", "unenforced", "compliant")  # display order
+PAGE_SIZE = 50
+
+
+def stale_after(cluster: Cluster) -> dt.timedelta:
+    """A cluster whose last complete scan is older than this stands out."""
+    return max(cluster.schedule * 3, dt.timedelta(hours=1))
+
+
+def _latest_days(clusters: list[Cluster]) -> dict[int, dt.date]:
+    return {c.pk: timezone.localdate(c.last_complete_scan.observed_at)
+            for c in clusters if c.last_complete_scan_id}
+
+
+def _day_filter(days: dict[int, dt.date]) -> Q:
+    q = Q(pk__in=[])
+    for cluster_id, day in days.items():
+        q |= Q(cluster_id=cluster_id, day=day)
+    return q
+
+
+def _scan_marker() -> int:
+    return Cluster.objects.aggregate(m=Max("last_complete_scan_id"))["m"] or 0
+
+
+# --- fleet ------------------------------------------------------------------------------
+
+def fleet_overview(scope: Scope) -> dict[str, Any]:
+    """The fleet page: per control, per cluster, what got worse, top namespaces, trends."""
+    key = f"fleet:{scope.key}:{_scan_marker()}"
+    data = cache.get(key)
+    if data is None:
+        data = _fleet_overview(scope)
+        cache.set(key, data, 3600)
+    return data
+
+
+def _fleet_overview(scope: Scope) -> dict[str, Any]:
+    clusters = list(access.clusters(scope).select_related("last_complete_scan", "last_scan"))
+    now = timezone.now()
+    today = _latest_days(clusters)
+    # Each cluster's last rollup day at least a week before its latest.
+    week_ago = dict(DailyRollup.objects.filter(scope.q(), _before_filter(today))
+        .values("cluster_id")
+        .annotate(d=Max("day")).values_list("cluster_id", "d"))
+    rollups = DailyRollup.objects.filter(scope.q())
+    current = rollups.filter(_day_filter(today))
+
+    by_cluster: dict[int, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATES, 0))
+    pods_by_state: dict[str, int] = dict.fromkeys(STATES, 0)
+    for cluster_id, state, n, pods in current.values("cluster_id", "state").annotate(
+            n=Sum("containers"), p=Sum("pods")).values_list("cluster_id", "state", "n", "p"):
+        by_cluster[cluster_id][state] = n
+        pods_by_state[state] += pods
+    totals = {s: sum(c[s] for c in by_cluster.values()) for s in STATES}
+
+    both = rollups.filter(state__in=NONCOMPLIANT).filter(
+        _day_filter(today) | _day_filter(week_ago))
+    grouped = both.values("cluster__name", "namespace").annotate(
+        now=Sum("containers", filter=_day_filter(today), default=0),
+        before=Sum("containers", filter=_day_filter(week_ago), default=0))
+    ns_rows = list(grouped.order_by())  # one query; both lists are cut from it
+    worse_rows = sorted((r for r in ns_rows if r["now"] > r["before"]),
+                        key=lambda r: (r["before"] - r["now"], r["namespace"]))[:10]
+    top = sorted((r for r in ns_rows if r["now"]),
+                 key=lambda r: (-r["now"], r["namespace"]))[:10]
+
+    trend = _state_series(rollups.filter(day__gte=now.date() - dt.timedelta(days=30)))
+    per_control = []
+    for control in controls.CONTROLS.values():
+        states = [s for s in NONCOMPLIANT if control.id in controls.MAPPING[s]]
+        per_control.append({
+            "control": control, "states": states,
+            "containers": sum(totals[s] for s in states),
+            "pods": sum(pods_by_state[s] for s in states),
+            "series": [sum(trend["series"][s][i] for s in states)
+                       for i in range(len(trend["days"]))],
+        })
+    cluster_rows = []
+    for c in clusters:
+        last = c.last_complete_scan
+        age = now - last.finished_at if last and last.finished_at else None
+        cluster_rows.append({
+            "cluster": c, "counts": by_cluster.get(c.pk, dict.fromkeys(STATES, 0)),
+            "last_complete": last, "age": age,
+            "stale": age is None or age > stale_after(c),
+            "failing": c.last_scan is not None and c.last_scan.status == "failed",
+        })
+    return {"controls": per_control, "clusters": cluster_rows, "totals": totals,
+            "worse": worse_rows, "top_namespaces": top, "trend_days": trend["days"],
+            "generated": now}
+
+
+def _before_filter(days: dict[int, dt.date]) -> Q:
+    q = Q(pk__in=[])
+    for cluster_id, day in days.items():
+        q |= Q(cluster_id=cluster_id, day__lte=day - dt.timedelta(days=7))
+    return q
+
+
+def _state_series(rollups) -> dict[str, Any]:
+    """Daily totals per state from rollups (one query)."""
+    rows = rollups.values("day", "state").annotate(n=Sum("containers")).order_by("day")
+    days: list[dt.date] = []
+    series: dict[str, list[int]] = {s: [] for s in STATES}
+    for r in rows:
+        if not days or days[-1] != r["day"]:
+            days.append(r["day"])
+            for s in STATES:
+                series[s].append(0)
+        series[r["state"]][-1] = r["n"]
+    return {"days": days, "series": series}
+
+
+# --- cluster ----------------------------------------------------------------------------
+
+def cluster_overview(scope: Scope, cluster: Cluster) -> dict[str, Any]:
+    """The cluster page: namespaces with counts by state, scan history, trend."""
+    day = _latest_days([cluster]).get(cluster.pk)
+    namespaces: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATES, 0))
+    if day:
+        for ns, state, n in DailyRollup.objects.filter(
+                scope.q(), cluster=cluster, day=day).values_list("namespace", "state",
+                                                                 "containers"):
+            namespaces[ns][state] = n
+    rows = sorted(namespaces.items(),
+                  key=lambda kv: (-sum(kv[1][s] for s in NONCOMPLIANT), kv[0]))
+    scans = list(cluster.scans.order_by("-started_at")[:20]) if scope.fleet else []
+    return {"namespaces": rows, "scans": scans, "day": day}
+
+
+# --- namespace --------------------------------------------------------------------------
+
+@dataclass
+class FindingFilter:
+    state: str = ""
+    kind: str = ""
+    text: str = ""
+
+    @classmethod
+    def from_query(cls, params) -> FindingFilter:
+        state = params.get("state", "")
+        return cls(state if state in NONCOMPLIANT else "", params.get("kind", "")[:63],
+                   params.get("q", "").strip()[:200])
+
+
+def encode_cursor(values: tuple) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(list(values))).decode()
+
+
+def decode_cursor(cursor: str | None) -> tuple | None:
+    if not cursor:
+        return None
+    try:
+        values = orjson.loads(base64.urlsafe_b64decode(cursor.encode()))
+        kind, name, container, pk = values
+        if not all(isinstance(v, str) for v in (kind, name, container)) or \
+                not isinstance(pk, int):
+            return None
+        return kind, name, container, pk
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        return None
+
+
+def namespace_findings(scope: Scope, cluster: Cluster, namespace: str, filt: FindingFilter,
+                       cursor: str | None) -> dict[str, Any]:
+    """Open findings of a namespace, keyset-paginated by (kind, workload, container, id)."""
+    qs = access.findings(scope).filter(cluster=cluster, namespace=namespace,
+                                       resolved_at__isnull=True)
+    if filt.state:
+        qs = qs.filter(state=filt.state)
+    if filt.kind:
+        qs = qs.filter(workload_kind=filt.kind)
+    if filt.text:
+        qs = qs.filter(Q(workload_name__icontains=filt.text) | Q(container__icontains=filt.text)
+                       | Q(image__icontains=filt.text))
+    after = decode_cursor(cursor)
+    if after:
+        kind, name, container, pk = after
+        qs = qs.filter(Q(workload_kind__gt=kind) | Q(workload_kind=kind, workload_name__gt=name)
+                       | Q(workload_kind=kind, workload_name=name, container__gt=container)
+                       | Q(workload_kind=kind, workload_name=name, container=container,
+                           pk__gt=pk))
+    rows = list(qs.order_by("workload_kind", "workload_name", "container", "pk")
+                .only("pk", "workload_kind", "workload_name", "container", "container_type",
+                      "image", "state", "pods", "mixed", "first_seen", "kubelet_error",
+                      "image_user", "image_user_source")[:PAGE_SIZE + 1])
+    next_cursor = None
+    if len(rows) > PAGE_SIZE:
+        rows = rows[:PAGE_SIZE]
+        last = rows[-1]
+        next_cursor = encode_cursor((last.workload_kind, last.workload_name, last.container,
+                                     last.pk))
+    day = _latest_days([cluster]).get(cluster.pk)
+    counts = dict.fromkeys(STATES, 0)
+    if day:
+        counts.update(dict(DailyRollup.objects.filter(cluster=cluster, namespace=namespace,
+                                                      day=day)
+                           .values_list("state", "containers")))
+    return {"rows": rows, "next_cursor": next_cursor, "counts": counts}
+
+
+# --- finding ------------------------------------------------------------------------------
+
+def finding_history(finding: Finding) -> list[FindingEvent]:
+    return list(finding.events.order_by("-at", "-pk")[:100])
+
+
+# --- trends -------------------------------------------------------------------------------
+
+def trend_data(scope: Scope, cluster: Cluster | None = None, namespace: str | None = None,
+               days: int = 90) -> dict[str, Any]:
+    """Chart data: containers per state per day; opened vs resolved per week; mean time to
+    remediate per week. Reads rollups and daily activity only."""
+    since = timezone.localdate() - dt.timedelta(days=days)
+    rollups = DailyRollup.objects.filter(scope.q(), day__gte=since)
+    activity = DailyActivity.objects.filter(scope.q(), day__gte=since)
+    if cluster is not None:
+        rollups, activity = rollups.filter(cluster=cluster), activity.filter(cluster=cluster)
+    if namespace is not None:
+        rollups = rollups.filter(namespace=namespace)
+        activity = activity.filter(namespace=namespace)
+    states = _state_series(rollups)
+    weeks: dict[dt.date, list[int]] = {}
+    for day, opened, resolved, secs in activity.values("day").annotate(
+            o=Sum("opened"), r=Sum("resolved"), s=Sum("remediation_seconds")).values_list(
+            "day", "o", "r", "s").order_by("day"):
+        week = day - dt.timedelta(days=day.weekday())
+        w = weeks.setdefault(week, [0, 0, 0])
+        w[0] += opened
+        w[1] += resolved
+        w[2] += secs
+    week_days = sorted(weeks)
+    return {
+        "days": [d.isoformat() for d in states["days"]],
+        "states": {s: states["series"][s] for s in STATES},
+        "labels": {s: str(State(s).label) for s in STATES},
+        "weeks": [w.isoformat() for w in week_days],
+        "opened": [weeks[w][0] for w in week_days],
+        "resolved": [weeks[w][1] for w in week_days],
+        "mttr_days": [round(weeks[w][2] / weeks[w][1] / 86400, 1) if weeks[w][1] else None
+                      for w in week_days],
+    }
+
+
+# --- scans ----------------------------------------------------------------------------------
+
+def scans_overview() -> list[dict[str, Any]]:
+    """The scans page (security officers): every cluster, its last and running scan."""
+    clusters = list(Cluster.objects.select_related("last_scan", "last_complete_scan"))
+    running = {s.cluster_id: s for s in ScanRun.objects.filter(status="running")}
+    return [{"cluster": c, "running": running.get(c.pk)} for c in clusters]

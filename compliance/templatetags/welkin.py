@@ -1,0 +1,65 @@
+"""Small presentation helpers: state badges, ages, sparklines."""
+
+from datetime import timedelta
+
+from django import template
+from django.utils.html import format_html
+
+from compliance import controls
+
+register = template.Library()
+
+
+@register.filter
+def get(mapping, key):
+    return (mapping or {}).get(key, 0)
+
+
+@register.filter
+def state_badge(state):
+    """A badge that carries its meaning in text, not only colour."""
+    label = controls.STATE_LABELS.get(state, state)
+    return format_html('<span class="state state-{}" title="{}">{}</span>', state,
+                       controls.STATE_DESCRIPTIONS.get(state, ""), label)
+
+
+@register.filter
+def age(delta):
+    if delta is None:
+        return "never"
+    if not isinstance(delta, timedelta):
+        return ""
+    s = int(delta.total_seconds())
+    if s < 90:
+        return f"{s} s"
+    if s < 90 * 60:
+        return f"{s // 60} min"
+    if s < 36 * 3600:
+        return f"{s // 3600} h"
+    return f"{s // 86400} d"
+
+
+@register.filter
+def duration(delta):
+    if delta is None:
+        return "-"
+    s = delta.total_seconds()
+    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+@register.simple_tag
+def sparkline(values, label="trend"):
+    """An inline SVG line of values (oldest first): readable without JavaScript."""
+    values = list(values or [])
+    if len(values) < 2:
+        return format_html('<span class="muted">{}</span>', "not enough history")
+    w, h = 120, 28
+    top = max(values) or 1
+    step = w / (len(values) - 1)
+    points = " ".join(f"{i * step:.1f},{h - 2 - (v / top) * (h - 4):.1f}"
+                      for i, v in enumerate(values))
+    return format_html(
+        '<svg class="spark" width="{}" height="{}" viewBox="0 0 {} {}" role="img" '
+        'aria-label="{}: from {} to {}"><polyline fill="none" stroke="currentColor" '
+        'stroke-width="1.5" points="{}"/></svg>', w, h, w, h, label, values[0], values[-1],
+        points)

@@ -1,0 +1,23 @@
+"""Cluster and namespace pages (the namespace page is a team lead's home)."""
+
+from django.shortcuts import render
+
+from compliance import access, dashboards
+
+
+def cluster(request, name):
+    scope = access.scope_for(request.user)
+    c = access.cluster_or_404(scope, name)
+    return render(request, "compliance/cluster.html", {
+        "scope": scope, "cluster": c, **dashboards.cluster_overview(scope, c)})
+
+
+def namespace(request, name, namespace):
+    scope = access.scope_for(request.user)
+    c = access.cluster_or_404(scope, name)
+    ns = access.namespace_or_404(scope, c, namespace)
+    filt = dashboards.FindingFilter.from_query(request.GET)
+    data = dashboards.namespace_findings(scope, c, ns, filt, request.GET.get("after"))
+    return render(request, "compliance/namespace.html", {
+        "scope": scope, "cluster": c, "namespace": ns, "filter": filt,
+        "states": dashboards.NONCOMPLIANT, **data})

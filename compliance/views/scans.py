@@ -1,0 +1,61 @@
+"""Scan management (security officers): scan now with live progress, enable, schedule."""
+
+from django.contrib import messages
+from django.db import transaction
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from compliance import access, dashboards, tasks
+from compliance.models import Cluster, ScanRun, Source
+
+
+def _officer(request):
+    scope = access.scope_for(request.user)
+    access.require_manage(scope)
+    return scope
+
+
+def scans(request):
+    scope = _officer(request)
+    return render(request, "compliance/scans.html", {
+        "scope": scope, "rows": dashboards.scans_overview()})
+
+
+def progress(request, name):
+    _officer(request)
+    c = get_object_or_404(Cluster.objects.select_related("last_scan"), name=name)
+    running = ScanRun.objects.filter(cluster=c, status="running").first()
+    return render(request, "compliance/_scan_progress.html", {"cluster": c,
+                                                               "running": running})
+
+
+@require_POST
+def scan_now(request, name):
+    _officer(request)
+    c = get_object_or_404(Cluster, name=name)
+    if c.source == Source.SNAPSHOT:
+        messages.error(request, f"{c.name} is a snapshot cluster: import a new snapshot "
+                                "with manage.py import_snapshot.")
+    else:
+        transaction.on_commit(lambda: tasks.scan_cluster.delay(c.pk, "manual"))
+        messages.success(request, f"Scan of {c.name} queued.")
+    return redirect("compliance-scans")
+
+
+@require_POST
+def settings(request, name):
+    _officer(request)
+    c = get_object_or_404(Cluster, name=name)
+    try:
+        minutes = int(request.POST.get("schedule_minutes", c.schedule_minutes))
+    except ValueError:
+        minutes = -1
+    if not 1 <= minutes <= 7 * 24 * 60:
+        messages.error(request, "Schedule: a whole number of minutes from 1 to 10080.")
+        return redirect("compliance-scans")
+    c.schedule_minutes = minutes
+    c.enabled = request.POST.get("enabled") == "on"
+    c.save(update_fields=["schedule_minutes", "enabled"])
+    messages.success(request, f"{c.name}: {'enabled' if c.enabled else 'disabled'}, every "
+                              f"{minutes} minutes.")
+    return redirect("compliance-scans")

@@ -1,0 +1,178 @@
+"""Every page for each role, access (404 outside a team lead's namespaces, by any URL),
+and the query count of each page."""
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.cache import cache
+
+from compliance import access, demo
+from compliance.models import Cluster, Finding, NamespaceGrant
+
+PASSWORD = "test-pass"
+
+
+@pytest.fixture(scope="module")
+def fleet(django_db_setup, django_db_blocker):
+    """A 14-day demo fleet, loaded once for this module (the tests only read it)."""
+    with django_db_blocker.unblock():
+        demo.load(PASSWORD, days=14)
+        yield
+        Cluster.objects.all().delete()
+        User.objects.all().delete()
+
+
+@pytest.fixture
+def as_user(client, fleet, db):
+    def login(username):
+        cache.clear()
+        assert client.login(username=username, password=PASSWORD)
+        return client
+    return login
+
+
+def open_finding(**kw):
+    return Finding.objects.filter(resolved_at__isnull=True, **kw).order_by("pk").first()
+
+
+PAGES = ["/", "/trends/", "/trends/data.json", "/clusters/prod-eu/",
+         "/clusters/prod-eu/namespaces/payments/", "/trends/data.json?cluster=prod-eu"]
+
+
+@pytest.mark.parametrize("role", ["officer", "auditor", "lead"])
+def test_it_serves_every_page_to_each_role(as_user, role):
+    c = as_user(role)
+    for url in PAGES:
+        assert c.get(url).status_code == 200, url
+    f = open_finding(namespace="payments")
+    r = c.get(f"/findings/{f.pk}/")
+    assert r.status_code == 200
+    assert b"How to fix it" in r.content
+
+
+def test_it_requires_login(client, fleet, db):
+    for url in [*PAGES, "/scans/", f"/findings/{open_finding().pk}/"]:
+        r = client.get(url)
+        assert r.status_code == 302 and r["Location"].startswith("/accounts/login/")
+
+
+def test_the_fleet_page_shows_controls_clusters_and_trends(as_user):
+    r = as_user("officer").get("/")
+    body = r.content.decode()
+    for text in ("A.9.4.4", "(2022: 8.18)", "A.12.6.1", "(2022: 8.8)", "A.14.2.5",
+                 "(2022: 8.27)", "prod-eu", "prod-us", "staging", "Worse than a week ago",
+                 "Namespaces with most violations"):
+        assert text in body
+    data = r.context
+    assert sum(row["counts"]["blocked"] for row in data["clusters"]) >= 2
+
+
+def test_a_lead_sees_only_granted_namespaces(as_user):
+    c = as_user("lead")
+    body = c.get("/clusters/prod-eu/").content.decode()
+    assert "/namespaces/payments/" in body and "/namespaces/web/" in body
+    assert "/namespaces/data/" not in body and "Scan history" not in body
+    fleet = c.get("/").context
+    assert {r["namespace"] for r in fleet["top_namespaces"]} <= {"payments", "web"}
+    trend = c.get("/trends/data.json").json()
+    officer = as_user("officer").get("/trends/data.json").json()
+    assert sum(map(sum, trend["states"].values())) < sum(map(sum, officer["states"].values()))
+
+
+def test_a_lead_gets_404_for_everything_outside_their_namespaces(as_user):
+    c = as_user("lead")
+    other = open_finding(namespace="data")
+    assert c.get(f"/findings/{other.pk}/").status_code == 404
+    assert c.get("/clusters/prod-eu/namespaces/data/").status_code == 404
+    assert c.get("/trends/data.json?cluster=prod-eu&namespace=data").status_code == 404
+    assert c.get("/trends/?cluster=prod-eu&namespace=data").status_code == 404
+    assert c.get("/scans/").status_code == 404
+    assert c.get("/scans/prod-eu/progress/").status_code == 404
+    assert c.post("/scans/prod-eu/now/").status_code == 404
+    assert c.post("/scans/prod-eu/settings/", {"schedule_minutes": 5}).status_code == 404
+    assert c.get("/clusters/nope/").status_code == 404
+    assert c.get("/findings/999999999/").status_code == 404
+
+
+def test_a_lead_limited_to_one_cluster_cannot_see_the_others(as_user):
+    lead = User.objects.get(username="lead")
+    NamespaceGrant.objects.filter(user=lead).update(cluster=Cluster.objects.get(name="staging"))
+    try:
+        c = as_user("lead")
+        assert c.get("/clusters/prod-eu/").status_code == 404
+        assert c.get("/clusters/staging/namespaces/payments/").status_code == 200
+        f = open_finding(cluster__name="prod-eu", namespace="payments")
+        assert c.get(f"/findings/{f.pk}/").status_code == 404
+    finally:
+        NamespaceGrant.objects.filter(user=lead).update(cluster=None)
+
+
+def test_a_user_without_a_role_sees_nothing(client, fleet, db):
+    User.objects.create_user("nobody", password=PASSWORD)
+    try:
+        client.login(username="nobody", password=PASSWORD)
+        assert client.get("/").status_code == 403
+        assert client.get("/clusters/prod-eu/").status_code == 404
+        assert client.get(f"/findings/{open_finding().pk}/").status_code == 404
+        assert client.get("/trends/data.json").json()["days"] == []
+    finally:
+        User.objects.filter(username="nobody").delete()
+
+
+def test_the_welkin_cases_are_explained_with_their_fix(as_user):
+    f = open_finding(cluster__name="prod-eu", namespace="payments", workload_name="worker")
+    body = as_user("lead").get(f"/findings/{f.pk}/").content.decode()
+    assert "image has non-numeric user (node)" in body
+    assert "USER 1000" in body  # the numeric form of node
+    assert "kubectl -n payments patch deployment worker --type strategic" in body
+    assert "none of them can see the image" in body  # how other tools differ
+    assert "Opened" in body  # history
+
+
+def test_the_namespace_page_filters_and_pages(as_user, monkeypatch):
+    from compliance import dashboards
+
+    monkeypatch.setattr(dashboards, "PAGE_SIZE", 2)
+    c = as_user("officer")
+    r = c.get("/clusters/prod-eu/namespaces/monitoring/")
+    first = [f.pk for f in r.context["rows"]]
+    cursor = r.context["next_cursor"]
+    seen = list(first)
+    while cursor:
+        r = c.get("/clusters/prod-eu/namespaces/monitoring/", {"after": cursor})
+        seen += [f.pk for f in r.context["rows"]]
+        cursor = r.context["next_cursor"]
+    expected = Finding.objects.filter(cluster__name="prod-eu", namespace="monitoring",
+                                      resolved_at__isnull=True).count()
+    assert len(seen) == len(set(seen)) == expected
+    r = c.get("/clusters/prod-eu/namespaces/monitoring/", {"q": "vendor"})
+    assert all("vendor" in f.workload_name or "vendor" in f.image for f in r.context["rows"])
+    r = c.get("/clusters/prod-eu/namespaces/monitoring/", {"after": "garbage!!"})
+    assert r.status_code == 200
+
+
+@pytest.mark.parametrize("role", ["officer", "lead"])
+@pytest.mark.parametrize("url", ["/", "/trends/", "/trends/data.json", "/clusters/prod-eu/",
+                                 "/clusters/prod-eu/namespaces/payments/", "finding",
+                                 "/scans/"])
+def test_no_page_issues_more_than_10_queries(as_user, django_assert_max_num_queries, role,
+                                             url):
+    c = as_user(role)
+    if url == "/scans/" and role != "officer":
+        return
+    if url == "finding":
+        url = f"/findings/{open_finding(namespace='payments').pk}/"
+    with django_assert_max_num_queries(10):
+        assert c.get(url).status_code == 200
+
+
+def test_the_fleet_page_is_cached_until_a_scan_completes(as_user, django_assert_max_num_queries):
+    c = as_user("officer")
+    c.get("/")
+    with django_assert_max_num_queries(4):  # session, user, groups, scan marker
+        c.get("/")
+
+
+def test_scope_globs_match_like_fnmatch():
+    s = access.Scope(1, access.LEAD, ((None, "team-*"), (3, "web")))
+    assert s.allows(9, "team-a") and s.allows(3, "web") and not s.allows(4, "web")
+    assert access.glob_regex("team-?x*") == "^team\\-.x.*$"

@@ -22,6 +22,7 @@ from compliance import access, controls
 from compliance.access import Scope
 from compliance.models import (
     Cluster,
+    ClusterRollup,
     DailyActivity,
     DailyRollup,
     Finding,
@@ -52,6 +53,18 @@ def _day_filter(days: dict[int, dt.date]) -> Q:
     return q
 
 
+def _counts(scope: Scope, cluster: Cluster | None = None, namespace: str | None = None):
+    """Rollup rows for a view: per cluster (few rows) when the scope is the whole fleet and
+    no namespace is asked for; per namespace, filtered by the scope, otherwise."""
+    if scope.fleet and namespace is None:
+        qs = ClusterRollup.objects.all()
+    else:
+        qs = DailyRollup.objects.filter(scope.q())
+        if namespace is not None:
+            qs = qs.filter(namespace=namespace)
+    return qs.filter(cluster=cluster) if cluster is not None else qs
+
+
 def _scan_marker() -> int:
     return Cluster.objects.aggregate(m=Max("last_complete_scan_id"))["m"] or 0
 
@@ -77,7 +90,7 @@ def _fleet_overview(scope: Scope) -> dict[str, Any]:
         .values("cluster_id")
         .annotate(d=Max("day")).values_list("cluster_id", "d"))
     rollups = DailyRollup.objects.filter(scope.q())
-    current = rollups.filter(_day_filter(today))
+    current = _counts(scope).filter(_day_filter(today))
 
     by_cluster: dict[int, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATES, 0))
     pods_by_state: dict[str, int] = dict.fromkeys(STATES, 0)
@@ -98,7 +111,7 @@ def _fleet_overview(scope: Scope) -> dict[str, Any]:
     top = sorted((r for r in ns_rows if r["now"]),
                  key=lambda r: (-r["now"], r["namespace"]))[:10]
 
-    trend = _state_series(rollups.filter(day__gte=now.date() - dt.timedelta(days=30)))
+    trend = _state_series(_counts(scope).filter(day__gte=now.date() - dt.timedelta(days=30)))
     per_control = []
     for control in controls.CONTROLS.values():
         states = [s for s in NONCOMPLIANT if control.id in controls.MAPPING[s]]
@@ -112,7 +125,8 @@ def _fleet_overview(scope: Scope) -> dict[str, Any]:
     cluster_rows = []
     for c in clusters:
         last = c.last_complete_scan
-        age = now - last.finished_at if last and last.finished_at else None
+        # The age of the data: when the scan listed the cluster (or the snapshot was taken).
+        age = now - last.observed_at if last else None
         cluster_rows.append({
             "cluster": c, "counts": by_cluster.get(c.pk, dict.fromkeys(STATES, 0)),
             "last_complete": last, "age": age,
@@ -246,12 +260,11 @@ def trend_data(scope: Scope, cluster: Cluster | None = None, namespace: str | No
     """Chart data: containers per state per day; opened vs resolved per week; mean time to
     remediate per week. Reads rollups and daily activity only."""
     since = timezone.localdate() - dt.timedelta(days=days)
-    rollups = DailyRollup.objects.filter(scope.q(), day__gte=since)
+    rollups = _counts(scope, cluster, namespace).filter(day__gte=since)
     activity = DailyActivity.objects.filter(scope.q(), day__gte=since)
     if cluster is not None:
-        rollups, activity = rollups.filter(cluster=cluster), activity.filter(cluster=cluster)
+        activity = activity.filter(cluster=cluster)
     if namespace is not None:
-        rollups = rollups.filter(namespace=namespace)
         activity = activity.filter(namespace=namespace)
     states = _state_series(rollups)
     weeks: dict[dt.date, list[int]] = {}

@@ -276,6 +276,25 @@ class ImageCache(models.Model):
         return f"{self.key} -> {self.user!r}{' ' + self.error if self.error else ''}"
 
 
+class ClusterRollup(models.Model):
+    """DailyRollup summed over namespaces: what fleet-wide charts and counts read (a few
+    rows per cluster and day instead of one per namespace)."""
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="+")
+    day = models.DateField()
+    state = models.CharField(max_length=16, choices=State.choices)
+    containers = models.PositiveIntegerField(default=0)
+    pods = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["cluster", "state", "day"],
+                                               name="one_cluster_rollup_per_day")]
+        indexes = [models.Index(fields=["day"])]
+
+    def __str__(self) -> str:
+        return f"{self.cluster_id} {self.day} {self.state}={self.containers}"
+
+
 class NamespaceGrant(models.Model):
     """Lets a team lead (a user, or everyone in a group) see namespaces.
 

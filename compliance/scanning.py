@@ -28,6 +28,7 @@ from compliance import images, kube
 from compliance.manifests import ManifestError, parse_documents
 from compliance.models import (
     Cluster,
+    ClusterRollup,
     DailyActivity,
     DailyRollup,
     Finding,
@@ -398,8 +399,8 @@ def _update_findings(objs: list[Finding], fields: list[str]) -> None:
 
 
 def write_rollup(cluster: Cluster, at: datetime, groups: Mapping[tuple, Group]) -> int:
-    """Upsert the day's (namespace, state) counts; rows whose counts are unchanged, and
-    zero counts with no row, are not written."""
+    """Upsert the day's counts per (namespace, state) and per state for the cluster; rows
+    whose counts are unchanged are not written, so an unchanged rescan writes nothing."""
     day = timezone.localdate(at)
     counts: dict[tuple[str, str], list[int]] = {}
     for (ns, _, _, _), g in groups.items():
@@ -410,19 +411,29 @@ def write_rollup(cluster: Cluster, at: datetime, groups: Mapping[tuple, Group]) 
     for ns, state in DailyRollup.objects.filter(cluster=cluster, day=day).exclude(
             containers=0, pods=0).values_list("namespace", "state"):
         counts.setdefault((ns, state), [0, 0])
-    if not counts:
-        return 0
-    table = DailyRollup._meta.db_table
-    rows = [(cluster.pk, day, ns, state, c, p) for (ns, state), (c, p) in counts.items()]
+    totals: dict[str, list[int]] = {s: [0, 0] for s in State.values}
+    for (_, state), (c, p) in counts.items():
+        totals[state][0] += c
+        totals[state][1] += p
+    written = _upsert_counts(DailyRollup._meta.db_table, "namespace, state",
+                             [(cluster.pk, day, ns, state, c, p)
+                              for (ns, state), (c, p) in counts.items()])
+    return written + _upsert_counts(ClusterRollup._meta.db_table, "state",
+                                    [(cluster.pk, day, state, c, p)
+                                     for state, (c, p) in totals.items()])
+
+
+def _upsert_counts(table: str, key: str, rows: list[tuple]) -> int:
+    """INSERT ... ON CONFLICT DO UPDATE, only where containers or pods differ."""
     written = 0
     with connection.cursor() as cur:
         for i in range(0, len(rows), 1000):
             chunk = rows[i:i + 1000]
-            placeholders = ",".join(["(%s, %s, %s, %s, %s, %s)"] * len(chunk))
+            one = "(" + ", ".join(["%s"] * len(chunk[0])) + ")"
             cur.execute(
-                f"INSERT INTO {table} (cluster_id, day, namespace, state, containers, pods) "
-                f"VALUES {placeholders} "
-                "ON CONFLICT (cluster_id, namespace, state, day) DO UPDATE "
+                f"INSERT INTO {table} (cluster_id, day, {key}, containers, pods) "
+                f"VALUES {', '.join([one] * len(chunk))} "
+                f"ON CONFLICT (cluster_id, {key}, day) DO UPDATE "
                 "SET containers = excluded.containers, pods = excluded.pods "
                 f"WHERE {table}.containers <> excluded.containers "
                 f"OR {table}.pods <> excluded.pods",

@@ -38,4 +38,6 @@ if ! redis_up; then
 fi
 # Tools the tests start themselves: a real OCI registry.
 command -v docker-registry >/dev/null || { echo "services: installing docker-registry" >&2; apt_install docker-registry; }
+# ... and a real browser for the page tests (Playwright drives Debian's Chromium).
+command -v chromium >/dev/null || { echo "services: installing chromium" >&2; apt_install chromium; }
 echo "services: PostgreSQL and Redis are up" >&2

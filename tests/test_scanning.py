@@ -81,6 +81,21 @@ def test_it_writes_daily_rollups_including_compliant(cluster, fleet):
                     ("data", "root"): (3, 3)}
 
 
+def test_cluster_rollups_are_the_namespace_rollups_summed(cluster, fleet):
+    from django.db.models import Sum
+
+    from compliance.models import ClusterRollup
+
+    scan(cluster)
+    deployment(fleet, "shop", "web", "nginx", 3, container_sc=GOOD_SC)
+    scan(cluster)
+    per_ns = dict(DailyRollup.objects.values("state").annotate(n=Sum("containers"))
+                  .values_list("state", "n"))
+    totals = dict(ClusterRollup.objects.exclude(containers=0).values_list("state",
+                                                                          "containers"))
+    assert per_ns == totals == {"compliant": 2, "blocked": 1, "unenforced": 1, "root": 3}
+
+
 def test_it_resolves_exactly_the_fixed_workloads(cluster, fleet):
     scan(cluster)
     deployment(fleet, "shop", "web", "nginx", 3, container_sc=GOOD_SC)  # fixed

@@ -4,7 +4,15 @@ from django import forms
 from django.contrib import admin
 
 from compliance import clusters
-from compliance.models import Cluster, Finding, ImageCache, ImageUserOverride, Registry, ScanRun
+from compliance.models import (
+    Cluster,
+    Finding,
+    ImageCache,
+    ImageUserOverride,
+    NamespaceGrant,
+    Registry,
+    ScanRun,
+)
 
 
 class ClusterForm(forms.ModelForm):
@@ -136,3 +144,10 @@ class ImageCacheAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+@admin.register(NamespaceGrant)
+class NamespaceGrantAdmin(admin.ModelAdmin):
+    list_display = ["user", "group", "cluster", "namespace"]
+    list_filter = ["cluster", "group"]
+    search_fields = ["namespace", "user__username", "group__name"]

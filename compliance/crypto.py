@@ -42,17 +42,17 @@ def encrypt(data: bytes) -> bytes:
 
 
 def decrypt(token: bytes) -> bytes:
-    try:
-        return fernet().decrypt(bytes(token))
-    except InvalidToken:
-        raise DecryptionError("stored credentials cannot be decrypted with the configured "
-                              "WELKIN_FERNET_KEYS (was a key removed?)") from None
+    return _with_keys(fernet().decrypt, token)
 
 
 def rotate(token: bytes) -> bytes:
     """Re-encrypt with the first key."""
+    return _with_keys(fernet().rotate, token)
+
+
+def _with_keys(operation, token: bytes) -> bytes:
     try:
-        return fernet().rotate(bytes(token))
+        return operation(bytes(token))
     except InvalidToken:
         raise DecryptionError("stored credentials cannot be decrypted with the configured "
-                              "WELKIN_FERNET_KEYS") from None
+                              "WELKIN_FERNET_KEYS (was a key removed?)") from None

@@ -317,6 +317,17 @@ class NamespaceGrant(models.Model):
         who = self.user or self.group
         return f"{who}: {self.cluster or '*'}/{self.namespace}"
 
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        from compliance.access import GLOB_RE
+
+        if not GLOB_RE.match(self.namespace or ""):
+            raise ValidationError({"namespace": "a namespace name (lowercase letters, digits, "
+                                                "'-') or a glob with * and ?"})
+        if (self.user_id is None) == (self.group_id is None):
+            raise ValidationError("grant to a user or to a group (one of them)")
+
 
 class DailyActivity(models.Model):
     """Per day, cluster and namespace: findings opened, resolved, and the seconds from

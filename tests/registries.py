@@ -41,6 +41,17 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 
+def reply(handler: BaseHTTPRequestHandler, code: int, body: bytes, content_type: str,
+          headers: dict | None = None) -> None:
+    handler.send_response(code)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(body)))
+    for k, v in (headers or {}).items():
+        handler.send_header(k, v)
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -134,12 +145,7 @@ class TokenServer:
                 self._send(200, {"token": token, "access_token": token, "expires_in": 300})
 
             def _send(self, code, body):
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                reply(self, code, json.dumps(body).encode(), "application/json")
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/token"
@@ -181,17 +187,11 @@ class FaultServer:
             def do_GET(self):  # noqa: N802
                 server.requests += 1
                 if server.mode == "429":
-                    body = json.dumps({"errors": [{"code": "TOOMANYREQUESTS",
-                                                   "message": "pull rate limit"}]}).encode()
-                    self.send_response(429)
-                    self.send_header("Retry-After", "60")
+                    reply(self, 429, json.dumps({"errors": [{
+                        "code": "TOOMANYREQUESTS", "message": "pull rate limit"}]}).encode(),
+                        OCI_MANIFEST, {"Retry-After": "60"})
                 else:
-                    body = b'{"schemaVersion": 2, "config": '
-                    self.send_response(200)
-                self.send_header("Content-Type", OCI_MANIFEST)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                    reply(self, 200, b'{"schemaVersion": 2, "config": ', OCI_MANIFEST)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.host = f"127.0.0.1:{self.httpd.server_address[1]}"

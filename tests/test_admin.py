@@ -58,3 +58,19 @@ def test_it_refuses_a_bad_registry_ca(admin):
         "plain_http": ""})
     assert r.status_code == 200
     assert b"not a usable PEM CA certificate" in r.content
+
+
+@pytest.mark.django_db
+def test_it_validates_namespace_grants(admin):
+    from django.contrib.auth.models import User
+
+    from compliance.models import NamespaceGrant
+
+    lead = User.objects.create_user("lead")
+    r = admin.post("/admin/compliance/namespacegrant/add/", {
+        "user": lead.pk, "group": "", "cluster": "", "namespace": "Team_A"})
+    assert r.status_code == 200 and b"a namespace name" in r.content
+    r = admin.post("/admin/compliance/namespacegrant/add/", {
+        "user": lead.pk, "group": "", "cluster": "", "namespace": "team-a-*"})
+    assert r.status_code == 302
+    assert NamespaceGrant.objects.get().namespace == "team-a-*"

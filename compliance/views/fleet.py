@@ -15,13 +15,19 @@ def overview(request):
         "scope": scope, **dashboards.fleet_overview(scope)})
 
 
-def trends(request):
+def _trend_scope(request):
+    """(scope, cluster or None, namespace or None) from ?cluster=&namespace=, or 404."""
     scope = access.scope_for(request.user)
     cluster = namespace = None
     if request.GET.get("cluster"):
         cluster = access.cluster_or_404(scope, request.GET["cluster"])
         if request.GET.get("namespace"):
             namespace = access.namespace_or_404(scope, cluster, request.GET["namespace"])
+    return scope, cluster, namespace
+
+
+def trends(request):
+    scope, cluster, namespace = _trend_scope(request)
     return render(request, "compliance/trends.html", {
         "scope": scope, "cluster": cluster, "namespace": namespace,
         "clusters": access.clusters(scope).only("name"),
@@ -31,12 +37,7 @@ def trends(request):
 
 
 def trend_data(request):
-    scope = access.scope_for(request.user)
-    cluster = namespace = None
-    if request.GET.get("cluster"):
-        cluster = access.cluster_or_404(scope, request.GET["cluster"])
-        if request.GET.get("namespace"):
-            namespace = access.namespace_or_404(scope, cluster, request.GET["namespace"])
+    scope, cluster, namespace = _trend_scope(request)
     try:
         days = min(max(int(request.GET.get("days", 90)), 7), 400)
     except ValueError:

@@ -1,0 +1,186 @@
+"""`make bench-dashboard`: page server time with 1M findings and 10M events.
+
+Loads a fleet into the database `welkin_bench` (recreated) with SQL: 20 clusters x 500
+namespaces, 1,000,000 findings (80% open), 10,000,000 finding events, 90 days of rollups
+(4.5M namespace rows) and activity. Then requests every page N times through Django's
+test client (server time: routing, queries, rendering; no network) for an officer and a
+team lead, and prints p50/p95/max and the queries per page. The fleet page is measured
+both as served (cached per completed scan) and with its cache cleared before each request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ["DATABASE_URL"] = os.environ.get(
+    "BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/welkin_bench")
+os.environ.setdefault("DEBUG", "1")
+os.environ.setdefault("LOG_LEVEL", "WARNING")
+
+CLUSTERS, NAMESPACES, DAYS = 20, 500, 90
+LOAD_SQL = """
+INSERT INTO compliance_cluster (name, source, context, server, schedule_minutes, enabled,
+    next_scan_at, created_at)
+SELECT 'cluster-' || lpad(c::text, 2, '0'), 'snapshot', '', '', 15, true, now(), now()
+FROM generate_series(1, {clusters}) c;
+
+INSERT INTO compliance_scanrun (cluster_id, status, reason, trigger, task_id, started_at,
+    finished_at, heartbeat_at, observed_at, pages, pods, containers, findings_opened,
+    findings_changed, findings_resolved, timings, warnings)
+SELECT id, 'succeeded', '', 'schedule', '', now() - interval '5 minutes', now(), now(),
+    now() - interval '5 minutes', 300, 150000, 150000, 0, 0, 0, '{{}}', '[]'
+FROM compliance_cluster;
+UPDATE compliance_cluster c SET last_scan_id = s.id, last_complete_scan_id = s.id
+FROM compliance_scanrun s WHERE s.cluster_id = c.id;
+
+INSERT INTO compliance_finding (cluster_id, namespace, workload_kind, workload_name,
+    container, container_type, image, state, runs_as_root, kubelet_error, evidence,
+    image_user, image_user_source, uid, run_as_user, run_as_non_root, pods, mixed, detail,
+    first_seen, last_changed, resolved_at)
+SELECT 1 + g % {clusters}, 'ns-' || ((g / {clusters}) % {namespaces}),
+    (ARRAY['Deployment','StatefulSet','DaemonSet','CronJob'])[1 + g % 4], 'w-' || g, 'app',
+    'app', 'registry.example.com/team/app-' || (g % 500) || ':1.' || (g % 7),
+    (ARRAY['blocked','root','unverified','unenforced'])[1 + (g / 7) % 4], (g % 3 = 0), '',
+    'predicted', NULL, 'unknown', NULL, NULL, NULL, 1 + g % 10, false, '{{}}'::jsonb,
+    now() - ((g % 90) || ' days')::interval, now() - ((g % 30) || ' days')::interval,
+    CASE WHEN g % 5 = 0 THEN now() - ((g % 20) || ' days')::interval END
+FROM generate_series(1, {findings}) g;
+
+INSERT INTO compliance_findingevent (finding_id, scan_id, kind, from_state, to_state, at)
+SELECT f, 1 + (f - 1) % {clusters},
+    (ARRAY['opened','changed','changed','resolved'])[1 + g % 4], 'root', 'blocked',
+    now() - ((g % 90) || ' days')::interval
+FROM (SELECT g, 1 + g % {findings} AS f FROM generate_series(1, {events}) g) x;
+
+INSERT INTO compliance_dailyrollup (cluster_id, day, namespace, state, containers, pods)
+SELECT c, current_date - d, 'ns-' || n, s, (c + n + d) % 40, (c + n + d) % 40 * 3
+FROM generate_series(1, {clusters}) c, generate_series(0, {days} - 1) d,
+     generate_series(0, {namespaces} - 1) n,
+     unnest(ARRAY['compliant','unenforced','root','blocked','unverified']) s;
+
+INSERT INTO compliance_clusterrollup (cluster_id, day, state, containers, pods)
+SELECT cluster_id, day, state, sum(containers), sum(pods) FROM compliance_dailyrollup
+GROUP BY cluster_id, day, state;
+
+INSERT INTO compliance_dailyactivity (cluster_id, day, namespace, opened, resolved,
+    remediation_seconds)
+SELECT c, current_date - d, 'ns-' || n, (c + n) % 3, (c + d) % 3, ((c + d) % 3) * 86400 * 4
+FROM generate_series(1, {clusters}) c, generate_series(0, {days} - 1) d,
+     generate_series(0, {namespaces} - 1) n WHERE (c + n + d) % 10 = 0;
+"""
+
+
+def load(findings: int, events: int) -> None:
+    from django.db import connection
+
+    sql = LOAD_SQL.format(clusters=CLUSTERS, namespaces=NAMESPACES, days=DAYS,
+                          findings=findings, events=events)
+    with connection.cursor() as cur:
+        for statement in sql.split(";\n"):
+            if statement.strip():
+                t = time.perf_counter()
+                cur.execute(statement)
+                print(f"  {statement.strip().splitlines()[0][:60]:<60} "
+                      f"{time.perf_counter() - t:6.1f} s", flush=True)
+    with connection.cursor() as cur:
+        cur.execute("VACUUM ANALYZE")
+
+
+def users() -> None:
+    from django.contrib.auth.models import Group, User
+
+    from compliance import access
+    from compliance.models import NamespaceGrant
+
+    for name, role in (("officer", access.OFFICER), ("lead", access.LEAD)):
+        u = User.objects.create_user(name, password="bench")
+        u.groups.add(Group.objects.get_or_create(name=role)[0])
+    lead = User.objects.get(username="lead")
+    for ns in ("ns-1", "ns-2", "ns-3"):
+        NamespaceGrant.objects.create(user=lead, namespace=ns)
+
+
+def measure(client, url: str, n: int, clear_cache: bool = False) -> tuple[list[float], int]:
+    from django.core.cache import cache
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    times, queries = [], 0
+    for i in range(n + 2):
+        if clear_cache:
+            cache.clear()
+        with CaptureQueriesContext(connection) as ctx:
+            t = time.perf_counter()
+            r = client.get(url)
+            elapsed = time.perf_counter() - t
+        if r.status_code != 200:
+            raise SystemExit(f"{url}: HTTP {r.status_code}")
+        if i >= 2:  # two warm-up requests
+            times.append(elapsed * 1000)
+            queries = max(queries, len(ctx.captured_queries))
+    return times, queries
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--findings", type=int, default=1_000_000)
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--requests", type=int, default=30)
+    args = parser.parse_args()
+
+    from tests.bench.bench_scan import fresh_database
+
+    fresh_database()
+    import django
+
+    django.setup()
+    from django.test import Client
+    from django.test.utils import setup_test_environment
+
+    setup_test_environment()
+    from compliance.models import Finding
+
+    t = time.perf_counter()
+    print(f"loading {args.findings:,} findings and {args.events:,} events:")
+    load(args.findings, args.events)
+    users()
+    print(f"loaded in {time.perf_counter() - t:.0f} s\n")
+
+    open_in = Finding.objects.filter(cluster__name="cluster-01", namespace="ns-1",
+                                     resolved_at__isnull=True)
+    finding = open_in.order_by("pk").first().pk
+    page2 = None
+    pages = [("fleet (as served)", "/", False), ("fleet (cache cleared)", "/", True),
+             ("trends data, fleet", "/trends/data.json", False),
+             ("trends data, cluster", "/trends/data.json?cluster=cluster-01", False),
+             ("cluster", "/clusters/cluster-01/", False),
+             ("namespace", "/clusters/cluster-01/namespaces/ns-1/", False),
+             ("namespace, page 2", None, False),
+             ("namespace, search", "/clusters/cluster-01/namespaces/ns-1/?q=app-1", False),
+             ("finding", f"/findings/{finding}/", False),
+             ("trends page", "/trends/", False), ("scans", "/scans/", False)]
+    print(f"{'page':<24} {'role':<8} {'p50 ms':>7} {'p95 ms':>7} {'max ms':>7} {'queries':>8}")
+    worst = 0.0
+    for role in ("officer", "lead"):
+        client = Client()
+        client.login(username=role, password="bench")
+        for name, url, cold in pages:
+            if url is None:
+                r = client.get("/clusters/cluster-01/namespaces/ns-1/")
+                page2 = f"/clusters/cluster-01/namespaces/ns-1/?after={r.context['next_cursor']}"
+                url = page2
+            if role == "lead" and url == "/scans/":
+                continue
+            times, queries = measure(client, url, args.requests, cold)
+            p95 = statistics.quantiles(times, n=20)[18]
+            worst = max(worst, p95)
+            print(f"{name:<24} {role:<8} {statistics.median(times):>7.1f} {p95:>7.1f} "
+                  f"{max(times):>7.1f} {queries:>8}", flush=True)
+    print(f"\nworst p95: {worst:.1f} ms (budget 150 ms, 10 queries)")
+
+
+if __name__ == "__main__":
+    main()

@@ -34,6 +34,8 @@ from compliance.models import (
 NONCOMPLIANT = ("blocked", "root", "unverified", "unenforced")
 STATES = ("blocked", "root", "unverified", "unenforced", "compliant")  # display order
 PAGE_SIZE = 50
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "CronJob", "Job", "ReplicaSet",
+                  "ReplicationController", "Pod")
 
 
 def stale_after(cluster: Cluster) -> dt.timedelta:

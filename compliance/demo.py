@@ -162,8 +162,8 @@ def load(password: str, days: int = 90, now: dt.datetime | None = None) -> dict[
     try:
         with transaction.atomic():
             for image, user in IMAGES.items():
-                ImageUserOverride.objects.create(pattern=image, user=user,
-                                                 note="demo: operator-supplied")
+                ImageUserOverride.objects.update_or_create(
+                    pattern=image, defaults={"user": user, "note": "demo: operator-supplied"})
             _users(password)
         imports = 0
         for cname, shape in CLUSTERS:

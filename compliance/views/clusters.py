@@ -20,4 +20,4 @@ def namespace(request, name, namespace):
     data = dashboards.namespace_findings(scope, c, ns, filt, request.GET.get("after"))
     return render(request, "compliance/namespace.html", {
         "scope": scope, "cluster": c, "namespace": ns, "filter": filt,
-        "states": dashboards.NONCOMPLIANT, **data})
+        "states": dashboards.NONCOMPLIANT, "kinds": dashboards.WORKLOAD_KINDS, **data})

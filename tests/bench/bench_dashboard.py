@@ -46,7 +46,7 @@ SELECT 1 + g % {clusters}, 'ns-' || ((g / {clusters}) % {namespaces}),
     (ARRAY['blocked','root','unverified','unenforced'])[1 + (g / 7) % 4], (g % 3 = 0), '',
     'predicted', NULL, 'unknown', NULL, NULL, NULL, 1 + g % 10, false, '{{}}'::jsonb,
     now() - ((g % 90) || ' days')::interval, now() - ((g % 30) || ' days')::interval,
-    CASE WHEN g % 5 = 0 THEN now() - ((g % 20) || ' days')::interval END
+    CASE WHEN (g / {clusters}) % 5 = 0 THEN now() - ((g % 20) || ' days')::interval END
 FROM generate_series(1, {findings}) g;
 
 INSERT INTO compliance_findingevent (finding_id, scan_id, kind, from_state, to_state, at)

@@ -187,6 +187,28 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
+# Reports are signed with an Ed25519 key: base64 of its 32-byte private seed.
+WELKIN_SIGNING_KEY = env_str("WELKIN_SIGNING_KEY", "")
+if not WELKIN_SIGNING_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "WELKIN_SIGNING_KEY is required when DEBUG is off (generate one with `python -c "
+            "'import os, base64; print(base64.b64encode(os.urandom(32)).decode())'`)")
+    import base64 as _b64
+    import hashlib as _hashlib
+
+    WELKIN_SIGNING_KEY = _b64.b64encode(_hashlib.sha256(
+        b"welkin-dash report signing:" + SECRET_KEY.encode()).digest()).decode()
+else:
+    import base64 as _b64
+    import binascii as _binascii
+
+    try:
+        if len(_b64.b64decode(WELKIN_SIGNING_KEY, validate=True)) != 32:
+            raise ValueError
+    except (ValueError, _binascii.Error):
+        raise ImproperlyConfigured("WELKIN_SIGNING_KEY: expected base64 of 32 bytes") from None
+
 # Scanning.
 # Fernet keys for credentials at rest, comma separated: the first encrypts, all decrypt.
 WELKIN_FERNET_KEYS = env_list("WELKIN_FERNET_KEYS", [])

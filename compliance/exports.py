@@ -1,0 +1,267 @@
+"""Writing reports as CSV, JSON or PDF, with a signed manifest an auditor can verify.
+
+Every format is written from the same rows (reports.Report.rows), streamed to a file while
+its SHA-256 is computed, so a million rows need little memory. The manifest records the
+content hash, scope, report time, generator version, when and by whom; it is signed with
+the server's Ed25519 key (WELKIN_SIGNING_KEY), whose public half anyone can use to verify.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from django.conf import settings
+from django.utils import timezone
+
+from compliance import controls
+from compliance.reports import REPORT_COLUMNS, Report
+
+GENERATOR = "welkin-dash 0.1.0"
+FORMATS = ("csv", "json", "pdf")
+PDF_MAX_ROWS = 20_000  # beyond this the PDF lists the first rows and points to CSV/JSON
+
+
+class _HashingWriter:
+    """A binary file that hashes and counts what is written to it."""
+
+    def __init__(self, f: BinaryIO):
+        self.f, self.sha, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+
+@dataclass
+class Written:
+    sha256: str
+    size: int
+    rows: int
+
+
+def write(report: Report, fmt: str, f: BinaryIO) -> Written:
+    """Write the report in one format to a binary file."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    out = _HashingWriter(f)
+    rows = {"csv": _csv, "json": _json, "pdf": _pdf}[fmt](report, out)
+    return Written(out.sha.hexdigest(), out.size, rows)
+
+
+def _csv(report: Report, out: _HashingWriter) -> int:
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=REPORT_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    n = 0
+    for row in report.rows():
+        w.writerow(row)
+        n += 1
+        if n % 2000 == 0:
+            out.write(text.getvalue().encode())
+            text.seek(0)
+            text.truncate()
+    out.write(text.getvalue().encode())
+    return n
+
+
+def _json(report: Report, out: _HashingWriter) -> int:
+    head = {"report": _meta(report), "controls": report.control_summary(),
+            "coverage": report.coverage}
+    out.write(orjson.dumps(head)[:-1] + b',"findings":[')
+    n = 0
+    batch = []
+    for row in report.rows():
+        batch.append(orjson.dumps(row))
+        n += 1
+        if len(batch) == 2000:
+            out.write((b"," if n > 2000 else b"") + b",".join(batch))
+            batch = []
+    if batch:
+        out.write((b"," if n > len(batch) else b"") + b",".join(batch))
+    out.write(b"]}")
+    return n
+
+
+def _meta(report: Report) -> dict[str, Any]:
+    return {"scope": report.scope, "scope_label": report.scope_label,
+            "at": report.at.isoformat(), "generated_at": report.generated_at.isoformat(),
+            "generated_by": report.generated_by, "generator": GENERATOR}
+
+
+def _pdf(report: Report, out: _HashingWriter) -> int:
+    from reportlab.lib import colors
+    from reportlab.lib.pagesizes import A4, landscape
+    from reportlab.lib.styles import getSampleStyleSheet
+    from reportlab.lib.units import mm
+    from reportlab.platypus import (
+        LongTable,
+        PageBreak,
+        Paragraph,
+        SimpleDocTemplate,
+        Spacer,
+        Table,
+        TableStyle,
+    )
+
+    styles = getSampleStyleSheet()
+    small = styles["BodyText"].clone("small", fontSize=7, leading=8.5)
+    story: list = [
+        Paragraph("Container runAs compliance report", styles["Title"]),
+        Paragraph(f"Scope: {report.scope_label}", styles["Heading2"]),
+        Paragraph(f"State as of {report.at:%Y-%m-%d %H:%M:%S %Z}", styles["BodyText"]),
+        Paragraph(f"Generated at {report.generated_at:%Y-%m-%d %H:%M:%S %Z} by "
+                  f"{report.generated_by or 'unknown'} with {GENERATOR}", styles["BodyText"]),
+        Paragraph("The file's SHA-256 and the server's signature are in the manifest that "
+                  "comes with it; verify with <i>manage.py verify_report</i> or the "
+                  "dashboard's verify page.", styles["BodyText"]),
+        Spacer(1, 8 * mm), Paragraph("Control summary", styles["Heading2"])]
+    grid = TableStyle([("GRID", (0, 0), (-1, -1), 0.4, colors.grey),
+                       ("BACKGROUND", (0, 0), (-1, 0), colors.whitesmoke),
+                       ("FONTSIZE", (0, 0), (-1, -1), 8), ("VALIGN", (0, 0), (-1, -1), "TOP")])
+    summary = [["Control (2013)", "2022", "Title", "Workloads", "Containers", "By state"]]
+    for c in report.control_summary():
+        summary.append([c["control"], c["control_2022"], c["title"], c["workloads"],
+                        c["containers"], ", ".join(f"{s}: {v['containers']}"
+                                                   for s, v in c["states"].items()) or "-"])
+    story += [Table(summary, style=grid, hAlign="LEFT"), Spacer(1, 6 * mm),
+              Paragraph("Coverage", styles["Heading2"])]
+    cov = [["Cluster", "Last complete scan before the report time", "Recent"]]
+    for c in report.coverage:
+        cov.append([c["cluster"], c["last_complete_scan"] or "none",
+                    "yes" if c["recent"] else "NO - data may be out of date"])
+    story += [Table(cov, style=grid, hAlign="LEFT"), PageBreak(),
+              Paragraph("Non-compliant findings", styles["Heading2"])]
+    header = ["Cluster", "Namespace", "Workload", "Container", "Image", "State", "Controls",
+              "Since"]
+    data, n = [header], 0
+    for row in report.rows():
+        n += 1
+        if n <= PDF_MAX_ROWS:
+            data.append([row["cluster"], row["namespace"],
+                         Paragraph(f"{row['workload_kind']}/{row['workload_name']}", small),
+                         row["container"], Paragraph(row["image"], small),
+                         controls.STATE_LABELS[row["state"]], row["controls"],
+                         row["first_seen"][:10]])
+    if len(data) > 1:
+        story.append(LongTable(data, repeatRows=1, style=grid, hAlign="LEFT",
+                               colWidths=[28 * mm, 30 * mm, 55 * mm, 25 * mm, 70 * mm,
+                                          25 * mm, 32 * mm, 20 * mm]))
+    else:
+        story.append(Paragraph("No non-compliant container at the report time.",
+                               styles["BodyText"]))
+    if n > PDF_MAX_ROWS:
+        story.append(Paragraph(f"{n - PDF_MAX_ROWS:,} more findings are not listed here; the "
+                               "CSV and JSON exports of the same report list all of them.",
+                               styles["BodyText"]))
+    story += [PageBreak(), Paragraph("Methodology", styles["Heading2"])]
+    for text in METHODOLOGY:
+        story.append(Paragraph(text, styles["BodyText"]))
+    buf = io.BytesIO()
+    SimpleDocTemplate(buf, pagesize=landscape(A4), title="runAs compliance report",
+                      author=GENERATOR, leftMargin=10 * mm, rightMargin=10 * mm,
+                      topMargin=10 * mm, bottomMargin=10 * mm,
+                      invariant=1).build(story)
+    out.write(buf.getvalue())
+    return n
+
+
+METHODOLOGY = [
+    "Each container's effective runAs state follows the kubelet, not the policy tools: the "
+    "pod and container securityContext are merged field by field (the container's value "
+    "wins); with runAsNonRoot in force the kubelet refuses runAsUser 0, an image whose USER "
+    "is empty or 0, a non-numeric USER (it cannot verify a name), and a uid outside "
+    "0..2147483647.",
+    "The image's USER comes from its registry (the config blob of the digest the pod's "
+    "status reports), from operator-supplied values, or from the kubelet's own refusal "
+    "message; where none is available the container is 'unverified'. Runtime evidence "
+    "(status user.linux.uid and CreateContainerConfigError messages) overrides predictions.",
+    "States: compliant (runAsNonRoot in force, non-zero uid known); unenforced (non-zero uid "
+    "but no runAsNonRoot); root (runs or would run as uid 0); blocked (refused by the "
+    "kubelet); unverified (identity undeterminable). Each non-compliant state maps to "
+    "ISO/IEC 27001:2013 A.9.4.4, A.12.6.1 and/or A.14.2.5 (2022: 8.18, 8.8, 8.27) as listed.",
+    "The state at the report time is rebuilt from the append-only history of each finding: "
+    "findings are opened, changed and resolved only after complete scans, so a failed or "
+    "partial scan never makes a finding disappear. Coverage shows each cluster's last "
+    "complete scan before the report time; a cluster without a recent one may have changed "
+    "since.",
+    "Limits: a user name in an image (e.g. USER node) maps to a uid only through the image's "
+    "/etc/passwd, which is not read, so such containers are reported by the kubelet's rule "
+    "(refused under runAsNonRoot) rather than by uid; Windows containers are judged by "
+    "ContainerAdministrator; pods are grouped per workload, the worst pod deciding.",
+]
+
+
+# --- manifests --------------------------------------------------------------------------
+
+def _signing_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(base64.b64decode(settings.WELKIN_SIGNING_KEY))
+
+
+def public_key_b64() -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    return base64.b64encode(_signing_key().public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()
+
+
+def _canonical(manifest: dict[str, Any]) -> bytes:
+    return orjson.dumps({k: v for k, v in manifest.items() if k != "signature"},
+                        option=orjson.OPT_SORT_KEYS)
+
+
+def manifest(report: Report, fmt: str, filename: str, written: Written) -> dict[str, Any]:
+    m = {"file": filename, "format": fmt, "sha256": written.sha256, "bytes": written.size,
+         "rows": written.rows, **_meta(report), "manifest_version": 1,
+         "signed_at": timezone.now().isoformat(), "public_key": public_key_b64()}
+    m["signature"] = base64.b64encode(_signing_key().sign(_canonical(m))).decode()
+    return m
+
+
+@dataclass
+class Verification:
+    ok: bool
+    message: str
+    manifest: dict[str, Any] | None = None
+
+
+def verify(content: bytes, manifest_bytes: bytes) -> Verification:
+    """Is the file unmodified, and did this server sign its manifest?"""
+    try:
+        m = orjson.loads(manifest_bytes)
+        sig = base64.b64decode(m["signature"], validate=True)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return Verification(False, "the manifest is not a welkin-dash manifest")
+    if m.get("public_key") != public_key_b64():
+        return Verification(False, "the manifest was not signed by this server's key", m)
+    try:
+        Ed25519PublicKey.from_public_bytes(base64.b64decode(m["public_key"])).verify(
+            sig, _canonical(m))
+    except (InvalidSignature, ValueError):
+        return Verification(False, "the manifest's signature is not valid: the manifest was "
+                                   "changed", m)
+    digest = hashlib.sha256(content).hexdigest()
+    if digest != m.get("sha256"):
+        return Verification(False, f"the file was modified: its SHA-256 is {digest}, the "
+                                   f"manifest says {m.get('sha256')}", m)
+    return Verification(True, f"unmodified: {m['format'].upper()} report of "
+                              f"{m['scope_label']} as of {m['at']}, generated at "
+                              f"{m['generated_at']} by {m['generated_by'] or 'unknown'}", m)
+
+
+def export_to(report: Report, fmt: str, path: Path) -> dict[str, Any]:
+    """Write the report to path and its manifest to path + .manifest.json."""
+    with open(path, "wb") as f:
+        written = write(report, fmt, f)
+    m = manifest(report, fmt, path.name, written)
+    Path(str(path) + ".manifest.json").write_bytes(orjson.dumps(m, option=orjson.OPT_INDENT_2))
+    return m

@@ -1,0 +1,29 @@
+"""`manage.py verify_report FILE [MANIFEST]`: is the report unmodified, and whose is it?"""
+
+import sys
+
+from django.core.management.base import BaseCommand, CommandError
+
+from compliance import exports
+
+
+class Command(BaseCommand):
+    help = "Check a report against its signed manifest (default: FILE.manifest.json)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("file")
+        parser.add_argument("manifest", nargs="?")
+
+    def handle(self, *args, **o):
+        manifest = o["manifest"] or o["file"] + ".manifest.json"
+        try:
+            with open(o["file"], "rb") as f:
+                content = f.read()
+            with open(manifest, "rb") as f:
+                manifest_bytes = f.read()
+        except OSError as e:
+            raise CommandError(f"{e.filename}: {e.strerror}") from None
+        result = exports.verify(content, manifest_bytes)
+        self.stdout.write(("OK: " if result.ok else "FAILED: ") + result.message)
+        if not result.ok:
+            sys.exit(1)

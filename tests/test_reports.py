@@ -1,0 +1,158 @@
+"""Point-in-time reports and their exports: correctness in time, every format agreeing,
+the PDF's text, signed manifests, and access rules."""
+
+import csv
+import datetime as dt
+import io
+import json
+
+import orjson
+import pytest
+from django.core.management import CommandError, call_command
+from pypdf import PdfReader
+
+from compliance import access, exports, reports, scanning
+from compliance.models import NamespaceGrant
+from tests import podgen
+
+T0 = dt.datetime(2026, 11, 1, 10, 0, tzinfo=dt.UTC)
+ROOT = {"runAsUser": 0}
+NONROOT_ONLY = ({"runAsNonRoot": True}, {"runAsUser": 0})
+FLEET = access.Scope(None, access.AUDITOR)
+
+
+def snapshot(at, workloads):
+    """workloads: {(ns, name): container securityContext}; one bare pod each."""
+    items = [podgen.pod(ns, name, "img", {}, sc) for (ns, name), sc in workloads.items()]
+    data = orjson.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+    r = scanning.import_snapshot("airgap", data, "snap.json", at)
+    assert r.status == "succeeded"
+
+
+@pytest.fixture
+def history(db):
+    """t0: a root, b root, c compliant; t1: a fixed, b blocked, d root; t2: d gone."""
+    snapshot(T0, {("shop", "a"): ROOT, ("shop", "b"): ROOT, ("ops", "c"): {"runAsUser": 5,
+                                                                          "runAsNonRoot": True}})
+    snapshot(T0 + dt.timedelta(days=1), {("shop", "a"): {"runAsUser": 7, "runAsNonRoot": True},
+                                         ("shop", "b"): {"runAsNonRoot": True, "runAsUser": 0},
+                                         ("ops", "c"): {"runAsUser": 5, "runAsNonRoot": True},
+                                         ("ops", "d"): ROOT})
+    snapshot(T0 + dt.timedelta(days=2), {("shop", "b"): {"runAsNonRoot": True, "runAsUser": 0},
+                                         ("ops", "c"): {"runAsUser": 5, "runAsNonRoot": True}})
+
+
+def states_at(at, scope=FLEET, **kw):
+    r = reports.point_in_time(scope, at, **kw)
+    return {(row["namespace"], row["workload_name"]): row["state"] for row in r.rows()}, r
+
+
+def test_it_rebuilds_the_state_at_any_time(history):
+    before, _ = states_at(T0 - dt.timedelta(hours=1))
+    assert before == {}
+    t0, _ = states_at(T0 + dt.timedelta(hours=1))
+    assert t0 == {("shop", "a"): "root", ("shop", "b"): "root"}
+    t1, r1 = states_at(T0 + dt.timedelta(days=1, hours=1))
+    assert t1 == {("shop", "b"): "blocked", ("ops", "d"): "root"}
+    assert r1.summary == {"blocked": {"containers": 1, "workloads": 1},
+                          "root": {"containers": 1, "workloads": 1}}
+    t2, _ = states_at(T0 + dt.timedelta(days=3))
+    assert t2 == {("shop", "b"): "blocked"}
+
+
+def test_it_reports_coverage_and_stale_clusters(history):
+    _, r = states_at(T0 + dt.timedelta(days=10))
+    assert r.coverage == [{"cluster": "airgap", "recent": False,
+                           "last_complete_scan": (T0 + dt.timedelta(days=2)).isoformat()}]
+    _, r = states_at(T0 + dt.timedelta(days=2, hours=1))
+    assert r.coverage[0]["recent"] is True
+
+
+def test_a_lead_report_holds_only_their_namespaces(history):
+    from django.contrib.auth.models import User
+
+    lead = User.objects.create_user("lead")
+    NamespaceGrant.objects.create(user=lead, namespace="ops")
+    scope = access.Scope(lead.pk, access.LEAD, ((None, "ops"),))
+    rows, _ = states_at(T0 + dt.timedelta(days=1, hours=1), scope)
+    assert rows == {("ops", "d"): "root"}
+    with pytest.raises(reports.ReportError, match="no such namespace in your scope"):
+        reports.point_in_time(scope, None, "airgap", "shop")
+
+
+def export(report, fmt):
+    buf = io.BytesIO()
+    written = exports.write(report, fmt, buf)
+    return buf.getvalue(), written
+
+
+def test_every_format_holds_the_same_findings_as_the_pages(history, client):
+    from django.contrib.auth.models import Group, User
+
+    report = reports.point_in_time(FLEET, None)
+    csv_bytes, w_csv = export(report, "csv")
+    json_bytes, w_json = export(report, "json")
+    pdf_bytes, w_pdf = export(report, "pdf")
+    rows = list(csv.DictReader(io.StringIO(csv_bytes.decode())))
+    doc = json.loads(json_bytes)
+    user = User.objects.create_user("auditor", password="pw")
+    user.groups.add(Group.objects.create(name=access.AUDITOR))
+    client.login(username="auditor", password="pw")
+    on_page = len(client.get("/clusters/airgap/namespaces/shop/").context["rows"]) + len(
+        client.get("/clusters/airgap/namespaces/ops/").context["rows"])
+    assert len(rows) == len(doc["findings"]) == w_csv.rows == w_json.rows == w_pdf.rows \
+        == on_page == 1
+    assert rows[0]["state"] == doc["findings"][0]["state"] == "blocked"
+    assert rows[0]["controls"] == "A.14.2.5" and rows[0]["controls_2022"] == "8.27"
+    assert doc["report"]["scope_label"] == "the whole fleet"
+    assert [c["control"] for c in doc["controls"]] == ["A.9.4.4", "A.12.6.1", "A.14.2.5"]
+
+
+def test_the_pdf_is_a_document_an_auditor_can_file(history):
+    report = reports.point_in_time(FLEET, T0 + dt.timedelta(days=1, hours=1), "airgap",
+                                   generated_by="alice")
+    pdf, _ = export(report, "pdf")
+    text = "\n".join(p.extract_text() for p in PdfReader(io.BytesIO(pdf)).pages)
+    for expected in ("Container runAs compliance report", "Scope: cluster airgap",
+                     "State as of 2026-11-02 11:00:00", "by alice", "Control summary",
+                     "A.9.4.4", "8.18", "Coverage", "Non-compliant findings", "Pod/b",
+                     "Pod/d", "Blocked by kubelet", "Methodology", "the kubelet refuses"):
+        assert expected in text, expected
+
+
+def test_a_signed_manifest_verifies_and_fails_after_one_byte_changes(history, tmp_path):
+    report = reports.point_in_time(FLEET, None, generated_by="alice")
+    path = tmp_path / "report.csv"
+    m = exports.export_to(report, "csv", path)
+    content = path.read_bytes()
+    manifest = (tmp_path / "report.csv.manifest.json").read_bytes()
+    ok = exports.verify(content, manifest)
+    assert ok.ok and "generated at" in ok.message and "by alice" in ok.message
+    changed = bytearray(content)
+    changed[-2] ^= 1
+    bad = exports.verify(bytes(changed), manifest)
+    assert not bad.ok and "the file was modified" in bad.message
+    forged = json.loads(manifest)
+    forged["sha256"] = "0" * 64
+    assert "signature is not valid" in exports.verify(content, json.dumps(forged).encode()) \
+        .message
+    assert m["rows"] == 1 and m["scope"] == {"cluster": None, "namespace": None}
+
+
+def test_the_report_and_verify_commands(history, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    call_command("report", "--format", "json", "--cluster", "airgap", "--at",
+                 (T0 + dt.timedelta(days=1, hours=1)).isoformat(), "-o", str(out))
+    assert json.loads(out.read_text())["report"]["scope"]["cluster"] == "airgap"
+    call_command("verify_report", str(out))
+    assert capsys.readouterr().out.splitlines()[-1].startswith("OK: unmodified: JSON report")
+    out.write_bytes(out.read_bytes().replace(b"root", b"ROOT"))
+    with pytest.raises(SystemExit) as e:
+        call_command("verify_report", str(out))
+    assert e.value.code == 1
+    with pytest.raises(CommandError, match="no such cluster in your scope: nope"):
+        call_command("report", "--format", "csv", "--cluster", "nope", "-o",
+                     str(tmp_path / "x.csv"))
+    with pytest.raises(CommandError, match="needs a time zone"):
+        call_command("report", "--format", "csv", "--at", "2026-11-01T10:00:00", "-o",
+                     str(tmp_path / "x.csv"))

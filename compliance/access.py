@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 
 from django.db.models import Q, QuerySet
-from django.http import Http404
 
+from compliance.audit import Denied
 from compliance.models import Cluster, Finding, NamespaceGrant
 
 OFFICER = "security-officer"
@@ -119,13 +119,13 @@ def cluster_or_404(scope: Scope, name: str) -> Cluster:
     cluster = clusters(scope).select_related("last_complete_scan", "last_scan") \
         .filter(name=name).first()
     if cluster is None:
-        raise Http404("No such cluster")
+        raise Denied("No such cluster")
     return cluster
 
 
 def namespace_or_404(scope: Scope, cluster: Cluster, namespace: str) -> str:
     if not scope.allows(cluster.pk, namespace):
-        raise Http404("No such namespace")
+        raise Denied("No such namespace")
     return namespace
 
 
@@ -138,10 +138,10 @@ def findings(scope: Scope) -> QuerySet[Finding]:
 def finding_or_404(scope: Scope, pk: int) -> Finding:
     f = findings(scope).select_related("cluster").filter(pk=pk).first()
     if f is None:
-        raise Http404("No such finding")
+        raise Denied("No such finding")
     return f
 
 
 def require_manage(scope: Scope) -> None:
     if not scope.can_manage:
-        raise Http404("Not found")
+        raise Denied("Not found")

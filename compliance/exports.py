@@ -258,10 +258,12 @@ def verify(content: bytes, manifest_bytes: bytes) -> Verification:
                               f"{m['generated_at']} by {m['generated_by'] or 'unknown'}", m)
 
 
-def export_to(report: Report, fmt: str, path: Path) -> dict[str, Any]:
-    """Write the report to path and its manifest to path + .manifest.json."""
+def export_to(report: Report, fmt: str, path: Path, filename: str | None = None
+              ) -> dict[str, Any]:
+    """Write the report to path and its manifest to path + .manifest.json. `filename` is
+    the name the file is handed out under (signed into the manifest)."""
     with open(path, "wb") as f:
         written = write(report, fmt, f)
-    m = manifest(report, fmt, path.name, written)
+    m = manifest(report, fmt, filename or path.name, written)
     Path(str(path) + ".manifest.json").write_bytes(orjson.dumps(m, option=orjson.OPT_INDENT_2))
     return m

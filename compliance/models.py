@@ -5,6 +5,7 @@ Nothing here touches the network; the scan service (scanning.py) fills these tab
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 from django.db import models
@@ -347,3 +348,56 @@ class DailyActivity(models.Model):
 
     def __str__(self) -> str:
         return f"{self.cluster_id} {self.day} {self.namespace} +{self.opened} -{self.resolved}"
+
+
+class AuditEvent(models.Model):
+    """Who did what, when: exports, report views, logins, failed logins, denied access."""
+
+    class Action(models.TextChoices):
+        LOGIN = "login", "Logged in"
+        LOGIN_FAILED = "login_failed", "Failed login"
+        DENIED = "denied", "Denied access"
+        REPORT_VIEW = "report_view", "Viewed a report"
+        EXPORT = "export", "Exported a report"
+        VERIFY = "verify", "Verified a report"
+        AUDIT_EXPORT = "audit_export", "Exported the audit log"
+        API = "api", "API request"
+
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    user = models.ForeignKey("auth.User", null=True, blank=True, on_delete=models.SET_NULL,
+                             related_name="+")
+    username = models.CharField(max_length=150, blank=True)
+    action = models.CharField(max_length=16, choices=Action.choices)
+    target = models.CharField(max_length=1000, blank=True)  # path or object
+    scope = models.JSONField(default=dict, blank=True)
+    content_hash = models.CharField(max_length=64, blank=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-pk"]
+        indexes = [models.Index(fields=["action", "-at"])]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.username} {self.action} {self.target}"
+
+
+class Export(models.Model):
+    """A report file written for a user, with its signed manifest."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey("auth.User", null=True, on_delete=models.SET_NULL,
+                             related_name="+")
+    format = models.CharField(max_length=4)
+    scope = models.JSONField(default=dict)
+    at = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    manifest = models.JSONField(default=dict)
+
+    def __str__(self) -> str:
+        return f"{self.id} {self.format} {self.scope}"
+
+    @property
+    def filename(self) -> str:
+        scope = "-".join(v for v in (self.scope.get("cluster"), self.scope.get("namespace"))
+                         if v) or "fleet"
+        return f"welkin-report-{scope}-{self.at:%Y%m%dT%H%M%SZ}.{self.format}"

@@ -129,7 +129,7 @@ def point_in_time(scope: access.Scope, at: dt.datetime | None = None,
             c = access.cluster_or_404(scope, cluster)
             if namespace:
                 access.namespace_or_404(scope, c, namespace)
-        except Http404:
+        except Http404:  # access.Denied: outside the scope, or missing
             raise ReportError(f"no such {'namespace' if namespace else 'cluster'} in your "
                               f"scope: {cluster}{'/' + namespace if namespace else ''}")
         qs, clusters = qs.filter(cluster=c), clusters.filter(pk=c.pk)

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from compliance.views import clusters, findings, fleet, scans
+from compliance.views import clusters, findings, fleet, reports, scans
 
 urlpatterns = [
     path("", fleet.overview, name="compliance-fleet"),
@@ -10,6 +10,14 @@ urlpatterns = [
     path("clusters/<slug:name>/namespaces/<str:namespace>/", clusters.namespace,
          name="compliance-namespace"),
     path("findings/<int:pk>/", findings.finding, name="compliance-finding"),
+    path("reports/", reports.report, name="compliance-reports"),
+    path("reports/export/", reports.export, name="compliance-export"),
+    path("reports/exports/<uuid:pk>/", reports.download, name="compliance-export-file"),
+    path("reports/exports/<uuid:pk>/manifest.json", reports.manifest,
+         name="compliance-export-manifest"),
+    path("reports/verify/", reports.verify, name="compliance-verify"),
+    path("audit/", reports.audit_log, name="compliance-audit"),
+    path("audit/export.csv", reports.audit_export, name="compliance-audit-export"),
     path("scans/", scans.scans, name="compliance-scans"),
     path("scans/<slug:name>/progress/", scans.progress, name="compliance-scan-progress"),
     path("scans/<slug:name>/now/", scans.scan_now, name="compliance-scan-now"),

@@ -14,11 +14,10 @@ def test_it_runs_on_postgresql():
 
 
 @pytest.mark.django_db
-def test_it_serves_the_landing_page(client):
-    r = client.get("/")
-    assert r.status_code == 200
-    assert b"Preventing forgotten roots" in r.content
-    assert b"A.9.4.4" in r.content and b"8.18" in r.content
+def test_it_sends_visitors_to_the_login_page(client):
+    r = client.get("/", follow=True)
+    assert r.redirect_chain == [("/accounts/login/?next=/", 302)]
+    assert b"Log in" in r.content and b'name="password"' in r.content
 
 
 def test_it_builds_an_image_that_passes_its_own_check():

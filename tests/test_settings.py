@@ -10,6 +10,7 @@ import pytest
 from welkin_dash.settings import database_from_url
 
 ROOT = Path(__file__).resolve().parent.parent
+SIGNING = "A" * 43 + "="  # base64 of 32 zero bytes
 
 
 def load_settings(**env):
@@ -22,7 +23,11 @@ def load_settings(**env):
 @pytest.mark.parametrize("env,message", [
     ({"DEBUG": "maybe"}, "DEBUG='maybe': expected true or false"),
     ({"DEBUG": "0"}, "SECRET_KEY is required when DEBUG is off"),
-    ({"DEBUG": "0", "SECRET_KEY": "k"}, "WELKIN_FERNET_KEYS is required when DEBUG is off"),
+    ({"DEBUG": "0", "SECRET_KEY": "k", "WELKIN_SIGNING_KEY": SIGNING},
+     "WELKIN_FERNET_KEYS is required when DEBUG is off"),
+    ({"DEBUG": "0", "SECRET_KEY": "k"}, "WELKIN_SIGNING_KEY is required when DEBUG is off"),
+    ({"DEBUG": "1", "WELKIN_SIGNING_KEY": "c2hvcnQ="},
+     "WELKIN_SIGNING_KEY: expected base64 of 32 bytes"),
     ({"DEBUG": "1", "WELKIN_PAGE_LIMIT": "0"}, "WELKIN_PAGE_LIMIT='0': must be at least 1"),
     ({"DEBUG": "1", "DATABASE_URL": "mysql://x/y"}, "DATABASE_URL: unsupported scheme 'mysql'"),
     ({"DEBUG": "1", "DATABASE_URL": "postgres://h:5432/"}, "DATABASE_URL: no database name"),
@@ -40,7 +45,7 @@ def test_it_names_the_bad_variable(env, message):
 
 def test_it_loads_with_good_values():
     p = load_settings(DEBUG="0", SECRET_KEY="s" * 50, DATABASE_URL="postgres://u:p@h:1/db",
-                      WELKIN_FERNET_KEYS="Ab5_" * 10 + "xyz=",
+                      WELKIN_FERNET_KEYS="Ab5_" * 10 + "xyz=", WELKIN_SIGNING_KEY=SIGNING,
                       ALLOWED_HOSTS="a.example,b.example", TIME_ZONE="Europe/Stockholm")
     assert p.returncode == 0, p.stderr
 

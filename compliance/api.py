@@ -1,0 +1,198 @@
+"""The REST API (read-only): clusters, scans, findings, rollups and reports, filtered by
+access.py exactly like the pages. Token or session authentication; cursor pagination; an
+OpenAPI schema at /api/schema/."""
+
+from __future__ import annotations
+
+from django.utils.dateparse import parse_date, parse_datetime
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import permissions, serializers, viewsets
+from rest_framework.decorators import api_view, permission_classes
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.pagination import CursorPagination
+from rest_framework.response import Response
+
+from compliance import access, audit, explain, reports
+from compliance.models import AuditEvent, Cluster, DailyRollup, Finding, ScanRun
+
+REPORT_ROWS = 1000
+
+
+class HasRole(permissions.BasePermission):
+    """A user with one of the three roles; what they see is then narrowed by access.py."""
+
+    def has_permission(self, request, view) -> bool:
+        return access.scope_for(request.user).role is not None
+
+
+class ById(CursorPagination):
+    ordering = "-pk"
+    page_size = 100
+    max_page_size = 1000
+    page_size_query_param = "page_size"
+
+
+class ClusterSerializer(serializers.ModelSerializer):
+    last_scan_status = serializers.CharField(source="last_scan.status", default=None)
+    last_complete_scan_at = serializers.DateTimeField(source="last_complete_scan.observed_at",
+                                                      default=None)
+
+    class Meta:
+        model = Cluster
+        fields = ["name", "source", "schedule_minutes", "enabled", "last_scan_status",
+                  "last_complete_scan_at"]
+
+
+class ScanSerializer(serializers.ModelSerializer):
+    cluster = serializers.CharField(source="cluster.name")
+
+    class Meta:
+        model = ScanRun
+        fields = ["id", "cluster", "status", "reason", "trigger", "started_at", "finished_at",
+                  "observed_at", "pages", "pods", "containers", "findings_opened",
+                  "findings_changed", "findings_resolved", "timings"]
+
+
+class FindingSerializer(serializers.ModelSerializer):
+    cluster = serializers.CharField(source="cluster.name")
+    controls = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Finding
+        fields = ["id", "cluster", "namespace", "workload_kind", "workload_name", "container",
+                  "container_type", "image", "state", "runs_as_root", "kubelet_error",
+                  "evidence", "image_user", "image_user_source", "uid", "run_as_user",
+                  "run_as_non_root", "pods", "mixed", "first_seen", "last_changed",
+                  "resolved_at", "controls"]
+
+    def get_controls(self, f) -> list[str]:
+        from compliance import controls
+
+        return list(controls.controls_for(f.state))
+
+
+class FindingDetailSerializer(FindingSerializer):
+    remediation = serializers.SerializerMethodField()
+    psa_violations = serializers.JSONField(source="detail.psa_violations", default=list)
+
+    class Meta(FindingSerializer.Meta):
+        fields = [*FindingSerializer.Meta.fields, "remediation", "psa_violations"]
+
+    def get_remediation(self, f) -> dict:
+        return explain.remediation(f)
+
+
+class RollupSerializer(serializers.ModelSerializer):
+    cluster = serializers.CharField(source="cluster.name")
+
+    class Meta:
+        model = DailyRollup
+        fields = ["cluster", "day", "namespace", "state", "containers", "pods"]
+
+
+class _Scoped(viewsets.ReadOnlyModelViewSet):
+    permission_classes = [permissions.IsAuthenticated, HasRole]
+    pagination_class = ById
+
+    @property
+    def scope(self) -> access.Scope:
+        return access.scope_for(self.request.user)
+
+    def filter_cluster(self, qs):
+        name = self.request.query_params.get("cluster")
+        return qs.filter(cluster__name=name) if name else qs
+
+
+class ClusterViewSet(_Scoped):
+    serializer_class = ClusterSerializer
+    lookup_field = "name"
+
+    def get_queryset(self):
+        return access.clusters(self.scope).select_related("last_scan", "last_complete_scan")
+
+
+class ScanViewSet(_Scoped):
+    """Scans are cluster-wide records: security officers and auditors only."""
+
+    serializer_class = ScanSerializer
+
+    def get_queryset(self):
+        qs = ScanRun.objects.select_related("cluster")
+        return self.filter_cluster(qs if self.scope.fleet else qs.none())
+
+
+@extend_schema(parameters=[
+    OpenApiParameter("cluster", str), OpenApiParameter("namespace", str),
+    OpenApiParameter("state", str), OpenApiParameter("open", bool)])
+class FindingViewSet(_Scoped):
+    def get_serializer_class(self):
+        return FindingDetailSerializer if self.action == "retrieve" else FindingSerializer
+
+    def get_queryset(self):
+        qs = self.filter_cluster(access.findings(self.scope).select_related("cluster"))
+        p = self.request.query_params
+        if p.get("namespace"):
+            qs = qs.filter(namespace=p["namespace"])
+        if p.get("state"):
+            qs = qs.filter(state=p["state"])
+        if p.get("open", "true").lower() in ("true", "1", "yes"):
+            qs = qs.filter(resolved_at__isnull=True)
+        return qs
+
+    def get_object(self):
+        try:
+            pk = int(self.kwargs["pk"])
+        except ValueError:
+            raise NotFound() from None
+        return access.finding_or_404(self.scope, pk)
+
+
+@extend_schema(parameters=[OpenApiParameter("cluster", str),
+                           OpenApiParameter("namespace", str),
+                           OpenApiParameter("since", str, description="YYYY-MM-DD")])
+class RollupViewSet(_Scoped):
+    serializer_class = RollupSerializer
+
+    def get_queryset(self):
+        qs = self.filter_cluster(DailyRollup.objects.filter(self.scope.q())
+                                 .select_related("cluster"))
+        p = self.request.query_params
+        if p.get("namespace"):
+            qs = qs.filter(namespace=p["namespace"])
+        if p.get("since"):
+            since = parse_date(p["since"])
+            if since is None:
+                raise ValidationError({"since": "expected YYYY-MM-DD"})
+            qs = qs.filter(day__gte=since)
+        return qs
+
+
+@extend_schema(parameters=[OpenApiParameter("at", str, description="ISO 8601 with zone"),
+                           OpenApiParameter("cluster", str), OpenApiParameter("namespace", str)],
+               responses={200: dict})
+@api_view(["GET"])
+@permission_classes([permissions.IsAuthenticated, HasRole])
+def report(request):
+    """A point-in-time report: summary per control, coverage, and the first findings
+    (export the report for all of them)."""
+    p = request.query_params
+    at = None
+    if p.get("at"):
+        at = parse_datetime(p["at"])
+        if at is None:
+            raise ValidationError({"at": "expected an ISO 8601 time with zone"})
+    try:
+        r = reports.point_in_time(access.scope_for(request.user), at, p.get("cluster"),
+                                  p.get("namespace"), generated_by=request.user.get_username())
+    except reports.ReportError as e:
+        raise ValidationError({"detail": str(e)}) from None
+    rows = []
+    for row in r.rows():
+        if len(rows) == REPORT_ROWS:
+            break
+        rows.append(row)
+    audit.record(request, AuditEvent.Action.REPORT_VIEW, "api report",
+                 {**r.scope, "at": r.at.isoformat()})
+    return Response({"scope": r.scope, "at": r.at, "controls": r.control_summary(),
+                     "coverage": r.coverage, "findings": rows,
+                     "truncated": len(rows) == REPORT_ROWS})

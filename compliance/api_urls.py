@@ -1,0 +1,17 @@
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView
+from rest_framework.routers import DefaultRouter
+
+from compliance import api
+
+router = DefaultRouter()
+router.register("clusters", api.ClusterViewSet, basename="api-cluster")
+router.register("scans", api.ScanViewSet, basename="api-scan")
+router.register("findings", api.FindingViewSet, basename="api-finding")
+router.register("rollups", api.RollupViewSet, basename="api-rollup")
+
+urlpatterns = [
+    path("v1/", include(router.urls)),
+    path("v1/report/", api.report, name="api-report"),
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+]

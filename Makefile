@@ -6,7 +6,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/welkin_dash
 TEST_BROKER_URL ?= redis://127.0.0.1:6379/13
 export DJANGO_SETTINGS_MODULE := welkin_dash.settings
 
-.PHONY: install run test lint bench-evaluate bench-scan bench-registry bench-dashboard services
+.PHONY: install run test lint bench-evaluate bench-scan bench-registry bench-dashboard bench-export services
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -49,3 +49,6 @@ bench-registry: install services
 
 bench-dashboard: install services
 	$(BIN)/python -m tests.bench.bench_dashboard
+
+bench-export: install services
+	$(BIN)/python -m tests.bench.bench_export

@@ -80,6 +80,12 @@ def fleet_overview(scope: Scope) -> dict[str, Any]:
     if data is None:
         data = _fleet_overview(scope)
         cache.set(key, data, 3600)
+    # Ages move on while the data is cached: they are worked out for each request.
+    now = timezone.now()
+    for row in data["clusters"]:
+        last = row["last_complete"]
+        row["age"] = now - last.observed_at if last else None
+        row["stale"] = row["age"] is None or row["age"] > stale_after(row["cluster"])
     return data
 
 
@@ -124,17 +130,12 @@ def _fleet_overview(scope: Scope) -> dict[str, Any]:
             "series": [sum(trend["series"][s][i] for s in states)
                        for i in range(len(trend["days"]))],
         })
-    cluster_rows = []
-    for c in clusters:
-        last = c.last_complete_scan
-        # The age of the data: when the scan listed the cluster (or the snapshot was taken).
-        age = now - last.observed_at if last else None
-        cluster_rows.append({
-            "cluster": c, "counts": by_cluster.get(c.pk, dict.fromkeys(STATES, 0)),
-            "last_complete": last, "age": age,
-            "stale": age is None or age > stale_after(c),
-            "failing": c.last_scan is not None and c.last_scan.status == "failed",
-        })
+    # Ages (from when the scan listed the cluster) are added per request by fleet_overview.
+    cluster_rows = [{
+        "cluster": c, "counts": by_cluster.get(c.pk, dict.fromkeys(STATES, 0)),
+        "last_complete": c.last_complete_scan,
+        "failing": c.last_scan is not None and c.last_scan.status == "failed",
+    } for c in clusters]
     return {"controls": per_control, "clusters": cluster_rows, "totals": totals,
             "worse": worse_rows, "top_namespaces": top, "trend_days": trend["days"],
             "generated": now}

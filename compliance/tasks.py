@@ -16,7 +16,10 @@ def scan_cluster(self, cluster_id: int, trigger: str = "schedule") -> dict:
     concurrent one is recorded as skipped. Transient failures (5xx, timeouts, throttling)
     are retried with backoff."""
     result = scanning.scan_cluster(cluster_id, trigger=trigger, task_id=self.request.id)
-    if result.transient and self.request.retries < self.max_retries:
+    # In-process (eager) runs record the failure and stop: a retry would raise into the
+    # request that asked for the scan.
+    if result.transient and not self.request.is_eager and \
+            self.request.retries < self.max_retries:
         raise self.retry(countdown=30 * 2 ** self.request.retries)
     return result.as_dict()
 

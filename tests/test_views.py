@@ -181,3 +181,17 @@ def test_scope_globs_match_like_fnmatch():
     s = access.Scope(1, access.LEAD, ((None, "team-*"), (3, "web")))
     assert s.allows(9, "team-a") and s.allows(3, "web") and not s.allows(4, "web")
     assert access.glob_regex("team-?x*") == "^team\\-.x.*$"
+
+
+def test_cluster_ages_move_on_while_the_page_is_cached(as_user, monkeypatch):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    c = as_user("officer")
+    first = {r["cluster"].name: r["age"] for r in c.get("/").context["clusters"]}
+    later = timezone.now() + dt.timedelta(days=2)
+    monkeypatch.setattr(timezone, "now", lambda: later)
+    rows = c.get("/").context["clusters"]
+    assert all(r["age"] > first[r["cluster"].name] + dt.timedelta(days=1) for r in rows)
+    assert all(r["stale"] for r in rows)

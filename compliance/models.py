@@ -206,7 +206,10 @@ class DailyRollup(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["cluster", "namespace", "state", "day"],
                                                name="one_rollup_per_day")]
-        indexes = [models.Index(fields=["day", "cluster"])]
+        indexes = [models.Index(fields=["day", "cluster"]),
+                   # A team lead's rows: by namespace, also for anchored globs (team-a-*).
+                   models.Index(fields=["namespace", "day"], name="rollup_by_namespace",
+                                opclasses=["varchar_pattern_ops", "date_ops"])]
 
     def __str__(self) -> str:
         return f"{self.cluster_id} {self.day} {self.namespace} {self.state}={self.containers}"

@@ -27,7 +27,7 @@ from compliance.reports import REPORT_COLUMNS, Report
 
 GENERATOR = "welkin-dash 0.1.0"
 FORMATS = ("csv", "json", "pdf")
-PDF_MAX_ROWS = 20_000  # beyond this the PDF lists the first rows and points to CSV/JSON
+PDF_MAX_ROWS = 10_000  # beyond this the PDF lists the first rows and points to CSV/JSON
 
 
 class _HashingWriter:

@@ -51,7 +51,7 @@ FROM generate_series(1, {findings}) g;
 
 INSERT INTO compliance_findingevent (finding_id, scan_id, kind, from_state, to_state, at)
 SELECT f, 1 + (f - 1) % {clusters},
-    (ARRAY['opened','changed','changed','resolved'])[1 + g % 4], 'root', 'blocked',
+    (ARRAY['opened','changed','changed','changed'])[1 + g % 4], 'root', 'blocked',
     now() - ((g % 90) || ' days')::interval
 FROM (SELECT g, 1 + g % {findings} AS f FROM generate_series(1, {events}) g) x;
 

@@ -29,3 +29,15 @@ def test_it_builds_an_image_that_passes_its_own_check():
                                                  "containers": [{"name": "web", "image": "w"}]}}
     verdict = runas.evaluate_pod(pod, {"w": users[-1]}).containers[0]
     assert verdict.state == "compliant"
+
+
+def test_static_files_are_served_without_debug(client, settings, tmp_path):
+    """Under gunicorn (DEBUG off) WhiteNoise serves what collectstatic gathered."""
+    from django.core.management import call_command
+    from whitenoise.middleware import WhiteNoiseMiddleware
+
+    settings.STATIC_ROOT = tmp_path
+    call_command("collectstatic", "--noinput", verbosity=0)
+    middleware = WhiteNoiseMiddleware(lambda request: None, settings=settings)
+    assert "/static/vendor/chart-4.6.1.umd.min.js" in middleware.files
+    assert "/static/compliance/site.css" in middleware.files

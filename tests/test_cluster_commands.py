@@ -115,11 +115,8 @@ def test_scan_exits_1_when_a_scan_fails(kubeconfig_file, fake_kube):
         run("scan", "x")
 
 
-def snapshot(pods):
-    items = []
-    for p in pods:
-        items.append(p)
-    return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+def snapshot(items):
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": list(items)})
 
 
 @pytest.mark.django_db

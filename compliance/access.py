@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from django.db.models import Q, QuerySet
 
+from compliance import gate
 from compliance.audit import Denied
 from compliance.models import Cluster, Finding, NamespaceGrant
 
@@ -124,6 +125,10 @@ def cluster_or_404(scope: Scope, name: str) -> Cluster:
 
 
 def namespace_or_404(scope: Scope, cluster: Cluster, namespace: str) -> str:
+    try:
+        gate.label(namespace, "namespace")  # nothing else can be stored
+    except gate.Rejected:
+        raise Denied("No such namespace") from None
     if not scope.allows(cluster.pk, namespace):
         raise Denied("No such namespace")
     return namespace
@@ -136,6 +141,8 @@ def findings(scope: Scope) -> QuerySet[Finding]:
 
 
 def finding_or_404(scope: Scope, pk: int) -> Finding:
+    if not 0 < pk < 2**63:  # beyond bigint: no such row (the database would raise)
+        raise Denied("No such finding")
     f = findings(scope).select_related("cluster").filter(pk=pk).first()
     if f is None:
         raise Denied("No such finding")

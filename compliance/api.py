@@ -4,16 +4,16 @@ OpenAPI schema at /api/schema/."""
 
 from __future__ import annotations
 
-from django.utils.dateparse import parse_date, parse_datetime
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import permissions, serializers, viewsets
 from rest_framework.decorators import api_view, permission_classes
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
 
-from compliance import access, audit, explain, reports
-from compliance.models import AuditEvent, Cluster, DailyRollup, Finding, ScanRun
+from compliance import access, audit, explain, params, reports
+from compliance.models import AuditEvent, Cluster, DailyRollup, Finding, ScanRun, State
 
 REPORT_ROWS = 1000
 
@@ -25,11 +25,32 @@ class HasRole(permissions.BasePermission):
         return access.scope_for(request.user).role is not None
 
 
+def exception_handler(exc, context):
+    """DRF's, plus BadParameter (compliance/params.py) as a 400 naming the parameter."""
+    if isinstance(exc, params.BadParameter):
+        return Response({exc.name: [exc.problem]}, status=400)
+    return drf_exception_handler(exc, context)
+
+
 class ById(CursorPagination):
     ordering = "-pk"
     page_size = 100
     max_page_size = 1000
     page_size_query_param = "page_size"
+
+    def decode_cursor(self, request):
+        """DRF's cursor, with a position that must be an id: anything else is a 400
+        (DRF would pass it to the query, a 500)."""
+        cursor = super().decode_cursor(request)
+        if cursor is not None and cursor.position is not None and not (
+                cursor.position.isascii() and cursor.position.isdigit()
+                and int(cursor.position) < 2**63):
+            raise params.BadParameter(self.cursor_query_param, "not a cursor from this list")
+        return cursor
+
+    def get_page_size(self, request):
+        return params.integer(request.query_params, self.page_size_query_param,
+                              self.page_size, minimum=1, maximum=self.max_page_size)
 
 
 class ClusterSerializer(serializers.ModelSerializer):
@@ -50,7 +71,8 @@ class ScanSerializer(serializers.ModelSerializer):
         model = ScanRun
         fields = ["id", "cluster", "status", "reason", "trigger", "started_at", "finished_at",
                   "observed_at", "pages", "pods", "containers", "findings_opened",
-                  "findings_changed", "findings_resolved", "timings"]
+                  "findings_changed", "findings_resolved", "rejected", "rejections",
+                  "timings"]
 
 
 class FindingSerializer(serializers.ModelSerializer):
@@ -99,7 +121,7 @@ class _Scoped(viewsets.ReadOnlyModelViewSet):
         return access.scope_for(self.request.user)
 
     def filter_cluster(self, qs):
-        name = self.request.query_params.get("cluster")
+        name = params.text(self.request.query_params, "cluster", 63)
         return qs.filter(cluster__name=name) if name else qs
 
 
@@ -131,20 +153,19 @@ class FindingViewSet(_Scoped):
     def get_queryset(self):
         qs = self.filter_cluster(access.findings(self.scope).select_related("cluster"))
         p = self.request.query_params
-        if p.get("namespace"):
-            qs = qs.filter(namespace=p["namespace"])
-        if p.get("state"):
-            qs = qs.filter(state=p["state"])
-        if p.get("open", "true").lower() in ("true", "1", "yes"):
+        if namespace := params.text(p, "namespace", 63):
+            qs = qs.filter(namespace=namespace)
+        if state := params.choice(p, "state", State.values):
+            qs = qs.filter(state=state)
+        if params.boolean(p, "open", True):
             qs = qs.filter(resolved_at__isnull=True)
         return qs
 
     def get_object(self):
-        try:
-            pk = int(self.kwargs["pk"])
-        except ValueError:
-            raise NotFound() from None
-        return access.finding_or_404(self.scope, pk)
+        pk = self.kwargs["pk"]
+        if not (pk.isascii() and pk.isdigit() and int(pk) < 2**63):
+            raise NotFound()
+        return access.finding_or_404(self.scope, int(pk))
 
 
 @extend_schema(parameters=[OpenApiParameter("cluster", str),
@@ -157,12 +178,9 @@ class RollupViewSet(_Scoped):
         qs = self.filter_cluster(DailyRollup.objects.filter(self.scope.q())
                                  .select_related("cluster"))
         p = self.request.query_params
-        if p.get("namespace"):
-            qs = qs.filter(namespace=p["namespace"])
-        if p.get("since"):
-            since = parse_date(p["since"])
-            if since is None:
-                raise ValidationError({"since": "expected YYYY-MM-DD"})
+        if namespace := params.text(p, "namespace", 63):
+            qs = qs.filter(namespace=namespace)
+        if since := params.date(p, "since"):
             qs = qs.filter(day__gte=since)
         return qs
 
@@ -176,14 +194,12 @@ def report(request):
     """A point-in-time report: summary per control, coverage, and the first findings
     (export the report for all of them)."""
     p = request.query_params
-    at = None
-    if p.get("at"):
-        at = parse_datetime(p["at"])
-        if at is None:
-            raise ValidationError({"at": "expected an ISO 8601 time with zone"})
     try:
-        r = reports.point_in_time(access.scope_for(request.user), at, p.get("cluster"),
-                                  p.get("namespace"), generated_by=request.user.get_username())
+        r = reports.point_in_time(access.scope_for(request.user),
+                                  params.moment(p, "at", naive_as_utc=False),
+                                  params.text(p, "cluster", 63) or None,
+                                  params.text(p, "namespace", 63) or None,
+                                  generated_by=request.user.get_username())
     except reports.ReportError as e:
         raise ValidationError({"detail": str(e)}) from None
     rows = []

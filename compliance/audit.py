@@ -3,13 +3,19 @@ denied access call it."""
 
 from __future__ import annotations
 
+import csv
+from collections.abc import Iterator
 from typing import Any
 
+import orjson
 from django.contrib.auth.signals import user_logged_in, user_login_failed
 from django.dispatch import receiver
 from django.http import Http404
 
 from compliance.models import AuditEvent
+
+PAGE_SIZE = 100
+CSV_COLUMNS = ["at", "user", "action", "target", "scope", "content_hash", "ip"]
 
 
 class Denied(Http404):
@@ -26,6 +32,34 @@ def record(request, action: str, target: str = "", scope: dict | None = None,
             user.get_username() if authenticated else ""),
         action=action, target=target[:1000], scope=scope or {}, content_hash=content_hash,
         ip=_ip(request))
+
+
+def for_log_page(action: str, before: int | None) -> list[AuditEvent]:
+    """The audit log page: newest first, 100 at a time before an id, of one action."""
+    qs = AuditEvent.objects.all()
+    if action:
+        qs = qs.filter(action=action)
+    if before is not None:
+        qs = qs.filter(pk__lt=before)
+    return list(qs.order_by("-pk")[:PAGE_SIZE])
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+def csv_lines() -> Iterator[str]:
+    """The whole audit log as CSV lines, streamed; every cell made inert (user names of
+    failed logins are whatever an anonymous visitor typed)."""
+    from compliance.exports import inert_row
+
+    writer = csv.writer(_Echo())
+    yield writer.writerow(CSV_COLUMNS)
+    for e in AuditEvent.objects.order_by("pk").iterator(5000):
+        yield writer.writerow(inert_row([e.at.isoformat(), e.username, e.action, e.target,
+                                         orjson.dumps(e.scope).decode(), e.content_hash,
+                                         e.ip or ""]))
 
 
 def _ip(request) -> str | None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from compliance import shell
+
 
 @dataclass(frozen=True)
 class Control:
@@ -157,15 +159,20 @@ def remediation(v: Any) -> dict[str, Any]:
     fields = {"runAsNonRoot": True, "runAsUser": uid}
     dockerfile = f"USER {uid}"
     steps: list[str] = []
+    commands: list[shell.Suggested] = []
     if v.run_as_user == 0:
         summary = f"runAsUser is 0 at {v.run_as_user_from} level: set it to {uid}."
         steps.append(f"Change runAsUser: 0 to runAsUser: {uid} in the "
                      f"{v.run_as_user_from} securityContext.")
     elif image_name is not None:
-        summary = (f"The image's USER is the name {image_name!r}, which the kubelet cannot "
+        summary = (f"The image's USER is the name {quoted(image_name)}, which the kubelet cannot "
                    f"verify: use its numeric uid {uid}.")
-        steps.append(f"In the Dockerfile replace `USER {image_name}` with `USER {uid}` "
-                     f"(check with `id -u {image_name}` inside the image).")
+        check = shell.command("id", "-u", image_name)
+        commands.append(check)
+        steps.append(f"In the Dockerfile replace `USER {shown(image_name)}` with `USER {uid}` "
+                     + (f"(check with `{check.text}` inside the image)." if check else
+                        f"(look the user up in the image's /etc/passwd; the check command is "
+                        f"{check.withheld})."))
         steps.append(f"Or set runAsUser: {uid} in the {level} securityContext.")
     elif v.uid is not None and not 0 <= v.uid <= 2147483647:
         summary = f"The image's uid {v.uid} is out of range: use a uid from 1 to 2147483647."
@@ -184,10 +191,27 @@ def remediation(v: Any) -> dict[str, Any]:
     if v.run_as_non_root is not True:
         steps.append(f"Add runAsNonRoot: true to the {level} securityContext so the kubelet "
                      "refuses any root image in the future.")
-    return _result(summary, dockerfile, level, fields, steps)
+    return _result(summary, dockerfile, level, fields, steps, commands)
+
+
+def shown(value: str, limit: int = 80) -> str:
+    """A hostile value inside prose: as it is when plain, else quoted and escaped (repr
+    never holds a raw control character), and bounded."""
+    if value.isprintable() and len(value) <= limit and not set(value) & set("`'\"\\"):
+        return value
+    return quoted(value, limit)
+
+
+def quoted(value: str, limit: int = 80) -> str:
+    """repr, bounded: quoted, with every control character escaped."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _result(summary: str, dockerfile: str | None, level: str, fields: dict,
-            steps: list[str]) -> dict[str, Any]:
+            steps: list[str], commands: list[shell.Suggested] = ()) -> dict[str, Any]:
+    """`commands`: the shell commands the steps suggest, each quoted by shell.command
+    (`text` None when withheld, with the reason)."""
     return {"summary": summary, "dockerfile": dockerfile,
-            "security_context": {"level": level, "fields": fields}, "steps": steps}
+            "security_context": {"level": level, "fields": fields}, "steps": steps,
+            "commands": [{"text": c.text, "withheld": c.withheld} for c in commands]}

@@ -19,7 +19,7 @@ from django.db import connection
 from django.db.models import Max, Q, Sum
 from django.utils import timezone
 
-from compliance import access, controls
+from compliance import access, controls, params
 from compliance.access import Scope
 from compliance.models import (
     Cluster,
@@ -236,28 +236,30 @@ class FindingFilter:
     text: str = ""
 
     @classmethod
-    def from_query(cls, params) -> FindingFilter:
-        state = params.get("state", "")
-        return cls(state if state in NONCOMPLIANT else "", params.get("kind", "")[:63],
-                   params.get("q", "").strip()[:200])
+    def from_query(cls, query) -> FindingFilter:
+        return cls(params.choice(query, "state", NONCOMPLIANT),
+                   params.choice(query, "kind", WORKLOAD_KINDS),
+                   params.text(query, "q").strip())
 
 
 def encode_cursor(values: tuple) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(list(values))).decode()
 
 
-def decode_cursor(cursor: str | None) -> tuple | None:
+def decode_cursor(cursor: str | None, name: str = "after") -> tuple | None:
+    """A keyset cursor from encode_cursor; anything else answers 400."""
     if not cursor:
         return None
     try:
-        values = orjson.loads(base64.urlsafe_b64decode(cursor.encode()))
-        kind, name, container, pk = values
-        if not all(isinstance(v, str) for v in (kind, name, container)) or \
-                not isinstance(pk, int):
-            return None
-        return kind, name, container, pk
+        kind, workload, container, pk = orjson.loads(base64.urlsafe_b64decode(
+            params.clean_text(cursor, name, 2000).encode()))
+        for value in (kind, workload, container):
+            params.clean_text(value, name, 300)
+        if not isinstance(pk, int) or isinstance(pk, bool) or not 0 < pk < 2**63:
+            raise TypeError
+        return kind, workload, container, pk
     except (ValueError, TypeError, orjson.JSONDecodeError):
-        return None
+        raise params.BadParameter(name, "not a cursor from this page") from None
 
 
 def namespace_findings(scope: Scope, cluster: Cluster, namespace: str, filt: FindingFilter,

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from compliance import controls
+from compliance import controls, shell
 
 # Workload kind -> (kubectl resource, path to the pod spec in the object).
 WORKLOAD_PATHS = {
@@ -132,7 +132,7 @@ def remediation(f: Any) -> dict[str, Any]:
     """The fix for this workload: summary, steps, Dockerfile line, YAML patch, kubectl."""
     fix = controls.remediation(verdict_of(f))
     sc = fix.get("security_context")
-    out = {**fix, "yaml": None, "kubectl": None, "note": None}
+    out = {**fix, "yaml": None, "kubectl": None, "kubectl_withheld": None, "note": None}
     if not sc:
         return out
     resource_path = WORKLOAD_PATHS.get(f.workload_kind)
@@ -154,8 +154,12 @@ def remediation(f: Any) -> dict[str, Any]:
         patch = {key: patch}
     out["yaml"] = yaml.safe_dump(patch, sort_keys=False)
     if resource_path and f.container_type != "ephemeral":
-        out["kubectl"] = (f"kubectl -n {f.namespace} patch {resource_path[0]} {f.workload_name} "
-                          f"--type strategic -p '{json.dumps(patch, separators=(',', ':'))}'")
+        kubectl = shell.command("kubectl", "-n", f.namespace, "patch", resource_path[0],
+                                f.workload_name, "--type", "strategic", "-p",
+                                json.dumps(patch, separators=(",", ":")))
+        out["kubectl"], out["kubectl_withheld"] = kubectl.text, kubectl.withheld
+        out["commands"] = [*out["commands"], {"text": kubectl.text,
+                                              "withheld": kubectl.withheld}]
     return out
 
 

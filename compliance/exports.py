@@ -12,9 +12,13 @@ import base64
 import csv
 import hashlib
 import io
+import os
+import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
+from xml.sax.saxutils import escape
 
 import orjson
 from cryptography.exceptions import InvalidSignature
@@ -28,6 +32,7 @@ from compliance.reports import REPORT_COLUMNS, Report
 GENERATOR = "welkin-dash 0.1.0"
 FORMATS = ("csv", "json", "pdf")
 PDF_MAX_ROWS = 10_000  # beyond this the PDF lists the first rows and points to CSV/JSON
+MANIFEST_MAX_BYTES = 64 * 1024  # a manifest is about 1 KB
 
 
 class _HashingWriter:
@@ -58,13 +63,30 @@ def write(report: Report, fmt: str, f: BinaryIO) -> Written:
     return Written(out.sha.hexdigest(), out.size, rows)
 
 
+# A spreadsheet reads a cell that starts with one of these as a formula (OWASP, "CSV
+# Injection"); names and images come from clusters, user names from the login form.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def inert(value: Any) -> Any:
+    """A CSV cell that no spreadsheet evaluates: text starting (after spaces) with a
+    formula character gets a leading apostrophe, which spreadsheets show as text."""
+    if isinstance(value, str) and value.lstrip(" ").startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def inert_row(values: Iterable[Any]) -> list[Any]:
+    return [inert(v) for v in values]
+
+
 def _csv(report: Report, out: _HashingWriter) -> int:
     text = io.StringIO()
-    w = csv.DictWriter(text, fieldnames=REPORT_COLUMNS, lineterminator="\n")
-    w.writeheader()
+    w = csv.writer(text, lineterminator="\n")
+    w.writerow(REPORT_COLUMNS)
     n = 0
     for row in report.rows():
-        w.writerow(row)
+        w.writerow(inert_row(row[c] for c in REPORT_COLUMNS))
         n += 1
         if n % 2000 == 0:
             out.write(text.getvalue().encode())
@@ -115,12 +137,17 @@ def _pdf(report: Report, out: _HashingWriter) -> int:
 
     styles = getSampleStyleSheet()
     small = styles["BodyText"].clone("small", fontSize=7, leading=8.5)
+    # Paragraph text is ReportLab markup: every data string goes through _text (escaped,
+    # control characters shown as code points), so no tag, image, link or font can come
+    # from a cluster, a registry or a user name. Table cells that are plain strings are
+    # drawn as text, never parsed; they still get _text for the control characters.
     story: list = [
         Paragraph("Container runAs compliance report", styles["Title"]),
-        Paragraph(f"Scope: {report.scope_label}", styles["Heading2"]),
+        Paragraph(f"Scope: {_text(report.scope_label)}", styles["Heading2"]),
         Paragraph(f"State as of {report.at:%Y-%m-%d %H:%M:%S %Z}", styles["BodyText"]),
         Paragraph(f"Generated at {report.generated_at:%Y-%m-%d %H:%M:%S %Z} by "
-                  f"{report.generated_by or 'unknown'} with {GENERATOR}", styles["BodyText"]),
+                  f"{_text(report.generated_by or 'unknown')} with {GENERATOR}",
+                  styles["BodyText"]),
         Paragraph("The file's SHA-256 and the server's signature are in the manifest that "
                   "comes with it; verify with <i>manage.py verify_report</i> or the "
                   "dashboard's verify page.", styles["BodyText"]),
@@ -135,10 +162,14 @@ def _pdf(report: Report, out: _HashingWriter) -> int:
                                                    for s, v in c["states"].items()) or "-"])
     story += [Table(summary, style=grid, hAlign="LEFT"), Spacer(1, 6 * mm),
               Paragraph("Coverage", styles["Heading2"])]
-    cov = [["Cluster", "Last complete scan before the report time", "Recent"]]
+    cov = [["Cluster", "Last complete scan before the report time", "Recent",
+            "Objects rejected"]]
     for c in report.coverage:
-        cov.append([c["cluster"], c["last_complete_scan"] or "none",
-                    "yes" if c["recent"] else "NO - data may be out of date"])
+        cov.append([_text(c["cluster"]), c["last_complete_scan"] or "none",
+                    "yes" if c["recent"] else "NO - data may be out of date",
+                    Paragraph(_text("; ".join(f"{n} {rule}" for rule, n in
+                                              c.get("rejected_by_reason", {}).items())
+                                    or "none"), small)])
     story += [Table(cov, style=grid, hAlign="LEFT"), PageBreak(),
               Paragraph("Non-compliant findings", styles["Heading2"])]
     header = ["Cluster", "Namespace", "Workload", "Container", "Image", "State", "Controls",
@@ -147,9 +178,10 @@ def _pdf(report: Report, out: _HashingWriter) -> int:
     for row in report.rows():
         n += 1
         if n <= PDF_MAX_ROWS:
-            data.append([row["cluster"], row["namespace"],
-                         Paragraph(f"{row['workload_kind']}/{row['workload_name']}", small),
-                         row["container"], Paragraph(row["image"], small),
+            data.append([_text(row["cluster"]), _text(row["namespace"]),
+                         Paragraph(_text(f"{row['workload_kind']}/{row['workload_name']}"),
+                                   small),
+                         _text(row["container"]), Paragraph(_text(row["image"]), small),
                          controls.STATE_LABELS[row["state"]], row["controls"],
                          row["first_seen"][:10]])
     if len(data) > 1:
@@ -175,6 +207,15 @@ def _pdf(report: Report, out: _HashingWriter) -> int:
     return n
 
 
+def _text(value: Any) -> str:
+    """Data as ReportLab paragraph text: markup escaped, control characters as <U+XXXX>."""
+    out = escape(str(value))
+    if any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in out):
+        out = "".join(f"&lt;U+{ord(ch):04X}&gt;" if ord(ch) < 32 or 127 <= ord(ch) < 160
+                      else ch for ch in out)
+    return out
+
+
 METHODOLOGY = [
     "Each container's effective runAs state follows the kubelet, not the policy tools: the "
     "pod and container securityContext are merged field by field (the container's value "
@@ -198,6 +239,12 @@ METHODOLOGY = [
     "/etc/passwd, which is not read, so such containers are reported by the kubelet's rule "
     "(refused under runAsNonRoot) rather than by uid; Windows containers are judged by "
     "ContainerAdministrator; pods are grouped per workload, the worst pod deciding.",
+    "Hostile data: every name, image and message is checked against Kubernetes' own rules "
+    "where it enters (DNS-1123 names, length bounds, no control characters); an object that "
+    "breaks them is rejected, not evaluated, and counted per cluster in the coverage table. "
+    "In CSV exports a cell that begins with =, +, -, @, a tab or a carriage return is "
+    "prefixed with an apostrophe (OWASP's advice), so no spreadsheet runs it as a formula; "
+    "the manifest's SHA-256 covers the file as written, apostrophes included.",
 ]
 
 
@@ -234,8 +281,19 @@ class Verification:
     manifest: dict[str, Any] | None = None
 
 
-def verify(content: bytes, manifest_bytes: bytes) -> Verification:
-    """Is the file unmodified, and did this server sign its manifest?"""
+def sha256_of(content: bytes | Iterable[bytes]) -> str:
+    """The SHA-256 of bytes, or of chunks read as a stream (an upload, a file)."""
+    if isinstance(content, bytes | bytearray):
+        return hashlib.sha256(content).hexdigest()
+    sha = hashlib.sha256()
+    for chunk in content:
+        sha.update(chunk)
+    return sha.hexdigest()
+
+
+def verify(content: bytes | Iterable[bytes], manifest_bytes: bytes) -> Verification:
+    """Is the file unmodified, and did this server sign its manifest? `content` is the
+    file's bytes or its chunks (hashed as a stream, never held whole)."""
     try:
         m = orjson.loads(manifest_bytes)
         sig = base64.b64decode(m["signature"], validate=True)
@@ -249,7 +307,7 @@ def verify(content: bytes, manifest_bytes: bytes) -> Verification:
     except (InvalidSignature, ValueError):
         return Verification(False, "the manifest's signature is not valid: the manifest was "
                                    "changed", m)
-    digest = hashlib.sha256(content).hexdigest()
+    digest = sha256_of(content)
     if digest != m.get("sha256"):
         return Verification(False, f"the file was modified: its SHA-256 is {digest}, the "
                                    f"manifest says {m.get('sha256')}", m)
@@ -258,12 +316,35 @@ def verify(content: bytes, manifest_bytes: bytes) -> Verification:
                               f"{m['generated_at']} by {m['generated_by'] or 'unknown'}", m)
 
 
+class ExportError(Exception):
+    """An export that could not be written; no file was left behind."""
+
+
 def export_to(report: Report, fmt: str, path: Path, filename: str | None = None
               ) -> dict[str, Any]:
     """Write the report to path and its manifest to path + .manifest.json. `filename` is
-    the name the file is handed out under (signed into the manifest)."""
-    with open(path, "wb") as f:
-        written = write(report, fmt, f)
-    m = manifest(report, fmt, filename or path.name, written)
-    Path(str(path) + ".manifest.json").write_bytes(orjson.dumps(m, option=orjson.OPT_INDENT_2))
+    the name the file is handed out under (signed into the manifest).
+
+    Both are written to temporary files beside their targets and renamed into place only
+    when complete, so a failure (a full disk, a bug, a killed process) never leaves a
+    partial report, or a report without its manifest, under the final names."""
+    manifest_path = Path(str(path) + ".manifest.json")
+    part = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
+    manifest_part = manifest_path.with_name(f".{manifest_path.name}.{uuid.uuid4().hex}.part")
+    try:
+        with open(part, "wb") as f:
+            written = write(report, fmt, f)
+        m = manifest(report, fmt, filename or path.name, written)
+        manifest_part.write_bytes(orjson.dumps(m, option=orjson.OPT_INDENT_2))
+        os.replace(part, path)
+        os.replace(manifest_part, manifest_path)
+    except Exception as e:
+        for leftover in (part, manifest_part):
+            leftover.unlink(missing_ok=True)
+        if path.exists() and not manifest_path.exists():
+            path.unlink(missing_ok=True)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or \
+            type(e).__name__
+        raise ExportError(f"the {fmt.upper()} export failed, and left no file: "
+                          f"{reason}") from e
     return m

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
@@ -78,6 +79,7 @@ class ImageResolver:
         self.cache_hits = 0
         self.lookups = 0
         self.seconds = 0.0  # spent in prepare: cache reads, registry lookups, cache writes
+        self.offline_note = ""  # why `evaluate --resolve` runs without the database
 
     def close(self) -> None:
         self.client.close()
@@ -214,10 +216,13 @@ def offline_resolver(known: dict[str, str]) -> ImageResolver:
     when the database is set up, plain anonymous lookups when it is not."""
     try:
         return ImageResolver(known=known)
-    except DatabaseError:
-        log.info("no database: resolving without stored registry settings or cache")
-        return ImageResolver(registry.RegistryClient(timeout=settings.WELKIN_REGISTRY_TIMEOUT),
-                             use_cache=False, known=known, overrides=[])
+    except (DatabaseError, ImproperlyConfigured):
+        resolver = ImageResolver(
+            registry.RegistryClient(timeout=settings.WELKIN_REGISTRY_TIMEOUT),
+            use_cache=False, known=known, overrides=[])
+        resolver.offline_note = ("no database: looking images up without the cache, stored "
+                                 "registry credentials or operator overrides")
+        return resolver
 
 
 def _images(pod: dict):

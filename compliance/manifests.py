@@ -34,6 +34,9 @@ TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
     "PodTemplate": ("template",),
 }
 KNOWN_KINDS = ("Pod", *TEMPLATE_PATHS)
+# YAML aliases may stand for at most this many nodes in all (a "billion laughs" of 100 KB
+# otherwise stands for tens of millions of containers and gigabytes of memory).
+ALIAS_NODES_MAX = 1_000_000
 
 
 class ManifestError(ValueError):
@@ -87,6 +90,7 @@ def _parse_documents(data: bytes, filename: str) -> list[Any]:
     else:
         json_error = None
     try:
+        _check_aliases(data, filename)
         docs = [d for d in yaml.load_all(data, Loader=_YamlLoader) if d is not None]
     except yaml.YAMLError as e:
         if json_error is not None:
@@ -100,6 +104,41 @@ def _parse_documents(data: bytes, filename: str) -> list[Any]:
     if not docs:
         raise ManifestError(f"{filename}: no documents, expected a Kubernetes object")
     return docs
+
+
+def _check_aliases(data: bytes, filename: str) -> None:
+    """Refuse YAML whose aliases expand to more than ALIAS_NODES_MAX nodes, counting from
+    the parser's events before anything is built. YAML without anchors costs nothing."""
+    if b"&" not in data:
+        return
+    sizes: dict[str, int] = {}  # anchor -> nodes it stands for, expanded
+    open_nodes: list[list] = []  # [anchor, nodes so far] per open mapping or sequence
+    expanded = 0
+    for event in yaml.parse(data, Loader=_YamlLoader):
+        kind = type(event)
+        if kind is yaml.AliasEvent:
+            n = sizes.get(event.anchor, 1)
+            expanded += n
+            if expanded > ALIAS_NODES_MAX:
+                raise ManifestError(
+                    f"{filename}: YAML aliases expand to more than {ALIAS_NODES_MAX:,} nodes "
+                    f"(at line {event.start_mark.line + 1}, alias *{event.anchor}); refused "
+                    "as an alias bomb")
+        elif kind is yaml.ScalarEvent:
+            n = 1
+            if event.anchor:
+                sizes[event.anchor] = 1
+        elif kind in (yaml.MappingStartEvent, yaml.SequenceStartEvent):
+            open_nodes.append([event.anchor, 1])
+            continue
+        elif kind in (yaml.MappingEndEvent, yaml.SequenceEndEvent):
+            anchor, n = open_nodes.pop()
+            if anchor:
+                sizes[anchor] = n
+        else:
+            continue
+        if open_nodes:
+            open_nodes[-1][1] += n
 
 
 def pod_sources(doc: Any, where: str, default_kind: str | None = None

@@ -86,6 +86,7 @@ class ScanRun(models.Model):
     reason = models.TextField(blank=True)
     trigger = models.CharField(max_length=16, default="schedule")  # schedule/manual/snapshot
     task_id = models.CharField(max_length=64, blank=True, db_index=True)
+    worker = models.CharField(max_length=300, blank=True)  # host:pid of the process
     started_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(default=timezone.now)
@@ -97,7 +98,9 @@ class ScanRun(models.Model):
     findings_changed = models.PositiveIntegerField(default=0)
     findings_resolved = models.PositiveIntegerField(default=0)
     timings = models.JSONField(default=dict, blank=True)
-    warnings = models.JSONField(default=list, blank=True)  # e.g. malformed pods skipped
+    # Objects the gate refused (compliance/gate.py): how many, per rule, first examples.
+    rejected = models.PositiveIntegerField(default=0)
+    rejections = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-started_at"]

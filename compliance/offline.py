@@ -12,8 +12,14 @@ from typing import Any
 
 import orjson
 
-from compliance import controls, runas
-from compliance.manifests import ManifestError, gc_paused, parse_documents, pod_sources
+from compliance import controls, gate, runas
+from compliance.manifests import (
+    ManifestError,
+    PodSource,
+    gc_paused,
+    parse_documents,
+    pod_sources,
+)
 
 
 @dataclass
@@ -44,23 +50,30 @@ def evaluate_object(pod: dict, image_users: Mapping[str, str],
     }
 
 
+UsersFor = Callable[[dict], tuple[Mapping[str, str], Mapping[str, str]]]
+
+
 def evaluate_inputs(inputs: Iterable[tuple[str, bytes]], image_users: Mapping[str, str],
                     sources: Mapping[str, str] | None = None,
-                    prepare: Callable[[list[dict]], None] | None = None) -> OfflineReport:
+                    prepare: Callable[[list[dict]], None] | None = None,
+                    users_for: UsersFor | None = None) -> OfflineReport:
     """Evaluate (filename, content) pairs into one report. `prepare`, when given, sees each
-    document's pods before they are evaluated (registry lookups fill image_users)."""
+    document's pods before they are evaluated (registry lookups fill image_users);
+    `users_for`, when given, picks (image users, sources) per pod, for its platform (an
+    image index can run a different USER per architecture), as a scan does."""
     report = OfflineReport()
     # Everything built here is acyclic; without the pause, full collections rescan the
     # parsed files' tens of millions of objects again and again (4x slower at 100k pods).
     with gc_paused():
         for filename, data in inputs:
-            _evaluate_file(report, filename, data, image_users, sources, prepare)
+            _evaluate_file(report, filename, data, image_users, sources, prepare, users_for)
     return report
 
 
 def _evaluate_file(report: OfflineReport, filename: str, data: bytes,
                    image_users: Mapping[str, str], sources: Mapping[str, str] | None,
-                   prepare: Callable[[list[dict]], None] | None) -> None:
+                   prepare: Callable[[list[dict]], None] | None,
+                   users_for: UsersFor | None) -> None:
     try:
         docs = parse_documents(data, filename)
     except ManifestError as e:
@@ -68,15 +81,16 @@ def _evaluate_file(report: OfflineReport, filename: str, data: bytes,
         return
     for n, doc in enumerate(docs, 1):
         where = f"{filename}: document {n}" if len(docs) > 1 else filename
-        items = list(pod_sources(doc, where))
+        items = [_checked(item) for item in pod_sources(doc, where)]
         if prepare is not None:
             prepare([i.pod for i in items if not isinstance(i, ManifestError)])
         for item in items:
             if isinstance(item, ManifestError):
                 report.errors.append(str(item))
                 continue
+            users, srcs = users_for(item.pod) if users_for else (image_users, sources)
             try:
-                result = evaluate_object(item.pod, image_users, sources)
+                result = evaluate_object(item.pod, users, srcs)
             except ValueError as e:
                 report.errors.append(f"{item.where}: {e}")
                 continue
@@ -84,6 +98,17 @@ def _evaluate_file(report: OfflineReport, filename: str, data: bytes,
                                    "name": item.name, **result})
             for c in result["containers"]:
                 report.summary[c["state"]] += 1
+
+
+def _checked(item: PodSource | ManifestError) -> PodSource | ManifestError:
+    """The gate's rules (compliance/gate.py) for a manifest's names, images and strings."""
+    if isinstance(item, ManifestError):
+        return item
+    try:
+        gate.check_pod(item.pod, listed=False)
+    except gate.Rejected as e:
+        return ManifestError(f"{item.where}: {e}")
+    return item
 
 
 def parse_image_user_args(values: Iterable[str]) -> dict[str, str]:

@@ -167,10 +167,15 @@ def _coverage(clusters, at: dt.datetime) -> list[dict[str, Any]]:
     schedules (at least a day)."""
     out = []
     for c in clusters.order_by("name"):
-        last = ScanRun.objects.filter(cluster=c, status="succeeded", observed_at__lte=at) \
-            .order_by("-observed_at").values_list("observed_at", flat=True).first()
+        last, rejected, rejections = ScanRun.objects.filter(
+            cluster=c, status="succeeded", observed_at__lte=at).order_by(
+            "-observed_at").values_list("observed_at", "rejected", "rejections").first() \
+            or (None, 0, {})
         limit = max(c.schedule * 3, dt.timedelta(days=1))
         out.append({"cluster": c.name, "last_complete_scan": last.isoformat() if last else None,
-                    "recent": last is not None and at - last <= limit})
+                    "recent": last is not None and at - last <= limit,
+                    # Objects that scan left out, and why (compliance/gate.py).
+                    "rejected": rejected,
+                    "rejected_by_reason": (rejections or {}).get("by_reason", {})})
     return out
 

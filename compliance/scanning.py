@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,7 +27,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from compliance import images, kube
+from compliance import gate, images, kube
 from compliance.manifests import ManifestError, parse_documents
 from compliance.models import (
     Cluster,
@@ -61,6 +64,8 @@ class ScanResult:
     changed: int = 0
     resolved: int = 0
     seconds: float = 0.0
+    rejected: int = 0
+    rejected_summary: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -71,11 +76,41 @@ def _uses_advisory_locks() -> bool:
 
 
 def _try_lock(cluster_id: int) -> bool:
+    """Take the cluster's advisory lock. When it is held by a scan whose worker process
+    is known to be dead (on this host), wait for its session to end, within
+    WELKIN_SCAN_LOCK_WAIT seconds: PostgreSQL ends a killed worker's session only once
+    it notices the closed socket, and the scan after a dead worker must run."""
     if not _uses_advisory_locks():
         return True
+    deadline = time.monotonic() + settings.WELKIN_SCAN_LOCK_WAIT
     with connection.cursor() as cur:
-        cur.execute("SELECT pg_try_advisory_lock(%s, %s)", [LOCK_NAMESPACE, cluster_id])
-        return bool(cur.fetchone()[0])
+        while True:
+            cur.execute("SELECT pg_try_advisory_lock(%s, %s)", [LOCK_NAMESPACE, cluster_id])
+            if cur.fetchone()[0]:
+                return True
+            if time.monotonic() >= deadline or not _holder_dead(cluster_id):
+                return False
+            time.sleep(0.05)
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _holder_dead(cluster_id: int) -> bool:
+    """Is the running scan's worker a process on this host that no longer exists?"""
+    worker = (ScanRun.objects.filter(cluster_id=cluster_id, status=ScanStatus.RUNNING)
+              .values_list("worker", flat=True).first())
+    host, _, pid = (worker or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _unlock(cluster_id: int) -> None:
@@ -107,6 +142,7 @@ def _begin(cluster: Cluster, trigger: str, task_id: str | None,
             with transaction.atomic():
                 return ScanRun.objects.create(cluster=cluster, trigger=trigger,
                                               task_id=task_id or "", started_at=now,
+                                              worker=_worker_id(),
                                               heartbeat_at=now,
                                               observed_at=observed_at or now)
         except IntegrityError:
@@ -130,7 +166,7 @@ def _fail(scan: ScanRun, reason: str) -> None:
     scan.reason = reason[:4000]
     scan.finished_at = timezone.now()
     scan.save(update_fields=["status", "reason", "finished_at", "pages", "pods",
-                             "containers", "timings", "warnings"])
+                             "containers", "timings"])
     Cluster.objects.filter(pk=scan.cluster_id).update(last_scan=scan)
 
 
@@ -203,7 +239,11 @@ def scan_cluster(cluster_id: int, *, trigger: str = "schedule", task_id: str | N
 
 def _policy() -> kube.Policy:
     return kube.Policy(page_limit=settings.WELKIN_PAGE_LIMIT,
-                       read_timeout=settings.WELKIN_KUBE_TIMEOUT)
+                       read_timeout=settings.WELKIN_KUBE_TIMEOUT,
+                       page_max_bytes=settings.WELKIN_PAGE_MAX_BYTES,
+                       request_deadline=settings.WELKIN_KUBE_REQUEST_DEADLINE,
+                       scan_deadline=settings.WELKIN_SCAN_DEADLINE,
+                       max_pods=settings.WELKIN_SCAN_MAX_PODS)
 
 
 def _run(cluster: Cluster, scan: ScanRun, policy: kube.Policy) -> ScanResult:
@@ -214,20 +254,21 @@ def _run(cluster: Cluster, scan: ScanRun, policy: kube.Policy) -> ScanResult:
         if creds is None:
             raise kube.ScanError("no credentials stored for this cluster")
         owners = OwnerIndex()
+        owner_sinks = [OwnerSink(owners, "ReplicaSet"), OwnerSink(owners, "Job")]
         resolver = _resolver()
         agg = _aggregator(owners, resolver)
         with kube.ClusterClient(creds, policy) as client, contextlib.closing(resolver):
             progress = _Progress(scan, agg, client)
             t0 = time.monotonic()
-            client.list_all("replicasets", _ProgressSink(OwnerSink(owners, "ReplicaSet"),
-                                                         progress))
-            client.list_all("jobs", _ProgressSink(OwnerSink(owners, "Job"), progress))
+            client.list_all("replicasets", _ProgressSink(owner_sinks[0], progress))
+            client.list_all("jobs", _ProgressSink(owner_sinks[1], progress))
             t1 = time.monotonic()
             client.list_all("pods", _ProgressSink(agg, progress))
             t2 = time.monotonic()
             scan.pages = client.pages
         scan.timings = {"owners_s": round(t1 - t0, 3), "pods_s": round(t2 - t1, 3),
                         **_image_timings(resolver)}
+        _complete(cluster, scan, agg, owner_sinks, started)
     except kube.ScanError as e:
         scan.timings["total_s"] = round(time.monotonic() - started, 3)
         _fail(scan, e.reason)
@@ -236,18 +277,21 @@ def _run(cluster: Cluster, scan: ScanRun, policy: kube.Policy) -> ScanResult:
         log.exception("scan of %s failed", cluster.name)
         _fail(scan, f"internal error: {type(e).__name__}: {e}")
         raise
-    _complete(cluster, scan, agg, started)
     return _result(scan)
 
 
-def _complete(cluster: Cluster, scan: ScanRun, agg: PodAggregator, started: float) -> None:
-    """Reconcile and mark the scan succeeded, in one transaction."""
+def _complete(cluster: Cluster, scan: ScanRun, agg: PodAggregator,
+              owner_sinks: list[OwnerSink], started: float) -> None:
+    """Reconcile and mark the scan succeeded, in one transaction (rolled back whole if
+    anything in it fails)."""
     t = time.monotonic()
     scan.pods, scan.containers = agg.pods, agg.containers
-    if agg.malformed:
-        scan.warnings = [f"{agg.malformed} malformed pods skipped", *agg.warnings]
+    rejections = gate.Rejections()
+    for part in (*(sink.rejections for sink in owner_sinks), agg.rejections):
+        rejections.merge(part)
+    scan.rejected, scan.rejections = rejections.count, rejections.as_dict()
     with transaction.atomic():
-        opened, changed, resolved = reconcile(cluster, scan, agg.groups)
+        opened, changed, resolved = reconcile(cluster, scan, agg.groups, agg.kept)
         write_rollup(cluster, scan.observed_at, agg.groups)
         scan.findings_opened, scan.findings_changed, scan.findings_resolved = \
             opened, changed, resolved
@@ -263,7 +307,18 @@ def _result(scan: ScanRun, transient: bool = False) -> ScanResult:
     return ScanResult(
         scan.pk, scan.cluster.name, scan.status, scan.reason, transient, scan.pods,
         scan.findings_opened, scan.findings_changed, scan.findings_resolved,
-        (scan.timings or {}).get("total_s", 0.0))
+        (scan.timings or {}).get("total_s", 0.0), scan.rejected,
+        rejection_summary(scan.rejections))
+
+
+def rejection_summary(rejections: dict | None) -> str:
+    """One line for a scan's rejected objects (the scans page, the command, reports)."""
+    r = rejections or {}
+    if not r.get("count"):
+        return ""
+    part = gate.Rejections()
+    part.count, part.by_reason = r["count"], Counter(r.get("by_reason") or {})
+    return part.summary()
 
 
 # --- reconcile ----------------------------------------------------------------------------
@@ -289,12 +344,13 @@ def _values(g: Group) -> dict[str, Any]:
     }
 
 
-def reconcile(cluster: Cluster, scan: ScanRun, groups: Mapping[tuple, Group]
-              ) -> tuple[int, int, int]:
+def reconcile(cluster: Cluster, scan: ScanRun, groups: Mapping[tuple, Group],
+              kept: set[tuple[str, str, str]] = frozenset()) -> tuple[int, int, int]:
     """Apply a complete scan's groups to the cluster's open findings.
 
     new -> open; state changed -> event; other tracked facts changed -> row updated;
-    gone or compliant -> resolved with an event; unchanged -> nothing written.
+    gone or compliant -> resolved with an event; unchanged -> nothing written. Findings
+    of workloads in `kept` (a pod of theirs was rejected by the gate) stay as they are.
     """
     at = scan.observed_at
     existing = {
@@ -334,6 +390,8 @@ def reconcile(cluster: Cluster, scan: ScanRun, groups: Mapping[tuple, Group]
     fields = [*TRACKED, "kubelet_error", "detail"]
     _update_findings(touched, fields)
     _update_findings(changed, [*fields, "last_changed"])
+    for key in [k for k in existing if k[:3] in kept]:
+        del existing[key]
     gone = [(pk, old[0]) for pk, old, _ in existing.values()]
     for i in range(0, len(gone), 5000):
         Finding.objects.filter(pk__in=[pk for pk, _ in gone[i:i + 5000]]).update(
@@ -451,7 +509,12 @@ class SnapshotError(ValueError):
 def import_snapshot(cluster_name: str, data: bytes, filename: str,
                     at: datetime | None = None) -> ScanResult:
     """Record `kubectl get pods,replicasets,jobs -A -o json` output as a complete scan of
-    an air-gapped cluster (created as a snapshot cluster when new)."""
+    an air-gapped cluster (created as a snapshot cluster when new).
+
+    The file is read, checked and evaluated before anything is written; the writes (a
+    new cluster, the scan, the findings) happen in one transaction, so a failure leaves
+    nothing behind: no cluster created by a failed first import, no scan left running.
+    """
     try:
         docs = parse_documents(data, filename)
     except ManifestError as e:
@@ -465,39 +528,44 @@ def import_snapshot(cluster_name: str, data: bytes, filename: str,
     for i, item in enumerate(items):
         kind = item.get("kind") if isinstance(item, dict) else None
         if kind not in by_kind:
-            raise SnapshotError(f"{filename}: items[{i}]: kind {kind!r}; a snapshot holds "
-                                "Pods, ReplicaSets and Jobs")
+            raise SnapshotError(f"{filename}: items[{i}]: kind {gate.show(kind)}; a snapshot "
+                                "holds Pods, ReplicaSets and Jobs")
         by_kind[kind].append(item)
     at = at or timezone.now()
     if timezone.is_naive(at):
         raise SnapshotError("--at needs a time zone (e.g. 2026-11-28T10:00:00Z)")
-
-    cluster, _ = Cluster.objects.get_or_create(name=cluster_name,
-                                               defaults={"source": Source.SNAPSHOT})
-    last = cluster.last_complete_scan
+    existing = Cluster.objects.filter(name=cluster_name).select_related(
+        "last_complete_scan").first()
+    last = existing.last_complete_scan if existing else None
     if last is not None and last.observed_at > at:
         raise SnapshotError(f"--at {at.isoformat()} is before the cluster's last complete "
                             f"scan ({last.observed_at.isoformat()}); import snapshots in "
                             "time order")
-    if not _try_lock(cluster.pk):
-        return _result(_skipped(cluster, "snapshot", None, None))
-    try:
-        scan = _begin(cluster, "snapshot", None, observed_at=at)
-        if scan.status == ScanStatus.SKIPPED:
-            return _result(scan)
-        started = time.monotonic()
-        owners = OwnerIndex()
-        for kind in ("ReplicaSet", "Job"):
-            OwnerSink(owners, kind).add(by_kind[kind])
-        with contextlib.closing(_resolver()) as resolver:
-            agg = _aggregator(owners, resolver)
-            agg.add(by_kind["Pod"])
-            scan.timings = _image_timings(resolver)
-        scan.pages = 1
-        _complete(cluster, scan, agg, started)
-        return _result(scan)
-    finally:
-        _unlock(cluster.pk)
+
+    started = time.monotonic()
+    owners = OwnerIndex()
+    owner_sinks = [OwnerSink(owners, "ReplicaSet"), OwnerSink(owners, "Job")]
+    for sink, kind in zip(owner_sinks, ("ReplicaSet", "Job"), strict=True):
+        sink.add(by_kind[kind])
+    with contextlib.closing(_resolver()) as resolver:
+        agg = _aggregator(owners, resolver)
+        agg.add(by_kind["Pod"])
+        timings = _image_timings(resolver)
+
+    with transaction.atomic():
+        cluster, _ = Cluster.objects.get_or_create(name=cluster_name,
+                                                   defaults={"source": Source.SNAPSHOT})
+        if not _try_lock(cluster.pk):
+            return _result(_skipped(cluster, "snapshot", None, None))
+        try:
+            scan = _begin(cluster, "snapshot", None, observed_at=at)
+            if scan.status == ScanStatus.SKIPPED:
+                return _result(scan)
+            scan.timings, scan.pages = timings, 1
+            _complete(cluster, scan, agg, owner_sinks, started)
+        finally:
+            _unlock(cluster.pk)
+    return _result(scan)
 
 
 # --- scheduling ---------------------------------------------------------------------------
@@ -524,4 +592,7 @@ def summarize(results: Iterable[ScanResult]) -> list[str]:
                          f" {r.resolved} resolved in {r.seconds:.1f} s")
         else:
             lines.append(f"{r.cluster}: {r.status}: {r.reason}")
+        if r.rejected:
+            lines.append(f"{r.cluster}: {r.rejected_summary}; see the scans page or "
+                         f"/api/v1/scans/{r.scan_id}/ for examples")
     return lines

@@ -11,10 +11,9 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from compliance import runas
-
-MAX_WARNINGS = 20
+from compliance import gate, runas
 
 # Kinds whose own controller we look through.
 INTERMEDIATE = {"ReplicaSet", "Job"}
@@ -83,19 +82,26 @@ class OwnerIndex:
 
 
 class OwnerSink:
-    """A kube.PageSink that records the owners of one kind of object."""
+    """A kube.PageSink that records the owners of one kind of object; objects the gate
+    refuses are counted in `rejections` and not indexed."""
 
     def __init__(self, index: OwnerIndex, kind: str):
         self.index, self.kind = index, kind
+        self.rejections = gate.Rejections()
 
     def reset(self) -> None:
-        # A restarted list re-adds the same objects; keeping earlier entries is harmless.
-        pass
+        # A restarted list re-adds the same objects; keeping earlier index entries is
+        # harmless, but the rejections are counted again from the start.
+        self.rejections = gate.Rejections()
 
     def add(self, items: list[dict]) -> None:
         for obj in items:
-            if isinstance(obj, dict):
-                self.index.add(self.kind, obj)
+            try:
+                gate.check_owner(obj)
+            except gate.Rejected as e:
+                self.rejections.add(self.kind, obj, e)
+                continue
+            self.index.add(self.kind, obj)
 
 
 @dataclass(slots=True)
@@ -137,25 +143,39 @@ class PodAggregator:
         self.groups: dict[tuple[str, str, str, str], Group] = {}
         self.pods = 0
         self.containers = 0
-        self.malformed = 0
-        self.warnings: list[str] = []
+        self.rejections = gate.Rejections()
+        # Workloads of rejected pods whose name and namespace are valid: their findings
+        # are kept as they are (reconcile must not resolve what it could not see).
+        self.kept: set[tuple[str, str, str]] = set()
+
+    def _reject(self, pod: Any, error: ValueError) -> None:
+        self.rejections.add("Pod", pod, error)
+        try:
+            gate.check_metadata(pod.get("metadata"), listed=True)
+        except (gate.Rejected, AttributeError):
+            return
+        kind, name = self.owners.workload_of(pod)
+        self.kept.add((pod["metadata"]["namespace"], kind, name))
 
     def add(self, items: list[dict]) -> None:
         sev = runas.SEVERITY
-        if self.prepare is not None:
-            self.prepare(items)
+        valid = []
         for pod in items:
+            try:
+                gate.check_pod(pod)
+            except gate.Rejected as e:
+                self._reject(pod, e)
+                continue
+            valid.append(pod)
+        if self.prepare is not None:
+            self.prepare(valid)
+        for pod in valid:
             users, sources = (self.users_for(pod) if self.users_for is not None
-                              and isinstance(pod, dict) else (self.image_users, self.sources))
+                              else (self.image_users, self.sources))
             try:
                 verdict = runas.evaluate_pod(pod, users, sources)
             except ValueError as e:
-                self.malformed += 1
-                if len(self.warnings) < MAX_WARNINGS:
-                    meta = pod.get("metadata") if isinstance(pod, dict) else None
-                    name = (f"{meta.get('namespace')}/{meta.get('name')}"
-                            if isinstance(meta, dict) else "?")
-                    self.warnings.append(f"pod {name} skipped: {e}")
+                self._reject(pod, e)
                 continue
             self.pods += 1
             kind, name = self.owners.workload_of(pod)

@@ -63,7 +63,8 @@ def test_it_rebuilds_the_state_at_any_time(history):
 def test_it_reports_coverage_and_stale_clusters(history):
     _, r = states_at(T0 + dt.timedelta(days=10))
     assert r.coverage == [{"cluster": "airgap", "recent": False,
-                           "last_complete_scan": (T0 + dt.timedelta(days=2)).isoformat()}]
+                           "last_complete_scan": (T0 + dt.timedelta(days=2)).isoformat(),
+                           "rejected": 0, "rejected_by_reason": {}}]
     _, r = states_at(T0 + dt.timedelta(days=2, hours=1))
     assert r.coverage[0]["recent"] is True
 

@@ -261,16 +261,17 @@ def test_it_marks_an_abandoned_running_scan_failed(cluster, fleet):
     assert orphan.reason.startswith("interrupted: the worker running this scan stopped")
 
 
-def test_it_skips_malformed_pods_with_a_warning(cluster, fleet):
+def test_it_rejects_malformed_pods_and_counts_them(cluster, fleet):
     bad = podgen.pod("shop", "broken", "x", {}, {})
     bad["spec"]["containers"][0]["securityContext"] = {"runAsUser": "zero"}
     fleet.state.put(bad)
     r = scan(cluster)
     assert r.status == "succeeded"
+    assert r.rejected == 1
     s = ScanRun.objects.get(pk=r.scan_id)
-    assert s.warnings[0] == "1 malformed pods skipped"
-    assert "pod shop/broken skipped: spec.containers[0].securityContext.runAsUser" in \
-        s.warnings[1]
+    assert s.rejected == 1
+    assert "Pod shop/broken: spec.containers[0].securityContext.runAsUser" in \
+        s.rejections["examples"][0]
 
 
 def test_it_claims_due_clusters_once(cluster):

@@ -149,7 +149,8 @@ def test_the_namespace_page_filters_and_pages(as_user, monkeypatch):
     r = c.get("/clusters/prod-eu/namespaces/monitoring/", {"q": "vendor"})
     assert all("vendor" in f.workload_name or "vendor" in f.image for f in r.context["rows"])
     r = c.get("/clusters/prod-eu/namespaces/monitoring/", {"after": "garbage!!"})
-    assert r.status_code == 200
+    assert r.status_code == 400  # a malformed parameter, named
+    assert "after: not a cursor from this page" in r.content.decode()
     r = c.get("/clusters/prod-eu/namespaces/monitoring/", {"kind": "DaemonSet"})
     assert r.context["rows"] and all(f.workload_kind == "DaemonSet" for f in r.context["rows"])
     assert '<option selected>DaemonSet</option>' in r.content.decode()

@@ -82,11 +82,15 @@ def database_from_url(url: str, name: str = "DATABASE_URL") -> dict:
 
 
 DEBUG = env_bool("DEBUG", False)
+# `manage.py evaluate` (set by manage.py) is a CI tool: it needs no server secrets and no
+# database, so missing keys are not an error there (nothing in it signs or decrypts).
+OFFLINE_COMMAND = env_bool("WELKIN_OFFLINE_COMMAND", False)
+NEEDS_KEYS = not DEBUG and not OFFLINE_COMMAND
 SECRET_KEY = env_str("SECRET_KEY")
 if not SECRET_KEY:
-    if not DEBUG:
+    if NEEDS_KEYS:
         raise ImproperlyConfigured("SECRET_KEY is required when DEBUG is off")
-    SECRET_KEY = "insecure-development-key-for-debug-only"
+    SECRET_KEY = "insecure-development-key-for-debug-only" if DEBUG else ""
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
@@ -105,6 +109,9 @@ DATABASE_URL = env_str("DATABASE_URL")
 EMBEDDED = not DATABASE_URL
 if DATABASE_URL:
     DATABASES = {"default": database_from_url(DATABASE_URL)}
+elif OFFLINE_COMMAND and not (Path(env_str("WELKIN_VAR_DIR", str(BASE_DIR / "var")))
+                              / "welkin-dash.sqlite3").exists():
+    DATABASES = {"default": {"ENGINE": "django.db.backends.dummy"}}  # no database
 else:
     VAR_DIR = Path(env_str("WELKIN_VAR_DIR", str(BASE_DIR / "var")))
     VAR_DIR.mkdir(parents=True, exist_ok=True)
@@ -134,6 +141,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    "EXCEPTION_HANDLER": "compliance.api.exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "welkin-dash API",
@@ -151,6 +159,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "compliance.params.BadParameterMiddleware",
     "compliance.middleware.LoginRequired",
     "django.contrib.messages.middleware.MessageMiddleware",
     "compliance.audit.DeniedAccessMiddleware",
@@ -175,6 +184,13 @@ TEMPLATES = [
         },
     },
 ]
+
+# Uploads: form fields at most 2.5 MB in memory, files over 2.5 MB spooled to a
+# temporary file; the Verify page refuses reports over WELKIN_VERIFY_MAX_BYTES before
+# reading them, and hashes what it takes as a stream.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+WELKIN_VERIFY_MAX_BYTES = env_int("WELKIN_VERIFY_MAX_BYTES", 1 << 30, minimum=1)
 
 EXPORTS_DIR = Path(env_str("WELKIN_EXPORTS_DIR", str(BASE_DIR / "var" / "exports")))
 
@@ -220,7 +236,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 # Reports are signed with an Ed25519 key: base64 of its 32-byte private seed.
 WELKIN_SIGNING_KEY = env_str("WELKIN_SIGNING_KEY", "")
-if not WELKIN_SIGNING_KEY:
+if not WELKIN_SIGNING_KEY and OFFLINE_COMMAND and not DEBUG:
+    pass  # nothing is signed
+elif not WELKIN_SIGNING_KEY:
     if not DEBUG:
         raise ImproperlyConfigured(
             "WELKIN_SIGNING_KEY is required when DEBUG is off (generate one with `python -c "
@@ -243,7 +261,9 @@ else:
 # Scanning.
 # Fernet keys for credentials at rest, comma separated: the first encrypts, all decrypt.
 WELKIN_FERNET_KEYS = env_list("WELKIN_FERNET_KEYS", [])
-if not WELKIN_FERNET_KEYS:
+if not WELKIN_FERNET_KEYS and not NEEDS_KEYS and not DEBUG:
+    pass  # nothing is decrypted
+elif not WELKIN_FERNET_KEYS:
     if not DEBUG:
         raise ImproperlyConfigured(
             "WELKIN_FERNET_KEYS is required when DEBUG is off (generate a key with `python -c "
@@ -260,6 +280,18 @@ WELKIN_SCAN_TIME_LIMIT = env_int("WELKIN_SCAN_TIME_LIMIT", 1800, minimum=10)
 # A running scan whose progress is older than this is taken as abandoned (SQLite only;
 # on PostgreSQL the advisory lock tells at once).
 WELKIN_SCAN_STALE_SECONDS = env_int("WELKIN_SCAN_STALE_SECONDS", 2100, minimum=10)
+# Collector bounds (hostile API servers).
+# One LIST response body at most this many bytes; one request complete within this many
+# seconds however slowly the bytes come; one scan's collection within WELKIN_SCAN_DEADLINE
+# seconds (also for `manage.py scan`, which has no task time limit; under Celery, keep it
+# below WELKIN_SCAN_TIME_LIMIT for its reason to be the one recorded) and at most
+# WELKIN_SCAN_MAX_PODS objects a list. Past any of them the scan fails with the reason.
+WELKIN_PAGE_MAX_BYTES = env_int("WELKIN_PAGE_MAX_BYTES", 64 << 20, minimum=1 << 16)
+WELKIN_KUBE_REQUEST_DEADLINE = env_int("WELKIN_KUBE_REQUEST_DEADLINE", 120, minimum=1)
+WELKIN_SCAN_DEADLINE = env_int("WELKIN_SCAN_DEADLINE", 1800, minimum=10)
+WELKIN_SCAN_MAX_PODS = env_int("WELKIN_SCAN_MAX_PODS", 1_000_000, minimum=1)
+# How long a scan waits for the lock of a scan whose worker died (its session ending).
+WELKIN_SCAN_LOCK_WAIT = env_int("WELKIN_SCAN_LOCK_WAIT", 10, minimum=0)
 WELKIN_FANOUT_SECONDS = env_int("WELKIN_FANOUT_SECONDS", 60, minimum=5)
 # Image registries.
 WELKIN_REGISTRY_TIMEOUT = env_int("WELKIN_REGISTRY_TIMEOUT", 10, minimum=1)

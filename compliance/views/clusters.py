@@ -2,7 +2,7 @@
 
 from django.shortcuts import render
 
-from compliance import access, dashboards
+from compliance import access, dashboards, params
 
 
 def cluster(request, name):
@@ -17,7 +17,8 @@ def namespace(request, name, namespace):
     c = access.cluster_or_404(scope, name)
     ns = access.namespace_or_404(scope, c, namespace)
     filt = dashboards.FindingFilter.from_query(request.GET)
-    data = dashboards.namespace_findings(scope, c, ns, filt, request.GET.get("after"))
+    data = dashboards.namespace_findings(scope, c, ns, filt, params.text(request.GET, "after",
+                                                                         2000))
     return render(request, "compliance/namespace.html", {
         "scope": scope, "cluster": c, "namespace": ns, "filter": filt,
         "states": dashboards.NONCOMPLIANT, "kinds": dashboards.WORKLOAD_KINDS, **data})

@@ -3,7 +3,7 @@
 from django.http import JsonResponse
 from django.shortcuts import render
 
-from compliance import access, dashboards
+from compliance import access, dashboards, params
 from compliance.models import DailyRollup
 
 
@@ -19,10 +19,10 @@ def _trend_scope(request):
     """(scope, cluster or None, namespace or None) from ?cluster=&namespace=, or 404."""
     scope = access.scope_for(request.user)
     cluster = namespace = None
-    if request.GET.get("cluster"):
-        cluster = access.cluster_or_404(scope, request.GET["cluster"])
-        if request.GET.get("namespace"):
-            namespace = access.namespace_or_404(scope, cluster, request.GET["namespace"])
+    if name := params.text(request.GET, "cluster", 63):
+        cluster = access.cluster_or_404(scope, name)
+        if ns := params.text(request.GET, "namespace", 63):
+            namespace = access.namespace_or_404(scope, cluster, ns)
     return scope, cluster, namespace
 
 
@@ -38,8 +38,5 @@ def trends(request):
 
 def trend_data(request):
     scope, cluster, namespace = _trend_scope(request)
-    try:
-        days = min(max(int(request.GET.get("days", 90)), 7), 400)
-    except ValueError:
-        days = 90
+    days = params.integer(request.GET, "days", 90, minimum=7, maximum=400)
     return JsonResponse(dashboards.trend_data(scope, cluster, namespace, days))

@@ -1,36 +1,25 @@
 """Reports (every role, within their scope): preview, export with a signed manifest,
 verify; the audit log (security officers and auditors)."""
 
-import csv
-import datetime as dt
-
 from django.conf import settings
 from django.http import FileResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
-from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_POST
 
-from compliance import access, audit, exports, reports
+from compliance import access, audit, exports, params, reports
 from compliance.models import AuditEvent, Export
 
 PREVIEW_ROWS = 100
 
 
-def _report_from(request, params) -> tuple[reports.Report | None, str | None]:
+def _report_from(request, query) -> tuple[reports.Report | None, str | None]:
     scope = access.scope_for(request.user)
-    at = None
-    if params.get("at"):
-        at = parse_datetime(params["at"])
-        if at is not None and timezone.is_naive(at):
-            at = at.replace(tzinfo=dt.UTC)  # the form's times are UTC
-        if at is None:
-            return None, f"Time {params['at']!r}: expected YYYY-MM-DDTHH:MM."
     try:
-        return reports.point_in_time(scope, at, params.get("cluster") or None,
-                                     params.get("namespace") or None,
+        return reports.point_in_time(scope, params.moment(query, "at"),
+                                     params.text(query, "cluster", 63) or None,
+                                     params.text(query, "namespace", 63) or None,
                                      generated_by=request.user.get_username()), None
-    except reports.ReportError as e:
+    except (reports.ReportError, params.BadParameter) as e:
         return None, str(e)
 
 
@@ -59,18 +48,25 @@ def export(request):
     r, error = _report_from(request, request.POST)
     fmt = request.POST.get("format")
     if r is None or fmt not in exports.FORMATS:
-        return render(request, "compliance/reports.html", {
-            "scope": access.scope_for(request.user), "error": error or "Choose a format.",
-            "formats": exports.FORMATS, "params": request.POST,
-            "clusters": access.clusters(access.scope_for(request.user)).only("name")},
-            status=400)
+        return _report_page(request, error or "Choose a format.", 400)
     e = Export(user=request.user, format=fmt, scope=r.scope, at=r.at)
-    settings.EXPORTS_DIR.mkdir(parents=True, exist_ok=True)
-    e.manifest = exports.export_to(r, fmt, _path(e), e.filename)
+    try:
+        settings.EXPORTS_DIR.mkdir(parents=True, exist_ok=True)
+        e.manifest = exports.export_to(r, fmt, _path(e), e.filename)
+    except (exports.ExportError, OSError) as failure:
+        return _report_page(request, f"Export failed: {failure}", 500)
     e.save()
     audit.record(request, AuditEvent.Action.EXPORT, f"{fmt} {e.id}",
                  {**r.scope, "at": r.at.isoformat()}, e.manifest["sha256"])
     return redirect("compliance-reports")
+
+
+def _report_page(request, error: str, status: int):
+    return render(request, "compliance/reports.html", {
+        "scope": access.scope_for(request.user), "error": error,
+        "formats": exports.FORMATS, "params": request.POST,
+        "clusters": access.clusters(access.scope_for(request.user)).only("name")},
+        status=status)
 
 
 def _path(e: Export):
@@ -98,17 +94,32 @@ def manifest(request, pk):
 
 def verify(request):
     result = None
+    limit = settings.WELKIN_VERIFY_MAX_BYTES
+    if request.method == "POST" and params.content_length(request) > limit + (1 << 20):
+        # Refused before the body is read: the report plus room for its manifest.
+        return _verify_page(request, exports.Verification(
+            False, f"the upload is larger than {limit:,} bytes (WELKIN_VERIFY_MAX_BYTES); "
+                   "verify a file that size with manage.py verify_report"), 413)
     if request.method == "POST":
         content, manifest_file = request.FILES.get("file"), request.FILES.get("manifest")
         if content is None or manifest_file is None:
             result = exports.Verification(False, "Choose the report file and its manifest.")
+        elif manifest_file.size > exports.MANIFEST_MAX_BYTES:
+            result = exports.Verification(False, "the manifest is larger than "
+                                                 f"{exports.MANIFEST_MAX_BYTES} bytes: not a "
+                                                 "welkin-dash manifest")
         else:
-            result = exports.verify(content.read(), manifest_file.read())
+            result = exports.verify(content.chunks(), manifest_file.read())
             audit.record(request, AuditEvent.Action.VERIFY, content.name,
                          content_hash=(result.manifest or {}).get("sha256", "")
                          if result.ok else "")
+    return _verify_page(request, result)
+
+
+def _verify_page(request, result, status: int = 200):
     return render(request, "compliance/verify.html", {
-        "result": result, "public_key": exports.public_key_b64()})
+        "result": result, "public_key": exports.public_key_b64(),
+        "max_bytes": settings.WELKIN_VERIFY_MAX_BYTES}, status=status)
 
 
 def _audit_scope(request):
@@ -120,35 +131,16 @@ def _audit_scope(request):
 
 def audit_log(request):
     _audit_scope(request)
-    qs = AuditEvent.objects.all()
-    action = request.GET.get("action", "")
-    if action in AuditEvent.Action.values:
-        qs = qs.filter(action=action)
-    before = request.GET.get("before")
-    if before and before.isdigit():
-        qs = qs.filter(pk__lt=int(before))
-    events = list(qs.order_by("-pk")[:100])
+    action = params.choice(request.GET, "action", AuditEvent.Action.values)
+    events = audit.for_log_page(action, params.integer(request.GET, "before"))
     return render(request, "compliance/audit.html", {
         "events": events, "actions": AuditEvent.Action.choices, "action": action,
-        "next": events[-1].pk if len(events) == 100 else None})
-
-
-class _Echo:
-    def write(self, value):
-        return value
+        "next": events[-1].pk if len(events) == audit.PAGE_SIZE else None})
 
 
 def audit_export(request):
     _audit_scope(request)
     audit.record(request, AuditEvent.Action.AUDIT_EXPORT, "audit log")
-    writer = csv.writer(_Echo())
-
-    def rows():
-        yield writer.writerow(["at", "user", "action", "target", "scope", "content_hash",
-                               "ip"])
-        for e in AuditEvent.objects.order_by("pk").iterator(5000):
-            yield writer.writerow([e.at.isoformat(), e.username, e.action, e.target,
-                                   e.scope, e.content_hash, e.ip or ""])
-    response = StreamingHttpResponse(rows(), content_type="text/csv")
+    response = StreamingHttpResponse(audit.csv_lines(), content_type="text/csv")
     response["Content-Disposition"] = 'attachment; filename="welkin-audit-log.csv"'
     return response

@@ -5,7 +5,7 @@ from django.db import transaction
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from compliance import access, dashboards, tasks
+from compliance import access, dashboards, params, tasks
 from compliance.models import Cluster, ScanRun, Source
 
 
@@ -47,10 +47,9 @@ def settings(request, name):
     _officer(request)
     c = get_object_or_404(Cluster, name=name)
     try:
-        minutes = int(request.POST.get("schedule_minutes", c.schedule_minutes))
-    except ValueError:
-        minutes = -1
-    if not 1 <= minutes <= 7 * 24 * 60:
+        minutes = params.integer(request.POST, "schedule_minutes", c.schedule_minutes,
+                                 minimum=1, maximum=7 * 24 * 60)
+    except params.BadParameter:
         messages.error(request, "Schedule: a whole number of minutes from 1 to 10080.")
         return redirect("compliance-scans")
     c.schedule_minutes = minutes

@@ -49,9 +49,12 @@ class Command(BaseCommand):
             from compliance import images
 
             resolver = images.offline_resolver(image_users)
+            if resolver.offline_note:
+                self.stderr.write(f"note: {resolver.offline_note}")
             try:
                 report = offline.evaluate_inputs(inputs, resolver.users, resolver.sources,
-                                                 prepare=resolver.prepare)
+                                                 prepare=resolver.prepare,
+                                                 users_for=resolver.users_for)
             finally:
                 resolver.close()
         else:

@@ -3,9 +3,8 @@
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
-from django.utils.dateparse import parse_datetime
 
-from compliance import clusters, scanning
+from compliance import clusters, params, scanning
 
 
 class Command(BaseCommand):
@@ -22,20 +21,25 @@ class Command(BaseCommand):
             clusters.check_name(o["name"])
         except clusters.ClusterError as e:
             raise CommandError(str(e)) from None
-        at = None
-        if o["at"]:
-            at = parse_datetime(o["at"])
-            if at is None:
-                raise CommandError(f"--at {o['at']!r}: expected an ISO 8601 time, e.g. "
-                                   "2026-11-28T10:00:00Z")
         try:
-            data = sys.stdin.buffer.read() if o["file"] == "-" else open(o["file"], "rb").read()
+            at = params.parse_moment(o["at"], "--at", naive_as_utc=False) if o["at"] else None
+        except params.BadParameter as e:
+            raise CommandError(f"{e} (e.g. 2026-11-28T10:00:00Z)") from None
+        try:
+            if o["file"] == "-":
+                data = sys.stdin.buffer.read()
+            else:
+                with open(o["file"], "rb") as f:
+                    data = f.read()
         except OSError as e:
-            raise CommandError(f"{o['file']}: {e.strerror}") from None
+            raise CommandError(f"{o['file']}: {e.strerror or e}") from None
         try:
             result = scanning.import_snapshot(o["name"], data, o["file"], at)
         except scanning.SnapshotError as e:
             raise CommandError(str(e)) from None
+        except Exception as e:  # nothing was stored (one transaction); say why, briefly
+            raise CommandError(f"{o['file']}: the import failed and stored nothing: "
+                               f"{type(e).__name__}: {str(e)[:500]}") from None
         for line in scanning.summarize([result]):
             self.stdout.write(line)
         if result.status != "succeeded":

@@ -4,9 +4,8 @@ import getpass
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
-from django.utils.dateparse import parse_datetime
 
-from compliance import access, exports, reports
+from compliance import access, exports, params, reports
 
 
 class Command(BaseCommand):
@@ -21,11 +20,10 @@ class Command(BaseCommand):
         parser.add_argument("-o", "--output", required=True, metavar="FILE")
 
     def handle(self, *args, **o):
-        at = None
-        if o["at"]:
-            at = parse_datetime(o["at"])
-            if at is None:
-                raise CommandError(f"--at {o['at']!r}: expected an ISO 8601 time")
+        try:
+            at = params.parse_moment(o["at"], "--at", naive_as_utc=False) if o["at"] else None
+        except params.BadParameter as e:
+            raise CommandError(str(e)) from None
         # The command line runs with the server's authority: the whole fleet.
         scope = access.Scope(None, access.AUDITOR)
         try:
@@ -36,7 +34,7 @@ class Command(BaseCommand):
         path = Path(o["output"])
         try:
             m = exports.export_to(report, o["format"], path)
-        except OSError as e:
-            raise CommandError(f"{path}: {e.strerror}") from None
+        except exports.ExportError as e:
+            raise CommandError(f"{path}: {e}") from None
         self.stdout.write(f"{path}: {m['rows']} findings, sha256 {m['sha256']}")
         self.stdout.write(f"{path}.manifest.json: signed manifest")

@@ -17,13 +17,15 @@ class Command(BaseCommand):
     def handle(self, *args, **o):
         manifest = o["manifest"] or o["file"] + ".manifest.json"
         try:
-            with open(o["file"], "rb") as f:
-                content = f.read()
             with open(manifest, "rb") as f:
-                manifest_bytes = f.read()
+                manifest_bytes = f.read(exports.MANIFEST_MAX_BYTES + 1)
+            if len(manifest_bytes) > exports.MANIFEST_MAX_BYTES:
+                raise CommandError(f"{manifest}: larger than {exports.MANIFEST_MAX_BYTES} "
+                                   "bytes; not a welkin-dash manifest")
+            with open(o["file"], "rb") as f:
+                result = exports.verify(iter(lambda: f.read(1 << 20), b""), manifest_bytes)
         except OSError as e:
-            raise CommandError(f"{e.filename}: {e.strerror}") from None
-        result = exports.verify(content, manifest_bytes)
+            raise CommandError(f"{e.filename}: {e.strerror or e}") from None
         self.stdout.write(("OK: " if result.ok else "FAILED: ") + result.message)
         if not result.ok:
             sys.exit(1)

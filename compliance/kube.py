@@ -6,15 +6,21 @@
   such a kubeconfig can run code on, or read files from, the worker.
 - One kubernetes client Configuration per cluster, never the global default; urllib3's own
   retries are off (it would silently retry 429/503), a timeout on every request.
-- Paginated LIST read as raw JSON (`_preload_content=False`), one page in memory at a
-  time, with the fault policy of DESIGN.md: 410 restarts the list, 429 honours
-  Retry-After, 5xx and timeouts retry with backoff, 401/403 fail with the reason.
+- Paginated LIST read as raw JSON, one page in memory at a time, with the fault policy of
+  DESIGN.md: 410 restarts the list, 429 honours Retry-After, 5xx and timeouts retry with
+  backoff, 401/403 fail with the reason.
+- Bounds against a hostile (or broken) API server, each failing the scan with a reason a
+  person can act on: every response body (pages and error answers alike) is read by
+  bounded.py with a byte cap and a total deadline per request; a page with more items
+  than the limit asked for, a continue token seen before in the same list, or one longer
+  than 8 KiB ends the list; and per scan, a deadline and a budget of objects per list.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import logging
 import os
 import random
@@ -29,7 +35,7 @@ import orjson
 import urllib3
 import yaml
 
-from compliance import podjson
+from compliance import bounded, podjson
 
 log = logging.getLogger(__name__)
 
@@ -196,34 +202,43 @@ class PageSink(Protocol):
 
 @dataclass(frozen=True)
 class Policy:
-    """Timeouts and retry bounds for one cluster's requests."""
+    """Timeouts, retry bounds and size bounds for one cluster's scan."""
 
     page_limit: int = 500
     connect_timeout: float = 5.0
-    read_timeout: float = 60.0
+    read_timeout: float = 60.0  # one socket read
     max_restarts: int = 3  # 410 Expired
     max_throttled: int = 5  # 429
     max_retry_after: float = 30.0
     max_errors: int = 3  # 5xx, timeouts, dropped connections
     backoff: float = 1.0  # seconds, doubled each time
+    page_max_bytes: int = 64 << 20  # one response body
+    request_deadline: float = 120.0  # one request, first byte sent to last byte read
+    scan_deadline: float = 1800.0  # the whole collection, from the client's creation
+    max_pods: int = 1_000_000  # objects in one list (pods; ReplicaSets and Jobs alike)
 
 
-# (resource, kubernetes client API class, its list-all method, API group for messages)
+MAX_CONTINUE_BYTES = 8 << 10
+MAX_ERROR_BODY_BYTES = 1 << 20  # an error answer's body (a Status) is read up to this
+
+# resource -> (list path across all namespaces, API group for messages)
 LISTS = {
-    "pods": ("CoreV1Api", "list_pod_for_all_namespaces", ""),
-    "replicasets": ("AppsV1Api", "list_replica_set_for_all_namespaces", "apps"),
-    "jobs": ("BatchV1Api", "list_job_for_all_namespaces", "batch"),
+    "pods": ("/api/v1/pods", ""),
+    "replicasets": ("/apis/apps/v1/replicasets", "apps"),
+    "jobs": ("/apis/batch/v1/jobs", "batch"),
 }
 
 
 class ClusterClient:
-    """A kubernetes client for one cluster, with its own configuration."""
+    """A kubernetes client for one cluster, with its own configuration. The scan deadline
+    (Policy.scan_deadline) runs from its creation."""
 
     def __init__(self, creds: Credentials, policy: Policy | None = None,
                  sleep: Callable[[float], None] = time.sleep):
         from kubernetes import client
 
         self.policy = policy or Policy()
+        self._deadline = time.monotonic() + self.policy.scan_deadline
         self._sleep = sleep
         self._tmp = None
         config = client.Configuration()
@@ -246,8 +261,6 @@ class ClusterClient:
                     f.write(data)
             config.cert_file, config.key_file = str(cert), str(key)
         self.api_client = client.ApiClient(configuration=config)
-        self._apis = {name: getattr(client, name)(self.api_client)
-                      for name in {api for api, _, _ in LISTS.values()}}
         self.pages = 0
 
     def close(self) -> None:
@@ -276,7 +289,12 @@ class ClusterClient:
                         "changes faster than it can be listed", transient=True)
 
     def _list_once(self, resource: str, sink: PageSink) -> None:
-        token = None
+        p = self.policy
+        # A list of at most max_pods objects needs ceil(max_pods / limit) full pages; short
+        # pages are allowed, endless ones are not.
+        max_pages = 2 * -(-p.max_pods // p.page_limit) + 10
+        seen: set[bytes] = set()  # the continue tokens of this list, hashed
+        token, pages, objects = None, 0, 0
         while True:
             body = self._page(resource, token)
             try:
@@ -285,60 +303,136 @@ class ClusterClient:
                 raise ScanError(f"list {resource}: {e}") from None
             del body  # one page in memory at a time
             self.pages += 1
+            pages += 1
+            if len(items) > p.page_limit:
+                raise ScanError(f"list {resource}: the API server sent {len(items):,} items "
+                                f"in one page, but at most {p.page_limit:,} were asked for "
+                                f"(limit={p.page_limit}); it ignores the page limit")
+            objects += len(items)
+            if objects > p.max_pods:
+                raise ScanError(f"list {resource}: more than {p.max_pods:,} {resource} in "
+                                "the cluster, the most one scan takes (WELKIN_SCAN_MAX_PODS)")
+            if token:
+                self._check_token(resource, token, seen, pages, max_pages)
             sink.add(items)
             del items
             if not token:
                 return
 
+    @staticmethod
+    def _check_token(resource: str, token: str, seen: set[bytes], pages: int,
+                     max_pages: int) -> None:
+        raw = token.encode()
+        if len(raw) > MAX_CONTINUE_BYTES:
+            raise ScanError(f"list {resource}: the API server sent a continue token of "
+                            f"{len(raw):,} bytes (at most {MAX_CONTINUE_BYTES:,} are "
+                            "accepted)")
+        key = hashlib.blake2b(raw, digest_size=16).digest()
+        if key in seen:
+            raise ScanError(f"list {resource}: the API server sent a continue token it had "
+                            f"already sent in this list (after page {pages}); the list "
+                            "would never end")
+        seen.add(key)
+        if pages >= max_pages:
+            raise ScanError(f"list {resource}: still more pages after {pages:,}; the API "
+                            "server keeps sending short pages")
+
+    def _scan_expired(self, resource: str) -> ScanError:
+        return ScanError(f"the scan did not finish within {self.policy.scan_deadline:g} s "
+                         f"(WELKIN_SCAN_DEADLINE); it stopped while listing {resource}, "
+                         f"after {self.pages:,} pages")
+
+    def _wait(self, seconds: float, resource: str) -> None:
+        if time.monotonic() + seconds >= self._deadline:
+            raise self._scan_expired(resource)
+        self._sleep(seconds)
+
+    def _fetch(self, resource: str, token: str | None) -> tuple[int, str, Any, bytes | None]:
+        """(status, reason phrase, headers, body) of one LIST request; the body is None when
+        an error answer's body is too large to read."""
+        p = self.policy
+        path = LISTS[resource][0]
+        start = time.monotonic()
+        left = self._deadline - start
+        if left <= 0:
+            raise self._scan_expired(resource)
+        deadline = start + min(p.request_deadline, left)
+        query: list[tuple[str, Any]] = [("limit", p.page_limit)]
+        if token:
+            query.append(("continue", token))
+        request = self.api_client.param_serialize(
+            "GET", path, query_params=query, header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"])
+        r = self.api_client.call_api(*request, _request_timeout=(
+            min(p.connect_timeout, left), min(p.read_timeout, left))).response
+        ok = 200 <= r.status < 300
+        try:
+            body: bytes | None = bounded.read_body(
+                r, p.page_max_bytes if ok else MAX_ERROR_BODY_BYTES, deadline)
+        except bounded.TooLarge as e:
+            if not ok:
+                body = None  # the status says enough
+            else:
+                raise ScanError(
+                    f"list {resource}: a page is larger than {_size(e.limit)} "
+                    "(WELKIN_PAGE_MAX_BYTES)"
+                    + (f"; the API server announced {e.size:,} bytes" if e.size else ""))
+        except bounded.DeadlineExceeded as e:
+            if deadline >= self._deadline:
+                raise self._scan_expired(resource) from None
+            raise ScanError(f"list {resource}: the API server did not send a whole page "
+                            f"within {p.request_deadline:g} s (WELKIN_KUBE_REQUEST_DEADLINE);"
+                            f" {e.received:,} bytes arrived") from None
+        finally:
+            r.release_conn()
+        return r.status, r.reason or "", r.headers, body
+
     def _page(self, resource: str, token: str | None) -> bytes:
         from kubernetes.client.exceptions import ApiException
 
-        api, method, group = LISTS[resource]
-        call = getattr(self._apis[api], method)
+        group = LISTS[resource][1]
         p = self.policy
         throttled = errors = 0
         while True:
             try:
-                kwargs: dict[str, Any] = {"limit": p.page_limit, "_preload_content": False,
-                                          "_request_timeout": (p.connect_timeout,
-                                                               p.read_timeout)}
-                if token:
-                    kwargs["_continue"] = token
-                response = call(**kwargs)
-                try:
-                    return response.data
-                finally:
-                    response.release_conn()
-            except ApiException as e:
-                status = e.status
-                if not status:  # the client wraps urllib3's SSLError this way
-                    raise ScanError(f"list {resource}: TLS verification failed: "
-                                    f"{str(e.reason).splitlines()[-1]}") from None
+                status, reason, headers, body = self._fetch(resource, token)
+                if 200 <= status < 300 and body is not None:
+                    return body
                 if status == 410:
-                    raise ListExpired() from None
+                    raise ListExpired()
                 if status == 401:
-                    raise ScanError("credentials rejected (401 Unauthorized)") from None
+                    raise ScanError("credentials rejected (401 Unauthorized)")
                 if status == 403:
-                    raise ScanError(_forbidden(resource, group, e.body)) from None
+                    raise ScanError(_forbidden(resource, group, body))
                 if status == 429:
                     throttled += 1
                     if throttled > p.max_throttled:
                         raise ScanError(f"list {resource}: still throttled (429) after "
-                                        f"{p.max_throttled} waits", transient=True) from None
-                    wait = min(_retry_after(e.headers), p.max_retry_after)
-                    self._sleep(wait + random.uniform(0, min(1.0, wait / 4 + 0.1)))
+                                        f"{p.max_throttled} waits", transient=True)
+                    wait = min(_retry_after(headers), p.max_retry_after)
+                    self._wait(wait + random.uniform(0, min(1.0, wait / 4 + 0.1)), resource)
                     continue
                 errors += 1
-                if errors > p.max_errors or not (status and status >= 500):
-                    raise ScanError(f"list {resource}: {status} {_message(e.body) or e.reason}"
+                if errors > p.max_errors or status < 500:
+                    raise ScanError(f"list {resource}: {status} {_message(body) or reason}"
                                     + (f" (after {errors} attempts)" if errors > 1 else ""),
-                                    transient=bool(status and status >= 500)) from None
+                                    transient=status >= 500)
+            except ApiException as e:  # the client wraps urllib3's SSLError this way
+                raise ScanError(f"list {resource}: TLS verification failed: "
+                                f"{str(e.reason).splitlines()[-1]}") from None
             except (urllib3.exceptions.HTTPError, OSError) as e:
                 errors += 1
                 if errors > p.max_errors:
                     raise ScanError(f"list {resource}: {_network_reason(e)} "
                                     f"(after {errors} attempts)", transient=True) from None
-            self._sleep(p.backoff * 2 ** (errors - 1) * random.uniform(0.8, 1.2))
+            self._wait(p.backoff * 2 ** (errors - 1) * random.uniform(0.8, 1.2), resource)
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n:,} bytes"
 
 
 def _retry_after(headers: Any) -> float:

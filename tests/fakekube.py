@@ -9,7 +9,12 @@
   with limit/continue paging: opaque tokens over a consistent snapshot per list
   (resourceVersion); 410 Expired on a token older than `expire_before`.
 - Faults injectable at page k of a resource: 429 with Retry-After, 500, 503, a slow
-  response, a dropped connection, 410.
+  response, a dropped connection, 410, a 500 with a 2 MiB body.
+- A hostile server's misbehaviours, on the lists of one resource (pods by default): the
+  same continue token again and again, tokens that cycle back, tokens of any length,
+  endless empty pages, a page limit ignored, one page of N generated pods streamed as
+  they are generated (chunked, never held), and pages drip-fed a few bytes at a time
+  (optionally chunked, with chunk-size lines padded so that one line takes seconds).
 
 Items are kept as serialized JSON bytes so that pages of a 150,000-pod cluster are served
 at memory speed. Run as a module to serve a synthetic fleet from its own process:
@@ -25,6 +30,7 @@ import ipaddress
 import itertools
 import socket
 import ssl
+import sys
 import tempfile
 import threading
 import time
@@ -100,7 +106,7 @@ class Fault:
 
     resource: str
     page: int
-    kind: str  # "429", "500", "503", "slow", "drop", "410"
+    kind: str  # "429", "500", "503", "slow", "drop", "410", "500-huge" (a 2 MiB body)
     times: int = 1
     retry_after: int = 1
     delay: float = 5.0
@@ -122,6 +128,16 @@ class FakeKube:
     page_delay: float = 0.0  # seconds slept before each page, to make scans observably slow
     expire_before: int = 0  # continue tokens of snapshots older than this rv answer 410
     requests: list[tuple[str, str]] = field(default_factory=list)  # (path, query)
+    # Misbehaviours of a hostile API server, on the lists of `hostile`:
+    hostile: str = "pods"
+    repeat_continue: bool = False  # a page asked for with a token answers that token again
+    cycle_continue: int = 0  # page k >= this answers the token of page 2 again
+    pad_continue: int = 0  # continue tokens are at least this many bytes
+    ignore_limit: bool = False  # every item in one page, whatever the limit
+    empty_pages: bool = False  # no items, and always a fresh continue token
+    generated_pods: int = 0  # one page of this many generated pods (about 5 KB each)
+    drip_bytes_per_second: float = 0.0  # pages are sent this slowly
+    drip_chunked: bool = False  # ... as chunked encoding, each chunk-size line 4 KB long
 
     def __post_init__(self):
         self._lock = threading.Lock()
@@ -262,7 +278,7 @@ class _Handler(BaseHTTPRequestHandler):
         token = query.get("continue")
         if token:
             try:
-                rv, offset, page = orjson.loads(base64.urlsafe_b64decode(token))
+                rv, offset, page = orjson.loads(base64.urlsafe_b64decode(token))[:3]
             except Exception:
                 return self._send(400, status_body(400, "BadRequest",
                                                    "continue key is not valid"))
@@ -284,23 +300,88 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if state.page_delay:
             time.sleep(state.page_delay)
+        hostile = resource == state.hostile
+        group, version, kind = RESOURCES[resource]
+        api_version = f"{group}/{version}" if group else version
+        if hostile and state.generated_pods:
+            return self._send_generated(state.generated_pods, snap.rv)
         items, keys = snap.items[resource], snap.keys[resource]
         if namespace is not None:
             # Per-namespace lists are small in tests: filter without paging by index.
             picked = [i for i, k in enumerate(keys) if k[0] == namespace]
             items = [items[i] for i in picked]
+        if hostile and state.ignore_limit:
+            limit = 0
         end = len(items) if limit <= 0 else min(offset + limit, len(items))
+        if hostile and state.empty_pages:
+            end = offset
         meta: dict = {"resourceVersion": str(snap.rv)}
         if end < len(items):
-            meta["continue"] = base64.urlsafe_b64encode(
-                orjson.dumps([snap.rv, end, page + 1])).decode()
+            following = [snap.rv, end, page + 1]
+            if hostile and state.cycle_continue and page >= state.cycle_continue:
+                following = [snap.rv, limit, 2]  # the token page 1 answered
+            if hostile and state.pad_continue:
+                following.append("x" * state.pad_continue)
+            meta["continue"] = base64.urlsafe_b64encode(orjson.dumps(following)).decode()
+            if hostile and state.repeat_continue and token:
+                meta["continue"] = token
             meta["remainingItemCount"] = len(items) - end
-        group, version, kind = RESOURCES[resource]
-        api_version = f"{group}/{version}" if group else version
         head = orjson.dumps({"kind": f"{kind}List", "apiVersion": api_version,
                              "metadata": meta})[:-1]
         body = head + b',"items":[' + b",".join(items[offset:end]) + b"]}"
+        if hostile and state.drip_bytes_per_second:
+            return self._send_dripping(body, state.drip_bytes_per_second, state.drip_chunked)
         self._send(200, body)
+
+    def _start_chunked(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.close_connection = True
+
+    def _send_generated(self, n: int, rv: int) -> None:
+        """One PodList page of n generated pods, made and sent a batch at a time."""
+        from tests import podgen
+
+        marker = b"gen-pod-0000000000"
+        template = orjson.dumps(podgen.pod("gen", marker.decode(), "registry.example/app",
+                                           {}, {"runAsUser": 0}))
+        self._start_chunked()
+        try:
+            batch = [b'{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"'
+                     + str(rv).encode() + b'"},"items":[']
+            for i in range(n):
+                item = template.replace(marker, b"gen-pod-%010d" % i)
+                batch.append(item if i == 0 else b"," + item)
+                if len(batch) >= 64 or i == n - 1:
+                    data = b"".join(batch)
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                    batch = []
+            self.wfile.write(b"2\r\n]}\r\n0\r\n\r\n")
+        except OSError:  # the client stopped reading: that is the point
+            pass
+
+    def _send_dripping(self, body: bytes, rate: float, chunked: bool) -> None:
+        """body at `rate` bytes a second, a few bytes at a time."""
+        if chunked:
+            self._start_chunked()
+            stream = b"".join(b"%04096x\r\n%s\r\n" % (len(body[i:i + 512]), body[i:i + 512])
+                              for i in range(0, len(body), 512)) + b"0\r\n\r\n"
+        else:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            stream = body
+        step = max(1, int(rate / 10))
+        try:
+            for i in range(0, len(stream), step):
+                self.wfile.write(stream[i:i + step])
+                self.wfile.flush()
+                time.sleep(step / rate)
+        except OSError:
+            pass
 
     def _fault(self, fault: Fault) -> bool:
         """Serve a fault; True when the response is done."""
@@ -313,6 +394,8 @@ class _Handler(BaseHTTPRequestHandler):
             code = int(fault.kind)
             reason = "InternalError" if code == 500 else "ServiceUnavailable"
             self._send(code, status_body(code, reason, f"fake {code} at page {fault.page}"))
+        elif fault.kind == "500-huge":
+            self._send(500, b" " * (2 << 20))
         elif fault.kind == "410":
             self._send(410, status_body(410, "Expired", "The provided continue parameter is "
                                         "too old to display a consistent list result."))
@@ -386,6 +469,11 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     state: FakeKube
 
+    def handle_error(self, request, client_address):
+        if isinstance(sys.exc_info()[1], OSError):
+            return  # a client that hung up (as scans of a misbehaving server do): not news
+        super().handle_error(request, client_address)
+
 
 class FakeKubeServer:
     """Serves a FakeKube over HTTPS on 127.0.0.1 in a background thread."""
@@ -439,8 +527,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pods", type=int, default=10_000)
     parser.add_argument("--kubeconfig", required=True)
+    hostile = parser.add_argument_group("misbehaviours (on the pods list)")
+    hostile.add_argument("--repeat-continue", action="store_true")
+    hostile.add_argument("--generated-pods", type=int, default=0,
+                         help="one page of this many generated pods, whatever the limit")
+    hostile.add_argument("--drip-bytes-per-second", type=float, default=0.0)
     args = parser.parse_args()
     server = FakeKubeServer()
+    server.state.repeat_continue = args.repeat_continue
+    server.state.generated_pods = args.generated_pods
+    server.state.drip_bytes_per_second = args.drip_bytes_per_second
     server.state.put_many(obj for _, obj in podgen.fleet(args.pods))
     server.state.current_snapshot()
     Path(args.kubeconfig).write_text(server.kubeconfig_yaml())

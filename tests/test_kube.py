@@ -1,6 +1,9 @@
 """The collector against the fake API server, through the real kubernetes client."""
 
 import base64
+import dataclasses
+import re
+import time
 
 import pytest
 import yaml
@@ -159,6 +162,117 @@ def test_it_uses_its_own_configuration_not_the_global_default(pods):
         assert c.api_client.configuration.host == pods.url
         assert c.api_client.configuration.retries is False
     assert client.Configuration.get_default_copy().host == before
+
+
+# --- a hostile API server: bounded pages, tokens, time and objects ---
+
+BOUNDED = dataclasses.replace(FAST, request_deadline=2, scan_deadline=60)
+
+
+def hostile_failure(server, policy=BOUNDED):
+    """The ScanError a pods list ends with, and how long it took."""
+    start = time.monotonic()
+    with client_for(server, policy=policy) as c, pytest.raises(kube.ScanError) as e:
+        c.list_all("pods", Sink())
+    assert not e.value.transient
+    return e.value.reason, time.monotonic() - start
+
+
+def test_a_repeated_continue_token_ends_the_list(pods):
+    pods.state.repeat_continue = True
+    reason, seconds = hostile_failure(pods)
+    assert reason == ("list pods: the API server sent a continue token it had already sent "
+                      "in this list (after page 2); the list would never end")
+    assert seconds < 20
+
+
+def test_cycling_continue_tokens_end_the_list(pods):
+    pods.state.cycle_continue = 3  # page 3 answers the token page 1 answered
+    reason, _ = hostile_failure(pods, dataclasses.replace(BOUNDED, page_limit=20))
+    assert reason.startswith("list pods: the API server sent a continue token it had already "
+                             "sent in this list (after page 3)")
+    assert len([q for p, q in pods.state.requests if p == "/api/v1/pods"]) == 3
+
+
+def test_an_overlong_continue_token_ends_the_list(pods):
+    pods.state.pad_continue = 9000
+    reason, _ = hostile_failure(pods)
+    assert re.fullmatch(r"list pods: the API server sent a continue token of [\d,]+ bytes "
+                        r"\(at most 8,192 are accepted\)", reason), reason
+
+
+def test_a_page_over_the_limit_fails_the_scan(pods):
+    pods.state.ignore_limit = True
+    reason, _ = hostile_failure(pods)
+    assert reason == ("list pods: the API server sent 120 items in one page, but at most 50 "
+                      "were asked for (limit=50); it ignores the page limit")
+
+
+def test_a_page_over_the_byte_cap_fails_the_scan(pods):
+    reason, _ = hostile_failure(pods, dataclasses.replace(BOUNDED, page_max_bytes=64 << 10))
+    assert reason.startswith("list pods: a page is larger than 64 KiB (WELKIN_PAGE_MAX_BYTES);"
+                             " the API server announced ")
+
+
+def test_a_streamed_page_over_the_byte_cap_fails_without_reading_it_all(fake_kube):
+    fake_kube.state.generated_pods = 200_000  # about 1 GB, chunked: no length announced
+    reason, seconds = hostile_failure(fake_kube,
+                                      dataclasses.replace(BOUNDED, page_max_bytes=4 << 20))
+    assert reason == "list pods: a page is larger than 4 MiB (WELKIN_PAGE_MAX_BYTES)"
+    assert seconds < 20
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_drip_fed_page_is_cut_off_at_the_request_deadline(pods, chunked):
+    # 100 bytes a second: far inside the 2 s socket read timeout, so only the request's
+    # own deadline ends it. Chunked, every chunk-size line is 4 KB: one blocked read.
+    pods.state.drip_bytes_per_second = 100
+    pods.state.drip_chunked = chunked
+    reason, seconds = hostile_failure(pods)
+    assert re.fullmatch(r"list pods: the API server did not send a whole page within 2 s "
+                        r"\(WELKIN_KUBE_REQUEST_DEADLINE\); [\d,]+ bytes arrived", reason), reason
+    assert seconds < 15
+
+
+def test_the_scan_deadline_bounds_the_whole_listing(pods):
+    pods.state.page_delay = 0.5
+    policy = dataclasses.replace(BOUNDED, page_limit=10, scan_deadline=1.2,
+                                 request_deadline=30)
+    reason, seconds = hostile_failure(pods, policy)
+    assert re.fullmatch(r"the scan did not finish within 1.2 s \(WELKIN_SCAN_DEADLINE\); it "
+                        r"stopped while listing pods, after \d+ pages", reason), reason
+    assert seconds < 15
+
+
+def test_the_scan_deadline_cuts_a_drip_fed_page(pods):
+    pods.state.drip_bytes_per_second = 100
+    reason, seconds = hostile_failure(pods, dataclasses.replace(
+        BOUNDED, request_deadline=600, scan_deadline=2))
+    assert reason.startswith("the scan did not finish within 2 s (WELKIN_SCAN_DEADLINE)")
+    assert seconds < 15
+
+
+def test_the_pod_budget_bounds_a_list(pods):
+    reason, _ = hostile_failure(pods, dataclasses.replace(BOUNDED, max_pods=100))
+    assert reason == ("list pods: more than 100 pods in the cluster, the most one scan takes "
+                      "(WELKIN_SCAN_MAX_PODS)")
+
+
+def test_endless_empty_pages_end_the_list(pods):
+    # A fresh token every time, never a repeat, never an item: a list of at most 100
+    # objects at 50 a page gets 2 x 2 + 10 pages.
+    pods.state.empty_pages = True
+    reason, _ = hostile_failure(pods, dataclasses.replace(BOUNDED, max_pods=100))
+    assert reason == ("list pods: still more pages after 14; the API server keeps sending "
+                      "short pages")
+
+
+def test_an_oversized_error_body_is_not_read(pods):
+    pods.state.faults.append(Fault("pods", 1, "500-huge", times=99))
+    with client_for(pods, policy=dataclasses.replace(BOUNDED, max_errors=0)) as c, \
+            pytest.raises(kube.ScanError) as e:
+        c.list_all("pods", Sink())
+    assert e.value.reason == "list pods: 500 Internal Server Error"
 
 
 # --- kubeconfig safety ---

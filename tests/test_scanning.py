@@ -303,3 +303,37 @@ def test_it_scans_with_the_in_cluster_service_account(db, fake_kube, fleet, tmp_
     r = scan(c)
     assert (r.status, r.reason) == ("failed", "not running in a cluster: "
                                               "KUBERNETES_SERVICE_HOST is not set")
+
+
+@pytest.mark.parametrize("misbehaviour,reason", [
+    ({"repeat_continue": True}, "list pods: the API server sent a continue token it had "
+     "already sent in this list (after page 2); the list would never end"),
+    ({"ignore_limit": True}, "list pods: the API server sent 13 items in one page, but at "
+     "most 4 were asked for (limit=4); it ignores the page limit"),
+    ({"drip_bytes_per_second": 200}, "list pods: the API server did not send a whole page "
+     "within 2 s (WELKIN_KUBE_REQUEST_DEADLINE); "),
+])
+def test_a_hostile_api_server_fails_the_scan_quickly_and_resolves_nothing(
+        cluster, fleet, misbehaviour, reason):
+    import time
+
+    scan(cluster)
+    before = {(f.pk, f.state, f.resolved_at) for f in Finding.objects.all()}
+    fleet.state.delete("Pod", "data", "debug")  # would be resolved by a complete scan
+    for name, value in misbehaviour.items():
+        setattr(fleet.state, name, value)
+    start = time.monotonic()
+    r = scanning.scan_cluster(cluster.pk, policy=dataclasses.replace(PAGED, request_deadline=2))
+    assert time.monotonic() - start < 20
+    assert (r.status, r.transient) == ("failed", False)
+    assert r.reason.startswith(reason), r.reason
+    assert {(f.pk, f.state, f.resolved_at) for f in Finding.objects.all()} == before
+    cluster.refresh_from_db()
+    assert cluster.last_scan.reason == r.reason
+
+
+def test_the_collector_bounds_come_from_the_settings(cluster, fleet, settings):
+    settings.WELKIN_SCAN_MAX_PODS = 5
+    r = scanning.scan_cluster(cluster.pk)
+    assert (r.status, r.reason) == ("failed", "list pods: more than 5 pods in the cluster, the "
+                                              "most one scan takes (WELKIN_SCAN_MAX_PODS)")

@@ -9,7 +9,12 @@ process) runs the scan task into PostgreSQL; the figures are
   bytes (the ratio, measured in this run);
 - end-to-end seconds (task start to reconcile committed) and the worker's peak RSS
   (VmHWM) for each size;
-- rows written by a rescan in which nothing changed (PostgreSQL's own tuple counters).
+- rows written by a rescan in which nothing changed (PostgreSQL's own tuple counters);
+- then, for a hostile API server (a repeated continue token, 200,000 pods in one page
+  whatever the limit, a page drip-fed a few bytes a second), the same scan in a fresh
+  worker: its outcome and reason, seconds and peak RSS. Default bounds, except a 10 s
+  request deadline (WELKIN_KUBE_REQUEST_DEADLINE) so that the drip-fed page costs 10 s
+  rather than 120 s. `--no-hostile` leaves this part out.
 
 Uses the database `welkin_bench` on the local server (dropped and created each run) and Redis db 12.
 """
@@ -53,11 +58,11 @@ def fresh_database() -> None:
 
 
 class Server:
-    def __init__(self, pods: int):
+    def __init__(self, pods: int, extra: tuple[str, ...] = ()):
         self.kubeconfig = Path(tempfile.mkdtemp(prefix="bench-")) / "kubeconfig"
         self.p = subprocess.Popen([sys.executable, "-m", "tests.fakekube", "--pods", str(pods),
-                                   "--kubeconfig", str(self.kubeconfig)], cwd=ROOT, env=ENV,
-                                  stdout=subprocess.PIPE, text=True)
+                                   "--kubeconfig", str(self.kubeconfig), *extra], cwd=ROOT,
+                                  env=ENV, stdout=subprocess.PIPE, text=True)
         line = self.p.stdout.readline()
         if not line.startswith("ready"):
             raise SystemExit(f"fake API server did not start: {line!r}")
@@ -68,12 +73,12 @@ class Server:
 
 
 class Worker:
-    def __init__(self):
+    def __init__(self, env: dict | None = None):
         self.log = tempfile.NamedTemporaryFile("w+", prefix="bench-worker-", suffix=".log")
         self.p = subprocess.Popen([sys.executable, "-m", "celery", "-A", "welkin_dash",
                                    "worker", "--pool=solo", "--loglevel=WARNING",
                                    "--without-gossip", "--without-mingle",
-                                   "--without-heartbeat"], cwd=ROOT, env=ENV,
+                                   "--without-heartbeat"], cwd=ROOT, env={**ENV, **(env or {})},
                                   stdout=self.log, stderr=subprocess.STDOUT)
 
     def peak_rss_mb(self) -> float:
@@ -145,9 +150,45 @@ def run_scan(cluster_id: int, timeout: float = 900):
     raise SystemExit("scan timed out")
 
 
+# (label, fleet size, fake server flags): the pods list misbehaves, the rest is a fleet.
+HOSTILE = [
+    ("repeated continue token", 2_000, ("--repeat-continue",)),
+    ("200,000 pods in one page", 1_000, ("--generated-pods", "200000")),
+    ("page drip-fed at 100 B/s", 2_000, ("--drip-bytes-per-second", "100")),
+]
+HOSTILE_ENV = {"WELKIN_KUBE_REQUEST_DEADLINE": "10"}
+
+
+def hostile_scans() -> None:
+    """Each misbehaviour against a fresh worker: how the scan ends, how fast, how big."""
+    from compliance import clusters
+
+    print(f"hostile API server (request deadline {HOSTILE_ENV['WELKIN_KUBE_REQUEST_DEADLINE']}"
+          " s, other bounds default):")
+    print(f"  {'misbehaviour':<26} {'outcome':>8} {'seconds':>8} {'peak RSS':>9}  reason")
+    for i, (label, fleet, flags) in enumerate(HOSTILE):
+        server = Server(fleet, flags)
+        try:
+            cluster = clusters.add_cluster(f"hostile-{i}",
+                                           kubeconfig=server.kubeconfig.read_text())
+            worker = Worker(HOSTILE_ENV)
+            try:
+                scan = run_scan(cluster.pk, timeout=300)
+                rss = worker.peak_rss_mb()
+            finally:
+                worker.stop()
+        finally:
+            server.stop()
+        secs = (scan.finished_at - scan.started_at).total_seconds()
+        print(f"  {label:<26} {scan.status:>8} {secs:>7.1f}s {rss:>7.0f}MB  {scan.reason}",
+              flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="10000,50000,150000")
+    parser.add_argument("--no-hostile", action="store_true",
+                        help="leave out the scans of hostile API servers")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
@@ -205,6 +246,8 @@ def main() -> None:
             server.stop()
     print(ratio_line)
     print(rescan_line)
+    if not args.no_hostile:
+        hostile_scans()
 
 
 if __name__ == "__main__":

@@ -5,6 +5,10 @@ page's images (and the digests their statuses report), answers what it can from 
 operator's overrides and the PostgreSQL cache, and looks the rest up concurrently through
 registry.py. Results land in `users` / `sources` / `notes`, the mappings the evaluator and
 the aggregator read. A registry that fails once in a scan is not asked again in that scan.
+
+Only verified answers are cached (registry.py hashes every manifest and blob against its
+digest): an answer that did not match its digest is reported and not kept, so the next
+scan asks again; other failures are kept for WELKIN_REGISTRY_FAILURE_TTL.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ log = logging.getLogger(__name__)
 
 SOURCE_REGISTRY = "registry"
 SOURCE_OPERATOR = "operator"
+_NOT_CACHED = object()  # _expiry's answer for what must not be cached
 
 
 def registry_configs() -> dict[str, registry.RegistryConfig]:
@@ -145,7 +150,10 @@ class ImageResolver:
         while pending:  # round 1: digests (or tags); round 2: tags where a digest failed
             retry: dict[tuple, _Wanted] = {}
             for key, w, res in self._lookup_round(pending, now):
-                if res is not None and res.user is None and len(w.refs) > 1:
+                # A registry that answered the digest with other bytes is not asked by tag
+                # instead: the answer stays about what runs, and unverified.
+                if res is not None and res.user is None and len(w.refs) > 1 \
+                        and not res.integrity_failure:
                     retry[key] = _Wanted(w.image, w.refs[1:], w.platform)
                 elif res is not None:
                     self._apply(key, w.image, res.user, res.digest or "", res.error or "")
@@ -184,16 +192,25 @@ class ImageResolver:
             res = results[(ref, w.platform)]
             if res.error and ("unreachable" in res.error or "timed out" in res.error):
                 self._failed_hosts[ref.domain] = res.error
+            expires_at = self._expiry(ref, res, now)
+            if expires_at is _NOT_CACHED:
+                log.warning("not caching %s: %s", ref, res.error)
+                yield key, w, res
+                continue
             rows.append(ImageCache(
                 key=cache_keys[key], user=res.user, digest=res.digest or "",
                 config_digest=res.config_digest or "", error=res.error or "",
-                resolved_at=now, expires_at=self._expiry(ref, res, now)))
+                resolved_at=now, expires_at=expires_at))
             yield key, w, res
         if self.use_cache:
             _store(rows)
 
     @staticmethod
     def _expiry(ref: registry.ImageRef, res: registry.Resolution, now):
+        """When a cached answer expires: None for good, _NOT_CACHED for an answer that did
+        not verify (a registry, or something between, answering other bytes)."""
+        if res.integrity_failure:
+            return _NOT_CACHED
         if res.error:
             return now + timedelta(seconds=settings.WELKIN_REGISTRY_FAILURE_TTL)
         if ref.digest:

@@ -8,8 +8,18 @@ digest the pod's status reports (`imageID`), so the answer is about what actuall
 Authentication: anonymous, basic, and the Bearer token flow announced by
 `WWW-Authenticate` (realm, service, scope), as Docker Hub, GHCR, Quay and Harbor use.
 TLS is verified (optionally against a per-registry CA); plain HTTP only where configured.
-Every request has a timeout; every failure becomes a short reason such as
-`registry.example.com: 401 unauthorized`, and the image stays unknown.
+Every failure becomes a short reason such as `registry.example.com: 401 unauthorized`,
+and the image stays unknown.
+
+Answers are verified, not trusted: a manifest fetched by digest and every blob are hashed
+(sha256 or sha512; any other algorithm is refused) and compared with the digest asked
+for, and a manifest fetched by tag gets its digest from its own bytes (sha256), never from
+the `Docker-Content-Digest` header. A mismatch is an error (`digest mismatch for ...`)
+marked as an integrity failure, which the cache does not keep.
+
+Each request (redirects included) has a timeout per socket read (`timeout`) and a total
+deadline of DEADLINE_FACTOR x `timeout` (30 s at the default 10 s), however slowly the
+bytes come: bodies are read by bounded.py, with a size cap per kind of answer.
 
 No Django here: caching and per-registry settings are passed in (see images.py).
 """
@@ -17,6 +27,7 @@ No Django here: caching and per-registry settings are passed in (see images.py).
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 import ssl
 import threading
@@ -25,15 +36,22 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import orjson
 import urllib3
+
+from compliance import bounded
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
 MAX_MANIFEST_BYTES = 4 << 20
 MAX_CONFIG_BYTES = 8 << 20
+DEADLINE_FACTOR = 3  # a request's total deadline, in multiples of the per-read timeout
+MAX_REDIRECTS = 5
+# Digest algorithms that are verified: name -> (hash, length of the hex encoding).
+DIGEST_ALGORITHMS = {"sha256": (hashlib.sha256, 64), "sha512": (hashlib.sha512, 128)}
+_HEX_RE = re.compile(r"^[a-f0-9]+$")
 
 MANIFEST_TYPES = (
     "application/vnd.oci.image.index.v1+json",
@@ -54,11 +72,13 @@ class ReferenceError(ValueError):
 
 
 class RegistryError(Exception):
-    """A registry could not answer; `reason` is shown next to the unverified image."""
+    """A registry could not answer; `reason` is shown next to the unverified image.
+    `integrity`: its answer did not match the digest (or the digest cannot be verified)."""
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, integrity: bool = False):
         super().__init__(reason)
         self.reason = reason
+        self.integrity = integrity
 
 
 @dataclass(frozen=True)
@@ -159,6 +179,7 @@ class Resolution:
     digest: str | None = None  # the manifest digest the answer is about
     config_digest: str | None = None
     error: str | None = None
+    integrity_failure: bool = False  # the answer did not verify: never cache it
 
 
 @dataclass(frozen=True)
@@ -193,20 +214,23 @@ class RegistryClient:
     def resolve(self, ref: ImageRef, platform: Platform = Platform()) -> Resolution:
         """The config User of the image at ref, for platform."""
         try:
-            manifest, media_type, digest = self._manifest(ref, ref.reference)
+            manifest, media_type, digest = self._manifest(ref, ref.reference,
+                                                          by_digest=ref.digest is not None)
             if media_type in INDEX_TYPES or "manifests" in manifest:
                 entry = _pick_platform(manifest, platform, str(ref))
-                manifest, media_type, digest = self._manifest(ref, entry)
+                manifest, media_type, digest = self._manifest(ref, entry, by_digest=True)
             config = manifest.get("config")
             if not isinstance(config, dict) or not isinstance(config.get("digest"), str):
                 raise RegistryError(f"{ref.domain}: malformed manifest for {ref}: no config")
             config_digest = config["digest"]
+            _check_digest_syntax(ref, config_digest)
             blob = self._get(ref, f"/v2/{ref.repository}/blobs/{config_digest}",
                              accept="*/*", limit=MAX_CONFIG_BYTES)
+            verify_digest(ref, "image config", blob, config_digest)
             user = _config_user(blob, ref)
             return Resolution(user, digest, config_digest)
         except RegistryError as e:
-            return Resolution(None, ref.digest, error=e.reason)
+            return Resolution(None, ref.digest, error=e.reason, integrity_failure=e.integrity)
 
     def close(self) -> None:
         for pool in self._pools.values():
@@ -232,10 +256,20 @@ class RegistryClient:
                 pool = self._pools[host] = urllib3.PoolManager(**kwargs)
             return pool
 
-    def _manifest(self, ref: ImageRef, reference: str) -> tuple[dict, str, str]:
+    def _manifest(self, ref: ImageRef, reference: str, by_digest: bool
+                  ) -> tuple[dict, str, str]:
+        """(manifest, media type, digest) of the manifest at reference (a tag or a digest);
+        the digest is the one asked for, verified, or for a tag the sha256 of the bytes."""
+        if by_digest:
+            _check_digest_syntax(ref, reference)
         body, headers = self._get(ref, f"/v2/{ref.repository}/manifests/{reference}",
                                   accept=", ".join(MANIFEST_TYPES), limit=MAX_MANIFEST_BYTES,
                                   with_headers=True)
+        if by_digest:
+            verify_digest(ref, "manifest", body, reference)
+            digest = reference
+        else:  # what the tag names now, from the bytes, whatever the headers say
+            digest = "sha256:" + hashlib.sha256(body).hexdigest()
         try:
             manifest = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -243,8 +277,8 @@ class RegistryClient:
         if not isinstance(manifest, dict):
             raise RegistryError(f"{ref.domain}: malformed manifest for {ref}")
         media_type = manifest.get("mediaType") or headers.get("Content-Type", "")
-        digest = headers.get("Docker-Content-Digest") or (
-            reference if reference.startswith("sha256:") else None)
+        if not isinstance(media_type, str):
+            raise RegistryError(f"{ref.domain}: malformed manifest for {ref}: mediaType")
         return manifest, media_type.split(";")[0].strip(), digest
 
     def _get(self, ref: ImageRef, path: str, accept: str, limit: int,
@@ -272,31 +306,53 @@ class RegistryClient:
 
     def _request(self, host: str, cfg: RegistryConfig, url: str, headers: dict,
                  limit: int) -> _Response:
+        """One GET, following redirects, complete (body included) within the deadline."""
         with self._lock:
             self.requests += 1
-        try:
-            r = self._pool(host, cfg).request("GET", url, headers=headers, preload_content=False,
-                                         redirect=True)
-        except urllib3.exceptions.SSLError as e:
-            raise RegistryError(f"{host}: TLS verification failed: {_last_line(e)}")
-        except urllib3.exceptions.NewConnectionError as e:  # a TimeoutError subclass
-            raise RegistryError(f"{host}: unreachable ({_last_line(e)})")
-        except (urllib3.exceptions.TimeoutError, TimeoutError):
-            raise RegistryError(f"{host}: timed out")
-        except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise RegistryError(f"{host}: unreachable ({_last_line(e)})")
-        try:
-            length = int(r.headers.get("Content-Length") or 0)
-            if length > limit:
-                raise RegistryError(f"{host}: response too large ({length} bytes)")
-            data = r.read(limit + 1, decode_content=True)
-            if len(data) > limit:
-                raise RegistryError(f"{host}: response too large")
-        except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise RegistryError(f"{host}: connection lost ({_last_line(e)})")
-        finally:
-            r.release_conn()
-        return _Response(r.status, r.headers, data)
+        seconds = self.timeout * DEADLINE_FACTOR
+        deadline = time.monotonic() + seconds
+        pool = self._pool(host, cfg)
+        for _ in range(MAX_REDIRECTS + 1):
+            left = bounded.remaining(deadline)
+            if left <= 0:
+                raise RegistryError(f"{host}: timed out (no complete answer within "
+                                    f"{seconds:g} s)")
+            try:
+                r = pool.request("GET", url, headers=headers, preload_content=False,
+                                 redirect=False, timeout=urllib3.Timeout(
+                                     connect=min(self.timeout, left),
+                                     read=min(self.timeout, left)))
+            except urllib3.exceptions.SSLError as e:
+                raise RegistryError(f"{host}: TLS verification failed: {_last_line(e)}")
+            except urllib3.exceptions.NewConnectionError as e:  # a TimeoutError subclass
+                raise RegistryError(f"{host}: unreachable ({_last_line(e)})")
+            except (urllib3.exceptions.TimeoutError, TimeoutError):
+                raise RegistryError(f"{host}: timed out")
+            except (urllib3.exceptions.HTTPError, OSError) as e:
+                raise RegistryError(f"{host}: unreachable ({_last_line(e)})")
+            location = r.get_redirect_location()
+            if location:  # blobs are often served from elsewhere (a CDN, object storage)
+                r.close()  # its body is not wanted; nor is a connection with it unread
+                r.release_conn()
+                target = urljoin(url, location)
+                if urlsplit(target).netloc != urlsplit(url).netloc:
+                    headers = {k: v for k, v in headers.items()
+                               if k.lower() != "authorization"}
+                url = target
+                continue
+            try:
+                data = bounded.read_body(r, limit, deadline)
+            except bounded.TooLarge as e:
+                raise RegistryError(f"{host}: response too large (more than {e.limit} bytes)")
+            except bounded.DeadlineExceeded:
+                raise RegistryError(f"{host}: timed out (no complete answer within "
+                                    f"{seconds:g} s)")
+            except (urllib3.exceptions.HTTPError, OSError) as e:
+                raise RegistryError(f"{host}: connection lost ({_last_line(e)})")
+            finally:
+                r.release_conn()
+            return _Response(r.status, r.headers, data)
+        raise RegistryError(f"{host}: more than {MAX_REDIRECTS} redirects")
 
     # --- authentication ---------------------------------------------------------------
 
@@ -355,6 +411,29 @@ class RegistryClient:
     def _store(self, host: str, scope: str, value: str, ttl: float) -> None:
         with self._lock:
             self._tokens[(host, scope)] = _Token(value, time.monotonic() + ttl)
+
+
+def _check_digest_syntax(ref: ImageRef, digest: str) -> None:
+    """A digest that can be verified: a known algorithm and its full hex encoding."""
+    algorithm, _, encoded = digest.partition(":")
+    spec = DIGEST_ALGORITHMS.get(algorithm)
+    if spec is None:
+        raise RegistryError(f"{ref.domain}: unsupported digest algorithm {algorithm[:32]!r} "
+                            f"for {ref} (sha256 and sha512 are verified)", integrity=True)
+    if len(encoded) != spec[1] or not _HEX_RE.match(encoded):
+        raise RegistryError(f"{ref.domain}: malformed digest {digest[:160]!r} for {ref}",
+                            integrity=True)
+
+
+def verify_digest(ref: ImageRef, what: str, data: bytes, digest: str) -> None:
+    """Raise a RegistryError (integrity) unless data hashes to digest."""
+    _check_digest_syntax(ref, digest)
+    algorithm, _, encoded = digest.partition(":")
+    actual = DIGEST_ALGORITHMS[algorithm][0](data).hexdigest()
+    if actual != encoded:
+        raise RegistryError(f"{ref.domain}: digest mismatch for {ref}: the {what}'s bytes "
+                            f"hash to {algorithm}:{actual}, expected {digest}",
+                            integrity=True)
 
 
 def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:

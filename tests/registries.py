@@ -3,7 +3,10 @@
 Several registry processes share one storage directory: plain HTTP (for pushing and
 anonymous pulls), TLS with a test CA, Bearer tokens from a small token server (the flow of
 Docker Hub, GHCR, Quay, Harbor), and htpasswd basic auth. A fault server answers 429 or
-malformed manifests, which a real registry never does on purpose.
+malformed manifests, which a real registry never does on purpose, or stands between the
+client and a real registry and lies: other bytes for a config blob or for a manifest asked
+for by digest, a wrong Docker-Content-Digest header, answers drip-fed a few bytes a second,
+blobs redirected elsewhere.
 """
 
 from __future__ import annotations
@@ -173,25 +176,77 @@ class TokenServer:
         self.httpd.server_close()
 
 
-class FaultServer:
-    """Answers every registry request with a fault: 429 or a malformed manifest."""
+# A config without USER: accepted, it would make the image run as root.
+ROOT_CONFIG = json.dumps({"architecture": "amd64", "os": "linux", "config": {}}).encode()
 
-    def __init__(self, mode: str):
+
+class FaultServer:
+    """Answers registry requests with a fault. Modes:
+
+    - "429": 429 with Retry-After; "malformed": a manifest cut short;
+    - "drip": 200, then a 4,000-byte body at `drip_rate` bytes a second;
+    with `upstream` (a registry host on plain HTTP), which it otherwise passes through:
+    - "bad-config": every blob is answered with ROOT_CONFIG;
+    - "bad-manifest": a manifest asked for by digest is answered with the manifest of the
+      same repository's tag `swap_tag`;
+    - "wrong-header": manifests carry `Docker-Content-Digest: <header_digest>`;
+    - "redirect": blobs are answered with 307 to the upstream's URL for them.
+    """
+
+    def __init__(self, mode: str, upstream: str | None = None, swap_tag: str = "evil",
+                 header_digest: str = "sha256:" + "e" * 64, drip_rate: float = 20.0):
         self.mode, self.requests = mode, 0
+        http = urllib3.PoolManager(retries=False, timeout=10)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *a):
                 pass
 
+            def _upstream(self, path):
+                r = http.request("GET", f"http://{upstream}{path}",
+                                 headers={"Accept": self.headers.get("Accept", "*/*")})
+                return r.status, r.data, r.headers.get("Content-Type", "application/json")
+
             def do_GET(self):  # noqa: N802
                 server.requests += 1
-                if server.mode == "429":
-                    reply(self, 429, json.dumps({"errors": [{
+                mode, path = server.mode, self.path
+                is_blob, is_manifest = "/blobs/" in path, "/manifests/" in path
+                if mode == "429":
+                    return reply(self, 429, json.dumps({"errors": [{
                         "code": "TOOMANYREQUESTS", "message": "pull rate limit"}]}).encode(),
                         OCI_MANIFEST, {"Retry-After": "60"})
-                else:
-                    reply(self, 200, b'{"schemaVersion": 2, "config": ', OCI_MANIFEST)
+                if mode == "malformed":
+                    return reply(self, 200, b'{"schemaVersion": 2, "config": ', OCI_MANIFEST)
+                if mode == "drip":
+                    return self._drip(b" " * 4000)
+                if mode == "bad-config" and is_blob:
+                    return reply(self, 200, ROOT_CONFIG, "application/octet-stream")
+                if mode == "redirect" and is_blob:
+                    return reply(self, 307, b"", "text/plain",
+                                 {"Location": f"http://{upstream}{path}"})
+                if mode == "bad-manifest" and is_manifest and "sha256:" in path:
+                    path = path.rsplit("/", 1)[0] + "/" + swap_tag
+                status, body, ctype = self._upstream(path)
+                headers = {}
+                if is_manifest and status == 200:
+                    headers["Docker-Content-Digest"] = (
+                        header_digest if mode == "wrong-header"
+                        else "sha256:" + hashlib.sha256(body).hexdigest())
+                reply(self, status, body, ctype, headers)
+
+            def _drip(self, body):
+                self.send_response(200)
+                self.send_header("Content-Type", OCI_MANIFEST)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                try:
+                    for i in range(0, len(body), 4):
+                        self.wfile.write(body[i:i + 4])
+                        self.wfile.flush()
+                        time.sleep(4 / drip_rate)
+                except OSError:
+                    pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.host = f"127.0.0.1:{self.httpd.server_address[1]}"

@@ -1,7 +1,9 @@
 """Image USER resolution against real registries (Debian's docker-registry on loopback),
 through scans of the fake API server."""
 
+import hashlib
 import json
+import time
 
 import pytest
 from django.core.management import call_command
@@ -10,7 +12,7 @@ from compliance import clusters, images, registry, scanning
 from compliance.models import Finding, ImageCache, ImageUserOverride, Registry
 from compliance.registry import ImageRef, Platform, RegistryClient, RegistryConfig
 from tests import podgen
-from tests.registries import FaultServer, Registries
+from tests.registries import ROOT_CONFIG, FaultServer, Registries
 
 pytestmark = pytest.mark.uses_registry
 
@@ -27,6 +29,8 @@ def regs():
     r.push_index("img/multi", "1", {("linux", "amd64"): "1000", ("linux", "arm64"): "node"})
     r.push_image("public/app", "1", "1000")
     r.push_image("img/garbage", "1", "x", config_bytes=b"not json at all")
+    r.swap_good = r.push_image("img/swap", "good", "1000")
+    r.swap_evil = r.push_image("img/swap", "evil", "0")
     yield r
     r.stop()
 
@@ -293,3 +297,111 @@ spec:
     assert (a["state"], a["image_user"], a["image_user_source"]) == ("blocked", "node",
                                                                      "registry")
     assert (b["state"], b["image_user"]) == ("compliant", "1000:1000")
+
+
+# --- verified answers ---
+
+@pytest.fixture
+def faults(regs):
+    started = []
+
+    def start(mode, **kw):
+        f = FaultServer(mode, upstream=regs.plain.host, **kw)
+        started.append(f)
+        return f
+    yield start
+    for f in started:
+        f.stop()
+
+
+def via(fault, **kw):
+    return RegistryClient({fault.host: RegistryConfig(fault.host, plain_http=True)}, **kw)
+
+
+def test_a_config_blob_that_does_not_match_its_digest_is_refused(regs, faults):
+    fault = faults("bad-config")
+    ref = ImageRef.parse(f"{fault.host}/img/uid:1")
+    res = via(fault).resolve(ref)
+    config_digest = plain(regs).resolve(ImageRef.parse(f"{regs.plain.host}/img/uid:1")) \
+        .config_digest
+    assert res.user is None and res.integrity_failure
+    assert res.error == (f"{fault.host}: digest mismatch for {ref}: the image config's bytes "
+                         f"hash to sha256:{hashlib.sha256(ROOT_CONFIG).hexdigest()}, "
+                         f"expected {config_digest}")
+
+
+def test_a_manifest_by_digest_with_other_bytes_is_refused(regs, faults):
+    fault = faults("bad-manifest")  # answers the manifest of img/swap:evil instead
+    ref = ImageRef.parse(f"{fault.host}/img/swap@{regs.swap_good}")
+    res = via(fault).resolve(ref)
+    assert res.user is None and res.integrity_failure
+    assert res.error == (f"{fault.host}: digest mismatch for {ref}: the manifest's bytes "
+                         f"hash to {regs.swap_evil}, expected {regs.swap_good}")
+
+
+def test_a_tags_digest_comes_from_the_bytes_not_the_header(regs, faults):
+    fault = faults("wrong-header", header_digest=regs.swap_evil)
+    res = via(fault).resolve(ImageRef.parse(f"{fault.host}/img/swap:good"))
+    assert (res.user, res.digest, res.error) == ("1000", regs.swap_good, None)
+
+
+def test_sha512_digests_are_verified_and_unknown_algorithms_refused(regs):
+    ref = ImageRef.parse(f"{regs.plain.host}/img/node:1")
+    registry.verify_digest(ref, "image config", b"x", "sha512:" + hashlib.sha512(b"x").hexdigest())
+    with pytest.raises(registry.RegistryError, match="the image config's bytes hash to sha512:") \
+            as e:
+        registry.verify_digest(ref, "image config", b"y",
+                               "sha512:" + hashlib.sha512(b"x").hexdigest())
+    assert e.value.integrity
+    c = plain(regs)
+    res = c.resolve(ImageRef.parse(f"{regs.plain.host}/img/node@md5:" + "a" * 32))
+    assert res.error == (f"{regs.plain.host}: unsupported digest algorithm 'md5' for "
+                         f"{regs.plain.host}/img/node@md5:{'a' * 32} (sha256 and sha512 are "
+                         "verified)")
+    assert res.integrity_failure and c.requests == 0
+
+
+def test_redirected_blobs_are_followed_and_verified(regs, faults):
+    fault = faults("redirect")
+    c = via(fault)
+    assert c.resolve(ImageRef.parse(f"{fault.host}/img/node:1")).user == "node"
+
+
+def test_a_drip_feeding_registry_is_cut_off_at_the_deadline(faults):
+    fault = faults("drip", drip_rate=20)  # 4,000 bytes: 200 s
+    c = via(fault, timeout=1)  # 1 s a read, 3 s a request
+    start = time.monotonic()
+    results = registry.resolve_many(c, [(ImageRef.parse(f"{fault.host}/x/y{i}:1"), Platform())
+                                        for i in range(3)])
+    assert time.monotonic() - start < 12
+    assert {r.error for r in results.values()} == {
+        f"{fault.host}: timed out (no complete answer within 3 s)"}
+
+
+def test_a_scan_keeps_unverified_answers_out_of_the_cache(cluster, fake_kube, regs, faults):
+    bad_config, bad_manifest = faults("bad-config"), faults("bad-manifest")
+    header = faults("wrong-header", header_digest=regs.swap_evil)
+    for f in (bad_config, bad_manifest, header):
+        Registry.objects.create(host=f.host, plain_http=True)
+    put_pods(fake_kube, {"tampered-config": f"{bad_config.host}/img/uid:1",
+                         "swapped": f"{bad_manifest.host}/img/swap:good",
+                         "header": f"{header.host}/img/swap:good"},
+             status_digest={"swapped": f"{bad_manifest.host}/img/swap@{regs.swap_good}"})
+    for _ in range(2):  # the second scan asks again: nothing wrong was kept
+        r = scanning.scan_cluster(cluster.pk)
+        assert r.status == "succeeded"
+        f = findings()
+        assert {n: f[n].state for n in f} == {"tampered-config": "unverified",
+                                              "swapped": "unverified"}
+        assert f["tampered-config"].detail["image_note"].startswith(
+            f"{bad_config.host}: digest mismatch for {bad_config.host}/img/uid:1: the image "
+            "config's bytes hash to sha256:")
+        # not answered by the tag instead: the digest is what runs
+        assert f["swapped"].detail["image_note"] == (
+            f"{bad_manifest.host}: digest mismatch for {bad_manifest.host}/img/swap@"
+            f"{regs.swap_good}: the manifest's bytes hash to {regs.swap_evil}, expected "
+            f"{regs.swap_good}")
+        assert not ImageCache.objects.filter(key__startswith=bad_config.host).exists()
+        assert not ImageCache.objects.filter(key__startswith=bad_manifest.host).exists()
+        cached = ImageCache.objects.get(key__startswith=header.host)
+        assert (cached.user, cached.digest, cached.error) == ("1000", regs.swap_good, "")

@@ -82,7 +82,9 @@ def inert_row(values: Iterable[Any]) -> list[Any]:
 
 def _csv(report: Report, out: _HashingWriter) -> int:
     text = io.StringIO()
-    w = csv.writer(text, lineterminator="\n")
+    # CRLF (RFC 4180): with it the writer also quotes a field holding a lone \r, which
+    # a reader would otherwise take for the end of the row.
+    w = csv.writer(text, lineterminator="\r\n")
     w.writerow(REPORT_COLUMNS)
     n = 0
     for row in report.rows():

@@ -1,0 +1,421 @@
+"""Hostile data: what a cluster, a registry, a file or a user sends cannot hurt a user or
+the data. Suggested commands run in a real bash against stub programs; CSV, PDF and
+snapshots are the real writers and importers; the API server is the fake one over HTTPS."""
+
+import csv
+import io
+import json
+import os
+import resource
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.management import CommandError, call_command
+from django.utils import timezone
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from pypdf import PdfReader
+
+from compliance import access, explain, exports, gate, reports, scanning, shell
+from compliance.models import AuditEvent, Cluster, Finding, FindingEvent, ScanRun
+from tests import podgen
+
+ROOT = Path(__file__).resolve().parent.parent
+FLEET = access.Scope(None, access.AUDITOR)
+
+# --- suggested commands, run in bash --------------------------------------------------------
+
+STUB = """#!{python}
+import json, os, sys
+with open(os.environ["ARGV_LOG"], "a") as f:
+    f.write(json.dumps([os.path.basename(sys.argv[0]), *sys.argv[1:]]) + "\\n")
+"""
+
+
+@pytest.fixture(scope="module")
+def stubs(tmp_path_factory):
+    bin_dir = tmp_path_factory.mktemp("bin")
+    for name in ("kubectl", "id"):
+        p = bin_dir / name
+        p.write_text(STUB.format(python=sys.executable))
+        p.chmod(0o755)
+    return bin_dir
+
+
+def run_in_bash(command: str, stubs: Path, tmp: Path) -> list[list[str]]:
+    """Run a pasted command in bash with only the stubs on PATH; what ran, and nothing
+    else may appear in the working directory."""
+    work = tmp / "work"
+    work.mkdir(exist_ok=True)
+    log = tmp / "argv.log"
+    log.write_text("")
+    before = set(os.listdir(work))
+    subprocess.run(["/bin/bash", "-c", command], cwd=work, timeout=20, check=False,
+                   env={"PATH": str(stubs), "ARGV_LOG": str(log), "HOME": str(tmp)})
+    assert set(os.listdir(work)) == before, f"the command created files: {command!r}"
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def hostile_finding(namespace, workload, container, image_user):
+    return SimpleNamespace(
+        state="blocked", detail={"run_as_non_root_from": "container"}, image_user=image_user,
+        uid=None, run_as_user=None, run_as_non_root=True, windows=False,
+        namespace=namespace, workload_kind="Deployment", workload_name=workload,
+        container=container, container_type="app")
+
+
+names = st.text(min_size=1, max_size=40)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(namespace=names, workload=names, container=names, user=names)
+@example(namespace="ns$(touch pwned)", workload="d2 ; touch pwned #",
+         container="c'$(touch pwned)'", user="$(touch pwned)")
+@example(namespace="a\nb", workload="`touch pwned`", container="x", user="u;touch pwned")
+@example(namespace="ns", workload="web", container="\u202eevil", user="node")
+def test_suggested_commands_run_only_what_they_show(stubs, tmp_path_factory, namespace,
+                                                     workload, container, user):
+    tmp = tmp_path_factory.mktemp("sh")
+    user = "x" + user  # non-numeric: the fix suggests `id -u USER`
+    fix = explain.remediation(hostile_finding(namespace, workload, container, user))
+    id_cmd, kubectl = fix["commands"]  # in the order the steps name them
+    # The container name travels inside the JSON patch, \u-escaped by json.dumps.
+    patch = json.dumps({"spec": {"template": {"spec": {"containers": [{
+        "name": container, "securityContext": {"runAsNonRoot": True, "runAsUser": 1000}}]}}}},
+        separators=(",", ":"))
+    expected = {
+        "kubectl": ["kubectl", "-n", namespace, "patch", "deployment", workload, "--type",
+                    "strategic", "-p", patch],
+        "id": ["id", "-u", user],
+    }
+    for suggested, argv in ((kubectl, expected["kubectl"]), (id_cmd, expected["id"])):
+        if suggested["text"] is None:  # withheld: some value cannot be pasted safely
+            assert "cannot be pasted into a shell safely" in suggested["withheld"]
+            assert any(not shell.command(a) for a in argv)
+            continue
+        assert run_in_bash(suggested["text"], stubs, tmp) == [argv]
+
+
+def test_a_withheld_command_says_why_on_the_finding_page():
+    fix = explain.remediation(hostile_finding("ns", "web\x1b[2J", "c", "node"))
+    assert fix["kubectl"] is None
+    assert "U+001B" in fix["kubectl_withheld"]
+
+
+# --- the gate: hostile API server, snapshots, pages -----------------------------------------
+
+HOSTILE_PODS = [
+    ("namespace with a slash", {"metadata": {"namespace": "a/b"}}),
+    ("70-character namespace", {"metadata": {"namespace": "n" * 70}}),
+    ("NUL in a name", {"metadata": {"name": "web\x00x"}}),
+    ("container name a list", {"spec": {"containers": [{"name": ["x"], "image": "nginx"}]}}),
+    ("status name a list", {"status": {"containerStatuses": [{"name": ["x"]}]}}),
+    ("huge image", {"spec": {"containers": [{"name": "app", "image": "i" * 5000}]}}),
+    ("owner name with a slash", {"metadata": {"ownerReferences": [
+        {"kind": "ReplicaSet", "name": "../x", "controller": True}]}}),
+]
+
+
+def hostile_pod(i, change):
+    p = podgen.pod("shop", f"bad-{i}", "nginx", {}, {})
+    for key, value in change.items():
+        p.setdefault(key, {}).update(value)
+    return p
+
+
+@pytest.fixture
+def hostile_cluster(cluster, fake_kube):
+    podgen_ok = podgen.pod("shop", "good", "nginx", {}, {})
+    fake_kube.state.put(podgen_ok)
+    for i, (_, change) in enumerate(HOSTILE_PODS):
+        fake_kube.state.put(hostile_pod(i, change))
+    return cluster
+
+
+def test_a_hostile_api_server_cannot_stop_a_scan_or_store_bad_names(hostile_cluster,
+                                                                      client):
+    r = scanning.scan_cluster(hostile_cluster.pk)
+    assert r.status == "succeeded"
+    assert r.rejected == len(HOSTILE_PODS)
+    assert "objects rejected" in r.rejected_summary
+    scan = ScanRun.objects.get(pk=r.scan_id)
+    assert scan.rejections["count"] == len(HOSTILE_PODS)
+    assert any("not a DNS-1123 label" in rule for rule in scan.rejections["by_reason"])
+    assert set(Finding.objects.values_list("workload_name", flat=True)) == {"good"}
+    # Everything stored routes: every page answers for an officer.
+    officer = User.objects.create_superuser("boss", password="x")
+    client.force_login(officer)
+    for url in ["/", "/clusters/prod-1/", "/clusters/prod-1/namespaces/shop/", "/scans/",
+                f"/findings/{Finding.objects.get().pk}/", f"/api/v1/scans/{scan.pk}/"]:
+        assert client.get(url).status_code == 200, url
+    page = client.get("/scans/").content.decode()
+    assert f"{len(HOSTILE_PODS)} objects rejected" in page
+    assert client.get(f"/api/v1/scans/{scan.pk}/").json()["rejected"] == len(HOSTILE_PODS)
+    out = io.StringIO()
+    call_command("scan", "prod-1", stdout=out)
+    assert f"prod-1: {len(HOSTILE_PODS)} objects rejected" in out.getvalue()
+
+
+def test_a_rejected_pod_keeps_its_workloads_findings_open(cluster, fake_kube):
+    fake_kube.state.put(podgen.pod("shop", "web", "nginx", {}, {}))
+    assert scanning.scan_cluster(cluster.pk).opened == 1
+    broken = podgen.pod("shop", "web", "nginx", {}, {})
+    broken["spec"]["containers"][0]["image"] = "i" * 5000
+    fake_kube.state.put(broken)
+    r = scanning.scan_cluster(cluster.pk)
+    assert (r.status, r.rejected, r.resolved) == ("succeeded", 1, 0)
+    assert Finding.objects.get().resolved_at is None
+
+
+def snapshot_bytes(pods):
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+        {**p, "kind": "Pod"} for p in pods]}).encode()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("what,change", HOSTILE_PODS, ids=[w for w, _ in HOSTILE_PODS])
+def test_import_snapshot_rejects_hostile_objects_and_completes(what, change):
+    data = snapshot_bytes([hostile_pod(0, change), podgen.pod("shop", "ok", "nginx", {}, {})])
+    r = scanning.import_snapshot("airgap", data, "snap.json")
+    assert (r.status, r.rejected, r.pods) == ("succeeded", 1, 1)
+    assert not ScanRun.objects.filter(status="running").exists()
+
+
+@pytest.mark.django_db
+def test_a_failed_first_import_leaves_no_cluster_and_no_running_scan(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(scanning, "write_rollup", broken)
+    with pytest.raises(RuntimeError):
+        scanning.import_snapshot("airgap", snapshot_bytes([podgen.pod("shop", "a", "x", {}, {})]),
+                                 "snap.json")
+    assert not Cluster.objects.exists() and not ScanRun.objects.exists()
+
+
+@pytest.mark.django_db
+def test_import_snapshot_ends_every_failure_with_a_message(tmp_path, monkeypatch):
+    f = tmp_path / "snap.json"
+    f.write_bytes(snapshot_bytes([podgen.pod("shop", "a", "x", {}, {})]))
+    with pytest.raises(CommandError, match="out of range|expected an ISO 8601 time"):
+        call_command("import_snapshot", "airgap", str(f), "--at", "2026-02-30T10:00:00Z")
+    monkeypatch.setattr(scanning, "write_rollup", lambda *a: 1 / 0)
+    with pytest.raises(CommandError, match="the import failed and stored nothing: "
+                                           "ZeroDivisionError"):
+        call_command("import_snapshot", "airgap", str(f))
+    assert not Cluster.objects.exists()
+
+
+def test_a_scan_that_fails_while_reconciling_ends_failed_not_running(cluster, fake_kube,
+                                                                     monkeypatch):
+    fake_kube.state.put(podgen.pod("shop", "web", "nginx", {}, {}))
+    monkeypatch.setattr(scanning, "write_rollup", lambda *a: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        scanning.scan_cluster(cluster.pk)
+    scan = ScanRun.objects.get()
+    assert scan.status == "failed" and "ZeroDivisionError" in scan.reason
+    assert not Finding.objects.exists()
+
+
+# --- YAML alias bombs ------------------------------------------------------------------------
+
+def alias_bomb(containers=1000, refs=20000) -> bytes:
+    """One pod of 1,000 containers referenced 20,000 times: about 100 KB."""
+    lines = ["kind: List", "items:", "- &pod", "  kind: Pod", "  metadata: {name: p}",
+             "  spec:", "    containers:", *(f"    - {{name: c{i}, image: nginx}}"
+                                             for i in range(containers))]
+    lines += ["- *pod" for _ in range(refs)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def test_evaluate_refuses_a_yaml_alias_bomb_in_bounded_memory(tmp_path):
+    f = tmp_path / "bomb.yaml"
+    f.write_bytes(alias_bomb())
+    assert f.stat().st_size < 200_000
+
+    def limit():  # 1 GiB of address space: the bomb used to take 9 GB
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+    r = subprocess.run([sys.executable, str(ROOT / "manage.py"), "evaluate", str(f)],
+                       capture_output=True, text=True, preexec_fn=limit, timeout=120,
+                       env={"PATH": os.environ["PATH"]})
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "YAML aliases expand to more than 1,000,000 nodes" in r.stderr
+    assert "refused as an alias bomb" in r.stderr
+
+
+@pytest.mark.django_db
+def test_import_snapshot_refuses_a_yaml_alias_bomb(tmp_path):
+    f = tmp_path / "bomb.yaml"
+    f.write_bytes(alias_bomb())
+    with pytest.raises(CommandError, match="alias bomb"):
+        call_command("import_snapshot", "airgap", str(f))
+    assert not Cluster.objects.exists()
+
+
+def test_yaml_with_a_few_aliases_still_reads(tmp_path):
+    f = tmp_path / "ok.yaml"
+    f.write_text(textwrap.dedent("""\
+        kind: Pod
+        metadata: {name: web, namespace: shop}
+        spec:
+          securityContext: &sc {runAsNonRoot: true, runAsUser: 1000}
+          containers:
+          - {name: a, image: nginx, securityContext: *sc}
+        """))
+    r = subprocess.run([sys.executable, str(ROOT / "manage.py"), "evaluate", str(f)],
+                       capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
+    assert r.returncode == 0 and "compliant" in r.stdout
+
+
+# --- evaluate stands alone -------------------------------------------------------------------
+
+def test_evaluate_runs_with_an_empty_environment(tmp_path):
+    f = tmp_path / "d.yaml"
+    f.write_text("kind: Pod\nmetadata: {name: w, namespace: s}\nspec:\n  securityContext: "
+                 "{runAsNonRoot: true}\n  containers:\n  - {name: a, image: 'node:22'}\n")
+    base = [sys.executable, str(ROOT / "manage.py"), "evaluate"]
+    r = subprocess.run([*base, "--image-user", "node:22=node", "--format", "json", str(f)],
+                       capture_output=True, text=True, env={}, cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert json.loads(r.stdout)["summary"]["blocked"] == 1
+    r = subprocess.run([*base, "--image-user", "node:22=1000", str(f)], capture_output=True,
+                       text=True, env={}, cwd=tmp_path)
+    assert r.returncode == 0 and "compliant" in r.stdout, r.stderr
+    assert os.listdir(tmp_path) == ["d.yaml"]  # no database file, nothing written
+
+
+# --- CSV and PDF -----------------------------------------------------------------------------
+
+FORMULAS = ['=HYPERLINK("http://evil.example","x")', "@SUM(1+1)", "+1+1", "-2+3",
+            "\tx", "\rx", " =1+1"]
+
+
+def stored_finding(cluster, scan, at, **fields):
+    values = {"namespace": "shop", "workload_kind": "Deployment", "workload_name": "web",
+              "container": "app", "container_type": "app", "image": "nginx",
+              "state": "root", "evidence": "predicted", "first_seen": at,
+              "last_changed": at, **fields}
+    f = Finding.objects.create(cluster=cluster, **values)
+    FindingEvent.objects.create(finding=f, scan=scan, kind="opened", to_state=f.state, at=at)
+    return f
+
+
+@pytest.fixture
+def stored(db):
+    """Rows as a hostile source could have left them (stored before the gate, or by any
+    path that skips it): the writers must be safe on their own."""
+    cluster = Cluster.objects.create(name="prod-1", source="snapshot")
+    at = timezone.now() - timezone.timedelta(hours=1)
+    scan = ScanRun.objects.create(cluster=cluster, status="succeeded", observed_at=at)
+    Cluster.objects.filter(pk=cluster.pk).update(last_complete_scan=scan)
+
+    def add(**fields):
+        return stored_finding(cluster, scan, at, **fields)
+    return add
+
+
+def test_csv_cells_are_inert_and_the_file_verifies(stored, tmp_path, settings):
+    for i, value in enumerate(FORMULAS):
+        stored(workload_name=f"w{i}", image=value, container=value[:60])
+    path = tmp_path / "r.csv"
+    exports.export_to(reports.point_in_time(FLEET), "csv", path)
+    rows = list(csv.reader(path.open(newline="")))
+    cells = [cell for row in rows[1:] for cell in row]
+    assert not [c for c in cells if c.lstrip(" ").startswith(exports.FORMULA_STARTS)]
+    assert {r[rows[0].index("image")] for r in rows[1:]} == {"'" + v for v in FORMULAS}
+    content = path.read_bytes()
+    assert exports.verify(content, Path(str(path) + ".manifest.json").read_bytes()).ok
+
+
+def test_the_audit_log_csv_is_inert(client, db):
+    client.post("/accounts/login/", {"username": '=HYPERLINK("http://evil","x")',
+                                     "password": "nope"})
+    officer = User.objects.create_superuser("boss", password="x")
+    client.force_login(officer)
+    body = b"".join(client.get("/audit/export.csv").streaming_content).decode()
+    rows = list(csv.reader(io.StringIO(body)))
+    users = [r[1] for r in rows[1:]]
+    assert "'=HYPERLINK(\"http://evil\",\"x\")" in users
+    assert not [c for r in rows[1:] for c in r if c.startswith(exports.FORMULA_STARTS)]
+
+
+PDF_HOSTILE = ['"><img src=x onerror=alert(1)>', '<img src="/etc/passwd" width="9">',
+               '<a href="http://evil.example">click</a>', "<font name=Courier>x</font>",
+               "&amp;", "a\x07b\x1b[2J", "</para><para>", "\u202eexe.txt"]
+
+
+def test_the_pdf_shows_hostile_text_as_text(stored, tmp_path):
+    for i, value in enumerate(PDF_HOSTILE):
+        stored(workload_name=value, image=value, container=f"c{i}", namespace=value[:63])
+    path = tmp_path / "r.pdf"
+    m = exports.export_to(reports.point_in_time(FLEET), "pdf", path)
+    assert m["rows"] == len(PDF_HOSTILE)
+    pdf = PdfReader(path)
+    text = "".join(page.extract_text() for page in pdf.pages)
+    assert "onerror=alert(1)" in text and "click</a>" in text
+    for page in pdf.pages:  # no link and no image came from the data
+        assert "/Annots" not in page
+        xobjects = page.get("/Resources", {}).get("/XObject", {})
+        assert not xobjects
+    assert exports.verify(path.read_bytes(),
+                          Path(str(path) + ".manifest.json").read_bytes()).ok
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(value=st.text(st.characters(blacklist_characters="\x00"), min_size=1, max_size=80))
+def test_any_string_builds_a_pdf_that_verifies(stored, tmp_path_factory, value):
+    Finding.objects.all().delete()
+    stored(workload_name=value, image=value, container=value[:60], namespace=value[:63])
+    path = tmp_path_factory.mktemp("pdf") / "r.pdf"
+    exports.export_to(reports.point_in_time(FLEET), "pdf", path)
+    assert exports.verify(path.read_bytes(),
+                          Path(str(path) + ".manifest.json").read_bytes()).ok
+
+
+def test_a_failed_export_leaves_no_file_and_says_why(stored, tmp_path, monkeypatch, client,
+                                                     settings):
+    stored()
+
+    def broken(report, out):
+        out.write(b"%PDF-half")
+        raise RuntimeError("renderer crashed")
+    monkeypatch.setattr(exports, "_pdf", broken)
+    with pytest.raises(exports.ExportError, match="the PDF export failed, and left no file: "
+                                                  "renderer crashed"):
+        exports.export_to(reports.point_in_time(FLEET), "pdf", tmp_path / "r.pdf")
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(CommandError, match="left no file: renderer crashed"):
+        call_command("report", "--format", "pdf", "-o", str(tmp_path / "c.pdf"))
+    with pytest.raises(CommandError, match="No such file or directory"):
+        call_command("report", "--format", "csv", "-o", str(tmp_path / "no" / "c.csv"))
+    assert os.listdir(tmp_path) == []
+    settings.EXPORTS_DIR = tmp_path
+    client.force_login(User.objects.create_superuser("boss", password="x"))
+    r = client.post("/reports/export/", {"format": "pdf"})
+    assert r.status_code == 500 and b"renderer crashed" in r.content
+    assert os.listdir(tmp_path) == []
+
+
+# --- uploads ---------------------------------------------------------------------------------
+
+def test_verify_refuses_an_upload_over_the_limit_before_reading_it(client, db, settings):
+    settings.WELKIN_VERIFY_MAX_BYTES = 1000
+    client.force_login(User.objects.create_superuser("boss", password="x"))
+    big = io.BytesIO(b"x" * (3 << 20))
+    big.name = "r.csv"
+    manifest = io.BytesIO(b"{}")
+    manifest.name = "r.csv.manifest.json"
+    r = client.post("/reports/verify/", {"file": big, "manifest": manifest})
+    assert r.status_code == 413
+    assert b"larger than 1,000 bytes (WELKIN_VERIFY_MAX_BYTES)" in r.content
+    assert not AuditEvent.objects.filter(action="verify").exists()
+
+
+def test_gate_reasons_name_the_field_and_show_values_inertly():
+    with pytest.raises(gate.Rejected) as e:
+        gate.check_pod(hostile_pod(0, {"metadata": {"namespace": "a/b\x1b[2J"}}))
+    assert str(e.value).startswith("metadata.namespace 'a/b\\x1b[2J': not a DNS-1123 label")

@@ -1,0 +1,152 @@
+"""400, never 500: every route of the URLconf and every API endpoint, as every role, with
+NUL bytes, overlong values, impossible dates, out-of-range times, junk cursors and
+non-ASCII digits in every parameter and path value."""
+
+import base64
+import uuid
+from urllib.parse import quote
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.cache import cache
+from django.urls import get_resolver
+
+from compliance import demo
+from compliance.models import Finding
+
+PASSWORD = "test-pass"
+ROLES = ["officer", "auditor", "lead"]
+
+HOSTILE = [
+    "\x00", "x" * 5000, "2026-02-30", "0001-01-01T00:00+14:00", "9999-12-31T23:59:59-14:00",
+    base64.b64encode(b"p=abc").decode(),
+    base64.urlsafe_b64encode(b'["a","b","c\\u0000",1]').decode(), "²", "١٢٣",
+    "99999999999999999999", "<script>x</script>", "\r\nSet-Cookie: a=b",
+]
+PARAMS = ["q", "namespace", "cluster", "kind", "state", "after", "since", "at", "days",
+          "before", "action", "cursor", "page_size", "open", "preview", "format"]
+# Path values for <str:...> and DRF's [^/.]+ segments (a '/' would not reach the view).
+HOSTILE_PATH = ["\x00", "x" * 300, "%25", "..", "١٢٣", "<b>", "99999999999999999999",
+                "a b", "\u202e"]
+
+
+def routes(finding_pk: int, export_pk: str) -> dict[str, list[str]]:
+    """Every URL name -> paths that reach it with valid and with hostile path values."""
+    q = [quote(v, safe="") for v in HOSTILE_PATH]
+    return {
+        "login": ["/accounts/login/"],
+        "compliance-fleet": ["/"],
+        "compliance-trends": ["/trends/"],
+        "compliance-trend-data": ["/trends/data.json"],
+        "compliance-cluster": ["/clusters/prod-eu/", "/clusters/" + "x" * 300 + "/"],
+        "compliance-namespace": ["/clusters/prod-eu/namespaces/payments/",
+                                 *(f"/clusters/prod-eu/namespaces/{v}/" for v in q)],
+        "compliance-finding": [f"/findings/{finding_pk}/", "/findings/0/",
+                               "/findings/99999999999999999999/"],
+        "compliance-reports": ["/reports/"],
+        "compliance-export": ["/reports/export/"],
+        "compliance-export-file": [f"/reports/exports/{export_pk}/"],
+        "compliance-export-manifest": [f"/reports/exports/{export_pk}/manifest.json"],
+        "compliance-verify": ["/reports/verify/"],
+        "compliance-audit": ["/audit/"],
+        "compliance-audit-export": ["/audit/export.csv"],
+        "compliance-scans": ["/scans/"],
+        "compliance-scan-progress": ["/scans/prod-eu/progress/"],
+        "compliance-scan-now": ["/scans/prod-eu/now/"],
+        "compliance-scan-settings": ["/scans/prod-eu/settings/"],
+        "api-root": ["/api/v1/"],
+        "api-schema": ["/api/schema/"],
+        "api-report": ["/api/v1/report/"],
+        "api-cluster-list": ["/api/v1/clusters/"],
+        "api-cluster-detail": ["/api/v1/clusters/prod-eu/", *(f"/api/v1/clusters/{v}/" for v in q)],
+        "api-scan-list": ["/api/v1/scans/"],
+        "api-scan-detail": ["/api/v1/scans/1/", *(f"/api/v1/scans/{v}/" for v in q)],
+        "api-finding-list": ["/api/v1/findings/"],
+        "api-finding-detail": [f"/api/v1/findings/{finding_pk}/",
+                               *(f"/api/v1/findings/{v}/" for v in q)],
+        "api-rollup-list": ["/api/v1/rollups/"],
+        "api-rollup-detail": ["/api/v1/rollups/1/", *(f"/api/v1/rollups/{v}/" for v in q)],
+    }
+
+
+POSTS = {"compliance-export", "compliance-verify", "compliance-scan-now",
+         "compliance-scan-settings", "login"}
+NOT_OURS = {"logout", "password_change", "password_change_done", "password_reset",
+            "password_reset_done", "password_reset_confirm", "password_reset_complete"}
+
+
+@pytest.fixture(scope="module")
+def fleet(django_db_setup, django_db_blocker):
+    with django_db_blocker.unblock():
+        demo.load(PASSWORD, days=3)
+        yield
+        from django.core.management import call_command
+
+        call_command("flush", interactive=False, verbosity=0)
+
+
+def url_names() -> set[str]:
+    def walk(patterns):
+        for p in patterns:
+            if hasattr(p, "url_patterns"):
+                if not str(p.pattern).startswith("admin"):
+                    yield from walk(p.url_patterns)
+            elif p.name:
+                yield p.name
+    return set(walk(get_resolver().url_patterns))
+
+
+def test_the_sweep_covers_every_route(db):
+    assert url_names() - NOT_OURS == set(routes(1, "x"))
+
+
+def sweep(client, role: str, every_parameter: bool) -> int:
+    """Request every route; with every_parameter, each parameter with each hostile value
+    (GET, and POST where the route takes one), else each path once per method."""
+    cache.clear()
+    client.force_login(User.objects.get(username=role))
+    finding = Finding.objects.filter(namespace="payments").order_by("pk").first()
+    tried = 0
+    for name, paths in routes(finding.pk, str(uuid.uuid4())).items():
+        for i, path in enumerate(paths):
+            # Hostile path values are tried without parameters; the valid path with all.
+            cases = ([(p, v) for p in PARAMS for v in HOSTILE]
+                     if every_parameter and i == 0 else [("q", "")])
+            for param, value in cases:
+                for method in (["get", "post"] if name in POSTS else ["get"]):
+                    data = {param: value}
+                    if method == "post" and name == "compliance-export":
+                        data.setdefault("format", "csv")
+                    r = getattr(client, method)(path, data)
+                    tried += 1
+                    assert r.status_code < 500, (role, method, path, param, value,
+                                                 r.status_code)
+                    if value == "\x00" and method == "get":
+                        assert r.status_code == 400, (path, param)
+    return tried
+
+
+def test_no_parameter_or_path_value_answers_5xx(client, fleet, db, settings, tmp_path):
+    settings.EXPORTS_DIR = tmp_path
+    tried = sweep(client, "officer", every_parameter=True)
+    for role in ("auditor", "lead"):
+        tried += sweep(client, role, every_parameter=role == "lead")
+    print(f"\n{tried} hostile requests over every route and role, none answered 5xx")
+    assert tried > 10_000
+
+
+def test_a_bad_parameter_is_named_in_the_answer(client, fleet, db):
+    client.force_login(User.objects.get(username="officer"))
+    r = client.get("/trends/data.json", {"days": "²"})
+    assert r.status_code == 400 and b"days: expected a whole number" in r.content
+    r = client.get("/api/v1/rollups/", {"since": "2026-02-30"})
+    assert r.status_code == 400 and r.json() == {
+        "since": ["'2026-02-30' is not a date (YYYY-MM-DD)"]}
+    r = client.get("/api/v1/report/", {"at": "0001-01-01T00:00+14:00"})
+    assert r.status_code == 400 and "out of range" in r.json()["at"][0]
+    r = client.get("/audit/", {"before": "²"})
+    assert r.status_code == 400
+    r = client.get("/api/v1/findings/", {"cursor": base64.b64encode(b"p=abc").decode()})
+    assert r.status_code == 400 and r.json() == {"cursor": ["not a cursor from this list"]}
+    r = client.get("/clusters/prod-eu/namespaces/payments/", {"q": "a\x00"})
+    assert r.status_code == 400 and b"q: contains control characters" in r.content

@@ -104,13 +104,23 @@ def _holder_dead(cluster_id: int) -> bool:
     host, _, pid = (worker or "").rpartition(":")
     if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
         return False
+    return _process_gone(int(pid))
+
+
+def _process_gone(pid: int) -> bool:
+    """No such process, or a zombie (killed, not yet reaped: a pool process whose parent
+    died too waits for an init that may reap late)."""
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:
         return False
-    return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _unlock(cluster_id: int) -> None:

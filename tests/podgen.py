@@ -233,3 +233,13 @@ def fleet(total_pods: int, namespaces: int = 20, replicas: int = 10, seed: int =
                              node=f"node-{(made + i) % 50}")
         made += count
         w += 1
+
+
+def alias_bomb(containers: int = 1000, refs: int = 20000) -> bytes:
+    """YAML of one pod with 1,000 containers referenced 20,000 times: about 100 KB that
+    stands for 20 million containers."""
+    lines = ["kind: List", "items:", "- &pod", "  kind: Pod", "  metadata: {name: p}",
+             "  spec:", "    containers:", *(f"    - {{name: c{i}, image: nginx}}"
+                                             for i in range(containers))]
+    lines += ["- *pod" for _ in range(refs)]
+    return ("\n".join(lines) + "\n").encode()

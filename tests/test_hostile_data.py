@@ -223,18 +223,9 @@ def test_a_scan_that_fails_while_reconciling_ends_failed_not_running(cluster, fa
 
 # --- YAML alias bombs ------------------------------------------------------------------------
 
-def alias_bomb(containers=1000, refs=20000) -> bytes:
-    """One pod of 1,000 containers referenced 20,000 times: about 100 KB."""
-    lines = ["kind: List", "items:", "- &pod", "  kind: Pod", "  metadata: {name: p}",
-             "  spec:", "    containers:", *(f"    - {{name: c{i}, image: nginx}}"
-                                             for i in range(containers))]
-    lines += ["- *pod" for _ in range(refs)]
-    return ("\n".join(lines) + "\n").encode()
-
-
 def test_evaluate_refuses_a_yaml_alias_bomb_in_bounded_memory(tmp_path):
     f = tmp_path / "bomb.yaml"
-    f.write_bytes(alias_bomb())
+    f.write_bytes(podgen.alias_bomb())
     assert f.stat().st_size < 200_000
 
     def limit():  # 1 GiB of address space: the bomb used to take 9 GB
@@ -250,7 +241,7 @@ def test_evaluate_refuses_a_yaml_alias_bomb_in_bounded_memory(tmp_path):
 @pytest.mark.django_db
 def test_import_snapshot_refuses_a_yaml_alias_bomb(tmp_path):
     f = tmp_path / "bomb.yaml"
-    f.write_bytes(alias_bomb())
+    f.write_bytes(podgen.alias_bomb())
     with pytest.raises(CommandError, match="alias bomb"):
         call_command("import_snapshot", "airgap", str(f))
     assert not Cluster.objects.exists()

@@ -405,3 +405,25 @@ def test_a_scan_keeps_unverified_answers_out_of_the_cache(cluster, fake_kube, re
         assert not ImageCache.objects.filter(key__startswith=bad_manifest.host).exists()
         cached = ImageCache.objects.get(key__startswith=header.host)
         assert (cached.user, cached.digest, cached.error) == ("1000", regs.swap_good, "")
+
+
+def test_evaluate_resolve_answers_per_platform_like_the_scan(cluster, fake_kube, regs,
+                                                             tmp_path, capsys):
+    Registry.objects.get_or_create(host=regs.plain.host, defaults={"plain_http": True})
+    image = f"{regs.plain.host}/img/multi:1"  # amd64: USER 1000; arm64: USER node
+    arm = podgen.pod("shop", "arm", image, {"runAsNonRoot": True}, {})
+    arm["spec"]["nodeSelector"] = {"kubernetes.io/arch": "arm64"}
+    amd = podgen.pod("shop", "amd", image, {"runAsNonRoot": True}, {})
+    for p in (amd, arm):  # amd64 first: a per-image answer would be 1000 for both
+        fake_kube.state.put(p)
+    f = tmp_path / "pods.json"
+    f.write_text(json.dumps({"kind": "List", "items": [{**amd, "kind": "Pod"},
+                                                       {**arm, "kind": "Pod"}]}))
+    with pytest.raises(SystemExit):
+        call_command("evaluate", "--resolve", "--format", "json", str(f))
+    objects = json.loads(capsys.readouterr().out)["objects"]
+    offline = {o["name"]: o["containers"][0]["state"] for o in objects}
+    assert offline == {"amd": "compliant", "arm": "blocked"}
+    scanning.scan_cluster(cluster.pk)
+    scanned = {f.workload_name: f.state for f in Finding.objects.all()}
+    assert scanned == {"arm": "blocked"}  # compliant containers are not findings

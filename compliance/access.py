@@ -22,7 +22,6 @@ OFFICER = "security-officer"
 AUDITOR = "auditor"
 LEAD = "team-lead"
 ROLES = (OFFICER, AUDITOR, LEAD)
-GLOB_RE = re.compile(r"^[a-z0-9*?]([-a-z0-9*?]{0,61}[a-z0-9*?])?$")
 
 
 def glob_regex(glob: str) -> str:

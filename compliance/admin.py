@@ -4,6 +4,7 @@ from django import forms
 from django.contrib import admin
 
 from compliance import clusters
+from compliance.kubeconfig import MAX_KUBECONFIG_BYTES
 from compliance.models import (
     Cluster,
     Finding,
@@ -26,25 +27,22 @@ class ClusterForm(forms.ModelForm):
         fields = ["name", "source", "schedule_minutes", "enabled"]
 
     def clean(self):
+        """The checks of clusters.add_cluster (name, schedule, kubeconfig), one home."""
         data = super().clean()
         upload = data.get("kubeconfig")
         # Read at most one byte over the limit: parse_kubeconfig refuses it, naming it.
-        self._kubeconfig = upload.read(1_048_577) if upload else None
-        if self._kubeconfig is not None:
-            try:
-                from compliance import kube
-
-                self._context, self._creds = kube.parse_kubeconfig(
-                    self._kubeconfig, data.get("kubeconfig_context") or None)
-            except kube.KubeconfigError as e:
-                raise forms.ValidationError(f"kubeconfig refused: {e}") from None
-        elif data.get("source") == "kubeconfig" and not (
-                self.instance.pk and self.instance.credentials_encrypted):
-            raise forms.ValidationError("a kubeconfig is required for this source")
+        self._kubeconfig = upload.read(MAX_KUBECONFIG_BYTES + 1) if upload else None
         try:
             clusters.check_name(data.get("name", ""))
+            clusters.check_schedule(data.get("schedule_minutes"))
+            if self._kubeconfig is not None:
+                self._context, self._creds = clusters.read_kubeconfig(
+                    self._kubeconfig, data.get("kubeconfig_context") or None)
         except clusters.ClusterError as e:
             raise forms.ValidationError(str(e)) from None
+        if self._kubeconfig is None and data.get("source") == "kubeconfig" and not (
+                self.instance.pk and self.instance.credentials_encrypted):
+            raise forms.ValidationError("a kubeconfig is required for this source")
         return data
 
     def save(self, commit=True):

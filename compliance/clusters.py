@@ -6,7 +6,7 @@ import re
 
 from django.db import transaction
 
-from compliance import kube
+from compliance.kubeconfig import Credentials, KubeconfigError, parse_kubeconfig
 from compliance.models import Cluster, Source
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -23,22 +23,32 @@ def check_name(name: str) -> str:
     return name
 
 
+def check_schedule(minutes: int | None) -> int | None:
+    if minutes is not None and not 1 <= minutes <= 7 * 24 * 60:
+        raise ClusterError("schedule: between 1 minute and 7 days")
+    return minutes
+
+
+def read_kubeconfig(text: str | bytes, context: str | None) -> tuple[str, Credentials]:
+    """(context, credentials) from a kubeconfig, or ClusterError saying why it is refused."""
+    try:
+        return parse_kubeconfig(text, context)
+    except KubeconfigError as e:
+        raise ClusterError(f"kubeconfig refused: {e}") from None
+
+
 def add_cluster(name: str, *, kubeconfig: str | bytes | None = None,
                 context: str | None = None, in_cluster: bool = False,
                 schedule_minutes: int | None = None, replace: bool = False) -> Cluster:
     """Create (or with replace=True, update) a cluster from a kubeconfig context or the
     in-cluster service account. The kubeconfig is checked before anything is stored."""
     check_name(name)
-    if schedule_minutes is not None and not 1 <= schedule_minutes <= 7 * 24 * 60:
-        raise ClusterError("schedule: between 1 minute and 7 days")
+    check_schedule(schedule_minutes)
     if in_cluster == (kubeconfig is not None):
         raise ClusterError("give either a kubeconfig or in-cluster")
     creds = ctx = None
     if kubeconfig is not None:
-        try:
-            ctx, creds = kube.parse_kubeconfig(kubeconfig, context)
-        except kube.KubeconfigError as e:
-            raise ClusterError(f"kubeconfig refused: {e}") from None
+        ctx, creds = read_kubeconfig(kubeconfig, context)
     with transaction.atomic():
         cluster = Cluster.objects.select_for_update().filter(name=name).first()
         if cluster is not None and not replace:

@@ -9,9 +9,11 @@ so that a team lead can paste it. Standard library only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from compliance import shell
+from compliance.runas import UID_MAX
+from compliance.vocabulary import BLOCKED, COMPLIANT, ROOT, UNENFORCED, UNVERIFIED
 
 
 @dataclass(frozen=True)
@@ -37,44 +39,25 @@ CONTROLS: dict[str, Control] = {
                         "Secure system architecture and engineering principles"),
 }
 
-STATE_LABELS = {
-    "compliant": "Compliant",
-    "unenforced": "Not enforced",
-    "root": "Runs as root",
-    "blocked": "Blocked by kubelet",
-    "unverified": "Unverified",
-}
-
-STATE_DESCRIPTIONS = {
-    "compliant": "runAsNonRoot is in force and the container's uid is known to be non-zero.",
-    "unenforced": "Runs as a known non-zero uid, but runAsNonRoot is not set: the guardrail "
-                  "is missing and a future image could run as root unnoticed.",
-    "root": "Runs (or would run) as uid 0 and nothing refuses it.",
-    "blocked": "The kubelet refuses to start it (CreateContainerConfigError), because "
-               "runAsNonRoot is set and the user is root or cannot be verified.",
-    "unverified": "The identity cannot be determined: the image's USER is unknown or is a "
-                  "user name that only the image's /etc/passwd can map to a uid.",
-}
-
 # (state, control) -> why the state is evidence against the control.
 MAPPING: dict[str, dict[str, str]] = {
-    "compliant": {},
-    "unenforced": {
+    COMPLIANT: {},
+    UNENFORCED: {
         "A.14.2.5": "Least privilege is not enforced by the platform; it holds only by "
                     "the image's current USER.",
     },
-    "root": {
+    ROOT: {
         "A.9.4.4": "A process running as uid 0 holds privileged rights that can override "
                    "system and application controls.",
         "A.12.6.1": "Any vulnerability exploited in a root container gains root in the "
                     "container and a shorter path to the node.",
         "A.14.2.5": "The workload is not engineered for least privilege.",
     },
-    "blocked": {
+    BLOCKED: {
         "A.14.2.5": "The image or manifest was built without a verifiable non-root user, so "
                     "the guardrail stops the workload from starting.",
     },
-    "unverified": {
+    UNVERIFIED: {
         "A.12.6.1": "The exposure of the workload cannot be assessed while its identity is "
                     "unknown.",
         "A.14.2.5": "The workload does not declare a verifiable numeric user.",
@@ -113,7 +96,21 @@ def numeric_user(name: str | None) -> int:
     return WELL_KNOWN_UIDS.get(name or "", DEFAULT_UID)
 
 
-def remediation(v: Any) -> dict[str, Any]:
+class Verdict(Protocol):
+    """What remediation reads of a verdict: a runas.ContainerVerdict, or a stored finding
+    seen through explain.verdict_of."""
+
+    state: str
+    windows: bool
+    image_user: str | None
+    uid: int | None
+    run_as_user: int | None
+    run_as_non_root: bool | None
+    run_as_user_from: str | None
+    run_as_non_root_from: str | None
+
+
+def remediation(v: Verdict) -> dict[str, Any]:
     """Steps that fix one container verdict (a runas.ContainerVerdict).
 
     Returns {"summary", "dockerfile", "security_context": {"level", "fields"}, "steps"}.
@@ -122,7 +119,7 @@ def remediation(v: Any) -> dict[str, Any]:
     the change touches only this container.
     """
     state = v.state
-    if state == "compliant":
+    if state == COMPLIANT:
         return {"summary": "Nothing to do.", "dockerfile": None, "security_context": None,
                 "steps": []}
 
@@ -174,7 +171,7 @@ def remediation(v: Any) -> dict[str, Any]:
                         f"(look the user up in the image's /etc/passwd; the check command is "
                         f"{check.withheld})."))
         steps.append(f"Or set runAsUser: {uid} in the {level} securityContext.")
-    elif v.uid is not None and not 0 <= v.uid <= 2147483647:
+    elif v.uid is not None and not 0 <= v.uid <= UID_MAX:
         summary = f"The image's uid {v.uid} is out of range: use a uid from 1 to 2147483647."
         steps.append(f"In the Dockerfile set `USER {uid}`, or set runAsUser: {uid}.")
     elif state == "unverified":

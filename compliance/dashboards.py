@@ -29,14 +29,12 @@ from compliance.models import (
     Finding,
     FindingEvent,
     ScanRun,
-    State,
+    ScanStatus,
 )
+from compliance.vocabulary import FINDING_KINDS, NONCOMPLIANT, STATE, STATES_BY_SEVERITY
 
-NONCOMPLIANT = ("blocked", "root", "unverified", "unenforced")
-STATES = ("blocked", "root", "unverified", "unenforced", "compliant")  # display order
+STATES = STATES_BY_SEVERITY  # display order: worst first
 PAGE_SIZE = 50
-WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "CronJob", "Job", "ReplicaSet",
-                  "ReplicationController", "Pod")
 
 
 def stale_after(cluster: Cluster) -> dt.timedelta:
@@ -131,7 +129,7 @@ def _fleet_overview(scope: Scope) -> dict[str, Any]:
     cluster_rows = [{
         "cluster": c, "counts": by_cluster.get(c.pk, dict.fromkeys(STATES, 0)),
         "last_complete": c.last_complete_scan,
-        "failing": c.last_scan is not None and c.last_scan.status == "failed",
+        "failing": c.last_scan is not None and c.last_scan.status == ScanStatus.FAILED,
     } for c in clusters]
     return {"controls": per_control, "clusters": cluster_rows, "totals": totals,
             "worse": worse_rows, "top_namespaces": top, "trend_days": trend["days"],
@@ -238,7 +236,7 @@ class FindingFilter:
     @classmethod
     def from_query(cls, query) -> FindingFilter:
         return cls(params.choice(query, "state", NONCOMPLIANT),
-                   params.choice(query, "kind", WORKLOAD_KINDS),
+                   params.choice(query, "kind", FINDING_KINDS),
                    params.text(query, "q").strip())
 
 
@@ -333,7 +331,7 @@ def trend_data(scope: Scope, cluster: Cluster | None = None, namespace: str | No
     return {
         "days": [d.isoformat() for d in states["days"]],
         "states": {s: states["series"][s] for s in STATES},
-        "labels": {s: str(State(s).label) for s in STATES},
+        "labels": {s: STATE.label(s) for s in STATES},
         "weeks": [w.isoformat() for w in week_days],
         "opened": [weeks[w][0] for w in week_days],
         "resolved": [weeks[w][1] for w in week_days],
@@ -347,5 +345,5 @@ def trend_data(scope: Scope, cluster: Cluster | None = None, namespace: str | No
 def scans_overview() -> list[dict[str, Any]]:
     """The scans page (security officers): every cluster, its last and running scan."""
     clusters = list(Cluster.objects.select_related("last_scan", "last_complete_scan"))
-    running = {s.cluster_id: s for s in ScanRun.objects.filter(status="running")}
+    running = {s.cluster_id: s for s in ScanRun.objects.filter(status=ScanStatus.RUNNING)}
     return [{"cluster": c, "running": running.get(c.pk)} for c in clusters]

@@ -12,19 +12,10 @@ from typing import Any
 import yaml
 
 from compliance import controls, shell
+from compliance.runas import CONTAINER_LISTS
+from compliance.vocabulary import OBSERVED, STATE, WORKLOAD_KINDS
 
-# Workload kind -> (kubectl resource, path to the pod spec in the object).
-WORKLOAD_PATHS = {
-    "Deployment": ("deployment", ("spec", "template", "spec")),
-    "StatefulSet": ("statefulset", ("spec", "template", "spec")),
-    "DaemonSet": ("daemonset", ("spec", "template", "spec")),
-    "ReplicaSet": ("replicaset", ("spec", "template", "spec")),
-    "ReplicationController": ("replicationcontroller", ("spec", "template", "spec")),
-    "Job": ("job", ("spec", "template", "spec")),
-    "CronJob": ("cronjob", ("spec", "jobTemplate", "spec", "template", "spec")),
-}
-CONTAINER_KEYS = {"init": "initContainers", "app": "containers",
-                  "ephemeral": "ephemeralContainers"}
+CONTAINER_KEYS = {ctype: key for key, ctype, _ in CONTAINER_LISTS}
 
 
 def verdict_of(f: Any) -> SimpleNamespace:
@@ -88,9 +79,9 @@ def steps(f: Any) -> list[dict[str, str]]:
         who = "unknown"
     out.append({"title": "Who it runs as",
                 "text": f"{who}, {f.evidence}"
-                        + (" from the pod's status." if f.evidence == "observed" else
+                        + (" from the pod's status." if f.evidence == OBSERVED else
                            " from the pod spec and the image.")})
-    out.append({"title": "Result", "text": controls.STATE_DESCRIPTIONS[f.state]})
+    out.append({"title": "Result", "text": STATE[f.state].description})
     return out
 
 
@@ -135,8 +126,8 @@ def remediation(f: Any) -> dict[str, Any]:
     out = {**fix, "yaml": None, "kubectl": None, "kubectl_withheld": None, "note": None}
     if not sc:
         return out
-    resource_path = WORKLOAD_PATHS.get(f.workload_kind)
-    if f.workload_kind == "Pod" or resource_path is None:
+    kind = WORKLOAD_KINDS.get(f.workload_kind)
+    if kind is None or kind.resource is None:
         out["note"] = (f"{f.workload_kind} {f.workload_name} cannot be patched in place: change "
                        "the manifest that creates it and recreate it."
                        if f.workload_kind == "Pod" else
@@ -148,13 +139,13 @@ def remediation(f: Any) -> dict[str, Any]:
     else:
         pod_spec[CONTAINER_KEYS.get(f.container_type, "containers")] = [
             {"name": f.container, "securityContext": sc["fields"]}]
-    path = resource_path[1] if resource_path else ("spec", "template", "spec")
+    path = kind.pod_spec if kind and kind.pod_spec else ("spec", "template", "spec")
     patch: dict[str, Any] = pod_spec
     for key in reversed(path):
         patch = {key: patch}
     out["yaml"] = yaml.safe_dump(patch, sort_keys=False)
-    if resource_path and f.container_type != "ephemeral":
-        kubectl = shell.command("kubectl", "-n", f.namespace, "patch", resource_path[0],
+    if kind and kind.resource and f.container_type != "ephemeral":
+        kubectl = shell.command("kubectl", "-n", f.namespace, "patch", kind.resource,
                                 f.workload_name, "--type", "strategic", "-p",
                                 json.dumps(patch, separators=(",", ":")))
         out["kubectl"], out["kubectl_withheld"] = kubectl.text, kubectl.withheld

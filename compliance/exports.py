@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from django.conf import settings
 from django.utils import timezone
 
-from compliance import controls
 from compliance.reports import REPORT_COLUMNS, Report
+from compliance.vocabulary import STATE
 
 GENERATOR = "welkin-dash 0.1.0"
 FORMATS = ("csv", "json", "pdf")
@@ -184,7 +184,7 @@ def _pdf(report: Report, out: _HashingWriter) -> int:
                          Paragraph(_text(f"{row['workload_kind']}/{row['workload_name']}"),
                                    small),
                          _text(row["container"]), Paragraph(_text(row["image"]), small),
-                         controls.STATE_LABELS[row["state"]], row["controls"],
+                         STATE.label(row["state"]), row["controls"],
                          row["first_seen"][:10]])
     if len(data) > 1:
         story.append(LongTable(data, repeatRows=1, style=grid, hAlign="LEFT",

@@ -32,6 +32,8 @@ EXAMPLES_MAX = 20
 _LABEL = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
 _LABEL_RE = re.compile(_LABEL + r"\Z")
 _SUBDOMAIN_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\Z")
+# A namespace grant: a DNS-1123 label in which * and ? may stand for characters.
+NAMESPACE_GLOB_RE = re.compile(r"^[a-z0-9*?]([-a-z0-9*?]{0,61}[a-z0-9*?])?$")
 _KIND_RE = re.compile(r"[A-Za-z][A-Za-z0-9]*\Z")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _IMAGE_RE = re.compile(r"[^\s\x00-\x1f\x7f]+\Z")

@@ -27,11 +27,10 @@ from django.utils import timezone
 from compliance import registry
 from compliance.models import ImageCache, ImageUserOverride, Registry
 from compliance.runas import CONTAINER_LISTS
+from compliance.vocabulary import SOURCE_OPERATOR, SOURCE_REGISTRY
 
 log = logging.getLogger(__name__)
 
-SOURCE_REGISTRY = "registry"
-SOURCE_OPERATOR = "operator"
 _NOT_CACHED = object()  # _expiry's answer for what must not be cached
 
 

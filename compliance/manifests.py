@@ -17,23 +17,14 @@ from typing import Any
 import orjson
 import yaml
 
+from compliance.vocabulary import WORKLOAD_KINDS
+
 try:
     _YamlLoader = yaml.CSafeLoader
 except AttributeError:  # pragma: no cover - libyaml missing
     _YamlLoader = yaml.SafeLoader
 
-# Workload kind -> the path to its pod template.
-TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
-    "Deployment": ("spec", "template"),
-    "StatefulSet": ("spec", "template"),
-    "DaemonSet": ("spec", "template"),
-    "ReplicaSet": ("spec", "template"),
-    "ReplicationController": ("spec", "template"),
-    "Job": ("spec", "template"),
-    "CronJob": ("spec", "jobTemplate", "spec", "template"),
-    "PodTemplate": ("template",),
-}
-KNOWN_KINDS = ("Pod", *TEMPLATE_PATHS)
+KNOWN_KINDS = ("Pod", *(k for k, w in WORKLOAD_KINDS.items() if w.template))
 # YAML aliases may stand for at most this many nodes in all (a "billion laughs" of 100 KB
 # otherwise stands for tens of millions of containers and gigabytes of memory).
 ALIAS_NODES_MAX = 1_000_000
@@ -170,7 +161,7 @@ def pod_sources(doc: Any, where: str, default_kind: str | None = None
     if kind == "Pod":
         yield PodSource(kind, namespace, name, doc, label)
         return
-    path = TEMPLATE_PATHS.get(kind)
+    path = WORKLOAD_KINDS[kind].template if kind in WORKLOAD_KINDS else None
     if path is None:
         yield ManifestError(f"{label}: kind {kind} has no pods to evaluate "
                             f"(expected one of {', '.join(KNOWN_KINDS)}, or a List)")

@@ -12,31 +12,23 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from compliance import crypto
-from compliance.kube import Credentials
+from compliance import crypto, vocabulary
+from compliance.gate import NAMESPACE_GLOB_RE
+from compliance.kubeconfig import Credentials
 
 
-class State(models.TextChoices):
-    """A container's effective runAs state (DESIGN.md vocabulary)."""
-
-    COMPLIANT = "compliant", "Compliant"
-    UNENFORCED = "unenforced", "Not enforced"
-    ROOT = "root", "Runs as root"
-    BLOCKED = "blocked", "Blocked by kubelet"
-    UNVERIFIED = "unverified", "Unverified"
+def _choices(name: str, words: vocabulary.Vocabulary) -> type[models.TextChoices]:
+    """Model choices from a vocabulary (compliance/vocabulary.py, the one source)."""
+    return models.TextChoices(name, [(t.value.upper(), (t.value, t.label)) for t in words])
 
 
-class Source(models.TextChoices):
-    KUBECONFIG = "kubeconfig", "Kubeconfig context"
-    IN_CLUSTER = "in_cluster", "In-cluster service account"
-    SNAPSHOT = "snapshot", "Offline snapshot"
-
-
-class ScanStatus(models.TextChoices):
-    RUNNING = "running", "Running"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
-    SKIPPED = "skipped", "Skipped"
+State = _choices("State", vocabulary.STATE)  # a container's effective runAs state
+Source = _choices("Source", vocabulary.CLUSTER_SOURCE)
+ScanStatus = _choices("ScanStatus", vocabulary.SCAN_STATUS)
+Trigger = _choices("Trigger", vocabulary.TRIGGER)
+Evidence = _choices("Evidence", vocabulary.EVIDENCE)
+ImageUserSource = _choices("ImageUserSource", vocabulary.IMAGE_USER_SOURCE)
+ContainerType = _choices("ContainerType", vocabulary.CONTAINER_TYPE)
 
 
 class Cluster(models.Model):
@@ -84,7 +76,7 @@ class ScanRun(models.Model):
     status = models.CharField(max_length=16, choices=ScanStatus.choices,
                               default=ScanStatus.RUNNING)
     reason = models.TextField(blank=True)
-    trigger = models.CharField(max_length=16, default="schedule")  # schedule/manual/snapshot
+    trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.SCHEDULE)
     task_id = models.CharField(max_length=64, blank=True, db_index=True)
     worker = models.CharField(max_length=300, blank=True)  # host:pid of the process
     started_at = models.DateTimeField(default=timezone.now)
@@ -131,15 +123,16 @@ class Finding(models.Model):
     workload_kind = models.CharField(max_length=63)
     workload_name = models.CharField(max_length=253)
     container = models.CharField(max_length=253)
-    container_type = models.CharField(max_length=9)  # init, app, ephemeral
+    container_type = models.CharField(max_length=9, choices=ContainerType.choices)
     image = models.CharField(max_length=1000)
     state = models.CharField(max_length=16, choices=State.choices)
     runs_as_root = models.BooleanField(null=True)
     kubelet_error = models.TextField(blank=True)
-    evidence = models.CharField(max_length=9)  # predicted, observed
+    evidence = models.CharField(max_length=9, choices=Evidence.choices)
     # None: unknown; "": the image has no USER (which the kubelet treats as root).
     image_user = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
-    image_user_source = models.CharField(max_length=16, default="unknown")
+    image_user_source = models.CharField(max_length=16, choices=ImageUserSource.choices,
+                                         default=ImageUserSource.UNKNOWN)
     uid = models.BigIntegerField(null=True)
     run_as_user = models.BigIntegerField(null=True)
     run_as_non_root = models.BooleanField(null=True)
@@ -173,10 +166,7 @@ class Finding(models.Model):
 class FindingEvent(models.Model):
     """Append-only history of a finding: opened, state changed, resolved."""
 
-    class Kind(models.TextChoices):
-        OPENED = "opened"
-        CHANGED = "changed"
-        RESOLVED = "resolved"
+    Kind = _choices("Kind", vocabulary.EVENT_KIND)
 
     finding = models.ForeignKey(Finding, on_delete=models.CASCADE, related_name="events")
     # Deleting a cluster deletes its history; single scans cannot be deleted (admin).
@@ -327,9 +317,7 @@ class NamespaceGrant(models.Model):
     def clean(self) -> None:
         from django.core.exceptions import ValidationError
 
-        from compliance.access import GLOB_RE
-
-        if not GLOB_RE.match(self.namespace or ""):
+        if not NAMESPACE_GLOB_RE.match(self.namespace or ""):
             raise ValidationError({"namespace": "a namespace name (lowercase letters, digits, "
                                                 "'-') or a glob with * and ?"})
         if (self.user_id is None) == (self.group_id is None):
@@ -359,15 +347,7 @@ class DailyActivity(models.Model):
 class AuditEvent(models.Model):
     """Who did what, when: exports, report views, logins, failed logins, denied access."""
 
-    class Action(models.TextChoices):
-        LOGIN = "login", "Logged in"
-        LOGIN_FAILED = "login_failed", "Failed login"
-        DENIED = "denied", "Denied access"
-        REPORT_VIEW = "report_view", "Viewed a report"
-        EXPORT = "export", "Exported a report"
-        VERIFY = "verify", "Verified a report"
-        AUDIT_EXPORT = "audit_export", "Exported the audit log"
-        API = "api", "API request"
+    Action = _choices("Action", vocabulary.AUDIT_ACTION)
 
     at = models.DateTimeField(default=timezone.now, db_index=True)
     user = models.ForeignKey("auth.User", null=True, blank=True, on_delete=models.SET_NULL,

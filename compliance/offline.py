@@ -20,6 +20,7 @@ from compliance.manifests import (
     parse_documents,
     pod_sources,
 )
+from compliance.vocabulary import STATES
 
 
 @dataclass
@@ -28,7 +29,7 @@ class OfflineReport:
 
     objects: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    summary: dict[str, int] = field(default_factory=lambda: dict.fromkeys(runas.STATES, 0))
+    summary: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATES, 0))
 
     @property
     def has_violations(self) -> bool:
@@ -45,7 +46,8 @@ def evaluate_object(pod: dict, image_users: Mapping[str, str],
     return {
         "psa_restricted": verdict.psa.as_dict(),
         "containers": [
-            {**c.as_dict(), "remediation": controls.remediation(c)} for c in verdict.containers
+            {**c.as_dict(), "controls": list(controls.controls_for(c.state)),
+             "remediation": controls.remediation(c)} for c in verdict.containers
         ],
     }
 

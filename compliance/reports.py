@@ -20,7 +20,7 @@ from django.http import Http404
 from django.utils import timezone
 
 from compliance import access, controls
-from compliance.models import Cluster, Finding, FindingEvent, ScanRun
+from compliance.models import Cluster, Finding, FindingEvent, ScanRun, ScanStatus
 
 REPORT_COLUMNS = ["cluster", "namespace", "workload_kind", "workload_name", "container",
                   "container_type", "image", "state", "controls", "controls_2022",
@@ -168,7 +168,7 @@ def _coverage(clusters, at: dt.datetime) -> list[dict[str, Any]]:
     out = []
     for c in clusters.order_by("name"):
         last, rejected, rejections = ScanRun.objects.filter(
-            cluster=c, status="succeeded", observed_at__lte=at).order_by(
+            cluster=c, status=ScanStatus.SUCCEEDED, observed_at__lte=at).order_by(
             "-observed_at").values_list("observed_at", "rejected", "rejections").first() \
             or (None, 0, {})
         limit = max(c.schedule * 3, dt.timedelta(days=1))

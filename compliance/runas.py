@@ -14,7 +14,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from compliance import controls
+from compliance.vocabulary import (
+    COMPLIANT,
+    OBSERVED,
+    PREDICTED,
+    SOURCE_RUNTIME,
+    SOURCE_SUPPLIED,
+    SOURCE_UNKNOWN,
+    STATES,
+    UNENFORCED,
+)
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 UID_MAX = 2147483647
@@ -27,14 +36,7 @@ CONTAINER_LISTS = (
     ("ephemeralContainers", "ephemeral", "ephemeralContainerStatuses"),
 )
 
-STATES = ("compliant", "unenforced", "root", "blocked", "unverified")
-# Worst first: used to fold several pods of one workload into one state.
-SEVERITY = {"blocked": 4, "root": 3, "unverified": 2, "unenforced": 1, "compliant": 0}
-
-# Where the image user came from.
-SOURCE_UNKNOWN = "unknown"
-SOURCE_SUPPLIED = "supplied"
-SOURCE_RUNTIME = "runtime"
+__all__ = ["STATES", "SOURCE_SUPPLIED", "SOURCE_UNKNOWN", "evaluate_pod"]
 
 
 # --- kubelet messages (RUNAS.md section 4 and 5) ---------------------------------------
@@ -224,7 +226,6 @@ class ContainerVerdict:
     kubelet_error: str | None
     evidence: str  # predicted or observed
     state: str
-    controls: tuple[str, ...]
     image_user_source: str = SOURCE_UNKNOWN
     windows: bool = False
     run_as_user_name: str | None = None
@@ -246,7 +247,6 @@ class ContainerVerdict:
             "kubelet_error": self.kubelet_error,
             "evidence": self.evidence,
             "state": self.state,
-            "controls": list(self.controls),
         }
 
 
@@ -418,18 +418,18 @@ def _evaluate_container(
         uid = None
     else:
         runs_as_root, error, uid = _linux(eff, image, non_root, pod_ref, c.name)
-    evidence = "predicted"
+    evidence = PREDICTED
 
     if status is not None:
         refusal = _observed_refusal(status)
         observed_uid = _observed_uid(status)
         if refusal is not None:
-            evidence, error = "observed", refusal
+            evidence, error = OBSERVED, refusal
             runs_as_root, uid, learned = _from_refusal(refusal, eff, image)
             if learned is not None and image is None:
                 image, source = learned, SOURCE_RUNTIME
         elif observed_uid is not None and not windows:
-            evidence, error, uid, runs_as_root = "observed", None, observed_uid, observed_uid == 0
+            evidence, error, uid, runs_as_root = OBSERVED, None, observed_uid, observed_uid == 0
 
     state = _state(error, runs_as_root, non_root)
     return ContainerVerdict(
@@ -437,7 +437,7 @@ def _evaluate_container(
         run_as_user=eff.run_as_user, run_as_non_root=eff.run_as_non_root,
         image_user=image.raw if image is not None else None,
         uid=uid, runs_as_root=runs_as_root, kubelet_error=error, evidence=evidence,
-        state=state, controls=controls.controls_for(state),
+        state=state,
         image_user_source=source if image is not None else SOURCE_UNKNOWN,
         windows=windows, run_as_user_name=eff.run_as_user_name,
         run_as_user_from=_origin(c.sc.run_as_user, pod_sc.run_as_user),
@@ -516,7 +516,7 @@ def _state(error: str | None, runs_as_root: bool | None, non_root: bool) -> str:
         return "root"
     if runs_as_root is None:
         return "unverified"
-    return "compliant" if non_root else "unenforced"
+    return COMPLIANT if non_root else UNENFORCED
 
 
 # --- Pod Security Admission, restricted (RUNAS.md section 7) ---------------------------
@@ -566,8 +566,3 @@ def psa_restricted(pod_sc: SecurityContext, containers: list[_Container],
         violations.append("runAsUser=0 (" + " and ".join(bad_setters)
                           + " must not set runAsUser=0)")
     return PSAVerdict(not violations, violations)
-
-
-def worst(states: list[str] | tuple[str, ...]) -> str:
-    """The most severe of several states (a workload whose pods disagree)."""
-    return max(states, key=SEVERITY.__getitem__)

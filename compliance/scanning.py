@@ -1,4 +1,6 @@
-"""The scan service: collect -> evaluate -> group -> reconcile -> rollup.
+"""The scan service, top to bottom: pages from the client (kube.py) -> the gate (gate.py)
+-> image users (images.py) -> evaluate (runas.py) -> group (workloads.py) -> reconcile
+and rollup (reconcile.py), in one transaction with marking the scan succeeded.
 
 `scan_cluster` serves the Celery task and `manage.py scan`; `import_snapshot` serves
 `manage.py import_snapshot`. Invariants (DESIGN.md):
@@ -18,8 +20,8 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,21 +29,17 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from compliance import gate, images, kube
+from compliance import gate, images, kube, runas
 from compliance.manifests import ManifestError, parse_documents
 from compliance.models import (
     Cluster,
-    ClusterRollup,
-    DailyActivity,
-    DailyRollup,
-    Finding,
-    FindingEvent,
     ScanRun,
     ScanStatus,
     Source,
-    State,
+    Trigger,
 )
-from compliance.workloads import Group, OwnerIndex, OwnerSink, PodAggregator
+from compliance.reconcile import reconcile, write_rollup
+from compliance.workloads import Grouping, OwnerIndex
 
 log = logging.getLogger(__name__)
 
@@ -183,34 +181,100 @@ def _fail(scan: ScanRun, reason: str) -> None:
 class _Progress:
     """Throttled progress writes: one UPDATE every few seconds, not one per page."""
 
-    def __init__(self, scan: ScanRun, agg: PodAggregator, client: kube.ClusterClient,
-                 every: float = 2.0):
-        self.scan, self.agg, self.client, self.every = scan, agg, client, every
+    def __init__(self, scan: ScanRun, client: kube.ClusterClient, every: float = 2.0):
+        self.scan, self.client, self.every = scan, client, every
         self._last = time.monotonic()
 
-    def tick(self) -> None:
+    def tick(self, pods: int) -> None:
         if time.monotonic() - self._last < self.every:
             return
         self._last = time.monotonic()
         ScanRun.objects.filter(pk=self.scan.pk).update(
-            pages=self.client.pages, pods=self.agg.pods, heartbeat_at=timezone.now())
+            pages=self.client.pages, pods=pods, heartbeat_at=timezone.now())
 
 
-class _ProgressSink:
-    def __init__(self, inner: Any, progress: _Progress):
-        self.inner, self.progress = inner, progress
+# --- the pipeline: pages -> gate -> image users -> evaluate -> group -----------------------
 
-    def reset(self) -> None:
-        self.inner.reset()
-
-    def add(self, items: list[dict]) -> None:
-        self.inner.add(items)
-        self.progress.tick()
+Pages = Iterable[list[dict] | kube.Restart]
 
 
-def _aggregator(owners: OwnerIndex, resolver: images.ImageResolver) -> PodAggregator:
-    return PodAggregator(owners, resolver.users, resolver.sources, resolver.notes,
-                         prepare=resolver.prepare, users_for=resolver.users_for)
+@dataclass
+class Collected:
+    """What one listing (or snapshot) gave: pods grouped by workload container, the
+    objects the gate rejected, and the workloads of rejected pods (kept as they are)."""
+
+    grouping: Grouping = field(default_factory=Grouping)
+    rejections: gate.Rejections = field(default_factory=gate.Rejections)
+    kept: set[tuple[str, str, str]] = field(default_factory=set)
+
+
+def index_owners(pages: Pages, kind: str, owners: OwnerIndex) -> gate.Rejections:
+    """ReplicaSets or Jobs into the owner index; what the gate rejects is counted."""
+    rejections = gate.Rejections()
+    for page in pages:
+        if page is kube.RESTART:  # the list starts over; index entries may stay
+            rejections = gate.Rejections()
+            continue
+        for obj in page:
+            try:
+                gate.check_owner(obj)
+            except gate.Rejected as e:
+                rejections.add(kind, obj, e)
+                continue
+            owners.add(kind, obj)
+    return rejections
+
+
+class NoLookups:
+    """Image users for a pipeline without registries (benchmarks): none are known."""
+
+    notes: dict[str, str] = {}
+
+    def prepare(self, pods: list[dict]) -> None:
+        pass
+
+    def users_for(self, pod: dict) -> tuple[dict[str, str], dict[str, str]]:
+        return {}, {}
+
+
+def collect_pods(pages: Pages, owners: OwnerIndex,
+                 resolver: images.ImageResolver | NoLookups,
+                 progress: Callable[[int], None] = lambda pods: None) -> Collected:
+    """Each page of pods: through the gate, image users looked up for the page, each pod
+    evaluated, then grouped under its workload."""
+    out = Collected()
+    for page in pages:
+        if page is kube.RESTART:  # the list starts over: so does what it gave
+            out = Collected()
+            continue
+        pods = []
+        for pod in page:
+            try:
+                gate.check_pod(pod)
+                pods.append(pod)
+            except gate.Rejected as e:
+                _reject(out, owners, pod, e)
+        resolver.prepare(pods)
+        for pod in pods:
+            try:
+                verdict = runas.evaluate_pod(pod, *resolver.users_for(pod))
+            except ValueError as e:  # the evaluator's own checks of securityContext etc.
+                _reject(out, owners, pod, e)
+                continue
+            kind, name = owners.workload_of(pod)
+            out.grouping.add(kind, name, verdict, resolver.notes)
+        progress(out.grouping.pods)
+    return out
+
+
+def _reject(out: Collected, owners: OwnerIndex, pod: Any, error: ValueError) -> None:
+    out.rejections.add("Pod", pod, error)
+    try:
+        gate.check_metadata(pod.get("metadata"), listed=True)
+    except (gate.Rejected, AttributeError):
+        return  # no name we could have stored a finding under
+    kind, name = owners.workload_of(pod)
+    out.kept.add((pod["metadata"]["namespace"], kind, name))
 
 
 def _resolver() -> images.ImageResolver:
@@ -223,7 +287,7 @@ def _image_timings(resolver: images.ImageResolver) -> dict[str, float]:
             "images_s": round(resolver.seconds, 3)}
 
 
-def scan_cluster(cluster_id: int, *, trigger: str = "schedule", task_id: str | None = None,
+def scan_cluster(cluster_id: int, *, trigger: str = Trigger.SCHEDULE, task_id: str | None = None,
                  policy: kube.Policy | None = None) -> ScanResult:
     """Scan one cluster end to end and reconcile its findings (the task's and command's
     service)."""
@@ -264,21 +328,22 @@ def _run(cluster: Cluster, scan: ScanRun, policy: kube.Policy) -> ScanResult:
         if creds is None:
             raise kube.ScanError("no credentials stored for this cluster")
         owners = OwnerIndex()
-        owner_sinks = [OwnerSink(owners, "ReplicaSet"), OwnerSink(owners, "Job")]
-        resolver = _resolver()
-        agg = _aggregator(owners, resolver)
-        with kube.ClusterClient(creds, policy) as client, contextlib.closing(resolver):
-            progress = _Progress(scan, agg, client)
+        with kube.ClusterClient(creds, policy) as client, \
+                contextlib.closing(_resolver()) as resolver:
+            progress = _Progress(scan, client)
             t0 = time.monotonic()
-            client.list_all("replicasets", _ProgressSink(owner_sinks[0], progress))
-            client.list_all("jobs", _ProgressSink(owner_sinks[1], progress))
+            owner_rejections = [
+                index_owners(client.list_pages("replicasets"), "ReplicaSet", owners),
+                index_owners(client.list_pages("jobs"), "Job", owners)]
             t1 = time.monotonic()
-            client.list_all("pods", _ProgressSink(agg, progress))
+            collected = collect_pods(client.list_pages("pods"), owners, resolver, progress.tick)
             t2 = time.monotonic()
             scan.pages = client.pages
+        for part in owner_rejections:
+            collected.rejections.merge(part)
         scan.timings = {"owners_s": round(t1 - t0, 3), "pods_s": round(t2 - t1, 3),
                         **_image_timings(resolver)}
-        _complete(cluster, scan, agg, owner_sinks, started)
+        _complete(cluster, scan, collected, started)
     except kube.ScanError as e:
         scan.timings["total_s"] = round(time.monotonic() - started, 3)
         _fail(scan, e.reason)
@@ -290,21 +355,18 @@ def _run(cluster: Cluster, scan: ScanRun, policy: kube.Policy) -> ScanResult:
     return _result(scan)
 
 
-def _complete(cluster: Cluster, scan: ScanRun, agg: PodAggregator,
-              owner_sinks: list[OwnerSink], started: float) -> None:
+def _complete(cluster: Cluster, scan: ScanRun, collected: Collected, started: float) -> None:
     """Reconcile and mark the scan succeeded, in one transaction (rolled back whole if
     anything in it fails)."""
     t = time.monotonic()
-    scan.pods, scan.containers = agg.pods, agg.containers
-    rejections = gate.Rejections()
-    for part in (*(sink.rejections for sink in owner_sinks), agg.rejections):
-        rejections.merge(part)
-    scan.rejected, scan.rejections = rejections.count, rejections.as_dict()
+    grouping = collected.grouping
+    scan.pods, scan.containers = grouping.pods, grouping.containers
+    scan.rejected = collected.rejections.count
+    scan.rejections = collected.rejections.as_dict()
     with transaction.atomic():
-        opened, changed, resolved = reconcile(cluster, scan, agg.groups, agg.kept)
-        write_rollup(cluster, scan.observed_at, agg.groups)
-        scan.findings_opened, scan.findings_changed, scan.findings_resolved = \
-            opened, changed, resolved
+        changes = reconcile(cluster, scan, grouping.groups, collected.kept)
+        write_rollup(cluster, scan.observed_at, grouping.groups)
+        scan.findings_opened, scan.findings_changed, scan.findings_resolved = changes
         scan.status = ScanStatus.SUCCEEDED
         scan.finished_at = timezone.now()
         scan.timings["reconcile_s"] = round(time.monotonic() - t, 3)
@@ -329,185 +391,6 @@ def rejection_summary(rejections: dict | None) -> str:
     part = gate.Rejections()
     part.count, part.by_reason = r["count"], Counter(r.get("by_reason") or {})
     return part.summary()
-
-
-# --- reconcile ----------------------------------------------------------------------------
-
-# Finding fields that, when they differ, are written (without an event unless `state`).
-TRACKED = ("state", "pods", "mixed", "image", "container_type", "runs_as_root", "evidence",
-           "image_user", "image_user_source", "uid", "run_as_user", "run_as_non_root")
-
-
-def _values(g: Group) -> dict[str, Any]:
-    c = g.worst
-    assert c is not None
-    return {
-        "state": c.state, "pods": g.pods, "mixed": len(g.states) > 1, "image": c.image[:1000],
-        "container_type": c.type, "runs_as_root": c.runs_as_root, "evidence": c.evidence,
-        "image_user": c.image_user[:255] if c.image_user is not None else None,
-        "image_user_source": c.image_user_source, "uid": c.uid, "run_as_user": c.run_as_user,
-        "run_as_non_root": c.run_as_non_root, "kubelet_error": c.kubelet_error or "",
-        "detail": {"pod": g.worst_pod, "psa_violations": g.psa, "states": dict(g.states),
-                   "windows": c.windows, "run_as_user_name": c.run_as_user_name,
-                   "run_as_user_from": c.run_as_user_from,
-                   "run_as_non_root_from": c.run_as_non_root_from, "image_note": g.note},
-    }
-
-
-def reconcile(cluster: Cluster, scan: ScanRun, groups: Mapping[tuple, Group],
-              kept: set[tuple[str, str, str]] = frozenset()) -> tuple[int, int, int]:
-    """Apply a complete scan's groups to the cluster's open findings.
-
-    new -> open; state changed -> event; other tracked facts changed -> row updated;
-    gone or compliant -> resolved with an event; unchanged -> nothing written. Findings
-    of workloads in `kept` (a pod of theirs was rejected by the gate) stay as they are.
-    """
-    at = scan.observed_at
-    existing = {
-        (ns, kind, name, container): (pk, vals, first_seen)
-        for pk, ns, kind, name, container, first_seen, *vals in Finding.objects.filter(
-            cluster=cluster, resolved_at__isnull=True).values_list(
-            "pk", "namespace", "workload_kind", "workload_name", "container", "first_seen",
-            *TRACKED).iterator(chunk_size=5000)
-    }
-    new: list[Finding] = []
-    changed: list[Finding] = []
-    touched: list[Finding] = []
-    events: list[FindingEvent] = []
-    for key, g in groups.items():
-        if g.state == State.COMPLIANT:
-            continue
-        values = _values(g)
-        found = existing.pop(key, None)
-        if found is None:
-            new.append(Finding(cluster=cluster, namespace=key[0], workload_kind=key[1],
-                               workload_name=key[2][:253], container=key[3], first_seen=at,
-                               last_changed=at, **values))
-            continue
-        pk, old, _ = found
-        old_state = old[0]
-        if tuple(values[f] for f in TRACKED) == tuple(old):
-            continue
-        if old_state != values["state"]:
-            changed.append(Finding(pk=pk, last_changed=at, **values))
-            events.append(FindingEvent(finding_id=pk, scan=scan, kind="changed",
-                                       from_state=old_state, to_state=values["state"], at=at))
-        else:  # same state, other facts (pod count, image...): no event
-            touched.append(Finding(pk=pk, **values))
-    created = Finding.objects.bulk_create(new, batch_size=2000)
-    events.extend(FindingEvent(finding_id=f.pk, scan=scan, kind="opened",
-                               to_state=f.state, at=at) for f in created)
-    fields = [*TRACKED, "kubelet_error", "detail"]
-    _update_findings(touched, fields)
-    _update_findings(changed, [*fields, "last_changed"])
-    for key in [k for k in existing if k[:3] in kept]:
-        del existing[key]
-    gone = [(pk, old[0]) for pk, old, _ in existing.values()]
-    for i in range(0, len(gone), 5000):
-        Finding.objects.filter(pk__in=[pk for pk, _ in gone[i:i + 5000]]).update(
-            resolved_at=at, last_changed=at)
-    events.extend(FindingEvent(finding_id=pk, scan=scan, kind="resolved", from_state=state,
-                               at=at) for pk, state in gone)
-    FindingEvent.objects.bulk_create(events, batch_size=5000)
-    activity: dict[str, list[int]] = {}
-    for f in created:
-        activity.setdefault(f.namespace, [0, 0, 0])[0] += 1
-    for key, (_, _, first_seen) in existing.items():
-        a = activity.setdefault(key[0], [0, 0, 0])
-        a[1] += 1
-        a[2] += max(0, int((at - first_seen).total_seconds()))
-    _add_activity(cluster, at, activity)
-    return len(created), len(changed), len(gone)
-
-
-def _add_activity(cluster: Cluster, at: datetime, activity: dict[str, list[int]]) -> None:
-    """Add the day's opened/resolved counts; nothing is written when nothing changed."""
-    if not activity:
-        return
-    table = DailyActivity._meta.db_table
-    day = timezone.localdate(at)
-    rows = [(cluster.pk, day, ns, o, r, secs) for ns, (o, r, secs) in activity.items()]
-    with connection.cursor() as cur:
-        for i in range(0, len(rows), 1000):
-            chunk = rows[i:i + 1000]
-            cur.execute(
-                f"INSERT INTO {table} (cluster_id, day, namespace, opened, resolved, "
-                f"remediation_seconds) VALUES {','.join(['(%s,%s,%s,%s,%s,%s)'] * len(chunk))} "
-                "ON CONFLICT (cluster_id, namespace, day) DO UPDATE SET "
-                f"opened = {table}.opened + excluded.opened, "
-                f"resolved = {table}.resolved + excluded.resolved, "
-                f"remediation_seconds = {table}.remediation_seconds "
-                "+ excluded.remediation_seconds",
-                [v for row in chunk for v in row])
-
-
-def _update_findings(objs: list[Finding], fields: list[str]) -> None:
-    """Update many findings, each with its own values.
-
-    On PostgreSQL one UPDATE ... FROM (VALUES ...) per 1000 rows: Django's bulk_update
-    builds a CASE per field and row, which took 18 s for 10,000 findings changing state
-    (say, when registry lookups first decide a fleet's unverified images).
-    """
-    if not objs:
-        return
-    if connection.vendor != "postgresql":
-        Finding.objects.bulk_update(objs, fields, batch_size=500)
-        return
-    from psycopg2.extras import execute_values
-
-    cols = [Finding._meta.get_field(f) for f in fields]
-    sets = ", ".join(f'"{c.column}" = v."{c.column}"::{c.db_type(connection)}' for c in cols)
-    names = ", ".join(f'"{c.column}"' for c in cols)
-    sql = (f'UPDATE "{Finding._meta.db_table}" AS f SET {sets} '
-           f'FROM (VALUES %s) AS v(id, {names}) WHERE f.id = v.id')
-    rows = [(o.pk, *(c.get_db_prep_save(getattr(o, c.attname), connection) for c in cols))
-            for o in objs]
-    with connection.cursor() as cur:
-        execute_values(cur.cursor, sql, rows, page_size=1000)
-
-
-def write_rollup(cluster: Cluster, at: datetime, groups: Mapping[tuple, Group]) -> int:
-    """Upsert the day's counts per (namespace, state) and per state for the cluster; rows
-    whose counts are unchanged are not written, so an unchanged rescan writes nothing."""
-    day = timezone.localdate(at)
-    counts: dict[tuple[str, str], list[int]] = {}
-    for (ns, _, _, _), g in groups.items():
-        c = counts.setdefault((ns, g.state), [0, 0])
-        c[0] += 1
-        c[1] += g.pods
-    # Namespace/state pairs that had rows today but are gone now drop to zero.
-    for ns, state in DailyRollup.objects.filter(cluster=cluster, day=day).exclude(
-            containers=0, pods=0).values_list("namespace", "state"):
-        counts.setdefault((ns, state), [0, 0])
-    totals: dict[str, list[int]] = {s: [0, 0] for s in State.values}
-    for (_, state), (c, p) in counts.items():
-        totals[state][0] += c
-        totals[state][1] += p
-    written = _upsert_counts(DailyRollup._meta.db_table, "namespace, state",
-                             [(cluster.pk, day, ns, state, c, p)
-                              for (ns, state), (c, p) in counts.items()])
-    return written + _upsert_counts(ClusterRollup._meta.db_table, "state",
-                                    [(cluster.pk, day, state, c, p)
-                                     for state, (c, p) in totals.items()])
-
-
-def _upsert_counts(table: str, key: str, rows: list[tuple]) -> int:
-    """INSERT ... ON CONFLICT DO UPDATE, only where containers or pods differ."""
-    written = 0
-    with connection.cursor() as cur:
-        for i in range(0, len(rows), 1000):
-            chunk = rows[i:i + 1000]
-            one = "(" + ", ".join(["%s"] * len(chunk[0])) + ")"
-            cur.execute(
-                f"INSERT INTO {table} (cluster_id, day, {key}, containers, pods) "
-                f"VALUES {', '.join([one] * len(chunk))} "
-                f"ON CONFLICT (cluster_id, {key}, day) DO UPDATE "
-                "SET containers = excluded.containers, pods = excluded.pods "
-                f"WHERE {table}.containers <> excluded.containers "
-                f"OR {table}.pods <> excluded.pods",
-                [v for row in chunk for v in row])
-            written += max(cur.rowcount, 0)
-    return written
 
 
 # --- offline snapshots --------------------------------------------------------------------
@@ -554,25 +437,25 @@ def import_snapshot(cluster_name: str, data: bytes, filename: str,
 
     started = time.monotonic()
     owners = OwnerIndex()
-    owner_sinks = [OwnerSink(owners, "ReplicaSet"), OwnerSink(owners, "Job")]
-    for sink, kind in zip(owner_sinks, ("ReplicaSet", "Job"), strict=True):
-        sink.add(by_kind[kind])
+    owner_rejections = [index_owners([by_kind[kind]], kind, owners)
+                        for kind in ("ReplicaSet", "Job")]
     with contextlib.closing(_resolver()) as resolver:
-        agg = _aggregator(owners, resolver)
-        agg.add(by_kind["Pod"])
+        collected = collect_pods([by_kind["Pod"]], owners, resolver)
         timings = _image_timings(resolver)
+    for part in owner_rejections:
+        collected.rejections.merge(part)
 
     with transaction.atomic():
         cluster, _ = Cluster.objects.get_or_create(name=cluster_name,
                                                    defaults={"source": Source.SNAPSHOT})
         if not _try_lock(cluster.pk):
-            return _result(_skipped(cluster, "snapshot", None, None))
+            return _result(_skipped(cluster, Trigger.SNAPSHOT, None, None))
         try:
-            scan = _begin(cluster, "snapshot", None, observed_at=at)
+            scan = _begin(cluster, Trigger.SNAPSHOT, None, observed_at=at)
             if scan.status == ScanStatus.SKIPPED:
                 return _result(scan)
             scan.timings, scan.pages = timings, 1
-            _complete(cluster, scan, agg, owner_sinks, started)
+            _complete(cluster, scan, collected, started)
         finally:
             _unlock(cluster.pk)
     return _result(scan)

@@ -6,12 +6,13 @@ from celery import shared_task
 from django.conf import settings
 
 from compliance import scanning
+from compliance.models import Trigger
 
 
 @shared_task(bind=True, acks_late=True, max_retries=2,
              time_limit=settings.WELKIN_SCAN_TIME_LIMIT,
              soft_time_limit=settings.WELKIN_SCAN_TIME_LIMIT - 5)
-def scan_cluster(self, cluster_id: int, trigger: str = "schedule") -> dict:
+def scan_cluster(self, cluster_id: int, trigger: str = Trigger.SCHEDULE) -> dict:
     """Scan one cluster. Safe to deliver twice: a succeeded task id is not run again, and a
     concurrent one is recorded as skipped. Transient failures (5xx, timeouts, throttling)
     are retried with backoff."""

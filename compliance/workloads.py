@@ -1,4 +1,5 @@
-"""Which workload a pod belongs to, and pods folded onto workload containers. Pure.
+"""Which workload a pod belongs to, and pod verdicts grouped by workload container. Pure:
+it only groups (the gate, image lookups and evaluation happen before, in scanning.py).
 
 Pod -> ReplicaSet -> Deployment; Pod -> Job -> CronJob; StatefulSet, DaemonSet,
 ReplicationController and any other controller kind are kept as they are; a pod without a
@@ -9,11 +10,11 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
-from compliance import gate, runas
+from compliance import runas
+from compliance.vocabulary import STATE
 
 # Kinds whose own controller we look through.
 INTERMEDIATE = {"ReplicaSet", "Job"}
@@ -81,31 +82,12 @@ class OwnerIndex:
         return owner
 
 
-class OwnerSink:
-    """A kube.PageSink that records the owners of one kind of object; objects the gate
-    refuses are counted in `rejections` and not indexed."""
-
-    def __init__(self, index: OwnerIndex, kind: str):
-        self.index, self.kind = index, kind
-        self.rejections = gate.Rejections()
-
-    def reset(self) -> None:
-        # A restarted list re-adds the same objects; keeping earlier index entries is
-        # harmless, but the rejections are counted again from the start.
-        self.rejections = gate.Rejections()
-
-    def add(self, items: list[dict]) -> None:
-        for obj in items:
-            try:
-                gate.check_owner(obj)
-            except gate.Rejected as e:
-                self.rejections.add(self.kind, obj, e)
-                continue
-            self.index.add(self.kind, obj)
+GroupKey = tuple[str, str, str, str]  # namespace, workload kind, workload name, container
+_SEVERITY = {t.value: t.severity for t in STATE}
 
 
 @dataclass(slots=True)
-class Group:
+class WorkloadGroup:
     """One (namespace, workload kind, workload name, container) across its pods."""
 
     states: Counter = field(default_factory=Counter)
@@ -120,79 +102,34 @@ class Group:
         return self.worst.state  # type: ignore[union-attr]
 
 
-class PodAggregator:
-    """A kube.PageSink for pods: evaluates each pod and folds it into groups."""
+class Grouping:
+    """Pod verdicts folded onto workload containers; the worst pod decides each group."""
 
-    def __init__(self, owners: OwnerIndex, image_users: Mapping[str, str],
-                 sources: Mapping[str, str] | None = None,
-                 notes: Mapping[str, str] | None = None,
-                 prepare: Callable[[list[dict]], None] | None = None,
-                 users_for: Callable[[dict], tuple[Mapping, Mapping]] | None = None):
-        """image_users/sources/notes may be filled by `prepare`, which runs before each
-        page is evaluated (the registry lookups of images.ImageResolver); `users_for`, when
-        given, picks (image users, sources) per pod (per platform)."""
-        self.owners = owners
-        self.image_users = image_users
-        self.sources = sources
-        self.notes = notes if notes is not None else {}
-        self.prepare = prepare
-        self.users_for = users_for
-        self.reset()
-
-    def reset(self) -> None:
-        self.groups: dict[tuple[str, str, str, str], Group] = {}
+    def __init__(self) -> None:
+        self.groups: dict[GroupKey, WorkloadGroup] = {}
         self.pods = 0
         self.containers = 0
-        self.rejections = gate.Rejections()
-        # Workloads of rejected pods whose name and namespace are valid: their findings
-        # are kept as they are (reconcile must not resolve what it could not see).
-        self.kept: set[tuple[str, str, str]] = set()
 
-    def _reject(self, pod: Any, error: ValueError) -> None:
-        self.rejections.add("Pod", pod, error)
-        try:
-            gate.check_metadata(pod.get("metadata"), listed=True)
-        except (gate.Rejected, AttributeError):
-            return
-        kind, name = self.owners.workload_of(pod)
-        self.kept.add((pod["metadata"]["namespace"], kind, name))
-
-    def add(self, items: list[dict]) -> None:
-        sev = runas.SEVERITY
-        valid = []
-        for pod in items:
-            try:
-                gate.check_pod(pod)
-            except gate.Rejected as e:
-                self._reject(pod, e)
-                continue
-            valid.append(pod)
-        if self.prepare is not None:
-            self.prepare(valid)
-        for pod in valid:
-            users, sources = (self.users_for(pod) if self.users_for is not None
-                              else (self.image_users, self.sources))
-            try:
-                verdict = runas.evaluate_pod(pod, users, sources)
-            except ValueError as e:
-                self._reject(pod, e)
-                continue
-            self.pods += 1
-            kind, name = self.owners.workload_of(pod)
-            ns = sys.intern(verdict.namespace)
-            kind = sys.intern(kind)
-            for c in verdict.containers:
-                self.containers += 1
-                key = (ns, kind, name, c.name)
-                g = self.groups.get(key)
-                if g is None:
-                    g = self.groups[key] = Group()
-                g.pods += 1
-                g.states[c.state] += 1
-                w = g.worst
-                # The worst pod wins; among equals the first by name, so the sample (and
-                # its kubelet message) does not flap between scans.
-                if w is None or sev[c.state] > sev[w.state] or (
-                        sev[c.state] == sev[w.state] and verdict.name < g.worst_pod):
-                    g.worst, g.worst_pod, g.psa = c, verdict.name, verdict.psa.violations
-                    g.note = self.notes.get(c.image)
+    def add(self, kind: str, name: str, verdict: runas.PodVerdict,
+            notes: Mapping[str, str]) -> None:
+        """One pod's verdict, under its workload (kind, name); `notes` says, per image,
+        where its user came from."""
+        sev = _SEVERITY
+        self.pods += 1
+        ns = sys.intern(verdict.namespace)
+        kind = sys.intern(kind)
+        for c in verdict.containers:
+            self.containers += 1
+            key = (ns, kind, name, c.name)
+            g = self.groups.get(key)
+            if g is None:
+                g = self.groups[key] = WorkloadGroup()
+            g.pods += 1
+            g.states[c.state] += 1
+            w = g.worst
+            # The worst pod wins; among equals the first by name, so the sample (and its
+            # kubelet message) does not flap between scans.
+            if w is None or sev[c.state] > sev[w.state] or (
+                    sev[c.state] == sev[w.state] and verdict.name < g.worst_pod):
+                g.worst, g.worst_pod, g.psa = c, verdict.name, verdict.psa.violations
+                g.note = notes.get(c.image)

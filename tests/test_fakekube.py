@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from compliance import kube
+from compliance import kube, kubeconfig
 from tests import podgen
 from tests.conftest import deployment
 
@@ -27,7 +27,7 @@ def populated(fake_kube):
 
 
 def typed_client(server):
-    _, creds = kube.parse_kubeconfig(server.kubeconfig_yaml())
+    _, creds = kubeconfig.parse_kubeconfig(server.kubeconfig_yaml())
     return kube.ClusterClient(creds).api_client
 
 
@@ -54,7 +54,7 @@ def test_typed_models_accept_every_list(populated):
 
 
 def test_typed_models_read_status_errors(populated):
-    _, creds = kube.parse_kubeconfig(populated.kubeconfig_yaml(token="nope"))
+    _, creds = kubeconfig.parse_kubeconfig(populated.kubeconfig_yaml(token="nope"))
     core = client.CoreV1Api(kube.ClusterClient(creds).api_client)
     with pytest.raises(client.ApiException) as e:
         core.list_pod_for_all_namespaces()

@@ -91,7 +91,7 @@ def test_suggested_commands_run_only_what_they_show(stubs, tmp_path_factory, nam
     expected = {
         "kubectl": ["kubectl", "-n", namespace, "patch", "deployment", workload, "--type",
                     "strategic", "-p", patch],
-        "id": ["id", "-u", user],
+        "id": ["id", "-u", user.split(":", 1)[0]],  # the name part of USER name:group
     }
     for suggested, argv in ((kubectl, expected["kubectl"]), (id_cmd, expected["id"])):
         if suggested["text"] is None:  # withheld: some value cannot be pasted safely

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from compliance import runas
+from compliance import runas, vocabulary
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REF = 'web_shop(u-1)'
@@ -377,8 +377,8 @@ def test_it_does_not_modify_its_input():
 
 
 def test_it_picks_the_worst_state():
-    assert runas.worst(["compliant", "root", "unverified"]) == "root"
-    assert runas.worst(["unenforced", "blocked", "root"]) == "blocked"
+    assert vocabulary.STATE.worst(["compliant", "root", "unverified"]) == "root"
+    assert vocabulary.STATE.worst(["unenforced", "blocked", "root"]) == "blocked"
 
 
 def test_it_evaluates_the_real_fixture_pods():

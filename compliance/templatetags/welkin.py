@@ -5,7 +5,7 @@ from datetime import timedelta
 from django import template
 from django.utils.html import format_html
 
-from compliance import controls
+from compliance.vocabulary import SCAN_STATUS, STATE
 
 register = template.Library()
 
@@ -18,9 +18,21 @@ def get(mapping, key):
 @register.filter
 def state_badge(state):
     """A badge that carries its meaning in text, not only colour."""
-    label = controls.STATE_LABELS.get(state, state)
-    return format_html('<span class="state state-{}" title="{}">{}</span>', state,
-                       controls.STATE_DESCRIPTIONS.get(state, ""), label)
+    if state not in STATE:
+        return state
+    term = STATE[state]
+    return format_html('<span class="state {}" title="{}">{}</span>', term.css,
+                       term.description, term.label)
+
+
+@register.filter
+def status_badge(status):
+    """A scan status, by its label, coloured by its CSS class."""
+    if status not in SCAN_STATUS:
+        return status
+    term = SCAN_STATUS[status]
+    return format_html('<span class="status {}" title="{}">{}</span>', term.css,
+                       term.description, term.label)
 
 
 @register.filter

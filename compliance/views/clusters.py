@@ -3,6 +3,7 @@
 from django.shortcuts import render
 
 from compliance import access, dashboards, params
+from compliance.vocabulary import FINDING_KINDS, NONCOMPLIANT
 
 
 def cluster(request, name):
@@ -21,4 +22,4 @@ def namespace(request, name, namespace):
                                                                          2000))
     return render(request, "compliance/namespace.html", {
         "scope": scope, "cluster": c, "namespace": ns, "filter": filt,
-        "states": dashboards.NONCOMPLIANT, "kinds": dashboards.WORKLOAD_KINDS, **data})
+        "states": NONCOMPLIANT, "kinds": FINDING_KINDS, **data})

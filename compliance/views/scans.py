@@ -6,7 +6,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from compliance import access, dashboards, params, tasks
-from compliance.models import Cluster, ScanRun, Source
+from compliance.models import Cluster, ScanRun, ScanStatus, Source, Trigger
 
 
 def _officer(request):
@@ -24,7 +24,7 @@ def scans(request):
 def progress(request, name):
     _officer(request)
     c = get_object_or_404(Cluster.objects.select_related("last_scan"), name=name)
-    running = ScanRun.objects.filter(cluster=c, status="running").first()
+    running = ScanRun.objects.filter(cluster=c, status=ScanStatus.RUNNING).first()
     return render(request, "compliance/_scan_progress.html", {"cluster": c,
                                                                "running": running})
 
@@ -37,7 +37,7 @@ def scan_now(request, name):
         messages.error(request, f"{c.name} is a snapshot cluster: import a new snapshot "
                                 "with manage.py import_snapshot.")
     else:
-        transaction.on_commit(lambda: tasks.scan_cluster.delay(c.pk, "manual"))
+        transaction.on_commit(lambda: tasks.scan_cluster.delay(c.pk, Trigger.MANUAL))
         messages.success(request, f"Scan of {c.name} queued.")
     return redirect("compliance-scans")
 

@@ -6,9 +6,7 @@ import orjson
 from django.core.management.base import BaseCommand, CommandError
 
 from compliance import offline
-
-COLOURS = {"compliant": "32", "unenforced": "33", "root": "31;1", "blocked": "35;1",
-           "unverified": "36"}
+from compliance.vocabulary import COMPLIANT, STATE
 
 
 class Command(BaseCommand):
@@ -83,13 +81,13 @@ class Command(BaseCommand):
             for c in obj["containers"]:
                 state = f"{c['state']:<10}"
                 if colour:
-                    state = f"\x1b[{COLOURS[c['state']]}m{state}\x1b[0m"
+                    state = f"\x1b[{STATE[c['state']].ansi}m{state}\x1b[0m"
                 who = _identity(c)
                 line = f"  {state}  {c['type']:<9} {c['name']:<20} {who:<28} {c['image']}"
                 self.stdout.write(line)
                 if c["kubelet_error"]:
                     self.stdout.write(f"      kubelet: {c['kubelet_error']}")
-                if c["state"] != "compliant":
+                if c["state"] != COMPLIANT:
                     self.stdout.write(f"      fix: {c['remediation']['summary']}")
         s = report.summary
         self.stdout.write("\n" + ", ".join(f"{s[k]} {k}" for k in s))

@@ -4,7 +4,7 @@ import orjson
 from django.core.management.base import BaseCommand, CommandError
 
 from compliance import reports
-from compliance.models import State
+from compliance.vocabulary import NONCOMPLIANT
 
 
 class Command(BaseCommand):
@@ -13,7 +13,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--cluster")
         parser.add_argument("--namespace")
-        parser.add_argument("--state", choices=[s for s in State.values if s != "compliant"])
+        parser.add_argument("--state", choices=NONCOMPLIANT)
         parser.add_argument("--format", choices=("table", "json"), default="table")
 
     def handle(self, *args, **o):

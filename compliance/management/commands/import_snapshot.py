@@ -5,6 +5,7 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 
 from compliance import clusters, params, scanning
+from compliance.models import ScanStatus
 
 
 class Command(BaseCommand):
@@ -42,5 +43,5 @@ class Command(BaseCommand):
                                f"{type(e).__name__}: {str(e)[:500]}") from None
         for line in scanning.summarize([result]):
             self.stdout.write(line)
-        if result.status != "succeeded":
+        if result.status != ScanStatus.SUCCEEDED:
             sys.exit(1)

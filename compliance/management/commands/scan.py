@@ -5,7 +5,7 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 
 from compliance import scanning
-from compliance.models import Cluster, Source
+from compliance.models import Cluster, ScanStatus, Source, Trigger
 
 
 class Command(BaseCommand):
@@ -27,8 +27,8 @@ class Command(BaseCommand):
             if missing:
                 raise CommandError(f"no such cluster: {', '.join(missing)}")
             ids = [found[n] for n in o["names"]]
-        results = [scanning.scan_cluster(pk, trigger="manual") for pk in ids]
+        results = [scanning.scan_cluster(pk, trigger=Trigger.MANUAL) for pk in ids]
         for line in scanning.summarize(results):
             self.stdout.write(line)
-        if any(r.status == "failed" for r in results):
+        if any(r.status == ScanStatus.FAILED for r in results):
             sys.exit(1)

@@ -202,11 +202,7 @@ def report(request):
                                   generated_by=request.user.get_username())
     except reports.ReportError as e:
         raise ValidationError({"detail": str(e)}) from None
-    rows = []
-    for row in r.rows():
-        if len(rows) == REPORT_ROWS:
-            break
-        rows.append(row)
+    rows = r.first_rows(REPORT_ROWS)
     audit.record(request, AuditEvent.Action.REPORT_VIEW, "api report",
                  {**r.scope, "at": r.at.isoformat()})
     return Response({"scope": r.scope, "at": r.at, "controls": r.control_summary(),

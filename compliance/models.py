@@ -158,10 +158,6 @@ class Finding(models.Model):
         return (f"{self.namespace}/{self.workload_kind}/{self.workload_name}:{self.container} "
                 f"{self.state}")
 
-    @property
-    def key(self) -> tuple[str, str, str, str]:
-        return (self.namespace, self.workload_kind, self.workload_name, self.container)
-
 
 class FindingEvent(models.Model):
     """Append-only history of a finding: opened, state changed, resolved."""

@@ -10,6 +10,7 @@ complete scan before T and calls out clusters without a recent one. Rows are str
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,6 +100,10 @@ class Report:
                         "containers": sum(v["containers"] for v in states.values()),
                         "workloads": sum(v["workloads"] for v in states.values())})
         return out
+
+    def first_rows(self, n: int) -> list[dict[str, Any]]:
+        """The first n rows (a preview: the page shows 100, the API 1,000)."""
+        return list(itertools.islice(self.rows(), n))
 
     def rows(self) -> Iterator[dict[str, Any]]:
         for (cluster, ns, kind, name, container, ctype, image, first_seen,

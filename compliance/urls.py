@@ -21,5 +21,5 @@ urlpatterns = [
     path("scans/", scans.scans, name="compliance-scans"),
     path("scans/<slug:name>/progress/", scans.progress, name="compliance-scan-progress"),
     path("scans/<slug:name>/now/", scans.scan_now, name="compliance-scan-now"),
-    path("scans/<slug:name>/settings/", scans.settings, name="compliance-scan-settings"),
+    path("scans/<slug:name>/schedule/", scans.schedule, name="compliance-scan-schedule"),
 ]

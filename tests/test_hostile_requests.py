@@ -53,7 +53,7 @@ def routes(finding_pk: int, export_pk: str) -> dict[str, list[str]]:
         "compliance-scans": ["/scans/"],
         "compliance-scan-progress": ["/scans/prod-eu/progress/"],
         "compliance-scan-now": ["/scans/prod-eu/now/"],
-        "compliance-scan-settings": ["/scans/prod-eu/settings/"],
+        "compliance-scan-schedule": ["/scans/prod-eu/schedule/"],
         "api-root": ["/api/v1/"],
         "api-schema": ["/api/schema/"],
         "api-report": ["/api/v1/report/"],
@@ -70,7 +70,7 @@ def routes(finding_pk: int, export_pk: str) -> dict[str, list[str]]:
 
 
 POSTS = {"compliance-export", "compliance-verify", "compliance-scan-now",
-         "compliance-scan-settings", "login"}
+         "compliance-scan-schedule", "login"}
 NOT_OURS = {"logout", "password_change", "password_change_done", "password_reset",
             "password_reset_done", "password_reset_confirm", "password_reset_complete"}
 

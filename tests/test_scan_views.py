@@ -45,10 +45,10 @@ def test_scan_now_queues_a_task_after_commit(officer, cluster,
 
 
 def test_it_saves_the_schedule_and_enabled_flag(officer, cluster):
-    officer.post("/scans/prod-1/settings/", {"schedule_minutes": "30"})
+    officer.post("/scans/prod-1/schedule/", {"schedule_minutes": "30"})
     cluster.refresh_from_db()
     assert (cluster.schedule_minutes, cluster.enabled) == (30, False)
-    r = officer.post("/scans/prod-1/settings/", {"schedule_minutes": "0", "enabled": "on"},
+    r = officer.post("/scans/prod-1/schedule/", {"schedule_minutes": "0", "enabled": "on"},
                      follow=True)
     assert b"Schedule: a whole number of minutes" in r.content
     cluster.refresh_from_db()

@@ -90,7 +90,7 @@ def test_a_lead_gets_404_for_everything_outside_their_namespaces(as_user):
     assert c.get("/scans/").status_code == 404
     assert c.get("/scans/prod-eu/progress/").status_code == 404
     assert c.post("/scans/prod-eu/now/").status_code == 404
-    assert c.post("/scans/prod-eu/settings/", {"schedule_minutes": 5}).status_code == 404
+    assert c.post("/scans/prod-eu/schedule/", {"schedule_minutes": 5}).status_code == 404
     assert c.get("/clusters/nope/").status_code == 404
     assert c.get("/findings/999999999/").status_code == 404
 

@@ -5,7 +5,11 @@ when its value is bad. With no DATABASE_URL the project runs embedded for a firs
 SQLite under ./var and scans in-process (no broker needed).
 """
 
+import base64
+import binascii
+import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -234,46 +238,38 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
-# Reports are signed with an Ed25519 key: base64 of its 32-byte private seed.
-WELKIN_SIGNING_KEY = env_str("WELKIN_SIGNING_KEY", "")
-if not WELKIN_SIGNING_KEY and OFFLINE_COMMAND and not DEBUG:
-    pass  # nothing is signed
-elif not WELKIN_SIGNING_KEY:
+def server_key(name: str, derived_from: bytes, generate: str,
+               encode: Callable[[bytes], bytes] = base64.b64encode) -> str:
+    """A key the server needs: from the environment; required when DEBUG is off (but not
+    for `manage.py evaluate`, which signs and decrypts nothing); for a first look (DEBUG)
+    derived from SECRET_KEY and `derived_from`, so nothing needs setting up."""
+    value = env_str(name, "")
+    if value:
+        return value
+    if NEEDS_KEYS:
+        raise ImproperlyConfigured(f"{name} is required when DEBUG is off (generate one "
+                                   f"with `{generate}`)")
     if not DEBUG:
-        raise ImproperlyConfigured(
-            "WELKIN_SIGNING_KEY is required when DEBUG is off (generate one with `python -c "
-            "'import os, base64; print(base64.b64encode(os.urandom(32)).decode())'`)")
-    import base64 as _b64
-    import hashlib as _hashlib
+        return ""
+    return encode(hashlib.sha256(derived_from + SECRET_KEY.encode()).digest()).decode()
 
-    WELKIN_SIGNING_KEY = _b64.b64encode(_hashlib.sha256(
-        b"welkin-dash report signing:" + SECRET_KEY.encode()).digest()).decode()
-else:
-    import base64 as _b64
-    import binascii as _binascii
 
-    try:
-        if len(_b64.b64decode(WELKIN_SIGNING_KEY, validate=True)) != 32:
-            raise ValueError
-    except (ValueError, _binascii.Error):
-        raise ImproperlyConfigured("WELKIN_SIGNING_KEY: expected base64 of 32 bytes") from None
+# Reports are signed with an Ed25519 key: base64 of its 32-byte private seed.
+WELKIN_SIGNING_KEY = server_key(
+    "WELKIN_SIGNING_KEY", b"welkin-dash report signing:",
+    "python -c 'import os, base64; print(base64.b64encode(os.urandom(32)).decode())'")
+try:
+    if WELKIN_SIGNING_KEY and len(base64.b64decode(WELKIN_SIGNING_KEY, validate=True)) != 32:
+        raise ValueError
+except (ValueError, binascii.Error):
+    raise ImproperlyConfigured("WELKIN_SIGNING_KEY: expected base64 of 32 bytes") from None
 
 # Scanning.
 # Fernet keys for credentials at rest, comma separated: the first encrypts, all decrypt.
-WELKIN_FERNET_KEYS = env_list("WELKIN_FERNET_KEYS", [])
-if not WELKIN_FERNET_KEYS and not NEEDS_KEYS and not DEBUG:
-    pass  # nothing is decrypted
-elif not WELKIN_FERNET_KEYS:
-    if not DEBUG:
-        raise ImproperlyConfigured(
-            "WELKIN_FERNET_KEYS is required when DEBUG is off (generate a key with `python -c "
-            "'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`)")
-    # A first look (DEBUG): a key derived from SECRET_KEY, so nothing needs setting up.
-    import base64
-    import hashlib
-
-    WELKIN_FERNET_KEYS = [base64.urlsafe_b64encode(hashlib.sha256(
-        b"welkin-dash credentials:" + SECRET_KEY.encode()).digest()).decode()]
+WELKIN_FERNET_KEYS = env_list("WELKIN_FERNET_KEYS", []) or [k for k in [server_key(
+    "WELKIN_FERNET_KEYS", b"welkin-dash credentials:",
+    "python -c 'from cryptography.fernet import Fernet; "
+    "print(Fernet.generate_key().decode())'", base64.urlsafe_b64encode)] if k]
 WELKIN_PAGE_LIMIT = env_int("WELKIN_PAGE_LIMIT", 500, minimum=1)
 WELKIN_KUBE_TIMEOUT = env_int("WELKIN_KUBE_TIMEOUT", 60, minimum=1)
 WELKIN_SCAN_TIME_LIMIT = env_int("WELKIN_SCAN_TIME_LIMIT", 1800, minimum=10)

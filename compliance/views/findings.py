@@ -7,8 +7,9 @@ from compliance import access, dashboards, explain
 
 def finding(request, pk):
     scope = access.scope_for(request.user)
-    f = access.finding_or_404(scope, pk)
+    finding = access.finding_or_404(scope, pk)
     return render(request, "compliance/finding.html", {
-        "scope": scope, "f": f, "steps": explain.steps(f),
-        "other_tools": explain.other_tools(f), "fix": explain.remediation(f),
-        "controls": explain.control_rows(f), "events": dashboards.finding_history(f)})
+        "scope": scope, "finding": finding, "steps": explain.steps(finding),
+        "other_tools": explain.other_tools(finding), "fix": explain.remediation(finding),
+        "controls": explain.control_rows(finding),
+        "events": dashboards.finding_history(finding)})

@@ -31,11 +31,7 @@ def report(request):
         r, error = _report_from(request, request.GET)
         context["error"] = error
         if r is not None:
-            rows = []
-            for row in r.rows():
-                rows.append(row)
-                if len(rows) == PREVIEW_ROWS:
-                    break
+            rows = r.first_rows(PREVIEW_ROWS)
             audit.record(request, AuditEvent.Action.REPORT_VIEW, "report",
                          {**r.scope, "at": r.at.isoformat()})
             context.update(report=r, rows=rows, controls=r.control_summary())

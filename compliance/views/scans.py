@@ -43,7 +43,7 @@ def scan_now(request, name):
 
 
 @require_POST
-def settings(request, name):
+def schedule(request, name):
     _officer(request)
     c = get_object_or_404(Cluster, name=name)
     try:

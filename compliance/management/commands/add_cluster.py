@@ -19,18 +19,18 @@ class Command(BaseCommand):
         parser.add_argument("--replace", action="store_true",
                             help="update an existing cluster")
 
-    def handle(self, *args, **o):
+    def handle(self, *args, **options):
         text = None
-        if o["kubeconfig"]:
+        if options["kubeconfig"]:
             try:
-                with open(o["kubeconfig"], "rb") as f:
+                with open(options["kubeconfig"], "rb") as f:
                     text = f.read()
             except OSError as e:
-                raise CommandError(f"{o['kubeconfig']}: {e.strerror}") from None
+                raise CommandError(f"{options['kubeconfig']}: {e.strerror}") from None
         try:
-            cluster = clusters.add_cluster(o["name"], kubeconfig=text, context=o["context"],
-                                           in_cluster=o["in_cluster"],
-                                           schedule_minutes=o["schedule"], replace=o["replace"])
+            cluster = clusters.add_cluster(options["name"], kubeconfig=text, context=options["context"],
+                                           in_cluster=options["in_cluster"],
+                                           schedule_minutes=options["schedule"], replace=options["replace"])
         except clusters.ClusterError as e:
             raise CommandError(str(e)) from None
         self.stdout.write(f"cluster {cluster.name}: {cluster.server} "

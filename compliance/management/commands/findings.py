@@ -16,13 +16,13 @@ class Command(BaseCommand):
         parser.add_argument("--state", choices=NONCOMPLIANT)
         parser.add_argument("--format", choices=("table", "json"), default="table")
 
-    def handle(self, *args, **o):
+    def handle(self, *args, **options):
         try:
-            rows = reports.open_findings(cluster=o["cluster"], namespace=o["namespace"],
-                                         state=o["state"])
+            rows = reports.open_findings(cluster=options["cluster"], namespace=options["namespace"],
+                                         state=options["state"])
         except reports.ReportError as e:
             raise CommandError(str(e)) from None
-        if o["format"] == "json":
+        if options["format"] == "json":
             self.stdout.write(orjson.dumps(list(rows), option=orjson.OPT_INDENT_2).decode())
             return
         n = 0

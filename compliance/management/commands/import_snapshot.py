@@ -17,29 +17,29 @@ class Command(BaseCommand):
         parser.add_argument("file", help="'-' reads stdin")
         parser.add_argument("--at", help="when the snapshot was taken (ISO 8601 with zone)")
 
-    def handle(self, *args, **o):
+    def handle(self, *args, **options):
         try:
-            clusters.check_name(o["name"])
+            clusters.check_name(options["name"])
         except clusters.ClusterError as e:
             raise CommandError(str(e)) from None
         try:
-            at = params.parse_moment(o["at"], "--at", naive_as_utc=False) if o["at"] else None
+            at = params.parse_moment(options["at"], "--at", naive_as_utc=False) if options["at"] else None
         except params.BadParameter as e:
             raise CommandError(f"{e} (e.g. 2026-11-28T10:00:00Z)") from None
         try:
-            if o["file"] == "-":
+            if options["file"] == "-":
                 data = sys.stdin.buffer.read()
             else:
-                with open(o["file"], "rb") as f:
+                with open(options["file"], "rb") as f:
                     data = f.read()
         except OSError as e:
-            raise CommandError(f"{o['file']}: {e.strerror or e}") from None
+            raise CommandError(f"{options['file']}: {e.strerror or e}") from None
         try:
-            result = scanning.import_snapshot(o["name"], data, o["file"], at)
+            result = scanning.import_snapshot(options["name"], data, options["file"], at)
         except scanning.SnapshotError as e:
             raise CommandError(str(e)) from None
         except Exception as e:  # nothing was stored (one transaction); say why, briefly
-            raise CommandError(f"{o['file']}: the import failed and stored nothing: "
+            raise CommandError(f"{options['file']}: the import failed and stored nothing: "
                                f"{type(e).__name__}: {str(e)[:500]}") from None
         for line in scanning.summarize([result]):
             self.stdout.write(line)

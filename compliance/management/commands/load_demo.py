@@ -16,14 +16,14 @@ class Command(BaseCommand):
         parser.add_argument("--if-empty", action="store_true",
                             help="do nothing when clusters exist (for make run)")
 
-    def handle(self, *args, **o):
-        if o["if_empty"] and Cluster.objects.exists():
+    def handle(self, *args, **options):
+        if options["if_empty"] and Cluster.objects.exists():
             return
         try:
-            result = demo.load(o["password"])
+            result = demo.load(options["password"])
         except ValueError as e:
             raise CommandError(str(e)) from None
         self.stdout.write(f"demo loaded: {result['clusters']} clusters, "
                           f"{result['snapshots']} daily snapshots")
         self.stdout.write(f"log in at http://127.0.0.1:8000/ as officer, auditor or lead "
-                          f"(password: {o['password']})")
+                          f"(password: {options['password']})")

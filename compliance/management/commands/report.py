@@ -19,21 +19,21 @@ class Command(BaseCommand):
         parser.add_argument("--at", help="ISO 8601 time with zone (default: now)")
         parser.add_argument("-o", "--output", required=True, metavar="FILE")
 
-    def handle(self, *args, **o):
+    def handle(self, *args, **options):
         try:
-            at = params.parse_moment(o["at"], "--at", naive_as_utc=False) if o["at"] else None
+            at = params.parse_moment(options["at"], "--at", naive_as_utc=False) if options["at"] else None
         except params.BadParameter as e:
             raise CommandError(str(e)) from None
         # The command line runs with the server's authority: the whole fleet.
         scope = access.Scope(None, access.AUDITOR)
         try:
-            report = reports.point_in_time(scope, at, o["cluster"], o["namespace"],
+            report = reports.point_in_time(scope, at, options["cluster"], options["namespace"],
                                            generated_by=f"{getpass.getuser()} (command line)")
         except reports.ReportError as e:
             raise CommandError(str(e)) from None
-        path = Path(o["output"])
+        path = Path(options["output"])
         try:
-            m = exports.export_to(report, o["format"], path)
+            m = exports.export_to(report, options["format"], path)
         except exports.ExportError as e:
             raise CommandError(f"{path}: {e}") from None
         self.stdout.write(f"{path}: {m['rows']} findings, sha256 {m['sha256']}")

@@ -10,7 +10,7 @@ from compliance.models import Cluster
 class Command(BaseCommand):
     help = "Re-encrypt every stored credential with the first key of WELKIN_FERNET_KEYS."
 
-    def handle(self, *args, **o):
+    def handle(self, *args, **options):
         n = 0
         with transaction.atomic():
             for c in Cluster.objects.select_for_update().exclude(credentials_encrypted=None):

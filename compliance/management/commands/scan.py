@@ -15,18 +15,18 @@ class Command(BaseCommand):
         parser.add_argument("names", nargs="*", metavar="NAME")
         parser.add_argument("--all", action="store_true", help="every enabled cluster")
 
-    def handle(self, *args, **o):
-        if o["all"] == bool(o["names"]):
+    def handle(self, *args, **options):
+        if options["all"] == bool(options["names"]):
             raise CommandError("name clusters or give --all")
-        if o["all"]:
+        if options["all"]:
             ids = list(Cluster.objects.filter(enabled=True).exclude(source=Source.SNAPSHOT)
                        .values_list("pk", flat=True))
         else:
-            found = dict(Cluster.objects.filter(name__in=o["names"]).values_list("name", "pk"))
-            missing = sorted(set(o["names"]) - set(found))
+            found = dict(Cluster.objects.filter(name__in=options["names"]).values_list("name", "pk"))
+            missing = sorted(set(options["names"]) - set(found))
             if missing:
                 raise CommandError(f"no such cluster: {', '.join(missing)}")
-            ids = [found[n] for n in o["names"]]
+            ids = [found[n] for n in options["names"]]
         results = [scanning.scan_cluster(pk, trigger=Trigger.MANUAL) for pk in ids]
         for line in scanning.summarize(results):
             self.stdout.write(line)

@@ -14,15 +14,15 @@ class Command(BaseCommand):
         parser.add_argument("file")
         parser.add_argument("manifest", nargs="?")
 
-    def handle(self, *args, **o):
-        manifest = o["manifest"] or o["file"] + ".manifest.json"
+    def handle(self, *args, **options):
+        manifest = options["manifest"] or options["file"] + ".manifest.json"
         try:
             with open(manifest, "rb") as f:
                 manifest_bytes = f.read(exports.MANIFEST_MAX_BYTES + 1)
             if len(manifest_bytes) > exports.MANIFEST_MAX_BYTES:
                 raise CommandError(f"{manifest}: larger than {exports.MANIFEST_MAX_BYTES} "
                                    "bytes; not a welkin-dash manifest")
-            with open(o["file"], "rb") as f:
+            with open(options["file"], "rb") as f:
                 result = exports.verify(iter(lambda: f.read(1 << 20), b""), manifest_bytes)
         except OSError as e:
             raise CommandError(f"{e.filename}: {e.strerror or e}") from None

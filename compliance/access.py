@@ -26,8 +26,11 @@ ROLES = (OFFICER, AUDITOR, LEAD)
 
 def glob_regex(glob: str) -> str:
     """A namespace glob as an anchored regular expression (for PostgreSQL's ~)."""
-    return "^" + "".join(".*" if ch == "*" else "." if ch == "?" else re.escape(ch)
-                         for ch in glob) + "$"
+    return (
+        "^"
+        + "".join(".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in glob)
+        + "$"
+    )
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,11 @@ class Scope:
     @property
     def key(self) -> str:
         """Identifies what this scope sees, for caches shared by equal scopes."""
-        return "fleet" if self.fleet else "g:" + ";".join(
-            f"{c or '*'}/{g}" for c, g in sorted(self.grants, key=str))
+        return (
+            "fleet"
+            if self.fleet
+            else "g:" + ";".join(f"{c or '*'}/{g}" for c, g in sorted(self.grants, key=str))
+        )
 
     def q(self, cluster: str = "cluster_id", namespace: str = "namespace") -> Q:
         """A filter for rows that carry a cluster and a namespace."""
@@ -65,8 +71,11 @@ class Scope:
             return Q(pk__in=[])
         q = Q(pk__in=[])
         for cluster_id, glob in self.grants:
-            part = (Q(**{namespace: glob}) if "*" not in glob and "?" not in glob
-                    else Q(**{f"{namespace}__regex": glob_regex(glob)}))
+            part = (
+                Q(**{namespace: glob})
+                if "*" not in glob and "?" not in glob
+                else Q(**{f"{namespace}__regex": glob_regex(glob)})
+            )
             if cluster_id is not None:
                 part &= Q(**{cluster: cluster_id})
             q |= part
@@ -75,8 +84,10 @@ class Scope:
     def allows(self, cluster_id: int, namespace: str) -> bool:
         if self.fleet:
             return True
-        return any((c is None or c == cluster_id) and fnmatch.fnmatchcase(namespace, g)
-                   for c, g in self.grants)
+        return any(
+            (c is None or c == cluster_id) and fnmatch.fnmatchcase(namespace, g)
+            for c, g in self.grants
+        )
 
     def cluster_ids(self) -> set[int] | None:
         """Clusters this scope may see something in (None: all)."""
@@ -99,9 +110,11 @@ def scope_for(user) -> Scope:
         role = next((r for r in ROLES if r in groups), None)
         grants: tuple = ()
         if role == LEAD:
-            grants = tuple(NamespaceGrant.objects.filter(
-                Q(user=user) | Q(group__in=user.groups.all())).values_list(
-                "cluster_id", "namespace").distinct())
+            grants = tuple(
+                NamespaceGrant.objects.filter(Q(user=user) | Q(group__in=user.groups.all()))
+                .values_list("cluster_id", "namespace")
+                .distinct()
+            )
         scope = Scope(user.pk, role, grants)
     user._welkin_scope = scope
     return scope
@@ -116,8 +129,9 @@ def clusters(scope: Scope) -> QuerySet[Cluster]:
 
 
 def cluster_or_404(scope: Scope, name: str) -> Cluster:
-    cluster = clusters(scope).select_related("last_complete_scan", "last_scan") \
-        .filter(name=name).first()
+    cluster = (
+        clusters(scope).select_related("last_complete_scan", "last_scan").filter(name=name).first()
+    )
     if cluster is None:
         raise Denied("No such cluster")
     return cluster

@@ -17,9 +17,13 @@ from compliance.models import (
 
 
 class ClusterForm(forms.ModelForm):
-    kubeconfig = forms.FileField(required=False, help_text=(
-        "Inline credentials only: exec plugins, auth-providers and file paths are refused. "
-        "Leave empty to keep the stored credentials."))
+    kubeconfig = forms.FileField(
+        required=False,
+        help_text=(
+            "Inline credentials only: exec plugins, auth-providers and file paths are refused. "
+            "Leave empty to keep the stored credentials."
+        ),
+    )
     kubeconfig_context = forms.CharField(required=False, help_text="Default: current-context")
 
     class Meta:
@@ -37,11 +41,15 @@ class ClusterForm(forms.ModelForm):
             clusters.check_schedule(data.get("schedule_minutes"))
             if self._kubeconfig is not None:
                 self._context, self._creds = clusters.read_kubeconfig(
-                    self._kubeconfig, data.get("kubeconfig_context") or None)
+                    self._kubeconfig, data.get("kubeconfig_context") or None
+                )
         except clusters.ClusterError as e:
             raise forms.ValidationError(str(e)) from None
-        if self._kubeconfig is None and data.get("source") == "kubeconfig" and not (
-                self.instance.pk and self.instance.credentials_encrypted):
+        if (
+            self._kubeconfig is None
+            and data.get("source") == "kubeconfig"
+            and not (self.instance.pk and self.instance.credentials_encrypted)
+        ):
             raise forms.ValidationError("a kubeconfig is required for this source")
         return data
 
@@ -64,8 +72,17 @@ class ClusterAdmin(admin.ModelAdmin):
 
 @admin.register(ScanRun)
 class ScanRunAdmin(admin.ModelAdmin):
-    list_display = ["cluster", "status", "trigger", "started_at", "finished_at", "pods",
-                    "findings_opened", "findings_changed", "findings_resolved"]
+    list_display = [
+        "cluster",
+        "status",
+        "trigger",
+        "started_at",
+        "finished_at",
+        "pods",
+        "findings_opened",
+        "findings_changed",
+        "findings_resolved",
+    ]
     list_filter = ["status", "cluster"]
     raw_id_fields = ["cluster"]
 
@@ -78,8 +95,16 @@ class ScanRunAdmin(admin.ModelAdmin):
 
 @admin.register(Finding)
 class FindingAdmin(admin.ModelAdmin):
-    list_display = ["cluster", "namespace", "workload_kind", "workload_name", "container",
-                    "state", "pods", "resolved_at"]
+    list_display = [
+        "cluster",
+        "namespace",
+        "workload_kind",
+        "workload_name",
+        "container",
+        "state",
+        "pods",
+        "resolved_at",
+    ]
     list_filter = ["state", "cluster"]
     search_fields = ["namespace", "workload_name", "image"]
     show_full_result_count = False
@@ -89,9 +114,11 @@ class FindingAdmin(admin.ModelAdmin):
 
 
 class RegistryForm(forms.ModelForm):
-    password = forms.CharField(required=False, widget=forms.PasswordInput(render_value=False),
-                               help_text="Stored encrypted. Leave empty to keep the current "
-                                         "one.")
+    password = forms.CharField(
+        required=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Stored encrypted. Leave empty to keep the current one.",
+    )
     clear_password = forms.BooleanField(required=False)
 
     class Meta:

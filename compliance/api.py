@@ -42,26 +42,44 @@ class ById(CursorPagination):
         """DRF's cursor, with a position that must be an id: anything else is a 400
         (DRF would pass it to the query, a 500)."""
         cursor = super().decode_cursor(request)
-        if cursor is not None and cursor.position is not None and not (
-                cursor.position.isascii() and cursor.position.isdigit()
-                and int(cursor.position) < 2**63):
+        if (
+            cursor is not None
+            and cursor.position is not None
+            and not (
+                cursor.position.isascii()
+                and cursor.position.isdigit()
+                and int(cursor.position) < 2**63
+            )
+        ):
             raise params.BadParameter(self.cursor_query_param, "not a cursor from this list")
         return cursor
 
     def get_page_size(self, request):
-        return params.integer(request.query_params, self.page_size_query_param,
-                              self.page_size, minimum=1, maximum=self.max_page_size)
+        return params.integer(
+            request.query_params,
+            self.page_size_query_param,
+            self.page_size,
+            minimum=1,
+            maximum=self.max_page_size,
+        )
 
 
 class ClusterSerializer(serializers.ModelSerializer):
     last_scan_status = serializers.CharField(source="last_scan.status", default=None)
-    last_complete_scan_at = serializers.DateTimeField(source="last_complete_scan.observed_at",
-                                                      default=None)
+    last_complete_scan_at = serializers.DateTimeField(
+        source="last_complete_scan.observed_at", default=None
+    )
 
     class Meta:
         model = Cluster
-        fields = ["name", "source", "schedule_minutes", "enabled", "last_scan_status",
-                  "last_complete_scan_at"]
+        fields = [
+            "name",
+            "source",
+            "schedule_minutes",
+            "enabled",
+            "last_scan_status",
+            "last_complete_scan_at",
+        ]
 
 
 class ScanSerializer(serializers.ModelSerializer):
@@ -69,10 +87,25 @@ class ScanSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = ScanRun
-        fields = ["id", "cluster", "status", "reason", "trigger", "started_at", "finished_at",
-                  "observed_at", "pages", "pods", "containers", "findings_opened",
-                  "findings_changed", "findings_resolved", "rejected", "rejections",
-                  "timings"]
+        fields = [
+            "id",
+            "cluster",
+            "status",
+            "reason",
+            "trigger",
+            "started_at",
+            "finished_at",
+            "observed_at",
+            "pages",
+            "pods",
+            "containers",
+            "findings_opened",
+            "findings_changed",
+            "findings_resolved",
+            "rejected",
+            "rejections",
+            "timings",
+        ]
 
 
 class FindingSerializer(serializers.ModelSerializer):
@@ -81,11 +114,31 @@ class FindingSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Finding
-        fields = ["id", "cluster", "namespace", "workload_kind", "workload_name", "container",
-                  "container_type", "image", "state", "runs_as_root", "kubelet_error",
-                  "evidence", "image_user", "image_user_source", "uid", "run_as_user",
-                  "run_as_non_root", "pods", "mixed", "first_seen", "last_changed",
-                  "resolved_at", "controls"]
+        fields = [
+            "id",
+            "cluster",
+            "namespace",
+            "workload_kind",
+            "workload_name",
+            "container",
+            "container_type",
+            "image",
+            "state",
+            "runs_as_root",
+            "kubelet_error",
+            "evidence",
+            "image_user",
+            "image_user_source",
+            "uid",
+            "run_as_user",
+            "run_as_non_root",
+            "pods",
+            "mixed",
+            "first_seen",
+            "last_changed",
+            "resolved_at",
+            "controls",
+        ]
 
     def get_controls(self, f) -> list[str]:
         from compliance import controls
@@ -143,9 +196,14 @@ class ScanViewSet(_Scoped):
         return self.filter_cluster(qs if self.scope.fleet else qs.none())
 
 
-@extend_schema(parameters=[
-    OpenApiParameter("cluster", str), OpenApiParameter("namespace", str),
-    OpenApiParameter("state", str), OpenApiParameter("open", bool)])
+@extend_schema(
+    parameters=[
+        OpenApiParameter("cluster", str),
+        OpenApiParameter("namespace", str),
+        OpenApiParameter("state", str),
+        OpenApiParameter("open", bool),
+    ]
+)
 class FindingViewSet(_Scoped):
     def get_serializer_class(self):
         return FindingDetailSerializer if self.action == "retrieve" else FindingSerializer
@@ -168,15 +226,20 @@ class FindingViewSet(_Scoped):
         return access.finding_or_404(self.scope, int(pk))
 
 
-@extend_schema(parameters=[OpenApiParameter("cluster", str),
-                           OpenApiParameter("namespace", str),
-                           OpenApiParameter("since", str, description="YYYY-MM-DD")])
+@extend_schema(
+    parameters=[
+        OpenApiParameter("cluster", str),
+        OpenApiParameter("namespace", str),
+        OpenApiParameter("since", str, description="YYYY-MM-DD"),
+    ]
+)
 class RollupViewSet(_Scoped):
     serializer_class = RollupSerializer
 
     def get_queryset(self):
-        qs = self.filter_cluster(DailyRollup.objects.filter(self.scope.q())
-                                 .select_related("cluster"))
+        qs = self.filter_cluster(
+            DailyRollup.objects.filter(self.scope.q()).select_related("cluster")
+        )
         p = self.request.query_params
         if namespace := params.text(p, "namespace", 63):
             qs = qs.filter(namespace=namespace)
@@ -185,9 +248,14 @@ class RollupViewSet(_Scoped):
         return qs
 
 
-@extend_schema(parameters=[OpenApiParameter("at", str, description="ISO 8601 with zone"),
-                           OpenApiParameter("cluster", str), OpenApiParameter("namespace", str)],
-               responses={200: dict})
+@extend_schema(
+    parameters=[
+        OpenApiParameter("at", str, description="ISO 8601 with zone"),
+        OpenApiParameter("cluster", str),
+        OpenApiParameter("namespace", str),
+    ],
+    responses={200: dict},
+)
 @api_view(["GET"])
 @permission_classes([permissions.IsAuthenticated, HasRole])
 def report(request):
@@ -195,16 +263,26 @@ def report(request):
     (export the report for all of them)."""
     p = request.query_params
     try:
-        r = reports.point_in_time(access.scope_for(request.user),
-                                  params.moment(p, "at", naive_as_utc=False),
-                                  params.text(p, "cluster", 63) or None,
-                                  params.text(p, "namespace", 63) or None,
-                                  generated_by=request.user.get_username())
+        r = reports.point_in_time(
+            access.scope_for(request.user),
+            params.moment(p, "at", naive_as_utc=False),
+            params.text(p, "cluster", 63) or None,
+            params.text(p, "namespace", 63) or None,
+            generated_by=request.user.get_username(),
+        )
     except reports.ReportError as e:
         raise ValidationError({"detail": str(e)}) from None
     rows = r.first_rows(REPORT_ROWS)
-    audit.record(request, AuditEvent.Action.REPORT_VIEW, "api report",
-                 {**r.scope, "at": r.at.isoformat()})
-    return Response({"scope": r.scope, "at": r.at, "controls": r.control_summary(),
-                     "coverage": r.coverage, "findings": rows,
-                     "truncated": len(rows) == REPORT_ROWS})
+    audit.record(
+        request, AuditEvent.Action.REPORT_VIEW, "api report", {**r.scope, "at": r.at.isoformat()}
+    )
+    return Response(
+        {
+            "scope": r.scope,
+            "at": r.at,
+            "controls": r.control_summary(),
+            "coverage": r.coverage,
+            "findings": rows,
+            "truncated": len(rows) == REPORT_ROWS,
+        }
+    )

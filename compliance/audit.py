@@ -22,16 +22,27 @@ class Denied(Http404):
     """An object outside the user's scope: answered as 404, and audited."""
 
 
-def record(request, action: str, target: str = "", scope: dict | None = None,
-           content_hash: str = "", username: str | None = None) -> AuditEvent:
+def record(
+    request,
+    action: str,
+    target: str = "",
+    scope: dict | None = None,
+    content_hash: str = "",
+    username: str | None = None,
+) -> AuditEvent:
     user = getattr(request, "user", None) if request is not None else None
     authenticated = user is not None and user.is_authenticated
     return AuditEvent.objects.create(
         user=user if authenticated else None,
-        username=username if username is not None else (
-            user.get_username() if authenticated else ""),
-        action=action, target=target[:1000], scope=scope or {}, content_hash=content_hash,
-        ip=_ip(request))
+        username=username
+        if username is not None
+        else (user.get_username() if authenticated else ""),
+        action=action,
+        target=target[:1000],
+        scope=scope or {},
+        content_hash=content_hash,
+        ip=_ip(request),
+    )
 
 
 def for_log_page(action: str, before: int | None) -> list[AuditEvent]:
@@ -57,9 +68,19 @@ def csv_lines() -> Iterator[str]:
     writer = csv.writer(_Echo())
     yield writer.writerow(CSV_COLUMNS)
     for e in AuditEvent.objects.order_by("pk").iterator(5000):
-        yield writer.writerow(inert_row([e.at.isoformat(), e.username, e.action, e.target,
-                                         orjson.dumps(e.scope).decode(), e.content_hash,
-                                         e.ip or ""]))
+        yield writer.writerow(
+            inert_row(
+                [
+                    e.at.isoformat(),
+                    e.username,
+                    e.action,
+                    e.target,
+                    orjson.dumps(e.scope).decode(),
+                    e.content_hash,
+                    e.ip or "",
+                ]
+            )
+        )
 
 
 def _ip(request) -> str | None:
@@ -75,8 +96,12 @@ def _logged_in(sender, request, user, **kwargs: Any) -> None:
 
 @receiver(user_login_failed)
 def _login_failed(sender, credentials, request=None, **kwargs: Any) -> None:
-    record(request, AuditEvent.Action.LOGIN_FAILED, target="login",
-           username=str(credentials.get("username", ""))[:150])
+    record(
+        request,
+        AuditEvent.Action.LOGIN_FAILED,
+        target="login",
+        username=str(credentials.get("username", ""))[:150],
+    )
 
 
 class DeniedAccessMiddleware:

@@ -18,8 +18,10 @@ class ClusterError(ValueError):
 
 def check_name(name: str) -> str:
     if not NAME_RE.match(name or ""):
-        raise ClusterError(f"cluster name {name!r}: use 1-63 lowercase letters, digits and "
-                           "'-', starting and ending with a letter or digit")
+        raise ClusterError(
+            f"cluster name {name!r}: use 1-63 lowercase letters, digits and "
+            "'-', starting and ending with a letter or digit"
+        )
     return name
 
 
@@ -37,9 +39,15 @@ def read_kubeconfig(text: str | bytes, context: str | None) -> tuple[str, Creden
         raise ClusterError(f"kubeconfig refused: {e}") from None
 
 
-def add_cluster(name: str, *, kubeconfig: str | bytes | None = None,
-                context: str | None = None, in_cluster: bool = False,
-                schedule_minutes: int | None = None, replace: bool = False) -> Cluster:
+def add_cluster(
+    name: str,
+    *,
+    kubeconfig: str | bytes | None = None,
+    context: str | None = None,
+    in_cluster: bool = False,
+    schedule_minutes: int | None = None,
+    replace: bool = False,
+) -> Cluster:
     """Create (or with replace=True, update) a cluster from a kubeconfig context or the
     in-cluster service account. The kubeconfig is checked before anything is stored."""
     check_name(name)

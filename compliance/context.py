@@ -10,6 +10,9 @@ def navigation(request):
     if user is None or not user.is_authenticated:
         return {}
     scope = access.scope_for(user)
-    role = {access.OFFICER: "Security officer", access.AUDITOR: "Auditor",
-            access.LEAD: "Team lead"}.get(scope.role, "No role")
+    role = {
+        access.OFFICER: "Security officer",
+        access.AUDITOR: "Auditor",
+        access.LEAD: "Team lead",
+    }.get(scope.role, "No role")
     return {"state_columns": STATES_BY_SEVERITY, "nav_scope": scope, "nav_role": role}

@@ -31,12 +31,24 @@ class Control:
 
 
 CONTROLS: dict[str, Control] = {
-    "A.9.4.4": Control("A.9.4.4", "8.18", "Use of privileged utility programs",
-                       "Use of privileged utility programs"),
-    "A.12.6.1": Control("A.12.6.1", "8.8", "Management of technical vulnerabilities",
-                        "Management of technical vulnerabilities"),
-    "A.14.2.5": Control("A.14.2.5", "8.27", "Secure system engineering principles",
-                        "Secure system architecture and engineering principles"),
+    "A.9.4.4": Control(
+        "A.9.4.4",
+        "8.18",
+        "Use of privileged utility programs",
+        "Use of privileged utility programs",
+    ),
+    "A.12.6.1": Control(
+        "A.12.6.1",
+        "8.8",
+        "Management of technical vulnerabilities",
+        "Management of technical vulnerabilities",
+    ),
+    "A.14.2.5": Control(
+        "A.14.2.5",
+        "8.27",
+        "Secure system engineering principles",
+        "Secure system architecture and engineering principles",
+    ),
 }
 
 # (state, control) -> why the state is evidence against the control.
@@ -44,22 +56,22 @@ MAPPING: dict[str, dict[str, str]] = {
     COMPLIANT: {},
     UNENFORCED: {
         "A.14.2.5": "Least privilege is not enforced by the platform; it holds only by "
-                    "the image's current USER.",
+        "the image's current USER.",
     },
     ROOT: {
         "A.9.4.4": "A process running as uid 0 holds privileged rights that can override "
-                   "system and application controls.",
+        "system and application controls.",
         "A.12.6.1": "Any vulnerability exploited in a root container gains root in the "
-                    "container and a shorter path to the node.",
+        "container and a shorter path to the node.",
         "A.14.2.5": "The workload is not engineered for least privilege.",
     },
     BLOCKED: {
         "A.14.2.5": "The image or manifest was built without a verifiable non-root user, so "
-                    "the guardrail stops the workload from starting.",
+        "the guardrail stops the workload from starting.",
     },
     UNVERIFIED: {
         "A.12.6.1": "The exposure of the workload cannot be assessed while its identity is "
-                    "unknown.",
+        "unknown.",
         "A.14.2.5": "The workload does not declare a verifiable numeric user.",
     },
 }
@@ -120,17 +132,26 @@ def remediation(v: Verdict) -> dict[str, Any]:
     """
     state = v.state
     if state == COMPLIANT:
-        return {"summary": "Nothing to do.", "dockerfile": None, "security_context": None,
-                "steps": []}
+        return {
+            "summary": "Nothing to do.",
+            "dockerfile": None,
+            "security_context": None,
+            "steps": [],
+        }
 
     if v.windows:
         fields = {"runAsNonRoot": True, "windowsOptions": {"runAsUserName": "ContainerUser"}}
         level = v.run_as_non_root_from or "container"
         return _result(
             "Run the container as ContainerUser, not ContainerAdministrator.",
-            'USER ContainerUser', level, fields,
-            ["Set windowsOptions.runAsUserName to ContainerUser (or another non-admin "
-             "user) and keep runAsNonRoot: true."])
+            "USER ContainerUser",
+            level,
+            fields,
+            [
+                "Set windowsOptions.runAsUserName to ContainerUser (or another non-admin "
+                "user) and keep runAsNonRoot: true."
+            ],
+        )
 
     uid = DEFAULT_UID
     image_name = None
@@ -145,9 +166,14 @@ def remediation(v: Verdict) -> dict[str, Any]:
         level = v.run_as_non_root_from or "container"
         return _result(
             "Enforce the guardrail: add runAsNonRoot: true.",
-            None, level, {"runAsNonRoot": True},
-            [f"Add runAsNonRoot: true to the {level} securityContext; the container already "
-             f"runs as uid {v.uid}, so it keeps starting."])
+            None,
+            level,
+            {"runAsNonRoot": True},
+            [
+                f"Add runAsNonRoot: true to the {level} securityContext; the container already "
+                f"runs as uid {v.uid}, so it keeps starting."
+            ],
+        )
 
     # Pick the level: wherever runAsUser (or runAsNonRoot) was set, else the container.
     level = v.run_as_user_from or v.run_as_non_root_from or "container"
@@ -159,35 +185,49 @@ def remediation(v: Verdict) -> dict[str, Any]:
     commands: list[shell.Suggested] = []
     if v.run_as_user == 0:
         summary = f"runAsUser is 0 at {v.run_as_user_from} level: set it to {uid}."
-        steps.append(f"Change runAsUser: 0 to runAsUser: {uid} in the "
-                     f"{v.run_as_user_from} securityContext.")
+        steps.append(
+            f"Change runAsUser: 0 to runAsUser: {uid} in the {v.run_as_user_from} securityContext."
+        )
     elif image_name is not None:
-        summary = (f"The image's USER is the name {quoted(image_name)}, which the kubelet cannot "
-                   f"verify: use its numeric uid {uid}.")
+        summary = (
+            f"The image's USER is the name {quoted(image_name)}, which the kubelet cannot "
+            f"verify: use its numeric uid {uid}."
+        )
         check = shell.command("id", "-u", image_name)
         commands.append(check)
-        steps.append(f"In the Dockerfile replace `USER {shown(image_name)}` with `USER {uid}` "
-                     + (f"(check with `{check.text}` inside the image)." if check else
-                        f"(look the user up in the image's /etc/passwd; the check command is "
-                        f"{check.withheld})."))
+        steps.append(
+            f"In the Dockerfile replace `USER {shown(image_name)}` with `USER {uid}` "
+            + (
+                f"(check with `{check.text}` inside the image)."
+                if check
+                else f"(look the user up in the image's /etc/passwd; the check command is "
+                f"{check.withheld})."
+            )
+        )
         steps.append(f"Or set runAsUser: {uid} in the {level} securityContext.")
     elif v.uid is not None and not 0 <= v.uid <= UID_MAX:
         summary = f"The image's uid {v.uid} is out of range: use a uid from 1 to 2147483647."
         steps.append(f"In the Dockerfile set `USER {uid}`, or set runAsUser: {uid}.")
     elif state == "unverified":
-        summary = ("The image's USER is unknown: declare the user explicitly so it can be "
-                   "verified.")
-        steps.append(f"Set runAsUser: {uid} and runAsNonRoot: true in the {level} "
-                     "securityContext, or put a numeric `USER` in the Dockerfile.")
+        summary = "The image's USER is unknown: declare the user explicitly so it can be verified."
+        steps.append(
+            f"Set runAsUser: {uid} and runAsNonRoot: true in the {level} "
+            "securityContext, or put a numeric `USER` in the Dockerfile."
+        )
     else:
-        summary = ("The image has no USER (or USER 0) and runs as root: give it a numeric "
-                   "non-root user.")
-        steps.append(f"Add `USER {uid}` as the last USER line of the Dockerfile (create the "
-                     "user if the image needs a home directory).")
+        summary = (
+            "The image has no USER (or USER 0) and runs as root: give it a numeric non-root user."
+        )
+        steps.append(
+            f"Add `USER {uid}` as the last USER line of the Dockerfile (create the "
+            "user if the image needs a home directory)."
+        )
         steps.append(f"Or set runAsUser: {uid} in the {level} securityContext.")
     if v.run_as_non_root is not True:
-        steps.append(f"Add runAsNonRoot: true to the {level} securityContext so the kubelet "
-                     "refuses any root image in the future.")
+        steps.append(
+            f"Add runAsNonRoot: true to the {level} securityContext so the kubelet "
+            "refuses any root image in the future."
+        )
     return _result(summary, dockerfile, level, fields, steps, commands)
 
 
@@ -205,10 +245,20 @@ def quoted(value: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _result(summary: str, dockerfile: str | None, level: str, fields: dict,
-            steps: list[str], commands: list[shell.Suggested] = ()) -> dict[str, Any]:
+def _result(
+    summary: str,
+    dockerfile: str | None,
+    level: str,
+    fields: dict,
+    steps: list[str],
+    commands: list[shell.Suggested] = (),
+) -> dict[str, Any]:
     """`commands`: the shell commands the steps suggest, each quoted by shell.command
     (`text` None when withheld, with the reason)."""
-    return {"summary": summary, "dockerfile": dockerfile,
-            "security_context": {"level": level, "fields": fields}, "steps": steps,
-            "commands": [{"text": c.text, "withheld": c.withheld} for c in commands]}
+    return {
+        "summary": summary,
+        "dockerfile": dockerfile,
+        "security_context": {"level": level, "fields": fields},
+        "steps": steps,
+        "commands": [{"text": c.text, "withheld": c.withheld} for c in commands],
+    }

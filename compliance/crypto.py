@@ -29,7 +29,8 @@ def _fernet(keys: tuple[str, ...]) -> MultiFernet:
         except (ValueError, TypeError):
             raise ImproperlyConfigured(
                 f"WELKIN_FERNET_KEYS: key {i + 1} is not a valid Fernet key "
-                "(32 url-safe base64-encoded bytes)") from None
+                "(32 url-safe base64-encoded bytes)"
+            ) from None
     return MultiFernet(fernets)
 
 
@@ -54,5 +55,7 @@ def _with_keys(operation, token: bytes) -> bytes:
     try:
         return operation(bytes(token))
     except InvalidToken:
-        raise DecryptionError("stored credentials cannot be decrypted with the configured "
-                              "WELKIN_FERNET_KEYS (was a key removed?)") from None
+        raise DecryptionError(
+            "stored credentials cannot be decrypted with the configured "
+            "WELKIN_FERNET_KEYS (was a key removed?)"
+        ) from None

@@ -43,8 +43,11 @@ def stale_after(cluster: Cluster) -> dt.timedelta:
 
 
 def _latest_days(clusters: list[Cluster]) -> dict[int, dt.date]:
-    return {c.pk: timezone.localdate(c.last_complete_scan.observed_at)
-            for c in clusters if c.last_complete_scan_id}
+    return {
+        c.pk: timezone.localdate(c.last_complete_scan.observed_at)
+        for c in clusters
+        if c.last_complete_scan_id
+    }
 
 
 def _day_filter(days: dict[int, dt.date]) -> Q:
@@ -72,6 +75,7 @@ def _scan_marker() -> int:
 
 # --- fleet ------------------------------------------------------------------------------
 
+
 def fleet_overview(scope: Scope) -> dict[str, Any]:
     """The fleet page: per control, per cluster, what got worse, top namespaces, trends."""
     key = f"fleet:{scope.key}:{_scan_marker()}"
@@ -94,62 +98,91 @@ def _fleet_overview(scope: Scope) -> dict[str, Any]:
     today = _latest_days(clusters)
     # Each cluster's last rollup day at least a week before its latest.
     # (From the per-cluster rollups when the scope allows: a few rows per cluster and day.)
-    week_ago = dict(_counts(scope).filter(_before_filter(today))
+    week_ago = dict(
+        _counts(scope)
+        .filter(_before_filter(today))
         .values("cluster_id")
-        .annotate(d=Max("day")).values_list("cluster_id", "d"))
+        .annotate(d=Max("day"))
+        .values_list("cluster_id", "d")
+    )
     rollups = DailyRollup.objects.filter(scope.q())
     current = _counts(scope).filter(_day_filter(today))
 
     by_cluster: dict[int, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATES, 0))
     pods_by_state: dict[str, int] = dict.fromkeys(STATES, 0)
-    for cluster_id, state, n, pods in current.values("cluster_id", "state").annotate(
-            n=Sum("containers"), p=Sum("pods")).values_list("cluster_id", "state", "n", "p"):
+    for cluster_id, state, n, pods in (
+        current.values("cluster_id", "state")
+        .annotate(n=Sum("containers"), p=Sum("pods"))
+        .values_list("cluster_id", "state", "n", "p")
+    ):
         by_cluster[cluster_id][state] = n
         pods_by_state[state] += pods
     totals = {s: sum(c[s] for c in by_cluster.values()) for s in STATES}
 
     ns_rows = _namespace_changes(scope, clusters, today, week_ago, rollups)
-    worse_rows = sorted((r for r in ns_rows if r["now"] > r["before"]),
-                        key=lambda r: (r["before"] - r["now"], r["namespace"]))[:10]
-    top = sorted((r for r in ns_rows if r["now"]),
-                 key=lambda r: (-r["now"], r["namespace"]))[:10]
+    worse_rows = sorted(
+        (r for r in ns_rows if r["now"] > r["before"]),
+        key=lambda r: (r["before"] - r["now"], r["namespace"]),
+    )[:10]
+    top = sorted((r for r in ns_rows if r["now"]), key=lambda r: (-r["now"], r["namespace"]))[:10]
 
     trend = _state_series(_counts(scope).filter(day__gte=now.date() - dt.timedelta(days=30)))
     per_control = []
     for control in controls.CONTROLS.values():
         states = [s for s in NONCOMPLIANT if control.id in controls.MAPPING[s]]
-        per_control.append({
-            "control": control, "states": states,
-            "containers": sum(totals[s] for s in states),
-            "pods": sum(pods_by_state[s] for s in states),
-            "series": [sum(trend["series"][s][i] for s in states)
-                       for i in range(len(trend["days"]))],
-        })
+        per_control.append(
+            {
+                "control": control,
+                "states": states,
+                "containers": sum(totals[s] for s in states),
+                "pods": sum(pods_by_state[s] for s in states),
+                "series": [
+                    sum(trend["series"][s][i] for s in states) for i in range(len(trend["days"]))
+                ],
+            }
+        )
     # Ages (from when the scan listed the cluster) are added per request by fleet_overview.
-    cluster_rows = [{
-        "cluster": c, "counts": by_cluster.get(c.pk, dict.fromkeys(STATES, 0)),
-        "last_complete": c.last_complete_scan,
-        "failing": c.last_scan is not None and c.last_scan.status == ScanStatus.FAILED,
-    } for c in clusters]
-    return {"controls": per_control, "clusters": cluster_rows, "totals": totals,
-            "worse": worse_rows, "top_namespaces": top, "trend_days": trend["days"],
-            "generated": now}
+    cluster_rows = [
+        {
+            "cluster": c,
+            "counts": by_cluster.get(c.pk, dict.fromkeys(STATES, 0)),
+            "last_complete": c.last_complete_scan,
+            "failing": c.last_scan is not None and c.last_scan.status == ScanStatus.FAILED,
+        }
+        for c in clusters
+    ]
+    return {
+        "controls": per_control,
+        "clusters": cluster_rows,
+        "totals": totals,
+        "worse": worse_rows,
+        "top_namespaces": top,
+        "trend_days": trend["days"],
+        "generated": now,
+    }
 
 
-def _namespace_changes(scope: Scope, clusters: list[Cluster], today: dict, week_ago: dict,
-                       rollups) -> list[dict[str, Any]]:
+def _namespace_changes(
+    scope: Scope, clusters: list[Cluster], today: dict, week_ago: dict, rollups
+) -> list[dict[str, Any]]:
     """Non-compliant containers per namespace on each cluster's latest day ("now") and a
     week before ("before"): the rows that can be in the top-10 lists."""
     names = {c.pk: c.name for c in clusters}
     if scope.fleet and connection.vendor == "postgresql" and today:
         return _namespace_changes_sql(names, today, week_ago)
     per_ns: dict[tuple[int, str], dict[str, Any]] = {}
-    for cluster_id, ns, day, n in rollups.filter(state__in=NONCOMPLIANT).filter(
-            _day_filter(today) | _day_filter(week_ago)).values(
-            "cluster_id", "namespace", "day").annotate(n=Sum("containers")).order_by() \
-            .values_list("cluster_id", "namespace", "day", "n"):
-        row = per_ns.setdefault((cluster_id, ns), {"cluster__name": names[cluster_id],
-                                                   "namespace": ns, "now": 0, "before": 0})
+    for cluster_id, ns, day, n in (
+        rollups.filter(state__in=NONCOMPLIANT)
+        .filter(_day_filter(today) | _day_filter(week_ago))
+        .values("cluster_id", "namespace", "day")
+        .annotate(n=Sum("containers"))
+        .order_by()
+        .values_list("cluster_id", "namespace", "day", "n")
+    ):
+        row = per_ns.setdefault(
+            (cluster_id, ns),
+            {"cluster__name": names[cluster_id], "namespace": ns, "now": 0, "before": 0},
+        )
         if day == today.get(cluster_id):
             row["now"] += n
         if day == week_ago.get(cluster_id):
@@ -157,12 +190,14 @@ def _namespace_changes(scope: Scope, clusters: list[Cluster], today: dict, week_
     return list(per_ns.values())
 
 
-def _namespace_changes_sql(names: dict[int, str], today: dict, week_ago: dict
-                           ) -> list[dict[str, Any]]:
+def _namespace_changes_sql(
+    names: dict[int, str], today: dict, week_ago: dict
+) -> list[dict[str, Any]]:
     """The whole fleet: aggregated and ranked in PostgreSQL, 20 rows back instead of one
     per namespace (tens of thousands at fleet scale)."""
-    days = [(cid, today[cid], week_ago.get(cid, today[cid] - dt.timedelta(days=3650)))
-            for cid in today]
+    days = [
+        (cid, today[cid], week_ago.get(cid, today[cid] - dt.timedelta(days=3650))) for cid in today
+    ]
     values = ", ".join(["(%s, %s::date, %s::date)"] * len(days))
     table = DailyRollup._meta.db_table
     sql = f"""
@@ -183,8 +218,10 @@ def _namespace_changes_sql(names: dict[int, str], today: dict, week_ago: dict
     params = [v for row in days for v in row] + [tuple(NONCOMPLIANT), distinct_days]
     with connection.cursor() as cur:
         cur.execute(sql, params)
-        return [{"cluster__name": names[cid], "namespace": ns, "now": now, "before": before}
-                for cid, ns, now, before in cur.fetchall()]
+        return [
+            {"cluster__name": names[cid], "namespace": ns, "now": now, "before": before}
+            for cid, ns, now, before in cur.fetchall()
+        ]
 
 
 def _before_filter(days: dict[int, dt.date]) -> Q:
@@ -210,22 +247,23 @@ def _state_series(rollups) -> dict[str, Any]:
 
 # --- cluster ----------------------------------------------------------------------------
 
+
 def cluster_overview(scope: Scope, cluster: Cluster) -> dict[str, Any]:
     """The cluster page: namespaces with counts by state, scan history, trend."""
     day = _latest_days([cluster]).get(cluster.pk)
     namespaces: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATES, 0))
     if day:
         for ns, state, n in DailyRollup.objects.filter(
-                scope.q(), cluster=cluster, day=day).values_list("namespace", "state",
-                                                                 "containers"):
+            scope.q(), cluster=cluster, day=day
+        ).values_list("namespace", "state", "containers"):
             namespaces[ns][state] = n
-    rows = sorted(namespaces.items(),
-                  key=lambda kv: (-sum(kv[1][s] for s in NONCOMPLIANT), kv[0]))
+    rows = sorted(namespaces.items(), key=lambda kv: (-sum(kv[1][s] for s in NONCOMPLIANT), kv[0]))
     scans = list(cluster.scans.order_by("-started_at")[:20]) if scope.fleet else []
     return {"namespaces": rows, "scans": scans, "day": day}
 
 
 # --- namespace --------------------------------------------------------------------------
+
 
 @dataclass
 class FindingFilter:
@@ -235,9 +273,11 @@ class FindingFilter:
 
     @classmethod
     def from_query(cls, query) -> FindingFilter:
-        return cls(params.choice(query, "state", NONCOMPLIANT),
-                   params.choice(query, "kind", FINDING_KINDS),
-                   params.text(query, "q").strip())
+        return cls(
+            params.choice(query, "state", NONCOMPLIANT),
+            params.choice(query, "kind", FINDING_KINDS),
+            params.text(query, "q").strip(),
+        )
 
 
 def encode_cursor(values: tuple) -> str:
@@ -249,8 +289,9 @@ def decode_cursor(cursor: str | None, name: str = "after") -> tuple | None:
     if not cursor:
         return None
     try:
-        kind, workload, container, pk = orjson.loads(base64.urlsafe_b64decode(
-            params.clean_text(cursor, name, 2000).encode()))
+        kind, workload, container, pk = orjson.loads(
+            base64.urlsafe_b64decode(params.clean_text(cursor, name, 2000).encode())
+        )
         for value in (kind, workload, container):
             params.clean_text(value, name, 300)
         if not isinstance(pk, int) or isinstance(pk, bool) or not 0 < pk < 2**63:
@@ -260,45 +301,71 @@ def decode_cursor(cursor: str | None, name: str = "after") -> tuple | None:
         raise params.BadParameter(name, "not a cursor from this page") from None
 
 
-def namespace_findings(scope: Scope, cluster: Cluster, namespace: str, filt: FindingFilter,
-                       cursor: str | None) -> dict[str, Any]:
+def namespace_findings(
+    scope: Scope, cluster: Cluster, namespace: str, filt: FindingFilter, cursor: str | None
+) -> dict[str, Any]:
     """Open findings of a namespace, keyset-paginated by (kind, workload, container, id)."""
-    qs = access.findings(scope).filter(cluster=cluster, namespace=namespace,
-                                       resolved_at__isnull=True)
+    qs = access.findings(scope).filter(
+        cluster=cluster, namespace=namespace, resolved_at__isnull=True
+    )
     if filt.state:
         qs = qs.filter(state=filt.state)
     if filt.kind:
         qs = qs.filter(workload_kind=filt.kind)
     if filt.text:
-        qs = qs.filter(Q(workload_name__icontains=filt.text) | Q(container__icontains=filt.text)
-                       | Q(image__icontains=filt.text))
+        qs = qs.filter(
+            Q(workload_name__icontains=filt.text)
+            | Q(container__icontains=filt.text)
+            | Q(image__icontains=filt.text)
+        )
     after = decode_cursor(cursor)
     if after:
         kind, name, container, pk = after
-        qs = qs.filter(Q(workload_kind__gt=kind) | Q(workload_kind=kind, workload_name__gt=name)
-                       | Q(workload_kind=kind, workload_name=name, container__gt=container)
-                       | Q(workload_kind=kind, workload_name=name, container=container,
-                           pk__gt=pk))
-    rows = list(qs.order_by("workload_kind", "workload_name", "container", "pk")
-                .only("pk", "workload_kind", "workload_name", "container", "container_type",
-                      "image", "state", "pods", "mixed", "first_seen", "kubelet_error",
-                      "image_user", "image_user_source")[:PAGE_SIZE + 1])
+        qs = qs.filter(
+            Q(workload_kind__gt=kind)
+            | Q(workload_kind=kind, workload_name__gt=name)
+            | Q(workload_kind=kind, workload_name=name, container__gt=container)
+            | Q(workload_kind=kind, workload_name=name, container=container, pk__gt=pk)
+        )
+    rows = list(
+        qs.order_by("workload_kind", "workload_name", "container", "pk").only(
+            "pk",
+            "workload_kind",
+            "workload_name",
+            "container",
+            "container_type",
+            "image",
+            "state",
+            "pods",
+            "mixed",
+            "first_seen",
+            "kubelet_error",
+            "image_user",
+            "image_user_source",
+        )[: PAGE_SIZE + 1]
+    )
     next_cursor = None
     if len(rows) > PAGE_SIZE:
         rows = rows[:PAGE_SIZE]
         last = rows[-1]
-        next_cursor = encode_cursor((last.workload_kind, last.workload_name, last.container,
-                                     last.pk))
+        next_cursor = encode_cursor(
+            (last.workload_kind, last.workload_name, last.container, last.pk)
+        )
     day = _latest_days([cluster]).get(cluster.pk)
     counts = dict.fromkeys(STATES, 0)
     if day:
-        counts.update(dict(DailyRollup.objects.filter(cluster=cluster, namespace=namespace,
-                                                      day=day)
-                           .values_list("state", "containers")))
+        counts.update(
+            dict(
+                DailyRollup.objects.filter(
+                    cluster=cluster, namespace=namespace, day=day
+                ).values_list("state", "containers")
+            )
+        )
     return {"rows": rows, "next_cursor": next_cursor, "counts": counts}
 
 
 # --- finding ------------------------------------------------------------------------------
+
 
 def finding_history(finding: Finding) -> list[FindingEvent]:
     return list(finding.events.order_by("-at", "-pk")[:100])
@@ -306,8 +373,10 @@ def finding_history(finding: Finding) -> list[FindingEvent]:
 
 # --- trends -------------------------------------------------------------------------------
 
-def trend_data(scope: Scope, cluster: Cluster | None = None, namespace: str | None = None,
-               days: int = 90) -> dict[str, Any]:
+
+def trend_data(
+    scope: Scope, cluster: Cluster | None = None, namespace: str | None = None, days: int = 90
+) -> dict[str, Any]:
     """Chart data: containers per state per day; opened vs resolved per week; mean time to
     remediate per week. Reads rollups and daily activity only."""
     since = timezone.localdate() - dt.timedelta(days=days)
@@ -319,9 +388,12 @@ def trend_data(scope: Scope, cluster: Cluster | None = None, namespace: str | No
         activity = activity.filter(namespace=namespace)
     states = _state_series(rollups)
     weeks: dict[dt.date, list[int]] = {}
-    for day, opened, resolved, secs in activity.values("day").annotate(
-            o=Sum("opened"), r=Sum("resolved"), s=Sum("remediation_seconds")).values_list(
-            "day", "o", "r", "s").order_by("day"):
+    for day, opened, resolved, secs in (
+        activity.values("day")
+        .annotate(o=Sum("opened"), r=Sum("resolved"), s=Sum("remediation_seconds"))
+        .values_list("day", "o", "r", "s")
+        .order_by("day")
+    ):
         week = day - dt.timedelta(days=day.weekday())
         w = weeks.setdefault(week, [0, 0, 0])
         w[0] += opened
@@ -335,12 +407,14 @@ def trend_data(scope: Scope, cluster: Cluster | None = None, namespace: str | No
         "weeks": [w.isoformat() for w in week_days],
         "opened": [weeks[w][0] for w in week_days],
         "resolved": [weeks[w][1] for w in week_days],
-        "mttr_days": [round(weeks[w][2] / weeks[w][1] / 86400, 1) if weeks[w][1] else None
-                      for w in week_days],
+        "mttr_days": [
+            round(weeks[w][2] / weeks[w][1] / 86400, 1) if weeks[w][1] else None for w in week_days
+        ],
     }
 
 
 # --- scans ----------------------------------------------------------------------------------
+
 
 def scans_overview() -> list[dict[str, Any]]:
     """The scans page (security officers): every cluster, its last and running scan."""

@@ -38,17 +38,27 @@ IMAGES = {
 UNKNOWN_IMAGE = "quay.io/vendor/agent:5.2"  # no override: stays unverified
 NAMESPACES = ["payments", "search", "web", "data", "monitoring"]
 WORKLOADS = {  # namespace -> [(kind, name, image, replicas)]
-    "payments": [("Deployment", "api", "payments/api:3.4.1", 4),
-                 ("Deployment", "worker", "payments/worker:3.4.1", 3),
-                 ("CronJob", "settle", "payments/api:3.4.1", 1)],
-    "search": [("Deployment", "query", "search/query:1.12", 6),
-               ("StatefulSet", "indexer", "search/indexer:1.12", 3)],
-    "web": [("Deployment", "frontend", "web/frontend:8.0", 8),
-            ("Deployment", "edge", "web/nginx:1.27", 3)],
-    "data": [("StatefulSet", "postgres", "data/postgres:16", 2),
-             ("CronJob", "nightly-etl", "data/etl:2.0", 1)],
-    "monitoring": [("DaemonSet", "node-exporter", "platform/exporter:1.8", 5),
-                   ("DaemonSet", "vendor-agent", UNKNOWN_IMAGE, 5)],
+    "payments": [
+        ("Deployment", "api", "payments/api:3.4.1", 4),
+        ("Deployment", "worker", "payments/worker:3.4.1", 3),
+        ("CronJob", "settle", "payments/api:3.4.1", 1),
+    ],
+    "search": [
+        ("Deployment", "query", "search/query:1.12", 6),
+        ("StatefulSet", "indexer", "search/indexer:1.12", 3),
+    ],
+    "web": [
+        ("Deployment", "frontend", "web/frontend:8.0", 8),
+        ("Deployment", "edge", "web/nginx:1.27", 3),
+    ],
+    "data": [
+        ("StatefulSet", "postgres", "data/postgres:16", 2),
+        ("CronJob", "nightly-etl", "data/etl:2.0", 1),
+    ],
+    "monitoring": [
+        ("DaemonSet", "node-exporter", "platform/exporter:1.8", 5),
+        ("DaemonSet", "vendor-agent", UNKNOWN_IMAGE, 5),
+    ],
 }
 GOOD = ({"runAsNonRoot": True}, {"runAsUser": 10001, "allowPrivilegeEscalation": False})
 BAD = [({}, {}), ({"runAsNonRoot": True}, {}), ({}, {"runAsUser": 0})]
@@ -64,59 +74,115 @@ def _image(short: str) -> str:
 
 
 def _owner(kind: str, name: str, ns: str, api: str = "apps/v1") -> dict:
-    return {"apiVersion": api, "kind": kind, "name": name, "uid": _uid(ns, kind, name),
-            "controller": True}
+    return {
+        "apiVersion": api,
+        "kind": kind,
+        "name": name,
+        "uid": _uid(ns, kind, name),
+        "controller": True,
+    }
 
 
-def _pods(cluster: str, ns: str, kind: str, name: str, image: str, replicas: int,
-          fixed: bool, bad: tuple[dict, dict]) -> list[dict]:
+def _pods(
+    cluster: str,
+    ns: str,
+    kind: str,
+    name: str,
+    image: str,
+    replicas: int,
+    fixed: bool,
+    bad: tuple[dict, dict],
+) -> list[dict]:
     """The objects of one workload on one day: its ReplicaSet/Job and pods."""
     pod_sc, c_sc = GOOD if fixed else bad
     objs, owner = [], None
     labels = {"app.kubernetes.io/name": name}
     if kind == "Deployment":
         rs = f"{name}-{'6d5f' if fixed else '7c9b'}8c"
-        objs.append({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {
-            "name": rs, "namespace": ns, "uid": _uid(cluster, ns, rs),
-            "ownerReferences": [_owner("Deployment", name, ns)]}})
+        objs.append(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "ReplicaSet",
+                "metadata": {
+                    "name": rs,
+                    "namespace": ns,
+                    "uid": _uid(cluster, ns, rs),
+                    "ownerReferences": [_owner("Deployment", name, ns)],
+                },
+            }
+        )
         owner, base = _owner("ReplicaSet", rs, ns), rs
     elif kind == "CronJob":
         job = f"{name}-29{int(hashlib.sha1(name.encode()).hexdigest()[:8], 16) % 100000:05d}"
-        objs.append({"apiVersion": "batch/v1", "kind": "Job", "metadata": {
-            "name": job, "namespace": ns, "uid": _uid(cluster, ns, job),
-            "ownerReferences": [_owner("CronJob", name, ns, "batch/v1")]}})
+        objs.append(
+            {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "metadata": {
+                    "name": job,
+                    "namespace": ns,
+                    "uid": _uid(cluster, ns, job),
+                    "ownerReferences": [_owner("CronJob", name, ns, "batch/v1")],
+                },
+            }
+        )
         owner, base = _owner("Job", job, ns, "batch/v1"), job
     else:
         owner, base = _owner(kind, name, ns), name
     for i in range(replicas):
         pod_name = f"{base}-{i}" if kind == "StatefulSet" else f"{base}-{_uid(base, i)[:5]}"
         uid = _uid(cluster, ns, pod_name)
-        status = {"name": "app", "image": image, "ready": True,
-                  "imageID": image.rsplit(":", 1)[0] + "@sha256:"
-                  + hashlib.sha256(image.encode()).hexdigest(),
-                  "state": {"running": {"startedAt": "2026-11-01T00:00:00Z"}}}
+        status = {
+            "name": "app",
+            "image": image,
+            "ready": True,
+            "imageID": image.rsplit(":", 1)[0]
+            + "@sha256:"
+            + hashlib.sha256(image.encode()).hexdigest(),
+            "state": {"running": {"startedAt": "2026-11-01T00:00:00Z"}},
+        }
         user = IMAGES.get(image)
         if not fixed and pod_sc.get("runAsNonRoot") and "runAsUser" not in c_sc:
             # What the kubelet reports for the Welkin page's two cases.
             if user == "node":
-                status["state"] = {"waiting": {"reason": "CreateContainerConfigError",
-                                               "message": (
-                    "container has runAsNonRoot and image has non-numeric user (node), "
-                    f'cannot verify user is non-root (pod: "{pod_name}_{ns}({uid})", '
-                    "container: app)")}}
+                status["state"] = {
+                    "waiting": {
+                        "reason": "CreateContainerConfigError",
+                        "message": (
+                            "container has runAsNonRoot and image has non-numeric user (node), "
+                            f'cannot verify user is non-root (pod: "{pod_name}_{ns}({uid})", '
+                            "container: app)"
+                        ),
+                    }
+                }
             elif user in ("", "0"):
-                status["state"] = {"waiting": {"reason": "CreateContainerConfigError",
-                                               "message": (
-                    "container has runAsNonRoot and image will run as root "
-                    f'(pod: "{pod_name}_{ns}({uid})", container: app)')}}
+                status["state"] = {
+                    "waiting": {
+                        "reason": "CreateContainerConfigError",
+                        "message": (
+                            "container has runAsNonRoot and image will run as root "
+                            f'(pod: "{pod_name}_{ns}({uid})", container: app)'
+                        ),
+                    }
+                }
         container = {"name": "app", "image": image}
         if c_sc:
             container["securityContext"] = dict(c_sc)
-        objs.append({"apiVersion": "v1", "kind": "Pod", "metadata": {
-            "name": pod_name, "namespace": ns, "uid": uid, "labels": labels,
-            "ownerReferences": [owner]},
-            "spec": {"securityContext": dict(pod_sc), "containers": [container]},
-            "status": {"phase": "Running", "containerStatuses": [status]}})
+        objs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": pod_name,
+                    "namespace": ns,
+                    "uid": uid,
+                    "labels": labels,
+                    "ownerReferences": [owner],
+                },
+                "spec": {"securityContext": dict(pod_sc), "containers": [container]},
+                "status": {"phase": "Running", "containerStatuses": [status]},
+            }
+        )
     return objs
 
 
@@ -133,6 +199,7 @@ def _regressing(rng: random.Random):
         if day >= break_day.setdefault(w, rng.choice([70, 76, 82, 200, 200, 200])):
             return False
         return day >= fix_day.setdefault(w, rng.randrange(0, 40))
+
     return fixed
 
 
@@ -142,20 +209,24 @@ def _mixed(rng: random.Random):
     def fixed(day, w):
         points = flips.setdefault(w, sorted(rng.sample(range(90), 3)))
         return sum(day >= p for p in points) % 2 == 1
+
     return fixed
 
 
 CLUSTERS = [("prod-eu", _improving), ("prod-us", _regressing), ("staging", _mixed)]
 # The Welkin page's two cases, kept open: (cluster, namespace, workload) -> broken from day.
-WELKIN_CASES = {("prod-eu", "payments", "worker"): 0,  # USER node
-                ("prod-us", "web", "edge"): 60}  # no USER (nginx), a regression
+WELKIN_CASES = {
+    ("prod-eu", "payments", "worker"): 0,  # USER node
+    ("prod-us", "web", "edge"): 60,
+}  # no USER (nginx), a regression
 
 
 def load(password: str, days: int = 90, now: dt.datetime | None = None) -> dict[str, int]:
     """Load the demo fleet, users and grants. Refuses when clusters already exist."""
     if Cluster.objects.exists():
-        raise ValueError("there are clusters already: the demo is loaded into an empty "
-                         "database only")
+        raise ValueError(
+            "there are clusters already: the demo is loaded into an empty database only"
+        )
     now = now or timezone.now()
     old_lookups = settings.WELKIN_REGISTRY_LOOKUPS
     settings.WELKIN_REGISTRY_LOOKUPS = False  # the demo registry does not exist
@@ -163,7 +234,8 @@ def load(password: str, days: int = 90, now: dt.datetime | None = None) -> dict[
         with transaction.atomic():
             for image, user in IMAGES.items():
                 ImageUserOverride.objects.update_or_create(
-                    pattern=image, defaults={"user": user, "note": "demo: operator-supplied"})
+                    pattern=image, defaults={"user": user, "note": "demo: operator-supplied"}
+                )
             _users(password)
         imports = 0
         for cname, shape in CLUSTERS:
@@ -182,8 +254,9 @@ def load(password: str, days: int = 90, now: dt.datetime | None = None) -> dict[
                         if since is not None:
                             # runAsNonRoot only: the kubelet refuses the image's user.
                             bad_profile, fixed = BAD[1], day < since
-                        items += _pods(cname, ns, kind, name, _image(short), replicas,
-                                       fixed, bad_profile)
+                        items += _pods(
+                            cname, ns, kind, name, _image(short), replicas, fixed, bad_profile
+                        )
                         w += 1
                 data = orjson.dumps({"apiVersion": "v1", "kind": "List", "items": items})
                 scanning.import_snapshot(cname, data, f"demo-{cname}-{day}", at)
@@ -196,9 +269,11 @@ def load(password: str, days: int = 90, now: dt.datetime | None = None) -> dict[
 
 def _users(password: str) -> None:
     groups = {r: Group.objects.get_or_create(name=r)[0] for r in access.ROLES}
-    for username, role, staff in (("officer", access.OFFICER, True),
-                                  ("auditor", access.AUDITOR, False),
-                                  ("lead", access.LEAD, False)):
+    for username, role, staff in (
+        ("officer", access.OFFICER, True),
+        ("auditor", access.AUDITOR, False),
+        ("lead", access.LEAD, False),
+    ):
         user, _ = User.objects.get_or_create(username=username)
         user.set_password(password)
         user.is_staff = staff
@@ -207,8 +282,9 @@ def _users(password: str) -> None:
         if role == access.OFFICER:
             from django.contrib.auth.models import Permission
 
-            user.user_permissions.set(Permission.objects.filter(
-                content_type__app_label="compliance"))
+            user.user_permissions.set(
+                Permission.objects.filter(content_type__app_label="compliance")
+            )
     lead = User.objects.get(username="lead")
     for ns in ("payments", "web"):
         NamespaceGrant.objects.get_or_create(user=lead, cluster=None, namespace=ns)

@@ -22,34 +22,52 @@ def verdict_of(f: Any) -> SimpleNamespace:
     """The fields controls.remediation reads, from a stored Finding."""
     d = f.detail or {}
     return SimpleNamespace(
-        state=f.state, windows=d.get("windows", False), image_user=f.image_user, uid=f.uid,
-        run_as_user=f.run_as_user, run_as_non_root=f.run_as_non_root,
+        state=f.state,
+        windows=d.get("windows", False),
+        image_user=f.image_user,
+        uid=f.uid,
+        run_as_user=f.run_as_user,
+        run_as_non_root=f.run_as_non_root,
         run_as_user_from=d.get("run_as_user_from"),
-        run_as_non_root_from=d.get("run_as_non_root_from"))
+        run_as_non_root_from=d.get("run_as_non_root_from"),
+    )
 
 
 def _origin(where: str | None) -> str:
-    return {"pod": "set on the pod (spec.securityContext)",
-            "container": "set on the container"}.get(where or "", "not set anywhere")
+    return {
+        "pod": "set on the pod (spec.securityContext)",
+        "container": "set on the container",
+    }.get(where or "", "not set anywhere")
 
 
 def steps(f: Any) -> list[dict[str, str]]:
     """The evaluation, step by step, as the kubelet would do it."""
     d = f.detail or {}
-    out = [{
-        "title": "Which container",
-        "text": (f"{f.container_type} container {f.container!r} of {f.workload_kind} "
-                 f"{f.workload_name}, {f.pods} pod{'s' if f.pods != 1 else ''}"
-                 + (f"; its pods disagree ({_states_text(d.get('states'))}), the worst "
-                    "counts" if f.mixed else "")
-                 + (f"; sample pod {d['pod']}" if d.get("pod") else "") + "."),
-    }, {
-        "title": "Merged securityContext",
-        "text": (f"runAsNonRoot = {_val(f.run_as_non_root)} "
-                 f"({_origin(d.get('run_as_non_root_from'))}); runAsUser = "
-                 f"{_val(f.run_as_user)} ({_origin(d.get('run_as_user_from'))}). The "
-                 "container's value wins when set, else the pod's."),
-    }]
+    out = [
+        {
+            "title": "Which container",
+            "text": (
+                f"{f.container_type} container {f.container!r} of {f.workload_kind} "
+                f"{f.workload_name}, {f.pods} pod{'s' if f.pods != 1 else ''}"
+                + (
+                    f"; its pods disagree ({_states_text(d.get('states'))}), the worst counts"
+                    if f.mixed
+                    else ""
+                )
+                + (f"; sample pod {d['pod']}" if d.get("pod") else "")
+                + "."
+            ),
+        },
+        {
+            "title": "Merged securityContext",
+            "text": (
+                f"runAsNonRoot = {_val(f.run_as_non_root)} "
+                f"({_origin(d.get('run_as_non_root_from'))}); runAsUser = "
+                f"{_val(f.run_as_user)} ({_origin(d.get('run_as_user_from'))}). The "
+                "container's value wins when set, else the pod's."
+            ),
+        },
+    ]
     if f.image_user is None:
         image = "unknown"
     elif f.image_user == "":
@@ -57,9 +75,14 @@ def steps(f: Any) -> list[dict[str, str]]:
     else:
         image = f"USER {f.image_user}"
     note = d.get("image_note")
-    out.append({"title": "The image's user",
-                "text": f"{f.image}: {image}; source: {f.image_user_source}"
-                        + (f" ({note})" if note else "") + "."})
+    out.append(
+        {
+            "title": "The image's user",
+            "text": f"{f.image}: {image}; source: {f.image_user_source}"
+            + (f" ({note})" if note else "")
+            + ".",
+        }
+    )
     if f.run_as_non_root is not True:
         kubelet = "runAsNonRoot is not true, so the kubelet does not check the user."
     elif f.kubelet_error:
@@ -77,10 +100,17 @@ def steps(f: Any) -> list[dict[str, str]]:
         who = f"uid {f.uid}" if f.uid is not None else "a non-root user"
     else:
         who = "unknown"
-    out.append({"title": "Who it runs as",
-                "text": f"{who}, {f.evidence}"
-                        + (" from the pod's status." if f.evidence == OBSERVED else
-                           " from the pod spec and the image.")})
+    out.append(
+        {
+            "title": "Who it runs as",
+            "text": f"{who}, {f.evidence}"
+            + (
+                " from the pod's status."
+                if f.evidence == OBSERVED
+                else " from the pod spec and the image."
+            ),
+        }
+    )
     out.append({"title": "Result", "text": STATE[f.state].description})
     return out
 
@@ -98,22 +128,30 @@ def other_tools(f: Any) -> list[str]:
     d = f.detail or {}
     notes = []
     if f.state == "blocked" and f.run_as_user is None and not d.get("windows"):
-        notes.append("PSA restricted, Gatekeeper, Kyverno, Polaris, Kubescape and checkov "
-                     "all pass this container: none of them can see the image's USER. The "
-                     "kubelet refuses it.")
+        notes.append(
+            "PSA restricted, Gatekeeper, Kyverno, Polaris, Kubescape and checkov "
+            "all pass this container: none of them can see the image's USER. The "
+            "kubelet refuses it."
+        )
     if f.run_as_non_root is True and f.run_as_user == 0:
-        notes.append("Polaris, checkov CKV_K8S_23 and Kubescape's user check pass "
-                     "runAsNonRoot: true with runAsUser: 0; the kubelet refuses it.")
+        notes.append(
+            "Polaris, checkov CKV_K8S_23 and Kubescape's user check pass "
+            "runAsNonRoot: true with runAsUser: 0; the kubelet refuses it."
+        )
     if f.run_as_user is not None and f.run_as_user >= 1 and f.run_as_non_root is not True:
-        notes.append(f"It runs as uid {f.run_as_user}, yet PSA restricted and Kyverno's "
-                     "require-run-as-nonroot reject it for lacking runAsNonRoot: true.")
-    if any("pod must not set runAsUser=0" in v or "pod and container" in v
-           for v in d.get("psa_violations") or []) and f.run_as_user not in (None, 0):
-        notes.append("PSA rejects the pod-level runAsUser: 0 even though this container "
-                     "overrides it.")
+        notes.append(
+            f"It runs as uid {f.run_as_user}, yet PSA restricted and Kyverno's "
+            "require-run-as-nonroot reject it for lacking runAsNonRoot: true."
+        )
+    if any(
+        "pod must not set runAsUser=0" in v or "pod and container" in v
+        for v in d.get("psa_violations") or []
+    ) and f.run_as_user not in (None, 0):
+        notes.append(
+            "PSA rejects the pod-level runAsUser: 0 even though this container overrides it."
+        )
     if f.container_type == "ephemeral":
-        notes.append("Polaris skips ephemeral containers; checkov looks only at "
-                     "spec.containers.")
+        notes.append("Polaris skips ephemeral containers; checkov looks only at spec.containers.")
     elif f.container_type == "init":
         notes.append("checkov looks only at spec.containers, not at init containers.")
     return notes
@@ -128,32 +166,45 @@ def remediation(f: Any) -> dict[str, Any]:
         return out
     kind = WORKLOAD_KINDS.get(f.workload_kind)
     if kind is None or kind.resource is None:
-        out["note"] = (f"{f.workload_kind} {f.workload_name} cannot be patched in place: change "
-                       "the manifest that creates it and recreate it."
-                       if f.workload_kind == "Pod" else
-                       f"{f.workload_kind} is not a kind this page knows how to patch; apply "
-                       "the securityContext below to its pod template.")
+        out["note"] = (
+            f"{f.workload_kind} {f.workload_name} cannot be patched in place: change "
+            "the manifest that creates it and recreate it."
+            if f.workload_kind == "Pod"
+            else f"{f.workload_kind} is not a kind this page knows how to patch; apply "
+            "the securityContext below to its pod template."
+        )
     pod_spec: dict[str, Any] = {}
     if sc["level"] == "pod":
         pod_spec["securityContext"] = sc["fields"]
     else:
         pod_spec[CONTAINER_KEYS.get(f.container_type, "containers")] = [
-            {"name": f.container, "securityContext": sc["fields"]}]
+            {"name": f.container, "securityContext": sc["fields"]}
+        ]
     path = kind.pod_spec if kind and kind.pod_spec else ("spec", "template", "spec")
     patch: dict[str, Any] = pod_spec
     for key in reversed(path):
         patch = {key: patch}
     out["yaml"] = yaml.safe_dump(patch, sort_keys=False)
     if kind and kind.resource and f.container_type != "ephemeral":
-        kubectl = shell.command("kubectl", "-n", f.namespace, "patch", kind.resource,
-                                f.workload_name, "--type", "strategic", "-p",
-                                json.dumps(patch, separators=(",", ":")))
+        kubectl = shell.command(
+            "kubectl",
+            "-n",
+            f.namespace,
+            "patch",
+            kind.resource,
+            f.workload_name,
+            "--type",
+            "strategic",
+            "-p",
+            json.dumps(patch, separators=(",", ":")),
+        )
         out["kubectl"], out["kubectl_withheld"] = kubectl.text, kubectl.withheld
-        out["commands"] = [*out["commands"], {"text": kubectl.text,
-                                              "withheld": kubectl.withheld}]
+        out["commands"] = [*out["commands"], {"text": kubectl.text, "withheld": kubectl.withheld}]
     return out
 
 
 def control_rows(f: Any) -> list[dict[str, Any]]:
-    return [{"control": controls.CONTROLS[c], "why": controls.rationale(f.state, c)}
-            for c in controls.controls_for(f.state)]
+    return [
+        {"control": controls.CONTROLS[c], "why": controls.rationale(f.state, c)}
+        for c in controls.controls_for(f.state)
+    ]

@@ -99,8 +99,11 @@ def _csv(report: Report, out: _HashingWriter) -> int:
 
 
 def _json(report: Report, out: _HashingWriter) -> int:
-    head = {"report": _meta(report), "controls": report.control_summary(),
-            "coverage": report.coverage}
+    head = {
+        "report": _meta(report),
+        "controls": report.control_summary(),
+        "coverage": report.coverage,
+    }
     out.write(orjson.dumps(head)[:-1] + b',"findings":[')
     n = 0
     batch = []
@@ -117,9 +120,14 @@ def _json(report: Report, out: _HashingWriter) -> int:
 
 
 def _meta(report: Report) -> dict[str, Any]:
-    return {"scope": report.scope, "scope_label": report.scope_label,
-            "at": report.at.isoformat(), "generated_at": report.generated_at.isoformat(),
-            "generated_by": report.generated_by, "generator": GENERATOR}
+    return {
+        "scope": report.scope,
+        "scope_label": report.scope_label,
+        "at": report.at.isoformat(),
+        "generated_at": report.generated_at.isoformat(),
+        "generated_by": report.generated_by,
+        "generator": GENERATOR,
+    }
 
 
 def _pdf(report: Report, out: _HashingWriter) -> int:
@@ -147,64 +155,131 @@ def _pdf(report: Report, out: _HashingWriter) -> int:
         Paragraph("Container runAs compliance report", styles["Title"]),
         Paragraph(f"Scope: {_text(report.scope_label)}", styles["Heading2"]),
         Paragraph(f"State as of {report.at:%Y-%m-%d %H:%M:%S %Z}", styles["BodyText"]),
-        Paragraph(f"Generated at {report.generated_at:%Y-%m-%d %H:%M:%S %Z} by "
-                  f"{_text(report.generated_by or 'unknown')} with {GENERATOR}",
-                  styles["BodyText"]),
-        Paragraph("The file's SHA-256 and the server's signature are in the manifest that "
-                  "comes with it; verify with <i>manage.py verify_report</i> or the "
-                  "dashboard's verify page.", styles["BodyText"]),
-        Spacer(1, 8 * mm), Paragraph("Control summary", styles["Heading2"])]
-    grid = TableStyle([("GRID", (0, 0), (-1, -1), 0.4, colors.grey),
-                       ("BACKGROUND", (0, 0), (-1, 0), colors.whitesmoke),
-                       ("FONTSIZE", (0, 0), (-1, -1), 8), ("VALIGN", (0, 0), (-1, -1), "TOP")])
+        Paragraph(
+            f"Generated at {report.generated_at:%Y-%m-%d %H:%M:%S %Z} by "
+            f"{_text(report.generated_by or 'unknown')} with {GENERATOR}",
+            styles["BodyText"],
+        ),
+        Paragraph(
+            "The file's SHA-256 and the server's signature are in the manifest that "
+            "comes with it; verify with <i>manage.py verify_report</i> or the "
+            "dashboard's verify page.",
+            styles["BodyText"],
+        ),
+        Spacer(1, 8 * mm),
+        Paragraph("Control summary", styles["Heading2"]),
+    ]
+    grid = TableStyle(
+        [
+            ("GRID", (0, 0), (-1, -1), 0.4, colors.grey),
+            ("BACKGROUND", (0, 0), (-1, 0), colors.whitesmoke),
+            ("FONTSIZE", (0, 0), (-1, -1), 8),
+            ("VALIGN", (0, 0), (-1, -1), "TOP"),
+        ]
+    )
     summary = [["Control (2013)", "2022", "Title", "Workloads", "Containers", "By state"]]
     for c in report.control_summary():
-        summary.append([c["control"], c["control_2022"], c["title"], c["workloads"],
-                        c["containers"], ", ".join(f"{s}: {v['containers']}"
-                                                   for s, v in c["states"].items()) or "-"])
-    story += [Table(summary, style=grid, hAlign="LEFT"), Spacer(1, 6 * mm),
-              Paragraph("Coverage", styles["Heading2"])]
-    cov = [["Cluster", "Last complete scan before the report time", "Recent",
-            "Objects rejected"]]
+        summary.append(
+            [
+                c["control"],
+                c["control_2022"],
+                c["title"],
+                c["workloads"],
+                c["containers"],
+                ", ".join(f"{s}: {v['containers']}" for s, v in c["states"].items()) or "-",
+            ]
+        )
+    story += [
+        Table(summary, style=grid, hAlign="LEFT"),
+        Spacer(1, 6 * mm),
+        Paragraph("Coverage", styles["Heading2"]),
+    ]
+    cov = [["Cluster", "Last complete scan before the report time", "Recent", "Objects rejected"]]
     for c in report.coverage:
-        cov.append([_text(c["cluster"]), c["last_complete_scan"] or "none",
-                    "yes" if c["recent"] else "NO - data may be out of date",
-                    Paragraph(_text("; ".join(f"{n} {rule}" for rule, n in
-                                              c.get("rejected_by_reason", {}).items())
-                                    or "none"), small)])
-    story += [Table(cov, style=grid, hAlign="LEFT"), PageBreak(),
-              Paragraph("Non-compliant findings", styles["Heading2"])]
-    header = ["Cluster", "Namespace", "Workload", "Container", "Image", "State", "Controls",
-              "Since"]
+        cov.append(
+            [
+                _text(c["cluster"]),
+                c["last_complete_scan"] or "none",
+                "yes" if c["recent"] else "NO - data may be out of date",
+                Paragraph(
+                    _text(
+                        "; ".join(
+                            f"{n} {rule}" for rule, n in c.get("rejected_by_reason", {}).items()
+                        )
+                        or "none"
+                    ),
+                    small,
+                ),
+            ]
+        )
+    story += [
+        Table(cov, style=grid, hAlign="LEFT"),
+        PageBreak(),
+        Paragraph("Non-compliant findings", styles["Heading2"]),
+    ]
+    header = [
+        "Cluster",
+        "Namespace",
+        "Workload",
+        "Container",
+        "Image",
+        "State",
+        "Controls",
+        "Since",
+    ]
     data, n = [header], 0
     for row in report.rows():
         n += 1
         if n <= PDF_MAX_ROWS:
-            data.append([_text(row["cluster"]), _text(row["namespace"]),
-                         Paragraph(_text(f"{row['workload_kind']}/{row['workload_name']}"),
-                                   small),
-                         _text(row["container"]), Paragraph(_text(row["image"]), small),
-                         STATE.label(row["state"]), row["controls"],
-                         row["first_seen"][:10]])
+            data.append(
+                [
+                    _text(row["cluster"]),
+                    _text(row["namespace"]),
+                    Paragraph(_text(f"{row['workload_kind']}/{row['workload_name']}"), small),
+                    _text(row["container"]),
+                    Paragraph(_text(row["image"]), small),
+                    STATE.label(row["state"]),
+                    row["controls"],
+                    row["first_seen"][:10],
+                ]
+            )
     if len(data) > 1:
-        story.append(LongTable(data, repeatRows=1, style=grid, hAlign="LEFT",
-                               colWidths=[28 * mm, 30 * mm, 55 * mm, 25 * mm, 70 * mm,
-                                          25 * mm, 32 * mm, 20 * mm]))
+        story.append(
+            LongTable(
+                data,
+                repeatRows=1,
+                style=grid,
+                hAlign="LEFT",
+                colWidths=[28 * mm, 30 * mm, 55 * mm, 25 * mm, 70 * mm, 25 * mm, 32 * mm, 20 * mm],
+            )
+        )
     else:
-        story.append(Paragraph("No non-compliant container at the report time.",
-                               styles["BodyText"]))
+        story.append(
+            Paragraph("No non-compliant container at the report time.", styles["BodyText"])
+        )
     if n > PDF_MAX_ROWS:
-        story.append(Paragraph(f"{n - PDF_MAX_ROWS:,} more findings are not listed here; the "
-                               "CSV and JSON exports of the same report list all of them.",
-                               styles["BodyText"]))
+        story.append(
+            Paragraph(
+                f"{n - PDF_MAX_ROWS:,} more findings are not listed here; the "
+                "CSV and JSON exports of the same report list all of them.",
+                styles["BodyText"],
+            )
+        )
     story += [PageBreak(), Paragraph("Methodology", styles["Heading2"])]
     for text in METHODOLOGY:
         story.append(Paragraph(text, styles["BodyText"]))
     buf = io.BytesIO()
-    SimpleDocTemplate(buf, pagesize=landscape(A4), title="runAs compliance report",
-                      author=GENERATOR, leftMargin=10 * mm, rightMargin=10 * mm,
-                      topMargin=10 * mm, bottomMargin=10 * mm,
-                      invariant=1).build(story)
+    SimpleDocTemplate(
+        buf,
+        pagesize=landscape(A4),
+        title="runAs compliance report",
+        author=GENERATOR,
+        leftMargin=10 * mm,
+        rightMargin=10 * mm,
+        topMargin=10 * mm,
+        bottomMargin=10 * mm,
+        invariant=1,
+    ).build(story)
     out.write(buf.getvalue())
     return n
 
@@ -213,8 +288,9 @@ def _text(value: Any) -> str:
     """Data as ReportLab paragraph text: markup escaped, control characters as <U+XXXX>."""
     out = escape(str(value))
     if any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in out):
-        out = "".join(f"&lt;U+{ord(ch):04X}&gt;" if ord(ch) < 32 or 127 <= ord(ch) < 160
-                      else ch for ch in out)
+        out = "".join(
+            f"&lt;U+{ord(ch):04X}&gt;" if ord(ch) < 32 or 127 <= ord(ch) < 160 else ch for ch in out
+        )
     return out
 
 
@@ -252,6 +328,7 @@ METHODOLOGY = [
 
 # --- manifests --------------------------------------------------------------------------
 
+
 def _signing_key() -> Ed25519PrivateKey:
     return Ed25519PrivateKey.from_private_bytes(base64.b64decode(settings.WELKIN_SIGNING_KEY))
 
@@ -259,19 +336,31 @@ def _signing_key() -> Ed25519PrivateKey:
 def public_key_b64() -> str:
     from cryptography.hazmat.primitives import serialization
 
-    return base64.b64encode(_signing_key().public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()
+    return base64.b64encode(
+        _signing_key()
+        .public_key()
+        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    ).decode()
 
 
 def _canonical(manifest: dict[str, Any]) -> bytes:
-    return orjson.dumps({k: v for k, v in manifest.items() if k != "signature"},
-                        option=orjson.OPT_SORT_KEYS)
+    return orjson.dumps(
+        {k: v for k, v in manifest.items() if k != "signature"}, option=orjson.OPT_SORT_KEYS
+    )
 
 
 def manifest(report: Report, fmt: str, filename: str, written: Written) -> dict[str, Any]:
-    m = {"file": filename, "format": fmt, "sha256": written.sha256, "bytes": written.size,
-         "rows": written.rows, **_meta(report), "manifest_version": 1,
-         "signed_at": timezone.now().isoformat(), "public_key": public_key_b64()}
+    m = {
+        "file": filename,
+        "format": fmt,
+        "sha256": written.sha256,
+        "bytes": written.size,
+        "rows": written.rows,
+        **_meta(report),
+        "manifest_version": 1,
+        "signed_at": timezone.now().isoformat(),
+        "public_key": public_key_b64(),
+    }
     m["signature"] = base64.b64encode(_signing_key().sign(_canonical(m))).decode()
     return m
 
@@ -305,25 +394,33 @@ def verify(content: bytes | Iterable[bytes], manifest_bytes: bytes) -> Verificat
         return Verification(False, "the manifest was not signed by this server's key", m)
     try:
         Ed25519PublicKey.from_public_bytes(base64.b64decode(m["public_key"])).verify(
-            sig, _canonical(m))
+            sig, _canonical(m)
+        )
     except (InvalidSignature, ValueError):
-        return Verification(False, "the manifest's signature is not valid: the manifest was "
-                                   "changed", m)
+        return Verification(
+            False, "the manifest's signature is not valid: the manifest was changed", m
+        )
     digest = sha256_of(content)
     if digest != m.get("sha256"):
-        return Verification(False, f"the file was modified: its SHA-256 is {digest}, the "
-                                   f"manifest says {m.get('sha256')}", m)
-    return Verification(True, f"unmodified: {m['format'].upper()} report of "
-                              f"{m['scope_label']} as of {m['at']}, generated at "
-                              f"{m['generated_at']} by {m['generated_by'] or 'unknown'}", m)
+        return Verification(
+            False,
+            f"the file was modified: its SHA-256 is {digest}, the manifest says {m.get('sha256')}",
+            m,
+        )
+    return Verification(
+        True,
+        f"unmodified: {m['format'].upper()} report of "
+        f"{m['scope_label']} as of {m['at']}, generated at "
+        f"{m['generated_at']} by {m['generated_by'] or 'unknown'}",
+        m,
+    )
 
 
 class ExportError(Exception):
     """An export that could not be written; no file was left behind."""
 
 
-def export_to(report: Report, fmt: str, path: Path, filename: str | None = None
-              ) -> dict[str, Any]:
+def export_to(report: Report, fmt: str, path: Path, filename: str | None = None) -> dict[str, Any]:
     """Write the report to path and its manifest to path + .manifest.json. `filename` is
     the name the file is handed out under (signed into the manifest).
 
@@ -345,8 +442,6 @@ def export_to(report: Report, fmt: str, path: Path, filename: str | None = None
             leftover.unlink(missing_ok=True)
         if path.exists() and not manifest_path.exists():
             path.unlink(missing_ok=True)
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or \
-            type(e).__name__
-        raise ExportError(f"the {fmt.upper()} export failed, and left no file: "
-                          f"{reason}") from e
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
+        raise ExportError(f"the {fmt.upper()} export failed, and left no file: {reason}") from e
     return m

@@ -41,9 +41,11 @@ _IMAGE_RE = re.compile(r"[^\s\x00-\x1f\x7f]+\Z")
 _NO_VALUE = object()
 _INDEX_RE = re.compile(r"\[\d+\]")
 
-CONTAINER_KEYS = (("initContainers", "initContainerStatuses"),
-                  ("containers", "containerStatuses"),
-                  ("ephemeralContainers", "ephemeralContainerStatuses"))
+CONTAINER_KEYS = (
+    ("initContainers", "initContainerStatuses"),
+    ("containers", "containerStatuses"),
+    ("ephemeralContainers", "ephemeralContainerStatuses"),
+)
 
 
 class Rejected(ValueError):
@@ -71,8 +73,11 @@ def label(value: Any, path: str) -> str:
     if len(value) > LABEL_MAX:
         raise Rejected(path, f"longer than {LABEL_MAX} characters")
     if not _LABEL_RE.match(value):
-        raise Rejected(path, "not a DNS-1123 label (a-z, 0-9 and '-', starting and "
-                       "ending with a letter or digit)", value)
+        raise Rejected(
+            path,
+            "not a DNS-1123 label (a-z, 0-9 and '-', starting and ending with a letter or digit)",
+            value,
+        )
     return value
 
 
@@ -85,8 +90,12 @@ def subdomain(value: Any, path: str) -> str:
     if len(value) > SUBDOMAIN_MAX:
         raise Rejected(path, f"longer than {SUBDOMAIN_MAX} characters")
     if not _SUBDOMAIN_RE.match(value):
-        raise Rejected(path, "not a DNS-1123 subdomain (a-z, 0-9, '-' and '.', starting "
-                       "and ending with a letter or digit)", value)
+        raise Rejected(
+            path,
+            "not a DNS-1123 subdomain (a-z, 0-9, '-' and '.', starting "
+            "and ending with a letter or digit)",
+            value,
+        )
     return value
 
 
@@ -110,8 +119,7 @@ def image(value: Any, path: str) -> None:
     if len(value) > IMAGE_MAX:
         raise Rejected(path, f"longer than {IMAGE_MAX} characters")
     if value and not _IMAGE_RE.match(value):
-        raise Rejected(path, "an image reference has no spaces or control characters",
-                       value)
+        raise Rejected(path, "an image reference has no spaces or control characters", value)
 
 
 def _dict(value: Any, path: str) -> dict:
@@ -171,17 +179,23 @@ def check_pod(pod: Any, *, listed: bool = True) -> None:
             c = _dict(c, path)
             label(c.get("name"), f"{path}.name")
             image(c.get("image"), f"{path}.image")
-            windows = _dict(_dict(c.get("securityContext"), f"{path}.securityContext")
-                            .get("windowsOptions"), f"{path}.securityContext.windowsOptions")
-            text(windows.get("runAsUserName"),
-                 f"{path}.securityContext.windowsOptions.runAsUserName", 256)
+            windows = _dict(
+                _dict(c.get("securityContext"), f"{path}.securityContext").get("windowsOptions"),
+                f"{path}.securityContext.windowsOptions",
+            )
+            text(
+                windows.get("runAsUserName"),
+                f"{path}.securityContext.windowsOptions.runAsUserName",
+                256,
+            )
         for i, s in enumerate(_list(status.get(status_key), f"status.{status_key}")):
             path = f"status.{status_key}[{i}]"
             s = _dict(s, path)
             label(s.get("name"), f"{path}.name")
             image(s.get("imageID"), f"{path}.imageID")
-            waiting = _dict(_dict(s.get("state"), f"{path}.state").get("waiting"),
-                            f"{path}.state.waiting")
+            waiting = _dict(
+                _dict(s.get("state"), f"{path}.state").get("waiting"), f"{path}.state.waiting"
+            )
             text(waiting.get("reason"), f"{path}.state.waiting.reason")
             text(waiting.get("message"), f"{path}.state.waiting.message", MESSAGE_MAX)
 
@@ -233,9 +247,15 @@ class Rejections:
             return ""
         top = "; ".join(f"{n} {rule}" for rule, n in self.by_reason.most_common(most))
         more = len(self.by_reason) - most
-        return (f"{self.count} object{'s' if self.count != 1 else ''} rejected ({top}"
-                + (f"; {more} more rules" if more > 0 else "") + ")")
+        return (
+            f"{self.count} object{'s' if self.count != 1 else ''} rejected ({top}"
+            + (f"; {more} more rules" if more > 0 else "")
+            + ")"
+        )
 
     def as_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "by_reason": dict(self.by_reason.most_common()),
-                "examples": self.examples}
+        return {
+            "count": self.count,
+            "by_reason": dict(self.by_reason.most_common()),
+            "examples": self.examples,
+        }

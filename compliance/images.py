@@ -35,9 +35,12 @@ _NOT_CACHED = object()  # _expiry's answer for what must not be cached
 
 
 def registry_configs() -> dict[str, registry.RegistryConfig]:
-    return {r.host: registry.RegistryConfig(r.host, r.username or None, r.password,
-                                            r.ca_pem or None, r.plain_http)
-            for r in Registry.objects.all()}
+    return {
+        r.host: registry.RegistryConfig(
+            r.host, r.username or None, r.password, r.ca_pem or None, r.plain_http
+        )
+        for r in Registry.objects.all()
+    }
 
 
 def platform_of(pod: dict) -> registry.Platform:
@@ -47,8 +50,7 @@ def platform_of(pod: dict) -> registry.Platform:
     selector = spec.get("nodeSelector") if isinstance(spec.get("nodeSelector"), dict) else {}
     arch = selector.get("kubernetes.io/arch")
     name = os_.get("name") if isinstance(os_.get("name"), str) else "linux"
-    return registry.Platform(name or "linux", arch if isinstance(arch, str) and arch
-                             else "amd64")
+    return registry.Platform(name or "linux", arch if isinstance(arch, str) and arch else "amd64")
 
 
 @dataclass(frozen=True)
@@ -61,14 +63,21 @@ class _Wanted:
 class ImageResolver:
     """Image users for one scan (or one `evaluate --resolve` run)."""
 
-    def __init__(self, client: registry.RegistryClient | None = None, *,
-                 use_registry: bool = True, use_cache: bool = True,
-                 known: dict[str, str] | None = None,
-                 overrides: list[tuple[str, str]] | None = None):
+    def __init__(
+        self,
+        client: registry.RegistryClient | None = None,
+        *,
+        use_registry: bool = True,
+        use_cache: bool = True,
+        known: dict[str, str] | None = None,
+        overrides: list[tuple[str, str]] | None = None,
+    ):
         """known: image users given up front (they win over everything else)."""
         self.client = client or registry.RegistryClient(
-            registry_configs(), timeout=settings.WELKIN_REGISTRY_TIMEOUT,
-            concurrency=settings.WELKIN_REGISTRY_CONCURRENCY)
+            registry_configs(),
+            timeout=settings.WELKIN_REGISTRY_TIMEOUT,
+            concurrency=settings.WELKIN_REGISTRY_CONCURRENCY,
+        )
         self.use_registry = use_registry
         self.use_cache = use_cache
         self._known = dict(known or {})
@@ -78,8 +87,11 @@ class ImageResolver:
         self.notes: dict[str, str] = {}  # spec image -> digest it resolved to, or why not
         self._done: set[tuple[str, registry.Platform]] = set()
         self._failed_hosts: dict[str, str] = {}
-        self._overrides = overrides if overrides is not None else [
-            (o.pattern, o.user) for o in ImageUserOverride.objects.all()]
+        self._overrides = (
+            overrides
+            if overrides is not None
+            else [(o.pattern, o.user) for o in ImageUserOverride.objects.all()]
+        )
         self.cache_hits = 0
         self.lookups = 0
         self.seconds = 0.0  # spent in prepare: cache reads, registry lookups, cache writes
@@ -151,8 +163,12 @@ class ImageResolver:
             for key, w, res in self._lookup_round(pending, now):
                 # A registry that answered the digest with other bytes is not asked by tag
                 # instead: the answer stays about what runs, and unverified.
-                if res is not None and res.user is None and len(w.refs) > 1 \
-                        and not res.integrity_failure:
+                if (
+                    res is not None
+                    and res.user is None
+                    and len(w.refs) > 1
+                    and not res.integrity_failure
+                ):
                     retry[key] = _Wanted(w.image, w.refs[1:], w.platform)
                 elif res is not None:
                     self._apply(key, w.image, res.user, res.digest or "", res.error or "")
@@ -163,17 +179,22 @@ class ImageResolver:
         cache_keys = {key: f"{w.refs[0]}|{w.platform}" for key, w in wanted.items()}
         cached = {}
         if self.use_cache:
-            cached = {c.key: c for c in ImageCache.objects.filter(
-                key__in=list(cache_keys.values())) if c.expires_at is None or
-                c.expires_at > now}
+            cached = {
+                c.key: c
+                for c in ImageCache.objects.filter(key__in=list(cache_keys.values()))
+                if c.expires_at is None or c.expires_at > now
+            }
         todo = []
         for key, w in wanted.items():
             hit = cached.get(cache_keys[key])
             ref = w.refs[0]
             if hit is not None:
                 self.cache_hits += 1
-                yield key, w, registry.Resolution(hit.user, hit.digest or None,
-                                                  error=hit.error or None)
+                yield (
+                    key,
+                    w,
+                    registry.Resolution(hit.user, hit.digest or None, error=hit.error or None),
+                )
             elif not self.use_registry:
                 self.notes.setdefault(w.image, "not looked up")
             elif ref.domain in self._failed_hosts:
@@ -183,8 +204,11 @@ class ImageResolver:
         if not todo:
             return
         self.lookups += len(todo)
-        results = registry.resolve_many(self.client, [(w.refs[0], w.platform) for _, w in todo],
-                                        workers=settings.WELKIN_REGISTRY_CONCURRENCY)
+        results = registry.resolve_many(
+            self.client,
+            [(w.refs[0], w.platform) for _, w in todo],
+            workers=settings.WELKIN_REGISTRY_CONCURRENCY,
+        )
         rows = []
         for key, w in todo:
             ref = w.refs[0]
@@ -196,10 +220,17 @@ class ImageResolver:
                 log.warning("not caching %s: %s", ref, res.error)
                 yield key, w, res
                 continue
-            rows.append(ImageCache(
-                key=cache_keys[key], user=res.user, digest=res.digest or "",
-                config_digest=res.config_digest or "", error=res.error or "",
-                resolved_at=now, expires_at=expires_at))
+            rows.append(
+                ImageCache(
+                    key=cache_keys[key],
+                    user=res.user,
+                    digest=res.digest or "",
+                    config_digest=res.config_digest or "",
+                    error=res.error or "",
+                    resolved_at=now,
+                    expires_at=expires_at,
+                )
+            )
             yield key, w, res
         if self.use_cache:
             _store(rows)
@@ -216,8 +247,14 @@ class ImageResolver:
             return None  # what a digest names never changes
         return now + timedelta(seconds=settings.WELKIN_REGISTRY_TAG_TTL)
 
-    def _apply(self, key: tuple[str, registry.Platform], image: str, user: str | None,
-               digest: str, error: str) -> None:
+    def _apply(
+        self,
+        key: tuple[str, registry.Platform],
+        image: str,
+        user: str | None,
+        digest: str,
+        error: str,
+    ) -> None:
         if user is not None:
             users, sources = self._maps(key[1])
             users[key[0]] = user
@@ -235,9 +272,14 @@ def offline_resolver(known: dict[str, str]) -> ImageResolver:
     except (DatabaseError, ImproperlyConfigured):
         resolver = ImageResolver(
             registry.RegistryClient(timeout=settings.WELKIN_REGISTRY_TIMEOUT),
-            use_cache=False, known=known, overrides=[])
-        resolver.offline_note = ("no database: looking images up without the cache, stored "
-                                 "registry credentials or operator overrides")
+            use_cache=False,
+            known=known,
+            overrides=[],
+        )
+        resolver.offline_note = (
+            "no database: looking images up without the cache, stored "
+            "registry credentials or operator overrides"
+        )
         return resolver
 
 
@@ -266,8 +308,17 @@ def _store(rows: list[ImageCache]) -> None:
     try:
         with transaction.atomic():
             ImageCache.objects.bulk_create(
-                rows, update_conflicts=True, unique_fields=["key"],
-                update_fields=["user", "digest", "config_digest", "error", "resolved_at",
-                               "expires_at"])
+                rows,
+                update_conflicts=True,
+                unique_fields=["key"],
+                update_fields=[
+                    "user",
+                    "digest",
+                    "config_digest",
+                    "error",
+                    "resolved_at",
+                    "expires_at",
+                ],
+            )
     except IntegrityError:  # pragma: no cover - a race on the same key
         log.info("image cache write raced; skipped")

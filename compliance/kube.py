@@ -55,6 +55,7 @@ def in_cluster_credentials() -> Credentials:
 
 # --- listing --------------------------------------------------------------------------
 
+
 class ScanError(Exception):
     """A scan cannot complete; `reason` is shown to people, `transient` allows a retry."""
 
@@ -112,8 +113,12 @@ class ClusterClient:
     """A kubernetes client for one cluster, with its own configuration. The scan deadline
     (Policy.scan_deadline) runs from its creation."""
 
-    def __init__(self, creds: Credentials, policy: Policy | None = None,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        creds: Credentials,
+        policy: Policy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         from kubernetes import client
 
         self.policy = policy or Policy()
@@ -164,9 +169,12 @@ class ClusterClient:
                 return
             except ListExpired:
                 log.info("list %s expired, restart %d", resource, attempt + 1)
-        raise ScanError(f"list {resource}: the continue token expired "
-                        f"{self.policy.max_restarts + 1} times (410 Expired); the cluster "
-                        "changes faster than it can be listed", transient=True)
+        raise ScanError(
+            f"list {resource}: the continue token expired "
+            f"{self.policy.max_restarts + 1} times (410 Expired); the cluster "
+            "changes faster than it can be listed",
+            transient=True,
+        )
 
     def _list_once(self, resource: str) -> Iterator[list[dict]]:
         p = self.policy
@@ -185,13 +193,17 @@ class ClusterClient:
             self.pages += 1
             pages += 1
             if len(items) > p.page_limit:
-                raise ScanError(f"list {resource}: the API server sent {len(items):,} items "
-                                f"in one page, but at most {p.page_limit:,} were asked for "
-                                f"(limit={p.page_limit}); it ignores the page limit")
+                raise ScanError(
+                    f"list {resource}: the API server sent {len(items):,} items "
+                    f"in one page, but at most {p.page_limit:,} were asked for "
+                    f"(limit={p.page_limit}); it ignores the page limit"
+                )
             objects += len(items)
             if objects > p.max_pods:
-                raise ScanError(f"list {resource}: more than {p.max_pods:,} {resource} in "
-                                "the cluster, the most one scan takes (WELKIN_SCAN_MAX_PODS)")
+                raise ScanError(
+                    f"list {resource}: more than {p.max_pods:,} {resource} in "
+                    "the cluster, the most one scan takes (WELKIN_SCAN_MAX_PODS)"
+                )
             if token:
                 self._check_token(resource, token, seen, pages, max_pages)
             yield items
@@ -200,27 +212,36 @@ class ClusterClient:
                 return
 
     @staticmethod
-    def _check_token(resource: str, token: str, seen: set[bytes], pages: int,
-                     max_pages: int) -> None:
+    def _check_token(
+        resource: str, token: str, seen: set[bytes], pages: int, max_pages: int
+    ) -> None:
         raw = token.encode()
         if len(raw) > MAX_CONTINUE_BYTES:
-            raise ScanError(f"list {resource}: the API server sent a continue token of "
-                            f"{len(raw):,} bytes (at most {MAX_CONTINUE_BYTES:,} are "
-                            "accepted)")
+            raise ScanError(
+                f"list {resource}: the API server sent a continue token of "
+                f"{len(raw):,} bytes (at most {MAX_CONTINUE_BYTES:,} are "
+                "accepted)"
+            )
         key = hashlib.blake2b(raw, digest_size=16).digest()
         if key in seen:
-            raise ScanError(f"list {resource}: the API server sent a continue token it had "
-                            f"already sent in this list (after page {pages}); the list "
-                            "would never end")
+            raise ScanError(
+                f"list {resource}: the API server sent a continue token it had "
+                f"already sent in this list (after page {pages}); the list "
+                "would never end"
+            )
         seen.add(key)
         if pages >= max_pages:
-            raise ScanError(f"list {resource}: still more pages after {pages:,}; the API "
-                            "server keeps sending short pages")
+            raise ScanError(
+                f"list {resource}: still more pages after {pages:,}; the API "
+                "server keeps sending short pages"
+            )
 
     def _scan_expired(self, resource: str) -> ScanError:
-        return ScanError(f"the scan did not finish within {self.policy.scan_deadline:g} s "
-                         f"(WELKIN_SCAN_DEADLINE); it stopped while listing {resource}, "
-                         f"after {self.pages:,} pages")
+        return ScanError(
+            f"the scan did not finish within {self.policy.scan_deadline:g} s "
+            f"(WELKIN_SCAN_DEADLINE); it stopped while listing {resource}, "
+            f"after {self.pages:,} pages"
+        )
 
     def _wait(self, seconds: float, resource: str) -> None:
         if time.monotonic() + seconds >= self._deadline:
@@ -241,14 +262,20 @@ class ClusterClient:
         if token:
             query.append(("continue", token))
         request = self.api_client.param_serialize(
-            "GET", path, query_params=query, header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"])
-        r = self.api_client.call_api(*request, _request_timeout=(
-            min(p.connect_timeout, left), min(p.read_timeout, left))).response
+            "GET",
+            path,
+            query_params=query,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        r = self.api_client.call_api(
+            *request, _request_timeout=(min(p.connect_timeout, left), min(p.read_timeout, left))
+        ).response
         ok = 200 <= r.status < 300
         try:
             body: bytes | None = bounded.read_body(
-                r, p.page_max_bytes if ok else MAX_ERROR_BODY_BYTES, deadline)
+                r, p.page_max_bytes if ok else MAX_ERROR_BODY_BYTES, deadline
+            )
         except bounded.TooLarge as e:
             if not ok:
                 body = None  # the status says enough
@@ -256,13 +283,16 @@ class ClusterClient:
                 raise ScanError(
                     f"list {resource}: a page is larger than {_size(e.limit)} "
                     "(WELKIN_PAGE_MAX_BYTES)"
-                    + (f"; the API server announced {e.size:,} bytes" if e.size else ""))
+                    + (f"; the API server announced {e.size:,} bytes" if e.size else "")
+                )
         except bounded.DeadlineExceeded as e:
             if deadline >= self._deadline:
                 raise self._scan_expired(resource) from None
-            raise ScanError(f"list {resource}: the API server did not send a whole page "
-                            f"within {p.request_deadline:g} s (WELKIN_KUBE_REQUEST_DEADLINE);"
-                            f" {e.received:,} bytes arrived") from None
+            raise ScanError(
+                f"list {resource}: the API server did not send a whole page "
+                f"within {p.request_deadline:g} s (WELKIN_KUBE_REQUEST_DEADLINE);"
+                f" {e.received:,} bytes arrived"
+            ) from None
         finally:
             r.release_conn()
         return r.status, r.reason or "", r.headers, body
@@ -287,24 +317,31 @@ class ClusterClient:
                 if status == 429:
                     throttled += 1
                     if throttled > p.max_throttled:
-                        raise ScanError(f"list {resource}: still throttled (429) after "
-                                        f"{p.max_throttled} waits", transient=True)
+                        raise ScanError(
+                            f"list {resource}: still throttled (429) after {p.max_throttled} waits",
+                            transient=True,
+                        )
                     wait = min(_retry_after(headers), p.max_retry_after)
                     self._wait(wait + random.uniform(0, min(1.0, wait / 4 + 0.1)), resource)
                     continue
                 errors += 1
                 if errors > p.max_errors or status < 500:
-                    raise ScanError(f"list {resource}: {status} {_message(body) or reason}"
-                                    + (f" (after {errors} attempts)" if errors > 1 else ""),
-                                    transient=status >= 500)
+                    raise ScanError(
+                        f"list {resource}: {status} {_message(body) or reason}"
+                        + (f" (after {errors} attempts)" if errors > 1 else ""),
+                        transient=status >= 500,
+                    )
             except ApiException as e:  # the client wraps urllib3's SSLError this way
-                raise ScanError(f"list {resource}: TLS verification failed: "
-                                f"{str(e.reason).splitlines()[-1]}") from None
+                raise ScanError(
+                    f"list {resource}: TLS verification failed: {str(e.reason).splitlines()[-1]}"
+                ) from None
             except (urllib3.exceptions.HTTPError, OSError) as e:
                 errors += 1
                 if errors > p.max_errors:
-                    raise ScanError(f"list {resource}: {_network_reason(e)} "
-                                    f"(after {errors} attempts)", transient=True) from None
+                    raise ScanError(
+                        f"list {resource}: {_network_reason(e)} (after {errors} attempts)",
+                        transient=True,
+                    ) from None
             self._wait(p.backoff * 2 ** (errors - 1) * random.uniform(0.8, 1.2), resource)
 
 
@@ -332,9 +369,11 @@ def _message(body: Any) -> str | None:
 def _forbidden(resource: str, group: str, body: Any) -> str:
     detail = _message(body)
     api = f'"{group}"' if group else "core"
-    return (f"forbidden (403): the scanner needs list on {resource} ({api} API group) across "
-            f"all namespaces; it needs only list on pods, replicasets and jobs"
-            + (f". The API server said: {detail}" if detail else ""))
+    return (
+        f"forbidden (403): the scanner needs list on {resource} ({api} API group) across "
+        f"all namespaces; it needs only list on pods, replicasets and jobs"
+        + (f". The API server said: {detail}" if detail else "")
+    )
 
 
 def _network_reason(e: Exception) -> str:

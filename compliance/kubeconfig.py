@@ -90,8 +90,9 @@ def parse_kubeconfig(text: str | bytes, context: str | None = None) -> tuple[str
     except yaml.YAMLError as e:
         raise KubeconfigError(f"not valid YAML: {e}") from None
     if not isinstance(doc, dict):
-        raise KubeconfigError("expected a kubeconfig (a YAML mapping with clusters, users "
-                              "and contexts)")
+        raise KubeconfigError(
+            "expected a kubeconfig (a YAML mapping with clusters, users and contexts)"
+        )
     if doc.get("kind", "Config") != "Config":
         raise KubeconfigError(f"kind is {doc.get('kind')!r}, expected Config")
     name = context or doc.get("current-context")
@@ -111,8 +112,9 @@ def parse_kubeconfig(text: str | bytes, context: str | None = None) -> tuple[str
 
     server = cluster.get("server")
     if not isinstance(server, str) or not server.startswith("https://"):
-        raise KubeconfigError(f"clusters[{cluster_name}].cluster.server: expected an https:// "
-                              f"URL, got {server!r}")
+        raise KubeconfigError(
+            f"clusters[{cluster_name}].cluster.server: expected an https:// URL, got {server!r}"
+        )
     where = f"clusters[{cluster_name}].cluster"
     ca = cluster.get("certificate-authority-data")
     creds = Credentials(
@@ -120,19 +122,26 @@ def parse_kubeconfig(text: str | bytes, context: str | None = None) -> tuple[str
         ca_data=_b64_pem(ca, f"{where}.certificate-authority-data") if ca else None,
         tls_server_name=cluster.get("tls-server-name") or None,
         token=user.get("token") or None,
-        client_cert_data=_b64_pem(user["client-certificate-data"],
-                                  f"users[{user_name}].user.client-certificate-data")
-        if user.get("client-certificate-data") else None,
-        client_key_data=_b64_pem(user["client-key-data"],
-                                 f"users[{user_name}].user.client-key-data")
-        if user.get("client-key-data") else None,
+        client_cert_data=_b64_pem(
+            user["client-certificate-data"], f"users[{user_name}].user.client-certificate-data"
+        )
+        if user.get("client-certificate-data")
+        else None,
+        client_key_data=_b64_pem(
+            user["client-key-data"], f"users[{user_name}].user.client-key-data"
+        )
+        if user.get("client-key-data")
+        else None,
     )
     if creds.token is not None and not isinstance(creds.token, str):
         raise KubeconfigError(f"users[{user_name}].user.token: expected a string")
     if bool(creds.client_cert_data) != bool(creds.client_key_data):
-        raise KubeconfigError(f"users[{user_name}].user: client-certificate-data and "
-                              "client-key-data go together")
+        raise KubeconfigError(
+            f"users[{user_name}].user: client-certificate-data and client-key-data go together"
+        )
     if not creds.token and not creds.client_cert_data:
-        raise KubeconfigError(f"users[{user_name}].user: no credentials (expected token or "
-                              "client-certificate-data with client-key-data)")
+        raise KubeconfigError(
+            f"users[{user_name}].user: no credentials (expected token or "
+            "client-certificate-data with client-key-data)"
+        )
     return name, creds

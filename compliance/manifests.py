@@ -114,7 +114,8 @@ def _check_aliases(data: bytes, filename: str) -> None:
                 raise ManifestError(
                     f"{filename}: YAML aliases expand to more than {ALIAS_NODES_MAX:,} nodes "
                     f"(at line {event.start_mark.line + 1}, alias *{event.anchor}); refused "
-                    "as an alias bomb")
+                    "as an alias bomb"
+                )
         elif kind is yaml.ScalarEvent:
             n = 1
             if event.anchor:
@@ -132,13 +133,13 @@ def _check_aliases(data: bytes, filename: str) -> None:
             open_nodes[-1][1] += n
 
 
-def pod_sources(doc: Any, where: str, default_kind: str | None = None
-                ) -> Iterator[PodSource | ManifestError]:
+def pod_sources(
+    doc: Any, where: str, default_kind: str | None = None
+) -> Iterator[PodSource | ManifestError]:
     """Pods to evaluate from one document; an error for each bad object, in order, so one
     bad item does not hide the others."""
     if not isinstance(doc, dict):
-        yield ManifestError(f"{where}: expected a Kubernetes object, got "
-                            f"{type(doc).__name__}")
+        yield ManifestError(f"{where}: expected a Kubernetes object, got {type(doc).__name__}")
         return
     kind = doc.get("kind", default_kind)
     if not isinstance(kind, str) or not kind:
@@ -163,8 +164,10 @@ def pod_sources(doc: Any, where: str, default_kind: str | None = None
         return
     path = WORKLOAD_KINDS[kind].template if kind in WORKLOAD_KINDS else None
     if path is None:
-        yield ManifestError(f"{label}: kind {kind} has no pods to evaluate "
-                            f"(expected one of {', '.join(KNOWN_KINDS)}, or a List)")
+        yield ManifestError(
+            f"{label}: kind {kind} has no pods to evaluate "
+            f"(expected one of {', '.join(KNOWN_KINDS)}, or a List)"
+        )
         return
     node: Any = doc
     for step in path:
@@ -174,8 +177,7 @@ def pod_sources(doc: Any, where: str, default_kind: str | None = None
         return
     tmeta = node.get("metadata") if isinstance(node.get("metadata"), dict) else {}
     pod = {
-        "metadata": {"name": name, "namespace": namespace,
-                     "labels": tmeta.get("labels") or {}},
+        "metadata": {"name": name, "namespace": namespace, "labels": tmeta.get("labels") or {}},
         "spec": node.get("spec"),
     }
     yield PodSource(kind, namespace, name, pod, label)

@@ -42,10 +42,12 @@ class Cluster(models.Model):
     schedule_minutes = models.PositiveIntegerField(default=15)
     enabled = models.BooleanField(default=True)
     next_scan_at = models.DateTimeField(default=timezone.now)
-    last_scan = models.ForeignKey("ScanRun", null=True, blank=True, on_delete=models.SET_NULL,
-                                  related_name="+")
-    last_complete_scan = models.ForeignKey("ScanRun", null=True, blank=True,
-                                           on_delete=models.SET_NULL, related_name="+")
+    last_scan = models.ForeignKey(
+        "ScanRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    last_complete_scan = models.ForeignKey(
+        "ScanRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -73,8 +75,7 @@ class ScanRun(models.Model):
     """One scan of one cluster (or one imported snapshot): the Job record of a run."""
 
     cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="scans")
-    status = models.CharField(max_length=16, choices=ScanStatus.choices,
-                              default=ScanStatus.RUNNING)
+    status = models.CharField(max_length=16, choices=ScanStatus.choices, default=ScanStatus.RUNNING)
     reason = models.TextField(blank=True)
     trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.SCHEDULE)
     task_id = models.CharField(max_length=64, blank=True, db_index=True)
@@ -99,8 +100,11 @@ class ScanRun(models.Model):
         indexes = [models.Index(fields=["cluster", "-started_at"])]
         constraints = [
             # At most one running scan per cluster, enforced by the database.
-            models.UniqueConstraint(fields=["cluster"], condition=Q(status="running"),
-                                    name="one_running_scan_per_cluster"),
+            models.UniqueConstraint(
+                fields=["cluster"],
+                condition=Q(status="running"),
+                name="one_running_scan_per_cluster",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -131,8 +135,9 @@ class Finding(models.Model):
     evidence = models.CharField(max_length=9, choices=Evidence.choices)
     # None: unknown; "": the image has no USER (which the kubelet treats as root).
     image_user = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
-    image_user_source = models.CharField(max_length=16, choices=ImageUserSource.choices,
-                                         default=ImageUserSource.UNKNOWN)
+    image_user_source = models.CharField(
+        max_length=16, choices=ImageUserSource.choices, default=ImageUserSource.UNKNOWN
+    )
     uid = models.BigIntegerField(null=True)
     run_as_user = models.BigIntegerField(null=True)
     run_as_non_root = models.BooleanField(null=True)
@@ -147,16 +152,23 @@ class Finding(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["cluster", "namespace", "workload_kind", "workload_name", "container"],
-                condition=Q(resolved_at__isnull=True), name="one_open_finding_per_container"),
+                condition=Q(resolved_at__isnull=True),
+                name="one_open_finding_per_container",
+            ),
         ]
         indexes = [
-            models.Index(fields=["cluster", "namespace", "state"],
-                         condition=Q(resolved_at__isnull=True), name="open_findings_by_ns"),
+            models.Index(
+                fields=["cluster", "namespace", "state"],
+                condition=Q(resolved_at__isnull=True),
+                name="open_findings_by_ns",
+            ),
         ]
 
     def __str__(self) -> str:
-        return (f"{self.namespace}/{self.workload_kind}/{self.workload_name}:{self.container} "
-                f"{self.state}")
+        return (
+            f"{self.namespace}/{self.workload_kind}/{self.workload_name}:{self.container} "
+            f"{self.state}"
+        )
 
 
 class FindingEvent(models.Model):
@@ -193,12 +205,20 @@ class DailyRollup(models.Model):
     pods = models.PositiveIntegerField(default=0)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["cluster", "namespace", "state", "day"],
-                                               name="one_rollup_per_day")]
-        indexes = [models.Index(fields=["day", "cluster"]),
-                   # A team lead's rows: by namespace, also for anchored globs (team-a-*).
-                   models.Index(fields=["namespace", "day"], name="rollup_by_namespace",
-                                opclasses=["varchar_pattern_ops", "date_ops"])]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["cluster", "namespace", "state", "day"], name="one_rollup_per_day"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["day", "cluster"]),
+            # A team lead's rows: by namespace, also for anchored globs (team-a-*).
+            models.Index(
+                fields=["namespace", "day"],
+                name="rollup_by_namespace",
+                opclasses=["varchar_pattern_ops", "date_ops"],
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.cluster_id} {self.day} {self.namespace} {self.state}={self.containers}"
@@ -207,14 +227,18 @@ class DailyRollup(models.Model):
 class Registry(models.Model):
     """How to reach one container registry: credentials (encrypted), CA, plain HTTP."""
 
-    host = models.CharField(max_length=255, unique=True,
-                            help_text="As in image references: ghcr.io, registry.example.com:5000"
-                                      " (docker.io for Docker Hub)")
+    host = models.CharField(
+        max_length=255,
+        unique=True,
+        help_text="As in image references: ghcr.io, registry.example.com:5000"
+        " (docker.io for Docker Hub)",
+    )
     username = models.CharField(max_length=255, blank=True)
     password_encrypted = models.BinaryField(null=True, blank=True, editable=False)
     ca_pem = models.TextField(blank=True, help_text="PEM CA certificates to trust (optional)")
-    plain_http = models.BooleanField(default=False, help_text="Only for registries without "
-                                                              "TLS on a trusted network")
+    plain_http = models.BooleanField(
+        default=False, help_text="Only for registries without TLS on a trusted network"
+    )
 
     class Meta:
         ordering = ["host"]
@@ -280,8 +304,11 @@ class ClusterRollup(models.Model):
     pods = models.PositiveIntegerField(default=0)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["cluster", "state", "day"],
-                                               name="one_cluster_rollup_per_day")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["cluster", "state", "day"], name="one_cluster_rollup_per_day"
+            )
+        ]
         indexes = [models.Index(fields=["day"])]
 
     def __str__(self) -> str:
@@ -293,18 +320,32 @@ class NamespaceGrant(models.Model):
 
     `cluster` empty means every cluster; `namespace` is a name or a glob (`team-a-*`)."""
 
-    user = models.ForeignKey("auth.User", null=True, blank=True, on_delete=models.CASCADE,
-                             related_name="namespace_grants")
-    group = models.ForeignKey("auth.Group", null=True, blank=True, on_delete=models.CASCADE,
-                              related_name="namespace_grants")
-    cluster = models.ForeignKey(Cluster, null=True, blank=True, on_delete=models.CASCADE,
-                                related_name="grants")
+    user = models.ForeignKey(
+        "auth.User",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="namespace_grants",
+    )
+    group = models.ForeignKey(
+        "auth.Group",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="namespace_grants",
+    )
+    cluster = models.ForeignKey(
+        Cluster, null=True, blank=True, on_delete=models.CASCADE, related_name="grants"
+    )
     namespace = models.CharField(max_length=63, help_text="A namespace, or a glob: team-a-*")
 
     class Meta:
-        constraints = [models.CheckConstraint(
-            condition=Q(user__isnull=False) | Q(group__isnull=False),
-            name="grant_has_user_or_group")]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(user__isnull=False) | Q(group__isnull=False),
+                name="grant_has_user_or_group",
+            )
+        ]
 
     def __str__(self) -> str:
         who = self.user or self.group
@@ -314,8 +355,12 @@ class NamespaceGrant(models.Model):
         from django.core.exceptions import ValidationError
 
         if not NAMESPACE_GLOB_RE.match(self.namespace or ""):
-            raise ValidationError({"namespace": "a namespace name (lowercase letters, digits, "
-                                                "'-') or a glob with * and ?"})
+            raise ValidationError(
+                {
+                    "namespace": "a namespace name (lowercase letters, digits, "
+                    "'-') or a glob with * and ?"
+                }
+            )
         if (self.user_id is None) == (self.group_id is None):
             raise ValidationError("grant to a user or to a group (one of them)")
 
@@ -332,8 +377,11 @@ class DailyActivity(models.Model):
     remediation_seconds = models.BigIntegerField(default=0)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["cluster", "namespace", "day"],
-                                               name="one_activity_per_day")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["cluster", "namespace", "day"], name="one_activity_per_day"
+            )
+        ]
         indexes = [models.Index(fields=["day"])]
 
     def __str__(self) -> str:
@@ -346,8 +394,9 @@ class AuditEvent(models.Model):
     Action = _choices("Action", vocabulary.AUDIT_ACTION)
 
     at = models.DateTimeField(default=timezone.now, db_index=True)
-    user = models.ForeignKey("auth.User", null=True, blank=True, on_delete=models.SET_NULL,
-                             related_name="+")
+    user = models.ForeignKey(
+        "auth.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     username = models.CharField(max_length=150, blank=True)
     action = models.CharField(max_length=16, choices=Action.choices)
     target = models.CharField(max_length=1000, blank=True)  # path or object
@@ -367,8 +416,7 @@ class Export(models.Model):
     """A report file written for a user, with its signed manifest."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    user = models.ForeignKey("auth.User", null=True, on_delete=models.SET_NULL,
-                             related_name="+")
+    user = models.ForeignKey("auth.User", null=True, on_delete=models.SET_NULL, related_name="+")
     format = models.CharField(max_length=4)
     scope = models.JSONField(default=dict)
     at = models.DateTimeField()
@@ -380,6 +428,8 @@ class Export(models.Model):
 
     @property
     def filename(self) -> str:
-        scope = "-".join(v for v in (self.scope.get("cluster"), self.scope.get("namespace"))
-                         if v) or "fleet"
+        scope = (
+            "-".join(v for v in (self.scope.get("cluster"), self.scope.get("namespace")) if v)
+            or "fleet"
+        )
         return f"welkin-report-{scope}-{self.at:%Y%m%dT%H%M%SZ}.{self.format}"

@@ -39,15 +39,20 @@ class OfflineReport:
         return {"objects": self.objects, "summary": self.summary, "errors": self.errors}
 
 
-def evaluate_object(pod: dict, image_users: Mapping[str, str],
-                    sources: Mapping[str, str] | None = None) -> dict[str, Any]:
+def evaluate_object(
+    pod: dict, image_users: Mapping[str, str], sources: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """One pod's verdicts in the JSON shape of `evaluate --format json` (kind/name aside)."""
     verdict = runas.evaluate_pod(pod, image_users, sources)
     return {
         "psa_restricted": verdict.psa.as_dict(),
         "containers": [
-            {**c.as_dict(), "controls": list(controls.controls_for(c.state)),
-             "remediation": controls.remediation(c)} for c in verdict.containers
+            {
+                **c.as_dict(),
+                "controls": list(controls.controls_for(c.state)),
+                "remediation": controls.remediation(c),
+            }
+            for c in verdict.containers
         ],
     }
 
@@ -55,10 +60,13 @@ def evaluate_object(pod: dict, image_users: Mapping[str, str],
 UsersFor = Callable[[dict], tuple[Mapping[str, str], Mapping[str, str]]]
 
 
-def evaluate_inputs(inputs: Iterable[tuple[str, bytes]], image_users: Mapping[str, str],
-                    sources: Mapping[str, str] | None = None,
-                    prepare: Callable[[list[dict]], None] | None = None,
-                    users_for: UsersFor | None = None) -> OfflineReport:
+def evaluate_inputs(
+    inputs: Iterable[tuple[str, bytes]],
+    image_users: Mapping[str, str],
+    sources: Mapping[str, str] | None = None,
+    prepare: Callable[[list[dict]], None] | None = None,
+    users_for: UsersFor | None = None,
+) -> OfflineReport:
     """Evaluate (filename, content) pairs into one report. `prepare`, when given, sees each
     document's pods before they are evaluated (registry lookups fill image_users);
     `users_for`, when given, picks (image users, sources) per pod, for its platform (an
@@ -72,10 +80,15 @@ def evaluate_inputs(inputs: Iterable[tuple[str, bytes]], image_users: Mapping[st
     return report
 
 
-def _evaluate_file(report: OfflineReport, filename: str, data: bytes,
-                   image_users: Mapping[str, str], sources: Mapping[str, str] | None,
-                   prepare: Callable[[list[dict]], None] | None,
-                   users_for: UsersFor | None) -> None:
+def _evaluate_file(
+    report: OfflineReport,
+    filename: str,
+    data: bytes,
+    image_users: Mapping[str, str],
+    sources: Mapping[str, str] | None,
+    prepare: Callable[[list[dict]], None] | None,
+    users_for: UsersFor | None,
+) -> None:
     try:
         docs = parse_documents(data, filename)
     except ManifestError as e:
@@ -96,8 +109,9 @@ def _evaluate_file(report: OfflineReport, filename: str, data: bytes,
             except ValueError as e:
                 report.errors.append(f"{item.where}: {e}")
                 continue
-            report.objects.append({"kind": item.kind, "namespace": item.namespace,
-                                   "name": item.name, **result})
+            report.objects.append(
+                {"kind": item.kind, "namespace": item.namespace, "name": item.name, **result}
+            )
             for c in result["containers"]:
                 report.summary[c["state"]] += 1
 
@@ -119,8 +133,9 @@ def parse_image_user_args(values: Iterable[str]) -> dict[str, str]:
     for value in values:
         image, sep, user = value.partition("=")
         if not sep or not image:
-            raise ValueError(f"--image-user {value!r}: expected IMAGE=USER "
-                             "(IMAGE= for an image without USER)")
+            raise ValueError(
+                f"--image-user {value!r}: expected IMAGE=USER (IMAGE= for an image without USER)"
+            )
         out[image] = user
     return out
 
@@ -135,6 +150,7 @@ def parse_image_users_file(data: bytes, filename: str) -> dict[str, str]:
         raise ValueError(f"{filename}: expected a JSON object {{image: user}}")
     for image, user in obj.items():
         if not isinstance(user, str):
-            raise ValueError(f"{filename}: the user of {image!r} must be a string "
-                             "(\"\" for an image without USER)")
+            raise ValueError(
+                f'{filename}: the user of {image!r} must be a string ("" for an image without USER)'
+            )
     return obj

@@ -56,8 +56,13 @@ def choice(params: Mapping, name: str, choices: Iterable[str], default: str = ""
     return value
 
 
-def integer(params: Mapping, name: str, default: int | None = None, minimum: int = 0,
-            maximum: int = 2**63 - 1) -> int | None:
+def integer(
+    params: Mapping,
+    name: str,
+    default: int | None = None,
+    minimum: int = 0,
+    maximum: int = 2**63 - 1,
+) -> int | None:
     value = text(params, name, 20)
     if not value:
         return default
@@ -106,8 +111,9 @@ def parse_moment(value: str, name: str, naive_as_utc: bool = True) -> dt.datetim
     except ValueError:
         parsed = None
     if parsed is None:
-        raise BadParameter(name, "expected an ISO 8601 time (YYYY-MM-DDTHH:MM[:SS][+zone]), "
-                                 f"got {value!r}")
+        raise BadParameter(
+            name, f"expected an ISO 8601 time (YYYY-MM-DDTHH:MM[:SS][+zone]), got {value!r}"
+        )
     if timezone.is_naive(parsed):
         if not naive_as_utc:
             raise BadParameter(name, f"{value!r} needs a time zone (e.g. Z or +01:00)")

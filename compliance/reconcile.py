@@ -66,8 +66,20 @@ class _Count:
 
 
 # Finding fields that, when they differ, are written (without an event unless `state`).
-TRACKED = ("state", "pods", "mixed", "image", "container_type", "runs_as_root", "evidence",
-           "image_user", "image_user_source", "uid", "run_as_user", "run_as_non_root")
+TRACKED = (
+    "state",
+    "pods",
+    "mixed",
+    "image",
+    "container_type",
+    "runs_as_root",
+    "evidence",
+    "image_user",
+    "image_user_source",
+    "uid",
+    "run_as_user",
+    "run_as_non_root",
+)
 _STATE = TRACKED.index("state")
 
 
@@ -75,20 +87,38 @@ def _values(g: WorkloadGroup) -> dict[str, Any]:
     c = g.worst
     assert c is not None
     return {
-        "state": c.state, "pods": g.pods, "mixed": len(g.states) > 1, "image": c.image[:1000],
-        "container_type": c.type, "runs_as_root": c.runs_as_root, "evidence": c.evidence,
+        "state": c.state,
+        "pods": g.pods,
+        "mixed": len(g.states) > 1,
+        "image": c.image[:1000],
+        "container_type": c.type,
+        "runs_as_root": c.runs_as_root,
+        "evidence": c.evidence,
         "image_user": c.image_user[:255] if c.image_user is not None else None,
-        "image_user_source": c.image_user_source, "uid": c.uid, "run_as_user": c.run_as_user,
-        "run_as_non_root": c.run_as_non_root, "kubelet_error": c.kubelet_error or "",
-        "detail": {"pod": g.worst_pod, "psa_violations": g.psa, "states": dict(g.states),
-                   "windows": c.windows, "run_as_user_name": c.run_as_user_name,
-                   "run_as_user_from": c.run_as_user_from,
-                   "run_as_non_root_from": c.run_as_non_root_from, "image_note": g.note},
+        "image_user_source": c.image_user_source,
+        "uid": c.uid,
+        "run_as_user": c.run_as_user,
+        "run_as_non_root": c.run_as_non_root,
+        "kubelet_error": c.kubelet_error or "",
+        "detail": {
+            "pod": g.worst_pod,
+            "psa_violations": g.psa,
+            "states": dict(g.states),
+            "windows": c.windows,
+            "run_as_user_name": c.run_as_user_name,
+            "run_as_user_from": c.run_as_user_from,
+            "run_as_non_root_from": c.run_as_non_root_from,
+            "image_note": g.note,
+        },
     }
 
 
-def reconcile(cluster: Cluster, scan: ScanRun, groups: Mapping[GroupKey, WorkloadGroup],
-              kept: Set[tuple[str, str, str]] = frozenset()) -> Changes:
+def reconcile(
+    cluster: Cluster,
+    scan: ScanRun,
+    groups: Mapping[GroupKey, WorkloadGroup],
+    kept: Set[tuple[str, str, str]] = frozenset(),
+) -> Changes:
     """Apply a complete scan's groups to the cluster's open findings.
 
     new -> open; state changed -> event; other tracked facts changed -> row updated;
@@ -99,9 +129,12 @@ def reconcile(cluster: Cluster, scan: ScanRun, groups: Mapping[GroupKey, Workloa
     existing = {
         (ns, kind, name, container): _Open(pk, tuple(vals), first_seen)
         for pk, ns, kind, name, container, first_seen, *vals in Finding.objects.filter(
-            cluster=cluster, resolved_at__isnull=True).values_list(
-            "pk", "namespace", "workload_kind", "workload_name", "container", "first_seen",
-            *TRACKED).iterator(chunk_size=5000)
+            cluster=cluster, resolved_at__isnull=True
+        )
+        .values_list(
+            "pk", "namespace", "workload_kind", "workload_name", "container", "first_seen", *TRACKED
+        )
+        .iterator(chunk_size=5000)
     }
     new: list[Finding] = []
     changed: list[Finding] = []
@@ -113,9 +146,18 @@ def reconcile(cluster: Cluster, scan: ScanRun, groups: Mapping[GroupKey, Workloa
         values = _values(g)
         found = existing.pop(key, None)
         if found is None:
-            new.append(Finding(cluster=cluster, namespace=key[0], workload_kind=key[1],
-                               workload_name=key[2][:253], container=key[3], first_seen=at,
-                               last_changed=at, **values))
+            new.append(
+                Finding(
+                    cluster=cluster,
+                    namespace=key[0],
+                    workload_kind=key[1],
+                    workload_name=key[2][:253],
+                    container=key[3],
+                    first_seen=at,
+                    last_changed=at,
+                    **values,
+                )
+            )
             continue
         pk, old = found.pk, found.values
         old_state = old[_STATE]
@@ -123,13 +165,23 @@ def reconcile(cluster: Cluster, scan: ScanRun, groups: Mapping[GroupKey, Workloa
             continue
         if old_state != values["state"]:
             changed.append(Finding(pk=pk, last_changed=at, **values))
-            events.append(FindingEvent(finding_id=pk, scan=scan, kind="changed",
-                                       from_state=old_state, to_state=values["state"], at=at))
+            events.append(
+                FindingEvent(
+                    finding_id=pk,
+                    scan=scan,
+                    kind="changed",
+                    from_state=old_state,
+                    to_state=values["state"],
+                    at=at,
+                )
+            )
         else:  # same state, other facts (pod count, image...): no event
             touched.append(Finding(pk=pk, **values))
     created = Finding.objects.bulk_create(new, batch_size=2000)
-    events.extend(FindingEvent(finding_id=f.pk, scan=scan, kind="opened",
-                               to_state=f.state, at=at) for f in created)
+    events.extend(
+        FindingEvent(finding_id=f.pk, scan=scan, kind="opened", to_state=f.state, at=at)
+        for f in created
+    )
     fields = [*TRACKED, "kubelet_error", "detail"]
     _update_findings(touched, fields)
     _update_findings(changed, [*fields, "last_changed"])
@@ -137,10 +189,13 @@ def reconcile(cluster: Cluster, scan: ScanRun, groups: Mapping[GroupKey, Workloa
         del existing[key]
     gone = [(f.pk, f.values[_STATE]) for f in existing.values()]
     for i in range(0, len(gone), 5000):
-        Finding.objects.filter(pk__in=[pk for pk, _ in gone[i:i + 5000]]).update(
-            resolved_at=at, last_changed=at)
-    events.extend(FindingEvent(finding_id=pk, scan=scan, kind="resolved", from_state=state,
-                               at=at) for pk, state in gone)
+        Finding.objects.filter(pk__in=[pk for pk, _ in gone[i : i + 5000]]).update(
+            resolved_at=at, last_changed=at
+        )
+    events.extend(
+        FindingEvent(finding_id=pk, scan=scan, kind="resolved", from_state=state, at=at)
+        for pk, state in gone
+    )
     FindingEvent.objects.bulk_create(events, batch_size=5000)
     activity: dict[str, _Activity] = {}
     for f in created:
@@ -159,11 +214,13 @@ def _add_activity(cluster: Cluster, at: datetime, activity: dict[str, _Activity]
         return
     table = DailyActivity._meta.db_table
     day = timezone.localdate(at)
-    rows = [(cluster.pk, day, ns, a.opened, a.resolved, a.remediation_seconds)
-            for ns, a in activity.items()]
+    rows = [
+        (cluster.pk, day, ns, a.opened, a.resolved, a.remediation_seconds)
+        for ns, a in activity.items()
+    ]
     with connection.cursor() as cur:
         for i in range(0, len(rows), 1000):
-            chunk = rows[i:i + 1000]
+            chunk = rows[i : i + 1000]
             cur.execute(
                 f"INSERT INTO {table} (cluster_id, day, namespace, opened, resolved, "
                 f"remediation_seconds) VALUES {','.join(['(%s,%s,%s,%s,%s,%s)'] * len(chunk))} "
@@ -172,7 +229,8 @@ def _add_activity(cluster: Cluster, at: datetime, activity: dict[str, _Activity]
                 f"resolved = {table}.resolved + excluded.resolved, "
                 f"remediation_seconds = {table}.remediation_seconds "
                 "+ excluded.remediation_seconds",
-                [v for row in chunk for v in row])
+                [v for row in chunk for v in row],
+            )
 
 
 def _update_findings(objs: list[Finding], fields: list[str]) -> None:
@@ -192,16 +250,18 @@ def _update_findings(objs: list[Finding], fields: list[str]) -> None:
     cols = [Finding._meta.get_field(f) for f in fields]
     sets = ", ".join(f'"{c.column}" = v."{c.column}"::{c.db_type(connection)}' for c in cols)
     names = ", ".join(f'"{c.column}"' for c in cols)
-    sql = (f'UPDATE "{Finding._meta.db_table}" AS f SET {sets} '
-           f'FROM (VALUES %s) AS v(id, {names}) WHERE f.id = v.id')
-    rows = [(o.pk, *(c.get_db_prep_save(getattr(o, c.attname), connection) for c in cols))
-            for o in objs]
+    sql = (
+        f'UPDATE "{Finding._meta.db_table}" AS f SET {sets} '
+        f"FROM (VALUES %s) AS v(id, {names}) WHERE f.id = v.id"
+    )
+    rows = [
+        (o.pk, *(c.get_db_prep_save(getattr(o, c.attname), connection) for c in cols)) for o in objs
+    ]
     with connection.cursor() as cur:
         execute_values(cur.cursor, sql, rows, page_size=1000)
 
 
-def write_rollup(cluster: Cluster, at: datetime,
-                 groups: Mapping[GroupKey, WorkloadGroup]) -> int:
+def write_rollup(cluster: Cluster, at: datetime, groups: Mapping[GroupKey, WorkloadGroup]) -> int:
     """Upsert the day's counts per (namespace, state) and per state for the cluster; rows
     whose counts are unchanged are not written, so an unchanged rescan writes nothing."""
     day = timezone.localdate(at)
@@ -211,19 +271,26 @@ def write_rollup(cluster: Cluster, at: datetime,
         c.containers += 1
         c.pods += g.pods
     # Namespace/state pairs that had rows today but are gone now drop to zero.
-    for ns, state in DailyRollup.objects.filter(cluster=cluster, day=day).exclude(
-            containers=0, pods=0).values_list("namespace", "state"):
+    for ns, state in (
+        DailyRollup.objects.filter(cluster=cluster, day=day)
+        .exclude(containers=0, pods=0)
+        .values_list("namespace", "state")
+    ):
         counts.setdefault((ns, state), _Count())
     totals: dict[str, _Count] = {s: _Count() for s in State.values}
     for (_, state), c in counts.items():
         totals[state].containers += c.containers
         totals[state].pods += c.pods
-    written = _upsert_counts(DailyRollup._meta.db_table, "namespace, state",
-                             [(cluster.pk, day, ns, state, c.containers, c.pods)
-                              for (ns, state), c in counts.items()])
-    return written + _upsert_counts(ClusterRollup._meta.db_table, "state",
-                                    [(cluster.pk, day, state, c.containers, c.pods)
-                                     for state, c in totals.items()])
+    written = _upsert_counts(
+        DailyRollup._meta.db_table,
+        "namespace, state",
+        [(cluster.pk, day, ns, state, c.containers, c.pods) for (ns, state), c in counts.items()],
+    )
+    return written + _upsert_counts(
+        ClusterRollup._meta.db_table,
+        "state",
+        [(cluster.pk, day, state, c.containers, c.pods) for state, c in totals.items()],
+    )
 
 
 def _upsert_counts(table: str, key: str, rows: list[tuple]) -> int:
@@ -231,7 +298,7 @@ def _upsert_counts(table: str, key: str, rows: list[tuple]) -> int:
     written = 0
     with connection.cursor() as cur:
         for i in range(0, len(rows), 1000):
-            chunk = rows[i:i + 1000]
+            chunk = rows[i : i + 1000]
             one = "(" + ", ".join(["%s"] * len(chunk[0])) + ")"
             cur.execute(
                 f"INSERT INTO {table} (cluster_id, day, {key}, containers, pods) "
@@ -240,6 +307,7 @@ def _upsert_counts(table: str, key: str, rows: list[tuple]) -> int:
                 "SET containers = excluded.containers, pods = excluded.pods "
                 f"WHERE {table}.containers <> excluded.containers "
                 f"OR {table}.pods <> excluded.pods",
-                [v for row in chunk for v in row])
+                [v for row in chunk for v in row],
+            )
             written += max(cur.rowcount, 0)
     return written

@@ -62,8 +62,10 @@ MANIFEST_TYPES = (
 INDEX_TYPES = MANIFEST_TYPES[:2]
 
 _DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$")
-_REPO_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)"
-                      r"[a-z0-9]+)*)*$")
+_REPO_RE = re.compile(
+    r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)"
+    r"[a-z0-9]+)*)*$"
+)
 _TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
 
 
@@ -214,8 +216,9 @@ class RegistryClient:
     def resolve(self, ref: ImageRef, platform: Platform = Platform()) -> Resolution:
         """The config User of the image at ref, for platform."""
         try:
-            manifest, media_type, digest = self._manifest(ref, ref.reference,
-                                                          by_digest=ref.digest is not None)
+            manifest, media_type, digest = self._manifest(
+                ref, ref.reference, by_digest=ref.digest is not None
+            )
             if media_type in INDEX_TYPES or "manifests" in manifest:
                 entry = _pick_platform(manifest, platform, str(ref))
                 manifest, media_type, digest = self._manifest(ref, entry, by_digest=True)
@@ -224,8 +227,12 @@ class RegistryClient:
                 raise RegistryError(f"{ref.domain}: malformed manifest for {ref}: no config")
             config_digest = config["digest"]
             _check_digest_syntax(ref, config_digest)
-            blob = self._get(ref, f"/v2/{ref.repository}/blobs/{config_digest}",
-                             accept="*/*", limit=MAX_CONFIG_BYTES)
+            blob = self._get(
+                ref,
+                f"/v2/{ref.repository}/blobs/{config_digest}",
+                accept="*/*",
+                limit=MAX_CONFIG_BYTES,
+            )
             verify_digest(ref, "image config", blob, config_digest)
             user = _config_user(blob, ref)
             return Resolution(user, digest, config_digest)
@@ -246,25 +253,33 @@ class RegistryClient:
         with self._lock:
             pool = self._pools.get(host)
             if pool is None:
-                kwargs: dict[str, Any] = {"retries": False, "maxsize": self.concurrency,
-                                          "timeout": urllib3.Timeout(connect=self.timeout,
-                                                                     read=self.timeout)}
+                kwargs: dict[str, Any] = {
+                    "retries": False,
+                    "maxsize": self.concurrency,
+                    "timeout": urllib3.Timeout(connect=self.timeout, read=self.timeout),
+                }
                 if not cfg.plain_http:
-                    ctx = ssl.create_default_context(cadata=cfg.ca_pem) if cfg.ca_pem \
+                    ctx = (
+                        ssl.create_default_context(cadata=cfg.ca_pem)
+                        if cfg.ca_pem
                         else ssl.create_default_context()
+                    )
                     kwargs["ssl_context"] = ctx
                 pool = self._pools[host] = urllib3.PoolManager(**kwargs)
             return pool
 
-    def _manifest(self, ref: ImageRef, reference: str, by_digest: bool
-                  ) -> tuple[dict, str, str]:
+    def _manifest(self, ref: ImageRef, reference: str, by_digest: bool) -> tuple[dict, str, str]:
         """(manifest, media type, digest) of the manifest at reference (a tag or a digest);
         the digest is the one asked for, verified, or for a tag the sha256 of the bytes."""
         if by_digest:
             _check_digest_syntax(ref, reference)
-        body, headers = self._get(ref, f"/v2/{ref.repository}/manifests/{reference}",
-                                  accept=", ".join(MANIFEST_TYPES), limit=MAX_MANIFEST_BYTES,
-                                  with_headers=True)
+        body, headers = self._get(
+            ref,
+            f"/v2/{ref.repository}/manifests/{reference}",
+            accept=", ".join(MANIFEST_TYPES),
+            limit=MAX_MANIFEST_BYTES,
+            with_headers=True,
+        )
         if by_digest:
             verify_digest(ref, "manifest", body, reference)
             digest = reference
@@ -281,8 +296,9 @@ class RegistryClient:
             raise RegistryError(f"{ref.domain}: malformed manifest for {ref}: mediaType")
         return manifest, media_type.split(";")[0].strip(), digest
 
-    def _get(self, ref: ImageRef, path: str, accept: str, limit: int,
-             with_headers: bool = False) -> Any:
+    def _get(
+        self, ref: ImageRef, path: str, accept: str, limit: int, with_headers: bool = False
+    ) -> Any:
         host = ref.api_host
         cfg = self._config_for(ref.domain)  # settings are kept by the name in references
         scheme = "http" if cfg.plain_http else "https"
@@ -295,8 +311,9 @@ class RegistryClient:
                 headers["Authorization"] = auth
             r = self._request(host, cfg, url, headers, limit)
             if r.status == 401 and attempt == 1:
-                auth = self._authenticate(host, scope, cfg,
-                                          r.headers.get("WWW-Authenticate", ""), ref)
+                auth = self._authenticate(
+                    host, scope, cfg, r.headers.get("WWW-Authenticate", ""), ref
+                )
                 if auth:
                     continue
             break
@@ -304,8 +321,9 @@ class RegistryClient:
             return (r.data, r.headers) if with_headers else r.data
         raise RegistryError(_status_reason(ref, r.status, r.data))
 
-    def _request(self, host: str, cfg: RegistryConfig, url: str, headers: dict,
-                 limit: int) -> _Response:
+    def _request(
+        self, host: str, cfg: RegistryConfig, url: str, headers: dict, limit: int
+    ) -> _Response:
         """One GET, following redirects, complete (body included) within the deadline."""
         with self._lock:
             self.requests += 1
@@ -315,13 +333,18 @@ class RegistryClient:
         for _ in range(MAX_REDIRECTS + 1):
             left = bounded.remaining(deadline)
             if left <= 0:
-                raise RegistryError(f"{host}: timed out (no complete answer within "
-                                    f"{seconds:g} s)")
+                raise RegistryError(f"{host}: timed out (no complete answer within {seconds:g} s)")
             try:
-                r = pool.request("GET", url, headers=headers, preload_content=False,
-                                 redirect=False, timeout=urllib3.Timeout(
-                                     connect=min(self.timeout, left),
-                                     read=min(self.timeout, left)))
+                r = pool.request(
+                    "GET",
+                    url,
+                    headers=headers,
+                    preload_content=False,
+                    redirect=False,
+                    timeout=urllib3.Timeout(
+                        connect=min(self.timeout, left), read=min(self.timeout, left)
+                    ),
+                )
             except urllib3.exceptions.SSLError as e:
                 raise RegistryError(f"{host}: TLS verification failed: {_last_line(e)}")
             except urllib3.exceptions.NewConnectionError as e:  # a TimeoutError subclass
@@ -336,8 +359,7 @@ class RegistryClient:
                 r.release_conn()
                 target = urljoin(url, location)
                 if urlsplit(target).netloc != urlsplit(url).netloc:
-                    headers = {k: v for k, v in headers.items()
-                               if k.lower() != "authorization"}
+                    headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
                 url = target
                 continue
             try:
@@ -345,8 +367,7 @@ class RegistryClient:
             except bounded.TooLarge as e:
                 raise RegistryError(f"{host}: response too large (more than {e.limit} bytes)")
             except bounded.DeadlineExceeded:
-                raise RegistryError(f"{host}: timed out (no complete answer within "
-                                    f"{seconds:g} s)")
+                raise RegistryError(f"{host}: timed out (no complete answer within {seconds:g} s)")
             except (urllib3.exceptions.HTTPError, OSError) as e:
                 raise RegistryError(f"{host}: connection lost ({_last_line(e)})")
             finally:
@@ -363,13 +384,16 @@ class RegistryClient:
             return token.value
         return None
 
-    def _authenticate(self, host: str, scope: str, cfg: RegistryConfig, challenge: str,
-                      ref: ImageRef) -> str | None:
+    def _authenticate(
+        self, host: str, scope: str, cfg: RegistryConfig, challenge: str, ref: ImageRef
+    ) -> str | None:
         scheme, params = _parse_challenge(challenge)
         basic = None
         if cfg.username is not None:
-            basic = "Basic " + base64.b64encode(
-                f"{cfg.username}:{cfg.password or ''}".encode()).decode()
+            basic = (
+                "Basic "
+                + base64.b64encode(f"{cfg.username}:{cfg.password or ''}".encode()).decode()
+            )
         if scheme == "basic":
             if basic is None:
                 raise RegistryError(f"{host}: 401 unauthorized (credentials required)")
@@ -388,14 +412,18 @@ class RegistryClient:
         if basic:
             headers["Authorization"] = basic
         # The token service is its own host: default TLS settings, or the registry's CA.
-        realm_cfg = RegistryConfig(realm_host, ca_pem=cfg.ca_pem,
-                                   plain_http=realm.startswith("http://"))
-        r = self._request("token:" + realm_host, realm_cfg, f"{realm}?{urlencode(query)}",
-                          headers, 1 << 20)
+        realm_cfg = RegistryConfig(
+            realm_host, ca_pem=cfg.ca_pem, plain_http=realm.startswith("http://")
+        )
+        r = self._request(
+            "token:" + realm_host, realm_cfg, f"{realm}?{urlencode(query)}", headers, 1 << 20
+        )
         if r.status != 200:
-            raise RegistryError(f"{host}: token service refused ({r.status})"
-                                if r.status not in (401, 403)
-                                else f"{host}: 401 unauthorized")
+            raise RegistryError(
+                f"{host}: token service refused ({r.status})"
+                if r.status not in (401, 403)
+                else f"{host}: 401 unauthorized"
+            )
         try:
             doc = orjson.loads(r.data)
             token = doc.get("token") or doc.get("access_token")
@@ -418,11 +446,15 @@ def _check_digest_syntax(ref: ImageRef, digest: str) -> None:
     algorithm, _, encoded = digest.partition(":")
     spec = DIGEST_ALGORITHMS.get(algorithm)
     if spec is None:
-        raise RegistryError(f"{ref.domain}: unsupported digest algorithm {algorithm[:32]!r} "
-                            f"for {ref} (sha256 and sha512 are verified)", integrity=True)
+        raise RegistryError(
+            f"{ref.domain}: unsupported digest algorithm {algorithm[:32]!r} "
+            f"for {ref} (sha256 and sha512 are verified)",
+            integrity=True,
+        )
     if len(encoded) != spec[1] or not _HEX_RE.match(encoded):
-        raise RegistryError(f"{ref.domain}: malformed digest {digest[:160]!r} for {ref}",
-                            integrity=True)
+        raise RegistryError(
+            f"{ref.domain}: malformed digest {digest[:160]!r} for {ref}", integrity=True
+        )
 
 
 def verify_digest(ref: ImageRef, what: str, data: bytes, digest: str) -> None:
@@ -431,9 +463,11 @@ def verify_digest(ref: ImageRef, what: str, data: bytes, digest: str) -> None:
     algorithm, _, encoded = digest.partition(":")
     actual = DIGEST_ALGORITHMS[algorithm][0](data).hexdigest()
     if actual != encoded:
-        raise RegistryError(f"{ref.domain}: digest mismatch for {ref}: the {what}'s bytes "
-                            f"hash to {algorithm}:{actual}, expected {digest}",
-                            integrity=True)
+        raise RegistryError(
+            f"{ref.domain}: digest mismatch for {ref}: the {what}'s bytes "
+            f"hash to {algorithm}:{actual}, expected {digest}",
+            integrity=True,
+        )
 
 
 def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
@@ -449,8 +483,12 @@ def _status_reason(ref: ImageRef, status: int, body: bytes | None) -> str:
         code = errors[0].get("code", "") if errors else ""
     except (orjson.JSONDecodeError, AttributeError, IndexError, TypeError):
         pass
-    words = {401: "401 unauthorized", 403: "403 denied", 404: "404 not found",
-             429: "429 rate limited"}
+    words = {
+        401: "401 unauthorized",
+        403: "403 denied",
+        404: "404 not found",
+        429: "429 rate limited",
+    }
     reason = words.get(status, f"{status} error")
     if code and code.lower().replace("_", " ") not in reason:
         reason += f" ({code})"
@@ -492,23 +530,23 @@ def _config_user(blob: bytes, ref: ImageRef) -> str:
     if user is None:
         return ""
     if not isinstance(user, str):
-        raise RegistryError(f"{ref.domain}: malformed image config for {ref}: User is not "
-                            "a string")
+        raise RegistryError(f"{ref.domain}: malformed image config for {ref}: User is not a string")
     return user
 
 
-def resolve_many(client: RegistryClient, items: Iterable[tuple[ImageRef, Platform]],
-                 workers: int = 8,
-                 on_done: Callable[[ImageRef, Platform, Resolution], None] | None = None
-                 ) -> dict[tuple[ImageRef, Platform], Resolution]:
+def resolve_many(
+    client: RegistryClient,
+    items: Iterable[tuple[ImageRef, Platform]],
+    workers: int = 8,
+    on_done: Callable[[ImageRef, Platform, Resolution], None] | None = None,
+) -> dict[tuple[ImageRef, Platform], Resolution]:
     """Resolve several images concurrently (a bounded pool)."""
     items = list(dict.fromkeys(items))
     results: dict[tuple[ImageRef, Platform], Resolution] = {}
     if not items:
         return results
     with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
-        for key, res in zip(items, pool.map(lambda kp: client.resolve(*kp), items),
-                            strict=True):
+        for key, res in zip(items, pool.map(lambda kp: client.resolve(*kp), items), strict=True):
             results[key] = res
             if on_done:
                 on_done(*key, res)

@@ -23,17 +23,29 @@ from django.utils import timezone
 from compliance import access, controls
 from compliance.models import Cluster, Finding, FindingEvent, ScanRun, ScanStatus
 
-REPORT_COLUMNS = ["cluster", "namespace", "workload_kind", "workload_name", "container",
-                  "container_type", "image", "state", "controls", "controls_2022",
-                  "first_seen", "state_since"]
+REPORT_COLUMNS = [
+    "cluster",
+    "namespace",
+    "workload_kind",
+    "workload_name",
+    "container",
+    "container_type",
+    "image",
+    "state",
+    "controls",
+    "controls_2022",
+    "first_seen",
+    "state_since",
+]
 
 
 class ReportError(ValueError):
     pass
 
 
-def open_findings(cluster: str | None = None, namespace: str | None = None,
-                  state: str | None = None) -> Iterator[dict[str, Any]]:
+def open_findings(
+    cluster: str | None = None, namespace: str | None = None, state: str | None = None
+) -> Iterator[dict[str, Any]]:
     """Open findings as plain rows, ordered by cluster, namespace, workload, container.
     Checks its arguments at once (not when iterated)."""
     qs = Finding.objects.filter(resolved_at__isnull=True)
@@ -45,18 +57,34 @@ def open_findings(cluster: str | None = None, namespace: str | None = None,
         qs = qs.filter(namespace=namespace)
     if state:
         qs = qs.filter(state=state)
-    qs = qs.order_by("cluster__name", "namespace", "workload_kind", "workload_name",
-                     "container")
+    qs = qs.order_by("cluster__name", "namespace", "workload_kind", "workload_name", "container")
     return _rows(qs)
 
 
 def _rows(qs) -> Iterator[dict[str, Any]]:
-    for f in qs.values("cluster__name", "namespace", "workload_kind", "workload_name",
-                       "container", "container_type", "image", "state", "runs_as_root",
-                       "kubelet_error", "evidence", "image_user", "image_user_source", "uid",
-                       "pods", "mixed", "first_seen", "last_changed").iterator(2000):
+    for f in qs.values(
+        "cluster__name",
+        "namespace",
+        "workload_kind",
+        "workload_name",
+        "container",
+        "container_type",
+        "image",
+        "state",
+        "runs_as_root",
+        "kubelet_error",
+        "evidence",
+        "image_user",
+        "image_user_source",
+        "uid",
+        "pods",
+        "mixed",
+        "first_seen",
+        "last_changed",
+    ).iterator(2000):
         yield {
-            "cluster": f.pop("cluster__name"), **f,
+            "cluster": f.pop("cluster__name"),
+            **f,
             "kubelet_error": f["kubelet_error"] or None,
             "controls": list(controls.controls_for(f["state"])),
             "first_seen": f["first_seen"].isoformat(),
@@ -65,6 +93,7 @@ def _rows(qs) -> Iterator[dict[str, Any]]:
 
 
 # --- point in time ----------------------------------------------------------------------
+
 
 @dataclass
 class Report:
@@ -93,12 +122,21 @@ class Report:
         """Per control (2013 and 2022), the workloads and containers per state."""
         out = []
         for c in controls.CONTROLS.values():
-            states = {s: self.summary[s] for s in controls.MAPPING
-                      if c.id in controls.MAPPING[s] and s in self.summary}
-            out.append({"control": c.id, "control_2022": c.id_2022, "title": c.title,
-                        "states": states,
-                        "containers": sum(v["containers"] for v in states.values()),
-                        "workloads": sum(v["workloads"] for v in states.values())})
+            states = {
+                s: self.summary[s]
+                for s in controls.MAPPING
+                if c.id in controls.MAPPING[s] and s in self.summary
+            }
+            out.append(
+                {
+                    "control": c.id,
+                    "control_2022": c.id_2022,
+                    "title": c.title,
+                    "states": states,
+                    "containers": sum(v["containers"] for v in states.values()),
+                    "workloads": sum(v["workloads"] for v in states.values()),
+                }
+            )
         return out
 
     def first_rows(self, n: int) -> list[dict[str, Any]]:
@@ -106,21 +144,43 @@ class Report:
         return list(itertools.islice(self.rows(), n))
 
     def rows(self) -> Iterator[dict[str, Any]]:
-        for (cluster, ns, kind, name, container, ctype, image, first_seen,
-             event) in self._queryset.iterator(chunk_size=5000):
+        for (
+            cluster,
+            ns,
+            kind,
+            name,
+            container,
+            ctype,
+            image,
+            first_seen,
+            event,
+        ) in self._queryset.iterator(chunk_size=5000):
             _, state, since = event.split("|", 2)
-            yield {"cluster": cluster, "namespace": ns, "workload_kind": kind,
-                   "workload_name": name, "container": container, "container_type": ctype,
-                   "image": image, "state": state,
-                   "controls": " ".join(controls.controls_for(state)),
-                   "controls_2022": " ".join(controls.CONTROLS[c].id_2022
-                                             for c in controls.controls_for(state)),
-                   "first_seen": first_seen.isoformat(), "state_since": since}
+            yield {
+                "cluster": cluster,
+                "namespace": ns,
+                "workload_kind": kind,
+                "workload_name": name,
+                "container": container,
+                "container_type": ctype,
+                "image": image,
+                "state": state,
+                "controls": " ".join(controls.controls_for(state)),
+                "controls_2022": " ".join(
+                    controls.CONTROLS[c].id_2022 for c in controls.controls_for(state)
+                ),
+                "first_seen": first_seen.isoformat(),
+                "state_since": since,
+            }
 
 
-def point_in_time(scope: access.Scope, at: dt.datetime | None = None,
-                  cluster: str | None = None, namespace: str | None = None,
-                  generated_by: str = "") -> Report:
+def point_in_time(
+    scope: access.Scope,
+    at: dt.datetime | None = None,
+    cluster: str | None = None,
+    namespace: str | None = None,
+    generated_by: str = "",
+) -> Report:
     """The report of what was open at `at` (default now) in the scope."""
     at = at or timezone.now()
     if timezone.is_naive(at):
@@ -135,34 +195,76 @@ def point_in_time(scope: access.Scope, at: dt.datetime | None = None,
             if namespace:
                 access.namespace_or_404(scope, c, namespace)
         except Http404:  # access.Denied: outside the scope, or missing
-            raise ReportError(f"no such {'namespace' if namespace else 'cluster'} in your "
-                              f"scope: {cluster}{'/' + namespace if namespace else ''}")
+            raise ReportError(
+                f"no such {'namespace' if namespace else 'cluster'} in your "
+                f"scope: {cluster}{'/' + namespace if namespace else ''}"
+            )
         qs, clusters = qs.filter(cluster=c), clusters.filter(pk=c.pk)
         if namespace:
             qs = qs.filter(namespace=namespace)
     # One index lookup per finding: its last event at or before `at`, as kind|state|time.
-    last = FindingEvent.objects.filter(finding=OuterRef("pk"), at__lte=at).order_by(
-        "-at", "-pk").annotate(packed=Concat(
-            "kind", Value("|"), "to_state", Value("|"), Cast("at", CharField()),
-            output_field=CharField())).values("packed")[:1]
-    qs = qs.annotate(event=Subquery(last)).filter(event__regex=r"^(opened|changed)\|") \
-        .order_by("cluster__name", "namespace", "workload_kind", "workload_name",
-                  "container", "pk")
-    report = Report(at=at, cluster=cluster, namespace=namespace,
-                    generated_at=timezone.now(), generated_by=generated_by,
-                    _queryset=qs.values_list("cluster__name", "namespace", "workload_kind",
-                                             "workload_name", "container", "container_type",
-                                             "image", "first_seen", "event"))
+    last = (
+        FindingEvent.objects.filter(finding=OuterRef("pk"), at__lte=at)
+        .order_by("-at", "-pk")
+        .annotate(
+            packed=Concat(
+                "kind",
+                Value("|"),
+                "to_state",
+                Value("|"),
+                Cast("at", CharField()),
+                output_field=CharField(),
+            )
+        )
+        .values("packed")[:1]
+    )
+    qs = (
+        qs.annotate(event=Subquery(last))
+        .filter(event__regex=r"^(opened|changed)\|")
+        .order_by("cluster__name", "namespace", "workload_kind", "workload_name", "container", "pk")
+    )
+    report = Report(
+        at=at,
+        cluster=cluster,
+        namespace=namespace,
+        generated_at=timezone.now(),
+        generated_by=generated_by,
+        _queryset=qs.values_list(
+            "cluster__name",
+            "namespace",
+            "workload_kind",
+            "workload_name",
+            "container",
+            "container_type",
+            "image",
+            "first_seen",
+            "event",
+        ),
+    )
     # The summary is aggregated in the database: a fleet report has a million rows.
-    state_at = FindingEvent.objects.filter(finding=OuterRef("pk"), at__lte=at).order_by(
-        "-at", "-pk").values("to_state")[:1]
-    workload = Concat(Cast("cluster_id", CharField()), Value("/"), "namespace", Value("/"),
-                      "workload_kind", Value("/"), "workload_name", output_field=CharField())
+    state_at = (
+        FindingEvent.objects.filter(finding=OuterRef("pk"), at__lte=at)
+        .order_by("-at", "-pk")
+        .values("to_state")[:1]
+    )
+    workload = Concat(
+        Cast("cluster_id", CharField()),
+        Value("/"),
+        "namespace",
+        Value("/"),
+        "workload_kind",
+        Value("/"),
+        "workload_name",
+        output_field=CharField(),
+    )
     report.summary = {
         state: {"containers": n, "workloads": w}
-        for state, n, w in qs.annotate(state_at=Subquery(state_at)).order_by()
-        .values("state_at").annotate(n=Count("pk"), w=Count(workload, distinct=True))
-        .values_list("state_at", "n", "w")}
+        for state, n, w in qs.annotate(state_at=Subquery(state_at))
+        .order_by()
+        .values("state_at")
+        .annotate(n=Count("pk"), w=Count(workload, distinct=True))
+        .values_list("state_at", "n", "w")
+    }
     report.coverage = _coverage(clusters, at)
     return report
 
@@ -173,14 +275,21 @@ def _coverage(clusters, at: dt.datetime) -> list[dict[str, Any]]:
     out = []
     for c in clusters.order_by("name"):
         last, rejected, rejections = ScanRun.objects.filter(
-            cluster=c, status=ScanStatus.SUCCEEDED, observed_at__lte=at).order_by(
-            "-observed_at").values_list("observed_at", "rejected", "rejections").first() \
-            or (None, 0, {})
+            cluster=c, status=ScanStatus.SUCCEEDED, observed_at__lte=at
+        ).order_by("-observed_at").values_list("observed_at", "rejected", "rejections").first() or (
+            None,
+            0,
+            {},
+        )
         limit = max(c.schedule * 3, dt.timedelta(days=1))
-        out.append({"cluster": c.name, "last_complete_scan": last.isoformat() if last else None,
-                    "recent": last is not None and at - last <= limit,
-                    # Objects that scan left out, and why (compliance/gate.py).
-                    "rejected": rejected,
-                    "rejected_by_reason": (rejections or {}).get("by_reason", {})})
+        out.append(
+            {
+                "cluster": c.name,
+                "last_complete_scan": last.isoformat() if last else None,
+                "recent": last is not None and at - last <= limit,
+                # Objects that scan left out, and why (compliance/gate.py).
+                "rejected": rejected,
+                "rejected_by_reason": (rejections or {}).get("by_reason", {}),
+            }
+        )
     return out
-

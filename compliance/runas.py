@@ -41,6 +41,7 @@ __all__ = ["STATES", "SOURCE_SUPPLIED", "SOURCE_UNKNOWN", "evaluate_pod"]
 
 # --- kubelet messages (RUNAS.md section 4 and 5) ---------------------------------------
 
+
 def _suffix(pod_ref: str, container: str) -> str:
     return f' (pod: "{pod_ref}", container: {container})'
 
@@ -63,8 +64,7 @@ def msg_image_root(pod_ref: str, c: str) -> str:  # L3
 def msg_invalid_uid(uid: int, pod_ref: str, c: str) -> str:  # L4
     return (
         f"container has runAsNonRoot and image has an invalid user id ({uid}). "
-        f"(Must be 1-({UID_MAX})): must be between 0 and {UID_MAX}, inclusive"
-        + _suffix(pod_ref, c)
+        f"(Must be 1-({UID_MAX})): must be between 0 and {UID_MAX}, inclusive" + _suffix(pod_ref, c)
     )
 
 
@@ -86,20 +86,42 @@ def msg_windows_image_user(value: str, pod_ref: str, c: str) -> str:  # W2
 _SUFFIX_RE = r'(?: \(pod: ".*", container: [^)]*\))?$'
 OBSERVED_PATTERNS = (
     ("L1", re.compile(r"^container's runAsUser breaks non-root policy" + _SUFFIX_RE, re.S)),
-    ("L2", re.compile(
-        r"^container has runAsNonRoot and image has non-numeric user \((?P<user>.*)\), "
-        r"cannot verify user is non-root" + _SUFFIX_RE, re.S)),
-    ("L3", re.compile(
-        r"^container has runAsNonRoot and image will run as root" + _SUFFIX_RE, re.S)),
-    ("L4", re.compile(
-        r"^container has runAsNonRoot and image has an invalid user id \((?P<uid>-?\d+)\)\..*"
-        + _SUFFIX_RE, re.S)),
-    ("W1", re.compile(
-        r"^container's runAsUserName \((?P<user>.*)\) which will be regarded as root identity"
-        r" and will break non-root policy" + _SUFFIX_RE, re.S)),
-    ("W2", re.compile(
-        r"^container's runAsUser \((?P<user>.*)\) which will be regarded as root identity"
-        r" and will break non-root policy" + _SUFFIX_RE, re.S)),
+    (
+        "L2",
+        re.compile(
+            r"^container has runAsNonRoot and image has non-numeric user \((?P<user>.*)\), "
+            r"cannot verify user is non-root" + _SUFFIX_RE,
+            re.S,
+        ),
+    ),
+    (
+        "L3",
+        re.compile(r"^container has runAsNonRoot and image will run as root" + _SUFFIX_RE, re.S),
+    ),
+    (
+        "L4",
+        re.compile(
+            r"^container has runAsNonRoot and image has an invalid user id \((?P<uid>-?\d+)\)\..*"
+            + _SUFFIX_RE,
+            re.S,
+        ),
+    ),
+    (
+        "W1",
+        re.compile(
+            r"^container's runAsUserName \((?P<user>.*)\) which will be regarded as root identity"
+            r" and will break non-root policy" + _SUFFIX_RE,
+            re.S,
+        ),
+    ),
+    (
+        "W2",
+        re.compile(
+            r"^container's runAsUser \((?P<user>.*)\) which will be regarded as root identity"
+            r" and will break non-root policy" + _SUFFIX_RE,
+            re.S,
+        ),
+    ),
 )
 
 
@@ -113,6 +135,7 @@ def parse_kubelet_message(message: str) -> tuple[str, dict[str, str]] | None:
 
 
 # --- checked field access --------------------------------------------------------------
+
 
 def _get(obj: Mapping, key: str, kind: type | tuple, path: str) -> Any:
     """obj[key] when present and not null, checked against kind; None otherwise."""
@@ -134,8 +157,14 @@ def _get(obj: Mapping, key: str, kind: type | tuple, path: str) -> Any:
 
 
 def _type_name(value: Any) -> str:
-    return {dict: "object", list: "list", str: "string", bool: "boolean", int: "integer",
-            float: "number"}.get(type(value), type(value).__name__)
+    return {
+        dict: "object",
+        list: "list",
+        str: "string",
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+    }.get(type(value), type(value).__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +240,7 @@ class ImageUser:
 
 # --- results --------------------------------------------------------------------------
 
+
 @dataclass(slots=True)
 class ContainerVerdict:
     """What one container runs as, whether the kubelet refuses it, and its state."""
@@ -264,8 +294,10 @@ class PSAVerdict:
         """The admission error as the API server returns it, or None when allowed."""
         if self.allowed:
             return None
-        return (f'pods "{pod_name}" is forbidden: violates PodSecurity "restricted:latest": '
-                + ", ".join(self.violations))
+        return (
+            f'pods "{pod_name}" is forbidden: violates PodSecurity "restricted:latest": '
+            + ", ".join(self.violations)
+        )
 
 
 @dataclass(slots=True)
@@ -281,6 +313,7 @@ class PodVerdict:
 
 
 # --- the evaluator --------------------------------------------------------------------
+
 
 @dataclass(slots=True)
 class _Container:
@@ -392,12 +425,15 @@ def evaluate_pod(
             raw_user = image_users.get(c.image)
         if raw_user is not None and not isinstance(raw_user, str):
             raise ValueError(f"image user for {c.image!r}: expected a string")
-        source = SOURCE_UNKNOWN if raw_user is None else (
-            (image_user_sources or {}).get(image_key, SOURCE_SUPPLIED))
-        verdicts.append(_evaluate_container(c, pod_sc, raw_user, source, windows, pod_ref,
-                                            status))
-    return PodVerdict(namespace, name, uid, windows, verdicts,
-                      psa_restricted(pod_sc, containers, host_users))
+        source = (
+            SOURCE_UNKNOWN
+            if raw_user is None
+            else ((image_user_sources or {}).get(image_key, SOURCE_SUPPLIED))
+        )
+        verdicts.append(_evaluate_container(c, pod_sc, raw_user, source, windows, pod_ref, status))
+    return PodVerdict(
+        namespace, name, uid, windows, verdicts, psa_restricted(pod_sc, containers, host_users)
+    )
 
 
 def _evaluate_container(
@@ -433,13 +469,20 @@ def _evaluate_container(
 
     state = _state(error, runs_as_root, non_root)
     return ContainerVerdict(
-        name=c.name, type=c.type, image=c.image,
-        run_as_user=eff.run_as_user, run_as_non_root=eff.run_as_non_root,
+        name=c.name,
+        type=c.type,
+        image=c.image,
+        run_as_user=eff.run_as_user,
+        run_as_non_root=eff.run_as_non_root,
         image_user=image.raw if image is not None else None,
-        uid=uid, runs_as_root=runs_as_root, kubelet_error=error, evidence=evidence,
+        uid=uid,
+        runs_as_root=runs_as_root,
+        kubelet_error=error,
+        evidence=evidence,
         state=state,
         image_user_source=source if image is not None else SOURCE_UNKNOWN,
-        windows=windows, run_as_user_name=eff.run_as_user_name,
+        windows=windows,
+        run_as_user_name=eff.run_as_user_name,
         run_as_user_from=_origin(c.sc.run_as_user, pod_sc.run_as_user),
         run_as_non_root_from=_origin(c.sc.run_as_non_root, pod_sc.run_as_non_root),
     )
@@ -451,8 +494,9 @@ def _origin(container_value: Any, pod_value: Any) -> str | None:
     return "pod" if pod_value is not None else None
 
 
-def _linux(eff: SecurityContext, image: ImageUser | None, non_root: bool, pod_ref: str,
-           name: str) -> tuple[bool | None, str | None, int | None]:
+def _linux(
+    eff: SecurityContext, image: ImageUser | None, non_root: bool, pod_ref: str, name: str
+) -> tuple[bool | None, str | None, int | None]:
     """(runs as root, kubelet error, uid) for a Linux container (RUNAS.md s4 and s6)."""
     if eff.run_as_user is not None:
         uid = eff.run_as_user
@@ -473,18 +517,23 @@ def _linux(eff: SecurityContext, image: ImageUser | None, non_root: bool, pod_re
     return uid == 0, error, uid
 
 
-def _windows(eff: SecurityContext, image: ImageUser | None, non_root: bool, pod_ref: str,
-             name: str) -> tuple[bool | None, str | None]:
+def _windows(
+    eff: SecurityContext, image: ImageUser | None, non_root: bool, pod_ref: str, name: str
+) -> tuple[bool | None, str | None]:
     """(runs as root, kubelet error) for a Windows container (RUNAS.md s5)."""
     if eff.run_as_user_name is not None:
         admin = eff.run_as_user_name.lower() == WINDOWS_ROOT
-        error = msg_windows_run_as_user_name(eff.run_as_user_name, pod_ref, name) \
-            if non_root and admin else None
+        error = (
+            msg_windows_run_as_user_name(eff.run_as_user_name, pod_ref, name)
+            if non_root and admin
+            else None
+        )
         return admin, error
     if image is None:
         return None, None
-    user = image.name if image.name is not None else (
-        str(image.uid) if image.uid is not None else "")
+    user = (
+        image.name if image.name is not None else (str(image.uid) if image.uid is not None else "")
+    )
     if user == "":
         return None, None
     admin = user.lower() == WINDOWS_ROOT
@@ -492,8 +541,9 @@ def _windows(eff: SecurityContext, image: ImageUser | None, non_root: bool, pod_
     return admin, error
 
 
-def _from_refusal(message: str, eff: SecurityContext, image: ImageUser | None
-                  ) -> tuple[bool | None, int | None, ImageUser | None]:
+def _from_refusal(
+    message: str, eff: SecurityContext, image: ImageUser | None
+) -> tuple[bool | None, int | None, ImageUser | None]:
     """What the kubelet's own refusal tells: (runs as root, uid, image user learned)."""
     code, groups = parse_kubelet_message(message)  # type: ignore[misc]
     if code == "L1":
@@ -521,6 +571,7 @@ def _state(error: str | None, runs_as_root: bool | None, non_root: bool) -> str:
 
 # --- Pod Security Admission, restricted (RUNAS.md section 7) ---------------------------
 
+
 def _join_quote(names: list[str]) -> str:
     return '"' + '", "'.join(names) + '"'
 
@@ -529,8 +580,9 @@ def _plural(names: list[str]) -> str:
     return ("container " if len(names) == 1 else "containers ") + _join_quote(names)
 
 
-def psa_restricted(pod_sc: SecurityContext, containers: list[_Container],
-                   host_users: bool | None) -> PSAVerdict:
+def psa_restricted(
+    pod_sc: SecurityContext, containers: list[_Container], host_users: bool | None
+) -> PSAVerdict:
     """The runAsNonRoot and runAsUser checks of PSA restricted, policy version latest."""
     if host_users is False:
         return PSAVerdict(True)
@@ -552,17 +604,23 @@ def psa_restricted(pod_sc: SecurityContext, containers: list[_Container],
     if explicit:
         bad_setters.append(_plural(explicit))
     if bad_setters:
-        violations.append("runAsNonRoot != true (" + " and ".join(bad_setters)
-                          + " must not set securityContext.runAsNonRoot=false)")
+        violations.append(
+            "runAsNonRoot != true ("
+            + " and ".join(bad_setters)
+            + " must not set securityContext.runAsNonRoot=false)"
+        )
     elif implicit:
-        violations.append(f"runAsNonRoot != true (pod or {_plural(implicit)} must set "
-                          "securityContext.runAsNonRoot=true)")
+        violations.append(
+            f"runAsNonRoot != true (pod or {_plural(implicit)} must set "
+            "securityContext.runAsNonRoot=true)"
+        )
 
     bad_setters = ["pod"] if pod_sc.run_as_user == 0 else []
     zero = [c.name for c in containers if c.sc.run_as_user == 0]
     if zero:
         bad_setters.append(_plural(zero))
     if bad_setters:
-        violations.append("runAsUser=0 (" + " and ".join(bad_setters)
-                          + " must not set runAsUser=0)")
+        violations.append(
+            "runAsUser=0 (" + " and ".join(bad_setters) + " must not set runAsUser=0)"
+        )
     return PSAVerdict(not violations, violations)

@@ -48,6 +48,7 @@ LOCK_NAMESPACE = 0x57454C4B  # "WELK": the first key of pg_try_advisory_lock(int
 
 # --- scan lifecycle ---------------------------------------------------------------------
 
+
 @dataclass
 class ScanResult:
     """What `manage.py scan` prints and the task returns."""
@@ -97,8 +98,11 @@ def _worker_id() -> str:
 
 def _holder_dead(cluster_id: int) -> bool:
     """Is the running scan's worker a process on this host that no longer exists?"""
-    worker = (ScanRun.objects.filter(cluster_id=cluster_id, status=ScanStatus.RUNNING)
-              .values_list("worker", flat=True).first())
+    worker = (
+        ScanRun.objects.filter(cluster_id=cluster_id, status=ScanStatus.RUNNING)
+        .values_list("worker", flat=True)
+        .first()
+    )
     host, _, pid = (worker or "").rpartition(":")
     if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
         return False
@@ -127,54 +131,74 @@ def _unlock(cluster_id: int) -> None:
             cur.execute("SELECT pg_advisory_unlock(%s, %s)", [LOCK_NAMESPACE, cluster_id])
 
 
-def _begin(cluster: Cluster, trigger: str, task_id: str | None,
-           observed_at: datetime | None = None) -> ScanRun:
+def _begin(
+    cluster: Cluster, trigger: str, task_id: str | None, observed_at: datetime | None = None
+) -> ScanRun:
     """A running ScanRun, or a skipped one when another scan of the cluster runs."""
     now = timezone.now()
     stale = now - timedelta(seconds=settings.WELKIN_SCAN_STALE_SECONDS)
     with transaction.atomic():
-        running = (ScanRun.objects.select_for_update()
-                   .filter(cluster=cluster, status=ScanStatus.RUNNING).first())
+        running = (
+            ScanRun.objects.select_for_update()
+            .filter(cluster=cluster, status=ScanStatus.RUNNING)
+            .first()
+        )
         # Holding the advisory lock means no one else runs this cluster: a running row
         # is left by a worker that died. Without advisory locks (SQLite), only a stale
         # heartbeat says so.
         if running is not None and (_uses_advisory_locks() or running.heartbeat_at < stale):
             running.status = ScanStatus.FAILED
-            running.reason = ("interrupted: the worker running this scan stopped "
-                              f"(last progress {running.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC)")
+            running.reason = (
+                "interrupted: the worker running this scan stopped "
+                f"(last progress {running.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC)"
+            )
             running.finished_at = now
             running.save(update_fields=["status", "reason", "finished_at"])
         elif running is not None:
             return _skipped(cluster, trigger, task_id, running)
         try:
             with transaction.atomic():
-                return ScanRun.objects.create(cluster=cluster, trigger=trigger,
-                                              task_id=task_id or "", started_at=now,
-                                              worker=_worker_id(),
-                                              heartbeat_at=now,
-                                              observed_at=observed_at or now)
+                return ScanRun.objects.create(
+                    cluster=cluster,
+                    trigger=trigger,
+                    task_id=task_id or "",
+                    started_at=now,
+                    worker=_worker_id(),
+                    heartbeat_at=now,
+                    observed_at=observed_at or now,
+                )
         except IntegrityError:
-            running = ScanRun.objects.filter(cluster=cluster,
-                                             status=ScanStatus.RUNNING).first()
+            running = ScanRun.objects.filter(cluster=cluster, status=ScanStatus.RUNNING).first()
             return _skipped(cluster, trigger, task_id, running)
 
 
-def _skipped(cluster: Cluster, trigger: str, task_id: str | None,
-             running: ScanRun | None) -> ScanRun:
+def _skipped(
+    cluster: Cluster, trigger: str, task_id: str | None, running: ScanRun | None
+) -> ScanRun:
     now = timezone.now()
     reason = "another scan of this cluster is running" + (
-        f" (scan {running.pk}, started {running.started_at:%H:%M:%S} UTC)" if running else "")
-    return ScanRun.objects.create(cluster=cluster, trigger=trigger, task_id=task_id or "",
-                                  status=ScanStatus.SKIPPED, reason=reason, started_at=now,
-                                  finished_at=now, heartbeat_at=now, observed_at=now)
+        f" (scan {running.pk}, started {running.started_at:%H:%M:%S} UTC)" if running else ""
+    )
+    return ScanRun.objects.create(
+        cluster=cluster,
+        trigger=trigger,
+        task_id=task_id or "",
+        status=ScanStatus.SKIPPED,
+        reason=reason,
+        started_at=now,
+        finished_at=now,
+        heartbeat_at=now,
+        observed_at=now,
+    )
 
 
 def _fail(scan: ScanRun, reason: str) -> None:
     scan.status = ScanStatus.FAILED
     scan.reason = reason[:4000]
     scan.finished_at = timezone.now()
-    scan.save(update_fields=["status", "reason", "finished_at", "pages", "pods",
-                             "containers", "timings"])
+    scan.save(
+        update_fields=["status", "reason", "finished_at", "pages", "pods", "containers", "timings"]
+    )
     Cluster.objects.filter(pk=scan.cluster_id).update(last_scan=scan)
 
 
@@ -190,7 +214,8 @@ class _Progress:
             return
         self._last = time.monotonic()
         ScanRun.objects.filter(pk=self.scan.pk).update(
-            pages=self.client.pages, pods=pods, heartbeat_at=timezone.now())
+            pages=self.client.pages, pods=pods, heartbeat_at=timezone.now()
+        )
 
 
 # --- the pipeline: pages -> gate -> image users -> evaluate -> group -----------------------
@@ -237,9 +262,12 @@ class NoLookups:
         return {}, {}
 
 
-def collect_pods(pages: Pages, owners: OwnerIndex,
-                 resolver: images.ImageResolver | NoLookups,
-                 progress: Callable[[int], None] = lambda pods: None) -> Collected:
+def collect_pods(
+    pages: Pages,
+    owners: OwnerIndex,
+    resolver: images.ImageResolver | NoLookups,
+    progress: Callable[[int], None] = lambda pods: None,
+) -> Collected:
     """Each page of pods: through the gate, image users looked up for the page, each pod
     evaluated, then grouped under its workload."""
     out = Collected()
@@ -282,13 +310,21 @@ def _resolver() -> images.ImageResolver:
 
 
 def _image_timings(resolver: images.ImageResolver) -> dict[str, float]:
-    return {"images_looked_up": resolver.lookups, "image_cache_hits": resolver.cache_hits,
-            "registry_requests": resolver.client.requests,
-            "images_s": round(resolver.seconds, 3)}
+    return {
+        "images_looked_up": resolver.lookups,
+        "image_cache_hits": resolver.cache_hits,
+        "registry_requests": resolver.client.requests,
+        "images_s": round(resolver.seconds, 3),
+    }
 
 
-def scan_cluster(cluster_id: int, *, trigger: str = Trigger.SCHEDULE, task_id: str | None = None,
-                 policy: kube.Policy | None = None) -> ScanResult:
+def scan_cluster(
+    cluster_id: int,
+    *,
+    trigger: str = Trigger.SCHEDULE,
+    task_id: str | None = None,
+    policy: kube.Policy | None = None,
+) -> ScanResult:
     """Scan one cluster end to end and reconcile its findings (the task's and command's
     service)."""
     cluster = Cluster.objects.get(pk=cluster_id)
@@ -297,11 +333,21 @@ def scan_cluster(cluster_id: int, *, trigger: str = Trigger.SCHEDULE, task_id: s
         if done is not None:  # a redelivered task: the work is done
             return _result(done)
     if cluster.source == Source.SNAPSHOT:
-        return ScanResult(None, cluster.name, ScanStatus.SKIPPED,
-                          "snapshot clusters are updated by import_snapshot, not scanned")
+        return ScanResult(
+            None,
+            cluster.name,
+            ScanStatus.SKIPPED,
+            "snapshot clusters are updated by import_snapshot, not scanned",
+        )
     if not _try_lock(cluster.pk):
-        return _result(_skipped(cluster, trigger, task_id, ScanRun.objects.filter(
-            cluster=cluster, status=ScanStatus.RUNNING).first()))
+        return _result(
+            _skipped(
+                cluster,
+                trigger,
+                task_id,
+                ScanRun.objects.filter(cluster=cluster, status=ScanStatus.RUNNING).first(),
+            )
+        )
     try:
         scan = _begin(cluster, trigger, task_id)
         if scan.status == ScanStatus.SKIPPED:
@@ -312,37 +358,48 @@ def scan_cluster(cluster_id: int, *, trigger: str = Trigger.SCHEDULE, task_id: s
 
 
 def _policy() -> kube.Policy:
-    return kube.Policy(page_limit=settings.WELKIN_PAGE_LIMIT,
-                       read_timeout=settings.WELKIN_KUBE_TIMEOUT,
-                       page_max_bytes=settings.WELKIN_PAGE_MAX_BYTES,
-                       request_deadline=settings.WELKIN_KUBE_REQUEST_DEADLINE,
-                       scan_deadline=settings.WELKIN_SCAN_DEADLINE,
-                       max_pods=settings.WELKIN_SCAN_MAX_PODS)
+    return kube.Policy(
+        page_limit=settings.WELKIN_PAGE_LIMIT,
+        read_timeout=settings.WELKIN_KUBE_TIMEOUT,
+        page_max_bytes=settings.WELKIN_PAGE_MAX_BYTES,
+        request_deadline=settings.WELKIN_KUBE_REQUEST_DEADLINE,
+        scan_deadline=settings.WELKIN_SCAN_DEADLINE,
+        max_pods=settings.WELKIN_SCAN_MAX_PODS,
+    )
 
 
 def _run(cluster: Cluster, scan: ScanRun, policy: kube.Policy) -> ScanResult:
     started = time.monotonic()
     try:
-        creds = (kube.in_cluster_credentials() if cluster.source == Source.IN_CLUSTER
-                 else cluster.credentials)
+        creds = (
+            kube.in_cluster_credentials()
+            if cluster.source == Source.IN_CLUSTER
+            else cluster.credentials
+        )
         if creds is None:
             raise kube.ScanError("no credentials stored for this cluster")
         owners = OwnerIndex()
-        with kube.ClusterClient(creds, policy) as client, \
-                contextlib.closing(_resolver()) as resolver:
+        with (
+            kube.ClusterClient(creds, policy) as client,
+            contextlib.closing(_resolver()) as resolver,
+        ):
             progress = _Progress(scan, client)
             t0 = time.monotonic()
             owner_rejections = [
                 index_owners(client.list_pages("replicasets"), "ReplicaSet", owners),
-                index_owners(client.list_pages("jobs"), "Job", owners)]
+                index_owners(client.list_pages("jobs"), "Job", owners),
+            ]
             t1 = time.monotonic()
             collected = collect_pods(client.list_pages("pods"), owners, resolver, progress.tick)
             t2 = time.monotonic()
             scan.pages = client.pages
         for part in owner_rejections:
             collected.rejections.merge(part)
-        scan.timings = {"owners_s": round(t1 - t0, 3), "pods_s": round(t2 - t1, 3),
-                        **_image_timings(resolver)}
+        scan.timings = {
+            "owners_s": round(t1 - t0, 3),
+            "pods_s": round(t2 - t1, 3),
+            **_image_timings(resolver),
+        }
         _complete(cluster, scan, collected, started)
     except kube.ScanError as e:
         scan.timings["total_s"] = round(time.monotonic() - started, 3)
@@ -377,10 +434,19 @@ def _complete(cluster: Cluster, scan: ScanRun, collected: Collected, started: fl
 
 def _result(scan: ScanRun, transient: bool = False) -> ScanResult:
     return ScanResult(
-        scan.pk, scan.cluster.name, scan.status, scan.reason, transient, scan.pods,
-        scan.findings_opened, scan.findings_changed, scan.findings_resolved,
-        (scan.timings or {}).get("total_s", 0.0), scan.rejected,
-        rejection_summary(scan.rejections))
+        scan.pk,
+        scan.cluster.name,
+        scan.status,
+        scan.reason,
+        transient,
+        scan.pods,
+        scan.findings_opened,
+        scan.findings_changed,
+        scan.findings_resolved,
+        (scan.timings or {}).get("total_s", 0.0),
+        scan.rejected,
+        rejection_summary(scan.rejections),
+    )
 
 
 def rejection_summary(rejections: dict | None) -> str:
@@ -395,12 +461,14 @@ def rejection_summary(rejections: dict | None) -> str:
 
 # --- offline snapshots --------------------------------------------------------------------
 
+
 class SnapshotError(ValueError):
     """A snapshot file that cannot be imported; nothing was stored."""
 
 
-def import_snapshot(cluster_name: str, data: bytes, filename: str,
-                    at: datetime | None = None) -> ScanResult:
+def import_snapshot(
+    cluster_name: str, data: bytes, filename: str, at: datetime | None = None
+) -> ScanResult:
     """Record `kubectl get pods,replicasets,jobs -A -o json` output as a complete scan of
     an air-gapped cluster (created as a snapshot cluster when new).
 
@@ -412,33 +480,45 @@ def import_snapshot(cluster_name: str, data: bytes, filename: str,
         docs = parse_documents(data, filename)
     except ManifestError as e:
         raise SnapshotError(str(e)) from None
-    if len(docs) != 1 or not isinstance(docs[0], dict) or docs[0].get("kind") != "List" \
-            or not isinstance(docs[0].get("items"), list):
-        raise SnapshotError(f"{filename}: expected one List, the output of `kubectl get "
-                            "pods,replicasets,jobs -A -o json`")
+    if (
+        len(docs) != 1
+        or not isinstance(docs[0], dict)
+        or docs[0].get("kind") != "List"
+        or not isinstance(docs[0].get("items"), list)
+    ):
+        raise SnapshotError(
+            f"{filename}: expected one List, the output of `kubectl get "
+            "pods,replicasets,jobs -A -o json`"
+        )
     items = docs[0]["items"]
     by_kind: dict[str, list[dict]] = {"Pod": [], "ReplicaSet": [], "Job": []}
     for i, item in enumerate(items):
         kind = item.get("kind") if isinstance(item, dict) else None
         if kind not in by_kind:
-            raise SnapshotError(f"{filename}: items[{i}]: kind {gate.show(kind)}; a snapshot "
-                                "holds Pods, ReplicaSets and Jobs")
+            raise SnapshotError(
+                f"{filename}: items[{i}]: kind {gate.show(kind)}; a snapshot "
+                "holds Pods, ReplicaSets and Jobs"
+            )
         by_kind[kind].append(item)
     at = at or timezone.now()
     if timezone.is_naive(at):
         raise SnapshotError("--at needs a time zone (e.g. 2026-11-28T10:00:00Z)")
-    existing = Cluster.objects.filter(name=cluster_name).select_related(
-        "last_complete_scan").first()
+    existing = (
+        Cluster.objects.filter(name=cluster_name).select_related("last_complete_scan").first()
+    )
     last = existing.last_complete_scan if existing else None
     if last is not None and last.observed_at > at:
-        raise SnapshotError(f"--at {at.isoformat()} is before the cluster's last complete "
-                            f"scan ({last.observed_at.isoformat()}); import snapshots in "
-                            "time order")
+        raise SnapshotError(
+            f"--at {at.isoformat()} is before the cluster's last complete "
+            f"scan ({last.observed_at.isoformat()}); import snapshots in "
+            "time order"
+        )
 
     started = time.monotonic()
     owners = OwnerIndex()
-    owner_rejections = [index_owners([by_kind[kind]], kind, owners)
-                        for kind in ("ReplicaSet", "Job")]
+    owner_rejections = [
+        index_owners([by_kind[kind]], kind, owners) for kind in ("ReplicaSet", "Job")
+    ]
     with contextlib.closing(_resolver()) as resolver:
         collected = collect_pods([by_kind["Pod"]], owners, resolver)
         timings = _image_timings(resolver)
@@ -446,8 +526,9 @@ def import_snapshot(cluster_name: str, data: bytes, filename: str,
         collected.rejections.merge(part)
 
     with transaction.atomic():
-        cluster, _ = Cluster.objects.get_or_create(name=cluster_name,
-                                                   defaults={"source": Source.SNAPSHOT})
+        cluster, _ = Cluster.objects.get_or_create(
+            name=cluster_name, defaults={"source": Source.SNAPSHOT}
+        )
         if not _try_lock(cluster.pk):
             return _result(_skipped(cluster, Trigger.SNAPSHOT, None, None))
         try:
@@ -463,16 +544,21 @@ def import_snapshot(cluster_name: str, data: bytes, filename: str,
 
 # --- scheduling ---------------------------------------------------------------------------
 
+
 def claim_due_clusters(now: datetime | None = None) -> list[tuple[int, int]]:
     """(cluster id, schedule seconds) of enabled clusters whose scan is due, each claimed by
     moving its next_scan_at forward so that a second fan-out does not enqueue it again."""
     now = now or timezone.now()
     claimed = []
-    due = Cluster.objects.filter(enabled=True, next_scan_at__lte=now).exclude(
-        source=Source.SNAPSHOT).values_list("pk", "next_scan_at", "schedule_minutes")
+    due = (
+        Cluster.objects.filter(enabled=True, next_scan_at__lte=now)
+        .exclude(source=Source.SNAPSHOT)
+        .values_list("pk", "next_scan_at", "schedule_minutes")
+    )
     for pk, next_at, minutes in due:
         if Cluster.objects.filter(pk=pk, next_scan_at=next_at).update(
-                next_scan_at=now + timedelta(minutes=minutes)):
+            next_scan_at=now + timedelta(minutes=minutes)
+        ):
             claimed.append((pk, minutes * 60))
     return claimed
 
@@ -481,11 +567,15 @@ def summarize(results: Iterable[ScanResult]) -> list[str]:
     lines = []
     for r in results:
         if r.status == ScanStatus.SUCCEEDED:
-            lines.append(f"{r.cluster}: {r.pods} pods, {r.opened} opened, {r.changed} changed,"
-                         f" {r.resolved} resolved in {r.seconds:.1f} s")
+            lines.append(
+                f"{r.cluster}: {r.pods} pods, {r.opened} opened, {r.changed} changed,"
+                f" {r.resolved} resolved in {r.seconds:.1f} s"
+            )
         else:
             lines.append(f"{r.cluster}: {r.status}: {r.reason}")
         if r.rejected:
-            lines.append(f"{r.cluster}: {r.rejected_summary}; see the scans page or "
-                         f"/api/v1/scans/{r.scan_id}/ for examples")
+            lines.append(
+                f"{r.cluster}: {r.rejected_summary}; see the scans page or "
+                f"/api/v1/scans/{r.scan_id}/ for examples"
+            )
     return lines

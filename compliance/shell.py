@@ -45,6 +45,9 @@ def command(*args: str) -> Suggested:
     for arg in args:
         bad = _unsafe(arg)
         if bad is not None:
-            return Suggested(None, f"not shown: a value in it holds {bad}, which cannot be "
-                                   "pasted into a shell safely; run the step by hand")
+            return Suggested(
+                None,
+                f"not shown: a value in it holds {bad}, which cannot be "
+                "pasted into a shell safely; run the step by hand",
+            )
     return Suggested(" ".join(shlex.quote(a) for a in args))

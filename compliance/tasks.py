@@ -9,9 +9,13 @@ from compliance import scanning
 from compliance.models import Trigger
 
 
-@shared_task(bind=True, acks_late=True, max_retries=2,
-             time_limit=settings.WELKIN_SCAN_TIME_LIMIT,
-             soft_time_limit=settings.WELKIN_SCAN_TIME_LIMIT - 5)
+@shared_task(
+    bind=True,
+    acks_late=True,
+    max_retries=2,
+    time_limit=settings.WELKIN_SCAN_TIME_LIMIT,
+    soft_time_limit=settings.WELKIN_SCAN_TIME_LIMIT - 5,
+)
 def scan_cluster(self, cluster_id: int, trigger: str = Trigger.SCHEDULE) -> dict:
     """Scan one cluster. Safe to deliver twice: a succeeded task id is not run again, and a
     concurrent one is recorded as skipped. Transient failures (5xx, timeouts, throttling)
@@ -19,9 +23,8 @@ def scan_cluster(self, cluster_id: int, trigger: str = Trigger.SCHEDULE) -> dict
     result = scanning.scan_cluster(cluster_id, trigger=trigger, task_id=self.request.id)
     # In-process (eager) runs record the failure and stop: a retry would raise into the
     # request that asked for the scan.
-    if result.transient and not self.request.is_eager and \
-            self.request.retries < self.max_retries:
-        raise self.retry(countdown=30 * 2 ** self.request.retries)
+    if result.transient and not self.request.is_eager and self.request.retries < self.max_retries:
+        raise self.retry(countdown=30 * 2**self.request.retries)
     return result.as_dict()
 
 

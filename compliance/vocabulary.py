@@ -69,27 +69,61 @@ class Vocabulary:
 # --- a container's effective runAs state ------------------------------------------------
 
 COMPLIANT, UNENFORCED, ROOT, BLOCKED, UNVERIFIED = (
-    "compliant", "unenforced", "root", "blocked", "unverified")
+    "compliant",
+    "unenforced",
+    "root",
+    "blocked",
+    "unverified",
+)
 
-STATE = Vocabulary("state", [
-    Term(COMPLIANT, "Compliant",
-         "runAsNonRoot is in force and the container's uid is known to be non-zero.",
-         0, "state-compliant", "32"),
-    Term(UNENFORCED, "Not enforced",
-         "Runs as a known non-zero uid, but runAsNonRoot is not set: the guardrail is "
-         "missing and a future image could run as root unnoticed.",
-         1, "state-unenforced", "33"),
-    Term(ROOT, "Runs as root", "Runs (or would run) as uid 0 and nothing refuses it.",
-         3, "state-root", "31;1"),
-    Term(BLOCKED, "Blocked by kubelet",
-         "The kubelet refuses to start it (CreateContainerConfigError), because runAsNonRoot "
-         "is set and the user is root or cannot be verified.",
-         4, "state-blocked", "35;1"),
-    Term(UNVERIFIED, "Unverified",
-         "The identity cannot be determined: the image's USER is unknown or is a user name "
-         "that only the image's /etc/passwd can map to a uid.",
-         2, "state-unverified", "36"),
-])
+STATE = Vocabulary(
+    "state",
+    [
+        Term(
+            COMPLIANT,
+            "Compliant",
+            "runAsNonRoot is in force and the container's uid is known to be non-zero.",
+            0,
+            "state-compliant",
+            "32",
+        ),
+        Term(
+            UNENFORCED,
+            "Not enforced",
+            "Runs as a known non-zero uid, but runAsNonRoot is not set: the guardrail is "
+            "missing and a future image could run as root unnoticed.",
+            1,
+            "state-unenforced",
+            "33",
+        ),
+        Term(
+            ROOT,
+            "Runs as root",
+            "Runs (or would run) as uid 0 and nothing refuses it.",
+            3,
+            "state-root",
+            "31;1",
+        ),
+        Term(
+            BLOCKED,
+            "Blocked by kubelet",
+            "The kubelet refuses to start it (CreateContainerConfigError), because runAsNonRoot "
+            "is set and the user is root or cannot be verified.",
+            4,
+            "state-blocked",
+            "35;1",
+        ),
+        Term(
+            UNVERIFIED,
+            "Unverified",
+            "The identity cannot be determined: the image's USER is unknown or is a user name "
+            "that only the image's /etc/passwd can map to a uid.",
+            2,
+            "state-unverified",
+            "36",
+        ),
+    ],
+)
 STATES = STATE.values  # definition order: summaries and exports
 STATES_BY_SEVERITY = STATE.by_severity()  # worst first: pages and tables
 NONCOMPLIANT = tuple(s for s in STATES_BY_SEVERITY if s != COMPLIANT)
@@ -97,74 +131,112 @@ NONCOMPLIANT = tuple(s for s in STATES_BY_SEVERITY if s != COMPLIANT)
 # --- scans ------------------------------------------------------------------------------
 
 RUNNING, SUCCEEDED, FAILED, SKIPPED = "running", "succeeded", "failed", "skipped"
-SCAN_STATUS = Vocabulary("scan status", [
-    Term(RUNNING, "Running", "The scan is listing or reconciling now.", css="status-running"),
-    Term(SUCCEEDED, "Succeeded", "Complete: its findings are reconciled.",
-         css="status-succeeded"),
-    Term(FAILED, "Failed", "It ended early with the reason; it resolved nothing.",
-         css="status-failed"),
-    Term(SKIPPED, "Skipped", "Another scan of the cluster was running.",
-         css="status-skipped"),
-])
+SCAN_STATUS = Vocabulary(
+    "scan status",
+    [
+        Term(RUNNING, "Running", "The scan is listing or reconciling now.", css="status-running"),
+        Term(
+            SUCCEEDED, "Succeeded", "Complete: its findings are reconciled.", css="status-succeeded"
+        ),
+        Term(
+            FAILED,
+            "Failed",
+            "It ended early with the reason; it resolved nothing.",
+            css="status-failed",
+        ),
+        Term(SKIPPED, "Skipped", "Another scan of the cluster was running.", css="status-skipped"),
+    ],
+)
 
-TRIGGER = Vocabulary("trigger", [
-    Term("schedule", "Schedule", "Queued by beat when the cluster was due."),
-    Term("manual", "Manual", "Scan now (page or manage.py scan)."),
-    Term("snapshot", "Snapshot", "manage.py import_snapshot."),
-])
+TRIGGER = Vocabulary(
+    "trigger",
+    [
+        Term("schedule", "Schedule", "Queued by beat when the cluster was due."),
+        Term("manual", "Manual", "Scan now (page or manage.py scan)."),
+        Term("snapshot", "Snapshot", "manage.py import_snapshot."),
+    ],
+)
 
-CLUSTER_SOURCE = Vocabulary("cluster source", [
-    Term("kubeconfig", "Kubeconfig context"),
-    Term("in_cluster", "In-cluster service account"),
-    Term("snapshot", "Offline snapshot"),
-])
+CLUSTER_SOURCE = Vocabulary(
+    "cluster source",
+    [
+        Term("kubeconfig", "Kubeconfig context"),
+        Term("in_cluster", "In-cluster service account"),
+        Term("snapshot", "Offline snapshot"),
+    ],
+)
 
 # --- findings' history and the audit log -------------------------------------------------
 
-EVENT_KIND = Vocabulary("finding event", [
-    Term("opened", "Opened", "First seen not compliant by a complete scan."),
-    Term("changed", "Changed", "Its state changed between two complete scans."),
-    Term("resolved", "Resolved", "Compliant, or gone, in a complete scan."),
-])
+EVENT_KIND = Vocabulary(
+    "finding event",
+    [
+        Term("opened", "Opened", "First seen not compliant by a complete scan."),
+        Term("changed", "Changed", "Its state changed between two complete scans."),
+        Term("resolved", "Resolved", "Compliant, or gone, in a complete scan."),
+    ],
+)
 
-AUDIT_ACTION = Vocabulary("audit action", [
-    Term("login", "Logged in"),
-    Term("login_failed", "Failed login"),
-    Term("denied", "Denied access"),
-    Term("report_view", "Viewed a report"),
-    Term("export", "Exported a report"),
-    Term("verify", "Verified a report"),
-    Term("audit_export", "Exported the audit log"),
-    Term("api", "API request"),
-])
+AUDIT_ACTION = Vocabulary(
+    "audit action",
+    [
+        Term("login", "Logged in"),
+        Term("login_failed", "Failed login"),
+        Term("denied", "Denied access"),
+        Term("report_view", "Viewed a report"),
+        Term("export", "Exported a report"),
+        Term("verify", "Verified a report"),
+        Term("audit_export", "Exported the audit log"),
+        Term("api", "API request"),
+    ],
+)
 
 # --- a verdict's facts ------------------------------------------------------------------
 
 PREDICTED, OBSERVED = "predicted", "observed"
-EVIDENCE = Vocabulary("evidence", [
-    Term(PREDICTED, "Predicted", "From the pod spec and the image's configured user."),
-    Term(OBSERVED, "Observed", "From the pod's status: the kubelet's refusal or the uid of "
-                               "the container's first process."),
-])
+EVIDENCE = Vocabulary(
+    "evidence",
+    [
+        Term(PREDICTED, "Predicted", "From the pod spec and the image's configured user."),
+        Term(
+            OBSERVED,
+            "Observed",
+            "From the pod's status: the kubelet's refusal or the uid of "
+            "the container's first process.",
+        ),
+    ],
+)
 
 SOURCE_REGISTRY, SOURCE_RUNTIME, SOURCE_OPERATOR, SOURCE_SUPPLIED, SOURCE_UNKNOWN = (
-    "registry", "runtime", "operator", "supplied", "unknown")
-IMAGE_USER_SOURCE = Vocabulary("image user source", [
-    Term(SOURCE_REGISTRY, "Registry", "The image config's User, read from its registry."),
-    Term(SOURCE_RUNTIME, "Runtime", "The kubelet's own message or status."),
-    Term(SOURCE_OPERATOR, "Operator", "An image user override set by an operator."),
-    Term(SOURCE_SUPPLIED, "Supplied", "Given to manage.py evaluate."),
-    Term(SOURCE_UNKNOWN, "Unknown", "Not known: the container is judged without it."),
-])
+    "registry",
+    "runtime",
+    "operator",
+    "supplied",
+    "unknown",
+)
+IMAGE_USER_SOURCE = Vocabulary(
+    "image user source",
+    [
+        Term(SOURCE_REGISTRY, "Registry", "The image config's User, read from its registry."),
+        Term(SOURCE_RUNTIME, "Runtime", "The kubelet's own message or status."),
+        Term(SOURCE_OPERATOR, "Operator", "An image user override set by an operator."),
+        Term(SOURCE_SUPPLIED, "Supplied", "Given to manage.py evaluate."),
+        Term(SOURCE_UNKNOWN, "Unknown", "Not known: the container is judged without it."),
+    ],
+)
 
-CONTAINER_TYPE = Vocabulary("container type", [
-    Term("init", "Init", "spec.initContainers (sidecars included)"),
-    Term("app", "App", "spec.containers"),
-    Term("ephemeral", "Ephemeral", "spec.ephemeralContainers"),
-])
+CONTAINER_TYPE = Vocabulary(
+    "container type",
+    [
+        Term("init", "Init", "spec.initContainers (sidecars included)"),
+        Term("app", "App", "spec.containers"),
+        Term("ephemeral", "Ephemeral", "spec.ephemeralContainers"),
+    ],
+)
 
 
 # --- workload kinds -----------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class WorkloadKind:
@@ -179,16 +251,19 @@ class WorkloadKind:
         return (*self.template, "spec") if self.template is not None else None
 
 
-WORKLOAD_KINDS = {k.kind: k for k in [
-    WorkloadKind("Deployment", "deployment", ("spec", "template")),
-    WorkloadKind("StatefulSet", "statefulset", ("spec", "template")),
-    WorkloadKind("DaemonSet", "daemonset", ("spec", "template")),
-    WorkloadKind("CronJob", "cronjob", ("spec", "jobTemplate", "spec", "template")),
-    WorkloadKind("Job", "job", ("spec", "template")),
-    WorkloadKind("ReplicaSet", "replicaset", ("spec", "template")),
-    WorkloadKind("ReplicationController", "replicationcontroller", ("spec", "template")),
-    WorkloadKind("PodTemplate", None, ("template",)),
-    WorkloadKind("Pod", None, None),
-]}
+WORKLOAD_KINDS = {
+    k.kind: k
+    for k in [
+        WorkloadKind("Deployment", "deployment", ("spec", "template")),
+        WorkloadKind("StatefulSet", "statefulset", ("spec", "template")),
+        WorkloadKind("DaemonSet", "daemonset", ("spec", "template")),
+        WorkloadKind("CronJob", "cronjob", ("spec", "jobTemplate", "spec", "template")),
+        WorkloadKind("Job", "job", ("spec", "template")),
+        WorkloadKind("ReplicaSet", "replicaset", ("spec", "template")),
+        WorkloadKind("ReplicationController", "replicationcontroller", ("spec", "template")),
+        WorkloadKind("PodTemplate", None, ("template",)),
+        WorkloadKind("Pod", None, None),
+    ]
+}
 # The kinds findings are grouped under, in the order the namespace page offers them.
 FINDING_KINDS = tuple(k for k in WORKLOAD_KINDS if k != "PodTemplate")

@@ -110,8 +110,9 @@ class Grouping:
         self.pods = 0
         self.containers = 0
 
-    def add(self, kind: str, name: str, verdict: runas.PodVerdict,
-            notes: Mapping[str, str]) -> None:
+    def add(
+        self, kind: str, name: str, verdict: runas.PodVerdict, notes: Mapping[str, str]
+    ) -> None:
         """One pod's verdict, under its workload (kind, name); `notes` says, per image,
         where its user came from."""
         sev = _SEVERITY
@@ -129,7 +130,10 @@ class Grouping:
             w = g.worst
             # The worst pod wins; among equals the first by name, so the sample (and its
             # kubelet message) does not flap between scans.
-            if w is None or sev[c.state] > sev[w.state] or (
-                    sev[c.state] == sev[w.state] and verdict.name < g.worst_pod):
+            if (
+                w is None
+                or sev[c.state] > sev[w.state]
+                or (sev[c.state] == sev[w.state] and verdict.name < g.worst_pod)
+            ):
                 g.worst, g.worst_pod, g.psa = c, verdict.name, verdict.psa.violations
                 g.note = notes.get(c.image)

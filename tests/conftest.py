@@ -6,8 +6,9 @@ from compliance import clusters, kube
 from tests import podgen
 from tests.fakekube import FakeKubeServer
 
-FAST = kube.Policy(page_limit=50, connect_timeout=2, read_timeout=2, backoff=0.01,
-                   max_retry_after=0.2)
+FAST = kube.Policy(
+    page_limit=50, connect_timeout=2, read_timeout=2, backoff=0.01, max_retry_after=0.2
+)
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +35,13 @@ def deployment(fake, ns, name, image, replicas=3, pod_sc=None, container_sc=None
     rs = f"{name}-5c9d8f7b6"
     fake.state.put(podgen.replicaset(ns, rs, name, replicas, image, "5c9d8f7b6"))
     for i in range(replicas):
-        p = podgen.pod(ns, f"{rs}-{i:05d}", image, pod_sc or {}, container_sc or {},
-                       owner=podgen.owner_ref("ReplicaSet", rs, ns))
+        p = podgen.pod(
+            ns,
+            f"{rs}-{i:05d}",
+            image,
+            pod_sc or {},
+            container_sc or {},
+            owner=podgen.owner_ref("ReplicaSet", rs, ns),
+        )
         p["metadata"]["labels"]["pod-template-hash"] = "5c9d8f7b6"
         fake.state.put(p)

@@ -62,39 +62,67 @@ def make_ca_and_cert(hostnames=("localhost",), ips=("127.0.0.1",)) -> tuple[byte
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fake-kube-ca")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(minutes=5))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True,
-                                       crl_sign=True, content_commitment=False,
-                                       key_encipherment=False, data_encipherment=False,
-                                       key_agreement=False, encipher_only=False,
-                                       decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     key = ec.generate_private_key(ec.SECP256R1())
     sans = [x509.DNSName(h) for h in hostnames] + [
-        x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
-            .issuer_name(ca_name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
+        x509.IPAddress(ipaddress.ip_address(i)) for i in ips
+    ]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     pem = serialization.Encoding.PEM
-    return (ca.public_bytes(pem), cert.public_bytes(pem),
-            key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                              serialization.NoEncryption()))
+    return (
+        ca.public_bytes(pem),
+        cert.public_bytes(pem),
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
 
 
 def status_body(code: int, reason: str, message: str, details: dict | None = None) -> bytes:
-    body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": message, "reason": reason, "code": code}
+    body = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
     if details:
         body["details"] = details
     return orjson.dumps(body)
@@ -156,8 +184,7 @@ class FakeKube:
         with self._lock:
             self._rv += 1
             obj = {**obj, "metadata": {**meta, "resourceVersion": str(self._rv)}}
-            self._objects[resource][(meta.get("namespace", ""), meta["name"])] = \
-                orjson.dumps(obj)
+            self._objects[resource][(meta.get("namespace", ""), meta["name"])] = orjson.dumps(obj)
             self._snapshot = None
 
     def put_many(self, objs) -> None:
@@ -192,14 +219,21 @@ class FakeKube:
         with self._lock:
             if self._snapshot is None:
                 # Namespaces are derived from what exists, like a real cluster.
-                nss = {ns for store in ("pods", "replicasets", "jobs")
-                       for ns, _ in self._objects[store]}
+                nss = {
+                    ns
+                    for store in ("pods", "replicasets", "jobs")
+                    for ns, _ in self._objects[store]
+                }
                 for ns in nss:
                     if ("", ns) not in self._objects["namespaces"]:
-                        self._objects["namespaces"][("", ns)] = orjson.dumps({
-                            "apiVersion": "v1", "kind": "Namespace",
-                            "metadata": {"name": ns, "uid": ns, "resourceVersion": "1"},
-                            "status": {"phase": "Active"}})
+                        self._objects["namespaces"][("", ns)] = orjson.dumps(
+                            {
+                                "apiVersion": "v1",
+                                "kind": "Namespace",
+                                "metadata": {"name": ns, "uid": ns, "resourceVersion": "1"},
+                                "status": {"phase": "Active"},
+                            }
+                        )
                 items, keys = {}, {}
                 for res, store in self._objects.items():
                     ordered = sorted(store)
@@ -253,20 +287,26 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, discovery)
         route = _route(parts)
         if route is None:
-            return self._send(404, status_body(404, "NotFound",
-                                               "the server could not find the requested "
-                                               "resource"))
+            return self._send(
+                404,
+                status_body(404, "NotFound", "the server could not find the requested resource"),
+            )
         resource, namespace = route
         allowed = state.tokens[token]
         if allowed is not None and resource not in allowed:
             group = RESOURCES[resource][0]
             scope = f'in the namespace "{namespace}"' if namespace else "at the cluster scope"
             user = f"system:serviceaccount:welkin:{token[:8]}"
-            return self._send(403, status_body(
-                403, "Forbidden",
-                f'{resource} is forbidden: User "{user}" cannot list resource "{resource}" '
-                f'in API group "{group}" {scope}',
-                {"group": group, "kind": resource}))
+            return self._send(
+                403,
+                status_body(
+                    403,
+                    "Forbidden",
+                    f'{resource} is forbidden: User "{user}" cannot list resource "{resource}" '
+                    f'in API group "{group}" {scope}',
+                    {"group": group, "kind": resource},
+                ),
+            )
         self._list(resource, namespace, query)
 
     def _list(self, resource: str, namespace: str | None, query: dict) -> None:
@@ -280,19 +320,23 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 rv, offset, page = orjson.loads(base64.urlsafe_b64decode(token))[:3]
             except Exception:
-                return self._send(400, status_body(400, "BadRequest",
-                                                   "continue key is not valid"))
+                return self._send(400, status_body(400, "BadRequest", "continue key is not valid"))
             snap = state._snapshots.get(rv)
             if snap is None or rv < state.expire_before:
-                return self._send(410, status_body(
-                    410, "Expired",
-                    "The provided continue parameter is too old to display a consistent "
-                    "list result. You can start a new list without the continue parameter, "
-                    "or use the continue token in this response to retrieve the remainder "
-                    "of the results. Continuing with the provided token results in an "
-                    "inconsistent list - objects that were created, modified, or deleted "
-                    "between the time the first chunk was returned and now may show up in "
-                    "the list."))
+                return self._send(
+                    410,
+                    status_body(
+                        410,
+                        "Expired",
+                        "The provided continue parameter is too old to display a consistent "
+                        "list result. You can start a new list without the continue parameter, "
+                        "or use the continue token in this response to retrieve the remainder "
+                        "of the results. Continuing with the provided token results in an "
+                        "inconsistent list - objects that were created, modified, or deleted "
+                        "between the time the first chunk was returned and now may show up in "
+                        "the list.",
+                    ),
+                )
         else:
             snap, offset, page = state.current_snapshot(), 0, 1
         fault = state.take_fault(resource, page)
@@ -326,8 +370,9 @@ class _Handler(BaseHTTPRequestHandler):
             if hostile and state.repeat_continue and token:
                 meta["continue"] = token
             meta["remainingItemCount"] = len(items) - end
-        head = orjson.dumps({"kind": f"{kind}List", "apiVersion": api_version,
-                             "metadata": meta})[:-1]
+        head = orjson.dumps({"kind": f"{kind}List", "apiVersion": api_version, "metadata": meta})[
+            :-1
+        ]
         body = head + b',"items":[' + b",".join(items[offset:end]) + b"]}"
         if hostile and state.drip_bytes_per_second:
             return self._send_dripping(body, state.drip_bytes_per_second, state.drip_chunked)
@@ -345,12 +390,16 @@ class _Handler(BaseHTTPRequestHandler):
         from tests import podgen
 
         marker = b"gen-pod-0000000000"
-        template = orjson.dumps(podgen.pod("gen", marker.decode(), "registry.example/app",
-                                           {}, {"runAsUser": 0}))
+        template = orjson.dumps(
+            podgen.pod("gen", marker.decode(), "registry.example/app", {}, {"runAsUser": 0})
+        )
         self._start_chunked()
         try:
-            batch = [b'{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"'
-                     + str(rv).encode() + b'"},"items":[']
+            batch = [
+                b'{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"'
+                + str(rv).encode()
+                + b'"},"items":['
+            ]
             for i in range(n):
                 item = template.replace(marker, b"gen-pod-%010d" % i)
                 batch.append(item if i == 0 else b"," + item)
@@ -366,8 +415,13 @@ class _Handler(BaseHTTPRequestHandler):
         """body at `rate` bytes a second, a few bytes at a time."""
         if chunked:
             self._start_chunked()
-            stream = b"".join(b"%04096x\r\n%s\r\n" % (len(body[i:i + 512]), body[i:i + 512])
-                              for i in range(0, len(body), 512)) + b"0\r\n\r\n"
+            stream = (
+                b"".join(
+                    b"%04096x\r\n%s\r\n" % (len(body[i : i + 512]), body[i : i + 512])
+                    for i in range(0, len(body), 512)
+                )
+                + b"0\r\n\r\n"
+            )
         else:
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -377,7 +431,7 @@ class _Handler(BaseHTTPRequestHandler):
         step = max(1, int(rate / 10))
         try:
             for i in range(0, len(stream), step):
-                self.wfile.write(stream[i:i + step])
+                self.wfile.write(stream[i : i + step])
                 self.wfile.flush()
                 time.sleep(step / rate)
         except OSError:
@@ -386,10 +440,16 @@ class _Handler(BaseHTTPRequestHandler):
     def _fault(self, fault: Fault) -> bool:
         """Serve a fault; True when the response is done."""
         if fault.kind == "429":
-            self._send(429, status_body(429, "TooManyRequests",
-                                        "Too many requests, please try again later.",
-                                        {"retryAfterSeconds": fault.retry_after}),
-                       {"Retry-After": str(fault.retry_after)})
+            self._send(
+                429,
+                status_body(
+                    429,
+                    "TooManyRequests",
+                    "Too many requests, please try again later.",
+                    {"retryAfterSeconds": fault.retry_after},
+                ),
+                {"Retry-After": str(fault.retry_after)},
+            )
         elif fault.kind in ("500", "503"):
             code = int(fault.kind)
             reason = "InternalError" if code == 500 else "ServiceUnavailable"
@@ -397,8 +457,15 @@ class _Handler(BaseHTTPRequestHandler):
         elif fault.kind == "500-huge":
             self._send(500, b" " * (2 << 20))
         elif fault.kind == "410":
-            self._send(410, status_body(410, "Expired", "The provided continue parameter is "
-                                        "too old to display a consistent list result."))
+            self._send(
+                410,
+                status_body(
+                    410,
+                    "Expired",
+                    "The provided continue parameter is "
+                    "too old to display a consistent list result.",
+                ),
+            )
         elif fault.kind == "slow":
             time.sleep(fault.delay)
             return False
@@ -430,34 +497,74 @@ def _route(parts: list[str]) -> tuple[str, str | None] | None:
 
 
 def _resource_list(group_version: str, names: list[str]) -> bytes:
-    return orjson.dumps({
-        "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
-        "resources": [{"name": n, "singularName": RESOURCES[n][2].lower(),
-                       "namespaced": n != "namespaces", "kind": RESOURCES[n][2],
-                       "verbs": ALL_VERBS, "shortNames": {"pods": ["po"], "replicasets":
-                                                          ["rs"], "namespaces": ["ns"]}.get(n, [])}
-                      for n in names]})
+    return orjson.dumps(
+        {
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": group_version,
+            "resources": [
+                {
+                    "name": n,
+                    "singularName": RESOURCES[n][2].lower(),
+                    "namespaced": n != "namespaces",
+                    "kind": RESOURCES[n][2],
+                    "verbs": ALL_VERBS,
+                    "shortNames": {"pods": ["po"], "replicasets": ["rs"], "namespaces": ["ns"]}.get(
+                        n, []
+                    ),
+                }
+                for n in names
+            ],
+        }
+    )
 
 
 def _discovery(parts: list[str]) -> bytes | None:
     if parts == ["version"]:
-        return orjson.dumps({
-            "major": "1", "minor": "34", "emulationMajor": "1", "emulationMinor": "34",
-            "minCompatibilityMajor": "1", "minCompatibilityMinor": "33",
-            "gitVersion": "v1.34.0-fake", "gitCommit": "0" * 40, "gitTreeState": "clean",
-            "buildDate": "2026-08-27T00:00:00Z", "goVersion": "go1.24.6",
-            "compiler": "gc", "platform": "linux/amd64"})
+        return orjson.dumps(
+            {
+                "major": "1",
+                "minor": "34",
+                "emulationMajor": "1",
+                "emulationMinor": "34",
+                "minCompatibilityMajor": "1",
+                "minCompatibilityMinor": "33",
+                "gitVersion": "v1.34.0-fake",
+                "gitCommit": "0" * 40,
+                "gitTreeState": "clean",
+                "buildDate": "2026-08-27T00:00:00Z",
+                "goVersion": "go1.24.6",
+                "compiler": "gc",
+                "platform": "linux/amd64",
+            }
+        )
     if parts == ["api"]:
-        return orjson.dumps({"kind": "APIVersions", "versions": ["v1"],
-                             "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0",
-                                                             "serverAddress": "127.0.0.1"}]})
+        return orjson.dumps(
+            {
+                "kind": "APIVersions",
+                "versions": ["v1"],
+                "serverAddressByClientCIDRs": [
+                    {"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}
+                ],
+            }
+        )
     if parts == ["api", "v1"]:
         return _resource_list("v1", ["pods", "namespaces"])
     if parts == ["apis"]:
-        return orjson.dumps({"kind": "APIGroupList", "apiVersion": "v1", "groups": [
-            {"name": g, "versions": [{"groupVersion": f"{g}/v1", "version": "v1"}],
-             "preferredVersion": {"groupVersion": f"{g}/v1", "version": "v1"}}
-            for g in ("apps", "batch")]})
+        return orjson.dumps(
+            {
+                "kind": "APIGroupList",
+                "apiVersion": "v1",
+                "groups": [
+                    {
+                        "name": g,
+                        "versions": [{"groupVersion": f"{g}/v1", "version": "v1"}],
+                        "preferredVersion": {"groupVersion": f"{g}/v1", "version": "v1"},
+                    }
+                    for g in ("apps", "batch")
+                ],
+            }
+        )
     if parts == ["apis", "apps", "v1"]:
         return _resource_list("apps/v1", ["replicasets"])
     if parts == ["apis", "batch", "v1"]:
@@ -508,13 +615,22 @@ class FakeKubeServer:
     def kubeconfig(self, token: str | None = None, context: str = "fake") -> dict:
         """A kubeconfig with inline CA data and a bearer token."""
         return {
-            "apiVersion": "v1", "kind": "Config", "current-context": context,
-            "clusters": [{"name": context, "cluster": {
-                "server": self.url,
-                "certificate-authority-data": base64.b64encode(self.ca_pem).decode()}}],
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": context,
+            "clusters": [
+                {
+                    "name": context,
+                    "cluster": {
+                        "server": self.url,
+                        "certificate-authority-data": base64.b64encode(self.ca_pem).decode(),
+                    },
+                }
+            ],
             "users": [{"name": f"{context}-user", "user": {"token": token or self.token}}],
-            "contexts": [{"name": context, "context": {"cluster": context,
-                                                       "user": f"{context}-user"}}],
+            "contexts": [
+                {"name": context, "context": {"cluster": context, "user": f"{context}-user"}}
+            ],
         }
 
     def kubeconfig_yaml(self, **kw) -> str:
@@ -529,8 +645,12 @@ def main() -> None:
     parser.add_argument("--kubeconfig", required=True)
     hostile = parser.add_argument_group("misbehaviours (on the pods list)")
     hostile.add_argument("--repeat-continue", action="store_true")
-    hostile.add_argument("--generated-pods", type=int, default=0,
-                         help="one page of this many generated pods, whatever the limit")
+    hostile.add_argument(
+        "--generated-pods",
+        type=int,
+        default=0,
+        help="one page of this many generated pods, whatever the limit",
+    )
     hostile.add_argument("--drip-bytes-per-second", type=float, default=0.0)
     args = parser.parse_args()
     server = FakeKubeServer()

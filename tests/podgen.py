@@ -39,9 +39,17 @@ def uid_for(*parts: object) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
 
 
-def pod(namespace: str, name: str, image: str, pod_sc: dict, container_sc: dict,
-        owner: dict | None = None, labels: dict | None = None, node: str = "node-1",
-        extra_containers: list | None = None) -> dict:
+def pod(
+    namespace: str,
+    name: str,
+    image: str,
+    pod_sc: dict,
+    container_sc: dict,
+    owner: dict | None = None,
+    labels: dict | None = None,
+    node: str = "node-1",
+    extra_containers: list | None = None,
+) -> dict:
     """One pod with a full, realistic body."""
     labels = labels or {"app.kubernetes.io/name": name.rsplit("-", 2)[0]}
     container = {
@@ -50,20 +58,38 @@ def pod(namespace: str, name: str, image: str, pod_sc: dict, container_sc: dict,
         "imagePullPolicy": "IfNotPresent",
         "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
         "env": [{"name": f"SETTING_{i}", "value": f"value-{i}-" + "x" * 24} for i in range(12)]
-        + [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1",
-                                                            "fieldPath": "metadata.name"}}}],
-        "resources": {"limits": {"cpu": "500m", "memory": "256Mi"},
-                      "requests": {"cpu": "100m", "memory": "128Mi"}},
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": 8080, "scheme": "HTTP"},
-                          "initialDelaySeconds": 10, "periodSeconds": 10,
-                          "timeoutSeconds": 1, "successThreshold": 1, "failureThreshold": 3},
-        "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080, "scheme": "HTTP"},
-                           "periodSeconds": 5, "timeoutSeconds": 1, "successThreshold": 1,
-                           "failureThreshold": 3},
+        + [
+            {
+                "name": "POD_NAME",
+                "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}},
+            }
+        ],
+        "resources": {
+            "limits": {"cpu": "500m", "memory": "256Mi"},
+            "requests": {"cpu": "100m", "memory": "128Mi"},
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": 8080, "scheme": "HTTP"},
+            "initialDelaySeconds": 10,
+            "periodSeconds": 10,
+            "timeoutSeconds": 1,
+            "successThreshold": 1,
+            "failureThreshold": 3,
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/ready", "port": 8080, "scheme": "HTTP"},
+            "periodSeconds": 5,
+            "timeoutSeconds": 1,
+            "successThreshold": 1,
+            "failureThreshold": 3,
+        },
         "volumeMounts": [
             {"name": "config", "mountPath": "/etc/app"},
-            {"name": "kube-api-access", "readOnly": True,
-             "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"},
+            {
+                "name": "kube-api-access",
+                "readOnly": True,
+                "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+            },
         ],
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "File",
@@ -72,13 +98,16 @@ def pod(namespace: str, name: str, image: str, pod_sc: dict, container_sc: dict,
         container["securityContext"] = dict(container_sc)
     uid = uid_for(namespace, name)
     meta = {
-        "name": name, "namespace": namespace, "uid": uid,
+        "name": name,
+        "namespace": namespace,
+        "uid": uid,
         "resourceVersion": str(int(uid[:6], 16)),
         "creationTimestamp": "2026-11-20T08:15:42Z",
         "labels": {**labels, "pod-template-hash": "7d9f8c6b5"},
         "annotations": {
             "kubectl.kubernetes.io/restartedAt": "2026-11-20T08:15:00Z",
-            "prometheus.io/scrape": "true", "prometheus.io/port": "9090",
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": "9090",
         },
     }
     if owner:
@@ -86,12 +115,34 @@ def pod(namespace: str, name: str, image: str, pod_sc: dict, container_sc: dict,
     spec = {
         "volumes": [
             {"name": "config", "configMap": {"name": "app-config", "defaultMode": 420}},
-            {"name": "kube-api-access", "projected": {"defaultMode": 420, "sources": [
-                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
-                {"configMap": {"name": "kube-root-ca.crt",
-                               "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {
-                    "apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}]}},
+            {
+                "name": "kube-api-access",
+                "projected": {
+                    "defaultMode": 420,
+                    "sources": [
+                        {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                        {
+                            "configMap": {
+                                "name": "kube-root-ca.crt",
+                                "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                            }
+                        },
+                        {
+                            "downwardAPI": {
+                                "items": [
+                                    {
+                                        "path": "namespace",
+                                        "fieldRef": {
+                                            "apiVersion": "v1",
+                                            "fieldPath": "metadata.namespace",
+                                        },
+                                    }
+                                ]
+                            }
+                        },
+                    ],
+                },
+            },
         ],
         "containers": [container, *(extra_containers or [])],
         "restartPolicy": "Always",
@@ -103,10 +154,18 @@ def pod(namespace: str, name: str, image: str, pod_sc: dict, container_sc: dict,
         "securityContext": dict(pod_sc),
         "schedulerName": "default-scheduler",
         "tolerations": [
-            {"key": "node.kubernetes.io/not-ready", "operator": "Exists",
-             "effect": "NoExecute", "tolerationSeconds": 300},
-            {"key": "node.kubernetes.io/unreachable", "operator": "Exists",
-             "effect": "NoExecute", "tolerationSeconds": 300},
+            {
+                "key": "node.kubernetes.io/not-ready",
+                "operator": "Exists",
+                "effect": "NoExecute",
+                "tolerationSeconds": 300,
+            },
+            {
+                "key": "node.kubernetes.io/unreachable",
+                "operator": "Exists",
+                "effect": "NoExecute",
+                "tolerationSeconds": 300,
+            },
         ],
         "priority": 0,
         "enableServiceLinks": True,
@@ -115,27 +174,43 @@ def pod(namespace: str, name: str, image: str, pod_sc: dict, container_sc: dict,
     status = {
         "phase": "Running",
         "conditions": [
-            {"type": t, "status": "True", "lastProbeTime": None,
-             "lastTransitionTime": "2026-11-20T08:15:50Z"}
-            for t in ("PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady",
-                      "PodScheduled")
+            {
+                "type": t,
+                "status": "True",
+                "lastProbeTime": None,
+                "lastTransitionTime": "2026-11-20T08:15:50Z",
+            }
+            for t in (
+                "PodReadyToStartContainers",
+                "Initialized",
+                "Ready",
+                "ContainersReady",
+                "PodScheduled",
+            )
         ],
-        "hostIP": "10.0.3.17", "hostIPs": [{"ip": "10.0.3.17"}],
-        "podIP": "10.244.2.31", "podIPs": [{"ip": "10.244.2.31"}],
+        "hostIP": "10.0.3.17",
+        "hostIPs": [{"ip": "10.0.3.17"}],
+        "podIP": "10.244.2.31",
+        "podIPs": [{"ip": "10.244.2.31"}],
         "startTime": "2026-11-20T08:15:42Z",
-        "containerStatuses": [{
-            "name": "app", "ready": True, "restartCount": 0, "started": True,
-            "state": {"running": {"startedAt": "2026-11-20T08:15:48Z"}},
-            "lastState": {},
-            "image": image,
-            "imageID": _repository(image) + "@sha256:" + hashlib.sha256(
-                image.encode()).hexdigest(),
-            "containerID": "containerd://" + hashlib.sha256(uid.encode()).hexdigest(),
-        }],
+        "containerStatuses": [
+            {
+                "name": "app",
+                "ready": True,
+                "restartCount": 0,
+                "started": True,
+                "state": {"running": {"startedAt": "2026-11-20T08:15:48Z"}},
+                "lastState": {},
+                "image": image,
+                "imageID": _repository(image)
+                + "@sha256:"
+                + hashlib.sha256(image.encode()).hexdigest(),
+                "containerID": "containerd://" + hashlib.sha256(uid.encode()).hexdigest(),
+            }
+        ],
         "qosClass": "Burstable",
     }
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec,
-            "status": status}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec, "status": status}
 
 
 def _repository(image: str) -> str:
@@ -145,51 +220,95 @@ def _repository(image: str) -> str:
 
 
 def owner_ref(kind: str, name: str, namespace: str, api_version: str = "apps/v1") -> dict:
-    return {"apiVersion": api_version, "kind": kind, "name": name,
-            "uid": uid_for(namespace, kind, name)}
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "name": name,
+        "uid": uid_for(namespace, kind, name),
+    }
 
 
 def _template(labels: dict, image: str) -> dict:
-    return {"metadata": {"labels": labels},
-            "spec": {"containers": [{"name": "app", "image": image}]}}
+    return {
+        "metadata": {"labels": labels},
+        "spec": {"containers": [{"name": "app", "image": image}]},
+    }
 
 
-def replicaset(namespace: str, name: str, deployment: str, replicas: int,
-               image: str = "img", hash_: str = "7d9f8c6b5") -> dict:
+def replicaset(
+    namespace: str,
+    name: str,
+    deployment: str,
+    replicas: int,
+    image: str = "img",
+    hash_: str = "7d9f8c6b5",
+) -> dict:
     """A ReplicaSet owned by a Deployment, complete enough for the typed models."""
     labels = {"app.kubernetes.io/name": deployment, "pod-template-hash": hash_}
     return {
-        "apiVersion": "apps/v1", "kind": "ReplicaSet",
-        "metadata": {"name": name, "namespace": namespace,
-                     "uid": uid_for(namespace, "ReplicaSet", name), "labels": labels,
-                     "ownerReferences": [{**owner_ref("Deployment", deployment, namespace),
-                                          "controller": True, "blockOwnerDeletion": True}]},
-        "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
-                 "template": _template(labels, image)},
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": uid_for(namespace, "ReplicaSet", name),
+            "labels": labels,
+            "ownerReferences": [
+                {
+                    **owner_ref("Deployment", deployment, namespace),
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": _template(labels, image),
+        },
         "status": {"replicas": replicas, "readyReplicas": replicas},
     }
 
 
-def job(namespace: str, name: str, cronjob: str | None, parallelism: int = 1,
-        image: str = "img") -> dict:
+def job(
+    namespace: str, name: str, cronjob: str | None, parallelism: int = 1, image: str = "img"
+) -> dict:
     """A Job, owned by a CronJob when cronjob is given."""
     labels = {"batch.kubernetes.io/job-name": name}
-    meta = {"name": name, "namespace": namespace, "uid": uid_for(namespace, "Job", name),
-            "labels": labels}
+    meta = {
+        "name": name,
+        "namespace": namespace,
+        "uid": uid_for(namespace, "Job", name),
+        "labels": labels,
+    }
     if cronjob:
-        meta["ownerReferences"] = [{**owner_ref("CronJob", cronjob, namespace, "batch/v1"),
-                                    "controller": True, "blockOwnerDeletion": True}]
+        meta["ownerReferences"] = [
+            {
+                **owner_ref("CronJob", cronjob, namespace, "batch/v1"),
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
     tmpl = _template(labels, image)
     tmpl["spec"]["restartPolicy"] = "Never"
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta,
-            "spec": {"parallelism": parallelism, "completions": parallelism,
-                     "backoffLimit": 6, "selector": {"matchLabels": labels},
-                     "template": tmpl},
-            "status": {"active": parallelism}}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": {
+            "parallelism": parallelism,
+            "completions": parallelism,
+            "backoffLimit": 6,
+            "selector": {"matchLabels": labels},
+            "template": tmpl,
+        },
+        "status": {"active": parallelism},
+    }
 
 
-def fleet(total_pods: int, namespaces: int = 20, replicas: int = 10, seed: int = 7
-          ) -> Iterator[tuple[str, dict]]:
+def fleet(
+    total_pods: int, namespaces: int = 20, replicas: int = 10, seed: int = 7
+) -> Iterator[tuple[str, dict]]:
     """(kind, object) for a synthetic cluster: pods with their ReplicaSets and Jobs.
 
     Deterministic for a seed. Workloads have `replicas` pods each, so findings are about
@@ -229,8 +348,10 @@ def fleet(total_pods: int, namespaces: int = 20, replicas: int = 10, seed: int =
             name = f"{base}-{i}" if owner is None or shape == 7 else f"{base}-{uid_for(w, i)[:5]}"
             if owner is None:
                 name = base
-            yield "Pod", pod(ns, name, image, pod_sc, c_sc, owner=owner,
-                             node=f"node-{(made + i) % 50}")
+            yield (
+                "Pod",
+                pod(ns, name, image, pod_sc, c_sc, owner=owner, node=f"node-{(made + i) % 50}"),
+            )
         made += count
         w += 1
 
@@ -238,8 +359,15 @@ def fleet(total_pods: int, namespaces: int = 20, replicas: int = 10, seed: int =
 def alias_bomb(containers: int = 1000, refs: int = 20000) -> bytes:
     """YAML of one pod with 1,000 containers referenced 20,000 times: about 100 KB that
     stands for 20 million containers."""
-    lines = ["kind: List", "items:", "- &pod", "  kind: Pod", "  metadata: {name: p}",
-             "  spec:", "    containers:", *(f"    - {{name: c{i}, image: nginx}}"
-                                             for i in range(containers))]
+    lines = [
+        "kind: List",
+        "items:",
+        "- &pod",
+        "  kind: Pod",
+        "  metadata: {name: p}",
+        "  spec:",
+        "    containers:",
+        *(f"    - {{name: c{i}, image: nginx}}" for i in range(containers)),
+    ]
     lines += ["- *pod" for _ in range(refs)]
     return ("\n".join(lines) + "\n").encode()

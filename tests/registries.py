@@ -44,8 +44,13 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 
-def reply(handler: BaseHTTPRequestHandler, code: int, body: bytes, content_type: str,
-          headers: dict | None = None) -> None:
+def reply(
+    handler: BaseHTTPRequestHandler,
+    code: int,
+    body: bytes,
+    content_type: str,
+    headers: dict | None = None,
+) -> None:
     handler.send_response(code)
     handler.send_header("Content-Type", content_type)
     handler.send_header("Content-Length", str(len(body)))
@@ -68,23 +73,32 @@ def b64url(data: bytes) -> str:
 class RegistryProcess:
     """One docker-registry serving `storage` with the given auth/TLS settings."""
 
-    def __init__(self, storage: Path, workdir: Path, name: str, auth: dict | None = None,
-                 tls: tuple[Path, Path] | None = None):
+    def __init__(
+        self,
+        storage: Path,
+        workdir: Path,
+        name: str,
+        auth: dict | None = None,
+        tls: tuple[Path, Path] | None = None,
+    ):
         self.port = free_port()
         http = {"addr": f"127.0.0.1:{self.port}", "secret": "test-secret"}
         if tls:
             http["tls"] = {"certificate": str(tls[0]), "key": str(tls[1])}
-        config = {"version": 0.1, "log": {"level": "error", "accesslog": {"disabled": True}},
-                  "storage": {"filesystem": {"rootdirectory": str(storage)},
-                              "delete": {"enabled": True}},
-                  "http": http}
+        config = {
+            "version": 0.1,
+            "log": {"level": "error", "accesslog": {"disabled": True}},
+            "storage": {"filesystem": {"rootdirectory": str(storage)}, "delete": {"enabled": True}},
+            "http": http,
+        }
         if auth:
             config["auth"] = auth
         path = workdir / f"{name}.yml"
         path.write_text(yaml.safe_dump(config))
         self.log = open(workdir / f"{name}.log", "w")
-        self.p = subprocess.Popen([REGISTRY_BIN, "serve", str(path)], stdout=self.log,
-                                  stderr=subprocess.STDOUT)
+        self.p = subprocess.Popen(
+            [REGISTRY_BIN, "serve", str(path)], stdout=self.log, stderr=subprocess.STDOUT
+        )
         self.host = f"127.0.0.1:{self.port}"
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -95,8 +109,9 @@ class RegistryProcess:
                 if self.p.poll() is not None:
                     break
                 time.sleep(0.05)
-        raise RuntimeError(f"docker-registry {name} did not start: "
-                           f"{(workdir / f'{name}.log').read_text()[-2000:]}")
+        raise RuntimeError(
+            f"docker-registry {name} did not start: {(workdir / f'{name}.log').read_text()[-2000:]}"
+        )
 
     def stop(self) -> None:
         self.p.terminate()
@@ -109,18 +124,29 @@ class TokenServer:
 
     Anonymous requests get pull on `public/*` only; `user`/`password` get pull on all."""
 
-    def __init__(self, workdir: Path, service: str = "welkin-test", issuer: str = "test-issuer",
-                 user: str = "reader", password: str = "s3cret"):
+    def __init__(
+        self,
+        workdir: Path,
+        service: str = "welkin-test",
+        issuer: str = "test-issuer",
+        user: str = "reader",
+        password: str = "s3cret",
+    ):
         self.service, self.issuer, self.user, self.password = service, issuer, user, password
         self.key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "token-signer")])
-        self.cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-                     .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
-                     .not_valid_before(now - datetime.timedelta(minutes=5))
-                     .not_valid_after(now + datetime.timedelta(days=1))
-                     .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-                     .sign(self.key, hashes.SHA256()))
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(self.key, hashes.SHA256())
+        )
         self.bundle = workdir / "token-bundle.pem"
         self.bundle.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
         self.requests = 0
@@ -133,8 +159,11 @@ class TokenServer:
             def do_GET(self):  # noqa: N802
                 server.requests += 1
                 q = {k: v[-1] for k, v in parse_qs(urlsplit(self.path).query).items()}
-                authed = self.headers.get("Authorization") == "Basic " + base64.b64encode(
-                    f"{server.user}:{server.password}".encode()).decode()
+                authed = (
+                    self.headers.get("Authorization")
+                    == "Basic "
+                    + base64.b64encode(f"{server.user}:{server.password}".encode()).decode()
+                )
                 if self.headers.get("Authorization") and not authed:
                     return self._send(401, {"details": "incorrect username or password"})
                 scope = q.get("scope", "")
@@ -142,8 +171,9 @@ class TokenServer:
                 if scope.startswith("repository:"):
                     _, repo, actions = scope.split(":", 2)
                     if authed or repo.startswith("public/"):
-                        access.append({"type": "repository", "name": repo,
-                                       "actions": actions.split(",")})
+                        access.append(
+                            {"type": "repository", "name": repo, "actions": actions.split(",")}
+                        )
                 token = server.token(q.get("service", ""), access)
                 self._send(200, {"token": token, "access_token": token, "expires_in": 300})
 
@@ -156,20 +186,38 @@ class TokenServer:
 
     def token(self, audience: str, access: list) -> str:
         now = int(time.time())
-        header = {"typ": "JWT", "alg": "ES256",
-                  "x5c": [base64.b64encode(self.cert.public_bytes(
-                      serialization.Encoding.DER)).decode()]}
-        claims = {"iss": self.issuer, "sub": "tester", "aud": audience, "exp": now + 300,
-                  "nbf": now - 10, "iat": now, "jti": uuid.uuid4().hex, "access": access}
-        signing_input = (b64url(json.dumps(header).encode()) + "." +
-                         b64url(json.dumps(claims).encode()))
-        r, s = decode_dss_signature(self.key.sign(signing_input.encode(),
-                                                  ec.ECDSA(hashes.SHA256())))
+        header = {
+            "typ": "JWT",
+            "alg": "ES256",
+            "x5c": [base64.b64encode(self.cert.public_bytes(serialization.Encoding.DER)).decode()],
+        }
+        claims = {
+            "iss": self.issuer,
+            "sub": "tester",
+            "aud": audience,
+            "exp": now + 300,
+            "nbf": now - 10,
+            "iat": now,
+            "jti": uuid.uuid4().hex,
+            "access": access,
+        }
+        signing_input = (
+            b64url(json.dumps(header).encode()) + "." + b64url(json.dumps(claims).encode())
+        )
+        r, s = decode_dss_signature(
+            self.key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256()))
+        )
         return signing_input + "." + b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
 
     def auth_config(self) -> dict:
-        return {"token": {"realm": self.url, "service": self.service, "issuer": self.issuer,
-                          "rootcertbundle": str(self.bundle)}}
+        return {
+            "token": {
+                "realm": self.url,
+                "service": self.service,
+                "issuer": self.issuer,
+                "rootcertbundle": str(self.bundle),
+            }
+        }
 
     def stop(self) -> None:
         self.httpd.shutdown()
@@ -193,8 +241,14 @@ class FaultServer:
     - "redirect": blobs are answered with 307 to the upstream's URL for them.
     """
 
-    def __init__(self, mode: str, upstream: str | None = None, swap_tag: str = "evil",
-                 header_digest: str = "sha256:" + "e" * 64, drip_rate: float = 20.0):
+    def __init__(
+        self,
+        mode: str,
+        upstream: str | None = None,
+        swap_tag: str = "evil",
+        header_digest: str = "sha256:" + "e" * 64,
+        drip_rate: float = 20.0,
+    ):
         self.mode, self.requests = mode, 0
         http = urllib3.PoolManager(retries=False, timeout=10)
         server = self
@@ -204,8 +258,11 @@ class FaultServer:
                 pass
 
             def _upstream(self, path):
-                r = http.request("GET", f"http://{upstream}{path}",
-                                 headers={"Accept": self.headers.get("Accept", "*/*")})
+                r = http.request(
+                    "GET",
+                    f"http://{upstream}{path}",
+                    headers={"Accept": self.headers.get("Accept", "*/*")},
+                )
                 return r.status, r.data, r.headers.get("Content-Type", "application/json")
 
             def do_GET(self):  # noqa: N802
@@ -213,9 +270,15 @@ class FaultServer:
                 mode, path = server.mode, self.path
                 is_blob, is_manifest = "/blobs/" in path, "/manifests/" in path
                 if mode == "429":
-                    return reply(self, 429, json.dumps({"errors": [{
-                        "code": "TOOMANYREQUESTS", "message": "pull rate limit"}]}).encode(),
-                        OCI_MANIFEST, {"Retry-After": "60"})
+                    return reply(
+                        self,
+                        429,
+                        json.dumps(
+                            {"errors": [{"code": "TOOMANYREQUESTS", "message": "pull rate limit"}]}
+                        ).encode(),
+                        OCI_MANIFEST,
+                        {"Retry-After": "60"},
+                    )
                 if mode == "malformed":
                     return reply(self, 200, b'{"schemaVersion": 2, "config": ', OCI_MANIFEST)
                 if mode == "drip":
@@ -223,16 +286,19 @@ class FaultServer:
                 if mode == "bad-config" and is_blob:
                     return reply(self, 200, ROOT_CONFIG, "application/octet-stream")
                 if mode == "redirect" and is_blob:
-                    return reply(self, 307, b"", "text/plain",
-                                 {"Location": f"http://{upstream}{path}"})
+                    return reply(
+                        self, 307, b"", "text/plain", {"Location": f"http://{upstream}{path}"}
+                    )
                 if mode == "bad-manifest" and is_manifest and "sha256:" in path:
                     path = path.rsplit("/", 1)[0] + "/" + swap_tag
                 status, body, ctype = self._upstream(path)
                 headers = {}
                 if is_manifest and status == 200:
                     headers["Docker-Content-Digest"] = (
-                        header_digest if mode == "wrong-header"
-                        else "sha256:" + hashlib.sha256(body).hexdigest())
+                        header_digest
+                        if mode == "wrong-header"
+                        else "sha256:" + hashlib.sha256(body).hexdigest()
+                    )
                 reply(self, status, body, ctype, headers)
 
             def _drip(self, body):
@@ -242,7 +308,7 @@ class FaultServer:
                 self.end_headers()
                 try:
                     for i in range(0, len(body), 4):
-                        self.wfile.write(body[i:i + 4])
+                        self.wfile.write(body[i : i + 4])
                         self.wfile.flush()
                         time.sleep(4 / drip_rate)
                 except OSError:
@@ -270,13 +336,19 @@ class Registries:
         (self.dir / "tls.key").write_bytes(key)
         self.tokens = TokenServer(self.dir)
         (self.dir / "htpasswd").write_text(
-            "basicuser:" + crypt.crypt("basicpass", crypt.mksalt(crypt.METHOD_BLOWFISH)) + "\n")
+            "basicuser:" + crypt.crypt("basicpass", crypt.mksalt(crypt.METHOD_BLOWFISH)) + "\n"
+        )
         self.plain = RegistryProcess(storage, self.dir, "plain")
-        self.tls = RegistryProcess(storage, self.dir, "tls",
-                                   tls=(self.dir / "tls.crt", self.dir / "tls.key"))
+        self.tls = RegistryProcess(
+            storage, self.dir, "tls", tls=(self.dir / "tls.crt", self.dir / "tls.key")
+        )
         self.token = RegistryProcess(storage, self.dir, "token", auth=self.tokens.auth_config())
-        self.basic = RegistryProcess(storage, self.dir, "basic", auth={"htpasswd": {
-            "realm": "welkin-test", "path": str(self.dir / "htpasswd")}})
+        self.basic = RegistryProcess(
+            storage,
+            self.dir,
+            "basic",
+            auth={"htpasswd": {"realm": "welkin-test", "path": str(self.dir / "htpasswd")}},
+        )
         self.http = urllib3.PoolManager(retries=False, timeout=10)
 
     def stop(self) -> None:
@@ -296,37 +368,68 @@ class Registries:
         if location.startswith("/"):
             location = base + location
         sep = "&" if "?" in location else "?"
-        r = self.http.request("PUT", f"{location}{sep}digest={digest}", body=data,
-                              headers={"Content-Type": "application/octet-stream"})
+        r = self.http.request(
+            "PUT",
+            f"{location}{sep}digest={digest}",
+            body=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
         assert r.status == 201, r.data
         return digest
 
     def push_manifest(self, repo: str, reference: str, manifest: dict, media_type: str) -> str:
         data = json.dumps(manifest).encode()
-        r = self.http.request("PUT", f"http://{self.plain.host}/v2/{repo}/manifests/{reference}",
-                              body=data, headers={"Content-Type": media_type})
+        r = self.http.request(
+            "PUT",
+            f"http://{self.plain.host}/v2/{repo}/manifests/{reference}",
+            body=data,
+            headers={"Content-Type": media_type},
+        )
         assert r.status == 201, r.data
         return r.headers["Docker-Content-Digest"]
 
-    def push_image(self, repo: str, tag: str | None, user: str | None,
-                   platform: tuple[str, str] = ("linux", "amd64"),
-                   config_bytes: bytes | None = None) -> str:
+    def push_image(
+        self,
+        repo: str,
+        tag: str | None,
+        user: str | None,
+        platform: tuple[str, str] = ("linux", "amd64"),
+        config_bytes: bytes | None = None,
+    ) -> str:
         """An image whose config has User `user` (None: no config section). Returns the
         manifest digest."""
         layer = _tiny_layer(repo + (user or ""))
         layer_digest = self.push_blob(repo, layer)
-        config = {"architecture": platform[1], "os": platform[0],
-                  "rootfs": {"type": "layers", "diff_ids": [
-                      "sha256:" + hashlib.sha256(_tiny_tar(repo + (user or ""))).hexdigest()]}}
+        config = {
+            "architecture": platform[1],
+            "os": platform[0],
+            "rootfs": {
+                "type": "layers",
+                "diff_ids": [
+                    "sha256:" + hashlib.sha256(_tiny_tar(repo + (user or ""))).hexdigest()
+                ],
+            },
+        }
         if user is not None:
             config["config"] = {"User": user, "Env": ["PATH=/usr/bin"], "Cmd": ["/bin/sh"]}
         data = config_bytes if config_bytes is not None else json.dumps(config).encode()
         config_digest = self.push_blob(repo, data)
-        manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                    "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                               "digest": config_digest, "size": len(data)},
-                    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                                "digest": layer_digest, "size": len(layer)}]}
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": config_digest,
+                "size": len(data),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": layer_digest,
+                    "size": len(layer),
+                }
+            ],
+        }
         data = json.dumps(manifest).encode()
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         self.push_manifest(repo, tag or digest, manifest, OCI_MANIFEST)
@@ -336,13 +439,24 @@ class Registries:
         entries = []
         for (os_, arch), user in users.items():
             digest = self.push_image(repo, None, user, (os_, arch))
-            size = len(self.http.request(
-                "GET", f"http://{self.plain.host}/v2/{repo}/manifests/{digest}",
-                headers={"Accept": OCI_MANIFEST}).data)
-            entries.append({"mediaType": OCI_MANIFEST, "digest": digest, "size": size,
-                            "platform": {"os": os_, "architecture": arch}})
-        return self.push_manifest(repo, tag, {"schemaVersion": 2, "mediaType": OCI_INDEX,
-                                              "manifests": entries}, OCI_INDEX)
+            size = len(
+                self.http.request(
+                    "GET",
+                    f"http://{self.plain.host}/v2/{repo}/manifests/{digest}",
+                    headers={"Accept": OCI_MANIFEST},
+                ).data
+            )
+            entries.append(
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": digest,
+                    "size": size,
+                    "platform": {"os": os_, "architecture": arch},
+                }
+            )
+        return self.push_manifest(
+            repo, tag, {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}, OCI_INDEX
+        )
 
 
 def _tiny_tar(seed: str) -> bytes:

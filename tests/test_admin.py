@@ -13,10 +13,17 @@ def admin(admin_client):
 
 
 def post(client, kubeconfig: str, name="prod-1"):
-    return client.post("/admin/compliance/cluster/add/", {
-        "name": name, "source": "kubeconfig", "schedule_minutes": 15, "enabled": "on",
-        "kubeconfig": SimpleUploadedFile("kubeconfig", kubeconfig.encode()),
-        "kubeconfig_context": ""})
+    return client.post(
+        "/admin/compliance/cluster/add/",
+        {
+            "name": name,
+            "source": "kubeconfig",
+            "schedule_minutes": 15,
+            "enabled": "on",
+            "kubeconfig": SimpleUploadedFile("kubeconfig", kubeconfig.encode()),
+            "kubeconfig_context": "",
+        },
+    )
 
 
 @pytest.mark.django_db
@@ -41,9 +48,16 @@ def test_it_refuses_an_exec_plugin_in_the_admin(admin, fake_kube):
 def test_it_stores_registry_passwords_encrypted(admin):
     from compliance.models import Registry
 
-    r = admin.post("/admin/compliance/registry/add/", {
-        "host": "registry.example.com", "username": "bot", "password": "hunter2",
-        "ca_pem": "", "plain_http": ""})
+    r = admin.post(
+        "/admin/compliance/registry/add/",
+        {
+            "host": "registry.example.com",
+            "username": "bot",
+            "password": "hunter2",
+            "ca_pem": "",
+            "plain_http": "",
+        },
+    )
     assert r.status_code == 302
     reg = Registry.objects.get()
     assert reg.password == "hunter2"
@@ -52,10 +66,16 @@ def test_it_stores_registry_passwords_encrypted(admin):
 
 @pytest.mark.django_db
 def test_it_refuses_a_bad_registry_ca(admin):
-    r = admin.post("/admin/compliance/registry/add/", {
-        "host": "r.example.com", "username": "", "password": "",
-        "ca_pem": "-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----",
-        "plain_http": ""})
+    r = admin.post(
+        "/admin/compliance/registry/add/",
+        {
+            "host": "r.example.com",
+            "username": "",
+            "password": "",
+            "ca_pem": "-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----",
+            "plain_http": "",
+        },
+    )
     assert r.status_code == 200
     assert b"not a usable PEM CA certificate" in r.content
 
@@ -67,10 +87,14 @@ def test_it_validates_namespace_grants(admin):
     from compliance.models import NamespaceGrant
 
     lead = User.objects.create_user("lead")
-    r = admin.post("/admin/compliance/namespacegrant/add/", {
-        "user": lead.pk, "group": "", "cluster": "", "namespace": "Team_A"})
+    r = admin.post(
+        "/admin/compliance/namespacegrant/add/",
+        {"user": lead.pk, "group": "", "cluster": "", "namespace": "Team_A"},
+    )
     assert r.status_code == 200 and b"a namespace name" in r.content
-    r = admin.post("/admin/compliance/namespacegrant/add/", {
-        "user": lead.pk, "group": "", "cluster": "", "namespace": "team-a-*"})
+    r = admin.post(
+        "/admin/compliance/namespacegrant/add/",
+        {"user": lead.pk, "group": "", "cluster": "", "namespace": "team-a-*"},
+    )
     assert r.status_code == 302
     assert NamespaceGrant.objects.get().namespace == "team-a-*"

@@ -21,6 +21,7 @@ def api(db):
         c = APIClient()
         c.credentials(HTTP_AUTHORIZATION="Token " + Token.objects.create(user=user).key)
         return c
+
     return client_for
 
 
@@ -46,9 +47,11 @@ def test_every_endpoint_follows_the_access_rules(api, history):  # noqa: F811
     officer, lead = api(access.OFFICER), api(access.LEAD, grants=["shop"])
     assert names(officer.get("/api/v1/findings/")) == [("shop", "b")]
     assert names(officer.get("/api/v1/findings/", {"open": "false"})) == [
-        ("ops", "d"), ("shop", "a"), ("shop", "b")]
-    assert names(lead.get("/api/v1/findings/", {"open": "false"})) == [("shop", "a"),
-                                                                     ("shop", "b")]
+        ("ops", "d"),
+        ("shop", "a"),
+        ("shop", "b"),
+    ]
+    assert names(lead.get("/api/v1/findings/", {"open": "false"})) == [("shop", "a"), ("shop", "b")]
     d = Finding.objects.get(workload_name="d")
     assert officer.get(f"/api/v1/findings/{d.pk}/").status_code == 200
     assert lead.get(f"/api/v1/findings/{d.pk}/").status_code == 404
@@ -60,11 +63,12 @@ def test_every_endpoint_follows_the_access_rules(api, history):  # noqa: F811
     assert len(officer.get("/api/v1/scans/").json()["results"]) == 3
     assert {r["namespace"] for r in lead.get("/api/v1/rollups/").json()["results"]} == {"shop"}
     assert {r["namespace"] for r in officer.get("/api/v1/rollups/").json()["results"]} == {
-        "shop", "ops"}
+        "shop",
+        "ops",
+    }
     rep = lead.get("/api/v1/report/", {"at": "2026-11-02T11:00:00Z"}).json()
     assert [(f["namespace"], f["workload_name"]) for f in rep["findings"]] == [("shop", "b")]
-    assert lead.get("/api/v1/report/", {"cluster": "airgap", "namespace": "ops"}) \
-        .status_code == 400
+    assert lead.get("/api/v1/report/", {"cluster": "airgap", "namespace": "ops"}).status_code == 400
     assert AuditEvent.objects.filter(action="report_view").count() == 1
 
 
@@ -80,6 +84,11 @@ def test_it_serves_an_openapi_schema(api, db):
     r = api(access.AUDITOR).get("/api/schema/", HTTP_ACCEPT="application/json")
     assert r.status_code == 200
     body = r.content.decode()
-    for path in ("/api/v1/findings/", "/api/v1/clusters/", "/api/v1/scans/",
-                 "/api/v1/rollups/", "/api/v1/report/"):
+    for path in (
+        "/api/v1/findings/",
+        "/api/v1/clusters/",
+        "/api/v1/scans/",
+        "/api/v1/rollups/",
+        "/api/v1/report/",
+    ):
         assert path in body

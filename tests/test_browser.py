@@ -16,17 +16,22 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parent.parent / "var" / "screenshots"
 PASSWORD = "browser-pass"
 
-pytestmark = [pytest.mark.django_db(transaction=True),
-              pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium missing")]
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium missing"),
+]
 
 
 @pytest.fixture
 def demo_fleet(transactional_db):
     demo.load(PASSWORD, days=21)
-    welkin = Finding.objects.get(cluster__name="prod-eu", namespace="payments",
-                                 workload_name="worker", resolved_at__isnull=True)
-    return {"welkin": welkin.pk,
-            "other": Finding.objects.filter(namespace="data").first().pk}
+    welkin = Finding.objects.get(
+        cluster__name="prod-eu",
+        namespace="payments",
+        workload_name="worker",
+        resolved_at__isnull=True,
+    )
+    return {"welkin": welkin.pk, "other": Finding.objects.filter(namespace="data").first().pk}
 
 
 @pytest.fixture
@@ -37,9 +42,17 @@ def browser(monkeypatch):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--no-first-run"])
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+            ],
+        )
         yield b
         b.close()
 
@@ -51,8 +64,14 @@ class Walker:
         self.errors, self.foreign = [], []
         self.page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
-        self.page.on("request", lambda r: None if r.url.startswith(base) or
-                     r.url.startswith("data:") else self.foreign.append(r.url))
+        self.page.on(
+            "request",
+            lambda r: (
+                None
+                if r.url.startswith(base) or r.url.startswith("data:")
+                else self.foreign.append(r.url)
+            ),
+        )
 
     def login(self):
         self.page.goto(self.base + "/")
@@ -70,7 +89,8 @@ class Walker:
             self.page.wait_for_selector("body[data-charts-ready]", timeout=15000)
             assert self.page.get_attribute("body", "data-charts-ready") == "yes"
             drawn = self.page.evaluate(
-                "Array.from(document.querySelectorAll('canvas')).every(c => Chart.getChart(c))")
+                "Array.from(document.querySelectorAll('canvas')).every(c => Chart.getChart(c))"
+            )
             assert drawn, f"{path}: a chart did not draw"
         SHOTS.mkdir(parents=True, exist_ok=True)
         self.page.screenshot(path=str(SHOTS / f"{self.role}-{name}.png"), full_page=True)

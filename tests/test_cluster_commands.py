@@ -42,13 +42,17 @@ def test_it_adds_a_cluster_with_encrypted_credentials(kubeconfig_file, fake_kube
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("user,message", [
-    ({"exec": {"command": "gke-gcloud-auth-plugin"}}, "user.exec is refused"),
-    ({"client-key": "/root/.kube/key.pem", "client-certificate": "/root/c.pem"},
-     "is refused: a path on the worker's disk"),
-])
-def test_it_refuses_an_unsafe_kubeconfig_and_stores_nothing(fake_kube, tmp_path, user,
-                                                            message):
+@pytest.mark.parametrize(
+    "user,message",
+    [
+        ({"exec": {"command": "gke-gcloud-auth-plugin"}}, "user.exec is refused"),
+        (
+            {"client-key": "/root/.kube/key.pem", "client-certificate": "/root/c.pem"},
+            "is refused: a path on the worker's disk",
+        ),
+    ],
+)
+def test_it_refuses_an_unsafe_kubeconfig_and_stores_nothing(fake_kube, tmp_path, user, message):
     cfg = fake_kube.kubeconfig()
     cfg["users"][0]["user"] = user
     path = tmp_path / "kubeconfig"
@@ -59,8 +63,9 @@ def test_it_refuses_an_unsafe_kubeconfig_and_stores_nothing(fake_kube, tmp_path,
 
 
 @pytest.mark.django_db
-def test_it_keeps_an_existing_cluster_when_a_replacement_is_refused(kubeconfig_file,
-                                                                     fake_kube, tmp_path):
+def test_it_keeps_an_existing_cluster_when_a_replacement_is_refused(
+    kubeconfig_file, fake_kube, tmp_path
+):
     run("add_cluster", "prod-1", "--kubeconfig", str(kubeconfig_file))
     cfg = fake_kube.kubeconfig()
     cfg["users"][0]["user"] = {"auth-provider": {"name": "oidc"}}
@@ -89,13 +94,34 @@ def test_scan_prints_a_summary_and_findings_lists_them(kubeconfig_file, fake_kub
     rows = json.loads(run("findings", "--format", "json"))
     assert len(rows) == 1
     r = rows[0]
-    assert {k: r[k] for k in ("cluster", "namespace", "workload_kind", "workload_name",
-                              "container", "container_type", "state", "runs_as_root",
-                              "kubelet_error", "controls", "pods")} == {
-        "cluster": "prod-1", "namespace": "shop", "workload_kind": "Deployment",
-        "workload_name": "web", "container": "app", "container_type": "app", "state": "root",
-        "runs_as_root": True, "kubelet_error": None,
-        "controls": ["A.9.4.4", "A.12.6.1", "A.14.2.5"], "pods": 3}
+    assert {
+        k: r[k]
+        for k in (
+            "cluster",
+            "namespace",
+            "workload_kind",
+            "workload_name",
+            "container",
+            "container_type",
+            "state",
+            "runs_as_root",
+            "kubelet_error",
+            "controls",
+            "pods",
+        )
+    } == {
+        "cluster": "prod-1",
+        "namespace": "shop",
+        "workload_kind": "Deployment",
+        "workload_name": "web",
+        "container": "app",
+        "container_type": "app",
+        "state": "root",
+        "runs_as_root": True,
+        "kubelet_error": None,
+        "controls": ["A.9.4.4", "A.12.6.1", "A.14.2.5"],
+        "pods": 3,
+    }
     assert r["image"] == "nginx" and r["first_seen"] and r["last_changed"]
     assert json.loads(run("findings", "--format", "json", "--state", "blocked")) == []
     assert "1 open findings" in run("findings", "--cluster", "prod-1")
@@ -122,22 +148,30 @@ def snapshot(items):
 @pytest.mark.django_db
 def test_import_snapshot_records_a_complete_scan(tmp_path):
     rs = podgen.replicaset("shop", "web-abc", "web", 2)
-    pods = [podgen.pod("shop", f"web-abc-{i}", "nginx", {}, ROOT_SC,
-                       owner=podgen.owner_ref("ReplicaSet", "web-abc", "shop"))
-            for i in range(2)]
+    pods = [
+        podgen.pod(
+            "shop",
+            f"web-abc-{i}",
+            "nginx",
+            {},
+            ROOT_SC,
+            owner=podgen.owner_ref("ReplicaSet", "web-abc", "shop"),
+        )
+        for i in range(2)
+    ]
     f = tmp_path / "snap.json"
     f.write_text(snapshot([rs, *pods]))
     out = run("import_snapshot", "airgap-1", str(f), "--at", "2026-11-01T10:00:00Z")
     assert out.startswith("airgap-1: 2 pods, 1 opened")
     finding = Finding.objects.get()
-    assert (finding.workload_kind, finding.workload_name, finding.pods) == ("Deployment",
-                                                                            "web", 2)
+    assert (finding.workload_kind, finding.workload_name, finding.pods) == ("Deployment", "web", 2)
     assert finding.first_seen.isoformat() == "2026-11-01T10:00:00+00:00"
     assert Cluster.objects.get(name="airgap-1").source == "snapshot"
     # A later snapshot without the workload resolves it.
     f.write_text(snapshot([]))
-    assert "1 resolved" in run("import_snapshot", "airgap-1", str(f), "--at",
-                               "2026-11-02T10:00:00Z")
+    assert "1 resolved" in run(
+        "import_snapshot", "airgap-1", str(f), "--at", "2026-11-02T10:00:00Z"
+    )
     # Out of order is refused, and nothing changes.
     f.write_text(snapshot(pods))
     with pytest.raises(CommandError, match="before the cluster's last complete scan"):
@@ -146,12 +180,15 @@ def test_import_snapshot_records_a_complete_scan(tmp_path):
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("text,message", [
-    ("", "the file is empty"),
-    ("{", "invalid JSON"),
-    ('{"kind": "PodList", "items": []}', "expected one List"),
-    ('{"kind": "List", "items": [{"kind": "Service"}]}', "items\\[0\\]: kind 'Service'"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("", "the file is empty"),
+        ("{", "invalid JSON"),
+        ('{"kind": "PodList", "items": []}', "expected one List"),
+        ('{"kind": "List", "items": [{"kind": "Service"}]}', "items\\[0\\]: kind 'Service'"),
+    ],
+)
 def test_import_snapshot_rejects_bad_files_and_stores_nothing(tmp_path, text, message):
     f = tmp_path / "snap.json"
     f.write_text(text)

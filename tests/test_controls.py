@@ -18,7 +18,10 @@ def test_it_maps_every_state_to_known_controls_with_a_rationale():
 
 def test_it_gives_2022_numbers():
     assert {c.id: c.id_2022 for c in controls.CONTROLS.values()} == {
-        "A.9.4.4": "8.18", "A.12.6.1": "8.8", "A.14.2.5": "8.27"}
+        "A.9.4.4": "8.18",
+        "A.12.6.1": "8.8",
+        "A.14.2.5": "8.27",
+    }
     assert controls.CONTROLS["A.9.4.4"].label == "A.9.4.4 (2022: 8.18)"
 
 
@@ -36,12 +39,15 @@ def test_it_adds_user_1000_for_an_image_without_user():
     assert fix["security_context"]["fields"] == {"runAsNonRoot": True, "runAsUser": 1000}
 
 
-@pytest.mark.parametrize("p,level", [
-    (pod([c(runAsUser=0)], sc={"runAsNonRoot": True}), "container"),
-    (pod([c()], sc={"runAsNonRoot": True, "runAsUser": 0}), "pod"),
-    (pod([c()]), "container"),
-    (pod([c(runAsNonRoot=False)], sc={"runAsUser": 0}), "container"),
-])
+@pytest.mark.parametrize(
+    "p,level",
+    [
+        (pod([c(runAsUser=0)], sc={"runAsNonRoot": True}), "container"),
+        (pod([c()], sc={"runAsNonRoot": True, "runAsUser": 0}), "pod"),
+        (pod([c()]), "container"),
+        (pod([c(runAsNonRoot=False)], sc={"runAsUser": 0}), "container"),
+    ],
+)
 def test_it_places_the_security_context_at_the_level_that_set_it(p, level):
     assert controls.remediation(one(p, {"img": ""}))["security_context"]["level"] == level
 
@@ -55,5 +61,4 @@ def test_it_adds_only_run_as_non_root_when_unenforced():
 def test_it_suggests_container_user_on_windows():
     v = one(pod(sc={"runAsNonRoot": True}, os_name="windows"), {"img": "ContainerAdministrator"})
     fix = controls.remediation(v)
-    assert fix["security_context"]["fields"]["windowsOptions"] == {
-        "runAsUserName": "ContainerUser"}
+    assert fix["security_context"]["fields"]["windowsOptions"] == {"runAsUserName": "ContainerUser"}

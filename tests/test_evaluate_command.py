@@ -40,8 +40,15 @@ def run(*args, stdin=None):
     env = {**os.environ, "DEBUG": "1"}
     env.pop("DATABASE_URL", None)
     env["WELKIN_VAR_DIR"] = "/tmp/welkin-dash-test-var"
-    p = subprocess.run([sys.executable, "manage.py", "evaluate", *map(str, args)], cwd=ROOT,
-                       input=stdin, capture_output=True, text=True, env=env, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "manage.py", "evaluate", *map(str, args)],
+        cwd=ROOT,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     return p.returncode, p.stdout, p.stderr
 
 
@@ -51,20 +58,32 @@ def files(tmp_path):
         path = tmp_path / name
         path.write_text(text)
         return path
+
     return write
 
 
 def test_it_gives_the_welkin_page_errors(files):
-    code, out, err = run("--format", "json", "--image-user", "docker.io/library/node:22=node",
-                         "--image-user", "docker.io/library/nginx:1.27=",
-                         FIXTURES / "welkin-pods.json")
+    code, out, err = run(
+        "--format",
+        "json",
+        "--image-user",
+        "docker.io/library/node:22=node",
+        "--image-user",
+        "docker.io/library/nginx:1.27=",
+        FIXTURES / "welkin-pods.json",
+    )
     assert code == 1, err
     doc = json.loads(out)
     errors = [c["kubelet_error"] for o in doc["objects"] for c in o["containers"]]
     assert any("image has non-numeric user (node)" in (e or "") for e in errors)
     assert any("image will run as root" in (e or "") for e in errors)
-    assert doc["summary"] == {"compliant": 1, "unenforced": 0, "root": 0, "blocked": 2,
-                              "unverified": 0}
+    assert doc["summary"] == {
+        "compliant": 1,
+        "unenforced": 0,
+        "root": 0,
+        "blocked": 2,
+        "unverified": 0,
+    }
 
 
 def test_it_prints_the_documented_json_keys(files):
@@ -75,13 +94,26 @@ def test_it_prints_the_documented_json_keys(files):
     obj = doc["objects"][0]
     assert {"kind", "namespace", "name", "psa_restricted", "containers"} <= set(obj)
     assert set(obj["psa_restricted"]) == {"allowed", "violations"}
-    assert {"name", "type", "image", "run_as_user", "run_as_non_root", "image_user", "uid",
-            "runs_as_root", "kubelet_error", "evidence", "state", "controls",
-            "remediation"} <= set(obj["containers"][0])
+    assert {
+        "name",
+        "type",
+        "image",
+        "run_as_user",
+        "run_as_non_root",
+        "image_user",
+        "uid",
+        "runs_as_root",
+        "kubelet_error",
+        "evidence",
+        "state",
+        "controls",
+        "remediation",
+    } <= set(obj["containers"][0])
     assert (obj["kind"], obj["namespace"], obj["name"]) == ("Deployment", "shop", "api")
     assert obj["containers"][0]["controls"] == ["A.14.2.5"]
     assert obj["containers"][0]["kubelet_error"].startswith(
-        "container has runAsNonRoot and image has non-numeric user (node)")
+        "container has runAsNonRoot and image has non-numeric user (node)"
+    )
     cron = doc["objects"][1]
     assert (cron["kind"], cron["containers"][0]["state"]) == ("CronJob", "compliant")
 
@@ -122,17 +154,22 @@ def test_it_colours_nothing_when_not_a_terminal(files):
     assert "blocked" in out and "kubelet: container has runAsNonRoot" in out
 
 
-@pytest.mark.parametrize("text,message", [
-    ("", "the file is empty"),
-    ("{not json", "invalid JSON"),
-    ("a: [b\n", "invalid YAML at line"),
-    ("kind: Service\nmetadata: {name: s}\n", "kind Service has no pods to evaluate"),
-    ("- 1\n- 2\n", "expected a Kubernetes object"),
-    ("kind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - {name: a, image: x, "
-     "securityContext: {runAsUser: root}}\n",
-     "spec.containers[0].securityContext.runAsUser: expected an integer, got string"),
-    ("kind: Deployment\nmetadata: {name: d}\nspec: {}\n", "spec.template is missing"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("", "the file is empty"),
+        ("{not json", "invalid JSON"),
+        ("a: [b\n", "invalid YAML at line"),
+        ("kind: Service\nmetadata: {name: s}\n", "kind Service has no pods to evaluate"),
+        ("- 1\n- 2\n", "expected a Kubernetes object"),
+        (
+            "kind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - {name: a, image: x, "
+            "securityContext: {runAsUser: root}}\n",
+            "spec.containers[0].securityContext.runAsUser: expected an integer, got string",
+        ),
+        ("kind: Deployment\nmetadata: {name: d}\nspec: {}\n", "spec.template is missing"),
+    ],
+)
 def test_it_names_what_is_wrong_and_exits_2(files, text, message):
     f = files("bad.yaml", text)
     code, out, err = run(f)
@@ -153,9 +190,13 @@ def test_it_keeps_the_results_of_the_other_documents(files):
 
 
 def test_it_names_a_bad_item_in_a_list(files):
-    items = {"kind": "PodList", "items": [
-        {"metadata": {"name": "good"}, "spec": {"containers": [{"name": "a", "image": "x"}]}},
-        {"metadata": {"name": "bad"}, "spec": {"containers": [{"image": "x"}]}}]}
+    items = {
+        "kind": "PodList",
+        "items": [
+            {"metadata": {"name": "good"}, "spec": {"containers": [{"name": "a", "image": "x"}]}},
+            {"metadata": {"name": "bad"}, "spec": {"containers": [{"image": "x"}]}},
+        ],
+    }
     f = files("list.json", json.dumps(items))
     code, out, err = run("--format", "json", f)
     assert code == 2
@@ -163,10 +204,13 @@ def test_it_names_a_bad_item_in_a_list(files):
     assert json.loads(out)["objects"][0]["name"] == "good"
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--image-user", "nginx"], "expected IMAGE=USER"),
-    (["--image-users", "/nonexistent.json"], "No such file"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--image-user", "nginx"], "expected IMAGE=USER"),
+        (["--image-users", "/nonexistent.json"], "No such file"),
+    ],
+)
 def test_it_rejects_bad_image_user_options(files, args, message):
     code, _, err = run(*args, files("c.yaml", CRONJOB))
     assert code == 2

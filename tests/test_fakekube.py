@@ -14,8 +14,7 @@ from compliance import kube, kubeconfig
 from tests import podgen
 from tests.conftest import deployment
 
-KUBECTL = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or \
-    shutil.which("kubectl")
+KUBECTL = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
 
 
 @pytest.fixture
@@ -68,8 +67,9 @@ def test_a_real_kubectl_lists_pods_through_it(populated, tmp_path):
     cfg.write_text(populated.kubeconfig_yaml())
 
     def kubectl(*args):
-        p = subprocess.run([KUBECTL, "--kubeconfig", str(cfg), *args], capture_output=True,
-                           text=True, timeout=60)
+        p = subprocess.run(
+            [KUBECTL, "--kubeconfig", str(cfg), *args], capture_output=True, text=True, timeout=60
+        )
         assert p.returncode == 0, p.stderr
         return p.stdout
 

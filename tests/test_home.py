@@ -22,11 +22,18 @@ def test_it_sends_visitors_to_the_login_page(client):
 
 def test_it_builds_an_image_that_passes_its_own_check():
     """The Dockerfile's last USER, under runAsNonRoot, is compliant by our evaluator."""
-    users = [line.split(None, 1)[1].strip() for line in
-             (Path(__file__).parent.parent / "Dockerfile").read_text().splitlines()
-             if line.startswith("USER ")]
-    pod = {"metadata": {"name": "web"}, "spec": {"securityContext": {"runAsNonRoot": True},
-                                                 "containers": [{"name": "web", "image": "w"}]}}
+    users = [
+        line.split(None, 1)[1].strip()
+        for line in (Path(__file__).parent.parent / "Dockerfile").read_text().splitlines()
+        if line.startswith("USER ")
+    ]
+    pod = {
+        "metadata": {"name": "web"},
+        "spec": {
+            "securityContext": {"runAsNonRoot": True},
+            "containers": [{"name": "web", "image": "w"}],
+        },
+    }
     verdict = runas.evaluate_pod(pod, {"w": users[-1]}).containers[0]
     assert verdict.state == "compliant"
 

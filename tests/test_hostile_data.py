@@ -55,18 +55,32 @@ def run_in_bash(command: str, stubs: Path, tmp: Path) -> list[list[str]]:
     log = tmp / "argv.log"
     log.write_text("")
     before = set(os.listdir(work))
-    subprocess.run(["/bin/bash", "-c", command], cwd=work, timeout=20, check=False,
-                   env={"PATH": str(stubs), "ARGV_LOG": str(log), "HOME": str(tmp)})
+    subprocess.run(
+        ["/bin/bash", "-c", command],
+        cwd=work,
+        timeout=20,
+        check=False,
+        env={"PATH": str(stubs), "ARGV_LOG": str(log), "HOME": str(tmp)},
+    )
     assert set(os.listdir(work)) == before, f"the command created files: {command!r}"
     return [json.loads(line) for line in log.read_text().splitlines()]
 
 
 def hostile_finding(namespace, workload, container, image_user):
     return SimpleNamespace(
-        state="blocked", detail={"run_as_non_root_from": "container"}, image_user=image_user,
-        uid=None, run_as_user=None, run_as_non_root=True, windows=False,
-        namespace=namespace, workload_kind="Deployment", workload_name=workload,
-        container=container, container_type="app")
+        state="blocked",
+        detail={"run_as_non_root_from": "container"},
+        image_user=image_user,
+        uid=None,
+        run_as_user=None,
+        run_as_non_root=True,
+        windows=False,
+        namespace=namespace,
+        workload_kind="Deployment",
+        workload_name=workload,
+        container=container,
+        container_type="app",
+    )
 
 
 names = st.text(min_size=1, max_size=40)
@@ -74,23 +88,52 @@ names = st.text(min_size=1, max_size=40)
 
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(namespace=names, workload=names, container=names, user=names)
-@example(namespace="ns$(touch pwned)", workload="d2 ; touch pwned #",
-         container="c'$(touch pwned)'", user="$(touch pwned)")
+@example(
+    namespace="ns$(touch pwned)",
+    workload="d2 ; touch pwned #",
+    container="c'$(touch pwned)'",
+    user="$(touch pwned)",
+)
 @example(namespace="a\nb", workload="`touch pwned`", container="x", user="u;touch pwned")
 @example(namespace="ns", workload="web", container="\u202eevil", user="node")
-def test_suggested_commands_run_only_what_they_show(stubs, tmp_path_factory, namespace,
-                                                     workload, container, user):
+def test_suggested_commands_run_only_what_they_show(
+    stubs, tmp_path_factory, namespace, workload, container, user
+):
     tmp = tmp_path_factory.mktemp("sh")
     user = "x" + user  # non-numeric: the fix suggests `id -u USER`
     fix = explain.remediation(hostile_finding(namespace, workload, container, user))
     id_cmd, kubectl = fix["commands"]  # in the order the steps name them
     # The container name travels inside the JSON patch, \u-escaped by json.dumps.
-    patch = json.dumps({"spec": {"template": {"spec": {"containers": [{
-        "name": container, "securityContext": {"runAsNonRoot": True, "runAsUser": 1000}}]}}}},
-        separators=(",", ":"))
+    patch = json.dumps(
+        {
+            "spec": {
+                "template": {
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": container,
+                                "securityContext": {"runAsNonRoot": True, "runAsUser": 1000},
+                            }
+                        ]
+                    }
+                }
+            }
+        },
+        separators=(",", ":"),
+    )
     expected = {
-        "kubectl": ["kubectl", "-n", namespace, "patch", "deployment", workload, "--type",
-                    "strategic", "-p", patch],
+        "kubectl": [
+            "kubectl",
+            "-n",
+            namespace,
+            "patch",
+            "deployment",
+            workload,
+            "--type",
+            "strategic",
+            "-p",
+            patch,
+        ],
         "id": ["id", "-u", user.split(":", 1)[0]],  # the name part of USER name:group
     }
     for suggested, argv in ((kubectl, expected["kubectl"]), (id_cmd, expected["id"])):
@@ -116,8 +159,14 @@ HOSTILE_PODS = [
     ("container name a list", {"spec": {"containers": [{"name": ["x"], "image": "nginx"}]}}),
     ("status name a list", {"status": {"containerStatuses": [{"name": ["x"]}]}}),
     ("huge image", {"spec": {"containers": [{"name": "app", "image": "i" * 5000}]}}),
-    ("owner name with a slash", {"metadata": {"ownerReferences": [
-        {"kind": "ReplicaSet", "name": "../x", "controller": True}]}}),
+    (
+        "owner name with a slash",
+        {
+            "metadata": {
+                "ownerReferences": [{"kind": "ReplicaSet", "name": "../x", "controller": True}]
+            }
+        },
+    ),
 ]
 
 
@@ -137,8 +186,7 @@ def hostile_cluster(cluster, fake_kube):
     return cluster
 
 
-def test_a_hostile_api_server_cannot_stop_a_scan_or_store_bad_names(hostile_cluster,
-                                                                      client):
+def test_a_hostile_api_server_cannot_stop_a_scan_or_store_bad_names(hostile_cluster, client):
     r = scanning.scan_cluster(hostile_cluster.pk)
     assert r.status == "succeeded"
     assert r.rejected == len(HOSTILE_PODS)
@@ -150,8 +198,14 @@ def test_a_hostile_api_server_cannot_stop_a_scan_or_store_bad_names(hostile_clus
     # Everything stored routes: every page answers for an officer.
     officer = User.objects.create_superuser("boss", password="x")
     client.force_login(officer)
-    for url in ["/", "/clusters/prod-1/", "/clusters/prod-1/namespaces/shop/", "/scans/",
-                f"/findings/{Finding.objects.get().pk}/", f"/api/v1/scans/{scan.pk}/"]:
+    for url in [
+        "/",
+        "/clusters/prod-1/",
+        "/clusters/prod-1/namespaces/shop/",
+        "/scans/",
+        f"/findings/{Finding.objects.get().pk}/",
+        f"/api/v1/scans/{scan.pk}/",
+    ]:
         assert client.get(url).status_code == 200, url
     page = client.get("/scans/").content.decode()
     assert f"{len(HOSTILE_PODS)} objects rejected" in page
@@ -173,8 +227,9 @@ def test_a_rejected_pod_keeps_its_workloads_findings_open(cluster, fake_kube):
 
 
 def snapshot_bytes(pods):
-    return json.dumps({"apiVersion": "v1", "kind": "List", "items": [
-        {**p, "kind": "Pod"} for p in pods]}).encode()
+    return json.dumps(
+        {"apiVersion": "v1", "kind": "List", "items": [{**p, "kind": "Pod"} for p in pods]}
+    ).encode()
 
 
 @pytest.mark.django_db
@@ -190,10 +245,12 @@ def test_import_snapshot_rejects_hostile_objects_and_completes(what, change):
 def test_a_failed_first_import_leaves_no_cluster_and_no_running_scan(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
+
     monkeypatch.setattr(scanning, "write_rollup", broken)
     with pytest.raises(RuntimeError):
-        scanning.import_snapshot("airgap", snapshot_bytes([podgen.pod("shop", "a", "x", {}, {})]),
-                                 "snap.json")
+        scanning.import_snapshot(
+            "airgap", snapshot_bytes([podgen.pod("shop", "a", "x", {}, {})]), "snap.json"
+        )
     assert not Cluster.objects.exists() and not ScanRun.objects.exists()
 
 
@@ -204,14 +261,16 @@ def test_import_snapshot_ends_every_failure_with_a_message(tmp_path, monkeypatch
     with pytest.raises(CommandError, match="out of range|expected an ISO 8601 time"):
         call_command("import_snapshot", "airgap", str(f), "--at", "2026-02-30T10:00:00Z")
     monkeypatch.setattr(scanning, "write_rollup", lambda *a: 1 / 0)
-    with pytest.raises(CommandError, match="the import failed and stored nothing: "
-                                           "ZeroDivisionError"):
+    with pytest.raises(
+        CommandError, match="the import failed and stored nothing: ZeroDivisionError"
+    ):
         call_command("import_snapshot", "airgap", str(f))
     assert not Cluster.objects.exists()
 
 
-def test_a_scan_that_fails_while_reconciling_ends_failed_not_running(cluster, fake_kube,
-                                                                     monkeypatch):
+def test_a_scan_that_fails_while_reconciling_ends_failed_not_running(
+    cluster, fake_kube, monkeypatch
+):
     fake_kube.state.put(podgen.pod("shop", "web", "nginx", {}, {}))
     monkeypatch.setattr(scanning, "write_rollup", lambda *a: 1 / 0)
     with pytest.raises(ZeroDivisionError):
@@ -223,6 +282,7 @@ def test_a_scan_that_fails_while_reconciling_ends_failed_not_running(cluster, fa
 
 # --- YAML alias bombs ------------------------------------------------------------------------
 
+
 def test_evaluate_refuses_a_yaml_alias_bomb_in_bounded_memory(tmp_path):
     f = tmp_path / "bomb.yaml"
     f.write_bytes(podgen.alias_bomb())
@@ -230,9 +290,15 @@ def test_evaluate_refuses_a_yaml_alias_bomb_in_bounded_memory(tmp_path):
 
     def limit():  # 1 GiB of address space: the bomb used to take 9 GB
         resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
-    r = subprocess.run([sys.executable, str(ROOT / "manage.py"), "evaluate", str(f)],
-                       capture_output=True, text=True, preexec_fn=limit, timeout=120,
-                       env={"PATH": os.environ["PATH"]})
+
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "evaluate", str(f)],
+        capture_output=True,
+        text=True,
+        preexec_fn=limit,
+        timeout=120,
+        env={"PATH": os.environ["PATH"]},
+    )
     assert r.returncode == 2, r.stderr[-2000:]
     assert "YAML aliases expand to more than 1,000,000 nodes" in r.stderr
     assert "refused as an alias bomb" in r.stderr
@@ -249,47 +315,82 @@ def test_import_snapshot_refuses_a_yaml_alias_bomb(tmp_path):
 
 def test_yaml_with_a_few_aliases_still_reads(tmp_path):
     f = tmp_path / "ok.yaml"
-    f.write_text(textwrap.dedent("""\
+    f.write_text(
+        textwrap.dedent("""\
         kind: Pod
         metadata: {name: web, namespace: shop}
         spec:
           securityContext: &sc {runAsNonRoot: true, runAsUser: 1000}
           containers:
           - {name: a, image: nginx, securityContext: *sc}
-        """))
-    r = subprocess.run([sys.executable, str(ROOT / "manage.py"), "evaluate", str(f)],
-                       capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
+        """)
+    )
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "evaluate", str(f)],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"]},
+    )
     assert r.returncode == 0 and "compliant" in r.stdout
 
 
 # --- evaluate stands alone -------------------------------------------------------------------
 
+
 def test_evaluate_runs_with_an_empty_environment(tmp_path):
     f = tmp_path / "d.yaml"
-    f.write_text("kind: Pod\nmetadata: {name: w, namespace: s}\nspec:\n  securityContext: "
-                 "{runAsNonRoot: true}\n  containers:\n  - {name: a, image: 'node:22'}\n")
+    f.write_text(
+        "kind: Pod\nmetadata: {name: w, namespace: s}\nspec:\n  securityContext: "
+        "{runAsNonRoot: true}\n  containers:\n  - {name: a, image: 'node:22'}\n"
+    )
     base = [sys.executable, str(ROOT / "manage.py"), "evaluate"]
-    r = subprocess.run([*base, "--image-user", "node:22=node", "--format", "json", str(f)],
-                       capture_output=True, text=True, env={}, cwd=tmp_path)
+    r = subprocess.run(
+        [*base, "--image-user", "node:22=node", "--format", "json", str(f)],
+        capture_output=True,
+        text=True,
+        env={},
+        cwd=tmp_path,
+    )
     assert r.returncode == 1, r.stderr
     assert json.loads(r.stdout)["summary"]["blocked"] == 1
-    r = subprocess.run([*base, "--image-user", "node:22=1000", str(f)], capture_output=True,
-                       text=True, env={}, cwd=tmp_path)
+    r = subprocess.run(
+        [*base, "--image-user", "node:22=1000", str(f)],
+        capture_output=True,
+        text=True,
+        env={},
+        cwd=tmp_path,
+    )
     assert r.returncode == 0 and "compliant" in r.stdout, r.stderr
     assert os.listdir(tmp_path) == ["d.yaml"]  # no database file, nothing written
 
 
 # --- CSV and PDF -----------------------------------------------------------------------------
 
-FORMULAS = ['=HYPERLINK("http://evil.example","x")', "@SUM(1+1)", "+1+1", "-2+3",
-            "\tx", "\rx", " =1+1"]
+FORMULAS = [
+    '=HYPERLINK("http://evil.example","x")',
+    "@SUM(1+1)",
+    "+1+1",
+    "-2+3",
+    "\tx",
+    "\rx",
+    " =1+1",
+]
 
 
 def stored_finding(cluster, scan, at, **fields):
-    values = {"namespace": "shop", "workload_kind": "Deployment", "workload_name": "web",
-              "container": "app", "container_type": "app", "image": "nginx",
-              "state": "root", "evidence": "predicted", "first_seen": at,
-              "last_changed": at, **fields}
+    values = {
+        "namespace": "shop",
+        "workload_kind": "Deployment",
+        "workload_name": "web",
+        "container": "app",
+        "container_type": "app",
+        "image": "nginx",
+        "state": "root",
+        "evidence": "predicted",
+        "first_seen": at,
+        "last_changed": at,
+        **fields,
+    }
     f = Finding.objects.create(cluster=cluster, **values)
     FindingEvent.objects.create(finding=f, scan=scan, kind="opened", to_state=f.state, at=at)
     return f
@@ -306,6 +407,7 @@ def stored(db):
 
     def add(**fields):
         return stored_finding(cluster, scan, at, **fields)
+
     return add
 
 
@@ -323,20 +425,28 @@ def test_csv_cells_are_inert_and_the_file_verifies(stored, tmp_path, settings):
 
 
 def test_the_audit_log_csv_is_inert(client, db):
-    client.post("/accounts/login/", {"username": '=HYPERLINK("http://evil","x")',
-                                     "password": "nope"})
+    client.post(
+        "/accounts/login/", {"username": '=HYPERLINK("http://evil","x")', "password": "nope"}
+    )
     officer = User.objects.create_superuser("boss", password="x")
     client.force_login(officer)
     body = b"".join(client.get("/audit/export.csv").streaming_content).decode()
     rows = list(csv.reader(io.StringIO(body)))
     users = [r[1] for r in rows[1:]]
-    assert "'=HYPERLINK(\"http://evil\",\"x\")" in users
+    assert '\'=HYPERLINK("http://evil","x")' in users
     assert not [c for r in rows[1:] for c in r if c.startswith(exports.FORMULA_STARTS)]
 
 
-PDF_HOSTILE = ['"><img src=x onerror=alert(1)>', '<img src="/etc/passwd" width="9">',
-               '<a href="http://evil.example">click</a>', "<font name=Courier>x</font>",
-               "&amp;", "a\x07b\x1b[2J", "</para><para>", "\u202eexe.txt"]
+PDF_HOSTILE = [
+    '"><img src=x onerror=alert(1)>',
+    '<img src="/etc/passwd" width="9">',
+    '<a href="http://evil.example">click</a>',
+    "<font name=Courier>x</font>",
+    "&amp;",
+    "a\x07b\x1b[2J",
+    "</para><para>",
+    "\u202eexe.txt",
+]
 
 
 def test_the_pdf_shows_hostile_text_as_text(stored, tmp_path):
@@ -352,8 +462,7 @@ def test_the_pdf_shows_hostile_text_as_text(stored, tmp_path):
         assert "/Annots" not in page
         xobjects = page.get("/Resources", {}).get("/XObject", {})
         assert not xobjects
-    assert exports.verify(path.read_bytes(),
-                          Path(str(path) + ".manifest.json").read_bytes()).ok
+    assert exports.verify(path.read_bytes(), Path(str(path) + ".manifest.json").read_bytes()).ok
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
@@ -363,20 +472,22 @@ def test_any_string_builds_a_pdf_that_verifies(stored, tmp_path_factory, value):
     stored(workload_name=value, image=value, container=value[:60], namespace=value[:63])
     path = tmp_path_factory.mktemp("pdf") / "r.pdf"
     exports.export_to(reports.point_in_time(FLEET), "pdf", path)
-    assert exports.verify(path.read_bytes(),
-                          Path(str(path) + ".manifest.json").read_bytes()).ok
+    assert exports.verify(path.read_bytes(), Path(str(path) + ".manifest.json").read_bytes()).ok
 
 
-def test_a_failed_export_leaves_no_file_and_says_why(stored, tmp_path, monkeypatch, client,
-                                                     settings):
+def test_a_failed_export_leaves_no_file_and_says_why(
+    stored, tmp_path, monkeypatch, client, settings
+):
     stored()
 
     def broken(report, out):
         out.write(b"%PDF-half")
         raise RuntimeError("renderer crashed")
+
     monkeypatch.setattr(exports, "_pdf", broken)
-    with pytest.raises(exports.ExportError, match="the PDF export failed, and left no file: "
-                                                  "renderer crashed"):
+    with pytest.raises(
+        exports.ExportError, match="the PDF export failed, and left no file: renderer crashed"
+    ):
         exports.export_to(reports.point_in_time(FLEET), "pdf", tmp_path / "r.pdf")
     assert os.listdir(tmp_path) == []
     with pytest.raises(CommandError, match="left no file: renderer crashed"):
@@ -392,6 +503,7 @@ def test_a_failed_export_leaves_no_file_and_says_why(stored, tmp_path, monkeypat
 
 
 # --- uploads ---------------------------------------------------------------------------------
+
 
 def test_verify_refuses_an_upload_over_the_limit_before_reading_it(client, db, settings):
     settings.WELKIN_VERIFY_MAX_BYTES = 1000

@@ -18,16 +18,49 @@ PASSWORD = "test-pass"
 ROLES = ["officer", "auditor", "lead"]
 
 HOSTILE = [
-    "\x00", "x" * 5000, "2026-02-30", "0001-01-01T00:00+14:00", "9999-12-31T23:59:59-14:00",
+    "\x00",
+    "x" * 5000,
+    "2026-02-30",
+    "0001-01-01T00:00+14:00",
+    "9999-12-31T23:59:59-14:00",
     base64.b64encode(b"p=abc").decode(),
-    base64.urlsafe_b64encode(b'["a","b","c\\u0000",1]').decode(), "²", "١٢٣",
-    "99999999999999999999", "<script>x</script>", "\r\nSet-Cookie: a=b",
+    base64.urlsafe_b64encode(b'["a","b","c\\u0000",1]').decode(),
+    "²",
+    "١٢٣",
+    "99999999999999999999",
+    "<script>x</script>",
+    "\r\nSet-Cookie: a=b",
 ]
-PARAMS = ["q", "namespace", "cluster", "kind", "state", "after", "since", "at", "days",
-          "before", "action", "cursor", "page_size", "open", "preview", "format"]
+PARAMS = [
+    "q",
+    "namespace",
+    "cluster",
+    "kind",
+    "state",
+    "after",
+    "since",
+    "at",
+    "days",
+    "before",
+    "action",
+    "cursor",
+    "page_size",
+    "open",
+    "preview",
+    "format",
+]
 # Path values for <str:...> and DRF's [^/.]+ segments (a '/' would not reach the view).
-HOSTILE_PATH = ["\x00", "x" * 300, "%25", "..", "١٢٣", "<b>", "99999999999999999999",
-                "a b", "\u202e"]
+HOSTILE_PATH = [
+    "\x00",
+    "x" * 300,
+    "%25",
+    "..",
+    "١٢٣",
+    "<b>",
+    "99999999999999999999",
+    "a b",
+    "\u202e",
+]
 
 
 def routes(finding_pk: int, export_pk: str) -> dict[str, list[str]]:
@@ -39,10 +72,15 @@ def routes(finding_pk: int, export_pk: str) -> dict[str, list[str]]:
         "compliance-trends": ["/trends/"],
         "compliance-trend-data": ["/trends/data.json"],
         "compliance-cluster": ["/clusters/prod-eu/", "/clusters/" + "x" * 300 + "/"],
-        "compliance-namespace": ["/clusters/prod-eu/namespaces/payments/",
-                                 *(f"/clusters/prod-eu/namespaces/{v}/" for v in q)],
-        "compliance-finding": [f"/findings/{finding_pk}/", "/findings/0/",
-                               "/findings/99999999999999999999/"],
+        "compliance-namespace": [
+            "/clusters/prod-eu/namespaces/payments/",
+            *(f"/clusters/prod-eu/namespaces/{v}/" for v in q),
+        ],
+        "compliance-finding": [
+            f"/findings/{finding_pk}/",
+            "/findings/0/",
+            "/findings/99999999999999999999/",
+        ],
         "compliance-reports": ["/reports/"],
         "compliance-export": ["/reports/export/"],
         "compliance-export-file": [f"/reports/exports/{export_pk}/"],
@@ -62,17 +100,31 @@ def routes(finding_pk: int, export_pk: str) -> dict[str, list[str]]:
         "api-scan-list": ["/api/v1/scans/"],
         "api-scan-detail": ["/api/v1/scans/1/", *(f"/api/v1/scans/{v}/" for v in q)],
         "api-finding-list": ["/api/v1/findings/"],
-        "api-finding-detail": [f"/api/v1/findings/{finding_pk}/",
-                               *(f"/api/v1/findings/{v}/" for v in q)],
+        "api-finding-detail": [
+            f"/api/v1/findings/{finding_pk}/",
+            *(f"/api/v1/findings/{v}/" for v in q),
+        ],
         "api-rollup-list": ["/api/v1/rollups/"],
         "api-rollup-detail": ["/api/v1/rollups/1/", *(f"/api/v1/rollups/{v}/" for v in q)],
     }
 
 
-POSTS = {"compliance-export", "compliance-verify", "compliance-scan-now",
-         "compliance-scan-schedule", "login"}
-NOT_OURS = {"logout", "password_change", "password_change_done", "password_reset",
-            "password_reset_done", "password_reset_confirm", "password_reset_complete"}
+POSTS = {
+    "compliance-export",
+    "compliance-verify",
+    "compliance-scan-now",
+    "compliance-scan-schedule",
+    "login",
+}
+NOT_OURS = {
+    "logout",
+    "password_change",
+    "password_change_done",
+    "password_reset",
+    "password_reset_done",
+    "password_reset_confirm",
+    "password_reset_complete",
+}
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +145,7 @@ def url_names() -> set[str]:
                     yield from walk(p.url_patterns)
             elif p.name:
                 yield p.name
+
     return set(walk(get_resolver().url_patterns))
 
 
@@ -110,17 +163,19 @@ def sweep(client, role: str, every_parameter: bool) -> int:
     for name, paths in routes(finding.pk, str(uuid.uuid4())).items():
         for i, path in enumerate(paths):
             # Hostile path values are tried without parameters; the valid path with all.
-            cases = ([(p, v) for p in PARAMS for v in HOSTILE]
-                     if every_parameter and i == 0 else [("q", "")])
+            cases = (
+                [(p, v) for p in PARAMS for v in HOSTILE]
+                if every_parameter and i == 0
+                else [("q", "")]
+            )
             for param, value in cases:
-                for method in (["get", "post"] if name in POSTS else ["get"]):
+                for method in ["get", "post"] if name in POSTS else ["get"]:
                     data = {param: value}
                     if method == "post" and name == "compliance-export":
                         data.setdefault("format", "csv")
                     r = getattr(client, method)(path, data)
                     tried += 1
-                    assert r.status_code < 500, (role, method, path, param, value,
-                                                 r.status_code)
+                    assert r.status_code < 500, (role, method, path, param, value, r.status_code)
                     if value == "\x00" and method == "get":
                         assert r.status_code == 400, (path, param)
     return tried
@@ -141,7 +196,8 @@ def test_a_bad_parameter_is_named_in_the_answer(client, fleet, db):
     assert r.status_code == 400 and b"days: expected a whole number" in r.content
     r = client.get("/api/v1/rollups/", {"since": "2026-02-30"})
     assert r.status_code == 400 and r.json() == {
-        "since": ["'2026-02-30' is not a date (YYYY-MM-DD)"]}
+        "since": ["'2026-02-30' is not a date (YYYY-MM-DD)"]
+    }
     r = client.get("/api/v1/report/", {"at": "0001-01-01T00:00+14:00"})
     assert r.status_code == 400 and "out of range" in r.json()["at"][0]
     r = client.get("/audit/", {"before": "²"})

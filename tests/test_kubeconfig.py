@@ -9,16 +9,23 @@ import yaml
 from compliance import kubeconfig
 
 
-@pytest.mark.parametrize("user,field", [
-    ({"exec": {"command": "aws", "apiVersion": "client.authentication.k8s.io/v1"}},
-     "users[fake-user].user.exec is refused: an exec credential plugin runs a program"),
-    ({"auth-provider": {"name": "gcp"}}, "user.auth-provider is refused"),
-    ({"tokenFile": "/var/run/token"}, "user.tokenFile is refused: a token file is a path"),
-    ({"client-certificate": "/etc/c.crt", "client-key": "/etc/c.key"},
-     "user.client-certificate is refused: a path on the worker's disk"),
-    ({"username": "admin", "password": "x"}, "user.username is refused"),
-    ({}, "no credentials"),
-])
+@pytest.mark.parametrize(
+    "user,field",
+    [
+        (
+            {"exec": {"command": "aws", "apiVersion": "client.authentication.k8s.io/v1"}},
+            "users[fake-user].user.exec is refused: an exec credential plugin runs a program",
+        ),
+        ({"auth-provider": {"name": "gcp"}}, "user.auth-provider is refused"),
+        ({"tokenFile": "/var/run/token"}, "user.tokenFile is refused: a token file is a path"),
+        (
+            {"client-certificate": "/etc/c.crt", "client-key": "/etc/c.key"},
+            "user.client-certificate is refused: a path on the worker's disk",
+        ),
+        ({"username": "admin", "password": "x"}, "user.username is refused"),
+        ({}, "no credentials"),
+    ],
+)
 def test_it_refuses_unsafe_user_fields(fake_kube, user, field):
     cfg = fake_kube.kubeconfig()
     cfg["users"][0]["user"] = user
@@ -26,13 +33,16 @@ def test_it_refuses_unsafe_user_fields(fake_kube, user, field):
         kubeconfig.parse_kubeconfig(yaml.safe_dump(cfg))
 
 
-@pytest.mark.parametrize("cluster,message", [
-    ({"certificate-authority": "/etc/ca.crt"}, "certificate-authority is refused"),
-    ({"insecure-skip-tls-verify": True}, "TLS verification cannot be turned off"),
-    ({"server": "http://127.0.0.1:8080"}, "expected an https:// URL"),
-    ({"certificate-authority-data": "bm90IHBlbQ=="}, "the decoded data is not PEM"),
-    ({"certificate-authority-data": "%%%"}, "not valid base64"),
-])
+@pytest.mark.parametrize(
+    "cluster,message",
+    [
+        ({"certificate-authority": "/etc/ca.crt"}, "certificate-authority is refused"),
+        ({"insecure-skip-tls-verify": True}, "TLS verification cannot be turned off"),
+        ({"server": "http://127.0.0.1:8080"}, "expected an https:// URL"),
+        ({"certificate-authority-data": "bm90IHBlbQ=="}, "the decoded data is not PEM"),
+        ({"certificate-authority-data": "%%%"}, "not valid base64"),
+    ],
+)
 def test_it_refuses_unsafe_cluster_fields(fake_kube, cluster, message):
     cfg = fake_kube.kubeconfig()
     cfg["clusters"][0]["cluster"].update(cluster)
@@ -52,10 +62,15 @@ def test_it_picks_the_named_context(fake_kube):
     assert creds.ca_data == fake_kube.ca_pem.decode()
 
 
-@pytest.mark.parametrize("text,message", [
-    ("{", "not valid YAML"), ("[]", "expected a kubeconfig"), ("kind: Pod", "expected Config"),
-    ("x" * (2 << 20), "larger than"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("{", "not valid YAML"),
+        ("[]", "expected a kubeconfig"),
+        ("kind: Pod", "expected Config"),
+        ("x" * (2 << 20), "larger than"),
+    ],
+)
 def test_it_rejects_malformed_kubeconfigs(text, message):
     with pytest.raises(kubeconfig.KubeconfigError, match=message):
         kubeconfig.parse_kubeconfig(text)
@@ -64,7 +79,9 @@ def test_it_rejects_malformed_kubeconfigs(text, message):
 def test_it_accepts_client_certificates_inline(fake_kube):
     cfg = fake_kube.kubeconfig()
     pem = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n")
-    cfg["users"][0]["user"] = {"client-certificate-data": pem.decode(),
-                               "client-key-data": pem.decode()}
+    cfg["users"][0]["user"] = {
+        "client-certificate-data": pem.decode(),
+        "client-key-data": pem.decode(),
+    }
     _, creds = kubeconfig.parse_kubeconfig(yaml.safe_dump(cfg))
     assert creds.client_cert_data.startswith("-----BEGIN CERTIFICATE")

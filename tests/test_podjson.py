@@ -20,8 +20,9 @@ def page(items, token=None):
     if token:
         meta["continue"] = token
     # The standard library writes integers beyond 64 bits too, as an API server might.
-    return json.dumps({"kind": "PodList", "apiVersion": "v1", "metadata": meta,
-                       "items": items}, allow_nan=False).encode()
+    return json.dumps(
+        {"kind": "PodList", "apiVersion": "v1", "metadata": meta, "items": items}, allow_nan=False
+    ).encode()
 
 
 def verdict(pod):
@@ -29,8 +30,15 @@ def verdict(pod):
         v = runas.evaluate_pod(pod, podgen.IMAGES)
     except ValueError as e:
         return ("error", str(e))
-    return ([c.as_dict() for c in v.containers], v.psa.as_dict(), v.name, v.namespace,
-            OwnerIndex().workload_of(pod), images.platform_of(pod), list(images._images(pod)))
+    return (
+        [c.as_dict() for c in v.containers],
+        v.psa.as_dict(),
+        v.name,
+        v.namespace,
+        OwnerIndex().workload_of(pod),
+        images.platform_of(pod),
+        list(images._images(pod)),
+    )
 
 
 def same_as_full_parse(items):
@@ -79,10 +87,14 @@ def test_a_structurally_odd_page_still_gives_per_pod_errors():
     assert verdict(items[1]) == ("error", "spec.containers: expected a list, got object")
 
 
-@pytest.mark.parametrize("body,message", [
-    (b"<html>proxy error</html>", "not JSON"), (b"[1, 2]", "not a list"),
-    (b'{"items": 3}', "not a list"),
-])
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        (b"<html>proxy error</html>", "not JSON"),
+        (b"[1, 2]", "not a list"),
+        (b'{"items": 3}', "not a list"),
+    ],
+)
 def test_it_rejects_answers_that_are_not_lists(body, message):
     with pytest.raises(podjson.PageError, match=message):
         podjson.decode_page("pods", body)
@@ -93,7 +105,8 @@ def test_it_keeps_owner_references_of_replicasets():
     items, _ = podjson.decode_page("replicasets", page([rs]))
     idx = OwnerIndex()
     idx.add("ReplicaSet", items[0])
-    pod = podgen.pod("ns", "web-1-x", "i", {}, {},
-                     owner=podgen.owner_ref("ReplicaSet", "web-1", "ns"))
+    pod = podgen.pod(
+        "ns", "web-1-x", "i", {}, {}, owner=podgen.owner_ref("ReplicaSet", "web-1", "ns")
+    )
     assert idx.workload_of(pod) == ("Deployment", "web")
     assert "spec" not in items[0]

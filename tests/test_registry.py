@@ -16,8 +16,14 @@ from tests.registries import ROOT_CONFIG, FaultServer, Registries
 
 pytestmark = pytest.mark.uses_registry
 
-USERS = {"none": "", "zero": "0", "uid": "1000:1000", "node": "node", "nobody": "nobody",
-         "root": "root"}
+USERS = {
+    "none": "",
+    "zero": "0",
+    "uid": "1000:1000",
+    "node": "node",
+    "nobody": "nobody",
+    "root": "root",
+}
 
 
 @pytest.fixture(scope="module")
@@ -41,20 +47,28 @@ def plain(regs):
 
 # --- references ---
 
-@pytest.mark.parametrize("ref,expected", [
-    ("nginx", ("docker.io", "library/nginx", "latest", None)),
-    ("nginx:1.27", ("docker.io", "library/nginx", "1.27", None)),
-    ("bitnami/redis", ("docker.io", "bitnami/redis", "latest", None)),
-    ("docker.io/nginx", ("docker.io", "library/nginx", "latest", None)),
-    ("index.docker.io/library/nginx:1", ("docker.io", "library/nginx", "1", None)),
-    ("ghcr.io/acme/app:v2", ("ghcr.io", "acme/app", "v2", None)),
-    ("registry.example.com:5000/team/app", ("registry.example.com:5000", "team/app",
-                                            "latest", None)),
-    ("localhost/app:dev", ("localhost", "app", "dev", None)),
-    ("nginx@sha256:" + "a" * 64, ("docker.io", "library/nginx", None, "sha256:" + "a" * 64)),
-    ("quay.io/p/node-exporter:v1@sha256:" + "b" * 64,
-     ("quay.io", "p/node-exporter", "v1", "sha256:" + "b" * 64)),
-])
+
+@pytest.mark.parametrize(
+    "ref,expected",
+    [
+        ("nginx", ("docker.io", "library/nginx", "latest", None)),
+        ("nginx:1.27", ("docker.io", "library/nginx", "1.27", None)),
+        ("bitnami/redis", ("docker.io", "bitnami/redis", "latest", None)),
+        ("docker.io/nginx", ("docker.io", "library/nginx", "latest", None)),
+        ("index.docker.io/library/nginx:1", ("docker.io", "library/nginx", "1", None)),
+        ("ghcr.io/acme/app:v2", ("ghcr.io", "acme/app", "v2", None)),
+        (
+            "registry.example.com:5000/team/app",
+            ("registry.example.com:5000", "team/app", "latest", None),
+        ),
+        ("localhost/app:dev", ("localhost", "app", "dev", None)),
+        ("nginx@sha256:" + "a" * 64, ("docker.io", "library/nginx", None, "sha256:" + "a" * 64)),
+        (
+            "quay.io/p/node-exporter:v1@sha256:" + "b" * 64,
+            ("quay.io", "p/node-exporter", "v1", "sha256:" + "b" * 64),
+        ),
+    ],
+)
 def test_it_normalises_references_like_the_runtimes(ref, expected):
     r = ImageRef.parse(ref)
     assert (r.domain, r.repository, r.tag, r.digest) == expected
@@ -80,6 +94,7 @@ def test_it_reads_digests_from_image_ids():
 
 
 # --- resolution ---
+
 
 @pytest.mark.parametrize("repo", list(USERS))
 def test_it_reads_the_config_user(regs, repo):
@@ -137,12 +152,15 @@ def test_it_uses_basic_credentials(regs):
     c = RegistryClient({host: RegistryConfig(host, "basicuser", "basicpass", plain_http=True)})
     assert c.resolve(ImageRef.parse(f"{host}/img/zero:1")).user == "0"
     res = RegistryClient({host: RegistryConfig(host, plain_http=True)}).resolve(
-        ImageRef.parse(f"{host}/img/zero:1"))
+        ImageRef.parse(f"{host}/img/zero:1")
+    )
     assert res.error == f"{host}: 401 unauthorized (credentials required)"
 
 
-@pytest.mark.parametrize("mode,reason", [("429", "429 rate limited (TOOMANYREQUESTS)"),
-                                         ("malformed", "malformed manifest")])
+@pytest.mark.parametrize(
+    "mode,reason",
+    [("429", "429 rate limited (TOOMANYREQUESTS)"), ("malformed", "malformed manifest")],
+)
 def test_it_reports_faults_as_reasons(mode, reason):
     fault = FaultServer(mode)
     try:
@@ -154,8 +172,9 @@ def test_it_reports_faults_as_reasons(mode, reason):
 
 
 def test_it_reports_unreachable_and_missing_images(regs):
-    res = RegistryClient({"127.0.0.1:9": RegistryConfig("127.0.0.1:9", plain_http=True)}) \
-        .resolve(ImageRef.parse("127.0.0.1:9/x/y:1"))
+    res = RegistryClient({"127.0.0.1:9": RegistryConfig("127.0.0.1:9", plain_http=True)}).resolve(
+        ImageRef.parse("127.0.0.1:9/x/y:1")
+    )
     assert res.error.startswith("127.0.0.1:9: unreachable")
     res = plain(regs).resolve(ImageRef.parse(f"{regs.plain.host}/img/nothere:1"))
     assert res.error.startswith(f"{regs.plain.host}: 404 not found")
@@ -165,6 +184,7 @@ def test_it_reports_unreachable_and_missing_images(regs):
 
 # --- through a scan ---
 
+
 @pytest.fixture
 def cluster(db, fake_kube, regs):
     Registry.objects.create(host=regs.plain.host, plain_http=True)
@@ -173,8 +193,7 @@ def cluster(db, fake_kube, regs):
 
 def put_pods(fake, images_by_name, sc=None, status_digest=None):
     for name, image in images_by_name.items():
-        p = podgen.pod("shop", name, image, sc if sc is not None else {"runAsNonRoot": True},
-                       {})
+        p = podgen.pod("shop", name, image, sc if sc is not None else {"runAsNonRoot": True}, {})
         if status_digest is not None:
             p["status"]["containerStatuses"][0]["imageID"] = status_digest.get(name, "")
         fake.state.put(p)
@@ -186,8 +205,15 @@ def findings():
 
 def test_a_scan_decides_from_the_registry_alone(cluster, fake_kube, regs):
     h = regs.plain.host
-    put_pods(fake_kube, {"node-app": f"{h}/img/node:1", "no-user": f"{h}/img/none:1",
-                         "uid-zero": f"{h}/img/zero:1", "good": f"{h}/img/uid:1"})
+    put_pods(
+        fake_kube,
+        {
+            "node-app": f"{h}/img/node:1",
+            "no-user": f"{h}/img/none:1",
+            "uid-zero": f"{h}/img/zero:1",
+            "good": f"{h}/img/uid:1",
+        },
+    )
     r = scanning.scan_cluster(cluster.pk)
     assert r.status == "succeeded"
     f = findings()
@@ -195,23 +221,29 @@ def test_a_scan_decides_from_the_registry_alone(cluster, fake_kube, regs):
     assert f["node-app"].kubelet_error == (
         "container has runAsNonRoot and image has non-numeric user (node), cannot verify "
         f'user is non-root (pod: "node-app_shop({podgen.uid_for("shop", "node-app")})", '
-        "container: app)")
+        "container: app)"
+    )
     for name in ("no-user", "uid-zero"):
         assert f[name].state == "blocked"
         assert f[name].kubelet_error.startswith(
-            "container has runAsNonRoot and image will run as root")
+            "container has runAsNonRoot and image will run as root"
+        )
     assert f["node-app"].image_user_source == "registry"
     assert f["node-app"].detail["image_note"].startswith("registry (sha256:")
 
 
-def test_registry_failures_leave_images_unverified_and_the_scan_completes(cluster, fake_kube,
-                                                                          regs):
+def test_registry_failures_leave_images_unverified_and_the_scan_completes(cluster, fake_kube, regs):
     fault = FaultServer("429")
     try:
-        put_pods(fake_kube, {"limited": f"{fault.host}/x/y:1",
-                             "down": "127.0.0.1:9/x/y:1",
-                             "private": f"{regs.token.host}/img/node:1",
-                             "fine": f"{regs.plain.host}/img/node:1"})
+        put_pods(
+            fake_kube,
+            {
+                "limited": f"{fault.host}/x/y:1",
+                "down": "127.0.0.1:9/x/y:1",
+                "private": f"{regs.token.host}/img/node:1",
+                "fine": f"{regs.plain.host}/img/node:1",
+            },
+        )
         Registry.objects.create(host=fault.host, plain_http=True)
         Registry.objects.create(host="127.0.0.1:9", plain_http=True)
         Registry.objects.create(host=regs.token.host, plain_http=True)
@@ -220,19 +252,28 @@ def test_registry_failures_leave_images_unverified_and_the_scan_completes(cluste
         fault.stop()
     assert r.status == "succeeded"
     f = findings()
-    assert {n: f[n].state for n in f} == {"limited": "unverified", "down": "unverified",
-                                          "private": "unverified", "fine": "blocked"}
+    assert {n: f[n].state for n in f} == {
+        "limited": "unverified",
+        "down": "unverified",
+        "private": "unverified",
+        "fine": "blocked",
+    }
     assert "429 rate limited" in f["limited"].detail["image_note"]
     assert f["down"].detail["image_note"].startswith("127.0.0.1:9: unreachable")
-    assert f["private"].detail["image_note"] == \
-        f"{regs.token.host}: 401 unauthorized for {regs.token.host}/img/node:1"
+    assert (
+        f["private"].detail["image_note"]
+        == f"{regs.token.host}: 401 unauthorized for {regs.token.host}/img/node:1"
+    )
 
 
 def test_a_rescan_asks_the_registry_nothing_for_known_digests(cluster, fake_kube, regs):
     h = regs.plain.host
     digest = plain(regs).resolve(ImageRef.parse(f"{h}/img/node:1")).digest
-    put_pods(fake_kube, {f"p{i}": f"{h}/img/node:1" for i in range(5)},
-             status_digest={f"p{i}": f"{h}/img/node@{digest}" for i in range(5)})
+    put_pods(
+        fake_kube,
+        {f"p{i}": f"{h}/img/node:1" for i in range(5)},
+        status_digest={f"p{i}": f"{h}/img/node@{digest}" for i in range(5)},
+    )
     first = scanning.scan_cluster(cluster.pk)
     from compliance.models import ScanRun
 
@@ -241,8 +282,7 @@ def test_a_rescan_asks_the_registry_nothing_for_known_digests(cluster, fake_kube
     assert ImageCache.objects.get().expires_at is None  # a digest: cached for good
     second = scanning.scan_cluster(cluster.pk)
     t2 = ScanRun.objects.get(pk=second.scan_id).timings
-    assert (t2["images_looked_up"], t2["image_cache_hits"], t2["registry_requests"]) == \
-        (0, 1, 0)
+    assert (t2["images_looked_up"], t2["image_cache_hits"], t2["registry_requests"]) == (0, 1, 0)
 
 
 def test_tags_and_failures_expire(cluster, fake_kube, regs, settings):
@@ -251,10 +291,12 @@ def test_tags_and_failures_expire(cluster, fake_kube, regs, settings):
     scanning.scan_cluster(cluster.pk)
     tagged = ImageCache.objects.get(key=f"{h}/img/uid:1|linux/amd64")
     bad = ImageCache.objects.get(key=f"{h}/img/nothere:1|linux/amd64")
-    assert (tagged.expires_at - tagged.resolved_at).total_seconds() == \
-        settings.WELKIN_REGISTRY_TAG_TTL
-    assert (bad.expires_at - bad.resolved_at).total_seconds() == \
-        settings.WELKIN_REGISTRY_FAILURE_TTL
+    assert (
+        tagged.expires_at - tagged.resolved_at
+    ).total_seconds() == settings.WELKIN_REGISTRY_TAG_TTL
+    assert (
+        bad.expires_at - bad.resolved_at
+    ).total_seconds() == settings.WELKIN_REGISTRY_FAILURE_TTL
     assert bad.error.startswith(f"{h}: 404 not found")
 
 
@@ -294,12 +336,12 @@ spec:
     assert e.value.code == 1
     out = json.loads(capsys.readouterr().out)
     a, b = out["objects"][0]["containers"]
-    assert (a["state"], a["image_user"], a["image_user_source"]) == ("blocked", "node",
-                                                                     "registry")
+    assert (a["state"], a["image_user"], a["image_user_source"]) == ("blocked", "node", "registry")
     assert (b["state"], b["image_user"]) == ("compliant", "1000:1000")
 
 
 # --- verified answers ---
+
 
 @pytest.fixture
 def faults(regs):
@@ -309,6 +351,7 @@ def faults(regs):
         f = FaultServer(mode, upstream=regs.plain.host, **kw)
         started.append(f)
         return f
+
     yield start
     for f in started:
         f.stop()
@@ -322,12 +365,15 @@ def test_a_config_blob_that_does_not_match_its_digest_is_refused(regs, faults):
     fault = faults("bad-config")
     ref = ImageRef.parse(f"{fault.host}/img/uid:1")
     res = via(fault).resolve(ref)
-    config_digest = plain(regs).resolve(ImageRef.parse(f"{regs.plain.host}/img/uid:1")) \
-        .config_digest
+    config_digest = (
+        plain(regs).resolve(ImageRef.parse(f"{regs.plain.host}/img/uid:1")).config_digest
+    )
     assert res.user is None and res.integrity_failure
-    assert res.error == (f"{fault.host}: digest mismatch for {ref}: the image config's bytes "
-                         f"hash to sha256:{hashlib.sha256(ROOT_CONFIG).hexdigest()}, "
-                         f"expected {config_digest}")
+    assert res.error == (
+        f"{fault.host}: digest mismatch for {ref}: the image config's bytes "
+        f"hash to sha256:{hashlib.sha256(ROOT_CONFIG).hexdigest()}, "
+        f"expected {config_digest}"
+    )
 
 
 def test_a_manifest_by_digest_with_other_bytes_is_refused(regs, faults):
@@ -335,8 +381,10 @@ def test_a_manifest_by_digest_with_other_bytes_is_refused(regs, faults):
     ref = ImageRef.parse(f"{fault.host}/img/swap@{regs.swap_good}")
     res = via(fault).resolve(ref)
     assert res.user is None and res.integrity_failure
-    assert res.error == (f"{fault.host}: digest mismatch for {ref}: the manifest's bytes "
-                         f"hash to {regs.swap_evil}, expected {regs.swap_good}")
+    assert res.error == (
+        f"{fault.host}: digest mismatch for {ref}: the manifest's bytes "
+        f"hash to {regs.swap_evil}, expected {regs.swap_good}"
+    )
 
 
 def test_a_tags_digest_comes_from_the_bytes_not_the_header(regs, faults):
@@ -348,16 +396,20 @@ def test_a_tags_digest_comes_from_the_bytes_not_the_header(regs, faults):
 def test_sha512_digests_are_verified_and_unknown_algorithms_refused(regs):
     ref = ImageRef.parse(f"{regs.plain.host}/img/node:1")
     registry.verify_digest(ref, "image config", b"x", "sha512:" + hashlib.sha512(b"x").hexdigest())
-    with pytest.raises(registry.RegistryError, match="the image config's bytes hash to sha512:") \
-            as e:
-        registry.verify_digest(ref, "image config", b"y",
-                               "sha512:" + hashlib.sha512(b"x").hexdigest())
+    with pytest.raises(
+        registry.RegistryError, match="the image config's bytes hash to sha512:"
+    ) as e:
+        registry.verify_digest(
+            ref, "image config", b"y", "sha512:" + hashlib.sha512(b"x").hexdigest()
+        )
     assert e.value.integrity
     c = plain(regs)
     res = c.resolve(ImageRef.parse(f"{regs.plain.host}/img/node@md5:" + "a" * 32))
-    assert res.error == (f"{regs.plain.host}: unsupported digest algorithm 'md5' for "
-                         f"{regs.plain.host}/img/node@md5:{'a' * 32} (sha256 and sha512 are "
-                         "verified)")
+    assert res.error == (
+        f"{regs.plain.host}: unsupported digest algorithm 'md5' for "
+        f"{regs.plain.host}/img/node@md5:{'a' * 32} (sha256 and sha512 are "
+        "verified)"
+    )
     assert res.integrity_failure and c.requests == 0
 
 
@@ -371,11 +423,13 @@ def test_a_drip_feeding_registry_is_cut_off_at_the_deadline(faults):
     fault = faults("drip", drip_rate=20)  # 4,000 bytes: 200 s
     c = via(fault, timeout=1)  # 1 s a read, 3 s a request
     start = time.monotonic()
-    results = registry.resolve_many(c, [(ImageRef.parse(f"{fault.host}/x/y{i}:1"), Platform())
-                                        for i in range(3)])
+    results = registry.resolve_many(
+        c, [(ImageRef.parse(f"{fault.host}/x/y{i}:1"), Platform()) for i in range(3)]
+    )
     assert time.monotonic() - start < 12
     assert {r.error for r in results.values()} == {
-        f"{fault.host}: timed out (no complete answer within 3 s)"}
+        f"{fault.host}: timed out (no complete answer within 3 s)"
+    }
 
 
 def test_a_scan_keeps_unverified_answers_out_of_the_cache(cluster, fake_kube, regs, faults):
@@ -383,32 +437,46 @@ def test_a_scan_keeps_unverified_answers_out_of_the_cache(cluster, fake_kube, re
     header = faults("wrong-header", header_digest=regs.swap_evil)
     for f in (bad_config, bad_manifest, header):
         Registry.objects.create(host=f.host, plain_http=True)
-    put_pods(fake_kube, {"tampered-config": f"{bad_config.host}/img/uid:1",
-                         "swapped": f"{bad_manifest.host}/img/swap:good",
-                         "header": f"{header.host}/img/swap:good"},
-             status_digest={"swapped": f"{bad_manifest.host}/img/swap@{regs.swap_good}"})
+    put_pods(
+        fake_kube,
+        {
+            "tampered-config": f"{bad_config.host}/img/uid:1",
+            "swapped": f"{bad_manifest.host}/img/swap:good",
+            "header": f"{header.host}/img/swap:good",
+        },
+        status_digest={"swapped": f"{bad_manifest.host}/img/swap@{regs.swap_good}"},
+    )
     for _ in range(2):  # the second scan asks again: nothing wrong was kept
         r = scanning.scan_cluster(cluster.pk)
         assert r.status == "succeeded"
         f = findings()
-        assert {n: f[n].state for n in f} == {"tampered-config": "unverified",
-                                              "swapped": "unverified"}
-        assert f["tampered-config"].detail["image_note"].startswith(
-            f"{bad_config.host}: digest mismatch for {bad_config.host}/img/uid:1: the image "
-            "config's bytes hash to sha256:")
+        assert {n: f[n].state for n in f} == {
+            "tampered-config": "unverified",
+            "swapped": "unverified",
+        }
+        assert (
+            f["tampered-config"]
+            .detail["image_note"]
+            .startswith(
+                f"{bad_config.host}: digest mismatch for {bad_config.host}/img/uid:1: the image "
+                "config's bytes hash to sha256:"
+            )
+        )
         # not answered by the tag instead: the digest is what runs
         assert f["swapped"].detail["image_note"] == (
             f"{bad_manifest.host}: digest mismatch for {bad_manifest.host}/img/swap@"
             f"{regs.swap_good}: the manifest's bytes hash to {regs.swap_evil}, expected "
-            f"{regs.swap_good}")
+            f"{regs.swap_good}"
+        )
         assert not ImageCache.objects.filter(key__startswith=bad_config.host).exists()
         assert not ImageCache.objects.filter(key__startswith=bad_manifest.host).exists()
         cached = ImageCache.objects.get(key__startswith=header.host)
         assert (cached.user, cached.digest, cached.error) == ("1000", regs.swap_good, "")
 
 
-def test_evaluate_resolve_answers_per_platform_like_the_scan(cluster, fake_kube, regs,
-                                                             tmp_path, capsys):
+def test_evaluate_resolve_answers_per_platform_like_the_scan(
+    cluster, fake_kube, regs, tmp_path, capsys
+):
     Registry.objects.get_or_create(host=regs.plain.host, defaults={"plain_http": True})
     image = f"{regs.plain.host}/img/multi:1"  # amd64: USER 1000; arm64: USER node
     arm = podgen.pod("shop", "arm", image, {"runAsNonRoot": True}, {})
@@ -417,8 +485,9 @@ def test_evaluate_resolve_answers_per_platform_like_the_scan(cluster, fake_kube,
     for p in (amd, arm):  # amd64 first: a per-image answer would be 1000 for both
         fake_kube.state.put(p)
     f = tmp_path / "pods.json"
-    f.write_text(json.dumps({"kind": "List", "items": [{**amd, "kind": "Pod"},
-                                                       {**arm, "kind": "Pod"}]}))
+    f.write_text(
+        json.dumps({"kind": "List", "items": [{**amd, "kind": "Pod"}, {**arm, "kind": "Pod"}]})
+    )
     with pytest.raises(SystemExit):
         call_command("evaluate", "--resolve", "--format", "json", str(f))
     objects = json.loads(capsys.readouterr().out)["objects"]

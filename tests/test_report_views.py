@@ -24,6 +24,7 @@ def login(client, db, settings, tmp_path):
             NamespaceGrant.objects.create(user=user, namespace=ns)
         assert client.login(username=role, password="pw")
         return client
+
     return as_role
 
 
@@ -32,18 +33,23 @@ def test_an_auditor_previews_exports_downloads_and_verifies(login, history):  # 
     r = c.get("/reports/", {"preview": 1, "at": AT})
     assert r.status_code == 200
     assert {(row["namespace"], row["workload_name"]) for row in r.context["rows"]} == {
-        ("shop", "b"), ("ops", "d")}
+        ("shop", "b"),
+        ("ops", "d"),
+    }
     r = c.post("/reports/export/", {"at": AT, "format": "csv", "cluster": "", "namespace": ""})
     assert r.status_code == 302
     e = Export.objects.get()
     content = b"".join(c.get(f"/reports/exports/{e.pk}/").streaming_content)
     manifest = c.get(f"/reports/exports/{e.pk}/manifest.json").content
     assert content.count(b"\n") == 3  # header and two findings
-    up = c.post("/reports/verify/", {"file": _file("r.csv", content),
-                                     "manifest": _file("m.json", manifest)})
+    up = c.post(
+        "/reports/verify/", {"file": _file("r.csv", content), "manifest": _file("m.json", manifest)}
+    )
     assert b"Verified:</strong> unmodified" in up.content
-    up = c.post("/reports/verify/", {"file": _file("r.csv", content + b"x"),
-                                     "manifest": _file("m.json", manifest)})
+    up = c.post(
+        "/reports/verify/",
+        {"file": _file("r.csv", content + b"x"), "manifest": _file("m.json", manifest)},
+    )
     assert b"the file was modified" in up.content
     actions = list(AuditEvent.objects.order_by("pk").values_list("action", flat=True))
     assert actions == ["login", "report_view", "export", "verify", "verify"]

@@ -32,14 +32,30 @@ def snapshot(at, workloads):
 @pytest.fixture
 def history(db):
     """t0: a root, b root, c compliant; t1: a fixed, b blocked, d root; t2: d gone."""
-    snapshot(T0, {("shop", "a"): ROOT, ("shop", "b"): ROOT, ("ops", "c"): {"runAsUser": 5,
-                                                                          "runAsNonRoot": True}})
-    snapshot(T0 + dt.timedelta(days=1), {("shop", "a"): {"runAsUser": 7, "runAsNonRoot": True},
-                                         ("shop", "b"): {"runAsNonRoot": True, "runAsUser": 0},
-                                         ("ops", "c"): {"runAsUser": 5, "runAsNonRoot": True},
-                                         ("ops", "d"): ROOT})
-    snapshot(T0 + dt.timedelta(days=2), {("shop", "b"): {"runAsNonRoot": True, "runAsUser": 0},
-                                         ("ops", "c"): {"runAsUser": 5, "runAsNonRoot": True}})
+    snapshot(
+        T0,
+        {
+            ("shop", "a"): ROOT,
+            ("shop", "b"): ROOT,
+            ("ops", "c"): {"runAsUser": 5, "runAsNonRoot": True},
+        },
+    )
+    snapshot(
+        T0 + dt.timedelta(days=1),
+        {
+            ("shop", "a"): {"runAsUser": 7, "runAsNonRoot": True},
+            ("shop", "b"): {"runAsNonRoot": True, "runAsUser": 0},
+            ("ops", "c"): {"runAsUser": 5, "runAsNonRoot": True},
+            ("ops", "d"): ROOT,
+        },
+    )
+    snapshot(
+        T0 + dt.timedelta(days=2),
+        {
+            ("shop", "b"): {"runAsNonRoot": True, "runAsUser": 0},
+            ("ops", "c"): {"runAsUser": 5, "runAsNonRoot": True},
+        },
+    )
 
 
 def states_at(at, scope=FLEET, **kw):
@@ -54,17 +70,25 @@ def test_it_rebuilds_the_state_at_any_time(history):
     assert t0 == {("shop", "a"): "root", ("shop", "b"): "root"}
     t1, r1 = states_at(T0 + dt.timedelta(days=1, hours=1))
     assert t1 == {("shop", "b"): "blocked", ("ops", "d"): "root"}
-    assert r1.summary == {"blocked": {"containers": 1, "workloads": 1},
-                          "root": {"containers": 1, "workloads": 1}}
+    assert r1.summary == {
+        "blocked": {"containers": 1, "workloads": 1},
+        "root": {"containers": 1, "workloads": 1},
+    }
     t2, _ = states_at(T0 + dt.timedelta(days=3))
     assert t2 == {("shop", "b"): "blocked"}
 
 
 def test_it_reports_coverage_and_stale_clusters(history):
     _, r = states_at(T0 + dt.timedelta(days=10))
-    assert r.coverage == [{"cluster": "airgap", "recent": False,
-                           "last_complete_scan": (T0 + dt.timedelta(days=2)).isoformat(),
-                           "rejected": 0, "rejected_by_reason": {}}]
+    assert r.coverage == [
+        {
+            "cluster": "airgap",
+            "recent": False,
+            "last_complete_scan": (T0 + dt.timedelta(days=2)).isoformat(),
+            "rejected": 0,
+            "rejected_by_reason": {},
+        }
+    ]
     _, r = states_at(T0 + dt.timedelta(days=2, hours=1))
     assert r.coverage[0]["recent"] is True
 
@@ -100,9 +124,11 @@ def test_every_format_holds_the_same_findings_as_the_pages(history, client):
     user.groups.add(Group.objects.create(name=access.AUDITOR))
     client.login(username="auditor", password="pw")
     on_page = len(client.get("/clusters/airgap/namespaces/shop/").context["rows"]) + len(
-        client.get("/clusters/airgap/namespaces/ops/").context["rows"])
-    assert len(rows) == len(doc["findings"]) == w_csv.rows == w_json.rows == w_pdf.rows \
-        == on_page == 1
+        client.get("/clusters/airgap/namespaces/ops/").context["rows"]
+    )
+    assert (
+        len(rows) == len(doc["findings"]) == w_csv.rows == w_json.rows == w_pdf.rows == on_page == 1
+    )
     assert rows[0]["state"] == doc["findings"][0]["state"] == "blocked"
     assert rows[0]["controls"] == "A.14.2.5" and rows[0]["controls_2022"] == "8.27"
     assert doc["report"]["scope_label"] == "the whole fleet"
@@ -110,14 +136,27 @@ def test_every_format_holds_the_same_findings_as_the_pages(history, client):
 
 
 def test_the_pdf_is_a_document_an_auditor_can_file(history):
-    report = reports.point_in_time(FLEET, T0 + dt.timedelta(days=1, hours=1), "airgap",
-                                   generated_by="alice")
+    report = reports.point_in_time(
+        FLEET, T0 + dt.timedelta(days=1, hours=1), "airgap", generated_by="alice"
+    )
     pdf, _ = export(report, "pdf")
     text = "\n".join(p.extract_text() for p in PdfReader(io.BytesIO(pdf)).pages)
-    for expected in ("Container runAs compliance report", "Scope: cluster airgap",
-                     "State as of 2026-11-02 11:00:00", "by alice", "Control summary",
-                     "A.9.4.4", "8.18", "Coverage", "Non-compliant findings", "Pod/b",
-                     "Pod/d", "Blocked by kubelet", "Methodology", "the kubelet refuses"):
+    for expected in (
+        "Container runAs compliance report",
+        "Scope: cluster airgap",
+        "State as of 2026-11-02 11:00:00",
+        "by alice",
+        "Control summary",
+        "A.9.4.4",
+        "8.18",
+        "Coverage",
+        "Non-compliant findings",
+        "Pod/b",
+        "Pod/d",
+        "Blocked by kubelet",
+        "Methodology",
+        "the kubelet refuses",
+    ):
         assert expected in text, expected
 
 
@@ -135,15 +174,23 @@ def test_a_signed_manifest_verifies_and_fails_after_one_byte_changes(history, tm
     assert not bad.ok and "the file was modified" in bad.message
     forged = json.loads(manifest)
     forged["sha256"] = "0" * 64
-    assert "signature is not valid" in exports.verify(content, json.dumps(forged).encode()) \
-        .message
+    assert "signature is not valid" in exports.verify(content, json.dumps(forged).encode()).message
     assert m["rows"] == 1 and m["scope"] == {"cluster": None, "namespace": None}
 
 
 def test_the_report_and_verify_commands(history, tmp_path, capsys):
     out = tmp_path / "r.json"
-    call_command("report", "--format", "json", "--cluster", "airgap", "--at",
-                 (T0 + dt.timedelta(days=1, hours=1)).isoformat(), "-o", str(out))
+    call_command(
+        "report",
+        "--format",
+        "json",
+        "--cluster",
+        "airgap",
+        "--at",
+        (T0 + dt.timedelta(days=1, hours=1)).isoformat(),
+        "-o",
+        str(out),
+    )
     assert json.loads(out.read_text())["report"]["scope"]["cluster"] == "airgap"
     call_command("verify_report", str(out))
     assert capsys.readouterr().out.splitlines()[-1].startswith("OK: unmodified: JSON report")
@@ -152,8 +199,16 @@ def test_the_report_and_verify_commands(history, tmp_path, capsys):
         call_command("verify_report", str(out))
     assert e.value.code == 1
     with pytest.raises(CommandError, match="no such cluster in your scope: nope"):
-        call_command("report", "--format", "csv", "--cluster", "nope", "-o",
-                     str(tmp_path / "x.csv"))
+        call_command(
+            "report", "--format", "csv", "--cluster", "nope", "-o", str(tmp_path / "x.csv")
+        )
     with pytest.raises(CommandError, match="needs a time zone"):
-        call_command("report", "--format", "csv", "--at", "2026-11-01T10:00:00", "-o",
-                     str(tmp_path / "x.csv"))
+        call_command(
+            "report",
+            "--format",
+            "csv",
+            "--at",
+            "2026-11-01T10:00:00",
+            "-o",
+            str(tmp_path / "x.csv"),
+        )

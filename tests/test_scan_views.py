@@ -20,8 +20,7 @@ def cluster(db, fake_kube):
     return clusters.add_cluster("prod-1", kubeconfig=fake_kube.kubeconfig_yaml())
 
 
-def test_scan_now_queues_a_task_after_commit(officer, cluster,
-                                             django_capture_on_commit_callbacks):
+def test_scan_now_queues_a_task_after_commit(officer, cluster, django_capture_on_commit_callbacks):
     """The task message lands on the real broker (Redis), once the request commits."""
     import json
 
@@ -41,15 +40,17 @@ def test_scan_now_queues_a_task_after_commit(officer, cluster,
     messages = [json.loads(m) for m in broker.lrange("celery", 0, -1)]
     app.control.purge()
     assert [(m["headers"]["task"], m["headers"]["argsrepr"]) for m in messages] == [
-        ("compliance.tasks.scan_cluster", f"({cluster.pk}, 'manual')")]
+        ("compliance.tasks.scan_cluster", f"({cluster.pk}, 'manual')")
+    ]
 
 
 def test_it_saves_the_schedule_and_enabled_flag(officer, cluster):
     officer.post("/scans/prod-1/schedule/", {"schedule_minutes": "30"})
     cluster.refresh_from_db()
     assert (cluster.schedule_minutes, cluster.enabled) == (30, False)
-    r = officer.post("/scans/prod-1/schedule/", {"schedule_minutes": "0", "enabled": "on"},
-                     follow=True)
+    r = officer.post(
+        "/scans/prod-1/schedule/", {"schedule_minutes": "0", "enabled": "on"}, follow=True
+    )
     assert b"Schedule: a whole number of minutes" in r.content
     cluster.refresh_from_db()
     assert cluster.schedule_minutes == 30

@@ -25,26 +25,43 @@ def scan(cluster, **kw):
 
 
 def open_findings(cluster):
-    return {(f.namespace, f.workload_kind, f.workload_name, f.container): f for f in
-            Finding.objects.filter(cluster=cluster, resolved_at__isnull=True)}
+    return {
+        (f.namespace, f.workload_kind, f.workload_name, f.container): f
+        for f in Finding.objects.filter(cluster=cluster, resolved_at__isnull=True)
+    }
 
 
 @pytest.fixture
 def fleet(fake_kube):
     deployment(fake_kube, "shop", "web", "nginx", 3, container_sc=ROOT_SC)
     deployment(fake_kube, "shop", "api", "api", 2, container_sc=GOOD_SC)
-    deployment(fake_kube, "shop", "cart", "cart", 2, pod_sc={"runAsNonRoot": True},
-               container_sc={"runAsUser": 0})
+    deployment(
+        fake_kube,
+        "shop",
+        "cart",
+        "cart",
+        2,
+        pod_sc={"runAsNonRoot": True},
+        container_sc={"runAsUser": 0},
+    )
     deployment(fake_kube, "data", "etl", "etl", 4, container_sc={"runAsUser": 1000})
     fake_kube.state.put(podgen.pod("data", "debug", "busybox", {}, ROOT_SC))
     # CronJob -> Job -> Pod
     ns = "data"
     fake_kube.state.put(podgen.job(ns, "nightly-29000000", "nightly"))
-    fake_kube.state.put(podgen.pod(ns, "nightly-29000000-abcde", "etl", {}, ROOT_SC,
-                                   owner=podgen.owner_ref("Job", "nightly-29000000", ns,
-                                                          "batch/v1")))
-    fake_kube.state.put(podgen.pod(ns, "db-0", "pg", {}, ROOT_SC,
-                                   owner=podgen.owner_ref("StatefulSet", "db", ns)))
+    fake_kube.state.put(
+        podgen.pod(
+            ns,
+            "nightly-29000000-abcde",
+            "etl",
+            {},
+            ROOT_SC,
+            owner=podgen.owner_ref("Job", "nightly-29000000", ns, "batch/v1"),
+        )
+    )
+    fake_kube.state.put(
+        podgen.pod(ns, "db-0", "pg", {}, ROOT_SC, owner=podgen.owner_ref("StatefulSet", "db", ns))
+    )
     return fake_kube
 
 
@@ -63,7 +80,8 @@ def test_it_turns_pods_into_workload_findings(cluster, fleet):
     cart = open_findings(cluster)[("shop", "Deployment", "cart", "app")]
     assert cart.kubelet_error.startswith("container's runAsUser breaks non-root policy")
     assert cart.detail["psa_violations"] == [
-        'runAsUser=0 (container "app" must not set runAsUser=0)']
+        'runAsUser=0 (container "app" must not set runAsUser=0)'
+    ]
     assert FindingEvent.objects.filter(kind="opened").count() == 6
     s = ScanRun.objects.get(pk=r.scan_id)
     assert (s.status, s.pods, s.containers, s.findings_opened) == ("succeeded", 14, 14, 6)
@@ -74,11 +92,17 @@ def test_it_turns_pods_into_workload_findings(cluster, fleet):
 
 def test_it_writes_daily_rollups_including_compliant(cluster, fleet):
     scan(cluster)
-    rows = {(r.namespace, r.state): (r.containers, r.pods)
-            for r in DailyRollup.objects.filter(cluster=cluster)}
-    assert rows == {("shop", "root"): (1, 3), ("shop", "compliant"): (1, 2),
-                    ("shop", "blocked"): (1, 2), ("data", "unenforced"): (1, 4),
-                    ("data", "root"): (3, 3)}
+    rows = {
+        (r.namespace, r.state): (r.containers, r.pods)
+        for r in DailyRollup.objects.filter(cluster=cluster)
+    }
+    assert rows == {
+        ("shop", "root"): (1, 3),
+        ("shop", "compliant"): (1, 2),
+        ("shop", "blocked"): (1, 2),
+        ("data", "unenforced"): (1, 4),
+        ("data", "root"): (3, 3),
+    }
 
 
 def test_cluster_rollups_are_the_namespace_rollups_summed(cluster, fleet):
@@ -89,10 +113,10 @@ def test_cluster_rollups_are_the_namespace_rollups_summed(cluster, fleet):
     scan(cluster)
     deployment(fleet, "shop", "web", "nginx", 3, container_sc=GOOD_SC)
     scan(cluster)
-    per_ns = dict(DailyRollup.objects.values("state").annotate(n=Sum("containers"))
-                  .values_list("state", "n"))
-    totals = dict(ClusterRollup.objects.exclude(containers=0).values_list("state",
-                                                                          "containers"))
+    per_ns = dict(
+        DailyRollup.objects.values("state").annotate(n=Sum("containers")).values_list("state", "n")
+    )
+    totals = dict(ClusterRollup.objects.exclude(containers=0).values_list("state", "containers"))
     assert per_ns == totals == {"compliant": 2, "blocked": 1, "unenforced": 1, "root": 3}
 
 
@@ -121,26 +145,33 @@ def test_it_counts_daily_activity(cluster, fleet):
     assert rows == {"shop": (2, 1), "data": (4, 0)}
     web = Finding.objects.get(workload_name="web")
     assert DailyActivity.objects.get(namespace="shop").remediation_seconds == int(
-        (web.resolved_at - web.first_seen).total_seconds())
+        (web.resolved_at - web.first_seen).total_seconds()
+    )
 
 
 def test_it_records_a_state_change_as_an_event(cluster, fleet):
     scan(cluster)
-    deployment(fleet, "data", "etl", "etl", 4, pod_sc={"runAsNonRoot": True},
-               container_sc={"runAsUser": 0})
+    deployment(
+        fleet, "data", "etl", "etl", 4, pod_sc={"runAsNonRoot": True}, container_sc={"runAsUser": 0}
+    )
     r = scan(cluster)
     assert (r.opened, r.changed, r.resolved) == (0, 1, 0)
     e = FindingEvent.objects.get(kind="changed")
-    assert (e.from_state, e.to_state, e.finding.workload_name) == ("unenforced", "blocked",
-                                                                    "etl")
+    assert (e.from_state, e.to_state, e.finding.workload_name) == ("unenforced", "blocked", "etl")
     f = open_findings(cluster)[("data", "Deployment", "etl", "app")]
     assert f.last_changed == e.at and f.first_seen < f.last_changed
 
 
 def test_it_takes_the_worst_state_of_a_rollout_and_says_so(cluster, fake_kube):
     deployment(fake_kube, "shop", "web", "nginx", 2, container_sc=GOOD_SC)
-    p = podgen.pod("shop", "web-5c9d8f7b6-zzzzz", "nginx", {}, ROOT_SC,
-                   owner=podgen.owner_ref("ReplicaSet", "web-5c9d8f7b6", "shop"))
+    p = podgen.pod(
+        "shop",
+        "web-5c9d8f7b6-zzzzz",
+        "nginx",
+        {},
+        ROOT_SC,
+        owner=podgen.owner_ref("ReplicaSet", "web-5c9d8f7b6", "shop"),
+    )
     fake_kube.state.put(p)
     scan(cluster)
     f = open_findings(cluster)[("shop", "Deployment", "web", "app")]
@@ -169,9 +200,11 @@ def test_it_records_401_as_credentials_rejected(cluster, fleet):
     fleet.state.tokens.clear()
     fleet.state.tokens["other"] = None
     r = scan(cluster)
-    assert (r.status, r.reason, r.transient) == ("failed",
-                                                 "credentials rejected (401 Unauthorized)",
-                                                 False)
+    assert (r.status, r.reason, r.transient) == (
+        "failed",
+        "credentials rejected (401 Unauthorized)",
+        False,
+    )
 
 
 def test_a_rescan_with_nothing_changed_writes_nothing_to_findings(cluster, fleet):
@@ -206,8 +239,10 @@ def rows_written():
     with connection.cursor() as cur:
         cur.execute("SELECT pg_stat_force_next_flush()")
         cur.execute("SELECT pg_stat_clear_snapshot()")
-        cur.execute("SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) "
-                    "FROM pg_stat_user_tables WHERE relname LIKE 'compliance_%%'")
+        cur.execute(
+            "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) "
+            "FROM pg_stat_user_tables WHERE relname LIKE 'compliance_%%'"
+        )
         return cur.fetchone()[0]
 
 
@@ -233,6 +268,7 @@ def test_two_concurrent_scans_of_one_cluster_run_once(fake_kube):
             results.append(scan(c))
         finally:
             connection.close()
+
     threads = [threading.Thread(target=run) for _ in range(2)]
     for t in threads:
         t.start()
@@ -270,8 +306,10 @@ def test_it_rejects_malformed_pods_and_counts_them(cluster, fleet):
     assert r.rejected == 1
     s = ScanRun.objects.get(pk=r.scan_id)
     assert s.rejected == 1
-    assert "Pod shop/broken: spec.containers[0].securityContext.runAsUser" in \
-        s.rejections["examples"][0]
+    assert (
+        "Pod shop/broken: spec.containers[0].securityContext.runAsUser"
+        in s.rejections["examples"][0]
+    )
 
 
 def test_it_claims_due_clusters_once(cluster):
@@ -285,8 +323,7 @@ def test_it_claims_due_clusters_once(cluster):
     assert scanning.claim_due_clusters() == []
 
 
-def test_it_scans_with_the_in_cluster_service_account(db, fake_kube, fleet, tmp_path,
-                                                       monkeypatch):
+def test_it_scans_with_the_in_cluster_service_account(db, fake_kube, fleet, tmp_path, monkeypatch):
     from compliance import clusters, kube
 
     (tmp_path / "token").write_text("sa-token\n")
@@ -301,20 +338,35 @@ def test_it_scans_with_the_in_cluster_service_account(db, fake_kube, fleet, tmp_
     assert (r.status, r.pods) == ("succeeded", 14)
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
     r = scan(c)
-    assert (r.status, r.reason) == ("failed", "not running in a cluster: "
-                                              "KUBERNETES_SERVICE_HOST is not set")
+    assert (r.status, r.reason) == (
+        "failed",
+        "not running in a cluster: KUBERNETES_SERVICE_HOST is not set",
+    )
 
 
-@pytest.mark.parametrize("misbehaviour,reason", [
-    ({"repeat_continue": True}, "list pods: the API server sent a continue token it had "
-     "already sent in this list (after page 2); the list would never end"),
-    ({"ignore_limit": True}, "list pods: the API server sent 13 items in one page, but at "
-     "most 4 were asked for (limit=4); it ignores the page limit"),
-    ({"drip_bytes_per_second": 200}, "list pods: the API server did not send a whole page "
-     "within 2 s (WELKIN_KUBE_REQUEST_DEADLINE); "),
-])
+@pytest.mark.parametrize(
+    "misbehaviour,reason",
+    [
+        (
+            {"repeat_continue": True},
+            "list pods: the API server sent a continue token it had "
+            "already sent in this list (after page 2); the list would never end",
+        ),
+        (
+            {"ignore_limit": True},
+            "list pods: the API server sent 13 items in one page, but at "
+            "most 4 were asked for (limit=4); it ignores the page limit",
+        ),
+        (
+            {"drip_bytes_per_second": 200},
+            "list pods: the API server did not send a whole page "
+            "within 2 s (WELKIN_KUBE_REQUEST_DEADLINE); ",
+        ),
+    ],
+)
 def test_a_hostile_api_server_fails_the_scan_quickly_and_resolves_nothing(
-        cluster, fleet, misbehaviour, reason):
+    cluster, fleet, misbehaviour, reason
+):
     import time
 
     scan(cluster)
@@ -335,5 +387,8 @@ def test_a_hostile_api_server_fails_the_scan_quickly_and_resolves_nothing(
 def test_the_collector_bounds_come_from_the_settings(cluster, fleet, settings):
     settings.WELKIN_SCAN_MAX_PODS = 5
     r = scanning.scan_cluster(cluster.pk)
-    assert (r.status, r.reason) == ("failed", "list pods: more than 5 pods in the cluster, the "
-                                              "most one scan takes (WELKIN_SCAN_MAX_PODS)")
+    assert (r.status, r.reason) == (
+        "failed",
+        "list pods: more than 5 pods in the cluster, the "
+        "most one scan takes (WELKIN_SCAN_MAX_PODS)",
+    )

@@ -16,26 +16,41 @@ SIGNING = "A" * 43 + "="  # base64 of 32 zero bytes
 def load_settings(**env):
     full = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DEBUG")}
     full.update(env)
-    return subprocess.run([sys.executable, "-c", "import welkin_dash.settings"], cwd=ROOT,
-                          env=full, capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-c", "import welkin_dash.settings"],
+        cwd=ROOT,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
-@pytest.mark.parametrize("env,message", [
-    ({"DEBUG": "maybe"}, "DEBUG='maybe': expected true or false"),
-    ({"DEBUG": "0"}, "SECRET_KEY is required when DEBUG is off"),
-    ({"DEBUG": "0", "SECRET_KEY": "k", "WELKIN_SIGNING_KEY": SIGNING},
-     "WELKIN_FERNET_KEYS is required when DEBUG is off"),
-    ({"DEBUG": "0", "SECRET_KEY": "k"}, "WELKIN_SIGNING_KEY is required when DEBUG is off"),
-    ({"DEBUG": "1", "WELKIN_SIGNING_KEY": "c2hvcnQ="},
-     "WELKIN_SIGNING_KEY: expected base64 of 32 bytes"),
-    ({"DEBUG": "1", "WELKIN_PAGE_LIMIT": "0"}, "WELKIN_PAGE_LIMIT='0': must be at least 1"),
-    ({"DEBUG": "1", "DATABASE_URL": "mysql://x/y"}, "DATABASE_URL: unsupported scheme 'mysql'"),
-    ({"DEBUG": "1", "DATABASE_URL": "postgres://h:5432/"}, "DATABASE_URL: no database name"),
-    ({"DEBUG": "1", "TIME_ZONE": "Mars/Base"}, "TIME_ZONE='Mars/Base': not a known time zone"),
-    ({"DEBUG": "1", "CELERY_BROKER_URL": "http://x"}, "CELERY_BROKER_URL='http://x'"),
-    ({"DEBUG": "1", "DATABASE_CONN_MAX_AGE": "soon",
-      "DATABASE_URL": "postgres://h/db"}, "DATABASE_CONN_MAX_AGE='soon': expected a whole"),
-])
+@pytest.mark.parametrize(
+    "env,message",
+    [
+        ({"DEBUG": "maybe"}, "DEBUG='maybe': expected true or false"),
+        ({"DEBUG": "0"}, "SECRET_KEY is required when DEBUG is off"),
+        (
+            {"DEBUG": "0", "SECRET_KEY": "k", "WELKIN_SIGNING_KEY": SIGNING},
+            "WELKIN_FERNET_KEYS is required when DEBUG is off",
+        ),
+        ({"DEBUG": "0", "SECRET_KEY": "k"}, "WELKIN_SIGNING_KEY is required when DEBUG is off"),
+        (
+            {"DEBUG": "1", "WELKIN_SIGNING_KEY": "c2hvcnQ="},
+            "WELKIN_SIGNING_KEY: expected base64 of 32 bytes",
+        ),
+        ({"DEBUG": "1", "WELKIN_PAGE_LIMIT": "0"}, "WELKIN_PAGE_LIMIT='0': must be at least 1"),
+        ({"DEBUG": "1", "DATABASE_URL": "mysql://x/y"}, "DATABASE_URL: unsupported scheme 'mysql'"),
+        ({"DEBUG": "1", "DATABASE_URL": "postgres://h:5432/"}, "DATABASE_URL: no database name"),
+        ({"DEBUG": "1", "TIME_ZONE": "Mars/Base"}, "TIME_ZONE='Mars/Base': not a known time zone"),
+        ({"DEBUG": "1", "CELERY_BROKER_URL": "http://x"}, "CELERY_BROKER_URL='http://x'"),
+        (
+            {"DEBUG": "1", "DATABASE_CONN_MAX_AGE": "soon", "DATABASE_URL": "postgres://h/db"},
+            "DATABASE_CONN_MAX_AGE='soon': expected a whole",
+        ),
+    ],
+)
 def test_it_names_the_bad_variable(env, message):
     p = load_settings(**env)
     assert p.returncode != 0
@@ -44,15 +59,26 @@ def test_it_names_the_bad_variable(env, message):
 
 
 def test_it_loads_with_good_values():
-    p = load_settings(DEBUG="0", SECRET_KEY="s" * 50, DATABASE_URL="postgres://u:p@h:1/db",
-                      WELKIN_FERNET_KEYS="Ab5_" * 10 + "xyz=", WELKIN_SIGNING_KEY=SIGNING,
-                      ALLOWED_HOSTS="a.example,b.example", TIME_ZONE="Europe/Stockholm")
+    p = load_settings(
+        DEBUG="0",
+        SECRET_KEY="s" * 50,
+        DATABASE_URL="postgres://u:p@h:1/db",
+        WELKIN_FERNET_KEYS="Ab5_" * 10 + "xyz=",
+        WELKIN_SIGNING_KEY=SIGNING,
+        ALLOWED_HOSTS="a.example,b.example",
+        TIME_ZONE="Europe/Stockholm",
+    )
     assert p.returncode == 0, p.stderr
 
 
 def test_it_parses_database_urls():
     db = database_from_url("postgresql://us%40er:p%3Ass@db.local:6543/welkin?sslmode=require")
     assert (db["USER"], db["PASSWORD"], db["HOST"], db["PORT"], db["NAME"]) == (
-        "us@er", "p:ss", "db.local", "6543", "welkin")
+        "us@er",
+        "p:ss",
+        "db.local",
+        "6543",
+        "welkin",
+    )
     assert db["OPTIONS"] == {"sslmode": "require"}
     assert database_from_url("postgres:///welkin")["HOST"] == ""

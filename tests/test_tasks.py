@@ -34,20 +34,31 @@ def wait_for(predicate, timeout=60.0, every=0.2):
 
 def _env(**extra):
     db = connection.settings_dict
-    return {**os.environ, "DEBUG": "1", "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-            "CELERY_TASK_ALWAYS_EAGER": "0",
-            # Small pages: a few dozen pods make many pages, so a kill lands mid-list.
-            "WELKIN_PAGE_LIMIT": "4", "WELKIN_REGISTRY_LOOKUPS": "0",
-            "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:"
-                            f"{db['PORT'] or 5432}/{db['NAME']}", **extra}
+    return {
+        **os.environ,
+        "DEBUG": "1",
+        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        "CELERY_TASK_ALWAYS_EAGER": "0",
+        # Small pages: a few dozen pods make many pages, so a kill lands mid-list.
+        "WELKIN_PAGE_LIMIT": "4",
+        "WELKIN_REGISTRY_LOOKUPS": "0",
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:"
+        f"{db['PORT'] or 5432}/{db['NAME']}",
+        **extra,
+    }
 
 
 class Proc:
     def __init__(self, *args, **env):
         self.log = open(f"/tmp/welkin-test-{args[0]}-{os.getpid()}.log", "w+")
-        self.p = subprocess.Popen([sys.executable, "-m", "celery", "-A", "welkin_dash", *args],
-                                  cwd=ROOT, env=_env(**env), stdout=self.log,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+        self.p = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "welkin_dash", *args],
+            cwd=ROOT,
+            env=_env(**env),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def output(self) -> str:
         self.log.flush()
@@ -76,8 +87,15 @@ def broker():
 
 @pytest.fixture
 def worker(broker):
-    w = Proc("worker", "--pool=prefork", "--concurrency=1", "--loglevel=INFO",
-             "--without-gossip", "--without-mingle", "--without-heartbeat")
+    w = Proc(
+        "worker",
+        "--pool=prefork",
+        "--concurrency=1",
+        "--loglevel=INFO",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    )
     wait_for(lambda: "ready." in w.output() or w.p.poll() is not None, 60)
     assert w.p.poll() is None, w.output()
     yield w
@@ -118,10 +136,12 @@ def test_the_same_task_delivered_twice_changes_nothing(worker, cluster):
 
 def test_beat_fans_out_one_scan_per_due_cluster(broker, worker, cluster, fake_kube, tmp_path):
     other = clusters.add_cluster("prod-2", kubeconfig=fake_kube.kubeconfig_yaml())
-    clusters.add_cluster("off", kubeconfig=fake_kube.kubeconfig_yaml()).__class__.objects \
-        .filter(name="off").update(enabled=False)
-    beat = Proc("beat", "--loglevel=INFO", f"--schedule={tmp_path / 'beat'}",
-                WELKIN_FANOUT_SECONDS="5")
+    clusters.add_cluster("off", kubeconfig=fake_kube.kubeconfig_yaml()).__class__.objects.filter(
+        name="off"
+    ).update(enabled=False)
+    beat = Proc(
+        "beat", "--loglevel=INFO", f"--schedule={tmp_path / 'beat'}", WELKIN_FANOUT_SECONDS="5"
+    )
     try:
         wait_for(lambda: ScanRun.objects.filter(status="succeeded").count() >= 2, 60)
         time.sleep(6)  # another fan-out: nothing is due again for 15 minutes
@@ -138,18 +158,17 @@ def test_a_worker_killed_mid_scan_leaves_consistent_data(worker, cluster, fake_k
     assert first.status == "succeeded"
     baseline = list(Finding.objects.order_by("pk").values("pk", "state", "resolved_at"))
     # Fix one workload, then make listing slow so the worker is killed mid-list.
-    deployment(fake_kube, "shop", "web", "nginx", 3, container_sc={"runAsNonRoot": True,
-                                                                   "runAsUser": 1000})
+    deployment(
+        fake_kube, "shop", "web", "nginx", 3, container_sc={"runAsNonRoot": True, "runAsUser": 1000}
+    )
     for i in range(40):
         deployment(fake_kube, f"ns-{i}", f"w-{i}", "img", 1, container_sc={"runAsUser": 1000})
     fake_kube.state.page_delay = 0.4
     result = tasks.scan_cluster.apply_async((cluster.pk,))
-    running = wait_for(lambda: ScanRun.objects.filter(task_id=result.id,
-                                                      status="running").first())
+    running = wait_for(lambda: ScanRun.objects.filter(task_id=result.id, status="running").first())
     time.sleep(0.5)
     worker.kill(signal.SIGKILL)
-    assert list(Finding.objects.order_by("pk").values("pk", "state", "resolved_at")) == \
-        baseline
+    assert list(Finding.objects.order_by("pk").values("pk", "state", "resolved_at")) == baseline
     fake_kube.state.page_delay = 0
     after = scanning.scan_cluster(cluster.pk)
     assert after.status == "succeeded"

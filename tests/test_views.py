@@ -29,6 +29,7 @@ def as_user(client, fleet, db):
         cache.clear()
         assert client.login(username=username, password=PASSWORD)
         return client
+
     return login
 
 
@@ -36,8 +37,14 @@ def open_finding(**kw):
     return Finding.objects.filter(resolved_at__isnull=True, **kw).order_by("pk").first()
 
 
-PAGES = ["/", "/trends/", "/trends/data.json", "/clusters/prod-eu/",
-         "/clusters/prod-eu/namespaces/payments/", "/trends/data.json?cluster=prod-eu"]
+PAGES = [
+    "/",
+    "/trends/",
+    "/trends/data.json",
+    "/clusters/prod-eu/",
+    "/clusters/prod-eu/namespaces/payments/",
+    "/trends/data.json?cluster=prod-eu",
+]
 
 
 @pytest.mark.parametrize("role", ["officer", "auditor", "lead"])
@@ -60,9 +67,19 @@ def test_it_requires_login(client, fleet, db):
 def test_the_fleet_page_shows_controls_clusters_and_trends(as_user):
     r = as_user("officer").get("/")
     body = r.content.decode()
-    for text in ("A.9.4.4", "(2022: 8.18)", "A.12.6.1", "(2022: 8.8)", "A.14.2.5",
-                 "(2022: 8.27)", "prod-eu", "prod-us", "staging", "Worse than a week ago",
-                 "Namespaces with most violations"):
+    for text in (
+        "A.9.4.4",
+        "(2022: 8.18)",
+        "A.12.6.1",
+        "(2022: 8.8)",
+        "A.14.2.5",
+        "(2022: 8.27)",
+        "prod-eu",
+        "prod-us",
+        "staging",
+        "Worse than a week ago",
+        "Namespaces with most violations",
+    ):
         assert text in body
     data = r.context
     assert sum(row["counts"]["blocked"] for row in data["clusters"]) >= 2
@@ -143,8 +160,9 @@ def test_the_namespace_page_filters_and_pages(as_user, monkeypatch):
         r = c.get("/clusters/prod-eu/namespaces/monitoring/", {"after": cursor})
         seen += [f.pk for f in r.context["rows"]]
         cursor = r.context["next_cursor"]
-    expected = Finding.objects.filter(cluster__name="prod-eu", namespace="monitoring",
-                                      resolved_at__isnull=True).count()
+    expected = Finding.objects.filter(
+        cluster__name="prod-eu", namespace="monitoring", resolved_at__isnull=True
+    ).count()
     assert len(seen) == len(set(seen)) == expected
     r = c.get("/clusters/prod-eu/namespaces/monitoring/", {"q": "vendor"})
     assert all("vendor" in f.workload_name or "vendor" in f.image for f in r.context["rows"])
@@ -153,15 +171,23 @@ def test_the_namespace_page_filters_and_pages(as_user, monkeypatch):
     assert "after: not a cursor from this page" in r.content.decode()
     r = c.get("/clusters/prod-eu/namespaces/monitoring/", {"kind": "DaemonSet"})
     assert r.context["rows"] and all(f.workload_kind == "DaemonSet" for f in r.context["rows"])
-    assert '<option selected>DaemonSet</option>' in r.content.decode()
+    assert "<option selected>DaemonSet</option>" in r.content.decode()
 
 
 @pytest.mark.parametrize("role", ["officer", "lead"])
-@pytest.mark.parametrize("url", ["/", "/trends/", "/trends/data.json", "/clusters/prod-eu/",
-                                 "/clusters/prod-eu/namespaces/payments/", "finding",
-                                 "/scans/"])
-def test_no_page_issues_more_than_10_queries(as_user, django_assert_max_num_queries, role,
-                                             url):
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/",
+        "/trends/",
+        "/trends/data.json",
+        "/clusters/prod-eu/",
+        "/clusters/prod-eu/namespaces/payments/",
+        "finding",
+        "/scans/",
+    ],
+)
+def test_no_page_issues_more_than_10_queries(as_user, django_assert_max_num_queries, role, url):
     c = as_user(role)
     if url == "/scans/" and role != "officer":
         return

@@ -62,7 +62,8 @@ def database_from_url(url: str, name: str = "DATABASE_URL") -> dict:
     parts = urlsplit(url)
     if parts.scheme not in ("postgres", "postgresql", "pgsql"):
         raise ImproperlyConfigured(
-            f"{name}: unsupported scheme {parts.scheme!r}, expected postgres://")
+            f"{name}: unsupported scheme {parts.scheme!r}, expected postgres://"
+        )
     dbname = unquote(parts.path.lstrip("/"))
     if not dbname:
         raise ImproperlyConfigured(f"{name}: no database name in the URL")
@@ -113,14 +114,19 @@ DATABASE_URL = env_str("DATABASE_URL")
 EMBEDDED = not DATABASE_URL
 if DATABASE_URL:
     DATABASES = {"default": database_from_url(DATABASE_URL)}
-elif OFFLINE_COMMAND and not (Path(env_str("WELKIN_VAR_DIR", str(BASE_DIR / "var")))
-                              / "welkin-dash.sqlite3").exists():
+elif (
+    OFFLINE_COMMAND
+    and not (
+        Path(env_str("WELKIN_VAR_DIR", str(BASE_DIR / "var"))) / "welkin-dash.sqlite3"
+    ).exists()
+):
     DATABASES = {"default": {"ENGINE": "django.db.backends.dummy"}}  # no database
 else:
     VAR_DIR = Path(env_str("WELKIN_VAR_DIR", str(BASE_DIR / "var")))
     VAR_DIR.mkdir(parents=True, exist_ok=True)
-    DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3",
-                             "NAME": VAR_DIR / "welkin-dash.sqlite3"}}
+    DATABASES = {
+        "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": VAR_DIR / "welkin-dash.sqlite3"}
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 INSTALLED_APPS = [
@@ -150,7 +156,7 @@ REST_FRAMEWORK = {
 SPECTACULAR_SETTINGS = {
     "TITLE": "welkin-dash API",
     "DESCRIPTION": "Read-only: clusters, scans, findings, rollups and point-in-time reports, "
-                   "filtered by the same access rules as the pages.",
+    "filtered by the same access rules as the pages.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
 }
@@ -215,9 +221,13 @@ LOGOUT_REDIRECT_URL = "/accounts/login/"
 CACHE_URL = env_str("CACHE_URL", "")
 if CACHE_URL and not CACHE_URL.startswith(("redis://", "rediss://")):
     raise ImproperlyConfigured(f"CACHE_URL={CACHE_URL!r}: expected redis:// or rediss://")
-CACHES = {"default": (
-    {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
-    if CACHE_URL else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"})}
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
+        if CACHE_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
+}
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
 SECURE_CONTENT_TYPE_NOSNIFF = True
@@ -227,7 +237,8 @@ X_FRAME_OPTIONS = "DENY"
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
 if not CELERY_BROKER_URL.startswith(("redis://", "rediss://", "amqp://", "memory://")):
     raise ImproperlyConfigured(
-        f"CELERY_BROKER_URL={CELERY_BROKER_URL!r}: expected redis://, rediss:// or amqp://")
+        f"CELERY_BROKER_URL={CELERY_BROKER_URL!r}: expected redis://, rediss:// or amqp://"
+    )
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", EMBEDDED)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
@@ -238,8 +249,13 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
-def server_key(name: str, derived_from: bytes, generate: str,
-               encode: Callable[[bytes], bytes] = base64.b64encode) -> str:
+
+def server_key(
+    name: str,
+    derived_from: bytes,
+    generate: str,
+    encode: Callable[[bytes], bytes] = base64.b64encode,
+) -> str:
     """A key the server needs: from the environment; required when DEBUG is off (but not
     for `manage.py evaluate`, which signs and decrypts nothing); for a first look (DEBUG)
     derived from SECRET_KEY and `derived_from`, so nothing needs setting up."""
@@ -247,8 +263,9 @@ def server_key(name: str, derived_from: bytes, generate: str,
     if value:
         return value
     if NEEDS_KEYS:
-        raise ImproperlyConfigured(f"{name} is required when DEBUG is off (generate one "
-                                   f"with `{generate}`)")
+        raise ImproperlyConfigured(
+            f"{name} is required when DEBUG is off (generate one with `{generate}`)"
+        )
     if not DEBUG:
         return ""
     return encode(hashlib.sha256(derived_from + SECRET_KEY.encode()).digest()).decode()
@@ -256,8 +273,10 @@ def server_key(name: str, derived_from: bytes, generate: str,
 
 # Reports are signed with an Ed25519 key: base64 of its 32-byte private seed.
 WELKIN_SIGNING_KEY = server_key(
-    "WELKIN_SIGNING_KEY", b"welkin-dash report signing:",
-    "python -c 'import os, base64; print(base64.b64encode(os.urandom(32)).decode())'")
+    "WELKIN_SIGNING_KEY",
+    b"welkin-dash report signing:",
+    "python -c 'import os, base64; print(base64.b64encode(os.urandom(32)).decode())'",
+)
 try:
     if WELKIN_SIGNING_KEY and len(base64.b64decode(WELKIN_SIGNING_KEY, validate=True)) != 32:
         raise ValueError
@@ -266,10 +285,19 @@ except (ValueError, binascii.Error):
 
 # Scanning.
 # Fernet keys for credentials at rest, comma separated: the first encrypts, all decrypt.
-WELKIN_FERNET_KEYS = env_list("WELKIN_FERNET_KEYS", []) or [k for k in [server_key(
-    "WELKIN_FERNET_KEYS", b"welkin-dash credentials:",
-    "python -c 'from cryptography.fernet import Fernet; "
-    "print(Fernet.generate_key().decode())'", base64.urlsafe_b64encode)] if k]
+WELKIN_FERNET_KEYS = env_list("WELKIN_FERNET_KEYS", []) or [
+    k
+    for k in [
+        server_key(
+            "WELKIN_FERNET_KEYS",
+            b"welkin-dash credentials:",
+            "python -c 'from cryptography.fernet import Fernet; "
+            "print(Fernet.generate_key().decode())'",
+            base64.urlsafe_b64encode,
+        )
+    ]
+    if k
+]
 WELKIN_PAGE_LIMIT = env_int("WELKIN_PAGE_LIMIT", 500, minimum=1)
 WELKIN_KUBE_TIMEOUT = env_int("WELKIN_KUBE_TIMEOUT", 60, minimum=1)
 WELKIN_SCAN_TIME_LIMIT = env_int("WELKIN_SCAN_TIME_LIMIT", 1800, minimum=10)

@@ -7,233 +7,498 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('auth', '0012_alter_user_first_name_max_length'),
+        ("auth", "0012_alter_user_first_name_max_length"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Cluster',
+            name="Cluster",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.SlugField(max_length=63, unique=True)),
-                ('source', models.CharField(choices=[('kubeconfig', 'Kubeconfig context'), ('in_cluster', 'In-cluster service account'), ('snapshot', 'Offline snapshot')], default='kubeconfig', max_length=16)),
-                ('context', models.CharField(blank=True, max_length=253)),
-                ('server', models.CharField(blank=True, max_length=500)),
-                ('credentials_encrypted', models.BinaryField(blank=True, null=True)),
-                ('schedule_minutes', models.PositiveIntegerField(default=15)),
-                ('enabled', models.BooleanField(default=True)),
-                ('next_scan_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.SlugField(max_length=63, unique=True)),
+                (
+                    "source",
+                    models.CharField(
+                        choices=[
+                            ("kubeconfig", "Kubeconfig context"),
+                            ("in_cluster", "In-cluster service account"),
+                            ("snapshot", "Offline snapshot"),
+                        ],
+                        default="kubeconfig",
+                        max_length=16,
+                    ),
+                ),
+                ("context", models.CharField(blank=True, max_length=253)),
+                ("server", models.CharField(blank=True, max_length=500)),
+                ("credentials_encrypted", models.BinaryField(blank=True, null=True)),
+                ("schedule_minutes", models.PositiveIntegerField(default=15)),
+                ("enabled", models.BooleanField(default=True)),
+                ("next_scan_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='ImageCache',
+            name="ImageCache",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('key', models.CharField(max_length=1100, unique=True)),
-                ('user', models.CharField(blank=True, max_length=255, null=True)),
-                ('digest', models.CharField(blank=True, max_length=100)),
-                ('config_digest', models.CharField(blank=True, max_length=100)),
-                ('error', models.TextField(blank=True)),
-                ('resolved_at', models.DateTimeField()),
-                ('expires_at', models.DateTimeField(blank=True, null=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("key", models.CharField(max_length=1100, unique=True)),
+                ("user", models.CharField(blank=True, max_length=255, null=True)),
+                ("digest", models.CharField(blank=True, max_length=100)),
+                ("config_digest", models.CharField(blank=True, max_length=100)),
+                ("error", models.TextField(blank=True)),
+                ("resolved_at", models.DateTimeField()),
+                ("expires_at", models.DateTimeField(blank=True, null=True)),
             ],
         ),
         migrations.CreateModel(
-            name='ImageUserOverride',
+            name="ImageUserOverride",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('pattern', models.CharField(max_length=500, unique=True)),
-                ('user', models.CharField(blank=True, max_length=255)),
-                ('note', models.CharField(blank=True, max_length=500)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("pattern", models.CharField(max_length=500, unique=True)),
+                ("user", models.CharField(blank=True, max_length=255)),
+                ("note", models.CharField(blank=True, max_length=500)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'ordering': ['pattern'],
+                "ordering": ["pattern"],
             },
         ),
         migrations.CreateModel(
-            name='Registry',
+            name="Registry",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('host', models.CharField(help_text='As in image references: ghcr.io, registry.example.com:5000 (docker.io for Docker Hub)', max_length=255, unique=True)),
-                ('username', models.CharField(blank=True, max_length=255)),
-                ('password_encrypted', models.BinaryField(blank=True, null=True)),
-                ('ca_pem', models.TextField(blank=True, help_text='PEM CA certificates to trust (optional)')),
-                ('plain_http', models.BooleanField(default=False, help_text='Only for registries without TLS on a trusted network')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "host",
+                    models.CharField(
+                        help_text="As in image references: ghcr.io, registry.example.com:5000 (docker.io for Docker Hub)",
+                        max_length=255,
+                        unique=True,
+                    ),
+                ),
+                ("username", models.CharField(blank=True, max_length=255)),
+                ("password_encrypted", models.BinaryField(blank=True, null=True)),
+                (
+                    "ca_pem",
+                    models.TextField(
+                        blank=True, help_text="PEM CA certificates to trust (optional)"
+                    ),
+                ),
+                (
+                    "plain_http",
+                    models.BooleanField(
+                        default=False,
+                        help_text="Only for registries without TLS on a trusted network",
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'registries',
-                'ordering': ['host'],
+                "verbose_name_plural": "registries",
+                "ordering": ["host"],
             },
         ),
         migrations.CreateModel(
-            name='Finding',
+            name="Finding",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('namespace', models.CharField(max_length=63)),
-                ('workload_kind', models.CharField(max_length=63)),
-                ('workload_name', models.CharField(max_length=253)),
-                ('container', models.CharField(max_length=253)),
-                ('container_type', models.CharField(max_length=9)),
-                ('image', models.CharField(max_length=1000)),
-                ('state', models.CharField(choices=[('compliant', 'Compliant'), ('unenforced', 'Not enforced'), ('root', 'Runs as root'), ('blocked', 'Blocked by kubelet'), ('unverified', 'Unverified')], max_length=16)),
-                ('runs_as_root', models.BooleanField(null=True)),
-                ('kubelet_error', models.TextField(blank=True)),
-                ('evidence', models.CharField(max_length=9)),
-                ('image_user', models.CharField(blank=True, max_length=255, null=True)),
-                ('image_user_source', models.CharField(default='unknown', max_length=16)),
-                ('uid', models.BigIntegerField(null=True)),
-                ('run_as_user', models.BigIntegerField(null=True)),
-                ('run_as_non_root', models.BooleanField(null=True)),
-                ('pods', models.PositiveIntegerField(default=0)),
-                ('mixed', models.BooleanField(default=False)),
-                ('detail', models.JSONField(default=dict)),
-                ('first_seen', models.DateTimeField()),
-                ('last_changed', models.DateTimeField()),
-                ('resolved_at', models.DateTimeField(blank=True, null=True)),
-                ('cluster', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='findings', to='compliance.cluster')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("namespace", models.CharField(max_length=63)),
+                ("workload_kind", models.CharField(max_length=63)),
+                ("workload_name", models.CharField(max_length=253)),
+                ("container", models.CharField(max_length=253)),
+                ("container_type", models.CharField(max_length=9)),
+                ("image", models.CharField(max_length=1000)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("compliant", "Compliant"),
+                            ("unenforced", "Not enforced"),
+                            ("root", "Runs as root"),
+                            ("blocked", "Blocked by kubelet"),
+                            ("unverified", "Unverified"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("runs_as_root", models.BooleanField(null=True)),
+                ("kubelet_error", models.TextField(blank=True)),
+                ("evidence", models.CharField(max_length=9)),
+                ("image_user", models.CharField(blank=True, max_length=255, null=True)),
+                ("image_user_source", models.CharField(default="unknown", max_length=16)),
+                ("uid", models.BigIntegerField(null=True)),
+                ("run_as_user", models.BigIntegerField(null=True)),
+                ("run_as_non_root", models.BooleanField(null=True)),
+                ("pods", models.PositiveIntegerField(default=0)),
+                ("mixed", models.BooleanField(default=False)),
+                ("detail", models.JSONField(default=dict)),
+                ("first_seen", models.DateTimeField()),
+                ("last_changed", models.DateTimeField()),
+                ("resolved_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "cluster",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="findings",
+                        to="compliance.cluster",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='NamespaceGrant',
+            name="NamespaceGrant",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('namespace', models.CharField(help_text='A namespace, or a glob: team-a-*', max_length=63)),
-                ('cluster', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='grants', to='compliance.cluster')),
-                ('group', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='namespace_grants', to='auth.group')),
-                ('user', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='namespace_grants', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "namespace",
+                    models.CharField(help_text="A namespace, or a glob: team-a-*", max_length=63),
+                ),
+                (
+                    "cluster",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="grants",
+                        to="compliance.cluster",
+                    ),
+                ),
+                (
+                    "group",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="namespace_grants",
+                        to="auth.group",
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="namespace_grants",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='ScanRun',
+            name="ScanRun",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('status', models.CharField(choices=[('running', 'Running'), ('succeeded', 'Succeeded'), ('failed', 'Failed'), ('skipped', 'Skipped')], default='running', max_length=16)),
-                ('reason', models.TextField(blank=True)),
-                ('trigger', models.CharField(default='schedule', max_length=16)),
-                ('task_id', models.CharField(blank=True, db_index=True, max_length=64)),
-                ('started_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('heartbeat_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('observed_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('pages', models.PositiveIntegerField(default=0)),
-                ('pods', models.PositiveIntegerField(default=0)),
-                ('containers', models.PositiveIntegerField(default=0)),
-                ('findings_opened', models.PositiveIntegerField(default=0)),
-                ('findings_changed', models.PositiveIntegerField(default=0)),
-                ('findings_resolved', models.PositiveIntegerField(default=0)),
-                ('timings', models.JSONField(blank=True, default=dict)),
-                ('warnings', models.JSONField(blank=True, default=list)),
-                ('cluster', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='scans', to='compliance.cluster')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("running", "Running"),
+                            ("succeeded", "Succeeded"),
+                            ("failed", "Failed"),
+                            ("skipped", "Skipped"),
+                        ],
+                        default="running",
+                        max_length=16,
+                    ),
+                ),
+                ("reason", models.TextField(blank=True)),
+                ("trigger", models.CharField(default="schedule", max_length=16)),
+                ("task_id", models.CharField(blank=True, db_index=True, max_length=64)),
+                ("started_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                ("heartbeat_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("observed_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("pages", models.PositiveIntegerField(default=0)),
+                ("pods", models.PositiveIntegerField(default=0)),
+                ("containers", models.PositiveIntegerField(default=0)),
+                ("findings_opened", models.PositiveIntegerField(default=0)),
+                ("findings_changed", models.PositiveIntegerField(default=0)),
+                ("findings_resolved", models.PositiveIntegerField(default=0)),
+                ("timings", models.JSONField(blank=True, default=dict)),
+                ("warnings", models.JSONField(blank=True, default=list)),
+                (
+                    "cluster",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="scans",
+                        to="compliance.cluster",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-started_at'],
+                "ordering": ["-started_at"],
             },
         ),
         migrations.CreateModel(
-            name='FindingEvent',
+            name="FindingEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(choices=[('opened', 'Opened'), ('changed', 'Changed'), ('resolved', 'Resolved')], max_length=8)),
-                ('from_state', models.CharField(blank=True, max_length=16)),
-                ('to_state', models.CharField(blank=True, max_length=16)),
-                ('at', models.DateTimeField()),
-                ('finding', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='events', to='compliance.finding')),
-                ('scan', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='events', to='compliance.scanrun')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("opened", "Opened"),
+                            ("changed", "Changed"),
+                            ("resolved", "Resolved"),
+                        ],
+                        max_length=8,
+                    ),
+                ),
+                ("from_state", models.CharField(blank=True, max_length=16)),
+                ("to_state", models.CharField(blank=True, max_length=16)),
+                ("at", models.DateTimeField()),
+                (
+                    "finding",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="events",
+                        to="compliance.finding",
+                    ),
+                ),
+                (
+                    "scan",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="events",
+                        to="compliance.scanrun",
+                    ),
+                ),
             ],
         ),
         migrations.AddField(
-            model_name='cluster',
-            name='last_complete_scan',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='compliance.scanrun'),
+            model_name="cluster",
+            name="last_complete_scan",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to="compliance.scanrun",
+            ),
         ),
         migrations.AddField(
-            model_name='cluster',
-            name='last_scan',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='compliance.scanrun'),
+            model_name="cluster",
+            name="last_scan",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to="compliance.scanrun",
+            ),
         ),
         migrations.CreateModel(
-            name='ClusterRollup',
+            name="ClusterRollup",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('day', models.DateField()),
-                ('state', models.CharField(choices=[('compliant', 'Compliant'), ('unenforced', 'Not enforced'), ('root', 'Runs as root'), ('blocked', 'Blocked by kubelet'), ('unverified', 'Unverified')], max_length=16)),
-                ('containers', models.PositiveIntegerField(default=0)),
-                ('pods', models.PositiveIntegerField(default=0)),
-                ('cluster', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='compliance.cluster')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("day", models.DateField()),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("compliant", "Compliant"),
+                            ("unenforced", "Not enforced"),
+                            ("root", "Runs as root"),
+                            ("blocked", "Blocked by kubelet"),
+                            ("unverified", "Unverified"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("containers", models.PositiveIntegerField(default=0)),
+                ("pods", models.PositiveIntegerField(default=0)),
+                (
+                    "cluster",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="compliance.cluster",
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['day'], name='compliance__day_08710b_idx')],
-                'constraints': [models.UniqueConstraint(fields=('cluster', 'state', 'day'), name='one_cluster_rollup_per_day')],
+                "indexes": [models.Index(fields=["day"], name="compliance__day_08710b_idx")],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("cluster", "state", "day"), name="one_cluster_rollup_per_day"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='DailyActivity',
+            name="DailyActivity",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('day', models.DateField()),
-                ('namespace', models.CharField(max_length=63)),
-                ('opened', models.PositiveIntegerField(default=0)),
-                ('resolved', models.PositiveIntegerField(default=0)),
-                ('remediation_seconds', models.BigIntegerField(default=0)),
-                ('cluster', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='activity', to='compliance.cluster')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("day", models.DateField()),
+                ("namespace", models.CharField(max_length=63)),
+                ("opened", models.PositiveIntegerField(default=0)),
+                ("resolved", models.PositiveIntegerField(default=0)),
+                ("remediation_seconds", models.BigIntegerField(default=0)),
+                (
+                    "cluster",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="activity",
+                        to="compliance.cluster",
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['day'], name='compliance__day_f32d3f_idx')],
-                'constraints': [models.UniqueConstraint(fields=('cluster', 'namespace', 'day'), name='one_activity_per_day')],
+                "indexes": [models.Index(fields=["day"], name="compliance__day_f32d3f_idx")],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("cluster", "namespace", "day"), name="one_activity_per_day"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='DailyRollup',
+            name="DailyRollup",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('day', models.DateField()),
-                ('namespace', models.CharField(max_length=63)),
-                ('state', models.CharField(choices=[('compliant', 'Compliant'), ('unenforced', 'Not enforced'), ('root', 'Runs as root'), ('blocked', 'Blocked by kubelet'), ('unverified', 'Unverified')], max_length=16)),
-                ('containers', models.PositiveIntegerField(default=0)),
-                ('pods', models.PositiveIntegerField(default=0)),
-                ('cluster', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='rollups', to='compliance.cluster')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("day", models.DateField()),
+                ("namespace", models.CharField(max_length=63)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("compliant", "Compliant"),
+                            ("unenforced", "Not enforced"),
+                            ("root", "Runs as root"),
+                            ("blocked", "Blocked by kubelet"),
+                            ("unverified", "Unverified"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("containers", models.PositiveIntegerField(default=0)),
+                ("pods", models.PositiveIntegerField(default=0)),
+                (
+                    "cluster",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="rollups",
+                        to="compliance.cluster",
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['day', 'cluster'], name='compliance__day_aaa7bb_idx')],
-                'constraints': [models.UniqueConstraint(fields=('cluster', 'namespace', 'state', 'day'), name='one_rollup_per_day')],
+                "indexes": [
+                    models.Index(fields=["day", "cluster"], name="compliance__day_aaa7bb_idx")
+                ],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("cluster", "namespace", "state", "day"), name="one_rollup_per_day"
+                    )
+                ],
             },
         ),
         migrations.AddIndex(
-            model_name='finding',
-            index=models.Index(condition=models.Q(('resolved_at__isnull', True)), fields=['cluster', 'namespace', 'state'], name='open_findings_by_ns'),
+            model_name="finding",
+            index=models.Index(
+                condition=models.Q(("resolved_at__isnull", True)),
+                fields=["cluster", "namespace", "state"],
+                name="open_findings_by_ns",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='finding',
-            constraint=models.UniqueConstraint(condition=models.Q(('resolved_at__isnull', True)), fields=('cluster', 'namespace', 'workload_kind', 'workload_name', 'container'), name='one_open_finding_per_container'),
+            model_name="finding",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("resolved_at__isnull", True)),
+                fields=("cluster", "namespace", "workload_kind", "workload_name", "container"),
+                name="one_open_finding_per_container",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='namespacegrant',
-            constraint=models.CheckConstraint(condition=models.Q(('user__isnull', False), ('group__isnull', False), _connector='OR'), name='grant_has_user_or_group'),
+            model_name="namespacegrant",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("user__isnull", False), ("group__isnull", False), _connector="OR"
+                ),
+                name="grant_has_user_or_group",
+            ),
         ),
         migrations.AddIndex(
-            model_name='scanrun',
-            index=models.Index(fields=['cluster', '-started_at'], name='compliance__cluster_1d3c49_idx'),
+            model_name="scanrun",
+            index=models.Index(
+                fields=["cluster", "-started_at"], name="compliance__cluster_1d3c49_idx"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='scanrun',
-            constraint=models.UniqueConstraint(condition=models.Q(('status', 'running')), fields=('cluster',), name='one_running_scan_per_cluster'),
+            model_name="scanrun",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("status", "running")),
+                fields=("cluster",),
+                name="one_running_scan_per_cluster",
+            ),
         ),
         migrations.AddIndex(
-            model_name='findingevent',
-            index=models.Index(fields=['finding', 'at'], name='compliance__finding_b0f539_idx'),
+            model_name="findingevent",
+            index=models.Index(fields=["finding", "at"], name="compliance__finding_b0f539_idx"),
         ),
         migrations.AddIndex(
-            model_name='findingevent',
-            index=models.Index(fields=['at'], name='compliance__at_eaa97a_idx'),
+            model_name="findingevent",
+            index=models.Index(fields=["at"], name="compliance__at_eaa97a_idx"),
         ),
     ]

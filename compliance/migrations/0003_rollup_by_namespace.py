@@ -4,14 +4,17 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('compliance', '0002_audit_exports'),
+        ("compliance", "0002_audit_exports"),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name='dailyrollup',
-            index=models.Index(fields=['namespace', 'day'], name='rollup_by_namespace', opclasses=['varchar_pattern_ops', 'date_ops']),
+            model_name="dailyrollup",
+            index=models.Index(
+                fields=["namespace", "day"],
+                name="rollup_by_namespace",
+                opclasses=["varchar_pattern_ops", "date_ops"],
+            ),
         ),
     ]

@@ -4,29 +4,28 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('compliance', '0003_rollup_by_namespace'),
+        ("compliance", "0003_rollup_by_namespace"),
     ]
 
     operations = [
         migrations.RemoveField(
-            model_name='scanrun',
-            name='warnings',
+            model_name="scanrun",
+            name="warnings",
         ),
         migrations.AddField(
-            model_name='scanrun',
-            name='rejected',
+            model_name="scanrun",
+            name="rejected",
             field=models.PositiveIntegerField(default=0),
         ),
         migrations.AddField(
-            model_name='scanrun',
-            name='rejections',
+            model_name="scanrun",
+            name="rejections",
             field=models.JSONField(blank=True, default=dict),
         ),
         migrations.AddField(
-            model_name='scanrun',
-            name='worker',
+            model_name="scanrun",
+            name="worker",
             field=models.CharField(blank=True, max_length=300),
         ),
     ]

@@ -4,30 +4,47 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('compliance', '0004_scan_rejections'),
+        ("compliance", "0004_scan_rejections"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='finding',
-            name='container_type',
-            field=models.CharField(choices=[('init', 'Init'), ('app', 'App'), ('ephemeral', 'Ephemeral')], max_length=9),
+            model_name="finding",
+            name="container_type",
+            field=models.CharField(
+                choices=[("init", "Init"), ("app", "App"), ("ephemeral", "Ephemeral")], max_length=9
+            ),
         ),
         migrations.AlterField(
-            model_name='finding',
-            name='evidence',
-            field=models.CharField(choices=[('predicted', 'Predicted'), ('observed', 'Observed')], max_length=9),
+            model_name="finding",
+            name="evidence",
+            field=models.CharField(
+                choices=[("predicted", "Predicted"), ("observed", "Observed")], max_length=9
+            ),
         ),
         migrations.AlterField(
-            model_name='finding',
-            name='image_user_source',
-            field=models.CharField(choices=[('registry', 'Registry'), ('runtime', 'Runtime'), ('operator', 'Operator'), ('supplied', 'Supplied'), ('unknown', 'Unknown')], default='unknown', max_length=16),
+            model_name="finding",
+            name="image_user_source",
+            field=models.CharField(
+                choices=[
+                    ("registry", "Registry"),
+                    ("runtime", "Runtime"),
+                    ("operator", "Operator"),
+                    ("supplied", "Supplied"),
+                    ("unknown", "Unknown"),
+                ],
+                default="unknown",
+                max_length=16,
+            ),
         ),
         migrations.AlterField(
-            model_name='scanrun',
-            name='trigger',
-            field=models.CharField(choices=[('schedule', 'Schedule'), ('manual', 'Manual'), ('snapshot', 'Snapshot')], default='schedule', max_length=16),
+            model_name="scanrun",
+            name="trigger",
+            field=models.CharField(
+                choices=[("schedule", "Schedule"), ("manual", "Manual"), ("snapshot", "Snapshot")],
+                default="schedule",
+                max_length=16,
+            ),
         ),
     ]

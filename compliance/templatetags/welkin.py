@@ -21,8 +21,9 @@ def state_badge(state):
     if state not in STATE:
         return state
     term = STATE[state]
-    return format_html('<span class="state {}" title="{}">{}</span>', term.css,
-                       term.description, term.label)
+    return format_html(
+        '<span class="state {}" title="{}">{}</span>', term.css, term.description, term.label
+    )
 
 
 @register.filter
@@ -31,8 +32,9 @@ def status_badge(status):
     if status not in SCAN_STATUS:
         return status
     term = SCAN_STATUS[status]
-    return format_html('<span class="status {}" title="{}">{}</span>', term.css,
-                       term.description, term.label)
+    return format_html(
+        '<span class="status {}" title="{}">{}</span>', term.css, term.description, term.label
+    )
 
 
 @register.filter
@@ -68,10 +70,19 @@ def sparkline(values, label="trend"):
     w, h = 120, 28
     top = max(values) or 1
     step = w / (len(values) - 1)
-    points = " ".join(f"{i * step:.1f},{h - 2 - (v / top) * (h - 4):.1f}"
-                      for i, v in enumerate(values))
+    points = " ".join(
+        f"{i * step:.1f},{h - 2 - (v / top) * (h - 4):.1f}" for i, v in enumerate(values)
+    )
     return format_html(
         '<svg class="spark" width="{}" height="{}" viewBox="0 0 {} {}" role="img" '
         'aria-label="{}: from {} to {}"><polyline fill="none" stroke="currentColor" '
-        'stroke-width="1.5" points="{}"/></svg>', w, h, w, h, label, values[0], values[-1],
-        points)
+        'stroke-width="1.5" points="{}"/></svg>',
+        w,
+        h,
+        w,
+        h,
+        label,
+        values[0],
+        values[-1],
+        points,
+    )

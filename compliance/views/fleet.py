@@ -11,8 +11,9 @@ def overview(request):
     scope = access.scope_for(request.user)
     if scope.role is None:
         return render(request, "compliance/no_access.html", status=403)
-    return render(request, "compliance/fleet.html", {
-        "scope": scope, **dashboards.fleet_overview(scope)})
+    return render(
+        request, "compliance/fleet.html", {"scope": scope, **dashboards.fleet_overview(scope)}
+    )
 
 
 def _trend_scope(request):
@@ -28,12 +29,24 @@ def _trend_scope(request):
 
 def trends(request):
     scope, cluster, namespace = _trend_scope(request)
-    return render(request, "compliance/trends.html", {
-        "scope": scope, "cluster": cluster, "namespace": namespace,
-        "clusters": access.clusters(scope).only("name"),
-        "namespaces": (DailyRollup.objects.filter(scope.q(), cluster=cluster)
-                       .values_list("namespace", flat=True).distinct().order_by("namespace")
-                       if cluster else [])})
+    return render(
+        request,
+        "compliance/trends.html",
+        {
+            "scope": scope,
+            "cluster": cluster,
+            "namespace": namespace,
+            "clusters": access.clusters(scope).only("name"),
+            "namespaces": (
+                DailyRollup.objects.filter(scope.q(), cluster=cluster)
+                .values_list("namespace", flat=True)
+                .distinct()
+                .order_by("namespace")
+                if cluster
+                else []
+            ),
+        },
+    )
 
 
 def trend_data(request):

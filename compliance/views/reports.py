@@ -15,25 +15,36 @@ PREVIEW_ROWS = 100
 def _report_from(request, query) -> tuple[reports.Report | None, str | None]:
     scope = access.scope_for(request.user)
     try:
-        return reports.point_in_time(scope, params.moment(query, "at"),
-                                     params.text(query, "cluster", 63) or None,
-                                     params.text(query, "namespace", 63) or None,
-                                     generated_by=request.user.get_username()), None
+        return reports.point_in_time(
+            scope,
+            params.moment(query, "at"),
+            params.text(query, "cluster", 63) or None,
+            params.text(query, "namespace", 63) or None,
+            generated_by=request.user.get_username(),
+        ), None
     except (reports.ReportError, params.BadParameter) as e:
         return None, str(e)
 
 
 def report(request):
     scope = access.scope_for(request.user)
-    context = {"scope": scope, "clusters": access.clusters(scope).only("name"),
-               "formats": exports.FORMATS, "params": request.GET}
+    context = {
+        "scope": scope,
+        "clusters": access.clusters(scope).only("name"),
+        "formats": exports.FORMATS,
+        "params": request.GET,
+    }
     if "preview" in request.GET:
         r, error = _report_from(request, request.GET)
         context["error"] = error
         if r is not None:
             rows = r.first_rows(PREVIEW_ROWS)
-            audit.record(request, AuditEvent.Action.REPORT_VIEW, "report",
-                         {**r.scope, "at": r.at.isoformat()})
+            audit.record(
+                request,
+                AuditEvent.Action.REPORT_VIEW,
+                "report",
+                {**r.scope, "at": r.at.isoformat()},
+            )
             context.update(report=r, rows=rows, controls=r.control_summary())
     context["exports"] = Export.objects.filter(user=request.user).order_by("-created_at")[:20]
     return render(request, "compliance/reports.html", context)
@@ -52,17 +63,29 @@ def export(request):
     except (exports.ExportError, OSError) as failure:
         return _report_page(request, f"Export failed: {failure}", 500)
     e.save()
-    audit.record(request, AuditEvent.Action.EXPORT, f"{fmt} {e.id}",
-                 {**r.scope, "at": r.at.isoformat()}, e.manifest["sha256"])
+    audit.record(
+        request,
+        AuditEvent.Action.EXPORT,
+        f"{fmt} {e.id}",
+        {**r.scope, "at": r.at.isoformat()},
+        e.manifest["sha256"],
+    )
     return redirect("compliance-reports")
 
 
 def _report_page(request, error: str, status: int):
-    return render(request, "compliance/reports.html", {
-        "scope": access.scope_for(request.user), "error": error,
-        "formats": exports.FORMATS, "params": request.POST,
-        "clusters": access.clusters(access.scope_for(request.user)).only("name")},
-        status=status)
+    return render(
+        request,
+        "compliance/reports.html",
+        {
+            "scope": access.scope_for(request.user),
+            "error": error,
+            "formats": exports.FORMATS,
+            "params": request.POST,
+            "clusters": access.clusters(access.scope_for(request.user)).only("name"),
+        },
+        status=status,
+    )
 
 
 def _path(e: Export):
@@ -93,29 +116,48 @@ def verify(request):
     limit = settings.WELKIN_VERIFY_MAX_BYTES
     if request.method == "POST" and params.content_length(request) > limit + (1 << 20):
         # Refused before the body is read: the report plus room for its manifest.
-        return _verify_page(request, exports.Verification(
-            False, f"the upload is larger than {limit:,} bytes (WELKIN_VERIFY_MAX_BYTES); "
-                   "verify a file that size with manage.py verify_report"), 413)
+        return _verify_page(
+            request,
+            exports.Verification(
+                False,
+                f"the upload is larger than {limit:,} bytes (WELKIN_VERIFY_MAX_BYTES); "
+                "verify a file that size with manage.py verify_report",
+            ),
+            413,
+        )
     if request.method == "POST":
         content, manifest_file = request.FILES.get("file"), request.FILES.get("manifest")
         if content is None or manifest_file is None:
             result = exports.Verification(False, "Choose the report file and its manifest.")
         elif manifest_file.size > exports.MANIFEST_MAX_BYTES:
-            result = exports.Verification(False, "the manifest is larger than "
-                                                 f"{exports.MANIFEST_MAX_BYTES} bytes: not a "
-                                                 "welkin-dash manifest")
+            result = exports.Verification(
+                False,
+                "the manifest is larger than "
+                f"{exports.MANIFEST_MAX_BYTES} bytes: not a "
+                "welkin-dash manifest",
+            )
         else:
             result = exports.verify(content.chunks(), manifest_file.read())
-            audit.record(request, AuditEvent.Action.VERIFY, content.name,
-                         content_hash=(result.manifest or {}).get("sha256", "")
-                         if result.ok else "")
+            audit.record(
+                request,
+                AuditEvent.Action.VERIFY,
+                content.name,
+                content_hash=(result.manifest or {}).get("sha256", "") if result.ok else "",
+            )
     return _verify_page(request, result)
 
 
 def _verify_page(request, result, status: int = 200):
-    return render(request, "compliance/verify.html", {
-        "result": result, "public_key": exports.public_key_b64(),
-        "max_bytes": settings.WELKIN_VERIFY_MAX_BYTES}, status=status)
+    return render(
+        request,
+        "compliance/verify.html",
+        {
+            "result": result,
+            "public_key": exports.public_key_b64(),
+            "max_bytes": settings.WELKIN_VERIFY_MAX_BYTES,
+        },
+        status=status,
+    )
 
 
 def _audit_scope(request):
@@ -129,9 +171,16 @@ def audit_log(request):
     _audit_scope(request)
     action = params.choice(request.GET, "action", AuditEvent.Action.values)
     events = audit.for_log_page(action, params.integer(request.GET, "before"))
-    return render(request, "compliance/audit.html", {
-        "events": events, "actions": AuditEvent.Action.choices, "action": action,
-        "next": events[-1].pk if len(events) == audit.PAGE_SIZE else None})
+    return render(
+        request,
+        "compliance/audit.html",
+        {
+            "events": events,
+            "actions": AuditEvent.Action.choices,
+            "action": action,
+            "next": events[-1].pk if len(events) == audit.PAGE_SIZE else None,
+        },
+    )
 
 
 def audit_export(request):

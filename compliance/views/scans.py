@@ -17,16 +17,16 @@ def _officer(request):
 
 def scans(request):
     scope = _officer(request)
-    return render(request, "compliance/scans.html", {
-        "scope": scope, "rows": dashboards.scans_overview()})
+    return render(
+        request, "compliance/scans.html", {"scope": scope, "rows": dashboards.scans_overview()}
+    )
 
 
 def progress(request, name):
     _officer(request)
     c = get_object_or_404(Cluster.objects.select_related("last_scan"), name=name)
     running = ScanRun.objects.filter(cluster=c, status=ScanStatus.RUNNING).first()
-    return render(request, "compliance/_scan_progress.html", {"cluster": c,
-                                                               "running": running})
+    return render(request, "compliance/_scan_progress.html", {"cluster": c, "running": running})
 
 
 @require_POST
@@ -34,8 +34,11 @@ def scan_now(request, name):
     _officer(request)
     c = get_object_or_404(Cluster, name=name)
     if c.source == Source.SNAPSHOT:
-        messages.error(request, f"{c.name} is a snapshot cluster: import a new snapshot "
-                                "with manage.py import_snapshot.")
+        messages.error(
+            request,
+            f"{c.name} is a snapshot cluster: import a new snapshot "
+            "with manage.py import_snapshot.",
+        )
     else:
         transaction.on_commit(lambda: tasks.scan_cluster.delay(c.pk, Trigger.MANUAL))
         messages.success(request, f"Scan of {c.name} queued.")
@@ -47,14 +50,16 @@ def schedule(request, name):
     _officer(request)
     c = get_object_or_404(Cluster, name=name)
     try:
-        minutes = params.integer(request.POST, "schedule_minutes", c.schedule_minutes,
-                                 minimum=1, maximum=7 * 24 * 60)
+        minutes = params.integer(
+            request.POST, "schedule_minutes", c.schedule_minutes, minimum=1, maximum=7 * 24 * 60
+        )
     except params.BadParameter:
         messages.error(request, "Schedule: a whole number of minutes from 1 to 10080.")
         return redirect("compliance-scans")
     c.schedule_minutes = minutes
     c.enabled = request.POST.get("enabled") == "on"
     c.save(update_fields=["schedule_minutes", "enabled"])
-    messages.success(request, f"{c.name}: {'enabled' if c.enabled else 'disabled'}, every "
-                              f"{minutes} minutes.")
+    messages.success(
+        request, f"{c.name}: {'enabled' if c.enabled else 'disabled'}, every {minutes} minutes."
+    )
     return redirect("compliance-scans")

@@ -16,7 +16,8 @@ import statistics
 import time
 
 os.environ["DATABASE_URL"] = os.environ.get(
-    "BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/welkin_bench")
+    "BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/welkin_bench"
+)
 os.environ.setdefault("DEBUG", "1")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 
@@ -76,15 +77,19 @@ FROM generate_series(1, {clusters}) c, generate_series(0, {days} - 1) d,
 def load(findings: int, events: int) -> None:
     from django.db import connection
 
-    sql = LOAD_SQL.format(clusters=CLUSTERS, namespaces=NAMESPACES, days=DAYS,
-                          findings=findings, events=events)
+    sql = LOAD_SQL.format(
+        clusters=CLUSTERS, namespaces=NAMESPACES, days=DAYS, findings=findings, events=events
+    )
     with connection.cursor() as cur:
         for statement in sql.split(";\n"):
             if statement.strip():
                 t = time.perf_counter()
                 cur.execute(statement)
-                print(f"  {statement.strip().splitlines()[0][:60]:<60} "
-                      f"{time.perf_counter() - t:6.1f} s", flush=True)
+                print(
+                    f"  {statement.strip().splitlines()[0][:60]:<60} "
+                    f"{time.perf_counter() - t:6.1f} s",
+                    flush=True,
+                )
     with connection.cursor() as cur:
         cur.execute("VACUUM ANALYZE")
 
@@ -149,19 +154,24 @@ def main() -> None:
     users()
     print(f"loaded in {time.perf_counter() - t:.0f} s\n")
 
-    open_in = Finding.objects.filter(cluster__name="cluster-01", namespace="ns-1",
-                                     resolved_at__isnull=True)
+    open_in = Finding.objects.filter(
+        cluster__name="cluster-01", namespace="ns-1", resolved_at__isnull=True
+    )
     finding = open_in.order_by("pk").first().pk
     page2 = None
-    pages = [("fleet (as served)", "/", False), ("fleet (cache cleared)", "/", True),
-             ("trends data, fleet", "/trends/data.json", False),
-             ("trends data, cluster", "/trends/data.json?cluster=cluster-01", False),
-             ("cluster", "/clusters/cluster-01/", False),
-             ("namespace", "/clusters/cluster-01/namespaces/ns-1/", False),
-             ("namespace, page 2", None, False),
-             ("namespace, search", "/clusters/cluster-01/namespaces/ns-1/?q=app-1", False),
-             ("finding", f"/findings/{finding}/", False),
-             ("trends page", "/trends/", False), ("scans", "/scans/", False)]
+    pages = [
+        ("fleet (as served)", "/", False),
+        ("fleet (cache cleared)", "/", True),
+        ("trends data, fleet", "/trends/data.json", False),
+        ("trends data, cluster", "/trends/data.json?cluster=cluster-01", False),
+        ("cluster", "/clusters/cluster-01/", False),
+        ("namespace", "/clusters/cluster-01/namespaces/ns-1/", False),
+        ("namespace, page 2", None, False),
+        ("namespace, search", "/clusters/cluster-01/namespaces/ns-1/?q=app-1", False),
+        ("finding", f"/findings/{finding}/", False),
+        ("trends page", "/trends/", False),
+        ("scans", "/scans/", False),
+    ]
     print(f"{'page':<24} {'role':<8} {'p50 ms':>7} {'p95 ms':>7} {'max ms':>7} {'queries':>8}")
     worst = 0.0
     for role in ("officer", "lead"):
@@ -177,8 +187,11 @@ def main() -> None:
             times, queries = measure(client, url, args.requests, cold)
             p95 = statistics.quantiles(times, n=20)[18]
             worst = max(worst, p95)
-            print(f"{name:<24} {role:<8} {statistics.median(times):>7.1f} {p95:>7.1f} "
-                  f"{max(times):>7.1f} {queries:>8}", flush=True)
+            print(
+                f"{name:<24} {role:<8} {statistics.median(times):>7.1f} {p95:>7.1f} "
+                f"{max(times):>7.1f} {queries:>8}",
+                flush=True,
+            )
     print(f"\nworst p95: {worst:.1f} ms (budget 150 ms, 10 queries)")
 
 

@@ -44,8 +44,10 @@ def main() -> None:
     server = FakeKubeServer().start()
     try:
         t = time.perf_counter()
-        digests = [regs.push_image(f"bench/app-{i}", "1", users[i % len(users)])
-                   for i in range(args.images)]
+        digests = [
+            regs.push_image(f"bench/app-{i}", "1", users[i % len(users)])
+            for i in range(args.images)
+        ]
         print(f"pushed {args.images} images in {time.perf_counter() - t:.1f} s")
         Registry.objects.create(host=regs.plain.host, plain_http=True)
         host = regs.plain.host
@@ -54,14 +56,18 @@ def main() -> None:
             server.state.clear()
             for n in range(args.pods):
                 i = n % args.images
-                p = podgen.pod(f"team-{i % 20}", f"app-{i}-{n}", f"{host}/bench/app-{i}:1",
-                               {"runAsNonRoot": True}, {})
+                p = podgen.pod(
+                    f"team-{i % 20}",
+                    f"app-{i}-{n}",
+                    f"{host}/bench/app-{i}:1",
+                    {"runAsNonRoot": True},
+                    {},
+                )
                 status = p["status"]["containerStatuses"][0]
                 status["imageID"] = f"{host}/bench/app-{i}@{digests[i]}" if with_digest else ""
                 server.state.put(p)
 
-        cluster = clusters.add_cluster("bench-registry",
-                                       kubeconfig=server.kubeconfig_yaml())
+        cluster = clusters.add_cluster("bench-registry", kubeconfig=server.kubeconfig_yaml())
 
         def scan(lookups: bool) -> tuple[float, dict]:
             settings.WELKIN_REGISTRY_LOOKUPS = lookups
@@ -70,17 +76,22 @@ def main() -> None:
             assert s.status == "succeeded", s.reason
             return (s.finished_at - s.started_at).total_seconds(), s.timings
 
-        print(f"{'status digests':<15} {'scan':<9} {'seconds':>8} {'image work':>11} "
-              f"{'looked up':>10} {'cache hits':>11} {'requests':>9}")
+        print(
+            f"{'status digests':<15} {'scan':<9} {'seconds':>8} {'image work':>11} "
+            f"{'looked up':>10} {'cache hits':>11} {'requests':>9}"
+        )
         for with_digest in (True, False):
             load(with_digest)
             ImageCache.objects.all().delete()
             label = "yes" if with_digest else "no (tags)"
             for name, lookups in (("no lookup", False), ("cold", True), ("warm", True)):
                 secs, t = scan(lookups)
-                print(f"{label:<15} {name:<9} {secs:>7.2f}s {t.get('images_s', 0):>10.2f}s "
-                      f"{t['images_looked_up']:>10} {t['image_cache_hits']:>11} "
-                      f"{t['registry_requests']:>9}", flush=True)
+                print(
+                    f"{label:<15} {name:<9} {secs:>7.2f}s {t.get('images_s', 0):>10.2f}s "
+                    f"{t['images_looked_up']:>10} {t['image_cache_hits']:>11} "
+                    f"{t['registry_requests']:>9}",
+                    flush=True,
+                )
     finally:
         server.stop()
         regs.stop()

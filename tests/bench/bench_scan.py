@@ -34,12 +34,28 @@ ROOT = Path(__file__).resolve().parents[2]
 DB = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/welkin_bench")
 BROKER = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/12")
 # The synthetic images live in no registry: scans here measure the cluster side only.
-ENV = {**os.environ, "DATABASE_URL": DB, "CELERY_BROKER_URL": BROKER, "DEBUG": "1",
-       "CELERY_TASK_ALWAYS_EAGER": "0", "LOG_LEVEL": "WARNING",
-       "WELKIN_REGISTRY_LOOKUPS": "0"}
-os.environ.update({k: ENV[k] for k in ("DATABASE_URL", "CELERY_BROKER_URL", "DEBUG",
-                                       "CELERY_TASK_ALWAYS_EAGER", "LOG_LEVEL",
-                                       "WELKIN_REGISTRY_LOOKUPS")})
+ENV = {
+    **os.environ,
+    "DATABASE_URL": DB,
+    "CELERY_BROKER_URL": BROKER,
+    "DEBUG": "1",
+    "CELERY_TASK_ALWAYS_EAGER": "0",
+    "LOG_LEVEL": "WARNING",
+    "WELKIN_REGISTRY_LOOKUPS": "0",
+}
+os.environ.update(
+    {
+        k: ENV[k]
+        for k in (
+            "DATABASE_URL",
+            "CELERY_BROKER_URL",
+            "DEBUG",
+            "CELERY_TASK_ALWAYS_EAGER",
+            "LOG_LEVEL",
+            "WELKIN_REGISTRY_LOOKUPS",
+        )
+    }
+)
 
 
 def fresh_database() -> None:
@@ -53,16 +69,28 @@ def fresh_database() -> None:
         cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         cur.execute(f'CREATE DATABASE "{name}"')
     conn.close()
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=ENV,
-                   check=True)
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=ENV, check=True)
 
 
 class Server:
     def __init__(self, pods: int, extra: tuple[str, ...] = ()):
         self.kubeconfig = Path(tempfile.mkdtemp(prefix="bench-")) / "kubeconfig"
-        self.p = subprocess.Popen([sys.executable, "-m", "tests.fakekube", "--pods", str(pods),
-                                   "--kubeconfig", str(self.kubeconfig), *extra], cwd=ROOT,
-                                  env=ENV, stdout=subprocess.PIPE, text=True)
+        self.p = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.fakekube",
+                "--pods",
+                str(pods),
+                "--kubeconfig",
+                str(self.kubeconfig),
+                *extra,
+            ],
+            cwd=ROOT,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         line = self.p.stdout.readline()
         if not line.startswith("ready"):
             raise SystemExit(f"fake API server did not start: {line!r}")
@@ -75,11 +103,25 @@ class Server:
 class Worker:
     def __init__(self, env: dict | None = None):
         self.log = tempfile.NamedTemporaryFile("w+", prefix="bench-worker-", suffix=".log")
-        self.p = subprocess.Popen([sys.executable, "-m", "celery", "-A", "welkin_dash",
-                                   "worker", "--pool=solo", "--loglevel=WARNING",
-                                   "--without-gossip", "--without-mingle",
-                                   "--without-heartbeat"], cwd=ROOT, env={**ENV, **(env or {})},
-                                  stdout=self.log, stderr=subprocess.STDOUT)
+        self.p = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "welkin_dash",
+                "worker",
+                "--pool=solo",
+                "--loglevel=WARNING",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            cwd=ROOT,
+            env={**ENV, **(env or {})},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
 
     def peak_rss_mb(self) -> float:
         for line in Path(f"/proc/{self.p.pid}/status").read_text().splitlines():
@@ -112,8 +154,11 @@ def typed_ratio(kubeconfig: Path, pages: int = 6) -> tuple[float, float]:
     pods = sum(len(orjson.loads(b)["items"]) for b in bodies)
 
     start = time.perf_counter()
-    scanning.collect_pods((podjson.decode_page("pods", body)[0] for body in bodies),
-                          OwnerIndex(), scanning.NoLookups())
+    scanning.collect_pods(
+        (podjson.decode_page("pods", body)[0] for body in bodies),
+        OwnerIndex(),
+        scanning.NoLookups(),
+    )
     ours = pods / (time.perf_counter() - start)
 
     api = ApiClient()
@@ -130,8 +175,10 @@ def rows_written() -> dict[str, int]:
 
     with connection.cursor() as cur:
         cur.execute("SELECT pg_stat_clear_snapshot()")
-        cur.execute("SELECT relname, n_tup_ins + n_tup_upd + n_tup_del "
-                    "FROM pg_stat_user_tables WHERE relname LIKE 'compliance_%%'")
+        cur.execute(
+            "SELECT relname, n_tup_ins + n_tup_upd + n_tup_del "
+            "FROM pg_stat_user_tables WHERE relname LIKE 'compliance_%%'"
+        )
         return {name.removeprefix("compliance_"): int(n) for name, n in cur.fetchall()}
 
 
@@ -162,14 +209,15 @@ def hostile_scans() -> None:
     """Each misbehaviour against a fresh worker: how the scan ends, how fast, how big."""
     from compliance import clusters
 
-    print(f"hostile API server (request deadline {HOSTILE_ENV['WELKIN_KUBE_REQUEST_DEADLINE']}"
-          " s, other bounds default):")
+    print(
+        f"hostile API server (request deadline {HOSTILE_ENV['WELKIN_KUBE_REQUEST_DEADLINE']}"
+        " s, other bounds default):"
+    )
     print(f"  {'misbehaviour':<26} {'outcome':>8} {'seconds':>8} {'peak RSS':>9}  reason")
     for i, (label, fleet, flags) in enumerate(HOSTILE):
         server = Server(fleet, flags)
         try:
-            cluster = clusters.add_cluster(f"hostile-{i}",
-                                           kubeconfig=server.kubeconfig.read_text())
+            cluster = clusters.add_cluster(f"hostile-{i}", kubeconfig=server.kubeconfig.read_text())
             worker = Worker(HOSTILE_ENV)
             try:
                 scan = run_scan(cluster.pk, timeout=300)
@@ -179,15 +227,17 @@ def hostile_scans() -> None:
         finally:
             server.stop()
         secs = (scan.finished_at - scan.started_at).total_seconds()
-        print(f"  {label:<26} {scan.status:>8} {secs:>7.1f}s {rss:>7.0f}MB  {scan.reason}",
-              flush=True)
+        print(
+            f"  {label:<26} {scan.status:>8} {secs:>7.1f}s {rss:>7.0f}MB  {scan.reason}", flush=True
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="10000,50000,150000")
-    parser.add_argument("--no-hostile", action="store_true",
-                        help="leave out the scans of hostile API servers")
+    parser.add_argument(
+        "--no-hostile", action="store_true", help="leave out the scans of hostile API servers"
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
@@ -199,19 +249,22 @@ def main() -> None:
     from welkin_dash.celery import app
 
     app.control.purge()
-    print(f"{'pods':>8} {'pages':>6} {'findings':>9} {'end-to-end':>11} {'pods/s':>8} "
-          f"{'list+parse+eval':>16} {'reconcile':>10} {'peak RSS':>9}")
+    print(
+        f"{'pods':>8} {'pages':>6} {'findings':>9} {'end-to-end':>11} {'pods/s':>8} "
+        f"{'list+parse+eval':>16} {'reconcile':>10} {'peak RSS':>9}"
+    )
     ratio_line = rescan_line = ""
     for n in sizes:
         server = Server(n)
         try:
             if not ratio_line:
                 ours, typed = typed_ratio(server.kubeconfig)
-                ratio_line = (f"parse + evaluate: {ours:,.0f} pods/s; kubernetes typed models "
-                              f"(deserialize only): {typed:,.0f} pods/s; ratio "
-                              f"{ours / typed:.1f}x")
-            cluster = clusters.add_cluster(f"bench-{n}",
-                                           kubeconfig=server.kubeconfig.read_text())
+                ratio_line = (
+                    f"parse + evaluate: {ours:,.0f} pods/s; kubernetes typed models "
+                    f"(deserialize only): {typed:,.0f} pods/s; ratio "
+                    f"{ours / typed:.1f}x"
+                )
+            cluster = clusters.add_cluster(f"bench-{n}", kubeconfig=server.kubeconfig.read_text())
             worker = Worker()
             try:
                 scan = run_scan(cluster.pk)
@@ -220,25 +273,36 @@ def main() -> None:
                     raise SystemExit(f"scan failed: {scan.reason}")
                 t = scan.timings
                 secs = (scan.finished_at - scan.started_at).total_seconds()
-                print(f"{n:>8,} {scan.pages:>6} {scan.findings_opened:>9,} {secs:>10.1f}s "
-                      f"{n / secs:>8,.0f} {t['owners_s'] + t['pods_s']:>15.1f}s "
-                      f"{t['reconcile_s']:>9.1f}s {rss:>7.0f}MB", flush=True)
+                print(
+                    f"{n:>8,} {scan.pages:>6} {scan.findings_opened:>9,} {secs:>10.1f}s "
+                    f"{n / secs:>8,.0f} {t['owners_s'] + t['pods_s']:>15.1f}s "
+                    f"{t['reconcile_s']:>9.1f}s {rss:>7.0f}MB",
+                    flush=True,
+                )
                 if n == max(sizes):
                     before = rows_written()
                     again = run_scan(cluster.pk)
                     time.sleep(1.0)  # statistics are flushed at most once a second
                     after = rows_written()
-                    per_table = {t: after[t] - before.get(t, 0) for t in after
-                                 if after[t] != before.get(t, 0)}
-                    written = (f"{sum(per_table.values())} row writes ("
-                               + ", ".join(f"{t} {n}" for t, n in sorted(per_table.items()))
-                               + ")")
-                    touched = (again.findings_opened + again.findings_changed
-                               + again.findings_resolved)
+                    per_table = {
+                        t: after[t] - before.get(t, 0)
+                        for t in after
+                        if after[t] != before.get(t, 0)
+                    }
+                    written = (
+                        f"{sum(per_table.values())} row writes ("
+                        + ", ".join(f"{t} {n}" for t, n in sorted(per_table.items()))
+                        + ")"
+                    )
+                    touched = (
+                        again.findings_opened + again.findings_changed + again.findings_resolved
+                    )
                     seconds = (again.finished_at - again.started_at).total_seconds()
-                    rescan_line = (f"rescan with nothing changed ({n:,} pods, "
-                                   f"{scan.findings_opened:,} findings): {written}, "
-                                   f"{touched} findings touched, {seconds:.1f} s")
+                    rescan_line = (
+                        f"rescan with nothing changed ({n:,} pods, "
+                        f"{scan.findings_opened:,} findings): {written}, "
+                        f"{touched} findings touched, {seconds:.1f} s"
+                    )
             finally:
                 worker.stop()
         finally:

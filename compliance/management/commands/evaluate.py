@@ -10,29 +10,38 @@ from compliance.vocabulary import COMPLIANT, STATE
 
 
 class Command(BaseCommand):
-    help = ("Evaluate pods and workload manifests (JSON or YAML) for their effective runAs "
-            "state. Exit 0: no root or blocked container; 1: some; 2: bad input.")
+    help = (
+        "Evaluate pods and workload manifests (JSON or YAML) for their effective runAs "
+        "state. Exit 0: no root or blocked container; 1: some; 2: bad input."
+    )
     requires_system_checks: list = []
     requires_migrations_checks = False
 
     def add_arguments(self, parser):
         parser.add_argument("files", nargs="+", metavar="FILE", help="'-' reads stdin")
-        parser.add_argument("--image-user", action="append", default=[],
-                            metavar="IMAGE=USER",
-                            help="the image's configured USER; IMAGE= for none")
-        parser.add_argument("--image-users", metavar="FILE",
-                            help="a JSON object {image: user}")
+        parser.add_argument(
+            "--image-user",
+            action="append",
+            default=[],
+            metavar="IMAGE=USER",
+            help="the image's configured USER; IMAGE= for none",
+        )
+        parser.add_argument("--image-users", metavar="FILE", help="a JSON object {image: user}")
         parser.add_argument("--format", choices=("table", "json"), default="table")
-        parser.add_argument("--resolve", action="store_true",
-                            help="look image users up in their registries (the stored "
-                                 "registry settings and cache when the database is set up)")
+        parser.add_argument(
+            "--resolve",
+            action="store_true",
+            help="look image users up in their registries (the stored "
+            "registry settings and cache when the database is set up)",
+        )
 
     def handle(self, *args, **opts):
         try:
             image_users = {}
             if opts["image_users"]:
-                image_users.update(offline.parse_image_users_file(
-                    _read(opts["image_users"]), opts["image_users"]))
+                image_users.update(
+                    offline.parse_image_users_file(_read(opts["image_users"]), opts["image_users"])
+                )
             image_users.update(offline.parse_image_user_args(opts["image_user"]))
         except (ValueError, OSError) as e:
             raise CommandError(str(e), returncode=2) from None
@@ -50,9 +59,13 @@ class Command(BaseCommand):
             if resolver.offline_note:
                 self.stderr.write(f"note: {resolver.offline_note}")
             try:
-                report = offline.evaluate_inputs(inputs, resolver.users, resolver.sources,
-                                                 prepare=resolver.prepare,
-                                                 users_for=resolver.users_for)
+                report = offline.evaluate_inputs(
+                    inputs,
+                    resolver.users,
+                    resolver.sources,
+                    prepare=resolver.prepare,
+                    users_for=resolver.users_for,
+                )
             finally:
                 resolver.close()
         else:
@@ -60,8 +73,7 @@ class Command(BaseCommand):
         report.errors[:0] = read_errors
 
         if opts["format"] == "json":
-            self.stdout.write(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2)
-                              .decode())
+            self.stdout.write(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())
         else:
             self._table(report)
         for error in report.errors:
@@ -74,10 +86,14 @@ class Command(BaseCommand):
     def _table(self, report: offline.OfflineReport) -> None:
         colour = self.stdout.isatty()
         for obj in report.objects:
-            verdict = "allowed" if obj["psa_restricted"]["allowed"] else "denied: " + \
-                "; ".join(obj["psa_restricted"]["violations"])
-            self.stdout.write(f"{obj['kind']} {obj['namespace']}/{obj['name']}  "
-                              f"[PSA restricted {verdict}]")
+            verdict = (
+                "allowed"
+                if obj["psa_restricted"]["allowed"]
+                else "denied: " + "; ".join(obj["psa_restricted"]["violations"])
+            )
+            self.stdout.write(
+                f"{obj['kind']} {obj['namespace']}/{obj['name']}  [PSA restricted {verdict}]"
+            )
             for c in obj["containers"]:
                 state = f"{c['state']:<10}"
                 if colour:

@@ -18,8 +18,9 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         try:
-            rows = reports.open_findings(cluster=options["cluster"], namespace=options["namespace"],
-                                         state=options["state"])
+            rows = reports.open_findings(
+                cluster=options["cluster"], namespace=options["namespace"], state=options["state"]
+            )
         except reports.ReportError as e:
             raise CommandError(str(e)) from None
         if options["format"] == "json":
@@ -28,7 +29,9 @@ class Command(BaseCommand):
         n = 0
         for r in rows:
             n += 1
-            self.stdout.write(f"{r['state']:<10} {r['cluster']}/{r['namespace']} "
-                              f"{r['workload_kind']}/{r['workload_name']} {r['container']} "
-                              f"({r['pods']} pods) {r['image']}")
+            self.stdout.write(
+                f"{r['state']:<10} {r['cluster']}/{r['namespace']} "
+                f"{r['workload_kind']}/{r['workload_name']} {r['container']} "
+                f"({r['pods']} pods) {r['image']}"
+            )
         self.stdout.write(f"{n} open findings")

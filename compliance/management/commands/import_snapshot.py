@@ -9,8 +9,10 @@ from compliance.models import ScanStatus
 
 
 class Command(BaseCommand):
-    help = ("Record `kubectl get pods,replicasets,jobs -A -o json` output as a complete "
-            "scan of NAME (created as a snapshot cluster if new).")
+    help = (
+        "Record `kubectl get pods,replicasets,jobs -A -o json` output as a complete "
+        "scan of NAME (created as a snapshot cluster if new)."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("name")
@@ -23,7 +25,11 @@ class Command(BaseCommand):
         except clusters.ClusterError as e:
             raise CommandError(str(e)) from None
         try:
-            at = params.parse_moment(options["at"], "--at", naive_as_utc=False) if options["at"] else None
+            at = (
+                params.parse_moment(options["at"], "--at", naive_as_utc=False)
+                if options["at"]
+                else None
+            )
         except params.BadParameter as e:
             raise CommandError(f"{e} (e.g. 2026-11-28T10:00:00Z)") from None
         try:
@@ -39,8 +45,10 @@ class Command(BaseCommand):
         except scanning.SnapshotError as e:
             raise CommandError(str(e)) from None
         except Exception as e:  # nothing was stored (one transaction); say why, briefly
-            raise CommandError(f"{options['file']}: the import failed and stored nothing: "
-                               f"{type(e).__name__}: {str(e)[:500]}") from None
+            raise CommandError(
+                f"{options['file']}: the import failed and stored nothing: "
+                f"{type(e).__name__}: {str(e)[:500]}"
+            ) from None
         for line in scanning.summarize([result]):
             self.stdout.write(line)
         if result.status != ScanStatus.SUCCEEDED:

@@ -9,8 +9,10 @@ from compliance import access, exports, params, reports
 
 
 class Command(BaseCommand):
-    help = ("Write a point-in-time report (what was open at T) with its signed manifest "
-            "(FILE.manifest.json).")
+    help = (
+        "Write a point-in-time report (what was open at T) with its signed manifest "
+        "(FILE.manifest.json)."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--format", choices=exports.FORMATS, required=True)
@@ -21,14 +23,23 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         try:
-            at = params.parse_moment(options["at"], "--at", naive_as_utc=False) if options["at"] else None
+            at = (
+                params.parse_moment(options["at"], "--at", naive_as_utc=False)
+                if options["at"]
+                else None
+            )
         except params.BadParameter as e:
             raise CommandError(str(e)) from None
         # The command line runs with the server's authority: the whole fleet.
         scope = access.Scope(None, access.AUDITOR)
         try:
-            report = reports.point_in_time(scope, at, options["cluster"], options["namespace"],
-                                           generated_by=f"{getpass.getuser()} (command line)")
+            report = reports.point_in_time(
+                scope,
+                at,
+                options["cluster"],
+                options["namespace"],
+                generated_by=f"{getpass.getuser()} (command line)",
+            )
         except reports.ReportError as e:
             raise CommandError(str(e)) from None
         path = Path(options["output"])

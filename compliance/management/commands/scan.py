@@ -19,10 +19,15 @@ class Command(BaseCommand):
         if options["all"] == bool(options["names"]):
             raise CommandError("name clusters or give --all")
         if options["all"]:
-            ids = list(Cluster.objects.filter(enabled=True).exclude(source=Source.SNAPSHOT)
-                       .values_list("pk", flat=True))
+            ids = list(
+                Cluster.objects.filter(enabled=True)
+                .exclude(source=Source.SNAPSHOT)
+                .values_list("pk", flat=True)
+            )
         else:
-            found = dict(Cluster.objects.filter(name__in=options["names"]).values_list("name", "pk"))
+            found = dict(
+                Cluster.objects.filter(name__in=options["names"]).values_list("name", "pk")
+            )
             missing = sorted(set(options["names"]) - set(found))
             if missing:
                 raise CommandError(f"no such cluster: {', '.join(missing)}")

@@ -20,8 +20,10 @@ class Command(BaseCommand):
             with open(manifest, "rb") as f:
                 manifest_bytes = f.read(exports.MANIFEST_MAX_BYTES + 1)
             if len(manifest_bytes) > exports.MANIFEST_MAX_BYTES:
-                raise CommandError(f"{manifest}: larger than {exports.MANIFEST_MAX_BYTES} "
-                                   "bytes; not a welkin-dash manifest")
+                raise CommandError(
+                    f"{manifest}: larger than {exports.MANIFEST_MAX_BYTES} "
+                    "bytes; not a welkin-dash manifest"
+                )
             with open(options["file"], "rb") as f:
                 result = exports.verify(iter(lambda: f.read(1 << 20), b""), manifest_bytes)
         except OSError as e:

@@ -35,8 +35,11 @@ test: install services
 	CELERY_BROKER_URL=$${CELERY_BROKER_URL:-$(TEST_BROKER_URL)} \
 	DEBUG=1 $(BIN)/pytest $(PYTEST_ARGS)
 
+# Style, formatting, and models that match their migrations.
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	DEBUG=1 $(BIN)/python manage.py makemigrations --check --dry-run
 
 bench-evaluate: install
 	DEBUG=1 $(BIN)/python -m tests.bench.bench_evaluate --pods $${PODS:-100000}

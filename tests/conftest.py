@@ -1,14 +1,11 @@
-"""Shared fixtures: a fake API server over HTTPS, clusters registered against it."""
+"""Shared fixtures: the personas (officer, auditor, lead, outsider), a fake API server over
+HTTPS with a cluster registered against it, a history of snapshots, fast password hashing."""
 
 import pytest
 
-from compliance import clusters, kube
-from tests import podgen
+from compliance import clusters
+from tests import builders
 from tests.fakekube import FakeKubeServer
-
-FAST = kube.Policy(
-    page_limit=50, connect_timeout=2, read_timeout=2, backoff=0.01, max_retry_after=0.2
-)
 
 
 @pytest.fixture(autouse=True)
@@ -30,18 +27,51 @@ def cluster(db, fake_kube):
     return clusters.add_cluster("prod-1", kubeconfig=fake_kube.kubeconfig_yaml())
 
 
-def deployment(fake, ns, name, image, replicas=3, pod_sc=None, container_sc=None):
-    """A Deployment's ReplicaSet and pods, put into the fake cluster."""
-    rs = f"{name}-5c9d8f7b6"
-    fake.state.put(podgen.replicaset(ns, rs, name, replicas, image, "5c9d8f7b6"))
-    for i in range(replicas):
-        p = podgen.pod(
-            ns,
-            f"{rs}-{i:05d}",
-            image,
-            pod_sc or {},
-            container_sc or {},
-            owner=podgen.owner_ref("ReplicaSet", rs, ns),
+@pytest.fixture
+def history(db):
+    """t0: a root, b root, c compliant; t1: a fixed, b blocked, d root; t2: d gone."""
+    builders.record_history()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fast_password_hashing():
+    """MD5 in tests: each login with the default PBKDF2 costs about 0.4 s."""
+    from django.conf import settings
+    from django.contrib.auth.hashers import get_hashers
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    get_hashers.cache_clear()
+
+
+@pytest.fixture
+def persona(db):
+    """persona("officer" | "auditor" | "lead" | "outsider", grants=()) -> a new User."""
+    return builders.make_user
+
+
+@pytest.fixture
+def login_as(client, persona):
+    """login_as(persona, grants=()) -> the test client, logged in as a new such user."""
+
+    def login(name, grants=()):
+        client.force_login(persona(name, grants))
+        return client
+
+    return login
+
+
+@pytest.fixture
+def api_as(persona):
+    """api_as(persona, grants=()) -> a REST client with a new such user's token."""
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    def api(name, grants=()):
+        c = APIClient()
+        c.credentials(
+            HTTP_AUTHORIZATION="Token "
+            + Token.objects.create(user=persona(name, grants, username=f"{name}-user")).key
         )
-        p["metadata"]["labels"]["pod-template-hash"] = "5c9d8f7b6"
-        fake.state.put(p)
+        return c
+
+    return api

@@ -5,6 +5,7 @@ import yaml
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from compliance.models import Cluster
+from tests.builders import make_user
 
 
 @pytest.fixture
@@ -82,11 +83,9 @@ def test_it_refuses_a_bad_registry_ca(admin):
 
 @pytest.mark.django_db
 def test_it_validates_namespace_grants(admin):
-    from django.contrib.auth.models import User
-
     from compliance.models import NamespaceGrant
 
-    lead = User.objects.create_user("lead")
+    lead = make_user("lead")
     r = admin.post(
         "/admin/compliance/namespacegrant/add/",
         {"user": lead.pk, "group": "", "cluster": "", "namespace": "Team_A"},

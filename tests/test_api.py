@@ -1,28 +1,9 @@
 """The REST API: token authentication, the same access rules as the pages for every
 endpoint, cursor pagination, and the OpenAPI schema."""
 
-import pytest
-from django.contrib.auth.models import Group, User
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from compliance import access
-from compliance.models import AuditEvent, Finding, NamespaceGrant
-from tests.test_reports import history  # noqa: F401 - the fixture
-
-
-@pytest.fixture
-def api(db):
-    def client_for(role, grants=()):
-        user = User.objects.create_user(f"{role}-user")
-        user.groups.add(Group.objects.get_or_create(name=role)[0])
-        for ns in grants:
-            NamespaceGrant.objects.create(user=user, namespace=ns)
-        c = APIClient()
-        c.credentials(HTTP_AUTHORIZATION="Token " + Token.objects.create(user=user).key)
-        return c
-
-    return client_for
+from compliance.models import AuditEvent, Finding
 
 
 def names(response):
@@ -36,15 +17,12 @@ def test_it_needs_a_token(db):
     assert c.get("/api/v1/findings/").status_code == 401
 
 
-def test_a_user_without_a_role_gets_403(db):
-    user = User.objects.create_user("nobody")
-    c = APIClient()
-    c.credentials(HTTP_AUTHORIZATION="Token " + Token.objects.create(user=user).key)
-    assert c.get("/api/v1/findings/").status_code == 403
+def test_a_user_without_a_role_gets_403(api_as):
+    assert api_as("outsider").get("/api/v1/findings/").status_code == 403
 
 
-def test_every_endpoint_follows_the_access_rules(api, history):  # noqa: F811
-    officer, lead = api(access.OFFICER), api(access.LEAD, grants=["shop"])
+def test_every_endpoint_follows_the_access_rules(api_as, history):
+    officer, lead = api_as("officer"), api_as("lead", ["shop"])
     assert names(officer.get("/api/v1/findings/")) == [("shop", "b")]
     assert names(officer.get("/api/v1/findings/", {"open": "false"})) == [
         ("ops", "d"),
@@ -72,16 +50,16 @@ def test_every_endpoint_follows_the_access_rules(api, history):  # noqa: F811
     assert AuditEvent.objects.filter(action="report_view").count() == 1
 
 
-def test_findings_page_with_a_cursor(api, history):  # noqa: F811
-    officer = api(access.AUDITOR)
+def test_findings_page_with_a_cursor(api_as, history):
+    officer = api_as("auditor")
     first = officer.get("/api/v1/findings/", {"open": "false", "page_size": 2}).json()
     second = officer.get(first["next"]).json()
     ids = [r["id"] for r in first["results"] + second["results"]]
     assert len(ids) == len(set(ids)) == 3 and second["next"] is None
 
 
-def test_it_serves_an_openapi_schema(api, db):
-    r = api(access.AUDITOR).get("/api/schema/", HTTP_ACCEPT="application/json")
+def test_it_serves_an_openapi_schema(api_as, db):
+    r = api_as("auditor").get("/api/schema/", HTTP_ACCEPT="application/json")
     assert r.status_code == 200
     body = r.content.decode()
     for path in (

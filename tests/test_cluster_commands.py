@@ -11,7 +11,7 @@ from django.core.management import CommandError, call_command
 from compliance import crypto
 from compliance.models import Cluster, Finding, ScanRun
 from tests import podgen
-from tests.conftest import deployment
+from tests.builders import deployment
 
 ROOT_SC = {"runAsUser": 0}
 

@@ -3,7 +3,7 @@
 import pytest
 
 from compliance import controls, runas
-from tests.test_runas import c, one, pod
+from tests.builders import c, one, pod
 
 
 def test_it_maps_every_state_to_known_controls_with_a_rationale():

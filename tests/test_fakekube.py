@@ -12,7 +12,7 @@ from kubernetes import client
 
 from compliance import kube, kubeconfig
 from tests import podgen
-from tests.conftest import deployment
+from tests.builders import deployment
 
 KUBECTL = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
 

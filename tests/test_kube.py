@@ -8,7 +8,7 @@ import pytest
 
 from compliance import kube, kubeconfig
 from tests import podgen
-from tests.conftest import FAST
+from tests.builders import FAST
 from tests.fakekube import Fault
 
 

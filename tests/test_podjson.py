@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from compliance import images, podjson, runas
 from compliance.workloads import OwnerIndex
 from tests import podgen
-from tests.test_runas_properties import pods as pod_strategy
+from tests.builders import pods as pod_strategy
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

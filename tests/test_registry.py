@@ -8,7 +8,7 @@ import time
 import pytest
 from django.core.management import call_command
 
-from compliance import clusters, images, registry, scanning
+from compliance import images, registry, scanning
 from compliance.models import Finding, ImageCache, ImageUserOverride, Registry
 from compliance.registry import ImageRef, Platform, RegistryClient, RegistryConfig
 from tests import podgen
@@ -186,9 +186,10 @@ def test_it_reports_unreachable_and_missing_images(regs):
 
 
 @pytest.fixture
-def cluster(db, fake_kube, regs):
+def cluster(cluster, regs):
+    """The shared cluster, with the plain test registry configured."""
     Registry.objects.create(host=regs.plain.host, plain_http=True)
-    return clusters.add_cluster("prod-1", kubeconfig=fake_kube.kubeconfig_yaml())
+    return cluster
 
 
 def put_pods(fake, images_by_name, sc=None, status_digest=None):

@@ -4,32 +4,20 @@ import datetime as dt
 import io
 
 import pytest
-from django.contrib.auth.models import Group, User
 
-from compliance import access
-from compliance.models import AuditEvent, Export, NamespaceGrant
-from tests.test_reports import T0, history  # noqa: F401 - the fixture
+from compliance.models import AuditEvent, Export
+from tests.builders import T0
 
 AT = (T0 + dt.timedelta(days=1, hours=1)).strftime("%Y-%m-%dT%H:%M")
 
 
-@pytest.fixture
-def login(client, db, settings, tmp_path):
+@pytest.fixture(autouse=True)
+def exports_dir(settings, tmp_path):
     settings.EXPORTS_DIR = tmp_path / "exports"
 
-    def as_role(role, grants=()):
-        user = User.objects.create_user(role, password="pw")
-        user.groups.add(Group.objects.get_or_create(name=role)[0])
-        for ns in grants:
-            NamespaceGrant.objects.create(user=user, namespace=ns)
-        assert client.login(username=role, password="pw")
-        return client
 
-    return as_role
-
-
-def test_an_auditor_previews_exports_downloads_and_verifies(login, history):  # noqa: F811
-    c = login(access.AUDITOR)
+def test_an_auditor_previews_exports_downloads_and_verifies(login_as, history):
+    c = login_as("auditor")
     r = c.get("/reports/", {"preview": 1, "at": AT})
     assert r.status_code == 200
     assert {(row["namespace"], row["workload_name"]) for row in r.context["rows"]} == {
@@ -62,8 +50,8 @@ def _file(name, data):
     return f
 
 
-def test_a_lead_exports_only_their_namespaces(login, history):  # noqa: F811
-    c = login(access.LEAD, grants=["ops"])
+def test_a_lead_exports_only_their_namespaces(login_as, history):
+    c = login_as("lead", ["ops"])
     c.post("/reports/export/", {"at": AT, "format": "json"})
     e = Export.objects.get()
     body = b"".join(c.get(f"/reports/exports/{e.pk}/").streaming_content)
@@ -72,28 +60,28 @@ def test_a_lead_exports_only_their_namespaces(login, history):  # noqa: F811
     assert "no such namespace in your scope" in r.content.decode()
 
 
-def test_exports_are_private_to_their_user(login, client, history):  # noqa: F811
-    c = login(access.AUDITOR)
+def test_exports_are_private_to_their_user(login_as, client, history):
+    c = login_as("auditor")
     c.post("/reports/export/", {"at": AT, "format": "csv"})
     e = Export.objects.get()
     c.logout()
-    login(access.OFFICER)
+    login_as("officer")
     assert client.get(f"/reports/exports/{e.pk}/").status_code == 404
     assert AuditEvent.objects.filter(action="denied").count() == 1
 
 
-def test_the_audit_log_records_logins_failures_and_denials(login, client, history):  # noqa: F811
+def test_the_audit_log_records_logins_failures_and_denials(login_as, client, history):
     client.post("/accounts/login/", {"username": "mallory", "password": "guess"})
-    c = login(access.LEAD, grants=["ops"])
+    c = login_as("lead", ["ops"])
     assert c.get("/clusters/airgap/namespaces/shop/").status_code == 404
     assert c.get("/audit/").status_code == 404
     c.logout()
-    c = login(access.AUDITOR)
+    c = login_as("auditor")
     r = c.get("/audit/")
     got = [(e.action, e.username) for e in r.context["events"]]
     assert ("login_failed", "mallory") in got
-    assert ("denied", access.LEAD) in got
-    denied = AuditEvent.objects.filter(action="denied", username=access.LEAD)
+    assert ("denied", "lead") in got
+    denied = AuditEvent.objects.filter(action="denied", username="lead")
     assert {d.target for d in denied} == {"/clusters/airgap/namespaces/shop/", "/audit/"}
     csv_body = b"".join(c.get("/audit/export.csv").streaming_content).decode()
     assert "login_failed" in csv_body and "mallory" in csv_body

@@ -6,56 +6,14 @@ import datetime as dt
 import io
 import json
 
-import orjson
 import pytest
 from django.core.management import CommandError, call_command
 from pypdf import PdfReader
 
-from compliance import access, exports, reports, scanning
-from compliance.models import NamespaceGrant
-from tests import podgen
+from compliance import access, exports, reports
+from tests.builders import T0, make_user
 
-T0 = dt.datetime(2026, 11, 1, 10, 0, tzinfo=dt.UTC)
-ROOT = {"runAsUser": 0}
-NONROOT_ONLY = ({"runAsNonRoot": True}, {"runAsUser": 0})
 FLEET = access.Scope(None, access.AUDITOR)
-
-
-def snapshot(at, workloads):
-    """workloads: {(ns, name): container securityContext}; one bare pod each."""
-    items = [podgen.pod(ns, name, "img", {}, sc) for (ns, name), sc in workloads.items()]
-    data = orjson.dumps({"apiVersion": "v1", "kind": "List", "items": items})
-    r = scanning.import_snapshot("airgap", data, "snap.json", at)
-    assert r.status == "succeeded"
-
-
-@pytest.fixture
-def history(db):
-    """t0: a root, b root, c compliant; t1: a fixed, b blocked, d root; t2: d gone."""
-    snapshot(
-        T0,
-        {
-            ("shop", "a"): ROOT,
-            ("shop", "b"): ROOT,
-            ("ops", "c"): {"runAsUser": 5, "runAsNonRoot": True},
-        },
-    )
-    snapshot(
-        T0 + dt.timedelta(days=1),
-        {
-            ("shop", "a"): {"runAsUser": 7, "runAsNonRoot": True},
-            ("shop", "b"): {"runAsNonRoot": True, "runAsUser": 0},
-            ("ops", "c"): {"runAsUser": 5, "runAsNonRoot": True},
-            ("ops", "d"): ROOT,
-        },
-    )
-    snapshot(
-        T0 + dt.timedelta(days=2),
-        {
-            ("shop", "b"): {"runAsNonRoot": True, "runAsUser": 0},
-            ("ops", "c"): {"runAsUser": 5, "runAsNonRoot": True},
-        },
-    )
 
 
 def states_at(at, scope=FLEET, **kw):
@@ -94,10 +52,7 @@ def test_it_reports_coverage_and_stale_clusters(history):
 
 
 def test_a_lead_report_holds_only_their_namespaces(history):
-    from django.contrib.auth.models import User
-
-    lead = User.objects.create_user("lead")
-    NamespaceGrant.objects.create(user=lead, namespace="ops")
+    lead = make_user("lead", ["ops"])
     scope = access.Scope(lead.pk, access.LEAD, ((None, "ops"),))
     rows, _ = states_at(T0 + dt.timedelta(days=1, hours=1), scope)
     assert rows == {("ops", "d"): "root"}
@@ -111,18 +66,14 @@ def export(report, fmt):
     return buf.getvalue(), written
 
 
-def test_every_format_holds_the_same_findings_as_the_pages(history, client):
-    from django.contrib.auth.models import Group, User
-
+def test_every_format_holds_the_same_findings_as_the_pages(history, login_as):
     report = reports.point_in_time(FLEET, None)
     csv_bytes, w_csv = export(report, "csv")
     json_bytes, w_json = export(report, "json")
     pdf_bytes, w_pdf = export(report, "pdf")
     rows = list(csv.DictReader(io.StringIO(csv_bytes.decode())))
     doc = json.loads(json_bytes)
-    user = User.objects.create_user("auditor", password="pw")
-    user.groups.add(Group.objects.create(name=access.AUDITOR))
-    client.login(username="auditor", password="pw")
+    client = login_as("auditor")
     on_page = len(client.get("/clusters/airgap/namespaces/shop/").context["rows"]) + len(
         client.get("/clusters/airgap/namespaces/ops/").context["rows"]
     )

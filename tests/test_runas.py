@@ -7,45 +7,9 @@ from pathlib import Path
 import pytest
 
 from compliance import runas, vocabulary
+from tests.builders import REF, c, one, pod
 
 FIXTURES = Path(__file__).parent / "fixtures"
-REF = "web_shop(u-1)"
-
-
-def pod(
-    containers=None, sc=None, init=None, ephemeral=None, os_name=None, status=None, host_users=None
-):
-    spec = {"containers": containers or [{"name": "app", "image": "img"}]}
-    if sc is not None:
-        spec["securityContext"] = sc
-    if init:
-        spec["initContainers"] = init
-    if ephemeral:
-        spec["ephemeralContainers"] = ephemeral
-    if os_name:
-        spec["os"] = {"name": os_name}
-    if host_users is not None:
-        spec["hostUsers"] = host_users
-    p = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "web", "namespace": "shop", "uid": "u-1"},
-        "spec": spec,
-    }
-    if status is not None:
-        p["status"] = status
-    return p
-
-
-def c(name="app", image="img", **sc):
-    out = {"name": name, "image": image}
-    if sc:
-        out["securityContext"] = sc
-    return out
-
-
-def one(p, users=None):
-    return runas.evaluate_pod(p, users).containers[0]
 
 
 L1 = f'container\'s runAsUser breaks non-root policy (pod: "{REF}", container: app)'

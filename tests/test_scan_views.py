@@ -1,23 +1,13 @@
 """Scan management pages (security officers): scan now, settings, live progress."""
 
 import pytest
-from django.contrib.auth.models import Group, User
 
-from compliance import access, clusters
 from compliance.models import Cluster, ScanRun
 
 
 @pytest.fixture
-def officer(client, db):
-    user = User.objects.create_user("officer", password="pw")
-    user.groups.add(Group.objects.create(name=access.OFFICER))
-    client.login(username="officer", password="pw")
-    return client
-
-
-@pytest.fixture
-def cluster(db, fake_kube):
-    return clusters.add_cluster("prod-1", kubeconfig=fake_kube.kubeconfig_yaml())
+def officer(login_as):
+    return login_as("officer")
 
 
 def test_scan_now_queues_a_task_after_commit(officer, cluster, django_capture_on_commit_callbacks):

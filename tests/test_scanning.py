@@ -9,7 +9,7 @@ from django.db import connection
 from compliance import scanning
 from compliance.models import Cluster, DailyRollup, Finding, FindingEvent, ScanRun
 from tests import podgen
-from tests.conftest import FAST, deployment
+from tests.builders import FAST, deployment
 from tests.fakekube import Fault
 
 ROOT_SC = {"runAsUser": 0}

@@ -13,7 +13,7 @@ from django.db import connection
 
 from compliance import clusters, scanning, tasks
 from compliance.models import Finding, FindingEvent, ScanRun
-from tests.conftest import deployment
+from tests.builders import deployment
 from welkin_dash.celery import app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,10 +103,11 @@ def worker(broker):
 
 
 @pytest.fixture
-def cluster(fake_kube):
+def cluster(cluster, fake_kube):
+    """The shared cluster, running two Deployments (one of them as root)."""
     deployment(fake_kube, "shop", "web", "nginx", 3, container_sc=ROOT_SC)
     deployment(fake_kube, "shop", "api", "api", 2, container_sc={"runAsUser": 1000})
-    return clusters.add_cluster("prod-1", kubeconfig=fake_kube.kubeconfig_yaml())
+    return cluster
 
 
 def finished(task_id):
@@ -168,6 +169,10 @@ def test_a_worker_killed_mid_scan_leaves_consistent_data(worker, cluster, fake_k
     running = wait_for(lambda: ScanRun.objects.filter(task_id=result.id, status="running").first())
     time.sleep(0.5)
     worker.kill(signal.SIGKILL)
+    # Deterministic: the killed pool process is gone (or a zombie) before the next scan,
+    # which then waits for PostgreSQL to end the dead session instead of being skipped.
+    pid = int(running.worker.rpartition(":")[2])
+    wait_for(lambda: scanning._process_gone(pid), timeout=30, every=0.05)
     assert list(Finding.objects.order_by("pk").values("pk", "state", "resolved_at")) == baseline
     fake_kube.state.page_delay = 0
     after = scanning.scan_cluster(cluster.pk)

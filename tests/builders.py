@@ -1,0 +1,213 @@
+"""Shared builders for tests: pod JSON for the evaluator, hypothesis strategies, a
+Deployment in the fake API server, a history of snapshots, users in each role."""
+
+import datetime as dt
+
+import orjson
+from django.contrib.auth.models import Group, User
+from hypothesis import strategies as st
+
+from compliance import access, kube, runas, scanning
+from compliance.models import NamespaceGrant
+from tests import podgen
+
+PASSWORD = "test-pass"
+# Persona -> role group (None: a user with no role).
+ROLES = {
+    "officer": access.OFFICER,
+    "auditor": access.AUDITOR,
+    "lead": access.LEAD,
+    "outsider": None,
+}
+REF = "web_shop(u-1)"
+
+FAST = kube.Policy(
+    page_limit=50, connect_timeout=2, read_timeout=2, backoff=0.01, max_retry_after=0.2
+)
+
+
+# --- users --------------------------------------------------------------------------------
+
+
+def make_user(persona: str, grants=(), username: str | None = None) -> User:
+    """A user in a persona's role (password PASSWORD); a lead gets namespace grants."""
+    user = User.objects.create_user(username or persona, password=PASSWORD)
+    if ROLES[persona]:
+        user.groups.add(Group.objects.get_or_create(name=ROLES[persona])[0])
+    for ns in grants:
+        NamespaceGrant.objects.create(user=user, namespace=ns)
+    return user
+
+
+# --- pods for the evaluator ---------------------------------------------------------------
+
+
+def pod(
+    containers=None, sc=None, init=None, ephemeral=None, os_name=None, status=None, host_users=None
+):
+    spec = {"containers": containers or [{"name": "app", "image": "img"}]}
+    if sc is not None:
+        spec["securityContext"] = sc
+    if init:
+        spec["initContainers"] = init
+    if ephemeral:
+        spec["ephemeralContainers"] = ephemeral
+    if os_name:
+        spec["os"] = {"name": os_name}
+    if host_users is not None:
+        spec["hostUsers"] = host_users
+    p = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "web", "namespace": "shop", "uid": "u-1"},
+        "spec": spec,
+    }
+    if status is not None:
+        p["status"] = status
+    return p
+
+
+def c(name="app", image="img", **sc):
+    out = {"name": name, "image": image}
+    if sc:
+        out["securityContext"] = sc
+    return out
+
+
+def one(p, users=None):
+    return runas.evaluate_pod(p, users).containers[0]
+
+
+# --- pods in the fake API server ----------------------------------------------------------
+
+
+def deployment(fake, ns, name, image, replicas=3, pod_sc=None, container_sc=None):
+    """A Deployment's ReplicaSet and pods, put into the fake cluster."""
+    rs = f"{name}-5c9d8f7b6"
+    fake.state.put(podgen.replicaset(ns, rs, name, replicas, image, "5c9d8f7b6"))
+    for i in range(replicas):
+        p = podgen.pod(
+            ns,
+            f"{rs}-{i:05d}",
+            image,
+            pod_sc or {},
+            container_sc or {},
+            owner=podgen.owner_ref("ReplicaSet", rs, ns),
+        )
+        p["metadata"]["labels"]["pod-template-hash"] = "5c9d8f7b6"
+        fake.state.put(p)
+
+
+# --- a history of snapshots ---------------------------------------------------------------
+
+T0 = dt.datetime(2026, 11, 1, 10, 0, tzinfo=dt.UTC)
+ROOT = {"runAsUser": 0}
+NONROOT_ONLY = ({"runAsNonRoot": True}, {"runAsUser": 0})
+
+
+def snapshot(at, workloads):
+    """workloads: {(ns, name): container securityContext}; one bare pod each."""
+    items = [podgen.pod(ns, name, "img", {}, sc) for (ns, name), sc in workloads.items()]
+    data = orjson.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+    r = scanning.import_snapshot("airgap", data, "snap.json", at)
+    assert r.status == "succeeded"
+
+
+def record_history():
+    """Three snapshots of cluster airgap, a day apart.
+
+    t0: a root, b root, c compliant; t1: a fixed, b blocked, d root; t2: d gone."""
+    snapshot(
+        T0,
+        {
+            ("shop", "a"): ROOT,
+            ("shop", "b"): ROOT,
+            ("ops", "c"): {"runAsUser": 5, "runAsNonRoot": True},
+        },
+    )
+    snapshot(
+        T0 + dt.timedelta(days=1),
+        {
+            ("shop", "a"): {"runAsUser": 7, "runAsNonRoot": True},
+            ("shop", "b"): {"runAsNonRoot": True, "runAsUser": 0},
+            ("ops", "c"): {"runAsUser": 5, "runAsNonRoot": True},
+            ("ops", "d"): ROOT,
+        },
+    )
+    snapshot(
+        T0 + dt.timedelta(days=2),
+        {
+            ("shop", "b"): {"runAsNonRoot": True, "runAsUser": 0},
+            ("ops", "c"): {"runAsUser": 5, "runAsNonRoot": True},
+        },
+    )
+
+
+# --- hypothesis strategies ----------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+field_values = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**64), max_value=2**64)
+    | st.text(max_size=6)
+    | st.just({})
+    | st.just([])
+)
+security_contexts = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "runAsUser": field_values,
+            "runAsNonRoot": field_values,
+            "runAsGroup": field_values,
+            "windowsOptions": st.fixed_dictionaries({}, optional={"runAsUserName": field_values})
+            | field_values,
+        },
+    )
+    | field_values
+)
+containers = st.fixed_dictionaries(
+    {"name": st.text(min_size=1, max_size=4) | field_values},
+    optional={
+        "image": st.sampled_from(["a", "b", "c"]) | field_values,
+        "securityContext": security_contexts,
+    },
+)
+pods = st.fixed_dictionaries(
+    {
+        "metadata": st.fixed_dictionaries(
+            {},
+            optional={
+                "name": st.text(max_size=5) | field_values,
+                "namespace": st.text(max_size=5),
+                "uid": st.text(max_size=5),
+            },
+        )
+        | field_values,
+        "spec": st.fixed_dictionaries(
+            {},
+            optional={
+                "containers": st.lists(containers, max_size=3) | field_values,
+                "initContainers": st.lists(containers, max_size=2) | field_values,
+                "ephemeralContainers": st.lists(containers, max_size=2),
+                "securityContext": security_contexts,
+                "os": st.fixed_dictionaries({"name": st.sampled_from(["linux", "windows"])})
+                | field_values,
+                "hostUsers": field_values,
+            },
+        )
+        | field_values,
+        "status": json_values,
+    }
+)

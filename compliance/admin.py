@@ -112,6 +112,12 @@ class FindingAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
+    def has_change_permission(self, request, obj=None):
+        return False  # evidence: only scans change findings, each change an event
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
 
 class RegistryForm(forms.ModelForm):
     password = forms.CharField(
@@ -132,7 +138,7 @@ class RegistryForm(forms.ModelForm):
 
             try:
                 ssl.create_default_context(cadata=pem)
-            except ssl.SSLError as e:
+            except (ssl.SSLError, TypeError, ValueError) as e:  # TypeError: non-ASCII
                 raise forms.ValidationError(f"not a usable PEM CA certificate: {e}") from None
         return pem
 

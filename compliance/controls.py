@@ -193,7 +193,7 @@ def remediation(v: Verdict) -> dict[str, Any]:
             f"The image's USER is the name {quoted(image_name)}, which the kubelet cannot "
             f"verify: use its numeric uid {uid}."
         )
-        check = shell.command("id", "-u", image_name)
+        check = shell.command("id", "-u", "--", image_name)
         commands.append(check)
         steps.append(
             f"In the Dockerfile replace `USER {shown(image_name)}` with `USER {uid}` "

@@ -227,7 +227,10 @@ def _namespace_changes_sql(
 def _before_filter(days: dict[int, dt.date]) -> Q:
     q = Q(pk__in=[])
     for cluster_id, day in days.items():
-        q |= Q(cluster_id=cluster_id, day__lte=day - dt.timedelta(days=7))
+        q |= Q(
+            cluster_id=cluster_id,
+            day__lte=max(day, dt.date.min + dt.timedelta(days=7)) - dt.timedelta(days=7),
+        )
     return q
 
 

@@ -197,6 +197,7 @@ def remediation(f: Any) -> dict[str, Any]:
             "strategic",
             "-p",
             json.dumps(patch, separators=(",", ":")),
+            values=(f.namespace, f.workload_name),
         )
         out["kubectl"], out["kubectl_withheld"] = kubectl.text, kubectl.withheld
         out["commands"] = [*out["commands"], {"text": kubectl.text, "withheld": kubectl.withheld}]

@@ -24,10 +24,11 @@ from typing import Any
 
 LABEL_MAX = 63
 SUBDOMAIN_MAX = 253
-IMAGE_MAX = 1024
+IMAGE_MAX = 1000  # what a finding stores
 MESSAGE_MAX = 4096
 SHORT_MAX = 128  # uids, reasons, label values we read
 EXAMPLES_MAX = 20
+RULES_MAX = 30  # rules counted apart; any more count together as "other rules"
 
 _LABEL = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
 _LABEL_RE = re.compile(_LABEL + r"\Z")
@@ -36,7 +37,7 @@ _SUBDOMAIN_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\Z")
 NAMESPACE_GLOB_RE = re.compile(r"^[a-z0-9*?]([-a-z0-9*?]{0,61}[a-z0-9*?])?$")
 _KIND_RE = re.compile(r"[A-Za-z][A-Za-z0-9]*\Z")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-_IMAGE_RE = re.compile(r"[^\s\x00-\x1f\x7f]+\Z")
+_IMAGE_RE = re.compile(r"[\x21-\x7e]+\Z")  # an image reference is visible ASCII
 
 _NO_VALUE = object()
 _INDEX_RE = re.compile(r"\[\d+\]")
@@ -56,6 +57,17 @@ class Rejected(ValueError):
         shown = "" if value is _NO_VALUE else f" {show(value)}"
         super().__init__(f"{path}{shown}: {rule}")
         self.rule = f"{_INDEX_RE.sub('[]', path)}: {rule}"
+
+
+def inert(text: str, limit: int = 1000) -> str:
+    """Text from outside (a server's error message, a name) made safe to print, store and
+    show: every control, format or separator character (NUL, escape sequences,
+    bidirectional overrides) written as its escape, and the length bounded."""
+    if not text.isprintable():
+        text = "".join(
+            ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text
+        )
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def show(value: Any, limit: int = 60) -> str:
@@ -119,7 +131,11 @@ def image(value: Any, path: str) -> None:
     if len(value) > IMAGE_MAX:
         raise Rejected(path, f"longer than {IMAGE_MAX} characters")
     if value and not _IMAGE_RE.match(value):
-        raise Rejected(path, "an image reference has no spaces or control characters", value)
+        raise Rejected(
+            path,
+            "an image reference is visible ASCII: no spaces, no control or invisible characters",
+            value,
+        )
 
 
 def _dict(value: Any, path: str) -> dict:
@@ -170,8 +186,13 @@ def check_pod(pod: Any, *, listed: bool = True) -> None:
     check_metadata(pod.get("metadata"), listed=listed)
     spec = _dict(pod.get("spec"), "spec")
     selector = _dict(spec.get("nodeSelector"), "spec.nodeSelector")
-    text(selector.get("kubernetes.io/arch"), "spec.nodeSelector.kubernetes.io/arch")
-    text(_dict(spec.get("os"), "spec.os").get("name"), "spec.os.name")
+    text(selector.get("kubernetes.io/arch"), "spec.nodeSelector.kubernetes.io/arch", LABEL_MAX)
+    text(_dict(spec.get("os"), "spec.os").get("name"), "spec.os.name", LABEL_MAX)
+    pod_windows = _dict(
+        _dict(spec.get("securityContext"), "spec.securityContext").get("windowsOptions"),
+        "spec.securityContext.windowsOptions",
+    )
+    text(pod_windows.get("runAsUserName"), "spec.securityContext.windowsOptions.runAsUserName", 256)
     status = _dict(pod.get("status"), "status")
     for spec_key, status_key in CONTAINER_KEYS:
         for i, c in enumerate(_list(spec.get(spec_key), f"spec.{spec_key}")):
@@ -230,10 +251,17 @@ class Rejections:
     def add(self, kind: str, obj: Any, error: ValueError) -> None:
         """Count one rejected object; `error` is a Rejected or the evaluator's ValueError."""
         self.count += 1
-        rule = error.rule if isinstance(error, Rejected) else _INDEX_RE.sub("[]", str(error))
-        self.by_reason[f"{kind} {rule}"[:300]] += 1
+        if isinstance(error, Rejected):
+            rule = error.rule
+        else:  # the evaluator's message quotes the value: count by the field alone
+            path = str(error).split(":", 1)[0]
+            rule = f"{_INDEX_RE.sub('[]', inert(path, 120))}: refused by the evaluator"
+        key = f"{kind} {rule}"
+        if key not in self.by_reason and len(self.by_reason) >= RULES_MAX:
+            key = f"{kind}: other rules"
+        self.by_reason[key] += 1
         if len(self.examples) < EXAMPLES_MAX:
-            self.examples.append(f"{describe(kind, obj)}: {str(error)[:300]}")
+            self.examples.append(f"{describe(kind, obj)}: {inert(str(error), 300)}")
 
     def merge(self, other: Rejections) -> Rejections:
         self.count += other.count

@@ -14,6 +14,7 @@ scan asks again; other failures are kept for WELKIN_REGISTRY_FAILURE_TTL.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -176,7 +177,7 @@ class ImageResolver:
 
     def _lookup_round(self, wanted: dict[tuple, _Wanted], now):
         """(key, wanted, resolution) for each, from the cache or the registries."""
-        cache_keys = {key: f"{w.refs[0]}|{w.platform}" for key, w in wanted.items()}
+        cache_keys = {key: _cache_key(w.refs[0], w.platform) for key, w in wanted.items()}
         cached = {}
         if self.use_cache:
             cached = {
@@ -281,6 +282,14 @@ def offline_resolver(known: dict[str, str]) -> ImageResolver:
             "registry credentials or operator overrides"
         )
         return resolver
+
+
+def _cache_key(ref: registry.ImageRef, platform: registry.Platform) -> str:
+    """`reference|platform`, or its SHA-256 when that is longer than the column."""
+    key = f"{ref}|{platform}"
+    if len(key) <= 1000:
+        return key
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
 
 def _images(pod: dict):

@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 import urllib3
 
-from compliance import bounded, podjson
+from compliance import bounded, gate, podjson
 from compliance.kubeconfig import Credentials
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ class ScanError(Exception):
     """A scan cannot complete; `reason` is shown to people, `transient` allows a retry."""
 
     def __init__(self, reason: str, transient: bool = False):
+        reason = gate.inert(reason, 2000)  # it may quote the API server
         super().__init__(reason)
         self.reason = reason
         self.transient = transient

@@ -15,6 +15,9 @@ from typing import Any
 import orjson
 import yaml
 
+from compliance.gate import show
+from compliance.manifests import ManifestError, load_yaml
+
 MAX_KUBECONFIG_BYTES = 1 << 20
 
 # Fields that make the client run a program or read a local file, and why each is refused.
@@ -78,7 +81,7 @@ def _named(entries: Any, kind: str, name: str, key: str) -> dict:
             if not isinstance(value, dict):
                 raise KubeconfigError(f"{kind}[{name}].{key}: expected an object")
             return value
-    raise KubeconfigError(f"{kind}: no entry named {name!r}")
+    raise KubeconfigError(f"{kind}: no entry named {show(name)}")
 
 
 def parse_kubeconfig(text: str | bytes, context: str | None = None) -> tuple[str, Credentials]:
@@ -86,15 +89,17 @@ def parse_kubeconfig(text: str | bytes, context: str | None = None) -> tuple[str
     if len(text) > MAX_KUBECONFIG_BYTES:
         raise KubeconfigError(f"the kubeconfig is larger than {MAX_KUBECONFIG_BYTES} bytes")
     try:
-        doc = yaml.safe_load(text)
+        doc = load_yaml(text, "the kubeconfig")
     except yaml.YAMLError as e:
         raise KubeconfigError(f"not valid YAML: {e}") from None
+    except (ManifestError, UnicodeDecodeError) as e:  # an alias bomb, or not text
+        raise KubeconfigError(str(e)) from None
     if not isinstance(doc, dict):
         raise KubeconfigError(
             "expected a kubeconfig (a YAML mapping with clusters, users and contexts)"
         )
     if doc.get("kind", "Config") != "Config":
-        raise KubeconfigError(f"kind is {doc.get('kind')!r}, expected Config")
+        raise KubeconfigError(f"kind is {show(doc.get('kind'))}, expected Config")
     name = context or doc.get("current-context")
     if not name or not isinstance(name, str):
         raise KubeconfigError("no context given and no current-context set")

@@ -17,17 +17,44 @@ from typing import Any
 import orjson
 import yaml
 
+from compliance.gate import inert
 from compliance.vocabulary import WORKLOAD_KINDS
 
 try:
-    _YamlLoader = yaml.CSafeLoader
+    _BaseLoader = yaml.CSafeLoader
 except AttributeError:  # pragma: no cover - libyaml missing
-    _YamlLoader = yaml.SafeLoader
+    _BaseLoader = yaml.SafeLoader
+
+NUMBER_CHARS_MAX = 100  # no Kubernetes field holds a longer number
+
+
+class _YamlLoader(_BaseLoader):  # type: ignore[misc,valid-type]
+    """The safe loader, with numbers bounded: YAML 1.1 reads `1:59:59:...` as a base-60
+    number, which costs quadratic time in its length, and Python refuses to convert an
+    integer of more than 4,300 digits."""
+
+
+def _bounded(construct):
+    def number(loader, node):
+        if len(node.value) > NUMBER_CHARS_MAX:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a number longer than {NUMBER_CHARS_MAX} characters", node.start_mark
+            )
+        return construct(loader, node)
+
+    return number
+
+
+for _tag, _construct in (
+    ("int", _BaseLoader.construct_yaml_int),
+    ("float", _BaseLoader.construct_yaml_float),
+):
+    _YamlLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _bounded(_construct))
 
 KNOWN_KINDS = ("Pod", *(k for k, w in WORKLOAD_KINDS.items() if w.template))
 # YAML aliases may stand for at most this many nodes in all (a "billion laughs" of 100 KB
 # otherwise stands for tens of millions of containers and gigabytes of memory).
-ALIAS_NODES_MAX = 1_000_000
+ALIAS_NODES_MAX = 100_000
 
 
 class ManifestError(ValueError):
@@ -97,6 +124,13 @@ def _parse_documents(data: bytes, filename: str) -> list[Any]:
     return docs
 
 
+def load_yaml(text: str | bytes, filename: str) -> Any:
+    """One YAML document, read with the alias budget and bounded numbers (a kubeconfig)."""
+    data = text.encode() if isinstance(text, str) else text
+    _check_aliases(data, filename)
+    return yaml.load(data, Loader=_YamlLoader)
+
+
 def _check_aliases(data: bytes, filename: str) -> None:
     """Refuse YAML whose aliases expand to more than ALIAS_NODES_MAX nodes, counting from
     the parser's events before anything is built. YAML without anchors costs nothing."""
@@ -158,7 +192,7 @@ def pod_sources(
     name = meta.get("name") if isinstance(meta.get("name"), str) else ""
     namespace = meta.get("namespace") if isinstance(meta.get("namespace"), str) else ""
     namespace = namespace or "default"
-    label = f"{where} ({kind} {namespace}/{name or '?'})"
+    label = inert(f"{where} ({kind} {namespace}/{name or '?'})", 400)
     if kind == "Pod":
         yield PodSource(kind, namespace, name, doc, label)
         return

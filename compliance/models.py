@@ -283,8 +283,8 @@ class ImageCache(models.Model):
 
     key = models.CharField(max_length=1100, unique=True)  # normalised reference | platform
     user = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001 - None=unknown
-    digest = models.CharField(max_length=100, blank=True)
-    config_digest = models.CharField(max_length=100, blank=True)
+    digest = models.CharField(max_length=200, blank=True)  # sha512 digests are 135
+    config_digest = models.CharField(max_length=200, blank=True)
     error = models.TextField(blank=True)
     resolved_at = models.DateTimeField()
     expires_at = models.DateTimeField(null=True, blank=True)  # None: for good

@@ -143,6 +143,11 @@ class BadParameterMiddleware:
     def __call__(self, request):
         try:
             clean_text(request.path, "path", 10_000)
+            # What authentication reads: a token or session key with a NUL would reach
+            # the database (PostgreSQL refuses NUL in a string: a 500).
+            clean_text(request.META.get("HTTP_AUTHORIZATION", ""), "Authorization", 1000)
+            for name, value in request.COOKIES.items():
+                clean_text(value, f"cookie {name[:40]}", 4096)
             for key, values in request.GET.lists():
                 clean_text(key, "parameter name", TEXT_MAX)
                 for value in values:

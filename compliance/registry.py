@@ -41,10 +41,11 @@ from urllib.parse import urlencode, urljoin, urlsplit
 import orjson
 import urllib3
 
-from compliance import bounded
+from compliance import bounded, gate
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
+USER_MAX = 255  # the longest image config User accepted (a user name is at most 32)
 MAX_MANIFEST_BYTES = 4 << 20
 MAX_CONFIG_BYTES = 8 << 20
 DEADLINE_FACTOR = 3  # a request's total deadline, in multiples of the per-read timeout
@@ -61,7 +62,8 @@ MANIFEST_TYPES = (
 )
 INDEX_TYPES = MANIFEST_TYPES[:2]
 
-_DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$")
+# The OCI digest grammar, bounded: sha512's 128 hex digits are the longest in use.
+_DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,128}$")
 _REPO_RE = re.compile(
     r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)"
     r"[a-z0-9]+)*)*$"
@@ -78,6 +80,7 @@ class RegistryError(Exception):
     `integrity`: its answer did not match the digest (or the digest cannot be verified)."""
 
     def __init__(self, reason: str, integrity: bool = False):
+        reason = gate.inert(reason, 1000)  # it may quote the registry
         super().__init__(reason)
         self.reason = reason
         self.integrity = integrity
@@ -402,8 +405,12 @@ class RegistryClient:
         if scheme != "bearer" or "realm" not in params:
             return None
         realm = params["realm"]
-        if not realm.startswith(("https://", "http://")):
-            raise RegistryError(f"{host}: unusable token realm {realm!r}")
+        # Plain HTTP only for a registry configured so: a hostile registry must not make
+        # the worker fetch plain-HTTP URLs of its choosing (inside the network).
+        if not realm.startswith("https://") and not (
+            cfg.plain_http and realm.startswith("http://")
+        ):
+            raise RegistryError(f"{host}: unusable token realm {realm!r} (https:// expected)")
         query = {"scope": params.get("scope", scope)}
         if "service" in params:
             query["service"] = params["service"]
@@ -481,8 +488,9 @@ def _status_reason(ref: ImageRef, status: int, body: bytes | None) -> str:
     try:
         errors = orjson.loads(body or b"{}").get("errors") or []
         code = errors[0].get("code", "") if errors else ""
-    except (orjson.JSONDecodeError, AttributeError, IndexError, TypeError):
+    except (orjson.JSONDecodeError, AttributeError, IndexError, KeyError, TypeError):
         pass
+    code = gate.inert(code, 60) if isinstance(code, str) else ""
     words = {
         401: "401 unauthorized",
         403: "403 denied",
@@ -531,6 +539,12 @@ def _config_user(blob: bytes, ref: ImageRef) -> str:
         return ""
     if not isinstance(user, str):
         raise RegistryError(f"{ref.domain}: malformed image config for {ref}: User is not a string")
+    if len(user) > USER_MAX or not user.isprintable():
+        # The kubelet would refuse such a user anyway; nothing here stores or shows it.
+        raise RegistryError(
+            f"{ref.domain}: malformed image config for {ref}: User is longer than "
+            f"{USER_MAX} characters or holds control characters"
+        )
     return user
 
 

@@ -101,8 +101,8 @@ OBSERVED_PATTERNS = (
     (
         "L4",
         re.compile(
-            r"^container has runAsNonRoot and image has an invalid user id \((?P<uid>-?\d+)\)\..*"
-            + _SUFFIX_RE,
+            r"^container has runAsNonRoot and image has an invalid user id "
+            r"\((?P<uid>-?[0-9]{1,19})\)\..*" + _SUFFIX_RE,
             re.S,
         ),
     ),
@@ -554,7 +554,9 @@ def _from_refusal(
     if code == "L3":
         return True, 0, image if image is not None and image.is_root else None
     if code == "L4":
-        uid = int(groups["uid"])
+        uid = int(groups["uid"])  # at most 19 ASCII digits: the pattern says so
+        if not INT64_MIN <= uid <= INT64_MAX:
+            return None, None, None
         return uid == 0, uid, ImageUser.parse(groups["uid"])
     return True, None, None  # W1, W2: ContainerAdministrator
 

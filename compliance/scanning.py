@@ -22,14 +22,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from compliance import gate, images, kube, runas
+from compliance import gate, images, kube, podjson, runas
 from compliance.manifests import ManifestError, parse_documents
 from compliance.models import (
     Cluster,
@@ -462,6 +462,9 @@ def rejection_summary(rejections: dict | None) -> str:
 # --- offline snapshots --------------------------------------------------------------------
 
 
+SNAPSHOT_EARLIEST = datetime(2014, 6, 1, tzinfo=UTC)  # before Kubernetes, no snapshot
+
+
 class SnapshotError(ValueError):
     """A snapshot file that cannot be imported; nothing was stored."""
 
@@ -476,8 +479,14 @@ def import_snapshot(
     new cluster, the scan, the findings) happen in one transaction, so a failure leaves
     nothing behind: no cluster created by a failed first import, no scan left running.
     """
+    if len(data) > settings.WELKIN_SNAPSHOT_MAX_BYTES:
+        raise SnapshotError(
+            f"{filename}: larger than {settings.WELKIN_SNAPSHOT_MAX_BYTES:,} "
+            "bytes (WELKIN_SNAPSHOT_MAX_BYTES)"
+        )
+    slim = podjson.decode_snapshot(data) if data.lstrip()[:1] == b"{" else None
     try:
-        docs = parse_documents(data, filename)
+        docs = [slim] if slim is not None else parse_documents(data, filename)
     except ManifestError as e:
         raise SnapshotError(str(e)) from None
     if (
@@ -503,6 +512,11 @@ def import_snapshot(
     at = at or timezone.now()
     if timezone.is_naive(at):
         raise SnapshotError("--at needs a time zone (e.g. 2026-11-28T10:00:00Z)")
+    if not SNAPSHOT_EARLIEST <= at <= timezone.now() + timedelta(days=1):
+        raise SnapshotError(
+            f"--at {at.isoformat()}: a snapshot is from between "
+            f"{SNAPSHOT_EARLIEST:%Y-%m-%d} and now"
+        )
     existing = (
         Cluster.objects.filter(name=cluster_name).select_related("last_complete_scan").first()
     )

@@ -39,9 +39,17 @@ def _unsafe(arg: str) -> str | None:
     return None
 
 
-def command(*args: str) -> Suggested:
+def command(*args: str, values: tuple[str, ...] = ()) -> Suggested:
     """The command line for argv `args`, every argument quoted; or withheld, naming the
-    character that cannot be pasted safely."""
+    character that cannot be pasted safely. `values` are the arguments that came from data:
+    one starting with '-' would be read as an option, so it withholds the command too."""
+    for value in values:
+        if value.startswith("-"):
+            return Suggested(
+                None,
+                f"not shown: {value[:40]!r} starts with '-' and would be "
+                "read as an option; run the step by hand",
+            )
     for arg in args:
         bad = _unsafe(arg)
         if bad is not None:

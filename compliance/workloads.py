@@ -8,6 +8,7 @@ controller is its own workload.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections import Counter
 from collections.abc import Mapping
@@ -78,12 +79,17 @@ class OwnerIndex:
             # Deployment's plus "-<pod-template-hash>", which the pod carries as a label.
             hash_ = (meta.get("labels") or {}).get("pod-template-hash")
             if isinstance(hash_, str) and hash_ and name.endswith("-" + hash_):
-                return "Deployment", name[: -len(hash_) - 1]
+                deployment = name[: -len(hash_) - 1]
+                if _SUBDOMAIN_RE.match(deployment):  # else keep the ReplicaSet's name
+                    return "Deployment", deployment
         return owner
 
 
 GroupKey = tuple[str, str, str, str]  # namespace, workload kind, workload name, container
 _SEVERITY = {t.value: t.severity for t in STATE}
+_SUBDOMAIN_RE = re.compile(
+    r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*\Z"
+)
 
 
 @dataclass(slots=True)

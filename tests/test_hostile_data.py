@@ -3,6 +3,7 @@ the data. Suggested commands run in a real bash against stub programs; CSV, PDF 
 snapshots are the real writers and importers; the API server is the fake one over HTTPS."""
 
 import csv
+import datetime as dt
 import io
 import json
 import os
@@ -14,14 +15,27 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pypdf import PdfReader
 
-from compliance import access, explain, exports, gate, reports, scanning, shell
+from compliance import (
+    access,
+    explain,
+    exports,
+    gate,
+    images,
+    kube,
+    kubeconfig,
+    registry,
+    reports,
+    runas,
+    scanning,
+    shell,
+    workloads,
+)
 from compliance.models import AuditEvent, Cluster, Finding, FindingEvent, ScanRun
 from tests import podgen
 
@@ -96,6 +110,7 @@ names = st.text(min_size=1, max_size=40)
 )
 @example(namespace="a\nb", workload="`touch pwned`", container="x", user="u;touch pwned")
 @example(namespace="ns", workload="web", container="\u202eevil", user="node")
+@example(namespace="-n", workload="--all", container="c", user="-n")
 def test_suggested_commands_run_only_what_they_show(
     stubs, tmp_path_factory, namespace, workload, container, user
 ):
@@ -134,12 +149,15 @@ def test_suggested_commands_run_only_what_they_show(
             "-p",
             patch,
         ],
-        "id": ["id", "-u", user.split(":", 1)[0]],  # the name part of USER name:group
+        "id": ["id", "-u", "--", user.split(":", 1)[0]],  # the name part of USER name:group
     }
     for suggested, argv in ((kubectl, expected["kubectl"]), (id_cmd, expected["id"])):
         if suggested["text"] is None:  # withheld: some value cannot be pasted safely
-            assert "cannot be pasted into a shell safely" in suggested["withheld"]
-            assert any(not shell.command(a) for a in argv)
+            if any(v.startswith("-") for v in (namespace, workload)):
+                assert "would be read as an option" in suggested["withheld"]
+            else:
+                assert "cannot be pasted into a shell safely" in suggested["withheld"]
+                assert any(not shell.command(a) for a in argv)
             continue
         assert run_in_bash(suggested["text"], stubs, tmp) == [argv]
 
@@ -186,7 +204,7 @@ def hostile_cluster(cluster, fake_kube):
     return cluster
 
 
-def test_a_hostile_api_server_cannot_stop_a_scan_or_store_bad_names(hostile_cluster, client):
+def test_a_hostile_api_server_cannot_stop_a_scan_or_store_bad_names(hostile_cluster, login_as):
     r = scanning.scan_cluster(hostile_cluster.pk)
     assert r.status == "succeeded"
     assert r.rejected == len(HOSTILE_PODS)
@@ -196,8 +214,7 @@ def test_a_hostile_api_server_cannot_stop_a_scan_or_store_bad_names(hostile_clus
     assert any("not a DNS-1123 label" in rule for rule in scan.rejections["by_reason"])
     assert set(Finding.objects.values_list("workload_name", flat=True)) == {"good"}
     # Everything stored routes: every page answers for an officer.
-    officer = User.objects.create_superuser("boss", password="x")
-    client.force_login(officer)
+    client = login_as("officer")
     for url in [
         "/",
         "/clusters/prod-1/",
@@ -300,7 +317,7 @@ def test_evaluate_refuses_a_yaml_alias_bomb_in_bounded_memory(tmp_path):
         env={"PATH": os.environ["PATH"]},
     )
     assert r.returncode == 2, r.stderr[-2000:]
-    assert "YAML aliases expand to more than 1,000,000 nodes" in r.stderr
+    assert "YAML aliases expand to more than 100,000 nodes" in r.stderr
     assert "refused as an alias bomb" in r.stderr
 
 
@@ -424,12 +441,11 @@ def test_csv_cells_are_inert_and_the_file_verifies(stored, tmp_path, settings):
     assert exports.verify(content, Path(str(path) + ".manifest.json").read_bytes()).ok
 
 
-def test_the_audit_log_csv_is_inert(client, db):
+def test_the_audit_log_csv_is_inert(client, login_as):
     client.post(
         "/accounts/login/", {"username": '=HYPERLINK("http://evil","x")', "password": "nope"}
     )
-    officer = User.objects.create_superuser("boss", password="x")
-    client.force_login(officer)
+    login_as("officer")
     body = b"".join(client.get("/audit/export.csv").streaming_content).decode()
     rows = list(csv.reader(io.StringIO(body)))
     users = [r[1] for r in rows[1:]]
@@ -476,7 +492,7 @@ def test_any_string_builds_a_pdf_that_verifies(stored, tmp_path_factory, value):
 
 
 def test_a_failed_export_leaves_no_file_and_says_why(
-    stored, tmp_path, monkeypatch, client, settings
+    stored, tmp_path, monkeypatch, client, login_as, settings
 ):
     stored()
 
@@ -496,7 +512,7 @@ def test_a_failed_export_leaves_no_file_and_says_why(
         call_command("report", "--format", "csv", "-o", str(tmp_path / "no" / "c.csv"))
     assert os.listdir(tmp_path) == []
     settings.EXPORTS_DIR = tmp_path
-    client.force_login(User.objects.create_superuser("boss", password="x"))
+    login_as("officer")
     r = client.post("/reports/export/", {"format": "pdf"})
     assert r.status_code == 500 and b"renderer crashed" in r.content
     assert os.listdir(tmp_path) == []
@@ -505,9 +521,9 @@ def test_a_failed_export_leaves_no_file_and_says_why(
 # --- uploads ---------------------------------------------------------------------------------
 
 
-def test_verify_refuses_an_upload_over_the_limit_before_reading_it(client, db, settings):
+def test_verify_refuses_an_upload_over_the_limit_before_reading_it(login_as, settings):
     settings.WELKIN_VERIFY_MAX_BYTES = 1000
-    client.force_login(User.objects.create_superuser("boss", password="x"))
+    client = login_as("officer")
     big = io.BytesIO(b"x" * (3 << 20))
     big.name = "r.csv"
     manifest = io.BytesIO(b"{}")
@@ -522,3 +538,242 @@ def test_gate_reasons_name_the_field_and_show_values_inertly():
     with pytest.raises(gate.Rejected) as e:
         gate.check_pod(hostile_pod(0, {"metadata": {"namespace": "a/b\x1b[2J"}}))
     assert str(e.value).startswith("metadata.namespace 'a/b\\x1b[2J': not a DNS-1123 label")
+
+
+# --- found by an attack review -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "config, reason",
+    [
+        ({"config": {"User": "x\x00y"}}, "holds control characters"),
+        ({"config": {"User": "u" * 300}}, "longer than 255 characters"),
+    ],
+)
+def test_a_registry_cannot_hand_back_a_user_we_cannot_store(config, reason):
+    ref = registry.ImageRef.parse("evil.example/app:1")
+    with pytest.raises(registry.RegistryError, match=reason):
+        registry._config_user(json.dumps(config).encode(), ref)
+
+
+@pytest.mark.parametrize("code", [5, "x\x00y" * 100, ["a"], None])
+def test_a_registry_error_code_of_any_shape_gives_a_bounded_reason(code):
+    ref = registry.ImageRef.parse("evil.example/app:1")
+    reason = registry._status_reason(ref, 404, json.dumps({"errors": [{"code": code}]}).encode())
+    assert reason.startswith("evil.example: 404 not found") and "\x00" not in reason
+    assert len(reason) < 300
+
+
+def test_server_text_in_a_failure_reason_is_inert():
+    reason = kube.ScanError("forbidden: \x00\x1b]0;PWNED\x07" + "x" * 5000).reason
+    assert "\x00" not in reason and "\x1b" not in reason and len(reason) <= 2000
+    assert "\\x1b]0;PWNED\\x07" in reason
+    assert registry.RegistryError("a\x00b").reason == "a\\x00b"
+
+
+def test_an_image_cache_key_never_outgrows_its_column():
+    ref = registry.ImageRef.parse("a" * 1000)
+    key = images._cache_key(ref, registry.Platform("linux", "x" * 63))
+    assert len(key) <= 1000 and key.startswith("sha256:")
+
+
+def test_a_huge_uid_in_a_kubelet_message_is_not_believed():
+    p = podgen.pod("shop", "web", "img", {"runAsNonRoot": True}, {})
+    p["status"] = {
+        "containerStatuses": [
+            {
+                "name": "app",
+                "state": {
+                    "waiting": {
+                        "reason": "CreateContainerConfigError",
+                        "message": "container has runAsNonRoot and image has an invalid user id "
+                        f"({'9' * 30}). x",
+                    }
+                },
+            }
+        ]
+    }
+    verdict = runas.evaluate_pod(p).containers[0]
+    assert verdict.uid is None
+    p["status"]["containerStatuses"][0]["state"]["waiting"]["message"] = (
+        "container has runAsNonRoot and image has an invalid user id (٣). x"
+    )
+    assert runas.evaluate_pod(p).containers[0].uid is None  # not ASCII digits: not a uid
+
+
+@pytest.mark.parametrize(
+    "where, value",
+    [
+        (("spec", "securityContext", "windowsOptions", "runAsUserName"), "a\x00b"),
+        (("spec", "securityContext", "windowsOptions", "runAsUserName"), "u" * 1000),
+        (("spec", "containers", 0, "image"), "nginx\u202e"),
+        (("spec", "containers", 0, "image"), "nginx\x9b2J"),
+        (("spec", "nodeSelector", "kubernetes.io/arch"), "a" * 200),
+    ],
+)
+def test_the_gate_bounds_every_string_it_keeps(where, value):
+    p = podgen.pod("shop", "web", "nginx", {}, {})
+    node = p
+    for key in where[:-1]:
+        node = node.setdefault(key, {}) if isinstance(key, str) else node[key]
+    node[where[-1]] = value
+    with pytest.raises(gate.Rejected):
+        gate.check_pod(p)
+
+
+@pytest.mark.django_db
+def test_rejection_rules_stay_few_however_many_values_differ(tmp_path):
+    pods = []
+    for i in range(200):
+        p = podgen.pod("shop", f"p{i}", "nginx", {}, {})
+        p["spec"]["containers"][0]["securityContext"] = {"runAsUser": 2**63 + i}
+        pods.append(p)
+    r = scanning.import_snapshot("airgap", snapshot_bytes(pods), "snap.json")
+    scan = ScanRun.objects.get(pk=r.scan_id)
+    assert scan.rejected == 200
+    assert len(scan.rejections["by_reason"]) == 1
+    path = tmp_path / "r.pdf"
+    exports.export_to(reports.point_in_time(FLEET), "pdf", path)  # the coverage table fits
+
+
+def test_evaluate_keeps_escape_sequences_off_the_terminal(tmp_path):
+    f = tmp_path / "esc.json"
+    f.write_text(
+        json.dumps(
+            {"kind": "Pod", "metadata": {"name": "x\x1b]0;PWNED\x07", "namespace": "n"}, "spec": {}}
+        )
+    )
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "evaluate", str(f)],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"]},
+    )
+    assert r.returncode == 2
+    assert "\x1b" not in r.stderr + r.stdout and "\\x1b]0;PWNED" in r.stderr
+
+
+RUN_AS_USER_YAML = "kind: Pod\nmetadata: {{name: p}}\nspec:\n  securityContext: {{runAsUser: {}}}\n"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (RUN_AS_USER_YAML.format("1" * 5000), "a number longer than 100 characters"),
+        (RUN_AS_USER_YAML.format("1" + ":59" * 50000), "a number longer than 100 characters"),
+    ],
+)
+def test_evaluate_refuses_numbers_too_long_to_read(tmp_path, text, message):
+    f = tmp_path / "n.yaml"
+    f.write_text(text)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "evaluate", str(f)],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"]},
+        timeout=60,
+    )
+    assert r.returncode == 2 and message in r.stderr, r.stderr[-1000:]
+
+
+def test_evaluate_names_a_bad_setting_without_a_traceback(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("kind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: a, image: x}]\n")
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "evaluate", str(f)],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"], "DEBUG": "maybe"},
+    )
+    assert r.returncode == 2 and r.stderr.startswith("error: DEBUG='maybe'")
+    assert "Traceback" not in r.stderr
+
+
+def test_a_kubeconfig_alias_bomb_is_refused():
+    bomb = (
+        "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n"
+        + "".join(
+            f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, "
+            f"*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]\n"
+            for i in range(1, 9)
+        )
+        + "kind: *a8\n"
+    )
+    with pytest.raises(kubeconfig.KubeconfigError, match="alias bomb"):
+        kubeconfig.parse_kubeconfig(bomb)
+
+
+@pytest.mark.django_db
+def test_a_snapshot_time_before_kubernetes_is_refused():
+    data = snapshot_bytes([podgen.pod("shop", "a", "x", {}, {})])
+    at = dt.datetime(1, 1, 1, tzinfo=dt.UTC)
+    with pytest.raises(scanning.SnapshotError, match="a snapshot is from between 2014-06-01"):
+        scanning.import_snapshot("airgap", data, "snap.json", at)
+    assert not Cluster.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_snapshot_over_the_size_limit_is_refused(settings):
+    settings.WELKIN_SNAPSHOT_MAX_BYTES = 100
+    with pytest.raises(scanning.SnapshotError, match="larger than 100 bytes"):
+        scanning.import_snapshot(
+            "airgap", snapshot_bytes([podgen.pod("shop", "a", "x", {}, {})]), "snap.json"
+        )
+
+
+def test_findings_are_read_only_in_the_admin(stored, admin_client):
+    f = stored()
+    r = admin_client.post(f"/admin/compliance/finding/{f.pk}/change/", {"namespace": "a/b"})
+    assert r.status_code == 403
+    f.refresh_from_db()
+    assert f.namespace == "shop"
+
+
+@pytest.mark.django_db
+def test_a_registry_ca_that_is_not_ascii_is_a_form_error(admin_client):
+    r = admin_client.post(
+        "/admin/compliance/registry/add/",
+        {"host": "r.example", "username": "", "ca_pem": "ü-not-pem"},
+    )
+    assert r.status_code == 200 and b"not a usable PEM CA certificate" in r.content
+
+
+def test_a_derived_deployment_name_must_be_valid():
+    owners = workloads.OwnerIndex()
+    p = podgen.pod(
+        "shop", "a--b-x", "img", {}, {}, owner=podgen.owner_ref("ReplicaSet", "a--b", "shop")
+    )
+    p["metadata"]["labels"]["pod-template-hash"] = "b"
+    assert owners.workload_of(p) == ("ReplicaSet", "a--b")
+
+
+@pytest.mark.django_db
+def test_nul_in_a_token_or_a_cookie_is_a_400(client):
+    assert client.get("/api/v1/findings/", HTTP_AUTHORIZATION="Token a\x00b").status_code == 400
+    client.cookies["sessionid"] = "a\x00b"
+    assert client.get("/").status_code == 400
+
+
+def test_a_missing_export_file_is_a_404(stored, login_as, settings, tmp_path):
+    from compliance.models import Export
+
+    settings.EXPORTS_DIR = tmp_path
+    client = login_as("auditor")
+    assert client.post("/reports/export/", {"format": "csv"}).status_code == 302
+    e = Export.objects.get()
+    (tmp_path / f"{e.id}.csv").unlink()
+    assert client.get(f"/reports/exports/{e.pk}/").status_code == 404
+
+
+def test_a_token_realm_must_be_https_for_an_https_registry():
+    client = registry.RegistryClient()
+    ref = registry.ImageRef.parse("evil.example/app:1")
+    cfg = registry.RegistryConfig("evil.example")
+    with pytest.raises(registry.RegistryError, match="https:// expected"):
+        client._authenticate(
+            "evil.example",
+            "repository:app:pull",
+            cfg,
+            'Bearer realm="http://169.254.169.254/latest"',
+            ref,
+        )

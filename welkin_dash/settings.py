@@ -198,6 +198,7 @@ TEMPLATES = [
 # Uploads: form fields at most 2.5 MB in memory, files over 2.5 MB spooled to a
 # temporary file; the Verify page refuses reports over WELKIN_VERIFY_MAX_BYTES before
 # reading them, and hashes what it takes as a stream.
+WELKIN_SNAPSHOT_MAX_BYTES = env_int("WELKIN_SNAPSHOT_MAX_BYTES", 1 << 30, minimum=1)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 WELKIN_VERIFY_MAX_BYTES = env_int("WELKIN_VERIFY_MAX_BYTES", 1 << 30, minimum=1)

@@ -2,7 +2,7 @@
 verify; the audit log (security officers and auditors)."""
 
 from django.conf import settings
-from django.http import FileResponse, JsonResponse, StreamingHttpResponse
+from django.http import FileResponse, Http404, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
@@ -101,7 +101,11 @@ def _export_for(request, pk) -> Export:
 
 def download(request, pk):
     e = _export_for(request, pk)
-    return FileResponse(open(_path(e), "rb"), as_attachment=True, filename=e.filename)
+    try:
+        f = open(_path(e), "rb")
+    except FileNotFoundError:
+        raise Http404("The export's file is gone (deleted from the exports folder)") from None
+    return FileResponse(f, as_attachment=True, filename=e.filename)
 
 
 def manifest(request, pk):

@@ -2,6 +2,7 @@
 
 import sys
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from compliance import clusters, params, scanning
@@ -33,11 +34,12 @@ class Command(BaseCommand):
         except params.BadParameter as e:
             raise CommandError(f"{e} (e.g. 2026-11-28T10:00:00Z)") from None
         try:
+            limit = settings.WELKIN_SNAPSHOT_MAX_BYTES
             if options["file"] == "-":
-                data = sys.stdin.buffer.read()
+                data = sys.stdin.buffer.read(limit + 1)
             else:
                 with open(options["file"], "rb") as f:
-                    data = f.read()
+                    data = f.read(limit + 1)  # import_snapshot refuses more, naming it
         except OSError as e:
             raise CommandError(f"{options['file']}: {e.strerror or e}") from None
         try:

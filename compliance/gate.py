@@ -36,7 +36,9 @@ _SUBDOMAIN_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\Z")
 # A namespace grant: a DNS-1123 label in which * and ? may stand for characters.
 NAMESPACE_GLOB_RE = re.compile(r"^[a-z0-9*?]([-a-z0-9*?]{0,61}[a-z0-9*?])?$")
 _KIND_RE = re.compile(r"[A-Za-z][A-Za-z0-9]*\Z")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# Control characters, line/paragraph separators, bidirectional overrides and isolates,
+# and lone surrogates (which PostgreSQL cannot store).
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 _IMAGE_RE = re.compile(r"[\x21-\x7e]+\Z")  # an image reference is visible ASCII
 
 _NO_VALUE = object()
@@ -238,6 +240,16 @@ def describe(kind: str, obj: Any) -> str:
         ok = isinstance(value, str) and _SUBDOMAIN_RE.match(value) and len(value) <= 253
         parts.append(value if ok else show(value, 40))
     return f"{kind} {parts[0]}/{parts[1]}"
+
+
+def top_rules(by_reason: dict[str, int], most: int = 10) -> dict[str, int]:
+    """The `most` most frequent rules, the rest counted together (for pages and PDFs)."""
+    ranked = sorted(by_reason.items(), key=lambda kv: -kv[1])
+    top = dict(ranked[:most])
+    rest = sum(n for _, n in ranked[most:])
+    if rest:
+        top[f"{len(ranked) - most} other rules"] = rest
+    return top
 
 
 class Rejections:

@@ -179,6 +179,7 @@ def pod_sources(
     if not isinstance(kind, str) or not kind:
         yield ManifestError(f"{where}: no kind")
         return
+    kind = inert(kind, 100)  # it is printed in messages
     if kind == "List" or (kind.endswith("List") and "items" in doc):
         items = doc.get("items")
         if not isinstance(items, list):

@@ -13,7 +13,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from compliance import crypto, vocabulary
-from compliance.gate import NAMESPACE_GLOB_RE
+from compliance.gate import NAMESPACE_GLOB_RE, top_rules
 from compliance.kubeconfig import Credentials
 
 
@@ -109,6 +109,11 @@ class ScanRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.cluster_id}#{self.pk} {self.status}"
+
+    @property
+    def top_rejections(self) -> dict[str, int]:
+        """The most frequent rules that rejected objects (bounded, for the scans page)."""
+        return top_rules((self.rejections or {}).get("by_reason", {}))
 
     @property
     def duration(self) -> timedelta | None:

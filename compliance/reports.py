@@ -20,7 +20,7 @@ from django.db.models.functions import Cast, Concat
 from django.http import Http404
 from django.utils import timezone
 
-from compliance import access, controls
+from compliance import access, controls, gate
 from compliance.models import Cluster, Finding, FindingEvent, ScanRun, ScanStatus
 
 REPORT_COLUMNS = [
@@ -289,7 +289,7 @@ def _coverage(clusters, at: dt.datetime) -> list[dict[str, Any]]:
                 "recent": last is not None and at - last <= limit,
                 # Objects that scan left out, and why (compliance/gate.py).
                 "rejected": rejected,
-                "rejected_by_reason": (rejections or {}).get("by_reason", {}),
+                "rejected_by_reason": gate.top_rules((rejections or {}).get("by_reason", {})),
             }
         )
     return out

@@ -28,6 +28,7 @@ import base64
 import datetime
 import ipaddress
 import itertools
+import signal
 import socket
 import ssl
 import sys
@@ -653,6 +654,8 @@ def main() -> None:
     )
     hostile.add_argument("--drip-bytes-per-second", type=float, default=0.0)
     args = parser.parse_args()
+    # Started from a background job, SIGINT arrives ignored: stop() sends it, so listen.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     server = FakeKubeServer()
     server.state.repeat_continue = args.repeat_continue
     server.state.generated_pods = args.generated_pods

@@ -78,39 +78,39 @@ def show(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def label(value: Any, path: str) -> str:
-    """A DNS-1123 label (namespace, container name)."""
+def _name(value: Any, path: str, limit: int, pattern: re.Pattern, rule: str) -> str:
     if value is None or value == "":
         raise Rejected(path, "required")
     if not isinstance(value, str):
         raise Rejected(path, f"expected a string, got {type(value).__name__}")
-    if len(value) > LABEL_MAX:
-        raise Rejected(path, f"longer than {LABEL_MAX} characters")
-    if not _LABEL_RE.match(value):
-        raise Rejected(
-            path,
-            "not a DNS-1123 label (a-z, 0-9 and '-', starting and ending with a letter or digit)",
-            value,
-        )
+    if len(value) > limit:
+        raise Rejected(path, f"longer than {limit} characters")
+    if not pattern.match(value):
+        raise Rejected(path, rule, value)
     return value
+
+
+def label(value: Any, path: str) -> str:
+    """A DNS-1123 label (namespace, container name)."""
+    return _name(
+        value,
+        path,
+        LABEL_MAX,
+        _LABEL_RE,
+        "not a DNS-1123 label (a-z, 0-9 and '-', starting and ending with a letter or digit)",
+    )
 
 
 def subdomain(value: Any, path: str) -> str:
     """A DNS-1123 subdomain (pod and workload names)."""
-    if value is None or value == "":
-        raise Rejected(path, "required")
-    if not isinstance(value, str):
-        raise Rejected(path, f"expected a string, got {type(value).__name__}")
-    if len(value) > SUBDOMAIN_MAX:
-        raise Rejected(path, f"longer than {SUBDOMAIN_MAX} characters")
-    if not _SUBDOMAIN_RE.match(value):
-        raise Rejected(
-            path,
-            "not a DNS-1123 subdomain (a-z, 0-9, '-' and '.', starting "
-            "and ending with a letter or digit)",
-            value,
-        )
-    return value
+    return _name(
+        value,
+        path,
+        SUBDOMAIN_MAX,
+        _SUBDOMAIN_RE,
+        "not a DNS-1123 subdomain (a-z, "
+        "0-9, '-' and '.', starting and ending with a letter or digit)",
+    )
 
 
 def text(value: Any, path: str, limit: int = SHORT_MAX, optional: bool = True) -> None:

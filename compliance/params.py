@@ -104,6 +104,16 @@ def moment(params: Mapping, name: str, naive_as_utc: bool = True) -> dt.datetime
     return parse_moment(value, name, naive_as_utc) if value else None
 
 
+def option_moment(value: str | None, name: str = "--at") -> dt.datetime | None:
+    """A command's time option (ISO 8601 with a zone), or CommandError naming it."""
+    from django.core.management import CommandError
+
+    try:
+        return parse_moment(value, name, naive_as_utc=False) if value else None
+    except BadParameter as e:
+        raise CommandError(f"{e} (e.g. 2026-11-28T10:00:00Z)") from None
+
+
 def parse_moment(value: str, name: str, naive_as_utc: bool = True) -> dt.datetime:
     """An ISO 8601 time from a parameter or a command-line option, in UTC."""
     try:

@@ -27,6 +27,20 @@ def cluster(db, fake_kube):
     return clusters.add_cluster("prod-1", kubeconfig=fake_kube.kubeconfig_yaml())
 
 
+@pytest.fixture(scope="module")
+def demo_fleet(request, django_db_setup, django_db_blocker):
+    """The demo fleet (its users: officer, auditor, lead), loaded once for a module whose
+    tests only read it: DEMO_DAYS in the module, else 14 days. Flushed afterwards."""
+    from django.core.management import call_command
+
+    from compliance import demo
+
+    with django_db_blocker.unblock():
+        demo.load(builders.PASSWORD, days=getattr(request.module, "DEMO_DAYS", 14))
+        yield
+        call_command("flush", interactive=False, verbosity=0)  # as other modules expect
+
+
 @pytest.fixture
 def history(db):
     """t0: a root, b root, c compliant; t1: a fixed, b blocked, d root; t2: d gone."""

@@ -6,16 +6,14 @@ import base64
 import uuid
 from urllib.parse import quote
 
-import pytest
 from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.urls import get_resolver
 
-from compliance import demo
 from compliance.models import Finding
 
-PASSWORD = "test-pass"
 ROLES = ["officer", "auditor", "lead"]
+DEMO_DAYS = 3  # the demo fleet, short: the sweep only needs every page to have data
 
 HOSTILE = [
     "\x00",
@@ -127,16 +125,6 @@ NOT_OURS = {
 }
 
 
-@pytest.fixture(scope="module")
-def fleet(django_db_setup, django_db_blocker):
-    with django_db_blocker.unblock():
-        demo.load(PASSWORD, days=3)
-        yield
-        from django.core.management import call_command
-
-        call_command("flush", interactive=False, verbosity=0)
-
-
 def url_names() -> set[str]:
     def walk(patterns):
         for p in patterns:
@@ -181,7 +169,7 @@ def sweep(client, role: str, every_parameter: bool) -> int:
     return tried
 
 
-def test_no_parameter_or_path_value_answers_5xx(client, fleet, db, settings, tmp_path):
+def test_no_parameter_or_path_value_answers_5xx(client, demo_fleet, db, settings, tmp_path):
     settings.EXPORTS_DIR = tmp_path
     tried = sweep(client, "officer", every_parameter=True)
     for role in ("auditor", "lead"):
@@ -190,7 +178,7 @@ def test_no_parameter_or_path_value_answers_5xx(client, fleet, db, settings, tmp
     assert tried > 10_000
 
 
-def test_a_bad_parameter_is_named_in_the_answer(client, fleet, db):
+def test_a_bad_parameter_is_named_in_the_answer(client, demo_fleet, db):
     client.force_login(User.objects.get(username="officer"))
     r = client.get("/trends/data.json", {"days": "²"})
     assert r.status_code == 400 and b"days: expected a whole number" in r.content

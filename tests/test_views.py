@@ -5,26 +5,12 @@ import pytest
 from django.contrib.auth.models import User
 from django.core.cache import cache
 
-from compliance import access, demo
+from compliance import access
 from compliance.models import Cluster, Finding, NamespaceGrant
-
-PASSWORD = "test-pass"
-
-
-@pytest.fixture(scope="module")
-def fleet(django_db_setup, django_db_blocker):
-    """A 14-day demo fleet, loaded once for this module (the tests only read it)."""
-    with django_db_blocker.unblock():
-        demo.load(PASSWORD, days=14)
-        yield
-        # Leave the database as other modules expect it: empty.
-        from django.core.management import call_command
-
-        call_command("flush", interactive=False, verbosity=0)
 
 
 @pytest.fixture
-def as_user(client, fleet, db):
+def as_user(client, demo_fleet, db):
     def login(username):
         cache.clear()
         client.force_login(User.objects.get(username=username))
@@ -58,7 +44,7 @@ def test_it_serves_every_page_to_each_role(as_user, role):
     assert b"How to fix it" in r.content
 
 
-def test_it_requires_login(client, fleet, db):
+def test_it_requires_login(client, demo_fleet, db):
     for url in [*PAGES, "/scans/", f"/findings/{open_finding().pk}/"]:
         r = client.get(url)
         assert r.status_code == 302 and r["Location"].startswith("/accounts/login/")
@@ -125,7 +111,7 @@ def test_a_lead_limited_to_one_cluster_cannot_see_the_others(as_user):
         NamespaceGrant.objects.filter(user=lead).update(cluster=None)
 
 
-def test_a_user_without_a_role_sees_nothing(login_as, fleet):
+def test_a_user_without_a_role_sees_nothing(login_as, demo_fleet):
     client = login_as("outsider")
     try:
         assert client.get("/").status_code == 403

@@ -5,7 +5,7 @@ from datetime import timedelta
 from django import template
 from django.utils.html import format_html
 
-from compliance.vocabulary import SCAN_STATUS, STATE
+from compliance.vocabulary import SCAN_STATUS, STATE, Vocabulary
 
 register = template.Library()
 
@@ -15,26 +15,24 @@ def get(mapping, key):
     return (mapping or {}).get(key, 0)
 
 
+def _badge(words: Vocabulary, value: str, kind: str):
+    """A badge that carries its meaning in text (the label), not only colour."""
+    if value not in words:
+        return value
+    term = words[value]
+    return format_html(
+        '<span class="{} {}" title="{}">{}</span>', kind, term.css, term.description, term.label
+    )
+
+
 @register.filter
 def state_badge(state):
-    """A badge that carries its meaning in text, not only colour."""
-    if state not in STATE:
-        return state
-    term = STATE[state]
-    return format_html(
-        '<span class="state {}" title="{}">{}</span>', term.css, term.description, term.label
-    )
+    return _badge(STATE, state, "state")
 
 
 @register.filter
 def status_badge(status):
-    """A scan status, by its label, coloured by its CSS class."""
-    if status not in SCAN_STATUS:
-        return status
-    term = SCAN_STATUS[status]
-    return format_html(
-        '<span class="status {}" title="{}">{}</span>', term.css, term.description, term.label
-    )
+    return _badge(SCAN_STATUS, status, "status")
 
 
 @register.filter

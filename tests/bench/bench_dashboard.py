@@ -30,9 +30,9 @@ FROM generate_series(1, {clusters}) c;
 
 INSERT INTO compliance_scanrun (cluster_id, status, reason, trigger, task_id, started_at,
     finished_at, heartbeat_at, observed_at, pages, pods, containers, findings_opened,
-    findings_changed, findings_resolved, timings, warnings)
+    findings_changed, findings_resolved, timings, worker, rejected, rejections)
 SELECT id, 'succeeded', '', 'schedule', '', now() - interval '5 minutes', now(), now(),
-    now() - interval '5 minutes', 300, 150000, 150000, 0, 0, 0, '{{}}', '[]'
+    now() - interval '5 minutes', 300, 150000, 150000, 0, 0, 0, '{{}}', '', 0, '{{}}'
 FROM compliance_cluster;
 UPDATE compliance_cluster c SET last_scan_id = s.id, last_complete_scan_id = s.id
 FROM compliance_scanrun s WHERE s.cluster_id = c.id;

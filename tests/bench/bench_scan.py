@@ -134,7 +134,7 @@ class Worker:
         self.p.wait(60)
 
 
-def typed_ratio(kubeconfig: Path, pages: int = 6) -> tuple[float, float]:
+def typed_ratio(kubeconfig_path: Path, pages: int = 6) -> tuple[float, float]:
     """(our pods/s, typed pods/s) over the same raw pages."""
     import orjson
     from kubernetes.client import ApiClient
@@ -142,7 +142,7 @@ def typed_ratio(kubeconfig: Path, pages: int = 6) -> tuple[float, float]:
     from compliance import kube, kubeconfig, podjson, scanning
     from compliance.workloads import OwnerIndex
 
-    _, creds = kubeconfig.parse_kubeconfig(kubeconfig.read_text())
+    _, creds = kubeconfig.parse_kubeconfig(kubeconfig_path.read_text())
     bodies, token = [], None
     with kube.ClusterClient(creds) as c:
         for _ in range(pages):

@@ -25,14 +25,7 @@ class Command(BaseCommand):
             clusters.check_name(options["name"])
         except clusters.ClusterError as e:
             raise CommandError(str(e)) from None
-        try:
-            at = (
-                params.parse_moment(options["at"], "--at", naive_as_utc=False)
-                if options["at"]
-                else None
-            )
-        except params.BadParameter as e:
-            raise CommandError(f"{e} (e.g. 2026-11-28T10:00:00Z)") from None
+        at = params.option_moment(options["at"])
         try:
             limit = settings.WELKIN_SNAPSHOT_MAX_BYTES
             if options["file"] == "-":

@@ -22,14 +22,7 @@ class Command(BaseCommand):
         parser.add_argument("-o", "--output", required=True, metavar="FILE")
 
     def handle(self, *args, **options):
-        try:
-            at = (
-                params.parse_moment(options["at"], "--at", naive_as_utc=False)
-                if options["at"]
-                else None
-            )
-        except params.BadParameter as e:
-            raise CommandError(str(e)) from None
+        at = params.option_moment(options["at"])
         # The command line runs with the server's authority: the whole fleet.
         scope = access.Scope(None, access.AUDITOR)
         try:

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 from hypothesis import HealthCheck, example, given, settings
@@ -38,6 +39,7 @@ from compliance import (
 )
 from compliance.models import AuditEvent, Cluster, Finding, FindingEvent, ScanRun
 from tests import podgen
+from tests.builders import make_user
 
 ROOT = Path(__file__).resolve().parent.parent
 FLEET = access.Scope(None, access.AUDITOR)
@@ -784,3 +786,42 @@ def test_a_token_realm_must_be_https_for_an_https_registry():
             'Bearer realm="http://169.254.169.254/latest"',
             ref,
         )
+
+
+storable = st.text(
+    st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)),
+    min_size=1,
+    max_size=60,
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    namespace=st.from_regex(r"\A[a-z0-9]([-a-z0-9]{0,20}[a-z0-9])?\Z"),
+    workload=storable,
+    container=storable,
+    image=storable,
+    message=storable,
+)
+def test_any_stored_string_renders_and_exports_inertly(
+    stored, client, namespace, workload, container, image, message
+):
+    """Whatever reached the database (the gate keeps names valid): pages answer, and every
+    CSV cell is inert."""
+    Finding.objects.all().delete()
+    f = stored(
+        namespace=namespace,
+        workload_name=workload,
+        container=container,
+        image=image,
+        kubelet_error=message,
+        state="blocked",
+        image_user="x" + container,
+    )
+    client.force_login(User.objects.filter(username="officer").first() or make_user("officer"))
+    for url in ["/", f"/clusters/prod-1/namespaces/{namespace}/", f"/findings/{f.pk}/"]:
+        assert client.get(url).status_code == 200, url
+    buf = io.BytesIO()
+    exports.write(reports.point_in_time(FLEET), "csv", buf)
+    rows = list(csv.reader(io.StringIO(buf.getvalue().decode(), newline="")))
+    assert not [c for r in rows[1:] for c in r if c.lstrip(" ").startswith(exports.FORMULA_STARTS)]

@@ -8,10 +8,12 @@ export DJANGO_SETTINGS_MODULE := welkin_dash.settings
 
 .PHONY: install run test lint bench-evaluate bench-scan bench-registry bench-dashboard bench-export services
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt
+	# welkin-evaluate, the console script (the project itself, editable, no new packages).
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
 install: $(VENV)/.installed

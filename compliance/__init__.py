@@ -1,0 +1,3 @@
+"""welkin-dash: the compliance app."""
+
+__version__ = "0.1.0"

@@ -120,6 +120,7 @@ class Verdict(Protocol):
     run_as_non_root: bool | None
     run_as_user_from: str | None
     run_as_non_root_from: str | None
+    needs_root: str | None  # "is privileged", "adds capabilities ..."
 
 
 def remediation(v: Verdict) -> dict[str, Any]:
@@ -137,6 +138,27 @@ def remediation(v: Verdict) -> dict[str, Any]:
             "dockerfile": None,
             "security_context": None,
             "steps": [],
+            "commands": [],
+            "exception": False,
+        }
+
+    if v.needs_root and state != UNENFORCED:
+        return {
+            "summary": f"This container {v.needs_root}: it is built to run as uid 0, and "
+            f"runAsUser: {DEFAULT_UID} would break it. Request an exception (risk acceptance) "
+            "instead of a fix that breaks it.",
+            "dockerfile": None,
+            "security_context": None,
+            "steps": [
+                "Keep it as it is, and record the accepted risk: an exception with its owner, "
+                "the reason it needs root, a ticket and an end date, approved by a security "
+                "officer.",
+                "Or remove the need: drop privileged and the added capabilities (a node agent "
+                "may do its work from a DaemonSet with a narrower grant), then give the image "
+                f"a numeric non-root USER ({DEFAULT_UID}).",
+            ],
+            "commands": [],
+            "exception": True,
         }
 
     if v.windows:
@@ -261,4 +283,5 @@ def _result(
         "security_context": {"level": level, "fields": fields},
         "steps": steps,
         "commands": [{"text": c.text, "withheld": c.withheld} for c in commands],
+        "exception": False,
     }

@@ -30,6 +30,7 @@ def verdict_of(f: Any) -> SimpleNamespace:
         run_as_non_root=f.run_as_non_root,
         run_as_user_from=d.get("run_as_user_from"),
         run_as_non_root_from=d.get("run_as_non_root_from"),
+        needs_root=d.get("needs_root"),
     )
 
 

@@ -26,10 +26,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from django.conf import settings
 from django.utils import timezone
 
+from compliance import __version__
 from compliance.reports import REPORT_COLUMNS, Report
 from compliance.vocabulary import STATE
 
-GENERATOR = "welkin-dash 0.1.0"
+GENERATOR = f"welkin-dash {__version__}"
 FORMATS = ("csv", "json", "pdf")
 PDF_MAX_ROWS = 10_000  # beyond this the PDF lists the first rows and points to CSV/JSON
 MANIFEST_MAX_BYTES = 64 * 1024  # a manifest is about 1 KB

@@ -67,9 +67,28 @@ class PodSource:
 
     kind: str
     namespace: str
-    name: str
+    name: str  # metadata.name, else generateName followed by "*"
     pod: dict
     where: str  # "file: document N[, items[i]]", for error messages
+    spec_path: tuple = ()  # keys and indices from the document's root to the pod spec
+
+
+@dataclass(slots=True)
+class Skipped:
+    """A document that is not ours to judge: a kind without pods (Service, ConfigMap, a
+    custom resource...), or a workload without pod template or containers (a Kustomize
+    patch). Counted, never an error."""
+
+    kind: str  # "Service", or "Deployment (partial)"
+    where: str
+
+
+@dataclass(slots=True)
+class Located:
+    """A parsed document and, where it could be had, its YAML node (for line numbers)."""
+
+    data: Any
+    node: Any = None  # a yaml Node, with start_mark
 
 
 @contextmanager
@@ -113,15 +132,75 @@ def _parse_documents(data: bytes, filename: str) -> list[Any]:
     except yaml.YAMLError as e:
         if json_error is not None:
             raise ManifestError(f"{filename}: invalid JSON: {json_error}") from None
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise ManifestError(f"{filename}: invalid YAML{where}: {problem}") from None
+        raise _yaml_error(filename, e) from None
     except UnicodeDecodeError:
         raise ManifestError(f"{filename}: not text (UTF-8) JSON or YAML") from None
     if not docs:
         raise ManifestError(f"{filename}: no documents, expected a Kubernetes object")
     return docs
+
+
+POSITIONS_MAX_BYTES = 20 << 20  # JSON larger than this is reported without line numbers
+
+
+def parse_located(data: bytes, filename: str) -> list[Located]:
+    """Every document of a file with its YAML node, so findings can name their line and
+    column. YAML is composed once (nodes, then data from them); JSON is parsed by orjson
+    and, up to POSITIONS_MAX_BYTES, composed as YAML for its marks."""
+    with gc_paused():
+        if data.lstrip()[:1] in (b"{", b"["):
+            docs = _parse_documents(data, filename)
+            if len(docs) == 1 and len(data) <= POSITIONS_MAX_BYTES:
+                try:
+                    nodes = list(yaml.compose_all(data, Loader=_YamlLoader))
+                except (yaml.YAMLError, ValueError):
+                    nodes = []  # not YAML-compatible JSON: no line numbers
+                if len(nodes) == 1:
+                    return [Located(docs[0], nodes[0])]
+            return [Located(d) for d in docs]
+        if not data.strip():
+            raise ManifestError(f"{filename}: the file is empty, expected a Kubernetes object")
+        try:
+            _check_aliases(data, filename)
+            loader = _YamlLoader(data)
+            out = []
+            try:
+                while loader.check_node():
+                    node = loader.get_node()
+                    doc = loader.construct_document(node)
+                    if doc is not None:
+                        out.append(Located(doc, node))
+            finally:
+                loader.dispose()
+        except yaml.YAMLError as e:
+            raise _yaml_error(filename, e) from None
+        except UnicodeDecodeError:
+            raise ManifestError(f"{filename}: not text (UTF-8) JSON or YAML") from None
+        return out  # a stream of empty documents evaluates to nothing
+
+
+def _yaml_error(filename: str, e: yaml.YAMLError) -> ManifestError:
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(e, "problem", None) or str(e)
+    return ManifestError(f"{filename}: invalid YAML{where}: {problem}")
+
+
+def position(node: Any, path: tuple) -> tuple[int, int] | None:
+    """(line, column), 1-based, of the value at `path` (keys and indices) in a document's
+    YAML node; the nearest existing parent's when the path ends early."""
+    if node is None:
+        return None
+    for step in path:
+        child = None
+        if isinstance(node, yaml.MappingNode) and isinstance(step, str):
+            child = next((v for k, v in node.value if getattr(k, "value", None) == step), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(step, int):
+            child = node.value[step] if 0 <= step < len(node.value) else None
+        if child is None:
+            break
+        node = child
+    return node.start_mark.line + 1, node.start_mark.column + 1
 
 
 def load_yaml(text: str | bytes, filename: str) -> Any:
@@ -168,51 +247,64 @@ def _check_aliases(data: bytes, filename: str) -> None:
 
 
 def pod_sources(
-    doc: Any, where: str, default_kind: str | None = None
-) -> Iterator[PodSource | ManifestError]:
-    """Pods to evaluate from one document; an error for each bad object, in order, so one
-    bad item does not hide the others."""
+    doc: Any, where: str, default_kind: str | None = None, path: tuple = ()
+) -> Iterator[PodSource | Skipped | ManifestError]:
+    """Pods to evaluate from one document; Skipped for what has no pods; an error for each
+    broken object, in order, so one bad item does not hide the others. `path` is where the
+    document sits in its file's root object (a List's items)."""
+    # YAML that is not a Kubernetes object (a compose file, a CI workflow, an Ansible
+    # list) is not ours to judge either: a repository-wide hook sees all of it.
     if not isinstance(doc, dict):
-        yield ManifestError(f"{where}: expected a Kubernetes object, got {type(doc).__name__}")
+        yield Skipped("(not a Kubernetes object)", where)
         return
     kind = doc.get("kind", default_kind)
     if not isinstance(kind, str) or not kind:
-        yield ManifestError(f"{where}: no kind")
+        yield Skipped("(no kind)", where)
         return
     kind = inert(kind, 100)  # it is printed in messages
     if kind == "List" or (kind.endswith("List") and "items" in doc):
         items = doc.get("items")
+        if items is None:
+            return  # an empty list, as `kubectl get` prints one
         if not isinstance(items, list):
             yield ManifestError(f"{where}: {kind}.items must be a list")
             return
         item_kind = kind[:-4] if kind != "List" else None
         for i, item in enumerate(items):
-            yield from pod_sources(item, f"{where}, items[{i}]", item_kind)
+            yield from pod_sources(item, f"{where}, items[{i}]", item_kind, (*path, "items", i))
         return
     meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
     name = meta.get("name") if isinstance(meta.get("name"), str) else ""
+    generate = meta.get("generateName") if isinstance(meta.get("generateName"), str) else ""
+    name = name or (f"{generate}*" if generate else "")
     namespace = meta.get("namespace") if isinstance(meta.get("namespace"), str) else ""
     namespace = namespace or "default"
     label = inert(f"{where} ({kind} {namespace}/{name or '?'})", 400)
     if kind == "Pod":
-        yield PodSource(kind, namespace, name, doc, label)
+        yield PodSource(kind, namespace, name, doc, label, (*path, "spec"))
         return
-    path = WORKLOAD_KINDS[kind].template if kind in WORKLOAD_KINDS else None
-    if path is None:
-        yield ManifestError(
-            f"{label}: kind {kind} has no pods to evaluate "
-            f"(expected one of {', '.join(KNOWN_KINDS)}, or a List)"
-        )
+    template = WORKLOAD_KINDS[kind].template if kind in WORKLOAD_KINDS else None
+    if template is None:
+        yield Skipped(kind, label)  # not ours to judge: no pods
         return
     node: Any = doc
-    for step in path:
+    for step in template:
         node = node.get(step) if isinstance(node, dict) else None
+    spec = node.get("spec") if isinstance(node, dict) else None
+    if node is None or spec is None or (isinstance(spec, dict) and not spec.get("containers")):
+        # No template, or one without containers: a patch (Kustomize), not a workload.
+        yield Skipped(f"{kind} (partial)", label)
+        return
     if not isinstance(node, dict):
-        yield ManifestError(f"{label}: {'.'.join(path)} is missing or not an object")
+        yield ManifestError(f"{label}: {'.'.join(template)} is not an object")
         return
     tmeta = node.get("metadata") if isinstance(node.get("metadata"), dict) else {}
     pod = {
-        "metadata": {"name": name, "namespace": namespace, "labels": tmeta.get("labels") or {}},
-        "spec": node.get("spec"),
+        "metadata": {
+            "name": meta.get("name") if isinstance(meta.get("name"), str) else "",
+            "namespace": namespace,
+            "labels": tmeta.get("labels") or {},
+        },
+        "spec": spec,
     }
-    yield PodSource(kind, namespace, name, pod, label)
+    yield PodSource(kind, namespace, name, pod, label, (*path, *template, "spec"))

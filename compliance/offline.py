@@ -1,11 +1,18 @@
-"""Offline evaluation of manifest files: the service behind `manage.py evaluate`.
+"""Offline evaluation of manifest files: the service behind `welkin-evaluate` and
+`manage.py evaluate`, the CI gate. No Django here (registry lookups come in through
+`prepare` / `users_for` when the caller has them).
 
-Reads files, evaluates every pod (or pod template) in them and returns one report plus the
-errors found on the way; errors in one document never hide the results of the others.
+Reads files, evaluates every pod (or pod template) in them and returns one report: the
+objects with each container's verdict and where it is (file, line, column), the documents
+skipped because they are not ours to judge (a Service, a ConfigMap, a custom resource, a
+Kustomize patch), and the errors of really broken input. Errors in one document never hide
+the results of the others.
 """
 
 from __future__ import annotations
 
+import fnmatch
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,33 +21,121 @@ import orjson
 
 from compliance import controls, gate, runas
 from compliance.manifests import (
+    Located,
     ManifestError,
     PodSource,
+    Skipped,
     gc_paused,
-    parse_documents,
+    parse_located,
     pod_sources,
+    position,
 )
-from compliance.vocabulary import STATES
+from compliance.runas import CONTAINER_LISTS
+from compliance.vocabulary import BLOCKED, ROOT, STATE, STATES, UNVERIFIED
+
+DEFAULT_FAIL_ON = (ROOT, BLOCKED)
+_SPEC_KEY = {ctype: key for key, ctype, _ in CONTAINER_LISTS}
+
+
+def parse_fail_on(value: str) -> tuple[str, ...]:
+    """`root,blocked` -> the states that fail the gate; ValueError naming an unknown one."""
+    states = tuple(s.strip() for s in value.split(",") if s.strip())
+    unknown = [s for s in states if s not in STATE]
+    if unknown or not states:
+        raise ValueError(
+            f"--fail-on {value!r}: unknown state {', '.join(map(repr, unknown)) or '(none)'}; "
+            f"expected some of {', '.join(STATES)}"
+        )
+    return states
 
 
 @dataclass
 class OfflineReport:
-    """The evaluated objects, a count per state, and the input errors."""
+    """The evaluated objects, a count per state, what was skipped, and the input errors."""
 
     objects: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     summary: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATES, 0))
+    skipped: Counter = field(default_factory=Counter)  # kind -> documents
+    unknown_users: int = 0  # unverified containers whose image user is unknown
+    lookup_errors: dict[str, str] = field(default_factory=dict)  # image -> why not known
+
+    def failing(self, fail_on: Iterable[str] = DEFAULT_FAIL_ON) -> int:
+        """How many containers are in a state that fails the gate."""
+        return sum(self.summary[s] for s in set(fail_on))
 
     @property
     def has_violations(self) -> bool:
-        return bool(self.summary["root"] or self.summary["blocked"])
+        return bool(self.failing())
 
     def as_dict(self) -> dict[str, Any]:
-        return {"objects": self.objects, "summary": self.summary, "errors": self.errors}
+        return {
+            "objects": self.objects,
+            "summary": self.summary,
+            "skipped": dict(sorted(self.skipped.items())),
+            "unknown_image_users": self.unknown_users,
+            "lookup_errors": self.lookup_errors,
+            "errors": self.errors,
+        }
+
+
+class ImageUsers:
+    """Image users given on the command line: exact images, then patterns.
+
+    An entry is an image as written in the pod (`nginx:1.27`), a repository without tag or
+    digest (`nginx` matches every tag of nginx), or a shell-style pattern (`ghcr.io/acme/*`).
+    Exact entries win; then repositories; then patterns in the order given. `rule_for`
+    says which entry decided.
+    """
+
+    def __init__(self, entries: Mapping[str, str] | None = None):
+        self.exact: dict[str, str] = {}
+        self.patterns: list[tuple[str, str]] = []
+        for key, user in (entries or {}).items():
+            if any(ch in key for ch in "*?["):
+                self.patterns.append((key, user))
+            else:
+                self.exact[key] = user
+
+    def match(self, image: str) -> tuple[str, str] | None:
+        """(entry, user) for an image, or None."""
+        if image in self.exact:
+            return image, self.exact[image]
+        repository = _repository(image)
+        if repository in self.exact:
+            return repository, self.exact[repository]
+        for pattern, user in self.patterns:
+            if fnmatch.fnmatchcase(image, pattern):
+                return pattern, user
+        return None
+
+    def resolved(self, pods: Iterable[dict]) -> tuple[dict[str, str], dict[str, str]]:
+        """({image: user}, {image: the entry that decided}) for these pods' images."""
+        users, rules = {}, {}
+        for pod in pods:
+            spec = pod.get("spec") if isinstance(pod, dict) else None
+            for key, _, _ in CONTAINER_LISTS:
+                for c in (spec.get(key) or []) if isinstance(spec, dict) else []:
+                    image = c.get("image") if isinstance(c, dict) else None
+                    if isinstance(image, str) and image not in users:
+                        found = self.match(image)
+                        if found is not None:
+                            rules[image], users[image] = found
+        return users, rules
+
+
+def _repository(image: str) -> str:
+    """`nginx:1.27` -> `nginx`; `reg:5000/a/b@sha256:...` -> `reg:5000/a/b`."""
+    name = image.split("@", 1)[0]
+    head, sep, last = name.rpartition("/")
+    return f"{head}{sep}{last.split(':', 1)[0]}"
 
 
 def evaluate_object(
-    pod: dict, image_users: Mapping[str, str], sources: Mapping[str, str] | None = None
+    pod: dict,
+    image_users: Mapping[str, str],
+    sources: Mapping[str, str] | None = None,
+    notes: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """One pod's verdicts in the JSON shape of `evaluate --format json` (kind/name aside)."""
     verdict = runas.evaluate_pod(pod, image_users, sources)
@@ -49,6 +144,8 @@ def evaluate_object(
         "containers": [
             {
                 **c.as_dict(),
+                "image_user_note": (notes or {}).get(c.image),
+                "needs_root": c.needs_root,
                 "controls": list(controls.controls_for(c.state)),
                 "remediation": controls.remediation(c),
             }
@@ -60,65 +157,110 @@ def evaluate_object(
 UsersFor = Callable[[dict], tuple[Mapping[str, str], Mapping[str, str]]]
 
 
+@dataclass
+class Lookups:
+    """Registry lookups for `--resolve`: filled per document by `prepare`, read per pod
+    (for its platform) by `users_for`; `notes` says where each image's user came from or
+    why it is unknown."""
+
+    prepare: Callable[[list[dict]], None]
+    users_for: UsersFor
+    notes: Mapping[str, str]
+
+
 def evaluate_inputs(
     inputs: Iterable[tuple[str, bytes]],
-    image_users: Mapping[str, str],
-    sources: Mapping[str, str] | None = None,
-    prepare: Callable[[list[dict]], None] | None = None,
-    users_for: UsersFor | None = None,
+    image_users: Mapping[str, str] | ImageUsers,
+    lookups: Lookups | None = None,
 ) -> OfflineReport:
-    """Evaluate (filename, content) pairs into one report. `prepare`, when given, sees each
-    document's pods before they are evaluated (registry lookups fill image_users);
-    `users_for`, when given, picks (image users, sources) per pod, for its platform (an
-    image index can run a different USER per architecture), as a scan does."""
+    """Evaluate (filename, content) pairs into one report."""
+    given = image_users if isinstance(image_users, ImageUsers) else ImageUsers(image_users)
     report = OfflineReport()
     # Everything built here is acyclic; without the pause, full collections rescan the
     # parsed files' tens of millions of objects again and again (4x slower at 100k pods).
     with gc_paused():
         for filename, data in inputs:
-            _evaluate_file(report, filename, data, image_users, sources, prepare, users_for)
+            _evaluate_file(report, filename, data, given, lookups)
     return report
 
 
 def _evaluate_file(
-    report: OfflineReport,
-    filename: str,
-    data: bytes,
-    image_users: Mapping[str, str],
-    sources: Mapping[str, str] | None,
-    prepare: Callable[[list[dict]], None] | None,
-    users_for: UsersFor | None,
+    report: OfflineReport, filename: str, data: bytes, given: ImageUsers, lookups: Lookups | None
 ) -> None:
     try:
-        docs = parse_documents(data, filename)
+        docs = parse_located(data, filename)
     except ManifestError as e:
         report.errors.append(str(e))
         return
     for n, doc in enumerate(docs, 1):
         where = f"{filename}: document {n}" if len(docs) > 1 else filename
-        items = [_checked(item) for item in pod_sources(doc, where)]
-        if prepare is not None:
-            prepare([i.pod for i in items if not isinstance(i, ManifestError)])
+        items = [_checked(item) for item in pod_sources(doc.data, where)]
+        pods = [i.pod for i in items if isinstance(i, PodSource)]
+        supplied, rules = given.resolved(pods)
+        if lookups is not None:
+            lookups.prepare(pods)
         for item in items:
-            if isinstance(item, ManifestError):
+            if isinstance(item, Skipped):
+                report.skipped[item.kind] += 1
+            elif isinstance(item, ManifestError):
                 report.errors.append(str(item))
-                continue
-            users, srcs = users_for(item.pod) if users_for else (image_users, sources)
-            try:
-                result = evaluate_object(item.pod, users, srcs)
-            except ValueError as e:
-                report.errors.append(f"{item.where}: {e}")
-                continue
-            report.objects.append(
-                {"kind": item.kind, "namespace": item.namespace, "name": item.name, **result}
-            )
-            for c in result["containers"]:
-                report.summary[c["state"]] += 1
+            else:
+                _evaluate_item(report, filename, doc, item, supplied, rules, lookups)
 
 
-def _checked(item: PodSource | ManifestError) -> PodSource | ManifestError:
+def _evaluate_item(
+    report: OfflineReport,
+    filename: str,
+    doc: Located,
+    item: PodSource,
+    supplied: dict[str, str],
+    rules: dict[str, str],
+    lookups: Lookups | None,
+) -> None:
+    users: Mapping[str, str] = supplied
+    sources: Mapping[str, str] | None = None
+    notes: dict[str, str] = {image: f"supplied ({rule})" for image, rule in rules.items()}
+    if lookups is not None:
+        found, found_sources = lookups.users_for(item.pod)
+        # What the command line gives wins over what a registry says.
+        users, sources = {**found, **supplied}, {**found_sources}
+        notes = {**lookups.notes, **notes}
+    try:
+        result = evaluate_object(item.pod, users, sources, notes)
+    except ValueError as e:
+        report.errors.append(f"{item.where}: {e}")
+        return
+    line = position(doc.node, item.spec_path)
+    report.objects.append(
+        {
+            "kind": item.kind,
+            "namespace": item.namespace,
+            "name": item.name,
+            "file": filename,
+            "line": line[0] if line else None,
+            **result,
+        }
+    )
+    counters: Counter = Counter()
+    for c in result["containers"]:
+        key = _SPEC_KEY[c["type"]]
+        c["file"] = filename
+        c["line"], c["column"] = position(doc.node, (*item.spec_path, key, counters[key])) or (
+            None,
+            None,
+        )
+        counters[key] += 1
+        report.summary[c["state"]] += 1
+        if c["state"] == UNVERIFIED and c["image_user"] is None:
+            report.unknown_users += 1
+            note = notes.get(c["image"])
+            if lookups is not None and note and not note.startswith(("registry", "supplied")):
+                report.lookup_errors[c["image"]] = note
+
+
+def _checked(item: PodSource | Skipped | ManifestError) -> PodSource | Skipped | ManifestError:
     """The gate's rules (compliance/gate.py) for a manifest's names, images and strings."""
-    if isinstance(item, ManifestError):
+    if not isinstance(item, PodSource):
         return item
     try:
         gate.check_pod(item.pod, listed=False)
@@ -128,7 +270,7 @@ def _checked(item: PodSource | ManifestError) -> PodSource | ManifestError:
 
 
 def parse_image_user_args(values: Iterable[str]) -> dict[str, str]:
-    """`IMAGE=USER` pairs; `IMAGE=` means the image has no USER."""
+    """`IMAGE=USER` pairs; `IMAGE=` means the image has no USER; IMAGE may be a pattern."""
     out = {}
     for value in values:
         image, sep, user = value.partition("=")
@@ -141,7 +283,7 @@ def parse_image_user_args(values: Iterable[str]) -> dict[str, str]:
 
 
 def parse_image_users_file(data: bytes, filename: str) -> dict[str, str]:
-    """A JSON object {image: user} with string values."""
+    """A JSON object {image or pattern: user} with string values."""
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as e:

@@ -108,6 +108,7 @@ def _values(g: WorkloadGroup) -> dict[str, Any]:
             "run_as_user_name": c.run_as_user_name,
             "run_as_user_from": c.run_as_user_from,
             "run_as_non_root_from": c.run_as_non_root_from,
+            "needs_root": c.needs_root,
             "image_note": g.note,
         },
     }

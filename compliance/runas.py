@@ -262,6 +262,7 @@ class ContainerVerdict:
     # Where the effective runAsUser/runAsNonRoot came from: "pod", "container" or None.
     run_as_user_from: str | None = None
     run_as_non_root_from: str | None = None
+    needs_root: str | None = None  # "is privileged", "adds capabilities SYS_ADMIN"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -321,6 +322,7 @@ class _Container:
     type: str
     image: str
     sc: SecurityContext
+    needs_root: str | None = None
 
 
 def _containers(spec: Mapping, path: str) -> list[_Container]:
@@ -336,8 +338,25 @@ def _containers(spec: Mapping, path: str) -> list[_Container]:
                 raise ValueError(f"{cpath}.name: required")
             image = _get(raw, "image", str, cpath) or ""
             sc = SecurityContext.parse(raw.get("securityContext"), cpath + ".securityContext")
-            out.append(_Container(name, ctype, image, sc))
+            out.append(_Container(name, ctype, image, sc, _needs_root(raw.get("securityContext"))))
     return out
+
+
+def _needs_root(sc: Any) -> str | None:
+    """Why a container is built to run as uid 0, or None: privileged, or capabilities added
+    that a non-root process does not get (all but NET_BIND_SERVICE, the one PSA restricted
+    allows). Moving such a container to runAsUser 1000 would break it."""
+    if not isinstance(sc, dict):
+        return None
+    if sc.get("privileged") is True:
+        return "is privileged"
+    caps = sc.get("capabilities")
+    added = caps.get("add") if isinstance(caps, dict) else None
+    if isinstance(added, list):
+        names = sorted({c for c in added if isinstance(c, str)} - {"NET_BIND_SERVICE"})
+        if names:
+            return "adds capabilities " + ", ".join(n[:40] for n in names[:8])
+    return None
 
 
 def _statuses(status: Any) -> dict[tuple[str, str], dict]:
@@ -485,6 +504,7 @@ def _evaluate_container(
         run_as_user_name=eff.run_as_user_name,
         run_as_user_from=_origin(c.sc.run_as_user, pod_sc.run_as_user),
         run_as_non_root_from=_origin(c.sc.run_as_non_root, pod_sc.run_as_non_root),
+        needs_root=c.needs_root,
     )
 
 

@@ -160,14 +160,16 @@ def test_it_colours_nothing_when_not_a_terminal(files):
         ("", "the file is empty"),
         ("{not json", "invalid JSON"),
         ("a: [b\n", "invalid YAML at line"),
-        ("kind: Service\nmetadata: {name: s}\n", "kind Service has no pods to evaluate"),
-        ("- 1\n- 2\n", "expected a Kubernetes object"),
+        (
+            "kind: Deployment\nmetadata: {name: d}\nspec:\n  template:\n    spec:\n"
+            "      containers: {name: a}\n",
+            "spec.containers: expected a list",
+        ),
         (
             "kind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - {name: a, image: x, "
             "securityContext: {runAsUser: root}}\n",
             "spec.containers[0].securityContext.runAsUser: expected an integer, got string",
         ),
-        ("kind: Deployment\nmetadata: {name: d}\nspec: {}\n", "spec.template is missing"),
     ],
 )
 def test_it_names_what_is_wrong_and_exits_2(files, text, message):

@@ -1,0 +1,417 @@
+"""`welkin-evaluate`: the runAs check for CI pipelines, pre-commit and offline review.
+
+Runs without Django, a database or server secrets (only `--resolve` sets Django up, for
+the registry settings and cache when there is a database). `manage.py evaluate` is the same
+command. Exit status: 0 when no container is in a `--fail-on` state, 1 when some are,
+2 on broken input (named, with the other documents still reported).
+
+Formats: a table for people (default), JSON (documented in the README), SARIF 2.1.0 (code
+scanning), JUnit XML (test reports) and GitHub workflow annotations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import IO, Any
+from xml.etree import ElementTree as ET
+
+import orjson
+
+from compliance import __version__, controls, offline
+from compliance.vocabulary import COMPLIANT, NONCOMPLIANT, STATE, STATES
+
+FORMATS = ("table", "json", "sarif", "junit", "github")
+TOOL = "welkin-evaluate"
+
+
+class UsageError(Exception):
+    """Bad options or an unwritable output: a message and exit 2."""
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """The options, on a new parser or on manage.py's (which has --version already)."""
+    standalone = parser is None
+    parser = parser or argparse.ArgumentParser(
+        prog=TOOL,
+        description="Evaluate Kubernetes manifests (JSON or YAML; Kustomize and Helm output "
+        "on stdin) for each container's effective runAs state. Exit 0: no container in a "
+        "--fail-on state; 1: some; 2: broken input.",
+    )
+    parser.add_argument("files", nargs="*", metavar="FILE", help="'-' (or none) reads stdin")
+    parser.add_argument(
+        "--image-user",
+        action="append",
+        default=[],
+        metavar="IMAGE=USER",
+        help="the image's configured USER (IMAGE= for none); IMAGE may be a repository "
+        "(nginx: every tag) or a pattern (ghcr.io/acme/*)",
+    )
+    parser.add_argument("--image-users", metavar="FILE", help="a JSON object {image: user}")
+    parser.add_argument("--format", choices=FORMATS, default="table")
+    parser.add_argument("-o", "--output", metavar="FILE", help="write there, not to stdout")
+    parser.add_argument(
+        "--fail-on",
+        default=",".join(offline.DEFAULT_FAIL_ON),
+        metavar="STATES",
+        help=f"states that fail the gate (default root,blocked; any of {', '.join(STATES)})",
+    )
+    parser.add_argument(
+        "--resolve",
+        action="store_true",
+        help="look image users up in their registries (public ones need no settings)",
+    )
+    if standalone:
+        parser.add_argument("--version", action="version", version=f"{TOOL} {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console script: parse, run, return the exit status."""
+    args = build_parser().parse_args(argv)
+    return run(vars(args), sys.stdout, sys.stderr)
+
+
+def run(options: dict[str, Any], stdout: IO[str], stderr: IO[str]) -> int:
+    try:
+        fail_on = offline.parse_fail_on(options["fail_on"])
+        given = {}
+        if options.get("image_users"):
+            path = options["image_users"]
+            given.update(offline.parse_image_users_file(_read(path), path))
+        given.update(offline.parse_image_user_args(options.get("image_user") or []))
+    except (ValueError, OSError) as e:
+        stderr.write(f"error: {getattr(e, 'strerror', None) or e}\n")
+        return 2
+    names = options.get("files") or ["-"]
+    inputs, read_errors = [], []
+    for name in names:
+        try:
+            inputs.append((name if name != "-" else "<stdin>", _read(name)))
+        except OSError as e:
+            read_errors.append(f"{name}: cannot read: {e.strerror or e}")
+    if options.get("resolve"):
+        report = _resolved(inputs, given, stderr)
+    else:
+        report = offline.evaluate_inputs(inputs, given)
+    report.errors[:0] = read_errors
+    try:
+        _write(options, report, fail_on, stdout)
+    except UsageError as e:
+        stderr.write(f"error: {e}\n")
+        return 2
+    for error in report.errors:
+        stderr.write(f"error: {error}\n")
+    if report.errors:
+        return 2
+    return 1 if report.failing(fail_on) else 0
+
+
+def _resolved(inputs, given, stderr) -> offline.OfflineReport:
+    """Registry lookups need Django (settings, the optional cache): set it up now."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "welkin_dash.settings")
+    os.environ.setdefault("WELKIN_OFFLINE_COMMAND", "1")
+    import django
+
+    django.setup()
+    from compliance import images
+
+    resolver = images.offline_resolver({})
+    if resolver.offline_note:
+        stderr.write(f"note: {resolver.offline_note}\n")
+    try:
+        lookups = offline.Lookups(resolver.prepare, resolver.users_for, resolver.notes)
+        return offline.evaluate_inputs(inputs, given, lookups)
+    finally:
+        resolver.close()
+
+
+def _read(name: str) -> bytes:
+    if name == "-":
+        return sys.stdin.buffer.read()
+    with open(name, "rb") as f:
+        return f.read()
+
+
+def _write(options: dict, report: offline.OfflineReport, fail_on, stdout: IO[str]) -> None:
+    fmt = options.get("format") or "table"
+    text = {
+        "table": lambda: table(
+            report, fail_on, colour=stdout.isatty() and not options.get("output")
+        ),
+        "json": lambda: (
+            orjson.dumps(
+                {**report.as_dict(), "fail_on": list(fail_on), "failed": report.failing(fail_on)},
+                option=orjson.OPT_INDENT_2,
+            ).decode()
+            + "\n"
+        ),
+        "sarif": lambda: (
+            orjson.dumps(sarif(report, fail_on), option=orjson.OPT_INDENT_2).decode() + "\n"
+        ),
+        "junit": lambda: junit(report, fail_on),
+        "github": lambda: github(report, fail_on),
+    }[fmt]()
+    if not options.get("output"):
+        stdout.write(text)
+        return
+    try:
+        with open(options["output"], "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise UsageError(f"{options['output']}: cannot write: {e.strerror or e}") from None
+
+
+# --- the table ----------------------------------------------------------------------------
+
+
+def _identity(c: dict) -> str:
+    if c["uid"] is not None:
+        return f"uid {c['uid']} ({c['evidence']})"
+    if c["image_user"] is not None:
+        return f"user {c['image_user'] or '<none>'!s}"
+    return "identity unknown"
+
+
+def _where(c: dict) -> str:
+    return f"{c['file']}:{c['line']}:{c['column']}" if c.get("line") else c.get("file", "")
+
+
+def table(report: offline.OfflineReport, fail_on, colour: bool = False) -> str:
+    rows = [c for o in report.objects for c in o["containers"]]
+    w_name = max([len(c["name"]) for c in rows] + [4])
+    w_who = max([len(_identity(c)) for c in rows] + [8])
+    lines = []
+    for obj in report.objects:
+        psa = obj["psa_restricted"]
+        verdict = "allowed" if psa["allowed"] else "denied: " + "; ".join(psa["violations"])
+        lines.append(f"{obj['kind']} {obj['namespace']}/{obj['name']}  [PSA restricted {verdict}]")
+        for c in obj["containers"]:
+            state = f"{c['state']:<10}"
+            if colour:
+                state = f"\x1b[{STATE[c['state']].ansi}m{state}\x1b[0m"
+            lines.append(
+                f"  {state}  {c['type']:<9} {c['name']:<{w_name}}  {_identity(c):<{w_who}}  "
+                f"{c['image']}  {_where(c)}"
+            )
+            if c["kubelet_error"]:
+                lines.append(f"      kubelet: {c['kubelet_error']}")
+            if c["state"] != COMPLIANT:
+                lines.append(f"      fix: {c['remediation']['summary']}")
+    s = report.summary
+    lines.append("")
+    lines.append(", ".join(f"{s[k]} {k}" for k in s))
+    if report.skipped:
+        lines.append(
+            "skipped (not workloads): "
+            + ", ".join(f"{n} {kind}" for kind, n in sorted(report.skipped.items()))
+        )
+    lines.extend(_advice(report))
+    failing = report.failing(fail_on)
+    lines.append(
+        f"gate (--fail-on {','.join(fail_on)}): "
+        + (f"FAILED, {failing} container{'s' if failing != 1 else ''}" if failing else "passed")
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _advice(report: offline.OfflineReport) -> list[str]:
+    out = []
+    if report.unknown_users:
+        out.append(
+            f"{report.unknown_users} container{'s are' if report.unknown_users != 1 else ' is'} "
+            "unverified because the image's user is unknown: --resolve looks it up in the "
+            "image's registry (public registries need no settings), or give it with "
+            "--image-user IMAGE=USER."
+        )
+    for image, why in sorted(report.lookup_errors.items()):
+        out.append(f"could not look up {image}: {why}")
+    return out
+
+
+# --- SARIF 2.1.0 --------------------------------------------------------------------------
+
+
+def _rule(state: str) -> dict[str, Any]:
+    term = STATE[state]
+    rows = [
+        f"- {c.id} (ISO/IEC 27001:2022 {c.id_2022}) {c.title}: {controls.rationale(state, c.id)}"
+        for c in (controls.CONTROLS[i] for i in controls.controls_for(state))
+    ]
+    help_text = (
+        f"{term.description}\n\nISO/IEC 27001 controls:\n" + "\n".join(rows) + "\n\n"
+        "How to fix: give the image a numeric non-root USER (USER 1000 in the Dockerfile) or "
+        "set securityContext.runAsUser: 1000, and set runAsNonRoot: true. Each result's "
+        "message says what to do for that container."
+    )
+    return {
+        "id": f"welkin/{state}",
+        "name": term.label.replace(" ", ""),
+        "shortDescription": {"text": term.label},
+        "fullDescription": {"text": term.description},
+        "help": {"text": help_text, "markdown": help_text},
+        "defaultConfiguration": {"level": "error" if term.severity >= 3 else "warning"},
+        "properties": {"tags": ["security", "kubernetes", *controls.controls_for(state)]},
+    }
+
+
+def _message(c: dict) -> str:
+    text = f"{c['type']} container {c['name']} ({c['image']}): {STATE[c['state']].label}. "
+    if c["kubelet_error"]:
+        text += f"The kubelet says: {c['kubelet_error']}. "
+    return text + c["remediation"]["summary"]
+
+
+def sarif(report: offline.OfflineReport, fail_on) -> dict[str, Any]:
+    rules = [_rule(s) for s in NONCOMPLIANT]
+    index = {r["id"]: i for i, r in enumerate(rules)}
+    results = []
+    for obj in report.objects:
+        for c in obj["containers"]:
+            if c["state"] == COMPLIANT:
+                continue
+            location: dict[str, Any] = {"artifactLocation": {"uri": _uri(c["file"])}}
+            if c.get("line"):
+                location["region"] = {"startLine": c["line"], "startColumn": c["column"]}
+            rule = f"welkin/{c['state']}"
+            results.append(
+                {
+                    "ruleId": rule,
+                    "ruleIndex": index[rule],
+                    "level": "error" if c["state"] in fail_on else "warning",
+                    "message": {"text": _message(c)},
+                    "locations": [
+                        {
+                            "physicalLocation": location,
+                            "logicalLocations": [
+                                {
+                                    "name": c["name"],
+                                    "fullyQualifiedName": f"{obj['kind']}/{obj['namespace']}/"
+                                    f"{obj['name']}/{c['name']}",
+                                    "kind": "object",
+                                }
+                            ],
+                        }
+                    ],
+                    "properties": {
+                        "controls": c["controls"],
+                        "steps": c["remediation"]["steps"],
+                    },
+                }
+            )
+    notifications = [
+        {"level": "error", "message": {"text": error}, "descriptor": {"id": "input"}}
+        for error in report.errors
+    ]
+    return {
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "version": "2.1.0",
+        "runs": [
+            {
+                "tool": {
+                    "driver": {
+                        "name": TOOL,
+                        "version": __version__,
+                        "rules": rules,
+                    }
+                },
+                "invocations": [
+                    {
+                        "executionSuccessful": not report.errors,
+                        "toolExecutionNotifications": notifications,
+                    }
+                ],
+                "results": results,
+            }
+        ],
+    }
+
+
+def _uri(path: str) -> str:
+    """A relative URI for a file named on the command line (as code scanning expects)."""
+    if path == "<stdin>":
+        return "stdin"
+    rel = os.path.relpath(path) if os.path.isabs(path) else path
+    return rel.replace(os.sep, "/").removeprefix("./")
+
+
+# --- JUnit XML ----------------------------------------------------------------------------
+
+
+def junit(report: offline.OfflineReport, fail_on) -> str:
+    cases = []
+    failures = 0
+    for obj in report.objects:
+        for c in obj["containers"]:
+            case = ET.Element(
+                "testcase",
+                classname=f"{c['file']}.{obj['kind']}.{obj['namespace']}.{obj['name']}",
+                name=f"{c['type']} container {c['name']}",
+                file=c["file"],
+            )
+            if c.get("line"):
+                case.set("line", str(c["line"]))
+            if c["state"] in fail_on:
+                failures += 1
+                failure = ET.SubElement(
+                    case, "failure", message=_message(c), type=STATE[c["state"]].label
+                )
+                failure.text = "\n".join(
+                    [_where(c), *c["remediation"]["steps"], *(c["controls"] or [])]
+                )
+            elif c["state"] != COMPLIANT:
+                ET.SubElement(case, "system-out").text = _message(c)
+            cases.append(case)
+    for error in report.errors:
+        case = ET.Element("testcase", classname="input", name=error[:200])
+        ET.SubElement(case, "error", message=error, type="broken input")
+        cases.append(case)
+    suite = ET.Element(
+        "testsuite",
+        name=TOOL,
+        tests=str(len(cases)),
+        failures=str(failures),
+        errors=str(len(report.errors)),
+        skipped="0",
+    )
+    suite.extend(cases)
+    root = ET.Element("testsuites", name=TOOL)
+    root.append(suite)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+# --- GitHub workflow commands --------------------------------------------------------------
+
+
+def _gh_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _gh_property(text: str) -> str:
+    return _gh_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def github(report: offline.OfflineReport, fail_on) -> str:
+    lines = []
+    for obj in report.objects:
+        for c in obj["containers"]:
+            if c["state"] == COMPLIANT:
+                continue
+            level = "error" if c["state"] in fail_on else "warning"
+            props = [f"file={_gh_property(c['file'])}"]
+            if c.get("line"):
+                props += [f"line={c['line']}", f"col={c['column']}"]
+            title = f"{STATE[c['state']].label}: {obj['kind']} {obj['name']}/{c['name']}"
+            props.append(f"title={_gh_property(title)}")
+            lines.append(f"::{level} {','.join(props)}::{_gh_data(_message(c))}")
+    for error in report.errors:
+        lines.append(f"::error title=broken input::{_gh_data(error)}")
+    s = report.summary
+    lines.append(f"::notice title={TOOL}::" + _gh_data(", ".join(f"{s[k]} {k}" for k in s)))
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -40,7 +40,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "on stdin) for each container's effective runAs state. Exit 0: no container in a "
         "--fail-on state; 1: some; 2: broken input.",
     )
-    parser.add_argument("files", nargs="*", metavar="FILE", help="'-' (or none) reads stdin")
+    parser.add_argument(
+        "files",
+        nargs="*",
+        metavar="FILE",
+        help="files or folders (their .yaml, .yml and .json files); '-' (or none) reads stdin",
+    )
     parser.add_argument(
         "--image-user",
         action="append",
@@ -85,7 +90,7 @@ def run(options: dict[str, Any], stdout: IO[str], stderr: IO[str]) -> int:
     except (ValueError, OSError) as e:
         stderr.write(f"error: {getattr(e, 'strerror', None) or e}\n")
         return 2
-    names = options.get("files") or ["-"]
+    names = _expand(options.get("files") or ["-"])
     inputs, read_errors = [], []
     for name in names:
         try:
@@ -126,6 +131,24 @@ def _resolved(inputs, given, stderr) -> offline.OfflineReport:
         return offline.evaluate_inputs(inputs, given, lookups)
     finally:
         resolver.close()
+
+
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def _expand(names: Sequence[str]) -> list[str]:
+    """Files as given; a directory stands for its YAML and JSON files, recursively."""
+    out = []
+    for name in names:
+        if name != "-" and os.path.isdir(name):
+            for folder, dirs, files in os.walk(name):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                out.extend(
+                    os.path.join(folder, f) for f in sorted(files) if f.endswith(MANIFEST_SUFFIXES)
+                )
+        else:
+            out.append(name)
+    return out
 
 
 def _read(name: str) -> bytes:

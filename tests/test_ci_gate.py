@@ -249,3 +249,9 @@ def test_pre_commit_runs_the_hook_on_a_repository(tmp_path):
     assert p.returncode == 1, p.stdout + p.stderr  # the root init container fails it
     assert "welkin-dash runAs check" in p.stdout and "Failed" in p.stdout
     assert "gate (--fail-on root,blocked): FAILED, 1 container" in p.stdout
+
+
+def test_a_folder_stands_for_its_manifests():
+    code, doc, _ = as_json(".")  # tests/fixtures/ci: app.yaml and helm.yaml
+    assert {o["file"] for o in doc["objects"]} == {"./app.yaml", "./helm.yaml"}
+    assert code == 1

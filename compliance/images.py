@@ -95,6 +95,7 @@ class ImageResolver:
         )
         self.cache_hits = 0
         self.lookups = 0
+        self.failures = 0  # lookups the registry did not answer with a user
         self.seconds = 0.0  # spent in prepare: cache reads, registry lookups, cache writes
         self.offline_note = ""  # why `evaluate --resolve` runs without the database
 
@@ -214,6 +215,8 @@ class ImageResolver:
         for key, w in todo:
             ref = w.refs[0]
             res = results[(ref, w.platform)]
+            if res.error:
+                self.failures += 1
             if res.error and ("unreachable" in res.error or "timed out" in res.error):
                 self._failed_hosts[ref.domain] = res.error
             expires_at = self._expiry(ref, res, now)

@@ -312,6 +312,7 @@ def _resolver() -> images.ImageResolver:
 def _image_timings(resolver: images.ImageResolver) -> dict[str, float]:
     return {
         "images_looked_up": resolver.lookups,
+        "registry_failures": resolver.failures,
         "image_cache_hits": resolver.cache_hits,
         "registry_requests": resolver.client.requests,
         "images_s": round(resolver.seconds, 3),

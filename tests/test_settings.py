@@ -61,7 +61,7 @@ def test_it_names_the_bad_variable(env, message):
 def test_it_loads_with_good_values():
     p = load_settings(
         DEBUG="0",
-        SECRET_KEY="s" * 50,
+        SECRET_KEY="a-production-secret-key-of-fifty-characters-or-more",
         DATABASE_URL="postgres://u:p@h:1/db",
         WELKIN_FERNET_KEYS="Ab5_" * 10 + "xyz=",
         WELKIN_SIGNING_KEY=SIGNING,

@@ -7,12 +7,14 @@ SQLite under ./var and scans in-process (no broker needed).
 
 import base64
 import binascii
-import hashlib
+import ipaddress
+import json
 import os
-from collections.abc import Callable
+import secrets
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -86,16 +88,77 @@ def database_from_url(url: str, name: str = "DATABASE_URL") -> dict:
     }
 
 
+def development_keys(path: Path) -> dict[str, str]:
+    """The keys of a first look (DEBUG): random, generated once into `path` (mode 0600)
+    and read from there afterwards, never derived from anything in the source. Written to
+    a temporary file and linked into place, so two processes starting at once agree."""
+    if not path.exists():
+        from cryptography.fernet import Fernet
+
+        keys = {
+            "SECRET_KEY": secrets.token_urlsafe(50),
+            "WELKIN_SIGNING_KEY": base64.b64encode(os.urandom(32)).decode(),
+            "WELKIN_FERNET_KEYS": Fernet.generate_key().decode(),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(keys, f, indent=2)
+                f.write("\n")
+            try:
+                os.link(part, path)
+            except FileExistsError:
+                pass  # another process was first: use its keys
+        finally:
+            part.unlink(missing_ok=True)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+    try:
+        keys = json.loads(path.read_text())
+        if not all(isinstance(keys.get(k), str) for k in DEVELOPMENT_KEY_NAMES):
+            raise ValueError
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"{path}: not a development key file (delete it to generate new keys)"
+        ) from None
+    return keys
+
+
+DEVELOPMENT_KEY_NAMES = ("SECRET_KEY", "WELKIN_SIGNING_KEY", "WELKIN_FERNET_KEYS")
+
 DEBUG = env_bool("DEBUG", False)
+VAR_DIR = Path(env_str("WELKIN_VAR_DIR", str(BASE_DIR / "var")))
 # `manage.py evaluate` (set by manage.py) is a CI tool: it needs no server secrets and no
 # database, so missing keys are not an error there (nothing in it signs or decrypts).
 OFFLINE_COMMAND = env_bool("WELKIN_OFFLINE_COMMAND", False)
 NEEDS_KEYS = not DEBUG and not OFFLINE_COMMAND
-SECRET_KEY = env_str("SECRET_KEY")
-if not SECRET_KEY:
+DEVELOPMENT_KEYS_FILE = VAR_DIR / "development-keys.json"
+_dev_keys: dict[str, str] = {}
+
+
+def server_key(name: str, generate: str) -> str:
+    """A key the server needs: from the environment; required when DEBUG is off (but not
+    for `manage.py evaluate`, which signs and decrypts nothing); for a first look (DEBUG)
+    a random one kept in ./var (see development_keys), so nothing needs setting up."""
+    value = env_str(name, "")
+    if value:
+        return value
     if NEEDS_KEYS:
-        raise ImproperlyConfigured("SECRET_KEY is required when DEBUG is off")
-    SECRET_KEY = "insecure-development-key-for-debug-only" if DEBUG else ""
+        raise ImproperlyConfigured(
+            f"{name} is required when DEBUG is off (generate one with `{generate}`)"
+        )
+    if not DEBUG:
+        return ""
+    if not _dev_keys:
+        _dev_keys.update(development_keys(DEVELOPMENT_KEYS_FILE))
+    return _dev_keys[name]
+
+
+SECRET_KEY = server_key(
+    "SECRET_KEY", "python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
@@ -114,15 +177,9 @@ DATABASE_URL = env_str("DATABASE_URL")
 EMBEDDED = not DATABASE_URL
 if DATABASE_URL:
     DATABASES = {"default": database_from_url(DATABASE_URL)}
-elif (
-    OFFLINE_COMMAND
-    and not (
-        Path(env_str("WELKIN_VAR_DIR", str(BASE_DIR / "var"))) / "welkin-dash.sqlite3"
-    ).exists()
-):
+elif OFFLINE_COMMAND and not (VAR_DIR / "welkin-dash.sqlite3").exists():
     DATABASES = {"default": {"ENGINE": "django.db.backends.dummy"}}  # no database
 else:
-    VAR_DIR = Path(env_str("WELKIN_VAR_DIR", str(BASE_DIR / "var")))
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
         "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": VAR_DIR / "welkin-dash.sqlite3"}
@@ -139,6 +196,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "csp",
     "compliance",
 ]
 
@@ -162,13 +220,18 @@ SPECTACULAR_SETTINGS = {
 }
 
 MIDDLEWARE = [
+    # /healthz, /readyz and /metrics: answered first, before host checks, redirects and
+    # sessions (probes and scrapers address the pod by IP, over plain HTTP).
+    "compliance.ops.OpsEndpoints",
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     # Serves the collected static files (vendored JS, CSS) under gunicorn, without a CDN.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "compliance.sessions.SessionLifetime",
     "compliance.params.BadParameterMiddleware",
     "compliance.middleware.LoginRequired",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -213,6 +276,17 @@ try:  # collectstatic fills it in the image; before that WhiteNoise wants it to 
 except OSError:
     pass
 WHITENOISE_USE_FINDERS = DEBUG
+# Collected static files (the image) get hashed names and a year of caching; without a
+# collected manifest (make run, tests) plain names are served from the source folders.
+STATIC_MANIFEST = env_bool("WELKIN_STATIC_MANIFEST", (STATIC_ROOT / "staticfiles.json").exists())
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if STATIC_MANIFEST
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
 
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
@@ -229,10 +303,92 @@ CACHES = {
         else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
     )
 }
+# --- HTTP security: production defaults when DEBUG is off, each one configurable -------
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
+SESSION_COOKIE_HTTPONLY = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", not DEBUG)
+
+
+def proxy_ssl_header(name: str) -> tuple[str, str] | None:
+    """SECURE_PROXY_SSL_HEADER=X-Forwarded-Proto (or X-Forwarded-Proto=https): the header
+    a TLS-terminating proxy sets, and its value for HTTPS. Only behind a proxy that sets
+    it on every request (and strips it from clients)."""
+    raw = (env_str(name, "") or "").strip()
+    if not raw:
+        return None
+    header, _, value = raw.partition("=")
+    header, value = header.strip(), value.strip() or "https"
+    if not header or not all(c.isalnum() or c == "-" for c in header):
+        raise ImproperlyConfigured(
+            f"{name}={raw!r}: expected a header name, e.g. X-Forwarded-Proto or "
+            "X-Forwarded-Proto=https"
+        )
+    return "HTTP_" + header.upper().replace("-", "_"), value
+
+
+SECURE_PROXY_SSL_HEADER = proxy_ssl_header("SECURE_PROXY_SSL_HEADER")
+
+# Content-Security-Policy (django-csp 4): every script and style is ours and a file under
+# /static/ (htmx and Chart.js are vendored), so nothing inline runs or applies.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
+if env_str("WELKIN_CSP_REPORT_URI"):
+    CONTENT_SECURITY_POLICY["DIRECTIVES"]["report-uri"] = [env_str("WELKIN_CSP_REPORT_URI")]
+
+# Logins: a session ends after WELKIN_SESSION_IDLE_SECONDS without a request (background
+# polling does not count) and WELKIN_SESSION_MAX_SECONDS after the login, whichever is first.
+WELKIN_SESSION_IDLE_SECONDS = env_int("WELKIN_SESSION_IDLE_SECONDS", 30 * 60, minimum=60)
+WELKIN_SESSION_MAX_SECONDS = env_int("WELKIN_SESSION_MAX_SECONDS", 8 * 3600, minimum=60)
+SESSION_COOKIE_AGE = WELKIN_SESSION_MAX_SECONDS
+
+# --- operations: /healthz, /readyz, /metrics ---------------------------------------------
+# /metrics answers a request with `Authorization: Bearer WELKIN_METRICS_TOKEN`, or from an
+# address in WELKIN_METRICS_ALLOWED_NETWORKS (CIDRs, the TCP peer, never a forwarded
+# header); with neither set it answers nobody.
+WELKIN_METRICS_TOKEN = env_str("WELKIN_METRICS_TOKEN", "")
+if WELKIN_METRICS_TOKEN and len(WELKIN_METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("WELKIN_METRICS_TOKEN: at least 16 characters")
+
+
+def env_networks(
+    name: str, default: list[str]
+) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    nets = []
+    for item in env_list(name, default):
+        try:
+            nets.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ImproperlyConfigured(f"{name}: {item!r} is not a network (a CIDR)") from None
+    return nets
+
+
+WELKIN_METRICS_ALLOWED_NETWORKS = env_networks(
+    "WELKIN_METRICS_ALLOWED_NETWORKS", ["127.0.0.1/32", "::1/128"] if DEBUG else []
+)
+# A namespace label on the findings metrics multiplies their series by the namespaces.
+WELKIN_METRICS_NAMESPACES = env_bool("WELKIN_METRICS_NAMESPACES", False)
+WELKIN_METRICS_QUEUES = env_list("WELKIN_METRICS_QUEUES", ["celery"])
+WELKIN_READYZ_TIMEOUT = env_int("WELKIN_READYZ_TIMEOUT", 2, minimum=1)
 
 # Celery. Embedded mode runs tasks in-process so a first look needs no broker.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
@@ -251,31 +407,9 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 
-def server_key(
-    name: str,
-    derived_from: bytes,
-    generate: str,
-    encode: Callable[[bytes], bytes] = base64.b64encode,
-) -> str:
-    """A key the server needs: from the environment; required when DEBUG is off (but not
-    for `manage.py evaluate`, which signs and decrypts nothing); for a first look (DEBUG)
-    derived from SECRET_KEY and `derived_from`, so nothing needs setting up."""
-    value = env_str(name, "")
-    if value:
-        return value
-    if NEEDS_KEYS:
-        raise ImproperlyConfigured(
-            f"{name} is required when DEBUG is off (generate one with `{generate}`)"
-        )
-    if not DEBUG:
-        return ""
-    return encode(hashlib.sha256(derived_from + SECRET_KEY.encode()).digest()).decode()
-
-
 # Reports are signed with an Ed25519 key: base64 of its 32-byte private seed.
 WELKIN_SIGNING_KEY = server_key(
     "WELKIN_SIGNING_KEY",
-    b"welkin-dash report signing:",
     "python -c 'import os, base64; print(base64.b64encode(os.urandom(32)).decode())'",
 )
 try:
@@ -283,6 +417,10 @@ try:
         raise ValueError
 except (ValueError, binascii.Error):
     raise ImproperlyConfigured("WELKIN_SIGNING_KEY: expected base64 of 32 bytes") from None
+# A manifest signed with the key of a first look says so (and so does its verification).
+WELKIN_DEVELOPMENT_SIGNING_KEY = bool(
+    WELKIN_SIGNING_KEY and WELKIN_SIGNING_KEY == _dev_keys.get("WELKIN_SIGNING_KEY")
+)
 
 # Scanning.
 # Fernet keys for credentials at rest, comma separated: the first encrypts, all decrypt.
@@ -291,14 +429,28 @@ WELKIN_FERNET_KEYS = env_list("WELKIN_FERNET_KEYS", []) or [
     for k in [
         server_key(
             "WELKIN_FERNET_KEYS",
-            b"welkin-dash credentials:",
             "python -c 'from cryptography.fernet import Fernet; "
             "print(Fernet.generate_key().decode())'",
-            base64.urlsafe_b64encode,
         )
     ]
     if k
 ]
+
+
+def check_fernet_keys(name: str, keys: list[str]) -> None:
+    """Each key must be a Fernet key: a bad one stops start-up here, not the first scan."""
+    for i, key in enumerate(keys, 1):
+        try:
+            if len(base64.urlsafe_b64decode(key.encode("ascii"))) != 32:
+                raise ValueError
+        except (ValueError, binascii.Error):
+            raise ImproperlyConfigured(
+                f"{name}: key {i} of {len(keys)} is not a Fernet key (32 url-safe "
+                "base64-encoded bytes, as Fernet.generate_key() makes)"
+            ) from None
+
+
+check_fernet_keys("WELKIN_FERNET_KEYS", WELKIN_FERNET_KEYS)
 WELKIN_PAGE_LIMIT = env_int("WELKIN_PAGE_LIMIT", 500, minimum=1)
 WELKIN_KUBE_TIMEOUT = env_int("WELKIN_KUBE_TIMEOUT", 60, minimum=1)
 WELKIN_SCAN_TIME_LIMIT = env_int("WELKIN_SCAN_TIME_LIMIT", 1800, minimum=10)
@@ -340,3 +492,10 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }
+
+# Checked last, so a missing key is named before a weak one.
+if not DEBUG and SECRET_KEY and (len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5):
+    raise ImproperlyConfigured(
+        "SECRET_KEY: at least 50 characters, at least 5 of them different (generate one with "
+        "`python -c 'import secrets; print(secrets.token_urlsafe(50))'`)"
+    )

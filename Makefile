@@ -6,9 +6,9 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/welkin_dash
 TEST_BROKER_URL ?= redis://127.0.0.1:6379/13
 export DJANGO_SETTINGS_MODULE := welkin_dash.settings
 
-.PHONY: install run test lint bench-evaluate bench-scan bench-registry bench-dashboard bench-export services
+.PHONY: install run test lint bench-evaluate bench-scan bench-registry bench-dashboard bench-export services deploy-check image
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-runtime.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt
@@ -57,3 +57,17 @@ bench-dashboard: install services
 
 bench-export: install services
 	$(BIN)/python -m tests.bench.bench_export
+
+# Kubernetes: render every overlay, check each pod template with our own guardrail and
+# PSA restricted, validate against the Kubernetes OpenAPI schemas, check the alert rules.
+deploy-check: install services
+	DEBUG=1 $(BIN)/pytest -q -p no:cacheprovider tests/test_deploy.py
+
+# The image, with whichever builder this machine has (no Docker engine is needed: buildah
+# or podman build it rootless).
+IMAGE ?= welkin-dash:latest
+image:
+	@if command -v buildah >/dev/null; then buildah bud --layers -t $(IMAGE) .; \
+	elif command -v podman >/dev/null; then podman build -t $(IMAGE) .; \
+	elif command -v docker >/dev/null && docker info >/dev/null 2>&1; then docker build -t $(IMAGE) .; \
+	else echo "image: no buildah, podman or Docker engine here" >&2; exit 1; fi

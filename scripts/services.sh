@@ -40,4 +40,16 @@ fi
 command -v docker-registry >/dev/null || { echo "services: installing docker-registry" >&2; apt_install docker-registry; }
 # ... and a real browser for the page tests (Playwright drives Debian's Chromium).
 command -v chromium >/dev/null || { echo "services: installing chromium" >&2; apt_install chromium; }
+# ... and promtool, to check the alert rules in deploy/ (tests/test_deploy.py). Only the tool
+# is taken from Debian's prometheus package: installing the package would start a server.
+if ! command -v promtool >/dev/null; then
+  echo "services: installing promtool (from Debian's prometheus package)" >&2
+  if [ "$apt_updated" = 0 ]; then apt-get update -qq; apt_updated=1; fi
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download -qq prometheus 2>/dev/null) \
+    && dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x" \
+    && install -m 0755 "$tmp/x/usr/bin/promtool" /usr/local/bin/promtool
+  rm -rf "$tmp"
+  command -v promtool >/dev/null || { echo "services: could not install promtool" >&2; exit 1; }
+fi
 echo "services: PostgreSQL and Redis are up" >&2

@@ -14,7 +14,13 @@ SIGNING = "A" * 43 + "="  # base64 of 32 zero bytes
 
 
 def load_settings(**env):
-    full = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DEBUG")}
+    # Not inherited: what the test decides (WELKIN_OFFLINE_COMMAND may be left in this
+    # process's environment by an in-process `welkin-evaluate --resolve`).
+    full = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "DEBUG", "WELKIN_OFFLINE_COMMAND")
+    }
     full.update(env)
     return subprocess.run(
         [sys.executable, "-c", "import welkin_dash.settings"],

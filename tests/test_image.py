@@ -75,9 +75,10 @@ class Image:
         }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def image(tmp_path_factory) -> Image:
-    """Run the build stage's instructions; check the run-time stage's."""
+    """Run the build stage's instructions; check the run-time stage's. Once per session:
+    pytest-django runs this module's transactional tests apart from the others."""
     img = Image(tmp_path_factory.mktemp("image"))
     img.tmp.mkdir()
     img.exports.mkdir()

@@ -61,6 +61,8 @@ bench-export: install services
 # Kubernetes: render every overlay, check each pod template with our own guardrail and
 # PSA restricted, validate against the Kubernetes OpenAPI schemas, check the alert rules.
 deploy-check: install services
+	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} \
+	CELERY_BROKER_URL=$${CELERY_BROKER_URL:-$(TEST_BROKER_URL)} \
 	DEBUG=1 $(BIN)/pytest -q -p no:cacheprovider tests/test_deploy.py
 
 # The image, with whichever builder this machine has (no Docker engine is needed: buildah

@@ -423,6 +423,14 @@ def test_a_first_look_generates_its_keys_once_into_var(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
+def test_a_first_look_that_cannot_keep_its_keys_says_where(tmp_path):
+    (tmp_path / "var").write_text("a file where the folder should be")
+    p = run_manage("check", env={"DEBUG": "1", "WELKIN_VAR_DIR": str(tmp_path / "var")})
+    assert p.returncode == 2
+    assert "SECRET_KEY: not set, and no development key can be kept in" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
 @pytest.mark.django_db
 def test_a_manifest_signed_with_a_development_key_says_so(settings, history, tmp_path):
     r = reports.point_in_time(reports_scope(), None, None, None)

@@ -152,7 +152,13 @@ def server_key(name: str, generate: str) -> str:
     if not DEBUG:
         return ""
     if not _dev_keys:
-        _dev_keys.update(development_keys(DEVELOPMENT_KEYS_FILE))
+        try:
+            _dev_keys.update(development_keys(DEVELOPMENT_KEYS_FILE))
+        except OSError as e:
+            raise ImproperlyConfigured(
+                f"{name}: not set, and no development key can be kept in "
+                f"{DEVELOPMENT_KEYS_FILE} ({e.strerror}); set it, or WELKIN_VAR_DIR"
+            ) from None
     return _dev_keys[name]
 
 

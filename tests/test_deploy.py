@@ -415,3 +415,20 @@ def test_every_metric_the_rules_and_dashboard_use_is_served(
     # The text format names a counter's family without _total.
     served |= {n + "_total" for n in served}
     assert used - served == set()
+
+
+def test_docker_compose_runs_the_image_locked_down_and_local():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"postgres", "redis", "migrate", "web", "worker", "beat"}
+    for name in ("migrate", "web", "worker", "beat"):
+        s = services[name]
+        assert s["user"] == "10001:10001" and s["read_only"] is True, name
+        assert s["cap_drop"] == ["ALL"] and s["security_opt"] == ["no-new-privileges:true"]
+        assert s["environment"]["DEBUG"] == "0"
+        if name != "migrate":
+            assert s["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+            assert s["restart"] == "unless-stopped" and "healthcheck" in s, name
+    assert services["web"]["ports"] == ["127.0.0.1:8000:8000"]  # this machine only
+    assert "--pidfile=/tmp/celerybeat.pid" in services["beat"]["command"]
+    assert "--scheduler=welkin_dash.celery:HeartbeatScheduler" in services["beat"]["command"]

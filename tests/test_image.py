@@ -366,3 +366,57 @@ def test_metrics_are_summed_over_gunicorns_workers(served, history):
         assert samples[("welkin_exports_total", (("format", "csv"), ("result", "ok")))] == 4
         assert samples[("welkin_export_duration_seconds_count", (("format", "csv"),))] == 4
         assert samples[("welkin_cluster_last_scan_failed", (("cluster", "airgap"),))] == 0
+
+
+def test_every_module_imports_in_the_image(image):
+    """Nothing the code imports is missing from requirements-runtime.txt."""
+    code = "; ".join(
+        [
+            "import django, importlib, pkgutil",
+            "django.setup()",
+            "names = [m.name for p in ('compliance', 'welkin_dash') "
+            "for m in pkgutil.walk_packages([p], prefix=p + '.')]",
+            "[importlib.import_module(n) for n in names if n != 'welkin_dash.gunicorn']",
+            "print(len(names))",
+        ]
+    )
+    p = subprocess.run(
+        [str(image.venv / "bin" / "python"), "-c", code],
+        cwd=image.app,
+        env=image.env(**PRODUCTION_ENV, DJANGO_SETTINGS_MODULE="welkin_dash.settings"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stderr
+    assert int(p.stdout) > 40
+
+
+def test_the_image_checks_its_own_manifests(image):
+    """`manage.py evaluate` in the image, on the Kubernetes manifests that run it."""
+    from tests.test_deploy import render
+
+    p = subprocess.run(
+        [
+            str(image.venv / "bin" / "python"),
+            "manage.py",
+            "evaluate",
+            "--image-user",
+            "registry.example.com/welkin-dash=10001",
+            "--image-user",
+            "postgres=",
+            "--image-user",
+            "redis=",
+            "--fail-on",
+            "unenforced,root,blocked,unverified",
+            "-",
+        ],
+        input=render("trial"),
+        cwd=image.app,
+        env={"PATH": f"{image.venv}/bin:/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "8 compliant, 0 unenforced, 0 root, 0 blocked, 0 unverified" in p.stdout

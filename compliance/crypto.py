@@ -2,9 +2,9 @@
 
 WELKIN_FERNET_KEYS is a comma-separated list of Fernet keys: the first encrypts, all
 decrypt, so a key is rotated by putting the new one first and running
-`manage.py rotate_credentials`. With DEBUG on and no keys set, a key is derived from
-SECRET_KEY so a first look needs no set-up; without DEBUG the variable is required
-(settings.py decides, at start-up).
+`manage.py rotate_credentials`. With DEBUG on and no keys set, a random key is generated
+once into ./var/development-keys.json so a first look needs no set-up; without DEBUG the
+variable is required, and every key is checked at start-up (settings.py).
 """
 
 from __future__ import annotations

@@ -116,11 +116,18 @@ def run(options: dict[str, Any], stdout: IO[str], stderr: IO[str]) -> int:
 
 def _resolved(inputs, given, stderr) -> offline.OfflineReport:
     """Registry lookups need Django (settings, the optional cache): set it up now."""
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "welkin_dash.settings")
-    os.environ.setdefault("WELKIN_OFFLINE_COMMAND", "1")
     import django
+    from django.conf import settings
 
-    django.setup()
+    if not settings.configured:  # welkin-evaluate: set up for this process only
+        saved = dict(os.environ)
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "welkin_dash.settings")
+        os.environ.setdefault("WELKIN_OFFLINE_COMMAND", "1")
+        try:
+            django.setup()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
     from compliance import images
 
     resolver = images.offline_resolver({})

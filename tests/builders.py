@@ -98,6 +98,25 @@ def deployment(fake, ns, name, image, replicas=3, pod_sc=None, container_sc=None
         fake.state.put(p)
 
 
+def mixed_fleet(fake) -> None:
+    """Deployments in every state across two namespaces, and a bare root pod."""
+    deployment(fake, "shop", "web", "nginx", 3, container_sc={"runAsUser": 0})
+    deployment(
+        fake, "shop", "api", "api", 2, container_sc={"runAsNonRoot": True, "runAsUser": 1000}
+    )
+    deployment(
+        fake,
+        "shop",
+        "cart",
+        "cart",
+        2,
+        pod_sc={"runAsNonRoot": True},
+        container_sc={"runAsUser": 0},
+    )
+    deployment(fake, "data", "etl", "etl", 4, container_sc={"runAsUser": 1000})
+    fake.state.put(podgen.pod("data", "debug", "busybox", {}, {"runAsUser": 0}))
+
+
 # --- a history of snapshots ---------------------------------------------------------------
 
 T0 = dt.datetime(2026, 11, 1, 10, 0, tzinfo=dt.UTC)

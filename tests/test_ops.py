@@ -18,7 +18,7 @@ from compliance import exports, reports, scanning, sessions
 from compliance.controls import CONTROLS, MAPPING
 from compliance.models import Finding, ScanRun
 from tests import podgen
-from tests.builders import FAST, deployment
+from tests.builders import FAST, deployment, mixed_fleet
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "a-metrics-token-for-tests-0123456789"
@@ -134,22 +134,8 @@ def test_metrics_need_the_token_or_an_allowed_network(client, metrics_settings):
 @pytest.fixture
 def fleet(fake_kube):
     """Every state, a CronJob's pod, and one object the gate rejects."""
-    deployment(fake_kube, "shop", "web", "nginx", 3, container_sc={"runAsUser": 0})
-    deployment(
-        fake_kube, "shop", "api", "api", 2, container_sc={"runAsNonRoot": True, "runAsUser": 1000}
-    )
-    deployment(
-        fake_kube,
-        "shop",
-        "cart",
-        "cart",
-        2,
-        pod_sc={"runAsNonRoot": True},
-        container_sc={"runAsUser": 0},
-    )
-    deployment(fake_kube, "data", "etl", "etl", 4, container_sc={"runAsUser": 1000})
+    mixed_fleet(fake_kube)
     deployment(fake_kube, "data", "report", "report", 1)  # image user unknown: unverified
-    fake_kube.state.put(podgen.pod("data", "debug", "busybox", {}, {"runAsUser": 0}))
     bad = podgen.pod("data", "hostile", "busybox", {}, {})
     bad["spec"]["containers"][0]["name"] = "Not_A_DNS_Label"
     fake_kube.state.put(bad)

@@ -9,7 +9,7 @@ from django.db import connection
 from compliance import scanning
 from compliance.models import Cluster, DailyRollup, Finding, FindingEvent, ScanRun
 from tests import podgen
-from tests.builders import FAST, deployment
+from tests.builders import FAST, deployment, mixed_fleet
 from tests.fakekube import Fault
 
 ROOT_SC = {"runAsUser": 0}
@@ -33,19 +33,7 @@ def open_findings(cluster):
 
 @pytest.fixture
 def fleet(fake_kube):
-    deployment(fake_kube, "shop", "web", "nginx", 3, container_sc=ROOT_SC)
-    deployment(fake_kube, "shop", "api", "api", 2, container_sc=GOOD_SC)
-    deployment(
-        fake_kube,
-        "shop",
-        "cart",
-        "cart",
-        2,
-        pod_sc={"runAsNonRoot": True},
-        container_sc={"runAsUser": 0},
-    )
-    deployment(fake_kube, "data", "etl", "etl", 4, container_sc={"runAsUser": 1000})
-    fake_kube.state.put(podgen.pod("data", "debug", "busybox", {}, ROOT_SC))
+    mixed_fleet(fake_kube)
     # CronJob -> Job -> Pod
     ns = "data"
     fake_kube.state.put(podgen.job(ns, "nightly-29000000", "nightly"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 from collections.abc import Sequence
 from typing import IO, Any
@@ -21,6 +22,7 @@ from xml.etree import ElementTree as ET
 import orjson
 
 from compliance import __version__, controls, offline
+from compliance.gate import inert
 from compliance.vocabulary import COMPLIANT, NONCOMPLIANT, STATE, STATES
 
 FORMATS = ("table", "json", "sarif", "junit", "github")
@@ -93,10 +95,12 @@ def run(options: dict[str, Any], stdout: IO[str], stderr: IO[str]) -> int:
     names = _expand(options.get("files") or ["-"])
     inputs, read_errors = [], []
     for name in names:
+        # A file name is data too (a pull request chooses it): shown inert, never raw.
+        shown = "<stdin>" if name == "-" else inert(name, 500)
         try:
-            inputs.append((name if name != "-" else "<stdin>", _read(name)))
-        except OSError as e:
-            read_errors.append(f"{name}: cannot read: {e.strerror or e}")
+            inputs.append((shown, _read(name)))
+        except (OSError, ValueError) as e:
+            read_errors.append(f"{shown}: cannot read: {getattr(e, 'strerror', None) or e}")
     if options.get("resolve"):
         report = _resolved(inputs, given, stderr)
     else:
@@ -108,7 +112,7 @@ def run(options: dict[str, Any], stdout: IO[str], stderr: IO[str]) -> int:
         stderr.write(f"error: {e}\n")
         return 2
     for error in report.errors:
-        stderr.write(f"error: {error}\n")
+        stderr.write(f"error: {inert(error, 4000)}\n")
     if report.errors:
         return 2
     return 1 if report.failing(fail_on) else 0
@@ -144,25 +148,37 @@ MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 def _expand(names: Sequence[str]) -> list[str]:
-    """Files as given; a directory stands for its YAML and JSON files, recursively."""
+    """Files as given; a directory stands for its YAML and JSON files, recursively, not
+    following symbolic links (they could lead out of the repository, or to a device)."""
     out = []
     for name in names:
         if name != "-" and os.path.isdir(name):
             for folder, dirs, files in os.walk(name):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                out.extend(
-                    os.path.join(folder, f) for f in sorted(files) if f.endswith(MANIFEST_SUFFIXES)
-                )
+                for f in sorted(files):
+                    path = os.path.join(folder, f)
+                    if f.endswith(MANIFEST_SUFFIXES) and not os.path.islink(path):
+                        out.append(path)
         else:
             out.append(name)
     return out
 
 
+INPUT_MAX_BYTES = 1 << 30  # a manifest file larger than 1 GiB is refused
+
+
 def _read(name: str) -> bytes:
     if name == "-":
-        return sys.stdin.buffer.read()
-    with open(name, "rb") as f:
-        return f.read()
+        data = sys.stdin.buffer.read(INPUT_MAX_BYTES + 1)
+    else:
+        # Checked before opening: opening a FIFO for reading would wait for a writer.
+        if not stat.S_ISREG(os.stat(name).st_mode):
+            raise ValueError("not a regular file")
+        with open(name, "rb") as f:
+            data = f.read(INPUT_MAX_BYTES + 1)
+    if len(data) > INPUT_MAX_BYTES:
+        raise ValueError(f"larger than {INPUT_MAX_BYTES:,} bytes")
+    return data
 
 
 def _write(options: dict, report: offline.OfflineReport, fail_on, stdout: IO[str]) -> None:
@@ -377,7 +393,7 @@ def junit(report: offline.OfflineReport, fail_on) -> str:
         for c in obj["containers"]:
             case = ET.Element(
                 "testcase",
-                classname=f"{c['file']}.{obj['kind']}.{obj['namespace']}.{obj['name']}",
+                classname=inert(f"{c['file']}.{obj['kind']}.{obj['namespace']}.{obj['name']}"),
                 name=f"{c['type']} container {c['name']}",
                 file=c["file"],
             )

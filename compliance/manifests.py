@@ -247,7 +247,9 @@ def position(node: Any, path: tuple) -> tuple[int, int] | None:
     for step in path:
         child = None
         if isinstance(node, yaml.MappingNode) and isinstance(step, str):
-            child = next((v for k, v in node.value if getattr(k, "value", None) == step), None)
+            # The last of duplicate keys: the one the parsers keep.
+            matches = [v for k, v in node.value if getattr(k, "value", None) == step]
+            child = matches[-1] if matches else None
         elif isinstance(node, yaml.SequenceNode) and isinstance(step, int):
             child = node.value[step] if 0 <= step < len(node.value) else None
         if child is None:
@@ -355,6 +357,7 @@ def pod_sources(
     pod = {
         "metadata": {
             "name": meta.get("name") if isinstance(meta.get("name"), str) else "",
+            "generateName": meta.get("generateName"),  # the gate checks it too
             "namespace": namespace,
             "labels": tmeta.get("labels") or {},
         },

@@ -254,7 +254,7 @@ def _evaluate_item(
         if c["state"] == UNVERIFIED and c["image_user"] is None:
             report.unknown_users += 1
             note = notes.get(c["image"])
-            if lookups is not None and note and not note.startswith(("registry", "supplied")):
+            if lookups is not None and note:  # the user is unknown: the note says why
                 report.lookup_errors[c["image"]] = note
 
 

@@ -255,3 +255,69 @@ def test_a_folder_stands_for_its_manifests():
     code, doc, _ = as_json(".")  # tests/fixtures/ci: app.yaml and helm.yaml
     assert {o["file"] for o in doc["objects"]} == {"./app.yaml", "./helm.yaml"}
     assert code == 1
+
+
+# --- found by an attack review -----------------------------------------------------------
+
+
+def test_a_file_name_cannot_inject_workflow_commands_or_escapes(tmp_path):
+    folder = tmp_path / "inj"
+    folder.mkdir()
+    (folder / "x\n::error file=evil.yaml,line=1::INJECTED\n::add-mask::foo\n.yaml").write_text("")
+    (folder / "y\x1b[2J\n::warning::fromstdout.yaml").write_text(
+        (FIXTURES / "helm.yaml").read_text()
+    )
+    for fmt in ("table", "github", "junit", "sarif"):
+        code, out, err = evaluate("--format", fmt, folder)
+        assert code == 2
+        for line in (out + err).splitlines():
+            assert not line.startswith(("::add-mask", "::warning::from", "::error file=evil"))
+        assert "\x1b" not in out + err
+
+
+def test_a_hostile_generate_name_is_refused_everywhere(tmp_path):
+    f = tmp_path / "gen.yaml"
+    f.write_text(
+        'kind: Deployment\nmetadata:\n  generateName: "b\\n::add-mask::x\\e[2J"\nspec:\n'
+        "  template:\n    spec:\n      containers: [{name: a, image: x}]\n"
+    )
+    code, out, err = evaluate(f, cwd=tmp_path)
+    assert code == 2 and "metadata.generateName" in err and "contains control characters" in err
+    assert "\x1b" not in out + err and "\n::add-mask" not in out + err
+    code, out, _ = evaluate("--format", "junit", f, cwd=tmp_path)
+    JUnitXml.fromstring(out)  # well-formed
+
+
+def test_folders_do_not_follow_links_and_special_files_are_refused(tmp_path):
+    folder = tmp_path / "sl"
+    folder.mkdir()
+    (folder / "zero.yaml").symlink_to("/dev/zero")
+    (folder / "passwd.yaml").symlink_to("/etc/passwd")
+    shutil.copy(FIXTURES / "helm.yaml", folder / "helm.yaml")
+    code, doc, _ = as_json(folder)
+    assert code == 0 and {o["file"] for o in doc["objects"]} == {f"{folder}/helm.yaml"}
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    code, _, err = evaluate(fifo, cwd=tmp_path)  # would block forever if read
+    assert code == 2 and "not a regular file" in err
+
+
+def test_duplicate_keys_point_at_what_the_parser_keeps(tmp_path):
+    f = tmp_path / "dup.yaml"
+    f.write_text(
+        "kind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - {name: good, image: x}\n"
+        "  containers:\n  - {name: bad, image: x, securityContext: {runAsUser: 0}}\n"
+    )
+    _, doc, _ = as_json(f, cwd=tmp_path)
+    c = doc["objects"][0]["containers"][0]
+    assert (c["name"], c["line"]) == ("bad", 7)
+
+
+def test_resolve_names_every_failed_registry(tmp_path):
+    pod = tmp_path / "pod.yaml"
+    pod.write_text(
+        "kind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n"
+        "  - {name: a, image: 'registry.invalid:1/app:1'}\n"
+    )
+    _, doc, _ = as_json("--resolve", pod, cwd=tmp_path)
+    assert "registry.invalid:1" in doc["lookup_errors"]["registry.invalid:1/app:1"]

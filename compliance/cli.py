@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import stat
 import sys
 from collections.abc import Sequence
 from typing import IO, Any
@@ -23,6 +22,7 @@ import orjson
 
 from compliance import __version__, controls, offline
 from compliance.gate import inert
+from compliance.manifests import read_input
 from compliance.vocabulary import COMPLIANT, NONCOMPLIANT, STATE, STATES
 
 FORMATS = ("table", "json", "sarif", "junit", "github")
@@ -168,17 +168,7 @@ INPUT_MAX_BYTES = 1 << 30  # a manifest file larger than 1 GiB is refused
 
 
 def _read(name: str) -> bytes:
-    if name == "-":
-        data = sys.stdin.buffer.read(INPUT_MAX_BYTES + 1)
-    else:
-        # Checked before opening: opening a FIFO for reading would wait for a writer.
-        if not stat.S_ISREG(os.stat(name).st_mode):
-            raise ValueError("not a regular file")
-        with open(name, "rb") as f:
-            data = f.read(INPUT_MAX_BYTES + 1)
-    if len(data) > INPUT_MAX_BYTES:
-        raise ValueError(f"larger than {INPUT_MAX_BYTES:,} bytes")
-    return data
+    return read_input(name, INPUT_MAX_BYTES)
 
 
 def _write(options: dict, report: offline.OfflineReport, fail_on, stdout: IO[str]) -> None:

@@ -9,6 +9,9 @@ names the file, the document and the field. No Django, no I/O beyond what it is 
 from __future__ import annotations
 
 import gc
+import os
+import stat
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -256,6 +259,28 @@ def position(node: Any, path: tuple) -> tuple[int, int] | None:
             break
         node = child
     return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def read_input(name: str, limit: int) -> bytes:
+    """A file's bytes ('-': standard input), refused (ValueError) when it is not a regular
+    file or holds more than `limit` bytes. Read as it comes: asking read() for `limit`
+    bytes up front would allocate them."""
+    if name == "-":
+        chunks, total = [], 0
+        while chunk := sys.stdin.buffer.read(1 << 20):
+            total += len(chunk)
+            if total > limit:
+                raise ValueError(f"larger than {limit:,} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    # Checked before opening: opening a FIFO for reading would wait for a writer.
+    info = os.stat(name)
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError("not a regular file")
+    if info.st_size > limit:
+        raise ValueError(f"larger than {limit:,} bytes")
+    with open(name, "rb") as f:
+        return f.read()
 
 
 def load_yaml(text: str | bytes, filename: str) -> Any:

@@ -6,6 +6,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from compliance import clusters, params, scanning
+from compliance.manifests import read_input
 from compliance.models import ScanStatus
 
 
@@ -27,12 +28,9 @@ class Command(BaseCommand):
             raise CommandError(str(e)) from None
         at = params.option_moment(options["at"])
         try:
-            limit = settings.WELKIN_SNAPSHOT_MAX_BYTES
-            if options["file"] == "-":
-                data = sys.stdin.buffer.read(limit + 1)
-            else:
-                with open(options["file"], "rb") as f:
-                    data = f.read(limit + 1)  # import_snapshot refuses more, naming it
+            data = read_input(options["file"], settings.WELKIN_SNAPSHOT_MAX_BYTES)
+        except ValueError as e:
+            raise CommandError(f"{options['file']}: {e} (WELKIN_SNAPSHOT_MAX_BYTES)") from None
         except OSError as e:
             raise CommandError(f"{options['file']}: {e.strerror or e}") from None
         try:

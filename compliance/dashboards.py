@@ -3,6 +3,12 @@
 Counts and trends read the daily rollups (never COUNT over findings); lists use keyset
 pagination; each screen's query count is pinned by a test. The fleet overview is cached
 per completed scan: a new scan anywhere changes the key.
+
+Exceptions are applied when read (compliance/acceptance.py): the rollups count every
+non-compliant container; the accepted ones (an approved exception in force now) are
+counted live and shown apart, so "open" is the rollup's count less the accepted. A cached
+overview also keys on the exceptions' version and is used only until the first end date
+of an exception in force, so it is right to the second without any job.
 """
 
 from __future__ import annotations
@@ -19,19 +25,27 @@ from django.db import connection
 from django.db.models import Max, Q, Sum
 from django.utils import timezone
 
-from compliance import access, controls, params
+from compliance import acceptance, access, controls, params
 from compliance.access import Scope
 from compliance.models import (
     Cluster,
     ClusterRollup,
     DailyActivity,
     DailyRollup,
+    ExceptionEvent,
     Finding,
     FindingEvent,
+    RiskException,
     ScanRun,
     ScanStatus,
 )
-from compliance.vocabulary import FINDING_KINDS, NONCOMPLIANT, STATE, STATES_BY_SEVERITY
+from compliance.vocabulary import (
+    FINDING_KINDS,
+    NONCOMPLIANT,
+    REQUESTED,
+    STATE,
+    STATES_BY_SEVERITY,
+)
 
 STATES = STATES_BY_SEVERITY  # display order: worst first
 PAGE_SIZE = 50
@@ -69,8 +83,27 @@ def _counts(scope: Scope, cluster: Cluster | None = None, namespace: str | None 
     return qs.filter(cluster=cluster) if cluster is not None else qs
 
 
-def _scan_marker() -> int:
-    return Cluster.objects.aggregate(m=Max("last_complete_scan_id"))["m"] or 0
+@dataclass(frozen=True)
+class Markers:
+    """What the cached fleet overview depends on, read in one query on every request: the
+    last completed scan, the exceptions' version, and requests waiting for an officer."""
+
+    scan: int
+    exceptions: int
+    pending: int
+
+
+def _markers() -> Markers:
+    cluster, event, exc = (m._meta.db_table for m in (Cluster, ExceptionEvent, RiskException))
+    with connection.cursor() as cur:
+        cur.execute(
+            f"SELECT (SELECT MAX(last_complete_scan_id) FROM {cluster}), "
+            f"(SELECT MAX(id) FROM {event}), "
+            f"(SELECT COUNT(*) FROM {exc} WHERE decision = %s AND ends_at > %s)",
+            [REQUESTED, connection.ops.adapt_datetimefield_value(timezone.now())],
+        )
+        scan, version, pending = cur.fetchone()
+    return Markers(scan or 0, version or 0, pending or 0)
 
 
 # --- fleet ------------------------------------------------------------------------------
@@ -78,13 +111,15 @@ def _scan_marker() -> int:
 
 def fleet_overview(scope: Scope) -> dict[str, Any]:
     """The fleet page: per control, per cluster, what got worse, top namespaces, trends."""
-    key = f"fleet:{scope.key}:{_scan_marker()}"
+    markers = _markers()
+    key = f"fleet:{scope.key}:{markers.scan}:{markers.exceptions}"
     data = cache.get(key)
-    if data is None:
-        data = _fleet_overview(scope)
-        cache.set(key, data, 3600)
-    # Ages move on while the data is cached: they are worked out for each request.
     now = timezone.now()
+    if data is None or not data["accepted"].fresh(now):
+        data = _fleet_overview(scope, markers.exceptions)
+        cache.set(key, data, 3600)
+    data["pending"] = markers.pending
+    # Ages move on while the data is cached: they are worked out for each request.
     for row in data["clusters"]:
         last = row["last_complete"]
         row["age"] = now - last.observed_at if last else None
@@ -92,9 +127,11 @@ def fleet_overview(scope: Scope) -> dict[str, Any]:
     return data
 
 
-def _fleet_overview(scope: Scope) -> dict[str, Any]:
+def _fleet_overview(scope: Scope, version: int) -> dict[str, Any]:
     clusters = list(access.clusters(scope).select_related("last_complete_scan", "last_scan"))
     now = timezone.now()
+    accepted = acceptance.accepted_counts(scope, at=now, version_=version)
+    accepted_by_cluster = accepted.by_cluster_state()
     today = _latest_days(clusters)
     # Each cluster's last rollup day at least a week before its latest.
     # (From the per-cluster rollups when the scope allows: a few rows per cluster and day.)
@@ -106,20 +143,48 @@ def _fleet_overview(scope: Scope) -> dict[str, Any]:
         .values_list("cluster_id", "d")
     )
     rollups = DailyRollup.objects.filter(scope.q())
-    current = _counts(scope).filter(_day_filter(today))
-
     by_cluster: dict[int, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATES, 0))
     pods_by_state: dict[str, int] = dict.fromkeys(STATES, 0)
-    for cluster_id, state, n, pods in (
-        current.values("cluster_id", "state")
-        .annotate(n=Sum("containers"), p=Sum("pods"))
-        .values_list("cluster_id", "state", "n", "p")
-    ):
-        by_cluster[cluster_id][state] = n
-        pods_by_state[state] += pods
-    totals = {s: sum(c[s] for c in by_cluster.values()) for s in STATES}
 
-    ns_rows = _namespace_changes(scope, clusters, today, week_ago, rollups)
+    def count(cluster_id: int, state: str, n: int, pods: int) -> None:
+        by_cluster[cluster_id][state] += n
+        pods_by_state[state] += pods
+
+    if scope.fleet and connection.vendor == "postgresql" and today:
+        # Per-cluster rollups for the counts; namespaces ranked in PostgreSQL.
+        for cluster_id, state, n, pods in (
+            _counts(scope)
+            .filter(_day_filter(today))
+            .values("cluster_id", "state")
+            .annotate(n=Sum("containers"), p=Sum("pods"))
+            .values_list("cluster_id", "state", "n", "p")
+        ):
+            count(cluster_id, state, n, pods)
+        ns_rows = _namespace_changes_sql(
+            {c.pk: c.name for c in clusters}, today, week_ago, _by_namespace(accepted)
+        )
+    else:
+        # One query for both: each namespace's rows on its cluster's latest day and on
+        # the day a week before.
+        detail = list(
+            rollups.filter(_day_filter(today) | _day_filter(week_ago))
+            .values("cluster_id", "namespace", "day", "state")
+            .annotate(n=Sum("containers"), p=Sum("pods"), a=Sum("accepted"))
+            .order_by()
+            .values_list("cluster_id", "namespace", "day", "state", "n", "p", "a")
+        )
+        for cluster_id, _, day, state, n, pods, _ in detail:
+            if day == today.get(cluster_id):
+                count(cluster_id, state, n, pods)
+        ns_rows = _namespace_changes(clusters, today, week_ago, detail, accepted)
+    # Open: not accepted by an exception in force now (counted apart).
+    for cluster_id, states in accepted_by_cluster.items():
+        for state, n in states.items():
+            if cluster_id in by_cluster:
+                by_cluster[cluster_id][state] -= n
+    totals = {s: sum(c[s] for c in by_cluster.values()) for s in STATES}
+    accepted_totals = {s: accepted.total(s) for s in STATES}
+
     worse_rows = sorted(
         (r for r in ns_rows if r["now"] > r["before"]),
         key=lambda r: (r["before"] - r["now"], r["namespace"]),
@@ -135,6 +200,7 @@ def _fleet_overview(scope: Scope) -> dict[str, Any]:
                 "control": control,
                 "states": states,
                 "containers": sum(totals[s] for s in states),
+                "accepted": sum(accepted_totals[s] for s in states),
                 "pods": sum(pods_by_state[s] for s in states),
                 "series": [
                     sum(trend["series"][s][i] for s in states) for i in range(len(trend["days"]))
@@ -146,6 +212,7 @@ def _fleet_overview(scope: Scope) -> dict[str, Any]:
         {
             "cluster": c,
             "counts": by_cluster.get(c.pk, dict.fromkeys(STATES, 0)),
+            "accepted": accepted.total(cluster_id=c.pk),
             "last_complete": c.last_complete_scan,
             "failing": c.last_scan is not None and c.last_scan.status == ScanStatus.FAILED,
         }
@@ -155,6 +222,9 @@ def _fleet_overview(scope: Scope) -> dict[str, Any]:
         "controls": per_control,
         "clusters": cluster_rows,
         "totals": totals,
+        "accepted": accepted,
+        "accepted_total": accepted.total(),
+        "open_total": sum(totals[s] for s in NONCOMPLIANT),
         "worse": worse_rows,
         "top_namespaces": top,
         "trend_days": trend["days"],
@@ -162,23 +232,31 @@ def _fleet_overview(scope: Scope) -> dict[str, Any]:
     }
 
 
+def _by_namespace(accepted: acceptance.Accepted) -> dict[tuple[int, str], int]:
+    """Accepted non-compliant containers per (cluster, namespace), now."""
+    out: dict[tuple[int, str], int] = defaultdict(int)
+    for (cluster_id, ns, state), n in accepted.counts.items():
+        if state in NONCOMPLIANT:
+            out[cluster_id, ns] += n
+    return out
+
+
 def _namespace_changes(
-    scope: Scope, clusters: list[Cluster], today: dict, week_ago: dict, rollups
+    clusters: list[Cluster],
+    today: dict,
+    week_ago: dict,
+    detail: list[tuple],
+    accepted: acceptance.Accepted,
 ) -> list[dict[str, Any]]:
-    """Non-compliant containers per namespace on each cluster's latest day ("now") and a
-    week before ("before"): the rows that can be in the top-10 lists."""
+    """Open (non-compliant, not accepted) containers per namespace on each cluster's latest
+    day ("now": accepted live) and a week before ("before": accepted as that day's scans
+    saw it): the rows that can be in the top-10 lists."""
     names = {c.pk: c.name for c in clusters}
-    if scope.fleet and connection.vendor == "postgresql" and today:
-        return _namespace_changes_sql(names, today, week_ago)
+    now_accepted = _by_namespace(accepted)
     per_ns: dict[tuple[int, str], dict[str, Any]] = {}
-    for cluster_id, ns, day, n in (
-        rollups.filter(state__in=NONCOMPLIANT)
-        .filter(_day_filter(today) | _day_filter(week_ago))
-        .values("cluster_id", "namespace", "day")
-        .annotate(n=Sum("containers"))
-        .order_by()
-        .values_list("cluster_id", "namespace", "day", "n")
-    ):
+    for cluster_id, ns, day, state, n, _, a in detail:
+        if state not in NONCOMPLIANT:
+            continue
         row = per_ns.setdefault(
             (cluster_id, ns),
             {"cluster__name": names[cluster_id], "namespace": ns, "now": 0, "before": 0},
@@ -186,12 +264,14 @@ def _namespace_changes(
         if day == today.get(cluster_id):
             row["now"] += n
         if day == week_ago.get(cluster_id):
-            row["before"] += n
+            row["before"] += n - a
+    for (cluster_id, ns), row in per_ns.items():
+        row["now"] -= now_accepted.get((cluster_id, ns), 0)
     return list(per_ns.values())
 
 
 def _namespace_changes_sql(
-    names: dict[int, str], today: dict, week_ago: dict
+    names: dict[int, str], today: dict, week_ago: dict, now_accepted: dict[tuple[int, str], int]
 ) -> list[dict[str, Any]]:
     """The whole fleet: aggregated and ranked in PostgreSQL, 20 rows back instead of one
     per namespace (tens of thousands at fleet scale)."""
@@ -199,23 +279,35 @@ def _namespace_changes_sql(
         (cid, today[cid], week_ago.get(cid, today[cid] - dt.timedelta(days=3650))) for cid in today
     ]
     values = ", ".join(["(%s, %s::date, %s::date)"] * len(days))
+    # Accepted now, per namespace: subtracted from today's counts before ranking.
+    accepted_rows = [(c, ns, n) for (c, ns), n in now_accepted.items()] or [(0, "", 0)]
+    accepted_values = ", ".join(["(%s::int, %s::text, %s::int)"] * len(accepted_rows))
     table = DailyRollup._meta.db_table
     sql = f"""
         WITH d(cluster_id, today, before) AS (VALUES {values}),
-        g AS (
+        a(cluster_id, namespace, n) AS (VALUES {accepted_values}),
+        g0 AS (
             SELECT r.cluster_id, r.namespace,
                    COALESCE(SUM(r.containers) FILTER (WHERE r.day = d.today), 0) AS now,
-                   COALESCE(SUM(r.containers) FILTER (WHERE r.day = d.before), 0) AS before
+                   COALESCE(SUM(r.containers - r.accepted) FILTER (WHERE r.day = d.before), 0)
+                     AS before
             FROM {table} r JOIN d ON d.cluster_id = r.cluster_id
                                AND r.day IN (d.today, d.before)
             WHERE r.state IN %s AND r.day = ANY(%s::date[])
-            GROUP BY r.cluster_id, r.namespace)
+            GROUP BY r.cluster_id, r.namespace),
+        g AS (
+            SELECT g0.cluster_id, g0.namespace, g0.now - COALESCE(a.n, 0) AS now, g0.before
+            FROM g0 LEFT JOIN a ON a.cluster_id = g0.cluster_id AND a.namespace = g0.namespace)
         (SELECT * FROM g WHERE now > before ORDER BY now - before DESC, namespace LIMIT 10)
         UNION
         (SELECT * FROM g WHERE now > 0 ORDER BY now DESC, namespace LIMIT 10)"""
     # The distinct days (usually two) let the (day, cluster) index pick the rows.
     distinct_days = sorted({d for _, a, b in days for d in (a, b)})
-    params = [v for row in days for v in row] + [tuple(NONCOMPLIANT), distinct_days]
+    params = (
+        [v for row in days for v in row]
+        + [v for row in accepted_rows for v in row]
+        + [tuple(NONCOMPLIANT), distinct_days]
+    )
     with connection.cursor() as cur:
         cur.execute(sql, params)
         return [
@@ -235,17 +327,25 @@ def _before_filter(days: dict[int, dt.date]) -> Q:
 
 
 def _state_series(rollups) -> dict[str, Any]:
-    """Daily totals per state from rollups (one query)."""
-    rows = rollups.values("day", "state").annotate(n=Sum("containers")).order_by("day")
+    """Daily open containers per state, and accepted ones (an exception in force when that
+    day's scans ran), from rollups (one query)."""
+    rows = (
+        rollups.values("day", "state")
+        .annotate(n=Sum("containers"), a=Sum("accepted"))
+        .order_by("day")
+    )
     days: list[dt.date] = []
     series: dict[str, list[int]] = {s: [] for s in STATES}
+    accepted: list[int] = []
     for r in rows:
         if not days or days[-1] != r["day"]:
             days.append(r["day"])
+            accepted.append(0)
             for s in STATES:
                 series[s].append(0)
-        series[r["state"]][-1] = r["n"]
-    return {"days": days, "series": series}
+        series[r["state"]][-1] = r["n"] - r["a"]
+        accepted[-1] += r["a"]
+    return {"days": days, "series": series, "accepted": accepted}
 
 
 # --- cluster ----------------------------------------------------------------------------
@@ -254,13 +354,17 @@ def _state_series(rollups) -> dict[str, Any]:
 def cluster_overview(scope: Scope, cluster: Cluster) -> dict[str, Any]:
     """The cluster page: namespaces with counts by state, scan history, trend."""
     day = _latest_days([cluster]).get(cluster.pk)
+    accepted = acceptance.accepted_counts(scope, cluster).by_namespace_state(cluster.pk)
     namespaces: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATES, 0))
     if day:
         for ns, state, n in DailyRollup.objects.filter(
             scope.q(), cluster=cluster, day=day
         ).values_list("namespace", "state", "containers"):
-            namespaces[ns][state] = n
-    rows = sorted(namespaces.items(), key=lambda kv: (-sum(kv[1][s] for s in NONCOMPLIANT), kv[0]))
+            namespaces[ns][state] = n - accepted.get(ns, {}).get(state, 0)
+    rows = sorted(
+        ((ns, counts, sum(accepted.get(ns, {}).values())) for ns, counts in namespaces.items()),
+        key=lambda row: (-sum(row[1][s] for s in NONCOMPLIANT), row[0]),
+    )
     scans = list(cluster.scans.order_by("-started_at")[:20]) if scope.fleet else []
     return {"namespaces": rows, "scans": scans, "day": day}
 
@@ -354,17 +458,24 @@ def namespace_findings(
         next_cursor = encode_cursor(
             (last.workload_kind, last.workload_name, last.container, last.pk)
         )
+    accepting = acceptance.accepting([f.pk for f in rows])
+    for f in rows:
+        f.acceptance = accepting.get(f.pk)
     day = _latest_days([cluster]).get(cluster.pk)
     counts = dict.fromkeys(STATES, 0)
+    accepted = acceptance.accepted_counts(scope, cluster, namespace).by_namespace_state(cluster.pk)
+    accepted_here = accepted.get(namespace, {})
     if day:
-        counts.update(
-            dict(
-                DailyRollup.objects.filter(
-                    cluster=cluster, namespace=namespace, day=day
-                ).values_list("state", "containers")
-            )
-        )
-    return {"rows": rows, "next_cursor": next_cursor, "counts": counts}
+        for state, n in DailyRollup.objects.filter(
+            cluster=cluster, namespace=namespace, day=day
+        ).values_list("state", "containers"):
+            counts[state] = n - accepted_here.get(state, 0)
+    return {
+        "rows": rows,
+        "next_cursor": next_cursor,
+        "counts": counts,
+        "accepted": sum(accepted_here.values()),
+    }
 
 
 # --- finding ------------------------------------------------------------------------------
@@ -407,6 +518,7 @@ def trend_data(
         "days": [d.isoformat() for d in states["days"]],
         "states": {s: states["series"][s] for s in STATES},
         "labels": {s: STATE.label(s) for s in STATES},
+        "accepted": states["accepted"],
         "weeks": [w.isoformat() for w in week_days],
         "opened": [weeks[w][0] for w in week_days],
         "resolved": [weeks[w][1] for w in week_days],

@@ -87,10 +87,11 @@ def _csv(report: Report, out: _HashingWriter) -> int:
     # CRLF (RFC 4180): with it the writer also quotes a field holding a lone \r, which
     # a reader would otherwise take for the end of the row.
     w = csv.writer(text, lineterminator="\r\n")
-    w.writerow(REPORT_COLUMNS)
+    columns = getattr(report, "columns", REPORT_COLUMNS)  # the exception register's own
+    w.writerow(columns)
     n = 0
     for row in report.rows():
-        w.writerow(inert_row(row[c] for c in REPORT_COLUMNS))
+        w.writerow(inert_row(row[c] for c in columns))
         n += 1
         if n % 2000 == 0:
             out.write(text.getvalue().encode())
@@ -101,12 +102,18 @@ def _csv(report: Report, out: _HashingWriter) -> int:
 
 
 def _json(report: Report, out: _HashingWriter) -> int:
-    head = {
-        "report": _meta(report),
-        "controls": report.control_summary(),
-        "coverage": report.coverage,
-    }
-    out.write(orjson.dumps(head)[:-1] + b',"findings":[')
+    if hasattr(report, "json_head"):  # the exception register
+        head, key = report.json_head(_meta(report)), b"exceptions"
+    else:
+        head, key = (
+            {
+                "report": _meta(report),
+                "controls": report.control_summary(),
+                "coverage": report.coverage,
+            },
+            b"findings",
+        )
+    out.write(orjson.dumps(head)[:-1] + b',"' + key + b'":[')
     n = 0
     batch = []
     for row in report.rows():
@@ -179,7 +186,7 @@ def _pdf(report: Report, out: _HashingWriter) -> int:
             ("VALIGN", (0, 0), (-1, -1), "TOP"),
         ]
     )
-    summary = [["Control (2013)", "2022", "Title", "Workloads", "Containers", "By state"]]
+    summary = [["Control (2013)", "2022", "Title", "Workloads", "Open", "Accepted", "By state"]]
     for c in report.control_summary():
         summary.append(
             [
@@ -187,7 +194,8 @@ def _pdf(report: Report, out: _HashingWriter) -> int:
                 c["control_2022"],
                 c["title"],
                 c["workloads"],
-                c["containers"],
+                c["open"],
+                c["accepted"],
                 ", ".join(f"{s}: {v['containers']}" for s, v in c["states"].items()) or "-",
             ]
         )
@@ -240,7 +248,12 @@ def _pdf(report: Report, out: _HashingWriter) -> int:
                     Paragraph(_text(f"{row['workload_kind']}/{row['workload_name']}"), small),
                     _text(row["container"]),
                     Paragraph(_text(row["image"]), small),
-                    STATE.label(row["state"]),
+                    STATE.label(row["state"])
+                    + (
+                        f"\naccepted: #{row['exception']} until {row['exception_ends_at'][:10]}"
+                        if row["exception"]
+                        else ""
+                    ),
                     row["controls"],
                     row["first_seen"][:10],
                 ]
@@ -252,7 +265,7 @@ def _pdf(report: Report, out: _HashingWriter) -> int:
                 repeatRows=1,
                 style=grid,
                 hAlign="LEFT",
-                colWidths=[28 * mm, 30 * mm, 55 * mm, 25 * mm, 70 * mm, 25 * mm, 32 * mm, 20 * mm],
+                colWidths=[28 * mm, 30 * mm, 52 * mm, 25 * mm, 66 * mm, 32 * mm, 32 * mm, 20 * mm],
             )
         )
     else:

@@ -40,6 +40,8 @@ _KIND_RE = re.compile(r"[A-Za-z][A-Za-z0-9]*\Z")
 # and lone surrogates (which PostgreSQL cannot store).
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 _IMAGE_RE = re.compile(r"[\x21-\x7e]+\Z")  # an image reference is visible ASCII
+# An image digest a person pins (an exception): the algorithms registries serve.
+DIGEST_RE = re.compile(r"(?:sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})\Z")
 
 _NO_VALUE = object()
 _INDEX_RE = re.compile(r"\[\d+\]")
@@ -123,6 +125,21 @@ def text(value: Any, path: str, limit: int = SHORT_MAX, optional: bool = True) -
         raise Rejected(path, f"longer than {limit} characters")
     if _CONTROL_RE.search(value):
         raise Rejected(path, "contains control characters", value)
+
+
+def prose(value: str, path: str, limit: int) -> str:
+    """Text a person writes (a reason, a comment): bounded; line breaks and tabs allowed,
+    other control, separator and bidirectional characters not."""
+    if len(value) > limit:
+        raise Rejected(path, f"longer than {limit} characters")
+    if _CONTROL_RE.search(value.replace("\n", "").replace("\t", "").replace("\r", "")):
+        raise Rejected(path, "contains control characters")
+    return value
+
+
+def is_glob(value: str) -> bool:
+    """A namespace glob (with * or ?) rather than a name."""
+    return "*" in value or "?" in value
 
 
 def image(value: Any, path: str) -> None:

@@ -134,6 +134,8 @@ class Finding(models.Model):
     container = models.CharField(max_length=253)
     container_type = models.CharField(max_length=9, choices=ContainerType.choices)
     image = models.CharField(max_length=1000)
+    # The digest the container runs (status imageID, or the spec's @digest); "" unknown.
+    image_digest = models.CharField(max_length=200, blank=True, default="")
     state = models.CharField(max_length=16, choices=State.choices)
     runs_as_root = models.BooleanField(null=True)
     kubelet_error = models.TextField(blank=True)
@@ -187,6 +189,7 @@ class FindingEvent(models.Model):
     kind = models.CharField(max_length=8, choices=Kind.choices)
     from_state = models.CharField(max_length=16, blank=True)
     to_state = models.CharField(max_length=16, blank=True)
+    digest = models.CharField(max_length=200, blank=True, default="")  # what ran from then
     at = models.DateTimeField()
 
     class Meta:
@@ -208,6 +211,7 @@ class DailyRollup(models.Model):
     state = models.CharField(max_length=16, choices=State.choices)
     containers = models.PositiveIntegerField(default=0)
     pods = models.PositiveIntegerField(default=0)
+    accepted = models.PositiveIntegerField(default=0)  # of containers, as the scan saw it
 
     class Meta:
         constraints = [
@@ -307,6 +311,7 @@ class ClusterRollup(models.Model):
     state = models.CharField(max_length=16, choices=State.choices)
     containers = models.PositiveIntegerField(default=0)
     pods = models.PositiveIntegerField(default=0)
+    accepted = models.PositiveIntegerField(default=0)
 
     class Meta:
         constraints = [
@@ -433,8 +438,127 @@ class Export(models.Model):
 
     @property
     def filename(self) -> str:
+        if "register" in self.scope:
+            return f"welkin-exceptions-{self.at:%Y%m%dT%H%M%SZ}.{self.format}"
         scope = (
             "-".join(v for v in (self.scope.get("cluster"), self.scope.get("namespace")) if v)
             or "fleet"
         )
         return f"welkin-report-{scope}-{self.at:%Y%m%dT%H%M%SZ}.{self.format}"
+
+
+# --- risk acceptance ------------------------------------------------------------------------
+
+Decision = _choices("Decision", vocabulary.EXCEPTION_STATUS)
+
+
+class RiskException(models.Model):
+    """An accepted risk: a scope of findings, why, who asked, who decided, until when.
+
+    The scope never changes after the request (a wider or longer one is a new exception).
+    `decision` is the last decision (requested, approved, rejected, revoked); whether it is
+    in force at a time T is worked out when read (compliance/exceptions.py): approved at or
+    before T, ending after T, not revoked by T. Nothing is deleted; every change is an
+    ExceptionEvent."""
+
+    cluster = models.ForeignKey(
+        Cluster, null=True, blank=True, on_delete=models.PROTECT, related_name="exceptions"
+    )  # None: every cluster
+    namespace = models.CharField(max_length=63)  # a name or a glob
+    workload_kind = models.CharField(max_length=63, blank=True)  # "": every workload
+    workload_name = models.CharField(max_length=253, blank=True)
+    container = models.CharField(max_length=253, blank=True)  # "": every container
+    image_digest = models.CharField(max_length=200, blank=True)  # "": any image
+    # The states it accepts, from the controls it concerns: ",root,blocked," (delimited so
+    # that a finding's state is matched with LIKE on any database).
+    states = models.CharField(max_length=100)
+    controls = models.JSONField(default=list)  # 2013 ids, as requested
+    reason = models.TextField()
+    ticket = models.CharField(max_length=200)
+    requested_by = models.ForeignKey(
+        "auth.User", on_delete=models.PROTECT, related_name="exceptions_requested"
+    )
+    requested_at = models.DateTimeField(default=timezone.now)
+    decision = models.CharField(
+        max_length=16, choices=Decision.choices, default=Decision.REQUESTED, db_index=True
+    )
+    decided_by = models.ForeignKey(
+        "auth.User", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)  # approved or rejected
+    decision_comment = models.TextField(blank=True)
+    approved_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.ForeignKey(
+        "auth.User", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoke_comment = models.TextField(blank=True)
+    ends_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-pk"]
+        indexes = [models.Index(fields=["ends_at"]), models.Index(fields=["namespace"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(approved_at__isnull=True) | Q(decided_by__isnull=False),
+                name="approved_has_approver",
+            ),
+            models.CheckConstraint(
+                condition=~Q(decided_by=models.F("requested_by")),
+                name="four_eyes",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"exception #{self.pk}"
+
+    @property
+    def scope_label(self) -> str:
+        where = f"{self.cluster.name if self.cluster_id else '*'}/{self.namespace}"
+        if self.workload_kind:
+            where += f"/{self.workload_kind}/{self.workload_name}"
+        if self.container:
+            where += f":{self.container}"
+        return where
+
+    @property
+    def state_list(self) -> list[str]:
+        return [s for s in self.states.split(",") if s]
+
+
+class ExceptionEvent(models.Model):
+    """Append-only history of an exception: requested, approved, rejected, revoked."""
+
+    Action = _choices("Action", vocabulary.EXCEPTION_ACTION)
+
+    exception = models.ForeignKey(RiskException, on_delete=models.PROTECT, related_name="events")
+    at = models.DateTimeField(default=timezone.now)
+    user = models.ForeignKey("auth.User", null=True, on_delete=models.SET_NULL, related_name="+")
+    username = models.CharField(max_length=150)
+    action = models.CharField(max_length=16, choices=Action.choices)
+    comment = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["at", "pk"]
+
+    def __str__(self) -> str:
+        return f"#{self.exception_id} {self.action} by {self.username}"
+
+
+class ExceptionMatch(models.Model):
+    """Which findings an exception's scope covers: worked out once, when the exception is
+    requested (its open findings) and when a scan opens a finding (the live exceptions).
+    Both sides' keys never change, so a pair stays true; whether it accepts the finding at
+    T (in force, state, digest) is decided when read."""
+
+    exception = models.ForeignKey(RiskException, on_delete=models.CASCADE, related_name="+")
+    finding = models.ForeignKey(Finding, on_delete=models.CASCADE, related_name="+")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["exception", "finding"], name="one_match_per_pair")
+        ]
+        indexes = [models.Index(fields=["finding", "exception"])]
+
+    def __str__(self) -> str:
+        return f"#{self.exception_id} covers {self.finding_id}"

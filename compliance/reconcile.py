@@ -3,6 +3,8 @@ daily rollups the charts read. Runs inside the transaction that marks the scan s
 
 - new -> a finding is opened (an `opened` event);
 - state changed -> the row is updated and a `changed` event appended;
+- same state, another image digest -> the row is updated and an `image` event appended
+  (an exception pinned to the old digest no longer covers it);
 - other facts changed (pod count, image, ...) -> the row is updated, no event;
 - gone or compliant -> resolved (a `resolved` event), unless a pod of its workload was
   rejected by the gate (then it could not be seen, and stays as it is);
@@ -21,6 +23,7 @@ from typing import Any, NamedTuple
 from django.db import connection
 from django.utils import timezone
 
+from compliance import acceptance, registry
 from compliance.models import (
     Cluster,
     ClusterRollup,
@@ -63,6 +66,7 @@ class _Activity:
 class _Count:
     containers: int = 0
     pods: int = 0
+    accepted: int = 0
 
 
 # Finding fields that, when they differ, are written (without an event unless `state`).
@@ -71,6 +75,7 @@ TRACKED = (
     "pods",
     "mixed",
     "image",
+    "image_digest",
     "container_type",
     "runs_as_root",
     "evidence",
@@ -81,6 +86,14 @@ TRACKED = (
     "run_as_non_root",
 )
 _STATE = TRACKED.index("state")
+_DIGEST = TRACKED.index("image_digest")
+
+
+def image_digest(image: str, image_id: str | None) -> str:
+    """The digest a container runs: its status imageID's, else its spec's `@digest`."""
+    return (registry.digest_from_image_id(image_id) or registry.digest_from_image_id(image) or "")[
+        :200
+    ]
 
 
 def _values(g: WorkloadGroup) -> dict[str, Any]:
@@ -91,6 +104,7 @@ def _values(g: WorkloadGroup) -> dict[str, Any]:
         "pods": g.pods,
         "mixed": len(g.states) > 1,
         "image": c.image[:1000],
+        "image_digest": image_digest(c.image, c.image_id),
         "container_type": c.type,
         "runs_as_root": c.runs_as_root,
         "evidence": c.evidence,
@@ -164,6 +178,7 @@ def reconcile(
         old_state = old[_STATE]
         if tuple(values[f] for f in TRACKED) == old:
             continue
+        digest = values["image_digest"]
         if old_state != values["state"]:
             changed.append(Finding(pk=pk, last_changed=at, **values))
             events.append(
@@ -173,16 +188,38 @@ def reconcile(
                     kind="changed",
                     from_state=old_state,
                     to_state=values["state"],
+                    digest=digest,
                     at=at,
                 )
             )
         else:  # same state, other facts (pod count, image...): no event
             touched.append(Finding(pk=pk, **values))
+            if digest != old[_DIGEST] and old[_DIGEST]:
+                # Another build runs: an exception pinned to the old digest stops here.
+                events.append(
+                    FindingEvent(
+                        finding_id=pk,
+                        scan=scan,
+                        kind="image",
+                        from_state=old_state,
+                        to_state=old_state,
+                        digest=digest,
+                        at=at,
+                    )
+                )
     created = Finding.objects.bulk_create(new, batch_size=2000)
     events.extend(
-        FindingEvent(finding_id=f.pk, scan=scan, kind="opened", to_state=f.state, at=at)
+        FindingEvent(
+            finding_id=f.pk,
+            scan=scan,
+            kind="opened",
+            to_state=f.state,
+            digest=f.image_digest,
+            at=at,
+        )
         for f in created
     )
+    acceptance.match_findings(cluster, created, at)
     fields = [*TRACKED, "kubelet_error", "detail"]
     _update_findings(touched, fields)
     _update_findings(changed, [*fields, "last_changed"])
@@ -266,11 +303,13 @@ def write_rollup(cluster: Cluster, at: datetime, groups: Mapping[GroupKey, Workl
     """Upsert the day's counts per (namespace, state) and per state for the cluster; rows
     whose counts are unchanged are not written, so an unchanged rescan writes nothing."""
     day = timezone.localdate(at)
+    accepted = acceptance.accepted_keys(cluster, at)
     counts: dict[tuple[str, str], _Count] = {}
-    for (ns, _, _, _), g in groups.items():
-        c = counts.setdefault((ns, g.state), _Count())
+    for key, g in groups.items():
+        c = counts.setdefault((key[0], g.state), _Count())
         c.containers += 1
         c.pods += g.pods
+        c.accepted += key in accepted
     # Namespace/state pairs that had rows today but are gone now drop to zero.
     for ns, state in (
         DailyRollup.objects.filter(cluster=cluster, day=day)
@@ -282,32 +321,37 @@ def write_rollup(cluster: Cluster, at: datetime, groups: Mapping[GroupKey, Workl
     for (_, state), c in counts.items():
         totals[state].containers += c.containers
         totals[state].pods += c.pods
+        totals[state].accepted += c.accepted
     written = _upsert_counts(
         DailyRollup._meta.db_table,
         "namespace, state",
-        [(cluster.pk, day, ns, state, c.containers, c.pods) for (ns, state), c in counts.items()],
+        [
+            (cluster.pk, day, ns, state, c.containers, c.pods, c.accepted)
+            for (ns, state), c in counts.items()
+        ],
     )
     return written + _upsert_counts(
         ClusterRollup._meta.db_table,
         "state",
-        [(cluster.pk, day, state, c.containers, c.pods) for state, c in totals.items()],
+        [(cluster.pk, day, state, c.containers, c.pods, c.accepted) for state, c in totals.items()],
     )
 
 
 def _upsert_counts(table: str, key: str, rows: list[tuple]) -> int:
-    """INSERT ... ON CONFLICT DO UPDATE, only where containers or pods differ."""
+    """INSERT ... ON CONFLICT DO UPDATE, only where containers, pods or accepted differ."""
     written = 0
     with connection.cursor() as cur:
         for i in range(0, len(rows), 1000):
             chunk = rows[i : i + 1000]
             one = "(" + ", ".join(["%s"] * len(chunk[0])) + ")"
             cur.execute(
-                f"INSERT INTO {table} (cluster_id, day, {key}, containers, pods) "
+                f"INSERT INTO {table} (cluster_id, day, {key}, containers, pods, accepted) "
                 f"VALUES {', '.join([one] * len(chunk))} "
                 f"ON CONFLICT (cluster_id, {key}, day) DO UPDATE "
-                "SET containers = excluded.containers, pods = excluded.pods "
+                "SET containers = excluded.containers, pods = excluded.pods, "
+                "accepted = excluded.accepted "
                 f"WHERE {table}.containers <> excluded.containers "
-                f"OR {table}.pods <> excluded.pods",
+                f"OR {table}.pods <> excluded.pods OR {table}.accepted <> excluded.accepted",
                 [v for row in chunk for v in row],
             )
             written += max(cur.rowcount, 0)

@@ -1,10 +1,12 @@
 """Report rows: open findings now, and point-in-time reports rebuilt from the events.
 
 A point-in-time report for a time T and a scope (fleet, cluster, namespace) says what was
-open at T: for each finding first seen by T, its last event at or before T decides (opened
-or changed: open in that state; resolved: not open). Coverage lists each cluster's last
-complete scan before T and calls out clusters without a recent one. Rows are streamed
-(server-side cursor); exports.py writes them as CSV, JSON or PDF.
+open at T: for each finding first seen by T, its last event at or before T decides (opened,
+changed or image: open in that state, running that digest; resolved: not open). A finding
+an exception in force at T accepted (compliance/acceptance.py) is marked accepted, with
+the exception, its approver and end date, and counted apart in the summary. Coverage
+lists each cluster's last complete scan before T and calls out clusters without a recent
+one. Rows are streamed (server-side cursor); exports.py writes them as CSV, JSON or PDF.
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db.models import CharField, Count, OuterRef, Subquery, Value
+from django.db.models import CharField, Count, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Cast, Concat
 from django.http import Http404
 from django.utils import timezone
 
-from compliance import access, controls, gate
+from compliance import acceptance, access, controls, gate
 from compliance.models import Cluster, Finding, FindingEvent, ScanRun, ScanStatus
 
 REPORT_COLUMNS = [
@@ -36,6 +38,10 @@ REPORT_COLUMNS = [
     "controls_2022",
     "first_seen",
     "state_since",
+    "standing",
+    "exception",
+    "exception_approved_by",
+    "exception_ends_at",
 ]
 
 
@@ -104,7 +110,9 @@ class Report:
     namespace: str | None
     generated_at: dt.datetime
     generated_by: str
-    summary: dict[str, dict[str, int]] = field(default_factory=dict)  # state -> counts
+    # state -> {"containers", "workloads", "accepted"} (accepted: containers an exception
+    # in force at `at` covered; counted within containers, shown apart)
+    summary: dict[str, dict[str, int]] = field(default_factory=dict)
     coverage: list[dict[str, Any]] = field(default_factory=list)
     _queryset: Any = None
 
@@ -135,6 +143,8 @@ class Report:
                     "states": states,
                     "containers": sum(v["containers"] for v in states.values()),
                     "workloads": sum(v["workloads"] for v in states.values()),
+                    "accepted": sum(v.get("accepted", 0) for v in states.values()),
+                    "open": sum(v["containers"] - v.get("accepted", 0) for v in states.values()),
                 }
             )
         return out
@@ -154,8 +164,12 @@ class Report:
             image,
             first_seen,
             event,
+            accepted_by,
         ) in self._queryset.iterator(chunk_size=5000):
-            _, state, since = event.split("|", 2)
+            _, state, _, since = event.split("|", 3)
+            exception, approver, ends = (
+                accepted_by.split("|", 2) if accepted_by else (None, None, None)
+            )
             yield {
                 "cluster": cluster,
                 "namespace": ns,
@@ -171,6 +185,10 @@ class Report:
                 ),
                 "first_seen": first_seen.isoformat(),
                 "state_since": since,
+                "standing": "accepted" if exception else "open",
+                "exception": int(exception) if exception else None,
+                "exception_approved_by": approver,
+                "exception_ends_at": ends,
             }
 
 
@@ -212,6 +230,8 @@ def point_in_time(
                 Value("|"),
                 "to_state",
                 Value("|"),
+                "digest",
+                Value("|"),
                 Cast("at", CharField()),
                 output_field=CharField(),
             )
@@ -219,8 +239,8 @@ def point_in_time(
         .values("packed")[:1]
     )
     qs = (
-        qs.annotate(event=Subquery(last))
-        .filter(event__regex=r"^(opened|changed)\|")
+        qs.annotate(event=Subquery(last), acceptance=acceptance.acceptance_at(at))
+        .filter(event__regex=r"^(opened|changed|image)\|")
         .order_by("cluster__name", "namespace", "workload_kind", "workload_name", "container", "pk")
     )
     report = Report(
@@ -239,6 +259,7 @@ def point_in_time(
             "image",
             "first_seen",
             "event",
+            "acceptance",
         ),
     )
     # The summary is aggregated in the database: a fleet report has a million rows.
@@ -258,12 +279,16 @@ def point_in_time(
         output_field=CharField(),
     )
     report.summary = {
-        state: {"containers": n, "workloads": w}
-        for state, n, w in qs.annotate(state_at=Subquery(state_at))
+        state: {"containers": n, "workloads": w, "accepted": a}
+        for state, n, w, a in qs.annotate(state_at=Subquery(state_at))
         .order_by()
         .values("state_at")
-        .annotate(n=Count("pk"), w=Count(workload, distinct=True))
-        .values_list("state_at", "n", "w")
+        .annotate(
+            n=Count("pk"),
+            w=Count(workload, distinct=True),
+            a=Count("pk", filter=Q(acceptance__isnull=False)),
+        )
+        .values_list("state_at", "n", "w", "a")
     }
     report.coverage = _coverage(clusters, at)
     return report

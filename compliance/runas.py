@@ -263,6 +263,7 @@ class ContainerVerdict:
     run_as_user_from: str | None = None
     run_as_non_root_from: str | None = None
     needs_root: str | None = None  # "is privileged", "adds capabilities SYS_ADMIN"
+    image_id: str | None = None  # the status imageID: the image (by digest) that runs
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -505,7 +506,13 @@ def _evaluate_container(
         run_as_user_from=_origin(c.sc.run_as_user, pod_sc.run_as_user),
         run_as_non_root_from=_origin(c.sc.run_as_non_root, pod_sc.run_as_non_root),
         needs_root=c.needs_root,
+        image_id=_image_id(status),
     )
+
+
+def _image_id(status: dict | None) -> str | None:
+    value = status.get("imageID") if status is not None else None
+    return value if isinstance(value, str) and value else None
 
 
 def _origin(container_value: Any, pod_value: Any) -> str | None:

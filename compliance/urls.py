@@ -1,6 +1,6 @@
 from django.urls import path
 
-from compliance.views import clusters, findings, fleet, reports, scans
+from compliance.views import clusters, exceptions, findings, fleet, reports, scans
 
 urlpatterns = [
     path("", fleet.overview, name="compliance-fleet"),
@@ -13,6 +13,11 @@ urlpatterns = [
         name="compliance-namespace",
     ),
     path("findings/<int:pk>/", findings.finding, name="compliance-finding"),
+    path("exceptions/", exceptions.register_page, name="compliance-exceptions"),
+    path("exceptions/new/", exceptions.new, name="compliance-exception-new"),
+    path("exceptions/export/", exceptions.export, name="compliance-exceptions-export"),
+    path("exceptions/<int:pk>/", exceptions.detail, name="compliance-exception"),
+    path("exceptions/<int:pk>/decide/", exceptions.decide, name="compliance-exception-decide"),
     path("reports/", reports.report, name="compliance-reports"),
     path("reports/export/", reports.export, name="compliance-export"),
     path("reports/exports/<uuid:pk>/", reports.download, name="compliance-export-file"),

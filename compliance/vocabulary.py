@@ -174,6 +174,12 @@ EVENT_KIND = Vocabulary(
         Term("opened", "Opened", "First seen not compliant by a complete scan."),
         Term("changed", "Changed", "Its state changed between two complete scans."),
         Term("resolved", "Resolved", "Compliant, or gone, in a complete scan."),
+        Term(
+            "image",
+            "Image changed",
+            "Same state, but the container now runs another image digest (an exception "
+            "pinned to the old digest no longer covers it).",
+        ),
     ],
 )
 
@@ -188,6 +194,63 @@ AUDIT_ACTION = Vocabulary(
         Term("verify", "Verified a report"),
         Term("audit_export", "Exported the audit log"),
         Term("api", "API request"),
+        Term("exception", "Risk acceptance", "An exception requested, decided or revoked."),
+        Term("exception_export", "Exported the exception register"),
+    ],
+)
+
+# --- risk acceptance (exceptions) ---------------------------------------------------------
+
+OPEN, ACCEPTED = "open", "accepted"
+# A finding's standing: its evaluated state never changes; an exception in force makes it
+# accepted (counted apart from open).
+STANDING = Vocabulary(
+    "standing",
+    [
+        Term(OPEN, "Open", "Not compliant, and no exception in force covers it.", css="open"),
+        Term(
+            ACCEPTED,
+            "Accepted",
+            "Not compliant, but an approved exception in force covers it (risk accepted "
+            "until its end date).",
+            css="accepted",
+        ),
+    ],
+)
+
+REQUESTED, APPROVED, REJECTED, EXPIRED, REVOKED = (
+    "requested",
+    "approved",
+    "rejected",
+    "expired",
+    "revoked",
+)
+# Stored: requested, approved, rejected, revoked (the last decision). Expired is worked out
+# when read: an exception past its end date, whatever was decided before (no job needed).
+EXCEPTION_STATUS = Vocabulary(
+    "exception status",
+    [
+        Term(REQUESTED, "Requested", "Waiting for a security officer.", css="exc-requested"),
+        Term(
+            APPROVED,
+            "Approved",
+            "In force from its approval until its end date.",
+            css="exc-approved",
+        ),
+        Term(REJECTED, "Rejected", "A security officer said no.", css="exc-rejected"),
+        Term(EXPIRED, "Expired", "Its end date has passed.", css="exc-expired"),
+        Term(REVOKED, "Revoked", "Withdrawn before its end date.", css="exc-revoked"),
+    ],
+)
+EXCEPTION_DECISIONS = (REQUESTED, APPROVED, REJECTED, REVOKED)  # what is stored
+
+EXCEPTION_ACTION = Vocabulary(
+    "exception action",
+    [
+        Term("requested", "Requested"),
+        Term("approved", "Approved"),
+        Term("rejected", "Rejected"),
+        Term("revoked", "Revoked"),
     ],
 )
 

@@ -29,8 +29,8 @@ def test_it_rebuilds_the_state_at_any_time(history):
     t1, r1 = states_at(T0 + dt.timedelta(days=1, hours=1))
     assert t1 == {("shop", "b"): "blocked", ("ops", "d"): "root"}
     assert r1.summary == {
-        "blocked": {"containers": 1, "workloads": 1},
-        "root": {"containers": 1, "workloads": 1},
+        "blocked": {"containers": 1, "workloads": 1, "accepted": 0},
+        "root": {"containers": 1, "workloads": 1, "accepted": 0},
     }
     t2, _ = states_at(T0 + dt.timedelta(days=3))
     assert t2 == {("shop", "b"): "blocked"}

@@ -5,7 +5,7 @@ from datetime import timedelta
 from django import template
 from django.utils.html import format_html
 
-from compliance.vocabulary import SCAN_STATUS, STATE, Vocabulary
+from compliance.vocabulary import EXCEPTION_STATUS, SCAN_STATUS, STANDING, STATE, Vocabulary
 
 register = template.Library()
 
@@ -33,6 +33,16 @@ def state_badge(state):
 @register.filter
 def status_badge(status):
     return _badge(SCAN_STATUS, status, "status")
+
+
+@register.filter
+def standing_badge(standing):
+    return _badge(STANDING, standing, "standing")
+
+
+@register.filter
+def exception_badge(status):
+    return _badge(EXCEPTION_STATUS, status, "exc")
 
 
 @register.filter

@@ -2,7 +2,7 @@
 (function () {
   "use strict";
   var COLOURS = {blocked: "#6e40c9", root: "#a40e26", unverified: "#0c4a6e",
-                 unenforced: "#9a6700", compliant: "#116329"};
+                 unenforced: "#9a6700", compliant: "#116329", accepted: "#57606a"};
   var DASH = {blocked: [], root: [6, 3], unverified: [2, 2], unenforced: [8, 2, 2, 2],
               compliant: [1, 0]};
   var cache = {};
@@ -27,13 +27,18 @@
   var DRAW = {
     "states-chart": function (canvas, d) {
       if (!d.days.length) { return empty(canvas, "No history yet."); }
-      return new Chart(canvas, {type: "line", data: {labels: d.days, datasets:
-        Object.keys(d.states).map(function (s) {
-          // State is told apart by line style and legend text, not colour alone.
-          return {label: d.labels[s], data: d.states[s], borderColor: COLOURS[s],
-                  backgroundColor: COLOURS[s], borderDash: DASH[s], pointRadius: 0,
-                  borderWidth: 2, hidden: s === "compliant"};
-        })},
+      var sets = Object.keys(d.states).map(function (s) {
+        // State is told apart by line style and legend text, not colour alone.
+        return {label: d.labels[s], data: d.states[s], borderColor: COLOURS[s],
+                backgroundColor: COLOURS[s], borderDash: DASH[s], pointRadius: 0,
+                borderWidth: 2, hidden: s === "compliant"};
+      });
+      if (d.accepted) {  // non-compliant but covered by an exception: apart from open
+        sets.push({label: "Accepted (exception)", data: d.accepted, borderColor: COLOURS.accepted,
+                   backgroundColor: COLOURS.accepted, borderDash: [10, 4], pointRadius: 0,
+                   borderWidth: 2});
+      }
+      return new Chart(canvas, {type: "line", data: {labels: d.days, datasets: sets},
         options: {animation: false, maintainAspectRatio: false, interaction: {mode: "index", intersect: false},
                   scales: {y: {beginAtZero: true, title: {display: true, text: "containers"}}}}});
     },

@@ -1,0 +1,326 @@
+"""Risk acceptance: exceptions with an owner, a reason, an approver and an end date.
+
+An exception covers a scope (a cluster or all, a namespace name or glob, optionally a
+workload and a container, optionally pinned to an image digest) for the states its
+controls concern. Team leads request exceptions inside their grants; security officers
+approve, reject or revoke; nobody decides on their own request. Nothing is deleted: every
+change appends an ExceptionEvent and an audit event. What an exception does to findings,
+and when, is compliance/acceptance.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from compliance import acceptance, access, audit, controls, gate
+from compliance.access import Scope
+from compliance.models import (
+    Cluster,
+    ExceptionEvent,
+    ExceptionMatch,
+    Finding,
+    RiskException,
+)
+from compliance.vocabulary import (
+    APPROVED,
+    EXPIRED,
+    NONCOMPLIANT,
+    REJECTED,
+    REQUESTED,
+    REVOKED,
+    WORKLOAD_KINDS,
+)
+
+REASON_MAX = 4000
+COMMENT_MAX = 2000
+TICKET_MAX = 200
+
+
+class ExceptionError(ValueError):
+    """Bad input for an exception, naming the field: shown on the form, 400 in the API."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
+def max_days() -> int:
+    return int(getattr(settings, "WELKIN_EXCEPTION_MAX_DAYS", 180))
+
+
+def status_at(e: RiskException, at: dt.datetime | None = None) -> str:
+    """requested, approved, rejected, expired or revoked, at `at` (default now)."""
+    at = at or timezone.now()
+    if e.revoked_at is not None and e.revoked_at <= at:
+        return REVOKED
+    if e.decision == REJECTED and e.decided_at is not None and e.decided_at <= at:
+        return REJECTED
+    if e.ends_at <= at:
+        return EXPIRED
+    if e.approved_at is not None and e.approved_at <= at:
+        return APPROVED
+    return REQUESTED
+
+
+@dataclass
+class Request:
+    """A request as entered (form, API or command), checked by `check`."""
+
+    cluster: str  # "" or "*": every cluster
+    namespace: str
+    workload_kind: str = ""
+    workload_name: str = ""
+    container: str = ""
+    image_digest: str = ""
+    controls: tuple[str, ...] = ()
+    reason: str = ""
+    ticket: str = ""
+    ends_at: dt.datetime | None = None
+
+
+def _text(field: str, value: str, limit: int, required: bool = True) -> str:
+    value = (value or "").strip()
+    if required and not value:
+        raise ExceptionError(field, "required")
+    if len(value) > limit:
+        raise ExceptionError(field, f"at most {limit} characters")
+    try:
+        return gate.prose(value, field, limit)
+    except gate.Rejected as e:
+        raise ExceptionError(field, str(e).removeprefix(field).lstrip(": ")) from None
+
+
+def check(scope: Scope, r: Request, now: dt.datetime | None = None) -> dict[str, Any]:
+    """The fields of a RiskException from a request, or ExceptionError naming the field."""
+    now = now or timezone.now()
+    cluster = None
+    if r.cluster and r.cluster != "*":
+        cluster = Cluster.objects.filter(name=r.cluster).first()
+        if cluster is None:
+            raise ExceptionError("cluster", f"no such cluster: {gate.show(r.cluster)}")
+    namespace = (r.namespace or "").strip()
+    if not gate.NAMESPACE_GLOB_RE.match(namespace):
+        raise ExceptionError(
+            "namespace", "a namespace name (lowercase letters, digits, '-') or a glob with * and ?"
+        )
+    if not _inside_grants(scope, cluster, namespace):
+        raise ExceptionError(
+            "namespace",
+            f"{'*' if cluster is None else cluster.name}/{namespace} is outside the namespaces "
+            "granted to you",
+        )
+    kind, name, container = r.workload_kind.strip(), r.workload_name.strip(), r.container.strip()
+    if kind and kind not in WORKLOAD_KINDS:
+        raise ExceptionError("workload_kind", f"not a workload kind: {gate.show(kind)}")
+    if bool(kind) != bool(name):
+        raise ExceptionError("workload_name", "give the workload's kind and name together")
+    for field, value, check_name in (
+        ("workload_name", name, gate.subdomain),
+        ("container", container, gate.label),
+    ):
+        try:
+            if value:
+                check_name(value, field)
+        except gate.Rejected as e:
+            raise ExceptionError(field, str(e).removeprefix(field).lstrip(": ")) from None
+    digest = r.image_digest.strip()
+    if digest and not gate.DIGEST_RE.match(digest):
+        raise ExceptionError("image_digest", "not an image digest (sha256:<64 hex digits>)")
+    chosen = tuple(dict.fromkeys(r.controls))
+    unknown = [c for c in chosen if c not in controls.CONTROLS]
+    if unknown or not chosen:
+        raise ExceptionError(
+            "controls",
+            f"unknown control {gate.show(unknown[0])}" if unknown else "choose at least one",
+        )
+    states = [s for s in NONCOMPLIANT if set(controls.controls_for(s)) <= set(chosen)]
+    if not states:
+        raise ExceptionError(
+            "controls",
+            "no state is covered by these controls alone: "
+            + "; ".join(f"{s} concerns {' '.join(controls.controls_for(s))}" for s in NONCOMPLIANT),
+        )
+    if r.ends_at is None:
+        raise ExceptionError("ends_at", "required")
+    if r.ends_at <= now:
+        raise ExceptionError("ends_at", "is in the past")
+    if r.ends_at > now + dt.timedelta(days=max_days()):
+        raise ExceptionError(
+            "ends_at", f"is more than {max_days()} days away (the longest an exception may last)"
+        )
+    return {
+        "cluster": cluster,
+        "namespace": namespace,
+        "workload_kind": kind,
+        "workload_name": name,
+        "container": container,
+        "image_digest": digest,
+        "controls": list(chosen),
+        "states": "," + ",".join(states) + ",",
+        "reason": _text("reason", r.reason, REASON_MAX),
+        "ticket": _text("ticket", r.ticket, TICKET_MAX),
+        "ends_at": r.ends_at,
+    }
+
+
+def _inside_grants(scope: Scope, cluster: Cluster | None, namespace: str) -> bool:
+    """A lead may ask only inside a grant: the same cluster (or a grant for every cluster),
+    and a namespace (or glob) the grant's glob contains."""
+    if scope.fleet:
+        return scope.can_manage  # auditors read only
+    if scope.role != access.LEAD:
+        return False
+    for c, glob in scope.grants:
+        if c is not None and (cluster is None or cluster.pk != c):
+            continue
+        if glob == namespace or (
+            not gate.is_glob(namespace) and fnmatch.fnmatchcase(namespace, glob)
+        ):
+            return True
+        if gate.is_glob(namespace) and _glob_within(namespace, glob):
+            return True
+    return False
+
+
+def _glob_within(inner: str, outer: str) -> bool:
+    """Whether every name matching `inner` matches `outer` (conservatively: `outer` is a
+    prefix glob `x*` and `inner` starts with x and has no wildcard before it)."""
+    if outer == "*":
+        return True
+    if outer.endswith("*") and not gate.is_glob(outer[:-1]):
+        prefix = outer[:-1]
+        return inner.startswith(prefix) and not gate.is_glob(inner[: len(prefix)])
+    return False
+
+
+@dataclass
+class Created:
+    exception: RiskException
+    matched: int  # open findings the scope covers now (0: "matches nothing yet")
+
+
+def request(scope: Scope, user, r: Request, http_request=None) -> Created:
+    """A lead (or an officer) asks for an exception; matches are stored at once."""
+    if not (scope.can_manage or scope.role == access.LEAD):
+        raise ExceptionError("user", "only team leads and security officers request exceptions")
+    fields = check(scope, r)
+    with transaction.atomic():
+        e = RiskException.objects.create(requested_by=user, **fields)
+        _event(e, user, "requested", "")
+        matched = acceptance.match_exception(e)
+        audit.record(
+            http_request,
+            "exception",
+            f"exception #{e.pk} requested: {e.scope_label}",
+            scope={"exception": e.pk, "action": "requested", "matched": matched},
+            username=None if http_request is not None else user.get_username(),
+        )
+    return Created(e, matched)
+
+
+def decide(scope: Scope, user, pk: int, action: str, comment: str, http_request=None):
+    """approve, reject or revoke, by a security officer; one consistent outcome when two
+    officers act at once (the row is locked, the transition checked under the lock)."""
+    if not scope.can_manage:
+        raise ExceptionError("user", "only security officers approve, reject or revoke")
+    if action not in ("approve", "reject", "revoke"):
+        raise ExceptionError("action", "approve, reject or revoke")
+    comment = _text("comment", comment, COMMENT_MAX, required=action != "approve")
+    now = timezone.now()
+    with transaction.atomic():
+        e = RiskException.objects.select_for_update().filter(pk=pk).first()
+        if e is None:
+            raise ExceptionError("exception", "no such exception")
+        current = status_at(e, now)
+        if action in ("approve", "reject"):
+            if e.requested_by_id == user.pk:
+                raise ExceptionError(
+                    "user", "you requested this exception: another officer decides on it"
+                )
+            if current != REQUESTED:
+                raise ExceptionError("exception", f"it is {current}, not waiting for a decision")
+            e.decided_by, e.decided_at, e.decision_comment = user, now, comment
+            if action == "approve":
+                e.decision, e.approved_at = APPROVED, now
+            else:
+                e.decision = REJECTED
+        else:
+            if current not in (REQUESTED, APPROVED):
+                raise ExceptionError("exception", f"it is {current}: there is nothing to revoke")
+            e.decision, e.revoked_by, e.revoked_at, e.revoke_comment = REVOKED, user, now, comment
+        e.save()
+        done = {"approve": "approved", "reject": "rejected", "revoke": "revoked"}[action]
+        _event(e, user, done, comment)
+        audit.record(
+            http_request,
+            "exception",
+            f"exception #{e.pk} {done}: {e.scope_label}",
+            scope={"exception": e.pk, "action": done},
+            username=None if http_request is not None else user.get_username(),
+        )
+    return e
+
+
+def _event(e: RiskException, user, action: str, comment: str) -> None:
+    ExceptionEvent.objects.create(
+        exception=e, user=user, username=user.get_username(), action=action, comment=comment
+    )
+
+
+def visible(scope: Scope) -> QuerySet[RiskException]:
+    """Exceptions a user may read: all for officers and auditors; a lead's own namespaces'
+    (those whose scope lies inside a grant)."""
+    qs = RiskException.objects.select_related("cluster", "requested_by", "decided_by")
+    if scope.fleet:
+        return qs
+    if scope.role != access.LEAD or not scope.grants:
+        return qs.none()
+    q = Q(pk__in=[])
+    for c, glob in scope.grants:
+        part = (
+            Q(namespace=glob)
+            if not gate.is_glob(glob)
+            else Q(namespace__regex=access.glob_regex(glob))
+        )
+        if c is not None:
+            part &= Q(cluster_id=c)
+        q |= part
+    return qs.filter(q)
+
+
+def exception_or_404(scope: Scope, pk: int) -> RiskException:
+    if not 0 < pk < 2**63:
+        raise audit.Denied("No such exception")
+    e = visible(scope).filter(pk=pk).first()
+    if e is None:
+        raise audit.Denied("No such exception")
+    return e
+
+
+def status_q(status: str, now: dt.datetime) -> Q:
+    """Exceptions in one status now (the register's filter)."""
+    live = Q(ends_at__gt=now)
+    return {
+        REQUESTED: Q(decision=REQUESTED) & live,
+        APPROVED: Q(decision=APPROVED) & live,
+        REJECTED: Q(decision=REJECTED),
+        REVOKED: Q(decision=REVOKED),
+        EXPIRED: Q(decision__in=(REQUESTED, APPROVED), ends_at__lte=now),
+    }[status]
+
+
+def for_finding(finding: Finding) -> list[RiskException]:
+    """Every exception whose scope covers the finding, newest first."""
+    return list(
+        RiskException.objects.filter(
+            pk__in=ExceptionMatch.objects.filter(finding=finding).values("exception_id")
+        ).select_related("cluster", "requested_by", "decided_by", "revoked_by")[:50]
+    )

@@ -56,6 +56,11 @@ def _accepting(at: dt.datetime) -> QuerySet[ExceptionMatch]:
     )
 
 
+def accepting_now() -> QuerySet[ExceptionMatch]:
+    """Matches accepting their open finding now (to filter findings by standing)."""
+    return _accepting(timezone.now())
+
+
 @dataclass(frozen=True)
 class Acceptance:
     """The exception that accepts a finding (the lowest id when several do)."""

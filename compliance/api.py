@@ -1,9 +1,12 @@
-"""The REST API (read-only): clusters, scans, findings, rollups and reports, filtered by
-access.py exactly like the pages. Token or session authentication; cursor pagination; an
-OpenAPI schema at /api/schema/."""
+"""The REST API (read-only): clusters, scans, findings, rollups, exceptions and reports,
+filtered by access.py exactly like the pages. A finding says whether it is open or
+accepted (an exception in force now) and by which exception. Token or session
+authentication; cursor pagination; an OpenAPI schema at /api/schema/."""
 
 from __future__ import annotations
 
+from django.db.models import Exists, OuterRef
+from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import permissions, serializers, viewsets
 from rest_framework.decorators import api_view, permission_classes
@@ -12,8 +15,17 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from compliance import access, audit, explain, params, reports
-from compliance.models import AuditEvent, Cluster, DailyRollup, Finding, ScanRun, State
+from compliance import acceptance, access, audit, exceptions, explain, params, register, reports
+from compliance.models import (
+    AuditEvent,
+    Cluster,
+    DailyRollup,
+    Finding,
+    RiskException,
+    ScanRun,
+    State,
+)
+from compliance.vocabulary import ACCEPTED, OPEN
 
 REPORT_ROWS = 1000
 
@@ -111,6 +123,8 @@ class ScanSerializer(serializers.ModelSerializer):
 class FindingSerializer(serializers.ModelSerializer):
     cluster = serializers.CharField(source="cluster.name")
     controls = serializers.SerializerMethodField()
+    standing = serializers.SerializerMethodField()
+    exception = serializers.SerializerMethodField()
 
     class Meta:
         model = Finding
@@ -138,12 +152,26 @@ class FindingSerializer(serializers.ModelSerializer):
             "last_changed",
             "resolved_at",
             "controls",
+            "standing",
+            "exception",
         ]
 
     def get_controls(self, f) -> list[str]:
         from compliance import controls
 
         return list(controls.controls_for(f.state))
+
+    def get_standing(self, f) -> str | None:
+        """open or accepted (None once resolved)."""
+        if f.resolved_at is not None:
+            return None
+        return ACCEPTED if getattr(f, "acceptance", None) else OPEN
+
+    def get_exception(self, f) -> dict | None:
+        a = getattr(f, "acceptance", None)
+        if a is None:
+            return None
+        return {"id": a.exception_id, "approved_by": a.approved_by, "ends_at": a.ends_at}
 
 
 class FindingDetailSerializer(FindingSerializer):
@@ -162,7 +190,9 @@ class RollupSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = DailyRollup
-        fields = ["cluster", "day", "namespace", "state", "containers", "pods"]
+        # accepted: of the containers, those an exception in force accepted when that day's
+        # scans ran (pages count accepted live).
+        fields = ["cluster", "day", "namespace", "state", "containers", "pods", "accepted"]
 
 
 class _Scoped(viewsets.ReadOnlyModelViewSet):
@@ -202,11 +232,17 @@ class ScanViewSet(_Scoped):
         OpenApiParameter("namespace", str),
         OpenApiParameter("state", str),
         OpenApiParameter("open", bool),
+        OpenApiParameter("standing", str, enum=[OPEN, ACCEPTED]),
     ]
 )
 class FindingViewSet(_Scoped):
     def get_serializer_class(self):
         return FindingDetailSerializer if self.action == "retrieve" else FindingSerializer
+
+    def paginate_queryset(self, queryset):
+        page = super().paginate_queryset(queryset)
+        _with_acceptance(page or [])
+        return page
 
     def get_queryset(self):
         qs = self.filter_cluster(access.findings(self.scope).select_related("cluster"))
@@ -217,13 +253,70 @@ class FindingViewSet(_Scoped):
             qs = qs.filter(state=state)
         if params.boolean(p, "open", True):
             qs = qs.filter(resolved_at__isnull=True)
+        if standing := params.choice(p, "standing", (OPEN, ACCEPTED)):
+            accepted = Exists(acceptance.accepting_now().filter(finding_id=OuterRef("pk")))
+            qs = qs.filter(accepted if standing == ACCEPTED else ~accepted)
+            qs = qs.filter(resolved_at__isnull=True)
         return qs
 
     def get_object(self):
         pk = self.kwargs["pk"]
         if not (pk.isascii() and pk.isdigit() and int(pk) < 2**63):
             raise NotFound()
-        return access.finding_or_404(self.scope, int(pk))
+        f = access.finding_or_404(self.scope, int(pk))
+        _with_acceptance([f])
+        return f
+
+
+def _with_acceptance(findings: list[Finding]) -> None:
+    """Each finding's accepting exception now, if any (one query for a page)."""
+    by_id = acceptance.accepting([f.pk for f in findings if f.resolved_at is None])
+    for f in findings:
+        f.acceptance = by_id.get(f.pk)
+
+
+class ExceptionSerializer(serializers.BaseSerializer):
+    """An exception as the register shows it (status now, open findings covered)."""
+
+    def to_representation(self, e):
+        return register.row(e, self.context["now"], self.context["covered"].get(e.pk, 0))
+
+
+@extend_schema(
+    parameters=[
+        OpenApiParameter("status", str),
+        OpenApiParameter("cluster", str),
+        OpenApiParameter("namespace", str),
+        OpenApiParameter("ending_within", int, description="days"),
+    ],
+    responses={200: dict},
+)
+class ExceptionViewSet(_Scoped):
+    """The exception register, read-only: request and decide on the pages."""
+
+    serializer_class = ExceptionSerializer
+
+    def get_queryset(self):
+        if not register.can_read(self.scope):
+            return RiskException.objects.none()
+        filters = register.Filters.from_query(self.request.query_params)
+        return register.queryset(self.scope, filters, timezone.now()).select_related("revoked_by")
+
+    def get_object(self):
+        pk = self.kwargs["pk"]
+        if not (pk.isascii() and pk.isdigit() and int(pk) < 2**63):
+            raise NotFound()
+        return exceptions.exception_or_404(self.scope, int(pk))
+
+    def get_serializer(self, *args, **kwargs):
+        items = args[0] if args else []
+        items = items if isinstance(items, list) else [items]
+        kwargs["context"] = {
+            **self.get_serializer_context(),
+            "now": timezone.now(),
+            "covered": register.covered_counts([e.pk for e in items]),
+        }
+        return ExceptionSerializer(*args, **kwargs)
 
 
 @extend_schema(

@@ -9,6 +9,7 @@ router.register("clusters", api.ClusterViewSet, basename="api-cluster")
 router.register("scans", api.ScanViewSet, basename="api-scan")
 router.register("findings", api.FindingViewSet, basename="api-finding")
 router.register("rollups", api.RollupViewSet, basename="api-rollup")
+router.register("exceptions", api.ExceptionViewSet, basename="api-exception")
 
 urlpatterns = [
     path("v1/", include(router.urls)),

@@ -19,7 +19,7 @@ from django.contrib.auth.models import Group, User
 from django.db import transaction
 from django.utils import timezone
 
-from compliance import access, scanning
+from compliance import access, controls, scanning
 from compliance.models import Cluster, ImageUserOverride, NamespaceGrant
 
 REGISTRY = "registry.demo.internal"
@@ -288,3 +288,65 @@ def _users(password: str) -> None:
     lead = User.objects.get(username="lead")
     for ns in ("payments", "web"):
         NamespaceGrant.objects.get_or_create(user=lead, cluster=None, namespace=ns)
+
+
+def add_exceptions(now: dt.datetime | None = None) -> int:
+    """Demo risk acceptance: one approved (prod-us web/edge, the nginx image without a
+    USER), one waiting for an officer, one that ended. Requested by lead, decided by
+    officer (four eyes)."""
+    from compliance import acceptance, exceptions
+    from compliance.models import ExceptionEvent, RiskException
+
+    now = now or timezone.now()
+    lead, officer = User.objects.get(username="lead"), User.objects.get(username="officer")
+    lead_scope, officer_scope = access.scope_for(lead), access.scope_for(officer)
+    every = tuple(controls.CONTROLS)
+
+    def ask(cluster, ns, kind, name, reason, ticket, days):
+        r = exceptions.Request(
+            cluster, ns, kind, name, "", "", every, reason, ticket, now + dt.timedelta(days=days)
+        )
+        return exceptions.request(lead_scope, lead, r).exception
+
+    edge = ask(
+        "prod-us", "web", "Deployment", "edge",
+        "The vendor's nginx image has no USER; a rebuild on nginx-unprivileged is planned.",
+        "WEB-311", 45,
+    )  # fmt: skip
+    exceptions.decide(officer_scope, officer, edge.pk, "approve", "Until the rebuild ships.")
+    ask(
+        "prod-eu", "payments", "CronJob", "settle",
+        "The settlement job writes to a host path owned by root; moving it to a PVC.",
+        "PAY-88", 30,
+    )  # fmt: skip
+    # One that ran its course: approved seven weeks ago for 30 days.
+    with transaction.atomic():
+        start = now - dt.timedelta(days=49)
+        ended = RiskException.objects.create(
+            cluster=Cluster.objects.get(name="prod-us"),
+            namespace="web",
+            workload_kind="Deployment",
+            workload_name="frontend",
+            states="," + ",".join(exceptions.states_for(every)) + ",",
+            controls=list(every),
+            reason="Migration of the frontend image to a numeric USER.",
+            ticket="WEB-207",
+            requested_by=lead,
+            requested_at=start,
+            decision="approved",
+            decided_by=officer,
+            decided_at=start + dt.timedelta(hours=3),
+            approved_at=start + dt.timedelta(hours=3),
+            decision_comment="30 days.",
+            ends_at=start + dt.timedelta(days=30),
+        )
+        for at, user, action, comment in (
+            (start, lead, "requested", ""),
+            (start + dt.timedelta(hours=3), officer, "approved", "30 days."),
+        ):
+            ExceptionEvent.objects.create(
+                exception=ended, at=at, user=user, username=user.username, action=action,
+                comment=comment,
+            )  # fmt: skip
+        acceptance.match_exception(ended)
+    return RiskException.objects.count()

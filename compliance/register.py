@@ -86,7 +86,7 @@ def queryset(scope: Scope, f: Filters, now: dt.datetime) -> QuerySet[RiskExcepti
     return qs
 
 
-def _covered_counts(ids: list[int]) -> dict[int, int]:
+def covered_counts(ids: list[int]) -> dict[int, int]:
     """Open findings each exception's scope covers now (one query for a page of rows)."""
     return dict(
         ExceptionMatch.objects.filter(exception_id__in=ids, finding__resolved_at__isnull=True)
@@ -136,7 +136,7 @@ def page(scope: Scope, f: Filters, before: int | None) -> dict[str, Any]:
     items = list(qs.order_by("-pk")[: PAGE_SIZE + 1])
     more = len(items) > PAGE_SIZE
     items = items[:PAGE_SIZE]
-    covered = _covered_counts([e.pk for e in items])
+    covered = covered_counts([e.pk for e in items])
     rows = [{**row(e, now, covered.get(e.pk, 0)), "object": e} for e in items]
     return {"rows": rows, "next": items[-1].pk if more else None, "now": now}
 
@@ -180,7 +180,7 @@ class Register:
         yield from self._rows(batch)
 
     def _rows(self, batch: list[RiskException]) -> Iterator[dict[str, Any]]:
-        covered = _covered_counts([e.pk for e in batch])
+        covered = covered_counts([e.pk for e in batch])
         for e in batch:
             yield row(e, self.at, covered.get(e.pk, 0))
 

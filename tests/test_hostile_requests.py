@@ -10,7 +10,8 @@ from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.urls import get_resolver
 
-from compliance.models import Finding
+from compliance import demo
+from compliance.models import Finding, RiskException
 
 ROLES = ["officer", "auditor", "lead"]
 DEMO_DAYS = 3  # the demo fleet, short: the sweep only needs every page to have data
@@ -46,6 +47,13 @@ PARAMS = [
     "open",
     "preview",
     "format",
+    "status",
+    "ending_within",
+    "finding",
+    "standing",
+    "ends_at",
+    "controls",
+    "reason",
 ]
 # Path values for <str:...> and DRF's [^/.]+ segments (a '/' would not reach the view).
 HOSTILE_PATH = [
@@ -61,7 +69,7 @@ HOSTILE_PATH = [
 ]
 
 
-def routes(finding_pk: int, export_pk: str) -> dict[str, list[str]]:
+def routes(finding_pk: int, export_pk: str, exception_pk: int = 1) -> dict[str, list[str]]:
     """Every URL name -> paths that reach it with valid and with hostile path values."""
     q = [quote(v, safe="") for v in HOSTILE_PATH]
     return {
@@ -103,12 +111,29 @@ def routes(finding_pk: int, export_pk: str) -> dict[str, list[str]]:
             *(f"/api/v1/findings/{v}/" for v in q),
         ],
         "api-rollup-list": ["/api/v1/rollups/"],
+        "api-exception-list": ["/api/v1/exceptions/"],
+        "api-exception-detail": [
+            f"/api/v1/exceptions/{exception_pk}/",
+            *(f"/api/v1/exceptions/{v}/" for v in q),
+        ],
+        "compliance-exceptions": ["/exceptions/"],
+        "compliance-exception-new": ["/exceptions/new/", "/exceptions/new/?finding=0"],
+        "compliance-exceptions-export": ["/exceptions/export/"],
+        "compliance-exception": [
+            "/exceptions/1/",
+            "/exceptions/0/",
+            "/exceptions/99999999999999999999/",
+        ],
+        "compliance-exception-decide": ["/exceptions/1/decide/", "/exceptions/0/decide/"],
         "api-rollup-detail": ["/api/v1/rollups/1/", *(f"/api/v1/rollups/{v}/" for v in q)],
     }
 
 
 POSTS = {
     "compliance-export",
+    "compliance-exception-new",
+    "compliance-exceptions-export",
+    "compliance-exception-decide",
     "compliance-verify",
     "compliance-scan-now",
     "compliance-scan-schedule",
@@ -147,8 +172,9 @@ def sweep(client, role: str, every_parameter: bool) -> int:
     cache.clear()
     client.force_login(User.objects.get(username=role))
     finding = Finding.objects.filter(namespace="payments").order_by("pk").first()
+    exception = RiskException.objects.filter(namespace="payments").order_by("pk").first()
     tried = 0
-    for name, paths in routes(finding.pk, str(uuid.uuid4())).items():
+    for name, paths in routes(finding.pk, str(uuid.uuid4()), exception.pk).items():
         for i, path in enumerate(paths):
             # Hostile path values are tried without parameters; the valid path with all.
             cases = (
@@ -171,6 +197,7 @@ def sweep(client, role: str, every_parameter: bool) -> int:
 
 def test_no_parameter_or_path_value_answers_5xx(client, demo_fleet, db, settings, tmp_path):
     settings.EXPORTS_DIR = tmp_path
+    demo.add_exceptions()
     tried = sweep(client, "officer", every_parameter=True)
     for role in ("auditor", "lead"):
         tried += sweep(client, role, every_parameter=role == "lead")

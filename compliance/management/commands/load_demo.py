@@ -27,10 +27,12 @@ class Command(BaseCommand):
             return
         try:
             result = demo.load(options["password"])
+            risks = demo.add_exceptions()
         except ValueError as e:
             raise CommandError(str(e)) from None
         self.stdout.write(
-            f"demo loaded: {result['clusters']} clusters, {result['snapshots']} daily snapshots"
+            f"demo loaded: {result['clusters']} clusters, {result['snapshots']} daily snapshots, "
+            f"{risks} exceptions (risk acceptance)"
         )
         self.stdout.write(
             f"log in at http://127.0.0.1:8000/ as officer, auditor or lead "

@@ -1,0 +1,483 @@
+"""Risk acceptance: four eyes for every role, grants, expiry to the second on pages and in
+reports, a digest pin reopening a finding, revocation, the register (unused, ended),
+signed exports that verify, concurrent decisions, the command and the API."""
+
+import datetime as dt
+import re
+import threading
+
+import orjson
+import pytest
+from django.contrib.auth.models import User
+from django.core.management import call_command
+from django.db import IntegrityError, close_old_connections, connection, transaction
+from django.utils import timezone
+
+from compliance import access, exceptions, exports, reports, scanning
+from compliance.models import (
+    AuditEvent,
+    DailyRollup,
+    ExceptionEvent,
+    ExceptionMatch,
+    Export,
+    Finding,
+    FindingEvent,
+    RiskException,
+)
+from tests import podgen
+from tests.builders import ROOT, make_user
+
+SHA_A = "sha256:" + "a" * 64
+SHA_B = "sha256:" + "b" * 64
+
+
+def scan(at, workloads):
+    """workloads: {(ns, name): (container securityContext, image)}; one bare pod each,
+    its status reporting the digest the image runs (when the image names one)."""
+    items = []
+    for (ns, name), (sc, image) in workloads.items():
+        p = podgen.pod(ns, name, image, {}, sc)
+        if "@" in image:
+            p["status"] = {
+                "phase": "Running",
+                "containerStatuses": [
+                    {"name": "app", "image": image, "imageID": "docker-pullable://" + image}
+                ],
+            }
+        items.append(p)
+    data = orjson.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+    r = scanning.import_snapshot("airgap", data, "snap.json", at)
+    assert r.status == "succeeded", r.reason
+
+
+NOW = timezone.now().replace(microsecond=0)
+T1 = NOW - dt.timedelta(days=2)
+
+
+@pytest.fixture
+def fleet(db):
+    """airgap: shop/a root, shop/b root (pinned image A), ops/c root."""
+    scan(
+        T1,
+        {
+            ("shop", "a"): (ROOT, "app:1"),
+            ("shop", "b"): (ROOT, "registry.example/b@" + SHA_A),
+            ("ops", "c"): (ROOT, "ops:1"),
+        },
+    )
+    return {f.workload_name: f for f in Finding.objects.filter(resolved_at__isnull=True)}
+
+
+def users():
+    return (
+        make_user("officer"),
+        make_user("officer", username="officer2"),
+        make_user("lead", grants=["shop"]),
+        make_user("auditor"),
+    )
+
+
+def ask(user, namespace="shop", days=30, **kw):
+    scope = access.scope_for(user)
+    r = exceptions.Request(
+        cluster=kw.pop("cluster", "airgap"),
+        namespace=namespace,
+        controls=kw.pop("controls", ("A.9.4.4", "A.12.6.1", "A.14.2.5")),
+        reason=kw.pop("reason", "vendor image, fix promised in Q1"),
+        ticket=kw.pop("ticket", "SEC-42"),
+        ends_at=kw.pop("ends_at", timezone.now() + dt.timedelta(days=days)),
+        **kw,
+    )
+    return exceptions.request(scope, user, r).exception
+
+
+def decide(user, e, action, comment="ok"):
+    return exceptions.decide(access.scope_for(user), user, e.pk, action, comment)
+
+
+def standing(name, at=None):
+    r = reports.point_in_time(access.Scope(None, access.OFFICER), at)
+    return {row["workload_name"]: (row["standing"], row["exception"]) for row in r.rows()}[name]
+
+
+# --- four eyes ------------------------------------------------------------------------------
+
+
+def test_four_eyes_for_every_role(fleet):
+    officer, officer2, lead, auditor = users()
+    e = ask(lead)
+    with pytest.raises(exceptions.ExceptionError, match="only security officers"):
+        decide(lead, e, "approve")
+    with pytest.raises(exceptions.ExceptionError, match="only security officers"):
+        decide(auditor, e, "approve")
+    with pytest.raises(exceptions.ExceptionError, match="only team leads and security"):
+        ask(auditor)
+    own = ask(officer)
+    with pytest.raises(exceptions.ExceptionError, match="you requested this exception"):
+        decide(officer, own, "approve")
+    decide(officer2, own, "approve")
+    approved = decide(officer, e, "approve")
+    assert approved.decided_by == officer and approved.approved_at is not None
+    assert [h.action for h in approved.events.all()] == ["requested", "approved"]
+    assert AuditEvent.objects.filter(action="exception").count() == 4
+    # The database refuses what the code would: an approver who is the requester.
+    with pytest.raises(IntegrityError), transaction.atomic():
+        RiskException.objects.filter(pk=e.pk).update(decided_by=lead)
+
+
+def test_pages_enforce_four_eyes(fleet, client):
+    officer, officer2, lead, auditor = users()
+    client.force_login(lead)
+    r = client.post(
+        "/exceptions/new/",
+        {
+            "cluster": "airgap",
+            "namespace": "shop",
+            "controls": ["A.9.4.4", "A.12.6.1", "A.14.2.5"],
+            "reason": "legacy database\r\nneeds root until migrated",
+            "ticket": "CHG-7",
+            "ends_at": (timezone.now() + dt.timedelta(days=20)).date().isoformat(),
+        },
+    )
+    assert r.status_code == 302
+    e = RiskException.objects.get()
+    assert e.reason == "legacy database\r\nneeds root until migrated"
+    assert client.post(f"/exceptions/{e.pk}/decide/", {"action": "approve"}).status_code == 404
+    client.force_login(auditor)
+    assert client.get(f"/exceptions/{e.pk}/").status_code == 200
+    assert client.get("/exceptions/new/").status_code == 404
+    assert client.post(f"/exceptions/{e.pk}/decide/", {"action": "approve"}).status_code == 404
+    client.force_login(make_user("outsider"))
+    assert client.get("/exceptions/").status_code == 404
+    client.force_login(officer)
+    r = client.post(f"/exceptions/{e.pk}/decide/", {"action": "reject", "comment": ""})
+    assert r.status_code == 400 and b"comment: required" in r.content
+    r = client.post(f"/exceptions/{e.pk}/decide/", {"action": "approve", "comment": "fine"})
+    assert r.status_code == 302
+    e.refresh_from_db()
+    assert e.decision == "approved" and e.decided_by == officer
+
+
+def test_a_lead_asks_only_inside_their_grants(fleet, client):
+    _, _, lead, _ = users()
+    with pytest.raises(exceptions.ExceptionError, match="namespace: airgap/ops is outside"):
+        ask(lead, "ops")
+    with pytest.raises(exceptions.ExceptionError, match=r"namespace: \*/sh\* is outside"):
+        ask(lead, "sh*", cluster="*")
+    narrow = ask(lead, "shop", workload_kind="Pod", workload_name="a", container="app")
+    covered = ExceptionMatch.objects.filter(exception=narrow).values("finding_id")
+    assert list(Finding.objects.filter(pk__in=covered).values_list("workload_name", flat=True)) == [
+        "a"
+    ]
+    other = ask(make_user("officer", username="o3"), "ops")
+    client.force_login(lead)
+    assert client.get(f"/exceptions/{other.pk}/").status_code == 404
+    assert client.get(f"/exceptions/{narrow.pk}/").status_code == 200
+    body = client.get("/exceptions/").content.decode()
+    assert f"#{narrow.pk}" in body and f"#{other.pk}<" not in body
+    # A request from a finding outside the grants: 404, as everywhere.
+    assert client.get(f"/exceptions/new/?finding={fleet['c'].pk}").status_code == 404
+    r = client.get(f"/exceptions/new/?finding={fleet['a'].pk}")
+    assert r.status_code == 200 and b'value="shop"' in r.content
+
+
+@pytest.mark.parametrize(
+    "field,kw,message",
+    [
+        ("ends_at", {"ends_at": NOW - dt.timedelta(seconds=1)}, "is in the past"),
+        ("ends_at", {"days": 181}, "more than 180 days away"),
+        ("controls", {"controls": ()}, "choose at least one"),
+        ("controls", {"controls": ("A.1.2.3",)}, "unknown control"),
+        ("controls", {"controls": ("A.9.4.4",)}, "no state is covered"),
+        ("image_digest", {"image_digest": "sha256:xyz"}, "not an image digest"),
+        ("workload_name", {"workload_kind": "Pod"}, "kind and name together"),
+        ("workload_kind", {"workload_kind": "Bogus", "workload_name": "x"}, "not a workload"),
+        ("namespace", {"namespace": "Shop"}, "a namespace name"),
+        ("reason", {"reason": "  "}, "required"),
+        ("reason", {"reason": "x\x1b[31m"}, "control characters"),
+        ("ticket", {"ticket": "t" * 201}, "at most 200"),
+        ("cluster", {"cluster": "nope"}, "no such cluster"),
+    ],
+)
+def test_bad_input_names_the_field(fleet, field, kw, message):
+    officer = make_user("officer")
+    namespace = kw.pop("namespace", "shop")
+    with pytest.raises(exceptions.ExceptionError) as e:
+        ask(officer, namespace, **kw)
+    assert e.value.field == field and message in e.value.message
+    assert not RiskException.objects.exists()
+
+
+def test_a_glob_that_matches_nothing_yet_is_allowed_and_said(fleet, client):
+    client.force_login(make_user("officer"))
+    r = client.post(
+        "/exceptions/new/",
+        {
+            "cluster": "*",
+            "namespace": "vendor-*",
+            "controls": ["A.9.4.4", "A.12.6.1", "A.14.2.5"],
+            "reason": "node agents",
+            "ticket": "SEC-1",
+            "ends_at": (timezone.now() + dt.timedelta(days=5)).date().isoformat(),
+        },
+        follow=True,
+    )
+    assert b"matches no open finding yet" in r.content
+
+
+def test_approving_a_revoked_or_rejected_exception_is_refused(fleet):
+    officer, officer2, lead, _ = users()
+    e = ask(lead)
+    decide(officer, e, "revoke", "asked by mistake")
+    with pytest.raises(exceptions.ExceptionError, match="it is revoked"):
+        decide(officer2, e, "approve")
+    r = ask(lead)
+    decide(officer, r, "reject", "no")
+    with pytest.raises(exceptions.ExceptionError, match="it is rejected"):
+        decide(officer2, r, "approve")
+    with pytest.raises(exceptions.ExceptionError, match="nothing to revoke"):
+        decide(officer2, r, "revoke", "x")
+
+
+# --- what it does to findings ---------------------------------------------------------------
+
+
+def test_expiry_at_the_exact_second_on_pages_and_in_reports(fleet, client, monkeypatch):
+    officer, officer2, lead, _ = users()
+    ends = timezone.now().replace(microsecond=0) + dt.timedelta(hours=1)
+    e = ask(lead, workload_kind="Pod", workload_name="a", ends_at=ends)
+    before_approval = timezone.now()
+    decide(officer, e, "approve")
+    e.refresh_from_db()
+    client.force_login(officer2)
+    ns = "/clusters/airgap/namespaces/shop/"
+
+    def at(moment):
+        monkeypatch.setattr(timezone, "now", lambda: moment)
+
+    at(ends - dt.timedelta(microseconds=1))
+    fleet_page = client.get("/").content.decode()
+    assert 'id="accepted-total"' in fleet_page
+    assert _number(fleet_page, "accepted-total") == 1 and _number(fleet_page, "open-total") == 2
+    assert _number(client.get(ns).content.decode(), "accepted-count") == 1
+    at(ends)  # the end date: open again, with nothing written, through the cached page
+    fleet_page = client.get("/").content.decode()
+    assert _number(fleet_page, "accepted-total") == 0 and _number(fleet_page, "open-total") == 3
+    assert _number(client.get(ns).content.decode(), "accepted-count") == 0
+    page = client.get(f"/findings/{fleet['a'].pk}/").content.decode()
+    assert "Open again" in page and f"exception #{e.pk} ended" in page
+    monkeypatch.undo()
+    assert standing("a", before_approval) == ("open", None)
+    assert standing("a", ends - dt.timedelta(microseconds=1)) == ("accepted", e.pk)
+    assert standing("a", ends) == ("open", None)
+    assert exceptions.status_at(e, ends) == "expired"
+
+
+def _number(html, element_id):
+    """The figure in the element with that id (a count on a page)."""
+    m = re.search(rf'id="{element_id}">(?:[^<]|<(?!strong>)[^>]*>)*?(?:<strong>)?(\d+)', html)
+    assert m, f"no #{element_id}"
+    return int(m.group(1))
+
+
+def test_accepted_findings_keep_their_state_and_count_apart(fleet, client):
+    officer, _, lead, _ = users()
+    e = ask(lead, workload_kind="Pod", workload_name="a")
+    decide(officer, e, "approve")
+    a = Finding.objects.get(pk=fleet["a"].pk)
+    assert a.state == "root"  # evaluated state unchanged
+    r = reports.point_in_time(access.Scope(None, access.OFFICER))
+    assert r.summary["root"] == {"containers": 3, "workloads": 3, "accepted": 1}
+    summary = {c["control"]: c for c in r.control_summary()}
+    assert summary["A.9.4.4"]["accepted"] == 1 and summary["A.9.4.4"]["open"] == 2
+    client.force_login(officer)
+    page = client.get("/clusters/airgap/").content.decode()
+    assert "Accepted" in page
+    api = client.get("/api/v1/findings/?standing=accepted").json()
+    assert [f["workload_name"] for f in api["results"]] == ["a"]
+    assert api["results"][0]["exception"]["id"] == e.pk
+    assert api["results"][0]["standing"] == "accepted"
+    open_ = client.get("/api/v1/findings/?standing=open").json()
+    assert sorted(f["workload_name"] for f in open_["results"]) == ["b", "c"]
+    assert client.get("/api/v1/findings/?standing=maybe").status_code == 400
+    # A rescan writes the day's accepted count into the rollups (the charts' history).
+    scan(
+        None,
+        {
+            ("shop", "a"): (ROOT, "app:1"),
+            ("shop", "b"): (ROOT, "registry.example/b@" + SHA_A),
+            ("ops", "c"): (ROOT, "ops:1"),
+        },
+    )
+    row = DailyRollup.objects.get(namespace="shop", state="root", day=timezone.localdate())
+    assert (row.containers, row.accepted) == (2, 1)
+    trend = client.get("/trends/data.json?cluster=airgap").json()
+    assert trend["accepted"][-1] == 1 and trend["states"]["root"][-1] == 2
+
+
+def test_a_digest_pin_reopens_the_finding_when_the_image_changes(fleet, client):
+    officer, _, lead, _ = users()
+    b = fleet["b"]
+    assert b.image_digest == SHA_A
+    e = ask(lead, workload_kind="Pod", workload_name="b", image_digest=SHA_A)
+    decide(officer, e, "approve")
+    t_pinned = timezone.now()
+    assert standing("b", t_pinned) == ("accepted", e.pk)
+    scan(
+        None,
+        {
+            ("shop", "a"): (ROOT, "app:1"),
+            ("shop", "b"): (ROOT, "registry.example/b@" + SHA_B),
+            ("ops", "c"): (ROOT, "ops:1"),
+        },
+    )
+    b.refresh_from_db()
+    assert b.image_digest == SHA_B and b.state == "root"
+    assert standing("b", t_pinned) == ("accepted", e.pk)  # the past stays as it was
+    assert standing("b") == ("open", None)
+    event = FindingEvent.objects.get(finding=b, kind="image")
+    assert event.digest == SHA_B
+    client.force_login(officer)
+    page = client.get(f"/findings/{b.pk}/").content.decode()
+    assert "Image changed" in page and f"exception #{e.pk} was pinned to" in page
+
+
+def test_a_revoked_exception_stops_at_its_revocation(fleet):
+    officer, officer2, lead, _ = users()
+    e = ask(lead)
+    decide(officer, e, "approve")
+    during = timezone.now()
+    decide(officer2, e, "revoke", "the vendor shipped a fix")
+    assert standing("a", during) == ("accepted", e.pk)
+    assert standing("a") == ("open", None)
+    assert exceptions.status_at(e.__class__.objects.get(pk=e.pk)) == "revoked"
+    with pytest.raises(exceptions.ExceptionError, match="it is revoked"):
+        decide(officer, e, "revoke", "again")
+
+
+def test_a_container_that_needs_root_is_offered_an_exception_first(db, client):
+    privileged = {"privileged": True, "runAsUser": 0}
+    scan(T1, {("shop", "agent"): (privileged, "agent:1")})
+    f = Finding.objects.get()
+    client.force_login(make_user("lead", grants=["shop"]))
+    page = client.get(f"/findings/{f.pk}/").content.decode()
+    fix = page[page.index('id="fix-h"') :]
+    assert fix.index("Request an exception") < fix.index("</section>")
+    assert "<pre>" not in fix[: fix.index("Request an exception")]
+
+
+# --- the register ---------------------------------------------------------------------------
+
+
+def test_the_register_calls_out_unused_and_ended_exceptions(fleet, client, monkeypatch):
+    officer, officer2, lead, _ = users()
+    used = ask(lead)
+    decide(officer, used, "approve")
+    unused = ask(officer, "nothing-here")
+    short = ask(lead, ends_at=timezone.now() + dt.timedelta(seconds=30))
+    decide(officer, short, "approve")
+    later = timezone.now() + dt.timedelta(minutes=1)
+    monkeypatch.setattr(timezone, "now", lambda: later)
+    client.force_login(officer2)
+    rows = {r["id"]: r for r in client.get("/api/v1/exceptions/").json()["results"]}
+    assert rows[used.pk]["status"] == "approved" and not rows[used.pk]["unused"]
+    assert rows[used.pk]["open_findings_covered"] == 2
+    assert rows[unused.pk]["unused"] and rows[unused.pk]["status"] == "requested"
+    assert rows[short.pk]["status"] == "expired" and rows[short.pk]["ended"]
+    page = client.get("/exceptions/").content.decode()
+    assert "unused: covers no open finding" in page and "ended" in page
+    expired = client.get("/exceptions/?status=expired").content.decode()
+    assert f"#{short.pk}<" in expired and f"#{used.pk}<" not in expired
+    soon = client.get("/api/v1/exceptions/?ending_within=31").json()["results"]
+    assert {r["id"] for r in soon} == {used.pk, unused.pk}
+    assert client.get("/exceptions/?ending_within=x").status_code == 400
+    assert client.get("/exceptions/?status=bogus").status_code == 400
+
+
+def test_register_and_report_exports_verify(fleet, client, tmp_path, settings):
+    settings.EXPORTS_DIR = tmp_path
+    officer, officer2, lead, _ = users()
+    e = ask(lead, reason='=HYPERLINK("http://evil")')
+    decide(officer, e, "approve")
+    client.force_login(officer2)
+    for fmt in ("csv", "json"):
+        assert client.post("/exceptions/export/", {"format": fmt}).status_code == 302
+    assert client.post("/reports/export/", {"format": "csv"}).status_code == 302
+    for x in Export.objects.all():
+        body = (tmp_path / f"{x.id}.{x.format}").read_bytes()
+        result = exports.verify(body, orjson.dumps(x.manifest))
+        assert result.ok, result.message
+        if "register" in x.scope and x.format == "csv":
+            assert b"'=HYPERLINK" in body and b"approved" in body
+            assert x.filename.startswith("welkin-exceptions-")
+        elif "register" in x.scope:
+            assert orjson.loads(body)["exceptions"][0]["decided_by"] == "officer"
+        else:
+            assert b",accepted," + str(e.pk).encode() + b",officer," in body
+    assert AuditEvent.objects.filter(action="exception_export").count() == 2
+
+
+# --- concurrency, the command ---------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_approve_and_revoke_leave_one_consistent_outcome():
+    scan(T1, {("shop", "a"): (ROOT, "app:1")})
+    officer, officer2, lead, _ = users()
+    outcomes = []
+    for _ in range(6):
+        e = ask(lead)
+        barrier = threading.Barrier(2)
+        results = {}
+
+        def act(user, action, e=e, barrier=barrier, results=results):
+            close_old_connections()
+            try:
+                barrier.wait()
+                decide(user, e, action, "now")
+                results[action] = "done"
+            except exceptions.ExceptionError as error:
+                results[action] = str(error)
+            finally:
+                connection.close()
+
+        threads = [
+            threading.Thread(target=act, args=(officer, "approve")),
+            threading.Thread(target=act, args=(officer2, "revoke")),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        e.refresh_from_db()
+        actions = [h.action for h in ExceptionEvent.objects.filter(exception=e)]
+        assert e.decision == "revoked" and results["revoke"] == "done"
+        if results["approve"] == "done":
+            assert actions == ["requested", "approved", "revoked"] and e.approved_at
+        else:
+            assert "it is revoked" in results["approve"]
+            assert actions == ["requested", "revoked"] and e.approved_at is None
+        outcomes.append(results["approve"] == "done")
+    assert len(outcomes) == 6
+
+
+def test_the_exceptions_command_lists_as_a_table(fleet, capsys):
+    officer, _, lead, _ = users()
+    e = ask(lead, days=10)
+    decide(officer, e, "approve")
+    call_command("exceptions", "list")
+    out = capsys.readouterr().out
+    assert "approved" in out and "airgap/shop" in out
+    call_command("exceptions", "expiring", "--days", "14", "--format", "json")
+    rows = orjson.loads(capsys.readouterr().out)
+    assert [r["id"] for r in rows] == [e.pk]
+    with pytest.raises(Exception, match="--days"):
+        call_command("exceptions", "expiring", "--days", "-1")
+
+
+def test_users_deleted_never_take_history_with_them(fleet):
+    officer, _, lead, _ = users()
+    e = ask(lead)
+    decide(officer, e, "approve")
+    with pytest.raises(Exception, match="protected"):
+        User.objects.filter(pk=lead.pk).delete()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +54,7 @@ class ExceptionError(ValueError):
 
 
 def max_days() -> int:
-    return int(getattr(settings, "WELKIN_EXCEPTION_MAX_DAYS", 180))
+    return settings.WELKIN_EXCEPTION_MAX_DAYS
 
 
 def status_at(e: RiskException, at: dt.datetime | None = None) -> str:
@@ -103,7 +104,9 @@ def check(scope: Scope, r: Request, now: dt.datetime | None = None) -> dict[str,
     now = now or timezone.now()
     cluster = None
     if r.cluster and r.cluster != "*":
-        cluster = Cluster.objects.filter(name=r.cluster).first()
+        # Only a slug can name a cluster (and nothing else reaches the database).
+        ok = len(r.cluster) <= 63 and re.fullmatch(r"[-a-zA-Z0-9_]+", r.cluster)
+        cluster = Cluster.objects.filter(name=r.cluster).first() if ok else None
         if cluster is None:
             raise ExceptionError("cluster", f"no such cluster: {gate.show(r.cluster)}")
     namespace = (r.namespace or "").strip()

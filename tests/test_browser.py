@@ -139,3 +139,42 @@ def test_the_trend_filters_redraw_for_a_namespace(demo_fleet, browser, live_serv
     w.page.wait_for_selector("body[data-charts-ready]")
     assert "namespace=web" in w.page.url
     assert w.errors == []
+
+
+def test_a_lead_requests_an_exception_an_officer_approves_it(demo_fleet, browser, live_server):
+    """Four eyes in the browser: the lead asks from the finding page, the officer approves
+    from the fleet page's pending requests, and the fleet page counts it as accepted."""
+    officer = Walker(browser, live_server.url, "officer")
+    officer.login()
+    before = officer.page.goto(live_server.url + "/")
+    assert before.status == 200
+    open_before = int(officer.page.inner_text("#open-total strong"))
+    assert officer.page.inner_text("#accepted-total strong") == "0"
+
+    lead = Walker(browser, live_server.url, "lead")
+    lead.login()
+    lead.visit(f"/findings/{demo_fleet['welkin']}/", "finding-open")
+    lead.page.click("#standing a.button")
+    assert lead.page.input_value("#x-namespace") == "payments"
+    assert lead.page.input_value("#x-name") == "worker"
+    lead.page.fill("#x-reason", "USER node until the image is rebuilt with USER 1000")
+    lead.page.fill("#x-ticket", "PAY-123")
+    lead.page.click("form.form-grid button[type=submit]")
+    lead.page.wait_for_selector("text=Requested. A security officer other than you")
+    assert "Approve" not in lead.page.inner_text("main")  # not the lead's to decide
+    lead.visit(lead.page.url.replace(live_server.url, ""), "exception-requested")
+
+    officer.page.goto(live_server.url + "/")
+    assert "1 exception request waiting" in officer.page.inner_text("#pending")
+    officer.page.click("#pending a")
+    officer.page.click("table a >> nth=0")
+    officer.page.fill("#d-comment", "Approved until the rebuild.")
+    officer.page.click("button[value=approve]")
+    officer.page.wait_for_selector("h1 >> text=Approved")
+    officer.visit("/", "fleet-accepted")
+    assert int(officer.page.inner_text("#open-total strong")) == open_before - 1
+    assert officer.page.inner_text("#accepted-total strong") == "1"
+    lead.visit(f"/findings/{demo_fleet['welkin']}/", "finding-accepted")
+    assert "Accepted by exception #" in lead.page.inner_text("#standing")
+    assert officer.errors == [] and lead.errors == []
+    assert officer.foreign == [] and lead.foreign == []

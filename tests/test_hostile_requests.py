@@ -47,14 +47,30 @@ PARAMS = [
     "open",
     "preview",
     "format",
-    "status",
-    "ending_within",
-    "finding",
-    "standing",
-    "ends_at",
-    "controls",
-    "reason",
 ]
+# The risk-acceptance routes read these parameters and no others: each is tried with
+# each hostile value (the generic ones above are the other routes').
+EXCEPTION_PARAMS = ["cluster", "namespace", "format", "action", "before", "page_size"]
+ROUTE_PARAMS = {
+    "compliance-exceptions": ["status", "ending_within", *EXCEPTION_PARAMS],
+    "api-exception-list": ["status", "ending_within", "cursor", *EXCEPTION_PARAMS],
+    "compliance-exception-new": [
+        "finding",
+        "ends_at",
+        "controls",
+        "reason",
+        "ticket",
+        "image_digest",
+        "workload_kind",
+        "workload_name",
+        "container",
+        *EXCEPTION_PARAMS,
+    ],
+    "compliance-exceptions-export": ["status", "ending_within", *EXCEPTION_PARAMS],
+    "compliance-exception": ["new", *EXCEPTION_PARAMS],
+    "compliance-exception-decide": ["comment", *EXCEPTION_PARAMS],
+}
+EXTRA_PARAMS = {"api-finding-list": ["standing"]}
 # Path values for <str:...> and DRF's [^/.]+ segments (a '/' would not reach the view).
 HOSTILE_PATH = [
     "\x00",
@@ -178,7 +194,11 @@ def sweep(client, role: str, every_parameter: bool) -> int:
         for i, path in enumerate(paths):
             # Hostile path values are tried without parameters; the valid path with all.
             cases = (
-                [(p, v) for p in PARAMS for v in HOSTILE]
+                [
+                    (p, v)
+                    for p in ROUTE_PARAMS.get(name, PARAMS + EXTRA_PARAMS.get(name, []))
+                    for v in HOSTILE
+                ]
                 if every_parameter and i == 0
                 else [("q", "")]
             )

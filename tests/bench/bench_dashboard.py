@@ -1,8 +1,11 @@
-"""`make bench-dashboard`: page server time with 1M findings and 10M events.
+"""`make bench-dashboard`: page server time with 1M findings, 10M events and 10,000
+exceptions.
 
 Loads a fleet into the database `welkin_bench` (recreated) with SQL: 20 clusters x 500
 namespaces, 1,000,000 findings (80% open), 10,000,000 finding events, 90 days of rollups
-(4.5M namespace rows) and activity. Then requests every page N times through Django's
+(4.5M namespace rows) and activity, and 10,000 exceptions (9,000 for one workload, 1,000
+for a whole namespace; 80% approved and in force, the rest requested, revoked or ended)
+with their matches. Then requests every page N times through Django's
 test client (server time: routing, queries, rendering; no network) for an officer and a
 team lead, and prints p50/p95/max and the queries per page. The fleet page is measured
 both as served (cached per completed scan) and with its cache cleared before each request.
@@ -94,6 +97,68 @@ def load(findings: int, events: int) -> None:
         cur.execute("VACUUM ANALYZE")
 
 
+EXCEPTIONS_SQL = """
+INSERT INTO compliance_riskexception (cluster_id, namespace, workload_kind, workload_name,
+    container, image_digest, states, controls, reason, ticket, requested_by_id, requested_at,
+    decision, decided_by_id, decided_at, decision_comment, approved_at, revoked_by_id,
+    revoked_at, revoke_comment, ends_at)
+SELECT cluster_id, namespace, kind, name, '', '', ',blocked,root,unverified,unenforced,',
+    '["A.9.4.4", "A.12.6.1", "A.14.2.5"]'::jsonb, 'bench', 'B-' || i, %(lead)s,
+    now() - interval '40 days',
+    CASE WHEN i %% 20 = 0 THEN 'requested' WHEN i %% 20 = 1 THEN 'revoked' ELSE 'approved' END,
+    CASE WHEN i %% 20 = 0 THEN NULL ELSE %(officer)s END,
+    CASE WHEN i %% 20 = 0 THEN NULL ELSE now() - interval '39 days' END, '',
+    CASE WHEN i %% 20 = 0 THEN NULL ELSE now() - interval '39 days' END,
+    CASE WHEN i %% 20 = 1 THEN %(officer)s END,
+    CASE WHEN i %% 20 = 1 THEN now() - interval '3 days' END, '',
+    CASE WHEN i %% 20 = 2 THEN now() - interval '1 day'
+         ELSE now() + ((1 + i %% 120) || ' days')::interval END
+FROM (
+    SELECT row_number() OVER (ORDER BY id) AS i, cluster_id, namespace,
+           workload_kind AS kind, workload_name AS name
+    FROM compliance_finding WHERE id %% 97 = 0 LIMIT 9000
+) w
+UNION ALL
+SELECT 1 + i %% {clusters}, 'ns-' || ((i * 7) %% {namespaces}), '', '', '', '',
+    ',blocked,root,unverified,unenforced,', '["A.9.4.4", "A.12.6.1", "A.14.2.5"]'::jsonb,
+    'bench', 'N-' || i, %(lead)s, now() - interval '40 days', 'approved', %(officer)s,
+    now() - interval '39 days', '', now() - interval '39 days', NULL, NULL, '',
+    now() + ((1 + i %% 120) || ' days')::interval
+FROM generate_series(1, 1000) i;
+
+INSERT INTO compliance_exceptionevent (exception_id, at, user_id, username, action, comment)
+SELECT id, requested_at, requested_by_id, 'lead', 'requested', '' FROM compliance_riskexception
+UNION ALL
+SELECT id, approved_at, decided_by_id, 'officer', 'approved', '' FROM compliance_riskexception
+WHERE approved_at IS NOT NULL;
+
+INSERT INTO compliance_exceptionmatch (exception_id, finding_id)
+SELECT e.id, f.id FROM compliance_riskexception e JOIN compliance_finding f
+  ON f.cluster_id = e.cluster_id AND f.namespace = e.namespace
+ AND (e.workload_kind = '' OR (f.workload_kind = e.workload_kind
+                               AND f.workload_name = e.workload_name))
+WHERE f.resolved_at IS NULL
+"""
+
+
+def load_exceptions() -> None:
+    from django.contrib.auth.models import User
+    from django.db import connection
+
+    ids = {u.username: u.pk for u in User.objects.filter(username__in=("lead", "officer"))}
+    sql = EXCEPTIONS_SQL.format(clusters=CLUSTERS, namespaces=NAMESPACES)
+    with connection.cursor() as cur:
+        for statement in sql.split(";\n"):
+            t = time.perf_counter()
+            cur.execute(statement, ids)
+            print(
+                f"  {statement.strip().splitlines()[0][:60]:<60} {time.perf_counter() - t:6.1f} s"
+            )
+        cur.execute("SELECT count(*) FROM compliance_exceptionmatch")
+        print(f"  {cur.fetchone()[0]:,} exception matches")
+        cur.execute("VACUUM ANALYZE")
+
+
 def users() -> None:
     from django.contrib.auth.models import Group, User
 
@@ -152,12 +217,16 @@ def main() -> None:
     print(f"loading {args.findings:,} findings and {args.events:,} events:")
     load(args.findings, args.events)
     users()
+    load_exceptions()
     print(f"loaded in {time.perf_counter() - t:.0f} s\n")
 
     open_in = Finding.objects.filter(
         cluster__name="cluster-01", namespace="ns-1", resolved_at__isnull=True
     )
     finding = open_in.order_by("pk").first().pk
+    from compliance.models import RiskException
+
+    exception = RiskException.objects.filter(namespace="ns-1").order_by("pk").first().pk
     page2 = None
     pages = [
         ("fleet (as served)", "/", False),
@@ -171,6 +240,9 @@ def main() -> None:
         ("finding", f"/findings/{finding}/", False),
         ("trends page", "/trends/", False),
         ("scans", "/scans/", False),
+        ("exception register", "/exceptions/", False),
+        ("register, ending <14 d", "/exceptions/?ending_within=14", False),
+        ("exception", f"/exceptions/{exception}/", False),
     ]
     print(f"{'page':<24} {'role':<8} {'p50 ms':>7} {'p95 ms':>7} {'max ms':>7} {'queries':>8}")
     worst = 0.0
@@ -193,6 +265,25 @@ def main() -> None:
                 flush=True,
             )
     print(f"\nworst p95: {worst:.1f} ms (budget 150 ms, 10 queries)")
+    report_with_exceptions()
+
+
+def report_with_exceptions() -> None:
+    """The point-in-time report's rows and summary with the exceptions applied, timed in
+    this process (bench-export times the exports as a whole)."""
+    from compliance import access, reports
+
+    t = time.perf_counter()
+    r = reports.point_in_time(access.Scope(None, access.OFFICER))
+    summary = time.perf_counter() - t
+    rows = accepted = 0
+    for row in r.rows():
+        rows += 1
+        accepted += row["standing"] == "accepted"
+    print(
+        f"point-in-time report, whole fleet: summary {summary:.1f} s, {rows:,} rows "
+        f"({accepted:,} accepted) in {time.perf_counter() - t:.1f} s"
+    )
 
 
 if __name__ == "__main__":

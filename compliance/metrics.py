@@ -40,6 +40,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 
+from compliance.acceptance import accepted_counts
+from compliance.access import OFFICER, Scope
 from compliance.controls import CONTROLS, MAPPING
 from compliance.models import Cluster, Finding, ScanRun, ScanStatus, Source
 
@@ -152,12 +154,26 @@ class StateCollector:
             "cluster and state. A finding counts once under each control its state touches.",
             labels=[*labels[:-1], "control", "control_2022", "state"],
         )
+        accepted = GaugeMetricFamily(
+            "welkin_findings_accepted",
+            "Of the open findings, those an approved exception in force accepts now (risk "
+            "accepted; still counted in welkin_findings), by cluster and state.",
+            labels=labels,
+        )
         for key, n, p in _findings_counts(by_ns):
             findings.add_metric(list(key), n)
             pods.add_metric(list(key), p)
             for cid in MAPPING.get(key[-1], {}):
                 control.add_metric([*key[:-1], cid, CONTROLS[cid].id_2022, key[-1]], n)
-        yield from (findings, pods, control)
+        names = dict(Cluster.objects.values_list("pk", "name"))
+        counted: dict[tuple[str, ...], int] = {}
+        live = accepted_counts(Scope(None, OFFICER)).counts.items()
+        for (cluster_id, ns, state), n in live:
+            key = (names[cluster_id], ns, state) if by_ns else (names[cluster_id], state)
+            counted[key] = counted.get(key, 0) + n
+        for key, n in sorted(counted.items()):
+            accepted.add_metric(list(key), n)
+        yield from (findings, pods, control, accepted)
 
     def _clusters(self):
         since = timezone.now() - FAILURE_WINDOW

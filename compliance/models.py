@@ -135,7 +135,7 @@ class Finding(models.Model):
     container_type = models.CharField(max_length=9, choices=ContainerType.choices)
     image = models.CharField(max_length=1000)
     # The digest the container runs (status imageID, or the spec's @digest); "" unknown.
-    image_digest = models.CharField(max_length=200, blank=True, default="")
+    image_digest = models.CharField(max_length=200, blank=True, default="", db_default="")
     state = models.CharField(max_length=16, choices=State.choices)
     runs_as_root = models.BooleanField(null=True)
     kubelet_error = models.TextField(blank=True)
@@ -189,7 +189,7 @@ class FindingEvent(models.Model):
     kind = models.CharField(max_length=8, choices=Kind.choices)
     from_state = models.CharField(max_length=16, blank=True)
     to_state = models.CharField(max_length=16, blank=True)
-    digest = models.CharField(max_length=200, blank=True, default="")  # what ran from then
+    digest = models.CharField(max_length=200, blank=True, default="", db_default="")
     at = models.DateTimeField()
 
     class Meta:
@@ -211,7 +211,7 @@ class DailyRollup(models.Model):
     state = models.CharField(max_length=16, choices=State.choices)
     containers = models.PositiveIntegerField(default=0)
     pods = models.PositiveIntegerField(default=0)
-    accepted = models.PositiveIntegerField(default=0)  # of containers, as the scan saw it
+    accepted = models.PositiveIntegerField(default=0, db_default=0)  # as the scan saw it
 
     class Meta:
         constraints = [
@@ -311,7 +311,7 @@ class ClusterRollup(models.Model):
     state = models.CharField(max_length=16, choices=State.choices)
     containers = models.PositiveIntegerField(default=0)
     pods = models.PositiveIntegerField(default=0)
-    accepted = models.PositiveIntegerField(default=0)
+    accepted = models.PositiveIntegerField(default=0, db_default=0)
 
     class Meta:
         constraints = [

@@ -26,6 +26,7 @@ from compliance.models import (
 )
 from tests import podgen
 from tests.builders import ROOT, make_user
+from tests.test_ops import TOKEN, scrape, value
 
 SHA_A = "sha256:" + "a" * 64
 SHA_B = "sha256:" + "b" * 64
@@ -481,3 +482,15 @@ def test_users_deleted_never_take_history_with_them(fleet):
     decide(officer, e, "approve")
     with pytest.raises(Exception, match="protected"):
         User.objects.filter(pk=lead.pk).delete()
+
+
+def test_metrics_count_accepted_findings_apart(fleet, client, settings):
+    settings.WELKIN_METRICS_TOKEN = TOKEN
+    settings.WELKIN_METRICS_ALLOWED_NETWORKS = []
+    officer, _, lead, _ = users()
+    e = ask(lead, workload_kind="Pod", workload_name="a")
+    assert value(scrape(client), "welkin_findings_accepted", cluster="airgap", state="root") is None
+    decide(officer, e, "approve")
+    m = scrape(client)
+    assert value(m, "welkin_findings_accepted", cluster="airgap", state="root") == 1
+    assert value(m, "welkin_findings", cluster="airgap", state="root") == 3

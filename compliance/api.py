@@ -314,7 +314,7 @@ class ExceptionViewSet(_Scoped):
         kwargs["context"] = {
             **self.get_serializer_context(),
             "now": timezone.now(),
-            "covered": register.covered_counts([e.pk for e in items]),
+            "covered": register.covered_counts(self.scope, [e.pk for e in items]),
         }
         return ExceptionSerializer(*args, **kwargs)
 

@@ -285,8 +285,9 @@ def _event(e: RiskException, user, action: str, comment: str) -> None:
 
 
 def visible(scope: Scope) -> QuerySet[RiskException]:
-    """Exceptions a user may read: all for officers and auditors; a lead's own namespaces'
-    (those whose scope lies inside a grant)."""
+    """Exceptions a user may read: all for officers and auditors; for a lead, those for
+    their namespaces (the namespace a grant) and those covering a finding they can see (an
+    officer's glob that reaches into their namespaces)."""
     qs = RiskException.objects.select_related("cluster", "requested_by", "decided_by")
     if scope.fleet:
         return qs
@@ -302,7 +303,8 @@ def visible(scope: Scope) -> QuerySet[RiskException]:
         if c is not None:
             part &= Q(cluster_id=c)
         q |= part
-    return qs.filter(q)
+    covering = ExceptionMatch.objects.filter(scope.q("finding__cluster_id", "finding__namespace"))
+    return qs.filter(q | Q(pk__in=covering.values("exception_id")))
 
 
 def exception_or_404(scope: Scope, pk: int) -> RiskException:

@@ -4,7 +4,8 @@ daily rollups the charts read. Runs inside the transaction that marks the scan s
 - new -> a finding is opened (an `opened` event);
 - state changed -> the row is updated and a `changed` event appended;
 - same state, another image digest -> the row is updated and an `image` event appended
-  (an exception pinned to the old digest no longer covers it);
+  (an exception pinned to the old digest no longer covers it); an unknown digest keeps
+  the last one seen;
 - other facts changed (pod count, image, ...) -> the row is updated, no event;
 - gone or compliant -> resolved (a `resolved` event), unless a pod of its workload was
   rejected by the gate (then it could not be seen, and stays as it is);
@@ -87,6 +88,7 @@ TRACKED = (
 )
 _STATE = TRACKED.index("state")
 _DIGEST = TRACKED.index("image_digest")
+_IMAGE = TRACKED.index("image")
 
 
 def image_digest(image: str, image_id: str | None) -> str:
@@ -176,6 +178,10 @@ def reconcile(
             continue
         pk, old = found.pk, found.values
         old_state = old[_STATE]
+        if not values["image_digest"] and values["image"] == old[_IMAGE]:
+            # Unknown this time for the same image (say the worst pod is still pulling):
+            # the digest last seen stands, so it does not flap between known and unknown.
+            values["image_digest"] = old[_DIGEST]
         if tuple(values[f] for f in TRACKED) == old:
             continue
         digest = values["image_digest"]
@@ -194,8 +200,9 @@ def reconcile(
             )
         else:  # same state, other facts (pod count, image...): no event
             touched.append(Finding(pk=pk, **values))
-            if digest != old[_DIGEST] and old[_DIGEST]:
-                # Another build runs: an exception pinned to the old digest stops here.
+            if digest != old[_DIGEST]:
+                # Another build runs (or the digest is first known): an exception pinned to
+                # another digest stops here; reports read the digest at T from the events.
                 events.append(
                     FindingEvent(
                         finding_id=pk,

@@ -86,10 +86,15 @@ def queryset(scope: Scope, f: Filters, now: dt.datetime) -> QuerySet[RiskExcepti
     return qs
 
 
-def covered_counts(ids: list[int]) -> dict[int, int]:
-    """Open findings each exception's scope covers now (one query for a page of rows)."""
+def covered_counts(scope: Scope, ids: list[int]) -> dict[int, int]:
+    """Open findings (that the user may see) each exception's scope covers now: one query
+    for a page of rows."""
     return dict(
-        ExceptionMatch.objects.filter(exception_id__in=ids, finding__resolved_at__isnull=True)
+        ExceptionMatch.objects.filter(
+            scope.q("finding__cluster_id", "finding__namespace"),
+            exception_id__in=ids,
+            finding__resolved_at__isnull=True,
+        )
         .values("exception_id")
         .annotate(n=Count("finding_id"))
         .values_list("exception_id", "n")
@@ -136,7 +141,7 @@ def page(scope: Scope, f: Filters, before: int | None) -> dict[str, Any]:
     items = list(qs.order_by("-pk")[: PAGE_SIZE + 1])
     more = len(items) > PAGE_SIZE
     items = items[:PAGE_SIZE]
-    covered = covered_counts([e.pk for e in items])
+    covered = covered_counts(scope, [e.pk for e in items])
     rows = [{**row(e, now, covered.get(e.pk, 0)), "object": e} for e in items]
     return {"rows": rows, "next": items[-1].pk if more else None, "now": now}
 
@@ -180,7 +185,7 @@ class Register:
         yield from self._rows(batch)
 
     def _rows(self, batch: list[RiskException]) -> Iterator[dict[str, Any]]:
-        covered = covered_counts([e.pk for e in batch])
+        covered = covered_counts(self.scope_, [e.pk for e in batch])
         for e in batch:
             yield row(e, self.at, covered.get(e.pk, 0))
 

@@ -33,18 +33,17 @@ SHA_B = "sha256:" + "b" * 64
 
 
 def scan(at, workloads):
-    """workloads: {(ns, name): (container securityContext, image)}; one bare pod each,
-    its status reporting the digest the image runs (when the image names one)."""
+    """workloads: {(ns, name): (container securityContext, image[, status imageID])}; one
+    bare pod each, its status reporting the digest the image runs (podgen's, or the
+    image's own when it names one; None: none yet)."""
     items = []
-    for (ns, name), (sc, image) in workloads.items():
+    for (ns, name), (sc, image, *image_id) in workloads.items():
         p = podgen.pod(ns, name, image, {}, sc)
-        if "@" in image:
-            p["status"] = {
-                "phase": "Running",
-                "containerStatuses": [
-                    {"name": "app", "image": image, "imageID": "docker-pullable://" + image}
-                ],
-            }
+        if image_id or "@" in image:
+            status = p["status"]["containerStatuses"][0]
+            status["imageID"] = image_id[0] if image_id else "docker-pullable://" + image
+            if status["imageID"] is None:  # not pulled yet: the kubelet reports none
+                del status["imageID"]
         items.append(p)
     data = orjson.dumps({"apiVersion": "v1", "kind": "List", "items": items})
     r = scanning.import_snapshot("airgap", data, "snap.json", at)
@@ -494,3 +493,32 @@ def test_metrics_count_accepted_findings_apart(fleet, client, settings):
     m = scrape(client)
     assert value(m, "welkin_findings_accepted", cluster="airgap", state="root") == 1
     assert value(m, "welkin_findings", cluster="airgap", state="root") == 3
+
+
+def test_a_lead_reads_an_officers_exception_that_covers_their_namespace(fleet, client):
+    officer, officer2, lead, _ = users()
+    wide = ask(officer, "s*", cluster="*")
+    decide(officer2, wide, "approve")
+    elsewhere = ask(officer, "ops")
+    client.force_login(lead)
+    assert client.get(f"/exceptions/{wide.pk}/").status_code == 200
+    assert client.get(f"/exceptions/{elsewhere.pk}/").status_code == 404
+    page = client.get(f"/exceptions/{wide.pk}/").content.decode()
+    assert "/shop/Pod/a:app" in page and "/ops/" not in page  # only findings they may see
+
+
+def test_an_unknown_digest_keeps_the_last_one_seen_for_the_same_image(db):
+    def pods(image, image_id):
+        return {("shop", "t"): (ROOT, image, image_id)}
+
+    scan(T1, pods("app:2", "docker.io/library/app@" + SHA_A))
+    t = Finding.objects.get(workload_name="t")
+    assert t.image_digest == SHA_A
+    scan(T1 + dt.timedelta(hours=1), pods("app:2", None))  # still pulling: not known
+    t.refresh_from_db()
+    assert t.image_digest == SHA_A
+    assert not FindingEvent.objects.filter(finding=t, kind="image").exists()
+    scan(T1 + dt.timedelta(hours=2), pods("app:3", None))  # another image: not the pin's
+    t.refresh_from_db()
+    assert t.image_digest == ""
+    assert FindingEvent.objects.get(finding=t, kind="image").digest == ""

@@ -16,7 +16,18 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from django.db.models import CharField, Count, F, Min, OuterRef, Q, QuerySet, Subquery, Value
+from django.db.models import (
+    CharField,
+    Count,
+    Exists,
+    F,
+    Min,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Value,
+)
 from django.db.models.functions import Cast, Coalesce, Concat
 from django.utils import timezone
 
@@ -46,13 +57,14 @@ def _state_in_exception(state_field: str) -> Q:
 
 
 def _accepting(at: dt.datetime) -> QuerySet[ExceptionMatch]:
-    """Matches whose exception accepts its (open) finding now-ish: in force at `at`, the
-    finding's current state and digest. For the live pages; reports use accepted_at()."""
+    """Matches whose exception accepts its open finding: in force at `at`, for the finding's
+    current state and digest (copied on the match). For the live pages and scans; reports
+    at a past time use acceptance_at()."""
     return ExceptionMatch.objects.filter(
         in_force_q(at, "exception__"),
-        _state_in_exception("finding__state"),
-        Q(exception__image_digest="") | Q(exception__image_digest=F("finding__image_digest")),
-        finding__resolved_at__isnull=True,
+        _state_in_exception("state"),
+        Q(exception__image_digest="") | Q(exception__image_digest=F("digest")),
+        open=True,
     )
 
 
@@ -164,17 +176,17 @@ def accepted_counts(
     scope, and until when that holds (the first end date among the accepting exceptions):
     one query. `version_` is the exceptions' version the caller caches it under."""
     at = at or timezone.now()
-    qs = _accepting(at).filter(scope.q("finding__cluster_id", "finding__namespace"))
+    qs = _accepting(at).filter(scope.q())
     if cluster is not None:
-        qs = qs.filter(finding__cluster_id=cluster.pk)
+        qs = qs.filter(cluster_id=cluster.pk)
     if namespace is not None:
-        qs = qs.filter(finding__namespace=namespace)
+        qs = qs.filter(namespace=namespace)
     counts: dict[tuple[int, str, str], int] = {}
     until = None  # the counts hold until the first accepting exception ends
     for c, ns, s, n, ends in (
-        qs.values("finding__cluster_id", "finding__namespace", "finding__state")
+        qs.values("cluster_id", "namespace", "state")
         .annotate(n=Count("finding_id", distinct=True), ends=Min("exception__ends_at"))
-        .values_list("finding__cluster_id", "finding__namespace", "finding__state", "n", "ends")
+        .values_list("cluster_id", "namespace", "state", "n", "ends")
         .order_by()
     ):
         counts[c, ns, s] = n
@@ -187,7 +199,7 @@ def accepted_keys(cluster: Cluster, at: dt.datetime) -> set[tuple[str, str, str,
     `at`: what a scan's rollup counts as accepted."""
     return set(
         _accepting(at)
-        .filter(finding__cluster=cluster)
+        .filter(cluster=cluster)
         .values_list(
             "finding__namespace",
             "finding__workload_kind",
@@ -217,6 +229,18 @@ def scope_q(e: RiskException, prefix: str = "") -> Q:
     return q
 
 
+def sync(finding_ids: list[int]) -> None:
+    """Copy the findings' current state, digest and openness onto their matches (reconcile
+    calls it, in the scan's transaction, for the findings it changed or resolved)."""
+    f = Finding.objects.filter(pk=OuterRef("finding_id"))
+    for i in range(0, len(finding_ids), 5000):
+        ExceptionMatch.objects.filter(finding_id__in=finding_ids[i : i + 5000]).update(
+            state=Subquery(f.values("state")[:1]),
+            digest=Subquery(f.values("image_digest")[:1]),
+            open=Exists(f.filter(resolved_at__isnull=True)),
+        )
+
+
 def _covers(e: RiskException, f: Finding) -> bool:
     return (
         (e.cluster_id is None or e.cluster_id == f.cluster_id)
@@ -229,13 +253,27 @@ def _covers(e: RiskException, f: Finding) -> bool:
     )
 
 
+def _match(exception_id: int, fid: int, cluster_id: int, ns: str, state: str, digest: str):
+    return ExceptionMatch(
+        exception_id=exception_id,
+        finding_id=fid,
+        cluster_id=cluster_id,
+        namespace=ns,
+        state=state,
+        digest=digest,
+        open=True,
+    )
+
+
 def match_exception(e: RiskException) -> int:
     """Store the open findings the exception's scope covers (at its request)."""
-    ids = Finding.objects.filter(scope_q(e), resolved_at__isnull=True).values_list("pk", flat=True)
+    rows = Finding.objects.filter(scope_q(e), resolved_at__isnull=True).values_list(
+        "pk", "cluster_id", "namespace", "state", "image_digest"
+    )
     n = 0
     batch: list[ExceptionMatch] = []
-    for fid in ids.iterator(chunk_size=5000):
-        batch.append(ExceptionMatch(exception=e, finding_id=fid))
+    for row in rows.iterator(chunk_size=5000):
+        batch.append(_match(e.pk, *row))
         if len(batch) == 5000:
             n += len(ExceptionMatch.objects.bulk_create(batch, ignore_conflicts=True))
             batch = []
@@ -270,7 +308,9 @@ def match_findings(cluster: Cluster, findings: list[Finding], at: dt.datetime) -
                 e for e in globs if fnmatch.fnmatchcase(f.namespace, e.namespace)
             ]
         rows.extend(
-            ExceptionMatch(exception_id=e.pk, finding_id=f.pk) for e in candidates if _covers(e, f)
+            _match(e.pk, f.pk, f.cluster_id, f.namespace, f.state, f.image_digest)
+            for e in candidates
+            if _covers(e, f)
         )
     return len(ExceptionMatch.objects.bulk_create(rows, batch_size=5000, ignore_conflicts=True))
 

@@ -303,7 +303,7 @@ def visible(scope: Scope) -> QuerySet[RiskException]:
         if c is not None:
             part &= Q(cluster_id=c)
         q |= part
-    covering = ExceptionMatch.objects.filter(scope.q("finding__cluster_id", "finding__namespace"))
+    covering = ExceptionMatch.objects.filter(scope.q())
     return qs.filter(q | Q(pk__in=covering.values("exception_id")))
 
 

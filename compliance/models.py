@@ -549,10 +549,19 @@ class ExceptionMatch(models.Model):
     """Which findings an exception's scope covers: worked out once, when the exception is
     requested (its open findings) and when a scan opens a finding (the live exceptions).
     Both sides' keys never change, so a pair stays true; whether it accepts the finding at
-    T (in force, state, digest) is decided when read."""
+    T (in force, state, digest) is decided when read.
+
+    The finding's place (cluster, namespace) and its current facts (state, digest, open)
+    are copied here, and kept so by reconcile in the scan's transaction, so that live
+    counts read these narrow rows and not a million findings."""
 
     exception = models.ForeignKey(RiskException, on_delete=models.CASCADE, related_name="+")
     finding = models.ForeignKey(Finding, on_delete=models.CASCADE, related_name="+")
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="+")
+    namespace = models.CharField(max_length=63)
+    state = models.CharField(max_length=16)
+    digest = models.CharField(max_length=200, blank=True)
+    open = models.BooleanField(default=True)
 
     class Meta:
         constraints = [

@@ -242,6 +242,8 @@ def reconcile(
         for pk, state in gone
     )
     FindingEvent.objects.bulk_create(events, batch_size=5000)
+    # The matches' copies of what changed (state, digest, open), for the live counts.
+    acceptance.sync([f.pk for f in touched] + [f.pk for f in changed] + [pk for pk, _ in gone])
     activity: dict[str, _Activity] = {}
     for f in created:
         activity.setdefault(f.namespace, _Activity()).opened += 1

@@ -91,9 +91,9 @@ def covered_counts(scope: Scope, ids: list[int]) -> dict[int, int]:
     for a page of rows."""
     return dict(
         ExceptionMatch.objects.filter(
-            scope.q("finding__cluster_id", "finding__namespace"),
+            scope.q(),
             exception_id__in=ids,
-            finding__resolved_at__isnull=True,
+            open=True,
         )
         .values("exception_id")
         .annotate(n=Count("finding_id"))

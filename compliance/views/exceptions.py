@@ -50,11 +50,7 @@ def detail(request, pk):
     now = timezone.now()
     status = exceptions.status_at(e, now)
     # Open findings its scope covers (a lead sees those in their namespaces only).
-    matches = ExceptionMatch.objects.filter(
-        exception=e,
-        finding__resolved_at__isnull=True,
-        finding__in=access.findings(scope).values("pk"),
-    )
+    matches = ExceptionMatch.objects.filter(scope.q(), exception=e, open=True)
     covered = list(matches.select_related("finding__cluster").order_by("finding_id")[:50])
     accepting = acceptance.accepting([m.finding_id for m in covered], now)
     return render(

@@ -132,8 +132,10 @@ UNION ALL
 SELECT id, approved_at, decided_by_id, 'officer', 'approved', '' FROM compliance_riskexception
 WHERE approved_at IS NOT NULL;
 
-INSERT INTO compliance_exceptionmatch (exception_id, finding_id)
-SELECT e.id, f.id FROM compliance_riskexception e JOIN compliance_finding f
+INSERT INTO compliance_exceptionmatch (exception_id, finding_id, cluster_id, namespace,
+    state, digest, open)
+SELECT e.id, f.id, f.cluster_id, f.namespace, f.state, f.image_digest, true
+FROM compliance_riskexception e JOIN compliance_finding f
   ON f.cluster_id = e.cluster_id AND f.namespace = e.namespace
  AND (e.workload_kind = '' OR (f.workload_kind = e.workload_kind
                                AND f.workload_name = e.workload_name))

@@ -15,6 +15,7 @@ import fnmatch
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from django.db.models import (
     CharField,
@@ -35,6 +36,7 @@ from compliance import access, gate
 from compliance.access import Scope
 from compliance.models import (
     Cluster,
+    ExceptionEvent,
     ExceptionMatch,
     Finding,
     FindingEvent,
@@ -165,12 +167,59 @@ class Accepted:
         return self.valid_until is None or now < self.valid_until
 
 
+@dataclass
+class Freshness:
+    """Which clusters' rollups (whose `accepted` is as of their last complete scan) no
+    longer tell the accepted count now, and until when the others do."""
+
+    dirty: set[int]
+    valid_until: dt.datetime | None
+
+
+def freshness_annotations(now: dt.datetime) -> dict[str, Any]:
+    """Annotations for a Cluster queryset: `acceptance_dirty`, whether since its last
+    complete scan an exception that can cover it was requested, decided or revoked, or one
+    in force ended (then its rollups' `accepted` is out of date); `acceptance_next_end`,
+    when the next exception in force ends (until then the others' rollups hold)."""
+    scanned = OuterRef("last_complete_scan__observed_at")
+    here = Q(cluster_id=OuterRef("pk")) | Q(cluster__isnull=True)
+    changed = ExceptionEvent.objects.filter(
+        Q(exception__cluster_id=OuterRef("pk")) | Q(exception__cluster__isnull=True),
+        at__gt=scanned,
+    )
+    ended = RiskException.objects.filter(
+        here, approved_at__isnull=False, ends_at__gt=scanned, ends_at__lte=now
+    ).filter(Q(revoked_at__isnull=True) | Q(revoked_at__gt=scanned))
+    return {
+        "acceptance_dirty": Exists(changed) | Exists(ended),
+        "acceptance_next_end": Subquery(
+            RiskException.objects.filter(in_force_q(now)).order_by("ends_at").values("ends_at")[:1]
+        ),
+    }
+
+
+def freshness(clusters: list[Cluster], now: dt.datetime) -> Freshness:
+    """From clusters annotated with freshness_annotations (or, when they are not, one
+    query that annotates them)."""
+    if clusters and not hasattr(clusters[0], "acceptance_dirty"):
+        clusters = list(
+            Cluster.objects.filter(pk__in=[c.pk for c in clusters]).annotate(
+                **freshness_annotations(now)
+            )
+        )
+    if not clusters:
+        return Freshness(set(), None)
+    dirty = {c.pk for c in clusters if c.acceptance_dirty and c.last_complete_scan_id}
+    return Freshness(dirty, clusters[0].acceptance_next_end)
+
+
 def accepted_counts(
     scope: Scope,
     cluster: Cluster | None = None,
     namespace: str | None = None,
     at: dt.datetime | None = None,
     version_: int | None = None,
+    cluster_ids: set[int] | None = None,
 ) -> Accepted:
     """Accepted open findings per (cluster, namespace, state) at `at` (default now), in the
     scope, and until when that holds (the first end date among the accepting exceptions):
@@ -179,6 +228,8 @@ def accepted_counts(
     qs = _accepting(at).filter(scope.q())
     if cluster is not None:
         qs = qs.filter(cluster_id=cluster.pk)
+    if cluster_ids is not None:
+        qs = qs.filter(cluster_id__in=cluster_ids)
     if namespace is not None:
         qs = qs.filter(namespace=namespace)
     counts: dict[tuple[int, str, str], int] = {}

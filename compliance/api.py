@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import permissions, serializers, viewsets
 from rest_framework.decorators import api_view, permission_classes
 from rest_framework.exceptions import NotFound, ValidationError
@@ -282,14 +282,18 @@ class ExceptionSerializer(serializers.BaseSerializer):
         return register.row(e, self.context["now"], self.context["covered"].get(e.pk, 0))
 
 
-@extend_schema(
-    parameters=[
-        OpenApiParameter("status", str),
-        OpenApiParameter("cluster", str),
-        OpenApiParameter("namespace", str),
-        OpenApiParameter("ending_within", int, description="days"),
-    ],
-    responses={200: dict},
+@extend_schema_view(
+    list=extend_schema(
+        operation_id="v1_exceptions_list",
+        parameters=[
+            OpenApiParameter("status", str),
+            OpenApiParameter("cluster", str),
+            OpenApiParameter("namespace", str),
+            OpenApiParameter("ending_within", int, description="days"),
+        ],
+        responses={200: dict},
+    ),
+    retrieve=extend_schema(operation_id="v1_exceptions_retrieve", responses={200: dict}),
 )
 class ExceptionViewSet(_Scoped):
     """The exception register, read-only: request and decide on the pages."""

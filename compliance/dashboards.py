@@ -5,10 +5,11 @@ pagination; each screen's query count is pinned by a test. The fleet overview is
 per completed scan: a new scan anywhere changes the key.
 
 Exceptions are applied when read (compliance/acceptance.py): the rollups count every
-non-compliant container; the accepted ones (an approved exception in force now) are
-counted live and shown apart, so "open" is the rollup's count less the accepted. A cached
-overview also keys on the exceptions' version and is used only until the first end date
-of an exception in force, so it is right to the second without any job.
+non-compliant container and, of them, those accepted when the scan ran; "open" is the count
+less the accepted. A cluster where an exception changed or ended since its last scan is
+counted live instead (acceptance.freshness). A cached overview also keys on the
+exceptions' version and is used only until the next end date of an exception in force, so
+it is right to the second without any job.
 """
 
 from __future__ import annotations
@@ -128,10 +129,20 @@ def fleet_overview(scope: Scope) -> dict[str, Any]:
 
 
 def _fleet_overview(scope: Scope, version: int) -> dict[str, Any]:
-    clusters = list(access.clusters(scope).select_related("last_complete_scan", "last_scan"))
     now = timezone.now()
-    accepted = acceptance.accepted_counts(scope, at=now, version_=version)
-    accepted_by_cluster = accepted.by_cluster_state()
+    clusters = list(
+        access.clusters(scope)
+        .select_related("last_complete_scan", "last_scan")
+        .annotate(**acceptance.freshness_annotations(now))
+    )
+    fresh = acceptance.freshness(clusters, now)
+    # Live counts only where the rollups' (as of the scan) may be out of date.
+    live = (
+        acceptance.accepted_counts(scope, at=now, cluster_ids=fresh.dirty)
+        if fresh.dirty
+        else acceptance.Accepted({}, None, 0)
+    )
+    accepted_counts: dict[tuple[int, str, str], int] = defaultdict(int, live.counts)
     today = _latest_days(clusters)
     # Each cluster's last rollup day at least a week before its latest.
     # (From the per-cluster rollups when the scope allows: a few rows per cluster and day.)
@@ -146,22 +157,24 @@ def _fleet_overview(scope: Scope, version: int) -> dict[str, Any]:
     by_cluster: dict[int, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATES, 0))
     pods_by_state: dict[str, int] = dict.fromkeys(STATES, 0)
 
-    def count(cluster_id: int, state: str, n: int, pods: int) -> None:
+    def count(cluster_id: int, ns: str, state: str, n: int, pods: int, a: int) -> None:
         by_cluster[cluster_id][state] += n
         pods_by_state[state] += pods
+        if cluster_id not in fresh.dirty:
+            accepted_counts[cluster_id, ns, state] += a
 
     if scope.fleet and connection.vendor == "postgresql" and today:
         # Per-cluster rollups for the counts; namespaces ranked in PostgreSQL.
-        for cluster_id, state, n, pods in (
+        for cluster_id, state, n, pods, a in (
             _counts(scope)
             .filter(_day_filter(today))
             .values("cluster_id", "state")
-            .annotate(n=Sum("containers"), p=Sum("pods"))
-            .values_list("cluster_id", "state", "n", "p")
+            .annotate(n=Sum("containers"), p=Sum("pods"), a=Sum("accepted"))
+            .values_list("cluster_id", "state", "n", "p", "a")
         ):
-            count(cluster_id, state, n, pods)
+            count(cluster_id, "*", state, n, pods, a)
         ns_rows = _namespace_changes_sql(
-            {c.pk: c.name for c in clusters}, today, week_ago, _by_namespace(accepted)
+            {c.pk: c.name for c in clusters}, today, week_ago, _by_namespace(live), fresh.dirty
         )
     else:
         # One query for both: each namespace's rows on its cluster's latest day and on
@@ -173,12 +186,13 @@ def _fleet_overview(scope: Scope, version: int) -> dict[str, Any]:
             .order_by()
             .values_list("cluster_id", "namespace", "day", "state", "n", "p", "a")
         )
-        for cluster_id, _, day, state, n, pods, _ in detail:
+        for cluster_id, ns, day, state, n, pods, a in detail:
             if day == today.get(cluster_id):
-                count(cluster_id, state, n, pods)
-        ns_rows = _namespace_changes(clusters, today, week_ago, detail, accepted)
+                count(cluster_id, ns, state, n, pods, a)
+        ns_rows = _namespace_changes(clusters, today, week_ago, detail, live, fresh.dirty)
+    accepted = acceptance.Accepted(dict(accepted_counts), fresh.valid_until, version)
     # Open: not accepted by an exception in force now (counted apart).
-    for cluster_id, states in accepted_by_cluster.items():
+    for cluster_id, states in accepted.by_cluster_state().items():
         for state, n in states.items():
             if cluster_id in by_cluster:
                 by_cluster[cluster_id][state] -= n
@@ -246,13 +260,14 @@ def _namespace_changes(
     today: dict,
     week_ago: dict,
     detail: list[tuple],
-    accepted: acceptance.Accepted,
+    live: acceptance.Accepted,
+    dirty: set[int],
 ) -> list[dict[str, Any]]:
     """Open (non-compliant, not accepted) containers per namespace on each cluster's latest
-    day ("now": accepted live) and a week before ("before": accepted as that day's scans
-    saw it): the rows that can be in the top-10 lists."""
+    day ("now": accepted as the scan saw it, or live where that changed since) and a week
+    before ("before": as that day's scans saw it): the rows that can be in the top lists."""
     names = {c.pk: c.name for c in clusters}
-    now_accepted = _by_namespace(accepted)
+    now_accepted = _by_namespace(live)
     per_ns: dict[tuple[int, str], dict[str, Any]] = {}
     for cluster_id, ns, day, state, n, _, a in detail:
         if state not in NONCOMPLIANT:
@@ -262,7 +277,7 @@ def _namespace_changes(
             {"cluster__name": names[cluster_id], "namespace": ns, "now": 0, "before": 0},
         )
         if day == today.get(cluster_id):
-            row["now"] += n
+            row["now"] += n - (0 if cluster_id in dirty else a)
         if day == week_ago.get(cluster_id):
             row["before"] += n - a
     for (cluster_id, ns), row in per_ns.items():
@@ -271,7 +286,11 @@ def _namespace_changes(
 
 
 def _namespace_changes_sql(
-    names: dict[int, str], today: dict, week_ago: dict, now_accepted: dict[tuple[int, str], int]
+    names: dict[int, str],
+    today: dict,
+    week_ago: dict,
+    now_accepted: dict[tuple[int, str], int],
+    dirty: set[int],
 ) -> list[dict[str, Any]]:
     """The whole fleet: aggregated and ranked in PostgreSQL, 20 rows back instead of one
     per namespace (tens of thousands at fleet scale)."""
@@ -279,7 +298,8 @@ def _namespace_changes_sql(
         (cid, today[cid], week_ago.get(cid, today[cid] - dt.timedelta(days=3650))) for cid in today
     ]
     values = ", ".join(["(%s, %s::date, %s::date)"] * len(days))
-    # Accepted now, per namespace: subtracted from today's counts before ranking.
+    # Accepted now, per namespace: the rollups' own, or (clusters where an exception
+    # changed since their scan) counted live; subtracted from today's before ranking.
     accepted_rows = [(c, ns, n) for (c, ns), n in now_accepted.items()] or [(0, "", 0)]
     accepted_values = ", ".join(["(%s::int, %s::text, %s::int)"] * len(accepted_rows))
     table = DailyRollup._meta.db_table
@@ -289,6 +309,7 @@ def _namespace_changes_sql(
         g0 AS (
             SELECT r.cluster_id, r.namespace,
                    COALESCE(SUM(r.containers) FILTER (WHERE r.day = d.today), 0) AS now,
+                   COALESCE(SUM(r.accepted) FILTER (WHERE r.day = d.today), 0) AS accepted,
                    COALESCE(SUM(r.containers - r.accepted) FILTER (WHERE r.day = d.before), 0)
                      AS before
             FROM {table} r JOIN d ON d.cluster_id = r.cluster_id
@@ -296,7 +317,9 @@ def _namespace_changes_sql(
             WHERE r.state IN %s AND r.day = ANY(%s::date[])
             GROUP BY r.cluster_id, r.namespace),
         g AS (
-            SELECT g0.cluster_id, g0.namespace, g0.now - COALESCE(a.n, 0) AS now, g0.before
+            SELECT g0.cluster_id, g0.namespace,
+                   g0.now - CASE WHEN g0.cluster_id = ANY(%s::int[]) THEN COALESCE(a.n, 0)
+                                 ELSE g0.accepted END AS now, g0.before
             FROM g0 LEFT JOIN a ON a.cluster_id = g0.cluster_id AND a.namespace = g0.namespace)
         (SELECT * FROM g WHERE now > before ORDER BY now - before DESC, namespace LIMIT 10)
         UNION
@@ -306,7 +329,7 @@ def _namespace_changes_sql(
     params = (
         [v for row in days for v in row]
         + [v for row in accepted_rows for v in row]
-        + [tuple(NONCOMPLIANT), distinct_days]
+        + [tuple(NONCOMPLIANT), distinct_days, sorted(dirty)]
     )
     with connection.cursor() as cur:
         cur.execute(sql, params)
@@ -354,12 +377,18 @@ def _state_series(rollups) -> dict[str, Any]:
 def cluster_overview(scope: Scope, cluster: Cluster) -> dict[str, Any]:
     """The cluster page: namespaces with counts by state, scan history, trend."""
     day = _latest_days([cluster]).get(cluster.pk)
-    accepted = acceptance.accepted_counts(scope, cluster).by_namespace_state(cluster.pk)
+    dirty = cluster.pk in acceptance.freshness([cluster], timezone.now()).dirty
+    live = (
+        acceptance.accepted_counts(scope, cluster).by_namespace_state(cluster.pk) if dirty else {}
+    )
+    accepted: dict[str, dict[str, int]] = defaultdict(dict, live)
     namespaces: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATES, 0))
     if day:
-        for ns, state, n in DailyRollup.objects.filter(
+        for ns, state, n, a in DailyRollup.objects.filter(
             scope.q(), cluster=cluster, day=day
-        ).values_list("namespace", "state", "containers"):
+        ).values_list("namespace", "state", "containers", "accepted"):
+            if not dirty and a:
+                accepted[ns][state] = a
             namespaces[ns][state] = n - accepted.get(ns, {}).get(state, 0)
     rows = sorted(
         ((ns, counts, sum(accepted.get(ns, {}).values())) for ns, counts in namespaces.items()),

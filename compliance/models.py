@@ -540,6 +540,7 @@ class ExceptionEvent(models.Model):
 
     class Meta:
         ordering = ["at", "pk"]
+        indexes = [models.Index(fields=["at"])]  # what changed since a scan
 
     def __str__(self) -> str:
         return f"#{self.exception_id} {self.action} by {self.username}"

@@ -9,6 +9,7 @@ import threading
 import orjson
 import pytest
 from django.contrib.auth.models import User
+from django.core.cache import cache
 from django.core.management import call_command
 from django.db import IntegrityError, close_old_connections, connection, transaction
 from django.utils import timezone
@@ -280,7 +281,7 @@ def _number(html, element_id):
     return int(m.group(1))
 
 
-def test_accepted_findings_keep_their_state_and_count_apart(fleet, client):
+def test_accepted_findings_keep_their_state_and_count_apart(fleet, client, monkeypatch):
     officer, _, lead, _ = users()
     e = ask(lead, workload_kind="Pod", workload_name="a")
     decide(officer, e, "approve")
@@ -313,6 +314,18 @@ def test_accepted_findings_keep_their_state_and_count_apart(fleet, client):
     assert (row.containers, row.accepted) == (2, 1)
     trend = client.get("/trends/data.json?cluster=airgap").json()
     assert trend["accepted"][-1] == 1 and trend["states"]["root"][-1] == 2
+    # Nothing changed since that scan: the pages count from its rollups...
+    cache.clear()
+    fleet_page = client.get("/").content.decode()
+    assert _number(fleet_page, "accepted-total") == 1 and _number(fleet_page, "open-total") == 2
+    # ...until the exception ends, with no scan and no write.
+    e.refresh_from_db()
+    later = e.ends_at
+    monkeypatch.setattr(timezone, "now", lambda: later)
+    client.force_login(officer)  # a month later: a new session
+    fleet_page = client.get("/").content.decode()
+    assert _number(fleet_page, "accepted-total") == 0 and _number(fleet_page, "open-total") == 3
+    assert "Accepted" not in client.get(f"/findings/{a.pk}/").content.decode().split("History")[0]
 
 
 def test_a_digest_pin_reopens_the_finding_when_the_image_changes(fleet, client):

@@ -139,7 +139,22 @@ FROM compliance_riskexception e JOIN compliance_finding f
   ON f.cluster_id = e.cluster_id AND f.namespace = e.namespace
  AND (e.workload_kind = '' OR (f.workload_kind = e.workload_kind
                                AND f.workload_name = e.workload_name))
-WHERE f.resolved_at IS NULL
+WHERE f.resolved_at IS NULL;
+
+UPDATE compliance_dailyrollup r SET accepted = LEAST(r.containers, x.n)
+FROM (SELECT m.cluster_id, m.namespace, m.state, count(DISTINCT m.finding_id) AS n
+      FROM compliance_exceptionmatch m
+      JOIN compliance_riskexception e ON e.id = m.exception_id
+      WHERE m.open AND e.approved_at <= now() AND e.ends_at > now()
+        AND (e.revoked_at IS NULL OR e.revoked_at > now())
+      GROUP BY 1, 2, 3) x
+WHERE r.cluster_id = x.cluster_id AND r.namespace = x.namespace AND r.state = x.state
+  AND r.day = current_date;
+
+UPDATE compliance_clusterrollup c SET accepted = s.a
+FROM (SELECT cluster_id, state, sum(accepted) AS a FROM compliance_dailyrollup
+      WHERE day = current_date GROUP BY 1, 2) s
+WHERE c.cluster_id = s.cluster_id AND c.state = s.state AND c.day = current_date
 """
 
 
@@ -201,11 +216,15 @@ def main() -> None:
     parser.add_argument("--findings", type=int, default=1_000_000)
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--requests", type=int, default=30)
+    parser.add_argument(
+        "--keep", action="store_true", help="measure the database a previous run loaded"
+    )
     args = parser.parse_args()
 
     from tests.bench.bench_scan import fresh_database
 
-    fresh_database()
+    if not args.keep:
+        fresh_database()
     import django
 
     django.setup()
@@ -213,14 +232,17 @@ def main() -> None:
     from django.test.utils import setup_test_environment
 
     setup_test_environment()
+    from django.contrib.auth.models import User
+
     from compliance.models import Finding
 
-    t = time.perf_counter()
-    print(f"loading {args.findings:,} findings and {args.events:,} events:")
-    load(args.findings, args.events)
-    users()
-    load_exceptions()
-    print(f"loaded in {time.perf_counter() - t:.0f} s\n")
+    if not args.keep:
+        t = time.perf_counter()
+        print(f"loading {args.findings:,} findings and {args.events:,} events:")
+        load(args.findings, args.events)
+        users()
+        load_exceptions()
+        print(f"loaded in {time.perf_counter() - t:.0f} s\n")
 
     open_in = Finding.objects.filter(
         cluster__name="cluster-01", namespace="ns-1", resolved_at__isnull=True
@@ -266,6 +288,28 @@ def main() -> None:
                 f"{max(times):>7.1f} {queries:>8}",
                 flush=True,
             )
+    # Right after an officer approves an exception in one cluster, that cluster's rollups
+    # no longer tell its accepted count: it is counted live until its next scan.
+    from compliance import access, exceptions
+    from compliance.models import RiskException
+
+    officer = User.objects.get(username="officer")
+    pending = RiskException.objects.filter(decision="requested", cluster__name="cluster-01")
+    exceptions.decide(access.scope_for(officer), officer, pending.first().pk, "approve", "")
+    client = Client()
+    client.login(username="officer", password="bench")
+    for name, url, cold in (
+        ("fleet, after an approval", "/", True),
+        ("cluster, after approval", "/clusters/cluster-01/", False),
+    ):
+        times, queries = measure(client, url, args.requests, cold)
+        p95 = statistics.quantiles(times, n=20)[18]
+        worst = max(worst, p95)
+        print(
+            f"{name:<24} {'officer':<8} {statistics.median(times):>7.1f} {p95:>7.1f} "
+            f"{max(times):>7.1f} {queries:>8}",
+            flush=True,
+        )
     print(f"\nworst p95: {worst:.1f} ms (budget 150 ms, 10 queries)")
     report_with_exceptions()
 

@@ -183,10 +183,7 @@ def freshness_annotations(now: dt.datetime) -> dict[str, Any]:
     when the next exception in force ends (until then the others' rollups hold)."""
     scanned = OuterRef("last_complete_scan__observed_at")
     here = Q(cluster_id=OuterRef("pk")) | Q(cluster__isnull=True)
-    changed = ExceptionEvent.objects.filter(
-        Q(exception__cluster_id=OuterRef("pk")) | Q(exception__cluster__isnull=True),
-        at__gt=scanned,
-    )
+    changed = ExceptionEvent.objects.filter(here, at__gt=scanned)
     ended = RiskException.objects.filter(
         here, approved_at__isnull=False, ends_at__gt=scanned, ends_at__lte=now
     ).filter(Q(revoked_at__isnull=True) | Q(revoked_at__gt=scanned))

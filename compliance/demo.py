@@ -345,8 +345,8 @@ def add_exceptions(now: dt.datetime | None = None) -> int:
             (start + dt.timedelta(hours=3), officer, "approved", "30 days."),
         ):
             ExceptionEvent.objects.create(
-                exception=ended, at=at, user=user, username=user.username, action=action,
-                comment=comment,
+                exception=ended, cluster=ended.cluster, at=at, user=user,
+                username=user.username, action=action, comment=comment,
             )  # fmt: skip
         acceptance.match_exception(ended)
     return RiskException.objects.count()

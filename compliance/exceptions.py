@@ -280,7 +280,12 @@ def decide(scope: Scope, user, pk: int, action: str, comment: str, http_request=
 
 def _event(e: RiskException, user, action: str, comment: str) -> None:
     ExceptionEvent.objects.create(
-        exception=e, user=user, username=user.get_username(), action=action, comment=comment
+        exception=e,
+        cluster_id=e.cluster_id,
+        user=user,
+        username=user.get_username(),
+        action=action,
+        comment=comment,
     )
 
 

@@ -532,6 +532,10 @@ class ExceptionEvent(models.Model):
     Action = _choices("Action", vocabulary.EXCEPTION_ACTION)
 
     exception = models.ForeignKey(RiskException, on_delete=models.PROTECT, related_name="events")
+    # The exception's cluster (None: every cluster), copied: what changed since a scan.
+    cluster = models.ForeignKey(
+        Cluster, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
     at = models.DateTimeField(default=timezone.now)
     user = models.ForeignKey("auth.User", null=True, on_delete=models.SET_NULL, related_name="+")
     username = models.CharField(max_length=150)
@@ -540,7 +544,7 @@ class ExceptionEvent(models.Model):
 
     class Meta:
         ordering = ["at", "pk"]
-        indexes = [models.Index(fields=["at"])]  # what changed since a scan
+        indexes = [models.Index(fields=["at", "cluster"])]  # what changed since a scan
 
     def __str__(self) -> str:
         return f"#{self.exception_id} {self.action} by {self.username}"

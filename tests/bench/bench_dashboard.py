@@ -126,11 +126,13 @@ SELECT 1 + i %% {clusters}, 'ns-' || ((i * 7) %% {namespaces}), '', '', '', '',
     now() + ((1 + i %% 120) || ' days')::interval
 FROM generate_series(1, 1000) i;
 
-INSERT INTO compliance_exceptionevent (exception_id, at, user_id, username, action, comment)
-SELECT id, requested_at, requested_by_id, 'lead', 'requested', '' FROM compliance_riskexception
+INSERT INTO compliance_exceptionevent (exception_id, cluster_id, at, user_id, username,
+    action, comment)
+SELECT id, cluster_id, requested_at, requested_by_id, 'lead', 'requested', ''
+FROM compliance_riskexception
 UNION ALL
-SELECT id, approved_at, decided_by_id, 'officer', 'approved', '' FROM compliance_riskexception
-WHERE approved_at IS NOT NULL;
+SELECT id, cluster_id, approved_at, decided_by_id, 'officer', 'approved', ''
+FROM compliance_riskexception WHERE approved_at IS NOT NULL;
 
 INSERT INTO compliance_exceptionmatch (exception_id, finding_id, cluster_id, namespace,
     state, digest, open)

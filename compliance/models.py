@@ -438,3 +438,8 @@ class Export(models.Model):
             or "fleet"
         )
         return f"welkin-report-{scope}-{self.at:%Y%m%dT%H%M%SZ}.{self.format}"
+
+
+# Single sign-on and notifications live in their own modules, in this app.
+from compliance.identity_models import GroupMapping, OidcIdentity  # noqa: E402, F401
+from compliance.notify_models import Contact, Delivery, OutboxEvent  # noqa: E402, F401

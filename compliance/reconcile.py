@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 from django.db import connection
 from django.utils import timezone
 
+from compliance import notify
 from compliance.models import (
     Cluster,
     ClusterRollup,
@@ -141,6 +142,7 @@ def reconcile(
     changed: list[Finding] = []
     touched: list[Finding] = []
     events: list[FindingEvent] = []
+    states_changed: list[tuple[GroupKey, int, str, str]] = []  # for notify
     for key, g in groups.items():
         if g.state == State.COMPLIANT:
             continue
@@ -176,6 +178,7 @@ def reconcile(
                     at=at,
                 )
             )
+            states_changed.append((key, pk, old_state, values["state"]))
         else:  # same state, other facts (pod count, image...): no event
             touched.append(Finding(pk=pk, **values))
     created = Finding.objects.bulk_create(new, batch_size=2000)
@@ -206,6 +209,7 @@ def reconcile(
         a.resolved += 1
         a.remediation_seconds += max(0, int((at - f.first_seen).total_seconds()))
     _add_activity(cluster, at, activity)
+    notify.record_scan(cluster, scan, created, states_changed)  # the outbox, same transaction
     return Changes(len(created), len(changed), len(gone))
 
 

@@ -188,6 +188,10 @@ AUDIT_ACTION = Vocabulary(
         Term("verify", "Verified a report"),
         Term("audit_export", "Exported the audit log"),
         Term("api", "API request"),
+        Term("lockout", "Locked out", "Too many failed logins for a user name or address."),
+        Term("sso_denied", "Signed in, no access", "Single sign-on matched no mapping rule."),
+        Term("sso_failed", "Failed sign-on", "The provider's answer was refused or absent."),
+        Term("notify_test", "Sent a test notification"),
     ],
 )
 

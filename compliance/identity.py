@@ -255,6 +255,17 @@ def client():
     return app
 
 
+def id_token_checks() -> dict:
+    """Beyond Authlib's defaults (signature, expiry, nonce): the issuer must be ours and
+    the audience must name this client (Authlib alone accepts another audience with an
+    `azp` of ours)."""
+    return {
+        "iss": {"essential": True, "values": [settings.WELKIN_OIDC_ISSUER]},
+        "aud": {"essential": True, "values": [settings.WELKIN_OIDC_CLIENT_ID]},
+        "sub": {"essential": True},
+    }
+
+
 def errors() -> tuple[type[BaseException], ...]:
     """What a provider that is down, or answers wrongly, raises through Authlib."""
     import requests

@@ -78,7 +78,9 @@ def callback(request):
     for name in ("code", "state", "error", "error_description"):
         params.text(request.GET, name, 2000)
     try:
-        token = identity.client().authorize_access_token(request)
+        token = identity.client().authorize_access_token(
+            request, claims_options=identity.id_token_checks()
+        )
         info = token.get("userinfo")
         if not info:
             raise ValueError("the provider returned no ID token")

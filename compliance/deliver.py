@@ -261,7 +261,10 @@ def send_email(delivery: Delivery, m: Message) -> None:
             "Message-ID": f"<{delivery.idempotency_key}@welkin-dash>",
             "X-Welkin-Delivery": delivery.idempotency_key,
         },
-        connection=get_connection(timeout=settings.WELKIN_NOTIFY_TIMEOUT),
+        # SMTP itself, whatever EMAIL_BACKEND says (test runners swap that for a list).
+        connection=get_connection(
+            "django.core.mail.backends.smtp.EmailBackend", timeout=settings.WELKIN_NOTIFY_TIMEOUT
+        ),
     )
     mail.attach_alternative(m.html(), "text/html")
     try:
@@ -365,7 +368,7 @@ def _claim(delivery_id: int) -> Delivery | str:
     now = timezone.now()
     with transaction.atomic():
         d = (
-            Delivery.objects.select_for_update(skip_locked=True)
+            Delivery.objects.select_for_update(skip_locked=True, of=("self",))
             .select_related("event", "contact")
             .filter(pk=delivery_id)
             .first()

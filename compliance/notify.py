@@ -295,7 +295,7 @@ def notify_stale_clusters(now: datetime | None = None) -> int:
         "last_complete_scan", "last_scan"
     ):
         done = cluster.last_complete_scan
-        since = done.finished_at or done.started_at if done else cluster.created_at
+        since = done.observed_at if done else cluster.created_at  # what the data describes
         if since >= limit:
             continue
         last = cluster.last_scan

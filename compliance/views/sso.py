@@ -23,11 +23,13 @@ ID_TOKEN = "welkin_sso_id_token"
 
 
 def login_options(request) -> dict:
-    """Template context for the login page: the sign-on button and the password note."""
+    """Template context for the login and lockout pages: the sign-on button, the password
+    note, how long a lockout lasts."""
     return {
         "sso_enabled": identity.enabled(),
         "sso_name": settings.WELKIN_OIDC_NAME,
         "local_login": settings.WELKIN_LOCAL_LOGIN,
+        "lockout_minutes": int(settings.AXES_COOLOFF_TIME.total_seconds() // 60),
     }
 
 

@@ -48,7 +48,6 @@ class GroupMapping(models.Model):
             models.UniqueConstraint(
                 fields=["claim", "value", "role", "cluster", "namespace"],
                 name="one_mapping_per_rule",
-                nulls_distinct=False,
             )
         ]
 

@@ -132,7 +132,11 @@ def publish(
     dedupe_key: str | None = None,
 ) -> OutboxEvent | None:
     """Write an event and its deliveries (in the caller's transaction), and queue their
-    sending once it commits. With a dedupe_key already used, nothing is written."""
+    sending once it commits. With a dedupe_key already used, or nobody to tell, nothing
+    is written."""
+    dests = destinations(where)
+    if not dests:
+        return None  # nobody to tell
     with transaction.atomic():
         if dedupe_key and OutboxEvent.objects.filter(dedupe_key=dedupe_key).exists():
             return None
@@ -152,7 +156,7 @@ def publish(
                     next_attempt_at=now,
                     created_at=now,
                 )
-                for dest, d in destinations(where).items()
+                for dest, d in dests.items()
             ],
             batch_size=1000,
         )

@@ -35,15 +35,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def listener(module: str, *args: str) -> tuple[subprocess.Popen, str]:
+    """A test server in its own process that prints `listening on PORT`: it and its URL."""
+    p = subprocess.Popen(
+        [sys.executable, "-m", module, *args], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    line = p.stdout.readline()
+    assert line.startswith("listening on "), line
+    return p, f"http://127.0.0.1:{int(line.split()[-1])}"
+
+
 class Receiver:
     def __init__(self):
-        self.p = subprocess.Popen(
-            [sys.executable, "-m", "tests.webhook_receiver", SECRET],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        self.url = f"http://127.0.0.1:{int(self.p.stdout.readline().split()[-1])}"
+        self.p, self.url = listener("tests.webhook_receiver", SECRET)
 
     def set(self, answer="ok", delay=0.0, clear=False):
         requests.post(

@@ -9,6 +9,7 @@ import pytest
 
 from compliance import notify, tasks
 from compliance.notify_models import Delivery
+from tests import test_tasks
 from tests.test_notify import T0, Receiver, fleet_snapshot, hook
 from tests.test_tasks import Proc, wait_for
 from welkin_dash.celery import app
@@ -25,19 +26,7 @@ def receiver():
 
 
 def start_worker() -> Proc:
-    w = Proc(
-        "worker",
-        "--pool=prefork",
-        "--concurrency=1",
-        "--loglevel=INFO",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-        WELKIN_NOTIFY_TIMEOUT=str(TIMEOUT),
-    )
-    wait_for(lambda: "ready." in w.output() or w.p.poll() is not None, 60)
-    assert w.p.poll() is None, w.output()
-    return w
+    return test_tasks.start_worker(WELKIN_NOTIFY_TIMEOUT=str(TIMEOUT))
 
 
 def test_a_worker_killed_mid_delivery_leaves_it_to_the_next_once(receiver, settings):

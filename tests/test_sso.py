@@ -4,8 +4,6 @@ tokens that must be refused, the provider down, logout, and passwords switched o
 
 import json
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -19,8 +17,8 @@ from compliance import access, identity, sessions
 from compliance.identity_models import GroupMapping, OidcIdentity
 from compliance.models import AuditEvent, NamespaceGrant
 from tests import builders
+from tests.test_notify import listener
 
-ROOT = Path(__file__).resolve().parent.parent
 CLIENT_ID, CLIENT_SECRET = "welkin", "client-secret-for-tests"
 
 
@@ -49,15 +47,7 @@ class Provider:
                 }
             )
         )
-        self.p = subprocess.Popen(
-            [sys.executable, "-m", "tests.oidcprovider", str(config)],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        line = self.p.stdout.readline()
-        assert line.startswith("listening on "), line
-        self.url = f"http://127.0.0.1:{int(line.split()[-1])}"
+        self.p, self.url = listener("tests.oidcprovider", str(config))
 
     def control(self, **body):
         requests.post(self.url + "/control", json=body, timeout=5).raise_for_status()

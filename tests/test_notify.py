@@ -448,3 +448,39 @@ def test_two_workers_racing_for_one_delivery_send_it_once(receiver):
     assert sorted(outcomes).count("sent") >= 1 and len(receiver.received()) == 1
     assert set(outcomes) <= {"sent", "busy"}
     receiver.set("ok")
+
+
+def test_the_admin_keeps_webhook_secrets_encrypted_and_refuses_bad_urls(admin_client):
+    form = {"name": "chat", "channel": "webhook", "email": "", "webhook_format": "json"}
+    form |= {"namespace": "team-*", "enabled": "on", "secret": "s" * 20}
+    r = admin_client.post("/admin/compliance/contact/add/", form | {"url": "file:///etc/passwd"})
+    assert r.status_code == 200 and b"http:// or https://" in r.content
+    r = admin_client.post(
+        "/admin/compliance/contact/add/", form | {"url": "https://chat.example/h"}
+    )
+    assert r.status_code == 302
+    c = Contact.objects.get()
+    assert c.secret == "s" * 20 and b"s" * 20 not in bytes(c.secret_encrypted)
+
+
+def test_the_settings_page_needs_few_queries(db, client, django_assert_max_num_queries):
+    from compliance.identity_models import GroupMapping
+
+    for i in range(5):
+        GroupMapping.objects.create(claim="groups", value=f"g{i}", role="auditor")
+        Contact.objects.create(name=f"c{i}", channel="email", email=f"c{i}@example.com")
+    event = OutboxEvent.objects.create(kind="test")
+    for i in range(60):
+        Delivery.objects.create(
+            event=event,
+            destination=f"contact:{i}",
+            channel="email",
+            address="x@example.com",
+            status="failed",
+            last_error="attempt 8: boom",
+        )
+    client.force_login(builders.make_user("officer"))
+    with django_assert_max_num_queries(10):
+        r = client.get("/settings/")
+    assert r.status_code == 200 and r.content.count(b"attempt 8: boom") == 50
+    assert b"?before=" in r.content

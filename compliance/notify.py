@@ -27,7 +27,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from compliance import access
-from compliance.models import Cluster, Finding, FindingEvent, NamespaceGrant, ScanRun
+from compliance.models import Cluster, Finding, FindingEvent, NamespaceGrant, ScanRun, Source
 from compliance.notify_models import Contact, Delivery, OutboxEvent
 from compliance.vocabulary import BLOCKED, ROOT, SUCCEEDED
 
@@ -289,15 +289,15 @@ def exception_event(
 
 
 def notify_stale_clusters(now: datetime | None = None) -> int:
-    """Tell the officers about each enabled cluster whose last complete scan is older than
+    """Tell the officers about each scheduled cluster whose last complete scan is older than
     WELKIN_NOTIFY_STALE_SECONDS (its scans failing, or not running): once per last
     complete scan, so the periodic check can run as often as it likes."""
     now = now or timezone.now()
     limit = now - timedelta(seconds=settings.WELKIN_NOTIFY_STALE_SECONDS)
     written = 0
-    for cluster in Cluster.objects.filter(enabled=True).select_related(
-        "last_complete_scan", "last_scan"
-    ):
+    # Snapshot clusters are imported by hand, on no schedule: their age is not news.
+    scanned = Cluster.objects.filter(enabled=True).exclude(source=Source.SNAPSHOT)
+    for cluster in scanned.select_related("last_complete_scan", "last_scan"):
         done = cluster.last_complete_scan
         since = done.observed_at if done else cluster.created_at  # what the data describes
         if since >= limit:

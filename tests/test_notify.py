@@ -231,13 +231,19 @@ def test_a_finding_that_came_back_and_one_newly_blocked_are_news(owners, setting
 
 def test_stale_clusters_are_told_to_officers_once(owners, settings):
     settings.EMAIL_HOST = "mail.example"
-    fleet_snapshot(T0)
+    fleet_snapshot(T0)  # a snapshot cluster: imported by hand, never stale
     Cluster.objects.create(name="never-scanned")
     Cluster.objects.filter(name="never-scanned").update(created_at=T0)
+    failing = Cluster.objects.create(name="failing")
+    done = ScanRun.objects.create(cluster=failing, status="succeeded", observed_at=T0)
+    last = ScanRun.objects.create(cluster=failing, status="failed", reason="HTTP 401")
+    Cluster.objects.filter(pk=failing.pk).update(last_complete_scan=done, last_scan=last)
+    Cluster.objects.create(name="fresh")
     assert notify.notify_stale_clusters() == 2
     assert notify.notify_stale_clusters() == 0
     stale = OutboxEvent.objects.filter(kind="cluster_stale")
-    assert {e.payload["cluster"] for e in stale} == {"airgap", "never-scanned"}
+    assert {e.payload["cluster"] for e in stale} == {"failing", "never-scanned"}
+    assert stale.get(payload__cluster="failing").payload["last_reason"] == "HTTP 401"
     dests = set(Delivery.objects.filter(event__in=stale).values_list("destination", flat=True))
     assert dests == {f"user:{owners['officer'].pk}", f"contact:{owners['fleet'].pk}"}
     assert (

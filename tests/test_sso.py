@@ -246,3 +246,11 @@ def test_hostile_claims_are_bounded_and_dropped():
     )
     assert claims.email == "" and claims.groups[0] == "ok" and "bad\x00" not in claims.groups
     assert len(claims.groups) < identity.MAX_CLAIM_VALUES and claims.roles == ("solo",)
+
+
+def test_a_deactivated_account_gets_no_access_whatever_its_groups(client, sso):
+    sign_in(client, "alice")
+    client.post("/logout/")
+    User.objects.filter(oidc__subject="alice").update(is_active=False)
+    assert sign_in(client, "alice").status_code == 403
+    assert client.get("/").status_code == 302

@@ -98,7 +98,7 @@ def callback(request):
             503 if down else 400,
         )
     user, granted = identity.user_for(claims)
-    if granted.role is None:
+    if granted.role is None or not user.is_active:  # an admin can deactivate one too
         auth.logout(request)
         audit.record(
             request,

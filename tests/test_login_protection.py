@@ -53,9 +53,8 @@ def test_it_locks_an_address_out_that_tries_many_names(client, db):
     assert not AccessAttempt.objects.filter(ip_address="10.0.0.9").exists()
 
 
-@pytest.mark.django_db(transaction=True)
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium missing")
-def test_a_browser_shows_the_lockout_message(browser, live_server):  # noqa: F811
+def test_a_browser_shows_the_lockout_message(transactional_db, browser, live_server):  # noqa: F811
     builders.make_user("lead")
     page = browser.new_page()
     for _ in range(LIMIT):
@@ -68,3 +67,4 @@ def test_a_browser_shows_the_lockout_message(browser, live_server):  # noqa: F81
     assert "locked out after 3 failed logins. Try again in 15 minutes" in message
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "lockout.png"))
+    page.close()

@@ -30,7 +30,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from compliance.notify_models import FAILED, PENDING, SENDING, SENT, Delivery
-from compliance.vocabulary import STATE
+from compliance.vocabulary import STATE, STATES_BY_SEVERITY
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 3600
@@ -172,6 +172,13 @@ def ns_key_of(p: dict) -> str:
     return f"{p['cluster']}/{p['namespace']}"
 
 
+def _by_state(counts: dict[str, int]) -> str:
+    """ "2 blocked by kubelet, 1 runs as root": worst first, as the pages show them."""
+    return ", ".join(
+        f"{counts[s]} {STATE.label(s).lower()}" for s in STATES_BY_SEVERITY if counts.get(s)
+    )
+
+
 def _digest(event, keys) -> Message:
     p = event.payload
     scoped = _scoped(p, keys)
@@ -185,9 +192,7 @@ def _digest(event, keys) -> Message:
         resolved += e["resolved"]
         oldest += [dict(x, key=key) for x in e["oldest"]]
     oldest.sort(key=lambda x: x["since"])
-    by_state = (
-        ", ".join(f"{n} {STATE.label(s).lower()}" for s, n in sorted(states.items())) or "none"
-    )
+    by_state = _by_state(states) or "none"
     m = Message(
         subject=f"welkin-dash: weekly digest {p['week']}",
         intro=f"Open findings in your {_plural(len(scoped), 'namespace')}: {by_state}. "
@@ -209,7 +214,7 @@ def _digest(event, keys) -> Message:
             )
         )
     for key, e in sorted(scoped.items()):
-        counts = ", ".join(f"{n} {STATE.label(s).lower()}" for s, n in sorted(e["states"].items()))
+        counts = _by_state(e["states"])
         m.sections.append(
             Section(
                 f"{key}: {counts or 'nothing open'}; +{e['opened']} opened, "

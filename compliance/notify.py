@@ -23,7 +23,8 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Count, F, Q, Window
+from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from compliance import access
@@ -357,8 +358,16 @@ def weekly_digest(now: datetime | None = None) -> OutboxEvent | None:
         .order_by()
     ):
         entry(cluster_id, ns)[kind] = n
-    # The oldest open findings: a few per namespace, from one ordered pass over the index.
-    for f in open_findings.order_by("first_seen").values(
+    # The oldest open findings of every namespace: the first few of each, ranked in the
+    # database (a window per namespace), not every open finding brought back.
+    ranked = open_findings.annotate(
+        rank=Window(
+            RowNumber(),
+            partition_by=[F("cluster_id"), F("namespace")],
+            order_by=F("first_seen").asc(),
+        )
+    ).filter(rank__lte=DIGEST_OLDEST)
+    for f in ranked.order_by("first_seen").values(
         "pk",
         "cluster_id",
         "namespace",
@@ -367,7 +376,7 @@ def weekly_digest(now: datetime | None = None) -> OutboxEvent | None:
         "container",
         "state",
         "first_seen",
-    )[:2000]:
+    ):
         oldest = entry(f["cluster_id"], f["namespace"])["oldest"]
         if len(oldest) < DIGEST_OLDEST:
             oldest.append(

@@ -283,6 +283,9 @@ def test_the_weekly_digest_is_per_owner_and_once_a_week(owners, settings):
     assert lead.namespaces == ["airgap/shop"]
     m = deliver.render(lead)
     assert "30 runs as root" in m.intro and "The oldest open findings" in m.text()
+    ops = event.payload["namespaces"]["airgap/ops"]
+    assert [x["workload"] for x in ops["oldest"]] == ["Pod/db"]
+    assert len(event.payload["namespaces"]["airgap/shop"]["oldest"]) == notify.DIGEST_OLDEST
     officer = deliver.render(event.deliveries.get(destination=f"user:{owners['officer'].pk}"))
     assert "32 runs as root" in officer.intro
 

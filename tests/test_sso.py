@@ -254,3 +254,11 @@ def test_a_deactivated_account_gets_no_access_whatever_its_groups(client, sso):
     User.objects.filter(oidc__subject="alice").update(is_active=False)
     assert sign_in(client, "alice").status_code == 403
     assert client.get("/").status_code == 302
+
+
+def test_a_provider_account_never_takes_over_a_local_account(client, sso):
+    local = builders.make_user("auditor", username="alice")
+    assert sign_in(client, "alice").status_code == 302
+    sso_user = User.objects.get(oidc__subject="alice")
+    assert sso_user.pk != local.pk and sso_user.username.startswith("alice-")
+    assert access.scope_for(local).role == access.AUDITOR  # untouched

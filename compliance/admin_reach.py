@@ -1,9 +1,10 @@
 """Admin for single sign-on mapping rules, provider identities, notification contacts
-and the outbox (read-only). Imported by admin.py."""
+and the outbox (read-only). Imported at the end of admin.py."""
 
 from django import forms
 from django.contrib import admin
 
+from compliance.admin import WriteOnlySecret
 from compliance.identity_models import GroupMapping, OidcIdentity
 from compliance.notify_models import Contact, Delivery
 
@@ -25,7 +26,8 @@ class OidcIdentityAdmin(admin.ModelAdmin):
         return False
 
 
-class ContactForm(forms.ModelForm):
+class ContactForm(WriteOnlySecret, forms.ModelForm):
+    secret_field, clear_field, setter = "secret", "clear_secret", "set_secret"
     secret = forms.CharField(
         required=False,
         widget=forms.PasswordInput(render_value=False),
@@ -53,16 +55,6 @@ class ContactForm(forms.ModelForm):
         if value and len(value) < 16:
             raise forms.ValidationError("at least 16 characters")
         return value
-
-    def save(self, commit=True):
-        contact = super().save(commit=False)
-        if self.cleaned_data.get("clear_secret"):
-            contact.set_secret(None)
-        elif self.cleaned_data.get("secret"):
-            contact.set_secret(self.cleaned_data["secret"])
-        if commit:
-            contact.save()
-        return contact
 
 
 @admin.register(Contact)

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import orjson
+from axes.signals import user_locked_out
 from django.contrib.auth.signals import user_logged_in, user_login_failed
 from django.dispatch import receiver
 from django.http import Http404
@@ -102,6 +103,12 @@ def _login_failed(sender, credentials, request=None, **kwargs: Any) -> None:
         target="login",
         username=str(credentials.get("username", ""))[:150],
     )
+
+
+@receiver(user_locked_out)
+def _locked_out(sender, request, username, ip_address, **kwargs: Any) -> None:
+    """django-axes locked a user name or address out (and refuses it while locked)."""
+    record(request, AuditEvent.Action.LOCKOUT, target="login", username=str(username or "")[:150])
 
 
 class DeniedAccessMiddleware:

@@ -225,6 +225,7 @@ def request(scope: Scope, user, r: Request, http_request=None) -> Created:
         e = RiskException.objects.create(requested_by=user, **fields)
         _event(e, user, "requested", "")
         matched = acceptance.match_exception(e)
+        notify(e, "requested", user.get_username())
         audit.record(
             http_request,
             "exception",
@@ -268,6 +269,8 @@ def decide(scope: Scope, user, pk: int, action: str, comment: str, http_request=
         e.save()
         done = {"approve": "approved", "reject": "rejected", "revoke": "revoked"}[action]
         _event(e, user, done, comment)
+        if done == "approved":
+            notify(e, "approved", user.get_username())
         audit.record(
             http_request,
             "exception",
@@ -340,3 +343,60 @@ def for_finding(finding: Finding) -> list[RiskException]:
             pk__in=ExceptionMatch.objects.filter(finding=finding).values("exception_id")
         ).select_related("cluster", "requested_by", "decided_by", "revoked_by")[:50]
     )
+
+
+# --- notifications ----------------------------------------------------------------------------
+
+
+def _places(e: RiskException) -> list[tuple[Cluster, str]]:
+    """Whose namespaces an exception concerns: its own, or (a glob, every cluster) those of
+    the open findings it covers (at most 20)."""
+    if e.cluster_id is not None and not gate.is_glob(e.namespace):
+        return [(e.cluster, e.namespace)]
+    pairs = (
+        ExceptionMatch.objects.filter(exception=e, open=True)
+        .values_list("cluster_id", "namespace")
+        .distinct()
+        .order_by("cluster_id", "namespace")[:20]
+    )
+    clusters = Cluster.objects.in_bulk({c for c, _ in pairs})
+    return [(clusters[c], ns) for c, ns in pairs]
+
+
+def notify(e: RiskException, kind: str, by: str = "") -> int:
+    """Tell the owners of the namespaces an exception concerns (and the officers): requested,
+    approved, ending (within 14 days) or ended. Once per exception, kind and namespace."""
+    from django.urls import reverse
+
+    from compliance import notify as outbox
+
+    sent = 0
+    for cluster, namespace in _places(e):
+        sent += (
+            outbox.exception_event(
+                kind,
+                cluster,
+                namespace,
+                f"Exception #{e.pk} {kind}: {e.scope_label}",
+                detail=f"{e.reason}\nTicket: {e.ticket}",
+                link=reverse("compliance-exception", args=[e.pk]),
+                ends_at=e.ends_at,
+                by=by,
+                dedupe_key=f"exception-{kind}:{e.pk}:{cluster.pk}:{namespace}",
+            )
+            is not None
+        )
+    return sent
+
+
+def notify_ending(now: dt.datetime | None = None, days: int = 14) -> int:
+    """The periodic check: approved exceptions ending within `days`, and those that ended
+    in the last week (each told once)."""
+    now = now or timezone.now()
+    live = RiskException.objects.filter(decision=APPROVED).select_related("cluster")
+    sent = 0
+    for e in live.filter(ends_at__gt=now, ends_at__lte=now + dt.timedelta(days=days)):
+        sent += notify(e, "ending")
+    for e in live.filter(ends_at__lte=now, ends_at__gt=now - dt.timedelta(days=7)):
+        sent += notify(e, "ended")
+    return sent

@@ -576,3 +576,8 @@ class ExceptionMatch(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.exception_id} covers {self.finding_id}"
+
+
+# Single sign-on and notifications live in their own modules, in this app.
+from compliance.identity_models import GroupMapping, OidcIdentity  # noqa: E402, F401
+from compliance.notify_models import Contact, Delivery, OutboxEvent  # noqa: E402, F401

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 from django.db import connection
 from django.utils import timezone
 
-from compliance import acceptance, registry
+from compliance import acceptance, notify, registry
 from compliance.models import (
     Cluster,
     ClusterRollup,
@@ -157,6 +157,7 @@ def reconcile(
     changed: list[Finding] = []
     touched: list[Finding] = []
     events: list[FindingEvent] = []
+    states_changed: list[tuple[GroupKey, int, str, str]] = []  # for notify
     for key, g in groups.items():
         if g.state == State.COMPLIANT:
             continue
@@ -198,6 +199,7 @@ def reconcile(
                     at=at,
                 )
             )
+            states_changed.append((key, pk, old_state, values["state"]))
         else:  # same state, other facts (pod count, image...): no event
             touched.append(Finding(pk=pk, **values))
             if digest != old[_DIGEST]:
@@ -252,6 +254,7 @@ def reconcile(
         a.resolved += 1
         a.remediation_seconds += max(0, int((at - f.first_seen).total_seconds()))
     _add_activity(cluster, at, activity)
+    notify.record_scan(cluster, scan, created, states_changed)  # the outbox, same transaction
     return Changes(len(created), len(changed), len(gone))
 
 

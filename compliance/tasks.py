@@ -35,3 +35,55 @@ def enqueue_due_scans() -> int:
     for cluster_id, schedule_seconds in claimed:
         scan_cluster.apply_async((cluster_id,), expires=schedule_seconds)
     return len(claimed)
+
+
+# --- notifications (compliance/notify.py, compliance/deliver.py) ---------------------------
+
+
+@shared_task(acks_late=True)
+def deliver(delivery_id: int) -> str:
+    """Send one delivery. Safe to run twice: a sent or claimed delivery is left alone. A
+    failure to retry is queued again at its backoff (beat's deliver_due also finds it)."""
+    from compliance import deliver as delivery
+    from compliance.notify_models import PENDING, Delivery
+
+    outcome = delivery.deliver_one(delivery_id)
+    if outcome == PENDING and not deliver.request.is_eager:
+        at = Delivery.objects.filter(pk=delivery_id).values_list("next_attempt_at", flat=True)[0]
+        deliver.apply_async((delivery_id,), eta=at)
+    return outcome
+
+
+@shared_task
+def deliver_due() -> int:
+    """One delivery task per delivery due now (new, retry due, or left by a dead worker)."""
+    from compliance import deliver as delivery
+
+    ids = delivery.due()
+    for pk in ids:
+        deliver.delay(pk)
+    return len(ids)
+
+
+@shared_task
+def notify_stale_clusters() -> int:
+    """Beat: officers hear about clusters without a recent complete scan (once each)."""
+    from compliance import notify
+
+    return notify.notify_stale_clusters()
+
+
+@shared_task
+def weekly_digest() -> bool:
+    """Beat, weekly: each owner's digest (once per ISO week)."""
+    from compliance import notify
+
+    return notify.weekly_digest() is not None
+
+
+@shared_task
+def notify_exceptions_ending() -> int:
+    """Exceptions ending within 14 days, or ended: told once to their namespaces' owners."""
+    from compliance import exceptions
+
+    return exceptions.notify_ending()

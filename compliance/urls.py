@@ -1,6 +1,15 @@
 from django.urls import path
 
-from compliance.views import clusters, exceptions, findings, fleet, reports, scans
+from compliance.views import (
+    clusters,
+    exceptions,
+    findings,
+    fleet,
+    notifications,
+    reports,
+    scans,
+    sso,
+)
 
 urlpatterns = [
     path("", fleet.overview, name="compliance-fleet"),
@@ -33,4 +42,11 @@ urlpatterns = [
     path("scans/<slug:name>/progress/", scans.progress, name="compliance-scan-progress"),
     path("scans/<slug:name>/now/", scans.scan_now, name="compliance-scan-now"),
     path("scans/<slug:name>/schedule/", scans.schedule, name="compliance-scan-schedule"),
+    path("settings/", notifications.overview, name="compliance-settings"),
+    path(
+        "settings/contacts/<int:pk>/test/", notifications.send_test, name="compliance-contact-test"
+    ),
+    path("sso/login/", sso.start, name="compliance-sso-login"),
+    path("sso/callback/", sso.callback, name="compliance-sso-callback"),
+    path("logout/", sso.logout, name="compliance-logout"),
 ]

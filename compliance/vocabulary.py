@@ -196,6 +196,10 @@ AUDIT_ACTION = Vocabulary(
         Term("api", "API request"),
         Term("exception", "Risk acceptance", "An exception requested, decided or revoked."),
         Term("exception_export", "Exported the exception register"),
+        Term("lockout", "Locked out", "Too many failed logins for a user name or address."),
+        Term("sso_denied", "Signed in, no access", "Single sign-on matched no mapping rule."),
+        Term("sso_failed", "Failed sign-on", "The provider's answer was refused or absent."),
+        Term("notify_test", "Sent a test notification"),
     ],
 )
 

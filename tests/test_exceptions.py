@@ -535,3 +535,23 @@ def test_an_unknown_digest_keeps_the_last_one_seen_for_the_same_image(db):
     t.refresh_from_db()
     assert t.image_digest == ""
     assert FindingEvent.objects.get(finding=t, kind="image").digest == ""
+
+
+def test_owners_hear_of_requests_approvals_and_ends_once(fleet, monkeypatch):
+    from compliance.notify_models import Contact, OutboxEvent
+
+    Contact.objects.create(
+        name="shop team", channel="webhook", url="https://hooks.example.com/shop", namespace="shop"
+    )
+    officer, _, lead, _ = users()
+    e = ask(lead, ends_at=timezone.now() + dt.timedelta(days=3))
+    decide(officer, e, "approve")
+    kinds = list(OutboxEvent.objects.order_by("pk").values_list("kind", flat=True))
+    assert kinds == ["exception_requested", "exception_approved"]
+    assert exceptions.notify_ending() == 1 and exceptions.notify_ending() == 0  # once
+    later = e.ends_at + dt.timedelta(minutes=1)
+    monkeypatch.setattr(timezone, "now", lambda: later)
+    assert exceptions.notify_ending() == 1 and exceptions.notify_ending() == 0
+    assert OutboxEvent.objects.filter(kind="exception_ended").count() == 1
+    ask(officer, "vendor-*", cluster="*", ends_at=later + dt.timedelta(days=1))  # covers nothing
+    assert OutboxEvent.objects.count() == 4

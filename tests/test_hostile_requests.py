@@ -114,6 +114,13 @@ def routes(finding_pk: int, export_pk: str, exception_pk: int = 1) -> dict[str, 
         "compliance-scan-progress": ["/scans/prod-eu/progress/"],
         "compliance-scan-now": ["/scans/prod-eu/now/"],
         "compliance-scan-schedule": ["/scans/prod-eu/schedule/"],
+        "compliance-settings": ["/settings/"],
+        "compliance-contact-test": [
+            "/settings/contacts/1/test/",
+            "/settings/contacts/99999999999999999999/test/",
+        ],
+        "compliance-sso-login": ["/sso/login/"],
+        "compliance-sso-callback": ["/sso/callback/"],
         "api-root": ["/api/v1/"],
         "api-schema": ["/api/schema/"],
         "api-report": ["/api/v1/report/"],
@@ -142,6 +149,7 @@ def routes(finding_pk: int, export_pk: str, exception_pk: int = 1) -> dict[str, 
         ],
         "compliance-exception-decide": ["/exceptions/1/decide/", "/exceptions/0/decide/"],
         "api-rollup-detail": ["/api/v1/rollups/1/", *(f"/api/v1/rollups/{v}/" for v in q)],
+        "compliance-logout": ["/logout/"],  # last: it ends the sweep's session
     }
 
 
@@ -153,6 +161,8 @@ POSTS = {
     "compliance-verify",
     "compliance-scan-now",
     "compliance-scan-schedule",
+    "compliance-contact-test",
+    "compliance-logout",
     "login",
 }
 NOT_OURS = {

@@ -55,6 +55,16 @@ def load_settings(**env):
             {"DEBUG": "1", "DATABASE_CONN_MAX_AGE": "soon", "DATABASE_URL": "postgres://h/db"},
             "DATABASE_CONN_MAX_AGE='soon': expected a whole",
         ),
+        (
+            {"DEBUG": "1", "WELKIN_OIDC_ISSUER": "ftp://idp.example"},
+            "WELKIN_OIDC_ISSUER='ftp://idp.example': expected an https:// URL",
+        ),
+        (
+            {"DEBUG": "1", "WELKIN_OIDC_ISSUER": "https://idp.example"},
+            "WELKIN_OIDC_CLIENT_ID is required with WELKIN_OIDC_ISSUER",
+        ),
+        ({"DEBUG": "1", "WELKIN_OIDC_SCOPES": "email"}, "WELKIN_OIDC_SCOPES='email': must"),
+        ({"DEBUG": "1", "WELKIN_WEBHOOK_SECRET": "short"}, "WELKIN_WEBHOOK_SECRET: at least 16"),
     ],
 )
 def test_it_names_the_bad_variable(env, message):

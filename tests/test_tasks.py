@@ -85,8 +85,8 @@ def broker():
     app.control.purge()
 
 
-@pytest.fixture
-def worker(broker):
+def start_worker(**env) -> Proc:
+    """A prefork worker of one process, ready, with `env` added to its environment."""
     w = Proc(
         "worker",
         "--pool=prefork",
@@ -95,9 +95,16 @@ def worker(broker):
         "--without-gossip",
         "--without-mingle",
         "--without-heartbeat",
+        **env,
     )
     wait_for(lambda: "ready." in w.output() or w.p.poll() is not None, 60)
     assert w.p.poll() is None, w.output()
+    return w
+
+
+@pytest.fixture
+def worker(broker):
+    w = start_worker()
     yield w
     w.kill()
 

@@ -11,9 +11,11 @@ import ipaddress
 import json
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from celery.schedules import crontab
 from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
@@ -203,6 +205,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "csp",
+    "axes",
     "compliance",
 ]
 
@@ -243,6 +246,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "compliance.audit.DeniedAccessMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a locked-out login into its lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "welkin_dash.urls"
@@ -259,6 +264,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "compliance.context.navigation",
+                "compliance.views.sso.login_options",
             ],
         },
     },
@@ -492,7 +498,103 @@ CELERY_BEAT_SCHEDULE = {
         # A fan-out nobody picked up in time is replaced by the next one.
         "options": {"expires": WELKIN_FANOUT_SECONDS * 0.9},
     },
+    # Notifications (compliance/notify.py): retries that are due, stale clusters, the digest.
+    "deliver-notifications": {
+        "task": "compliance.tasks.deliver_due",
+        "schedule": 60.0,
+        "options": {"expires": 54},
+    },
+    "notify-stale-clusters": {
+        "task": "compliance.tasks.notify_stale_clusters",
+        "schedule": 900.0,
+        "options": {"expires": 810},
+    },
+    "exceptions-ending": {
+        "task": "compliance.tasks.notify_exceptions_ending",
+        "schedule": 3600.0,
+        "options": {"expires": 3240},
+    },
+    "weekly-digest": {
+        "task": "compliance.tasks.weekly_digest",
+        "schedule": crontab(minute=0, hour=7, day_of_week=1),
+        "options": {"expires": 3600},
+    },
 }
+
+
+# --- identity: single sign-on, local passwords, login protection (README: Single sign-on)
+def env_url(name: str, default: str = "", loopback_http: bool = True) -> str:
+    """An http(s) URL; plain http only for a first look (DEBUG) or a loopback host."""
+    raw = (env_str(name, default) or "").strip()
+    if not raw:
+        return ""
+    parts = urlsplit(raw)
+    local = (parts.hostname or "") in ("127.0.0.1", "localhost", "::1")
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ImproperlyConfigured(f"{name}={raw!r}: expected an https:// URL")
+    if parts.scheme == "http" and not (DEBUG or (loopback_http and local)):
+        raise ImproperlyConfigured(f"{name}={raw!r}: expected https:// (http only with DEBUG)")
+    return raw.rstrip("/")
+
+
+# OpenID Connect: on when WELKIN_OIDC_ISSUER is set (its /.well-known/openid-configuration
+# is read for the endpoints and keys).
+WELKIN_OIDC_ISSUER = env_url("WELKIN_OIDC_ISSUER")
+WELKIN_OIDC_CLIENT_ID = env_str("WELKIN_OIDC_CLIENT_ID", "") or ""
+WELKIN_OIDC_CLIENT_SECRET = env_str("WELKIN_OIDC_CLIENT_SECRET", "") or ""
+if WELKIN_OIDC_ISSUER and not WELKIN_OIDC_CLIENT_ID:
+    raise ImproperlyConfigured("WELKIN_OIDC_CLIENT_ID is required with WELKIN_OIDC_ISSUER")
+WELKIN_OIDC_SCOPES = env_str("WELKIN_OIDC_SCOPES", "openid email profile groups")
+if "openid" not in (WELKIN_OIDC_SCOPES or "").split():
+    raise ImproperlyConfigured(f"WELKIN_OIDC_SCOPES={WELKIN_OIDC_SCOPES!r}: must include openid")
+WELKIN_OIDC_NAME = env_str("WELKIN_OIDC_NAME", "single sign-on")
+WELKIN_OIDC_GROUPS_CLAIM = env_str("WELKIN_OIDC_GROUPS_CLAIM", "groups")
+WELKIN_OIDC_ROLES_CLAIM = env_str("WELKIN_OIDC_ROLES_CLAIM", "roles")
+WELKIN_OIDC_TIMEOUT = env_int("WELKIN_OIDC_TIMEOUT", 10, minimum=1)
+# Local passwords: off for everyone except the superusers named here.
+WELKIN_LOCAL_LOGIN = env_bool("WELKIN_LOCAL_LOGIN", True)
+WELKIN_LOCAL_LOGIN_USERS = env_list("WELKIN_LOCAL_LOGIN_USERS", [])
+AUTHENTICATION_BACKENDS = [
+    "compliance.identity.LoginThrottle",  # django-axes: first, refuses locked-out logins
+    "compliance.identity.LocalPasswords",
+    "compliance.identity.SingleSignOn",  # keeps sessions made by single sign-on
+]
+# django-axes: WELKIN_LOGIN_FAILURE_LIMIT failed passwords for one user name, or from one
+# address, lock that user name or address out for WELKIN_LOGIN_LOCKOUT_MINUTES.
+AXES_FAILURE_LIMIT = env_int("WELKIN_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("WELKIN_LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_VERBOSE = False
+AXES_SENSITIVE_PARAMETERS = ["password"]
+
+# --- notifications (README: Notifications) ---------------------------------------------
+# Links in messages point here.
+WELKIN_BASE_URL = env_url("WELKIN_BASE_URL", "http://127.0.0.1:8000")
+# E-mail goes out through EMAIL_HOST; with none set, e-mail is off (webhooks still go).
+EMAIL_HOST = env_str("EMAIL_HOST", "") or ""
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "") or ""
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "") or ""
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("EMAIL_USE_TLS and EMAIL_USE_SSL: set one of them, not both")
+WELKIN_NOTIFY_FROM = env_str("WELKIN_NOTIFY_FROM", "welkin-dash@localhost")
+# One SMTP or webhook request: at most this many seconds.
+WELKIN_NOTIFY_TIMEOUT = env_int("WELKIN_NOTIFY_TIMEOUT", 10, minimum=1)
+EMAIL_TIMEOUT = WELKIN_NOTIFY_TIMEOUT
+# A delivery is tried this many times, waiting WELKIN_NOTIFY_BACKOFF_SECONDS, then twice
+# that, ... (at most an hour) between tries; then it is kept as failed, with its reason.
+WELKIN_NOTIFY_MAX_ATTEMPTS = env_int("WELKIN_NOTIFY_MAX_ATTEMPTS", 8, minimum=1)
+WELKIN_NOTIFY_BACKOFF_SECONDS = env_int("WELKIN_NOTIFY_BACKOFF_SECONDS", 30, minimum=1)
+# A cluster without a complete scan for this long is reported to the officers.
+WELKIN_NOTIFY_STALE_SECONDS = env_int("WELKIN_NOTIFY_STALE_SECONDS", 6 * 3600, minimum=60)
+# The key that signs generic webhooks whose destination has no secret of its own.
+WELKIN_WEBHOOK_SECRET = env_str("WELKIN_WEBHOOK_SECRET", "") or ""
+if WELKIN_WEBHOOK_SECRET and len(WELKIN_WEBHOOK_SECRET) < 16:
+    raise ImproperlyConfigured("WELKIN_WEBHOOK_SECRET: at least 16 characters")
 
 LOGGING = {
     "version": 1,

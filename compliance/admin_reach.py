@@ -1,0 +1,85 @@
+"""Admin for single sign-on mapping rules, provider identities, notification contacts
+and the outbox (read-only). Imported at the end of admin.py."""
+
+from django import forms
+from django.contrib import admin
+
+from compliance.admin import WriteOnlySecret
+from compliance.identity_models import GroupMapping, OidcIdentity
+from compliance.notify_models import Contact, Delivery
+
+
+@admin.register(GroupMapping)
+class GroupMappingAdmin(admin.ModelAdmin):
+    list_display = ["claim", "value", "role", "cluster", "namespace", "note"]
+    list_filter = ["claim", "role"]
+    search_fields = ["value", "namespace", "note"]
+
+
+@admin.register(OidcIdentity)
+class OidcIdentityAdmin(admin.ModelAdmin):
+    list_display = ["user", "issuer", "subject", "last_login_at"]
+    search_fields = ["user__username", "subject"]
+    readonly_fields = ["user", "issuer", "subject", "last_login_at", "claims"]
+
+    def has_add_permission(self, request):
+        return False
+
+
+class ContactForm(WriteOnlySecret, forms.ModelForm):
+    secret_field, clear_field, setter = "secret", "clear_secret", "set_secret"
+    secret = forms.CharField(
+        required=False,
+        widget=forms.PasswordInput(render_value=False),
+        max_length=200,
+        help_text="Webhooks: the HMAC-SHA256 key the receiver checks (stored encrypted). "
+        "Leave empty to keep the stored one; without one, WELKIN_WEBHOOK_SECRET signs.",
+    )
+    clear_secret = forms.BooleanField(required=False, help_text="Remove the stored secret")
+
+    class Meta:
+        model = Contact
+        fields = [
+            "name",
+            "channel",
+            "email",
+            "url",
+            "webhook_format",
+            "cluster",
+            "namespace",
+            "enabled",
+        ]
+
+    def clean_secret(self):
+        value = self.cleaned_data.get("secret", "")
+        if value and len(value) < 16:
+            raise forms.ValidationError("at least 16 characters")
+        return value
+
+
+@admin.register(Contact)
+class ContactAdmin(admin.ModelAdmin):
+    form = ContactForm
+    list_display = ["name", "channel", "email", "url", "cluster", "namespace", "enabled"]
+    list_filter = ["channel", "enabled"]
+
+
+@admin.register(Delivery)
+class DeliveryAdmin(admin.ModelAdmin):
+    list_display = [
+        "event",
+        "destination",
+        "channel",
+        "address",
+        "status",
+        "attempts",
+        "created_at",
+    ]
+    list_filter = ["status", "channel"]
+    readonly_fields = [f.name for f in Delivery._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

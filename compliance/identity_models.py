@@ -1,0 +1,96 @@
+"""Single sign-on data: the rules that map a provider's claims to a role and namespace
+grants, and which provider account a user is. Imported by models.py (one app)."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.utils import timezone
+
+from compliance.gate import NAMESPACE_GLOB_RE
+from compliance.params import BadParameter, clean_text
+
+CLAIMS = [
+    ("groups", "Group (the groups claim)"),
+    ("roles", "Role (the roles claim)"),
+    ("email_domain", "E-mail domain (of a verified e-mail)"),
+]
+# The role groups of compliance/access.py.
+ROLE_CHOICES = [
+    ("security-officer", "Security officer"),
+    ("auditor", "Auditor"),
+    ("team-lead", "Team lead"),
+]
+VALUE_MAX = 255
+
+
+class GroupMapping(models.Model):
+    """One rule: people whose `claim` holds `value` get `role`; for a team lead, also the
+    namespaces `namespace` (a name or glob) of `cluster` (empty: every cluster).
+
+    Applied at every single sign-on: a person gets the highest role of the rules they
+    match and the grants of all of them; matching none, they get no access."""
+
+    claim = models.CharField(max_length=16, choices=CLAIMS)
+    value = models.CharField(max_length=VALUE_MAX, help_text="e.g. platform-team, example.com")
+    role = models.CharField(max_length=16, choices=ROLE_CHOICES)
+    cluster = models.ForeignKey(
+        "compliance.Cluster", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    namespace = models.CharField(
+        max_length=63, blank=True, help_text="Team leads: a namespace, or a glob (team-a-*)"
+    )
+    note = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["claim", "value", "role"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["claim", "value", "role", "cluster", "namespace"],
+                name="one_mapping_per_rule",
+            )
+        ]
+
+    def __str__(self) -> str:
+        where = f" {self.cluster or '*'}/{self.namespace}" if self.namespace else ""
+        return f"{self.claim}={self.value} -> {self.role}{where}"
+
+    def clean(self) -> None:
+        try:
+            clean_text(self.value or "", "value", VALUE_MAX)
+        except BadParameter as e:
+            raise ValidationError({"value": e.problem}) from None
+        if not (self.value or "").strip():
+            raise ValidationError({"value": "a group, role or domain"})
+        if self.claim == "email_domain":
+            self.value = self.value.strip().lower().lstrip("@")
+        if self.role == "team-lead":
+            if not NAMESPACE_GLOB_RE.match(self.namespace or ""):
+                raise ValidationError(
+                    {"namespace": "a team lead needs a namespace name or glob (team-a-*)"}
+                )
+        elif self.namespace or self.cluster_id:
+            raise ValidationError(
+                {"namespace": "officers and auditors see every namespace: leave it empty"}
+            )
+
+
+class OidcIdentity(models.Model):
+    """The provider account (issuer, subject) a user signs in as."""
+
+    user = models.OneToOneField("auth.User", on_delete=models.CASCADE, related_name="oidc")
+    issuer = models.CharField(max_length=500)
+    subject = models.CharField(max_length=255)
+    last_login_at = models.DateTimeField(default=timezone.now)
+    # What the last sign-in matched on, for the admin (bounded: see identity.py).
+    claims = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["issuer", "subject"], name="one_user_per_subject")
+        ]
+        verbose_name = "single sign-on identity"
+        verbose_name_plural = "single sign-on identities"
+
+    def __str__(self) -> str:
+        return f"{self.user_id}: {self.issuer} {self.subject}"

@@ -1,0 +1,70 @@
+"""Identity and notification settings (security officers): the single sign-on mapping
+rules, the contacts with a "send a test" button, and deliveries that failed for good.
+Rules and contacts are edited in the admin (or `manage.py sso_mapping`)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib import messages
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from compliance import access, audit, deliver, identity, notify, params
+from compliance.models import AuditEvent
+from compliance.notify_models import FAILED, PENDING, SENDING, Contact, Delivery
+
+FAILED_PAGE = 50
+
+
+def _officer(request):
+    scope = access.scope_for(request.user)
+    access.require_manage(scope)
+    return scope
+
+
+def overview(request):
+    _officer(request)
+    before = params.integer(request.GET, "before", None, minimum=1)
+    failed = Delivery.objects.filter(status=FAILED).select_related("event").order_by("-pk")
+    if before is not None:
+        failed = failed.filter(pk__lt=before)
+    failed = list(failed[:FAILED_PAGE])
+    from compliance.identity_models import GroupMapping
+
+    return render(
+        request,
+        "compliance/settings.html",
+        {
+            "sso_enabled": identity.enabled(),
+            "issuer": settings.WELKIN_OIDC_ISSUER,
+            "local_login": settings.WELKIN_LOCAL_LOGIN,
+            "local_users": settings.WELKIN_LOCAL_LOGIN_USERS,
+            "rules": GroupMapping.objects.select_related("cluster"),
+            "contacts": Contact.objects.select_related("cluster"),
+            "email_on": notify.email_on(),
+            "email_host": settings.EMAIL_HOST,
+            "waiting": Delivery.objects.filter(status__in=[PENDING, SENDING]).count(),
+            "failed": failed,
+            "more": failed[-1].pk if len(failed) == FAILED_PAGE else None,
+        },
+    )
+
+
+@require_POST
+def send_test(request, pk):
+    _officer(request)
+    contact = get_object_or_404(Contact, pk=pk)
+    d = notify.test_event(contact, by=request.user.get_username())
+    outcome = deliver.deliver_one(d.pk)
+    d.refresh_from_db()
+    audit.record(
+        request,
+        AuditEvent.Action.NOTIFY_TEST,
+        target=f"contact:{contact.pk}",
+        scope={"outcome": outcome},
+    )
+    if outcome == "sent":
+        messages.success(request, f"Test message sent to {contact.name}.")
+    else:
+        messages.error(request, f"Test message to {contact.name} not sent: {d.last_error}")
+    return redirect("compliance-settings")

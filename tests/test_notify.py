@@ -1,0 +1,495 @@
+"""Notifications with real parts: the outbox written by a scan's reconcile (one message
+per owner and channel), an SMTP server (aiosmtpd) and a webhook receiver checking the
+HMAC, each in its own process; the receiver down, failing, slow, then back; deliveries
+claimed once however many tasks run; failures kept with their reason for officers."""
+
+import datetime as dt
+import mailbox
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from django.contrib.auth.models import Group
+from django.db import connection
+
+from compliance import deliver, notify
+from compliance.models import AuditEvent, Cluster, NamespaceGrant, ScanRun
+from compliance.notify_models import Contact, Delivery, OutboxEvent
+from tests import builders
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "webhook-secret-for-tests"
+T0 = builders.T0
+ROOT_SC = builders.ROOT
+OK_SC = {"runAsUser": 5, "runAsNonRoot": True}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def listener(module: str, *args: str) -> tuple[subprocess.Popen, str]:
+    """A test server in its own process that prints `listening on PORT`: it and its URL."""
+    p = subprocess.Popen(
+        [sys.executable, "-m", module, *args], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    line = p.stdout.readline()
+    assert line.startswith("listening on "), line
+    return p, f"http://127.0.0.1:{int(line.split()[-1])}"
+
+
+class Receiver:
+    def __init__(self):
+        self.p, self.url = listener("tests.webhook_receiver", SECRET)
+
+    def set(self, answer="ok", delay=0.0, clear=False):
+        requests.post(
+            self.url + "/control",
+            json={"answer": answer, "delay": delay, "clear": clear},
+            timeout=5,
+        ).raise_for_status()
+
+    def received(self) -> list[dict]:
+        return requests.get(self.url + "/received", timeout=5).json()
+
+    def stop(self):
+        self.p.terminate()
+        self.p.wait(10)
+
+
+class Smtp:
+    def __init__(self, tmp: Path):
+        self.port = free_port()
+        self.maildir = tmp / "maildir"
+        self.p = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                f"127.0.0.1:{self.port}",
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+                str(self.maildir),
+            ],
+            cwd=ROOT,
+        )
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+
+    def messages(self):
+        return list(mailbox.Maildir(self.maildir, create=False)) if self.maildir.exists() else []
+
+    def stop(self):
+        self.p.terminate()
+        self.p.wait(10)
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    r = Receiver()
+    yield r
+    r.stop()
+
+
+@pytest.fixture(scope="module")
+def smtp(tmp_path_factory):
+    s = Smtp(tmp_path_factory.mktemp("smtp"))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(autouse=True)
+def quick(settings):
+    settings.WELKIN_NOTIFY_TIMEOUT = 1
+    settings.WELKIN_NOTIFY_BACKOFF_SECONDS = 1
+    settings.EMAIL_HOST = ""
+    settings.WELKIN_BASE_URL = "https://welkin.example"
+
+
+@pytest.fixture
+def mail_on(settings, smtp):
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", smtp.port
+    return smtp
+
+
+def hook(receiver, fmt="json", namespace="*", name="hook") -> Contact:
+    c = Contact(
+        name=name,
+        channel="webhook",
+        url=receiver.url + "/" + name,
+        webhook_format=fmt,
+        namespace=namespace,
+    )
+    c.set_secret(SECRET)
+    c.full_clean()
+    c.save()
+    return c
+
+
+@pytest.fixture
+def owners(db):
+    """An officer, a lead granted `shop`, a lead granted `sh*` through a group, someone
+    without grants, a webhook for `ops` and a fleet-wide mailbox."""
+    officer = builders.make_user("officer")
+    lead = builders.make_user("lead", ["shop"])
+    team = Group.objects.create(name="team-shop")
+    NamespaceGrant.objects.create(group=team, namespace="sh*")
+    lead2 = builders.make_user("lead", username="lead2")
+    lead2.groups.add(team)
+    outsider = builders.make_user("outsider")
+    for u in (officer, lead, lead2, outsider):
+        u.email = f"{u.username}@example.com"
+        u.save()
+    ops = Contact.objects.create(
+        name="ops", channel="webhook", url="http://127.0.0.1:9/ops", namespace="ops"
+    )
+    fleet = Contact.objects.create(name="fleet", channel="email", email="sec@example.com")
+    return {"officer": officer, "lead": lead, "lead2": lead2, "ops": ops, "fleet": fleet}
+
+
+def fleet_snapshot(at, shop_roots=30, extra=None):
+    workloads = {("shop", f"w{i}"): ROOT_SC for i in range(shop_roots)}
+    workloads |= {("ops", "db"): ROOT_SC, ("ops", "fine"): OK_SC, ("dev", "x"): ROOT_SC}
+    workloads |= extra or {}
+    builders.snapshot(at, workloads)
+
+
+# --- the outbox -------------------------------------------------------------------------
+
+
+def test_a_scan_queues_one_message_per_owner_and_channel(owners, settings):
+    settings.EMAIL_HOST = "mail.example"
+    fleet_snapshot(T0)
+    event = OutboxEvent.objects.get()
+    scan = ScanRun.objects.get()
+    assert event.kind == "findings" and event.scan == scan and scan.timings["notify_s"] >= 0
+    assert event.payload["namespaces"]["airgap/shop"]["root"] == 30
+    assert len(event.payload["namespaces"]["airgap/shop"]["examples"]) == notify.EXAMPLES
+    got = {d.destination: d.namespaces for d in Delivery.objects.all()}
+    o = owners
+    assert got == {
+        f"user:{o['officer'].pk}": None,
+        f"user:{o['lead'].pk}": ["airgap/shop"],
+        f"user:{o['lead2'].pk}": ["airgap/shop"],
+        f"contact:{o['ops'].pk}": ["airgap/ops"],
+        f"contact:{o['fleet'].pk}": None,
+    }
+    fleet_snapshot(T0 + dt.timedelta(hours=1))  # nothing new: no event
+    assert OutboxEvent.objects.count() == 1
+
+
+def test_with_email_off_only_webhooks_are_queued(owners):
+    fleet_snapshot(T0)
+    assert [d.destination for d in Delivery.objects.all()] == [f"contact:{owners['ops'].pk}"]
+
+
+def test_the_outbox_is_written_in_the_reconciles_transaction(owners, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("compliance.scanning.write_rollup", broken)
+    with pytest.raises(RuntimeError):
+        fleet_snapshot(T0)
+    assert not OutboxEvent.objects.exists() and not Delivery.objects.exists()
+
+
+def test_a_finding_that_came_back_and_one_newly_blocked_are_news(owners, settings):
+    settings.EMAIL_HOST = "mail.example"
+    fleet_snapshot(T0, shop_roots=2, extra={("shop", "later"): OK_SC})
+    fleet_snapshot(
+        T0 + dt.timedelta(days=1), shop_roots=1, extra={("shop", "later"): {"runAsNonRoot": True}}
+    )
+    assert OutboxEvent.objects.count() == 1  # fixing w1, later unverified: no news
+    fleet_snapshot(
+        T0 + dt.timedelta(days=2),
+        shop_roots=2,
+        extra={("shop", "later"): builders.NONROOT_ONLY[0] | {"runAsUser": 0}},
+    )
+    news = OutboxEvent.objects.latest("pk").payload["namespaces"]["airgap/shop"]
+    assert (news["reopened"], news["blocked"]) == (1, 1)
+    whats = {(x["workload"], x["what"]) for x in news["examples"]}
+    assert whats == {("Pod/w1", "reopened"), ("Pod/later", "became")}
+    lead = Delivery.objects.filter(
+        event__payload__namespaces__has_key="airgap/shop", destination=f"user:{owners['lead'].pk}"
+    ).latest("pk")
+    m = deliver.render(lead)
+    assert "came back" in m.text() and "https://welkin.example/findings/" in m.html()
+
+
+def test_stale_clusters_are_told_to_officers_once(owners, settings):
+    settings.EMAIL_HOST = "mail.example"
+    fleet_snapshot(T0)  # a snapshot cluster: imported by hand, never stale
+    Cluster.objects.create(name="never-scanned")
+    Cluster.objects.filter(name="never-scanned").update(created_at=T0)
+    failing = Cluster.objects.create(name="failing")
+    done = ScanRun.objects.create(cluster=failing, status="succeeded", observed_at=T0)
+    last = ScanRun.objects.create(cluster=failing, status="failed", reason="HTTP 401")
+    Cluster.objects.filter(pk=failing.pk).update(last_complete_scan=done, last_scan=last)
+    Cluster.objects.create(name="fresh")
+    assert notify.notify_stale_clusters() == 2
+    assert notify.notify_stale_clusters() == 0
+    stale = OutboxEvent.objects.filter(kind="cluster_stale")
+    assert {e.payload["cluster"] for e in stale} == {"failing", "never-scanned"}
+    assert stale.get(payload__cluster="failing").payload["last_reason"] == "HTTP 401"
+    dests = set(Delivery.objects.filter(event__in=stale).values_list("destination", flat=True))
+    assert dests == {f"user:{owners['officer'].pk}", f"contact:{owners['fleet'].pk}"}
+    assert (
+        "has no complete scan since"
+        in deliver.render(Delivery.objects.filter(event__in=stale).first()).subject
+    )
+
+
+def test_exception_events_reach_the_namespace_owners(owners, settings):
+    settings.EMAIL_HOST = "mail.example"
+    fleet_snapshot(T0)
+    cluster = Cluster.objects.get(name="airgap")
+    event = notify.exception_event(
+        "approved",
+        cluster,
+        "shop",
+        "legacy image",
+        ends_at=T0 + dt.timedelta(days=30),
+        by="officer",
+    )
+    dests = set(event.deliveries.values_list("destination", flat=True))
+    assert f"user:{owners['lead'].pk}" in dests and f"contact:{owners['ops'].pk}" not in dests
+    assert notify.exception_event("ending", cluster, "shop", "t", dedupe_key="ending:1")
+    assert notify.exception_event("ending", cluster, "shop", "t", dedupe_key="ending:1") is None
+    with pytest.raises(ValueError):
+        notify.exception_event("vanished", cluster, "shop", "t")
+    assert "exception approved in airgap/shop" in deliver.render(event.deliveries.first()).subject
+
+
+def test_the_weekly_digest_is_per_owner_and_once_a_week(owners, settings):
+    settings.EMAIL_HOST = "mail.example"
+    fleet_snapshot(T0)
+    now = T0 + dt.timedelta(days=2)
+    event = notify.weekly_digest(now)
+    assert notify.weekly_digest(now + dt.timedelta(hours=1)) is None
+    lead = event.deliveries.get(destination=f"user:{owners['lead'].pk}")
+    assert lead.namespaces == ["airgap/shop"]
+    m = deliver.render(lead)
+    assert "30 runs as root" in m.intro and "The oldest open findings" in m.text()
+    ops = event.payload["namespaces"]["airgap/ops"]
+    assert [x["workload"] for x in ops["oldest"]] == ["Pod/db"]
+    assert len(event.payload["namespaces"]["airgap/shop"]["oldest"]) == notify.DIGEST_OLDEST
+    officer = deliver.render(event.deliveries.get(destination=f"user:{owners['officer'].pk}"))
+    assert "32 runs as root" in officer.intro
+
+
+def test_hostile_contacts_are_refused():
+    from django.core.exceptions import ValidationError
+
+    for url in [
+        "ftp://x/",
+        "javascript:alert(1)",
+        "http://user:pw@x/",
+        "http://x/\x00",
+        "http://" + "x" * 2100,
+        "http:///nohost",
+    ]:
+        with pytest.raises(ValidationError):
+            Contact(name="h", channel="webhook", url=url).clean()
+    with pytest.raises(ValidationError):
+        Contact(name="h", channel="email", email="a@b\r\nBcc: c@d").clean()
+
+
+# --- delivery ---------------------------------------------------------------------------
+
+
+def test_it_mails_plain_text_and_html_once(owners, mail_on):
+    fleet_snapshot(T0)
+    d = Delivery.objects.get(destination=f"user:{owners['lead'].pk}")
+    before = len(mail_on.messages())
+    assert deliver.deliver_one(d.pk) == "sent"
+    assert deliver.deliver_one(d.pk) == "sent"  # a second run sends nothing
+    msgs = mail_on.messages()
+    assert len(msgs) == before + 1
+    m = msgs[-1] if len(msgs) == 1 else next(x for x in msgs if x["To"] == "lead@example.com")
+    assert m["Message-ID"] == f"<{d.idempotency_key}@welkin-dash>"
+    assert m["Subject"] == "welkin-dash: 30 newly root in airgap"
+    parts = {
+        p.get_content_type(): p.get_payload(decode=True).decode()
+        for p in m.walk()
+        if not p.is_multipart()
+    }
+    assert "airgap/shop: 30 runs as root" in parts["text/plain"]
+    assert (
+        '<a href="https://welkin.example/clusters/airgap/namespaces/shop/">' in parts["text/html"]
+    )
+    assert "ops" not in parts["text/plain"]  # the lead hears about their namespace only
+
+
+def test_the_mail_server_down_is_retried(owners, settings):
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port()
+    fleet_snapshot(T0)
+    d = Delivery.objects.get(destination=f"user:{owners['lead'].pk}")
+    assert deliver.deliver_one(d.pk) == "pending"
+    d.refresh_from_db()
+    assert d.attempts == 1 and "ConnectionRefusedError" in d.last_error
+
+
+def test_webhooks_are_signed_and_scoped(db, receiver):
+    receiver.set(clear=True)
+    builders.make_user("officer")
+    j, s = hook(receiver, "json", name="json"), hook(receiver, "slack", name="slack")
+    fleet_snapshot(T0)
+    for d in Delivery.objects.all():
+        assert deliver.deliver_one(d.pk) == "sent"
+    got = {r["path"]: r for r in receiver.received()}
+    assert got["/json"]["signed"] and got["/slack"]["signed"]
+    body = got["/json"]["body"]
+    assert (
+        body["event"] == "findings"
+        and body["id"] == Delivery.objects.get(contact=j).idempotency_key
+    )
+    assert set(body["data"]["namespaces"]) == {"airgap/shop", "airgap/ops", "airgap/dev"}
+    assert body["subject"] == "welkin-dash: 32 newly root in airgap"
+    assert got["/slack"]["body"]["text"].startswith("*welkin-dash: 32 newly root in airgap*")
+    assert Delivery.objects.get(contact=s).status == "sent"
+
+
+def test_down_failing_slow_then_up_is_sent_with_one_key(db, receiver, settings):
+    receiver.set(clear=True)
+    c = hook(receiver)
+    c.url = f"http://127.0.0.1:{free_port()}/hook"  # nobody listens
+    c.save()
+    fleet_snapshot(T0)
+    d = Delivery.objects.get()
+
+    def again(expected):
+        Delivery.objects.filter(pk=d.pk).update(next_attempt_at=d.created_at)
+        assert deliver.deliver_one(d.pk) == expected
+        d.refresh_from_db()
+        return d.last_error
+
+    assert deliver.deliver_one(d.pk) == "pending"
+    d.refresh_from_db()
+    assert "cannot reach the webhook" in d.last_error and d.next_attempt_at > d.created_at
+    assert deliver.deliver_one(d.pk) == "not due"  # backoff
+    Delivery.objects.filter(pk=d.pk).update(address=receiver.url + "/hook")
+    receiver.set("500")
+    assert "HTTP 500" in again("pending")
+    receiver.set("slow", delay=2)
+    assert "no answer within 1 s" in again("pending")
+    receiver.set("ok")
+    again("sent")
+    assert d.attempts == 4 and d.last_error == ""
+    got = receiver.received()
+    assert len(got) == 3 and {r["delivery"] for r in got} == {d.idempotency_key}
+    assert [r["new"] for r in got] == [True, True, False]  # the receiver drops the repeat
+
+
+def test_a_delivery_failing_for_good_is_kept_for_officers(db, receiver, settings, client):
+    settings.WELKIN_NOTIFY_MAX_ATTEMPTS = 2
+    receiver.set("500", clear=True)
+    hook(receiver)
+    fleet_snapshot(T0)
+    d = Delivery.objects.get()
+    assert deliver.deliver_one(d.pk) == "pending"
+    Delivery.objects.filter(pk=d.pk).update(next_attempt_at=d.created_at)
+    assert deliver.deliver_one(d.pk) == "failed"
+    assert deliver.deliver_one(d.pk) == "failed"
+    assert len(receiver.received()) == 2
+    receiver.set("ok")
+    client.force_login(builders.make_user("lead", ["shop"]))
+    assert client.get("/settings/").status_code == 404
+    client.force_login(builders.make_user("officer"))
+    page = client.get("/settings/").content.decode()
+    assert "attempt 2: the webhook answered HTTP 500" in page
+
+
+def test_a_4xx_answer_fails_at_once(db, receiver):
+    receiver.set("410", clear=True)
+    hook(receiver)
+    fleet_snapshot(T0)
+    d = Delivery.objects.get()
+    assert deliver.deliver_one(d.pk) == "failed"
+    d.refresh_from_db()
+    assert d.attempts == 1 and d.last_error == "attempt 1: the webhook answered HTTP 410"
+    receiver.set("ok")
+
+
+def test_the_send_a_test_button(db, receiver, client):
+    receiver.set("ok", clear=True)
+    c = hook(receiver)
+    client.force_login(builders.make_user("officer"))
+    r = client.post(f"/settings/contacts/{c.pk}/test/", follow=True)
+    assert b"Test message sent to hook" in r.content
+    (got,) = receiver.received()
+    assert got["event"] == "test" and got["signed"]
+    assert AuditEvent.objects.filter(action="notify_test", target=f"contact:{c.pk}").exists()
+    receiver.set("500")
+    r = client.post(f"/settings/contacts/{c.pk}/test/", follow=True)
+    assert b"not sent: attempt 1: the webhook answered HTTP 500" in r.content
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_workers_racing_for_one_delivery_send_it_once(receiver):
+    receiver.set("slow", delay=0.5, clear=True)
+    hook(receiver)
+    fleet_snapshot(T0)
+    d = Delivery.objects.get()
+    outcomes = []
+
+    def run():
+        outcomes.append(deliver.deliver_one(d.pk))
+        connection.close()
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes).count("sent") >= 1 and len(receiver.received()) == 1
+    assert set(outcomes) <= {"sent", "busy"}
+    receiver.set("ok")
+
+
+def test_the_admin_keeps_webhook_secrets_encrypted_and_refuses_bad_urls(admin_client):
+    form = {"name": "chat", "channel": "webhook", "email": "", "webhook_format": "json"}
+    form |= {"namespace": "team-*", "enabled": "on", "secret": "s" * 20}
+    r = admin_client.post("/admin/compliance/contact/add/", form | {"url": "file:///etc/passwd"})
+    assert r.status_code == 200 and b"http:// or https://" in r.content
+    r = admin_client.post(
+        "/admin/compliance/contact/add/", form | {"url": "https://chat.example/h"}
+    )
+    assert r.status_code == 302
+    c = Contact.objects.get()
+    assert c.secret == "s" * 20 and b"s" * 20 not in bytes(c.secret_encrypted)
+
+
+def test_the_settings_page_needs_few_queries(db, client, django_assert_max_num_queries):
+    from compliance.identity_models import GroupMapping
+
+    for i in range(5):
+        GroupMapping.objects.create(claim="groups", value=f"g{i}", role="auditor")
+        Contact.objects.create(name=f"c{i}", channel="email", email=f"c{i}@example.com")
+    event = OutboxEvent.objects.create(kind="test")
+    for i in range(60):
+        Delivery.objects.create(
+            event=event,
+            destination=f"contact:{i}",
+            channel="email",
+            address="x@example.com",
+            status="failed",
+            last_error="attempt 8: boom",
+        )
+    client.force_login(builders.make_user("officer"))
+    with django_assert_max_num_queries(10):
+        r = client.get("/settings/")
+    assert r.status_code == 200 and r.content.count(b"attempt 8: boom") == 50
+    assert b"?before=" in r.content

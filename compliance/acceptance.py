@@ -375,9 +375,25 @@ class Entry:
     exception_id: int | None = None
 
 
-def timeline(events: list, covering: list[RiskException], now: dt.datetime) -> list[Entry]:
+def timeline(
+    events: list,
+    covering: list[RiskException],
+    now: dt.datetime,
+    first_seen: dt.datetime | None = None,
+) -> list[Entry]:
     """A finding's events with its exceptions' approvals, ends and revocations, newest
-    first: so its history says why it was accepted, and why it is open again."""
+    first: so its history says why it was accepted, and why it is open again. Only the
+    exceptions that could accept it (one of its states, its digest if pinned, in force
+    while it was seen): a scope alone accepts nothing."""
+    states = {ev.to_state for ev in events if ev.to_state}
+    digests = {ev.digest for ev in events if ev.digest}
+    covering = [
+        e
+        for e in covering
+        if set(e.state_list) & states
+        and (not e.image_digest or e.image_digest in digests)
+        and (first_seen is None or min(e.ends_at, e.revoked_at or e.ends_at) > first_seen)
+    ]
     out = [
         Entry(
             ev.at,
@@ -394,7 +410,7 @@ def timeline(events: list, covering: list[RiskException], now: dt.datetime) -> l
         who = e.decided_by.username if e.decided_by_id else ""
         out.append(
             Entry(
-                e.approved_at,
+                max(e.approved_at, first_seen) if first_seen else e.approved_at,
                 "Accepted",
                 note=f"exception #{e.pk} approved by {who}, until {e.ends_at:%Y-%m-%d %H:%M} UTC",
                 exception_id=e.pk,

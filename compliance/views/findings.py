@@ -30,6 +30,8 @@ def finding(request, pk):
             "acceptance": accepted_by,
             "exceptions": [(e, exceptions.status_at(e, now)) for e in covering],
             "can_request": scope.can_manage or scope.role == access.LEAD,
-            "events": acceptance.timeline(dashboards.finding_history(finding), covering, now),
+            "events": acceptance.timeline(
+                dashboards.finding_history(finding), covering, now, finding.first_seen
+            ),
         },
     )

@@ -1,0 +1,37 @@
+"""Review of issue 11: what an adversarial reading of risk acceptance found."""
+
+import re
+
+from django.utils import timezone
+
+from compliance import acceptance, exceptions
+from tests.test_exceptions import (
+    SHA_B,
+    ask,
+    decide,
+    fleet,  # noqa: F401 (a fixture)
+    users,
+)
+
+
+def test_a_finding_history_says_accepted_only_for_exceptions_that_accept_it(fleet, client):  # noqa: F811
+    """A scope alone accepts nothing: an exception for blocked containers only, or pinned to
+    another image, covers the root finding's scope but never accepted it, so its history
+    must not say "Accepted" (it did, next to "open" on the same page)."""
+    officer, _, lead, _ = users()
+    a = fleet["a"]
+    blocked_only = ask(lead, workload_kind="Pod", workload_name="a", controls=("A.14.2.5",))
+    other_image = ask(lead, workload_kind="Pod", workload_name="a", image_digest=SHA_B)
+    decide(officer, blocked_only, "approve")
+    decide(officer, other_image, "approve")
+    assert acceptance.accepting([a.pk]) == {}
+    client.force_login(officer)
+    page = re.sub(r"\s+", " ", client.get(f"/findings/{a.pk}/").content.decode())
+    for e in (blocked_only, other_image):
+        assert f"exception #{e.pk} approved by" not in page
+    # One that does accept it is in the history.
+    right = ask(lead, workload_kind="Pod", workload_name="a")
+    right = decide(officer, right, "approve")
+    page = re.sub(r"\s+", " ", client.get(f"/findings/{a.pk}/").content.decode())
+    assert f"exception #{right.pk} approved by officer" in page
+    assert exceptions.status_at(right, timezone.now()) == "approved"

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
-from compliance import access, exceptions, params
+from compliance import acceptance, access, exceptions, params
 from compliance.access import Scope
 from compliance.models import ExceptionMatch, RiskException
 from compliance.vocabulary import APPROVED, EXCEPTION_STATUS, EXPIRED, REQUESTED, REVOKED
@@ -87,14 +87,18 @@ def queryset(scope: Scope, f: Filters, now: dt.datetime) -> QuerySet[RiskExcepti
 
 
 def covered_counts(scope: Scope, ids: list[int]) -> dict[int, int]:
-    """Open findings (that the user may see) each exception's scope covers now: one query
-    for a page of rows."""
+    """Open findings (that the user may see) each exception covers now, in one of its
+    states and, when pinned, running its digest (what it accepts, or would once approved;
+    a scope alone accepts nothing, so a pin to an old build is unused): one query for a
+    page of rows."""
     return dict(
         ExceptionMatch.objects.filter(
             scope.q(),
             exception_id__in=ids,
             open=True,
         )
+        .filter(acceptance._state_in_exception("state"))
+        .filter(Q(exception__image_digest="") | Q(exception__image_digest=F("digest")))
         .values("exception_id")
         .annotate(n=Count("finding_id"))
         .values_list("exception_id", "n")

@@ -35,3 +35,22 @@ def test_a_finding_history_says_accepted_only_for_exceptions_that_accept_it(flee
     page = re.sub(r"\s+", " ", client.get(f"/findings/{a.pk}/").content.decode())
     assert f"exception #{right.pk} approved by officer" in page
     assert exceptions.status_at(right, timezone.now()) == "approved"
+
+
+def test_the_register_calls_an_exception_that_accepts_nothing_unused(fleet):  # noqa: F811
+    """A pin to an image no longer running, or controls that accept none of the covered
+    findings' states, match a scope but accept nothing: the silently useless exception the
+    register is there to call out (it counted it as covering one open finding)."""
+    from compliance import access, register
+
+    officer, _, lead, _ = users()
+    blocked_only = ask(lead, workload_kind="Pod", workload_name="a", controls=("A.14.2.5",))
+    old_pin = ask(lead, workload_kind="Pod", workload_name="b", image_digest=SHA_B)
+    used = ask(lead, workload_kind="Pod", workload_name="a")
+    for e in (blocked_only, old_pin, used):
+        decide(officer, e, "approve")
+    doc = register.Register(access.scope_for(officer), register.Filters(), "t")
+    rows = {r["id"]: r for r in doc.rows()}
+    assert rows[blocked_only.pk]["unused"] and rows[blocked_only.pk]["open_findings_covered"] == 0
+    assert rows[old_pin.pk]["unused"] and rows[old_pin.pk]["open_findings_covered"] == 0
+    assert not rows[used.pk]["unused"] and rows[used.pk]["open_findings_covered"] == 1

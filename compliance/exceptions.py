@@ -267,6 +267,10 @@ def decide(scope: Scope, user, pk: int, action: str, comment: str, http_request=
                 raise ExceptionError("exception", f"it is {current}: there is nothing to revoke")
             e.decision, e.revoked_by, e.revoked_at, e.revoke_comment = REVOKED, user, now, comment
         e.save()
+        if action == "approve":
+            # Findings a scan opened while the request was being stored saw neither side
+            # (each transaction missed the other's rows): match again, now both are in.
+            acceptance.match_exception(e)
         done = {"approve": "approved", "reject": "rejected", "revoke": "revoked"}[action]
         _event(e, user, done, comment)
         if done == "approved":

@@ -374,8 +374,30 @@ def notify(e: RiskException, kind: str, by: str = "") -> int:
 
     from compliance import notify as outbox
 
+    places = _places(e)
+    if not places:
+        # Every cluster or a glob, covering no open finding yet: no namespace owner to
+        # tell, but the officers (and fleet-wide contacts) must still hear of a request.
+        where = f"{e.cluster.name if e.cluster_id else '*'}"
+        event = outbox.publish(
+            f"exception_{kind}",
+            {
+                "cluster": where,
+                "namespace": e.namespace,
+                "title": f"Exception #{e.pk} {kind}: {e.scope_label}"[:300],
+                "detail": f"{e.reason}\nTicket: {e.ticket}"[:2000],
+                "link": reverse("compliance-exception", args=[e.pk]),
+                "ends_at": e.ends_at.isoformat(),
+                "by": by[:150],
+                "namespaces": {},
+            },
+            None,
+            cluster=e.cluster,
+            dedupe_key=f"exception-{kind}:{e.pk}:*",
+        )
+        return int(event is not None)
     sent = 0
-    for cluster, namespace in _places(e):
+    for cluster, namespace in places:
         sent += (
             outbox.exception_event(
                 kind,

@@ -71,3 +71,27 @@ def test_approval_matches_findings_a_concurrent_scan_opened(fleet):
     ExceptionMatch.objects.filter(exception=e, finding=a).delete()  # the race's outcome
     decide(officer, e, "approve")
     assert acceptance.accepting([a.pk])[a.pk].exception_id == e.pk
+
+
+def test_a_request_covering_no_finding_yet_still_reaches_the_officers(fleet):
+    """A request for every cluster, or a glob, that covers no open finding yet has no
+    namespace owner to tell, and told nobody: not even the officers who must decide it."""
+    import datetime as dt
+
+    from compliance.notify_models import Contact, OutboxEvent
+
+    Contact.objects.create(
+        name="security", channel="webhook", url="https://hooks.example.com/sec", namespace="*"
+    )
+    officer, _, lead, _ = users()
+    e = ask(
+        lead,
+        cluster="*",
+        workload_kind="CronJob",
+        workload_name="not-deployed-yet",
+        ends_at=timezone.now() + dt.timedelta(days=3),
+    )
+    event = OutboxEvent.objects.get(kind="exception_requested")
+    assert event.payload["cluster"] == "*" and str(e.pk) in event.payload["title"]
+    decide(officer, e, "approve")
+    assert OutboxEvent.objects.filter(kind="exception_approved").count() == 1

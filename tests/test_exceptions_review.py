@@ -95,3 +95,17 @@ def test_a_request_covering_no_finding_yet_still_reaches_the_officers(fleet):
     assert event.payload["cluster"] == "*" and str(e.pk) in event.payload["title"]
     decide(officer, e, "approve")
     assert OutboxEvent.objects.filter(kind="exception_approved").count() == 1
+
+
+def test_the_exceptions_table_lines_up(fleet, capsys):
+    """`manage.py exceptions list` padded every column to 22 characters, and an end date
+    is 32: every column after it was shifted under the wrong heading."""
+    from django.core.management import call_command
+
+    officer, _, lead, _ = users()
+    decide(officer, ask(lead), "approve")
+    call_command("exceptions", "list")
+    header, *lines = capsys.readouterr().out.splitlines()
+    at = header.index("requested_by")
+    assert lines and all(line[at:].startswith("lead ") for line in lines)
+    assert all(line[header.index("scope") :].startswith("airgap/shop") for line in lines)

@@ -46,7 +46,7 @@ class Command(BaseCommand):
         if not rows:
             self.stdout.write("No exceptions" + (" match." if filters.as_dict() else "."))
             return
-        self.stdout.write("  ".join(f"{c:<22}" for c in (*TABLE, "scope")))
+        lines = []
         for r in rows:
             scope = f"{r['cluster']}/{r['namespace']}"
             if r["workload_kind"]:
@@ -54,4 +54,11 @@ class Command(BaseCommand):
             if r["container"]:
                 scope += f":{r['container']}"
             flags = (" (unused)" if r["unused"] else "") + (" (ended)" if r["ended"] else "")
-            self.stdout.write("  ".join(f"{r[c]!s:<22}" for c in TABLE) + f"  {scope}{flags}")
+            lines.append([str(r[c]) for c in TABLE] + [scope + flags])
+        # Columns as wide as their widest cell (an end date is wider than a fixed width).
+        header = [*TABLE, "scope"]
+        widths = [max(len(x) for x in col) for col in zip(header, *lines, strict=True)]
+        for line in (header, *lines):
+            self.stdout.write(
+                "  ".join(f"{x:<{w}}" for x, w in zip(line, widths, strict=True)).rstrip()
+            )

@@ -313,11 +313,15 @@ def _match(exception_id: int, fid: int, cluster_id: int, ns: str, state: str, di
     )
 
 
-def match_exception(e: RiskException) -> int:
-    """Store the open findings the exception's scope covers (at its request)."""
-    rows = Finding.objects.filter(scope_q(e), resolved_at__isnull=True).values_list(
-        "pk", "cluster_id", "namespace", "state", "image_digest"
-    )
+def match_exception(e: RiskException, missing_only: bool = False) -> int:
+    """Store the open findings the exception's scope covers (at its request; again at its
+    approval, `missing_only`: those a concurrent scan opened, an anti-join)."""
+    found = Finding.objects.filter(scope_q(e), resolved_at__isnull=True)
+    if missing_only:
+        found = found.exclude(
+            Exists(ExceptionMatch.objects.filter(exception=e, finding=OuterRef("pk")))
+        )
+    rows = found.values_list("pk", "cluster_id", "namespace", "state", "image_digest")
     n = 0
     batch: list[ExceptionMatch] = []
     for row in rows.iterator(chunk_size=5000):

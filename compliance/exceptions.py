@@ -270,7 +270,7 @@ def decide(scope: Scope, user, pk: int, action: str, comment: str, http_request=
         if action == "approve":
             # Findings a scan opened while the request was being stored saw neither side
             # (each transaction missed the other's rows): match again, now both are in.
-            acceptance.match_exception(e)
+            acceptance.match_exception(e, missing_only=True)
         done = {"approve": "approved", "reject": "rejected", "revoke": "revoked"}[action]
         _event(e, user, done, comment)
         if done == "approved":

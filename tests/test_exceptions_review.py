@@ -109,3 +109,39 @@ def test_the_exceptions_table_lines_up(fleet, capsys):
     at = header.index("requested_by")
     assert lines and all(line[at:].startswith("lead ") for line in lines)
     assert all(line[header.index("scope") :].startswith("airgap/shop") for line in lines)
+
+
+def test_pages_and_api_agree_through_rescans_and_a_fleet_wide_exception(fleet, client):
+    """The fleet page's accepted count equals the findings the API lists as accepted, for
+    an officer and a lead, after a rescan and when an exception for every cluster is
+    approved, then revoked (no scan in between)."""
+    from django.core.cache import cache
+
+    from tests.test_exceptions import ROOT, SHA_A, _number, scan
+
+    officer, officer2, lead, _ = users()
+    workloads = {
+        ("shop", "a"): (ROOT, "app:1"),
+        ("shop", "b"): (ROOT, "registry.example/b@" + SHA_A),
+        ("ops", "c"): (ROOT, "ops:1"),
+    }
+
+    def agree(expected):
+        for user in (officer, lead):
+            client.force_login(user)
+            page = client.get("/").content.decode()
+            api = client.get("/api/v1/findings/?standing=accepted&page_size=1000").json()
+            assert _number(page, "accepted-total") == len(api["results"]), user
+        client.force_login(officer)
+        assert _number(client.get("/").content.decode(), "accepted-total") == expected
+
+    e = ask(officer, "*", cluster="*")
+    decide(officer2, e, "approve")
+    agree(3)
+    scan(None, workloads)
+    cache.clear()
+    agree(3)
+    decide(officer2, e, "revoke", "over")
+    agree(0)
+    scan(None, workloads)
+    agree(0)

@@ -70,6 +70,19 @@ ROUTE_PARAMS = {
     "compliance-exception": ["new", *EXCEPTION_PARAMS],
     "compliance-exception-decide": ["comment", *EXCEPTION_PARAMS],
 }
+# Routes that read only a few parameters (and are costly to request: an export written,
+# a schema generated, a report rebuilt) get those, plus two they ignore.
+IGNORED = ["q", "namespace"]
+ROUTE_PARAMS.update(
+    {
+        "compliance-export": ["at", "cluster", "namespace", "format", "q"],
+        "api-report": ["at", "cluster", "namespace", "q"],
+        "api-schema": ["format", "lang", *IGNORED],
+        "compliance-finding": IGNORED,
+        "compliance-audit": ["action", "before", *IGNORED],
+        "compliance-audit-export": IGNORED,
+    }
+)
 EXTRA_PARAMS = {"api-finding-list": ["standing"]}
 # Path values for <str:...> and DRF's [^/.]+ segments (a '/' would not reach the view).
 HOSTILE_PATH = [

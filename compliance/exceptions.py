@@ -155,9 +155,14 @@ def check(scope: Scope, r: Request, now: dt.datetime | None = None) -> dict[str,
         raise ExceptionError("ends_at", "required")
     if r.ends_at <= now:
         raise ExceptionError("ends_at", "is in the past")
-    if r.ends_at > now + dt.timedelta(days=max_days()):
+    # The last day allowed is counted in whole days (UTC): a date entered on the form means
+    # the end of that day.
+    last_day = (now + dt.timedelta(days=max_days())).astimezone(dt.UTC).date()
+    if r.ends_at.astimezone(dt.UTC).date() > last_day:
         raise ExceptionError(
-            "ends_at", f"is more than {max_days()} days away (the longest an exception may last)"
+            "ends_at",
+            f"is more than {max_days()} days away (the longest an exception may last): "
+            f"the last end date allowed is {last_day.isoformat()}",
         )
     return {
         "cluster": cluster,

@@ -187,6 +187,7 @@ def test_a_lead_asks_only_inside_their_grants(fleet, client):
     [
         ("ends_at", {"ends_at": NOW - dt.timedelta(seconds=1)}, "is in the past"),
         ("ends_at", {"days": 181}, "more than 180 days away"),
+        ("ends_at", {"days": 181}, "the last end date allowed is"),
         ("controls", {"controls": ()}, "choose at least one"),
         ("controls", {"controls": ("A.1.2.3",)}, "unknown control"),
         ("controls", {"controls": ("A.9.4.4",)}, "no state is covered"),
@@ -555,3 +556,10 @@ def test_owners_hear_of_requests_approvals_and_ends_once(fleet, monkeypatch):
     assert OutboxEvent.objects.filter(kind="exception_ended").count() == 1
     ask(officer, "vendor-*", cluster="*", ends_at=later + dt.timedelta(days=1))  # covers nothing
     assert OutboxEvent.objects.count() == 4
+
+
+def test_the_last_day_allowed_is_the_whole_day(fleet):
+    officer = make_user("officer")
+    last = (timezone.now() + dt.timedelta(days=180)).date()
+    end = dt.datetime.combine(last, dt.time(23, 59, 59), tzinfo=dt.UTC)
+    assert ask(officer, ends_at=end).ends_at == end

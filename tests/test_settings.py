@@ -65,6 +65,10 @@ def load_settings(**env):
         ),
         ({"DEBUG": "1", "WELKIN_OIDC_SCOPES": "email"}, "WELKIN_OIDC_SCOPES='email': must"),
         ({"DEBUG": "1", "WELKIN_WEBHOOK_SECRET": "short"}, "WELKIN_WEBHOOK_SECRET: at least 16"),
+        (
+            {"DEBUG": "1", "WELKIN_EXCEPTION_MAX_DAYS": "1000000000"},
+            "WELKIN_EXCEPTION_MAX_DAYS=1000000000: at most 3650",
+        ),
     ],
 )
 def test_it_names_the_bad_variable(env, message):

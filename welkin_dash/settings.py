@@ -279,6 +279,10 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 WELKIN_VERIFY_MAX_BYTES = env_int("WELKIN_VERIFY_MAX_BYTES", 1 << 30, minimum=1)
 # Risk acceptance: the longest an exception may last from its request, in days.
 WELKIN_EXCEPTION_MAX_DAYS = env_int("WELKIN_EXCEPTION_MAX_DAYS", 180, minimum=1)
+if WELKIN_EXCEPTION_MAX_DAYS > 3650:
+    raise ImproperlyConfigured(
+        f"WELKIN_EXCEPTION_MAX_DAYS={WELKIN_EXCEPTION_MAX_DAYS}: at most 3650 (ten years)"
+    )
 
 EXPORTS_DIR = Path(env_str("WELKIN_EXPORTS_DIR", str(BASE_DIR / "var" / "exports")))
 

@@ -213,6 +213,18 @@ def measure(client, url: str, n: int, clear_cache: bool = False) -> tuple[list[f
     return times, queries
 
 
+def report_row(client, name: str, role: str, url: str, n: int, cold: bool) -> float:
+    """Measure one page, print its line, return its p95."""
+    times, queries = measure(client, url, n, cold)
+    p95 = statistics.quantiles(times, n=20)[18]
+    print(
+        f"{name:<24} {role:<8} {statistics.median(times):>7.1f} {p95:>7.1f} "
+        f"{max(times):>7.1f} {queries:>8}",
+        flush=True,
+    )
+    return p95
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--findings", type=int, default=1_000_000)
@@ -282,14 +294,7 @@ def main() -> None:
                 url = page2
             if role == "lead" and url == "/scans/":
                 continue
-            times, queries = measure(client, url, args.requests, cold)
-            p95 = statistics.quantiles(times, n=20)[18]
-            worst = max(worst, p95)
-            print(
-                f"{name:<24} {role:<8} {statistics.median(times):>7.1f} {p95:>7.1f} "
-                f"{max(times):>7.1f} {queries:>8}",
-                flush=True,
-            )
+            worst = max(worst, report_row(client, name, role, url, args.requests, cold))
     # Right after an officer approves an exception in one cluster, that cluster's rollups
     # no longer tell its accepted count: it is counted live until its next scan.
     from compliance import access, exceptions
@@ -304,14 +309,7 @@ def main() -> None:
         ("fleet, after an approval", "/", True),
         ("cluster, after approval", "/clusters/cluster-01/", False),
     ):
-        times, queries = measure(client, url, args.requests, cold)
-        p95 = statistics.quantiles(times, n=20)[18]
-        worst = max(worst, p95)
-        print(
-            f"{name:<24} {'officer':<8} {statistics.median(times):>7.1f} {p95:>7.1f} "
-            f"{max(times):>7.1f} {queries:>8}",
-            flush=True,
-        )
+        worst = max(worst, report_row(client, name, "officer", url, args.requests, cold))
     print(f"\nworst p95: {worst:.1f} ms (budget 150 ms, 10 queries)")
     report_with_exceptions()
 

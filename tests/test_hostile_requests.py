@@ -84,6 +84,7 @@ ROUTE_PARAMS.update(
     }
 )
 EXTRA_PARAMS = {"api-finding-list": ["standing"]}
+LEAD_PARAMS = {"cluster", "namespace", "q", "after", "cursor", "at", "before", "finding"}
 # Path values for <str:...> and DRF's [^/.]+ segments (a '/' would not reach the view).
 HOSTILE_PATH = [
     "\x00",
@@ -220,13 +221,18 @@ def sweep(client, role: str, every_parameter: bool) -> int:
                 [
                     (p, v)
                     for p in ROUTE_PARAMS.get(name, PARAMS + EXTRA_PARAMS.get(name, []))
+                    # A lead's pass tries what narrows or names a scope; the officer's all.
+                    if role == "officer" or p in LEAD_PARAMS
                     for v in HOSTILE
                 ]
                 if every_parameter and i == 0
                 else [("q", "")]
             )
             for param, value in cases:
-                for method in ["get", "post"] if name in POSTS else ["get"]:
+                # Hostile values are posted as the officer; the other roles post each
+                # path once (their POSTs are refused before any parameter is read).
+                post = name in POSTS and (role == "officer" or param == "q")
+                for method in ["get", "post"] if post else ["get"]:
                     data = {param: value}
                     if method == "post" and name == "compliance-export":
                         data.setdefault("format", "csv")

@@ -158,7 +158,8 @@ def check(scope: Scope, r: Request, now: dt.datetime | None = None) -> dict[str,
     # The last day allowed is counted in whole days (UTC): a date entered on the form means
     # the end of that day.
     last_day = (now + dt.timedelta(days=max_days())).astimezone(dt.UTC).date()
-    if r.ends_at.astimezone(dt.UTC).date() > last_day:
+    # (Compared as instants: converting a far date-time to UTC can overflow.)
+    if r.ends_at > dt.datetime.combine(last_day, dt.time.max, tzinfo=dt.UTC):
         raise ExceptionError(
             "ends_at",
             f"is more than {max_days()} days away (the longest an exception may last): "

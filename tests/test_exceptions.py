@@ -188,6 +188,11 @@ def test_a_lead_asks_only_inside_their_grants(fleet, client):
         ("ends_at", {"ends_at": NOW - dt.timedelta(seconds=1)}, "is in the past"),
         ("ends_at", {"days": 181}, "more than 180 days away"),
         ("ends_at", {"days": 181}, "the last end date allowed is"),
+        (
+            "ends_at",
+            {"ends_at": dt.datetime.fromisoformat("9999-12-31T23:59:59-14:00")},
+            "more than 180 days away",
+        ),
         ("controls", {"controls": ()}, "choose at least one"),
         ("controls", {"controls": ("A.1.2.3",)}, "unknown control"),
         ("controls", {"controls": ("A.9.4.4",)}, "no state is covered"),

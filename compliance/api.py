@@ -122,7 +122,8 @@ class ScanSerializer(serializers.ModelSerializer):
 
 class FindingSerializer(serializers.ModelSerializer):
     cluster = serializers.CharField(source="cluster.name")
-    controls = serializers.SerializerMethodField()
+    controls_2022 = serializers.SerializerMethodField()
+    controls_2013 = serializers.SerializerMethodField()
     standing = serializers.SerializerMethodField()
     exception = serializers.SerializerMethodField()
 
@@ -151,12 +152,20 @@ class FindingSerializer(serializers.ModelSerializer):
             "first_seen",
             "last_changed",
             "resolved_at",
-            "controls",
+            "controls_2022",
+            "controls_2013",
             "standing",
             "exception",
         ]
 
-    def get_controls(self, f) -> list[str]:
+    def get_controls_2022(self, f) -> list[str]:
+        """ISO/IEC 27001:2022 Annex A numbers."""
+        from compliance import controls
+
+        return list(controls.ids_2022(f.state))
+
+    def get_controls_2013(self, f) -> list[str]:
+        """The same controls by their 2013 numbers."""
         from compliance import controls
 
         return list(controls.controls_for(f.state))

@@ -273,7 +273,7 @@ def _advice(report: offline.OfflineReport) -> list[str]:
 def _rule(state: str) -> dict[str, Any]:
     term = STATE[state]
     rows = [
-        f"- {c.id} (ISO/IEC 27001:2022 {c.id_2022}) {c.title}: {controls.rationale(state, c.id)}"
+        f"- {c.id_2022} {c.title_2022} (2013: {c.id}): {controls.rationale(state, c.id)}"
         for c in (controls.CONTROLS[i] for i in controls.controls_for(state))
     ]
     help_text = (
@@ -289,8 +289,20 @@ def _rule(state: str) -> dict[str, Any]:
         "fullDescription": {"text": term.description},
         "help": {"text": help_text, "markdown": help_text},
         "defaultConfiguration": {"level": "error" if term.severity >= 3 else "warning"},
-        "properties": {"tags": ["security", "kubernetes", *controls.controls_for(state)]},
+        "properties": {
+            "tags": [
+                "security",
+                "kubernetes",
+                *(f"ISO27001:2022/{i}" for i in controls.ids_2022(state)),
+                *controls.controls_for(state),
+            ]
+        },
     }
+
+
+def _control_pairs(c: dict) -> list[str]:
+    """ISO/IEC 27001:2022 numbers first, the 2013 numbers beside them."""
+    return [f"{a} (2013: {b})" for a, b in zip(c["controls_2022"], c["controls_2013"], strict=True)]
 
 
 def _message(c: dict) -> str:
@@ -332,7 +344,8 @@ def sarif(report: offline.OfflineReport, fail_on) -> dict[str, Any]:
                         }
                     ],
                     "properties": {
-                        "controls": c["controls"],
+                        "controls_2022": c["controls_2022"],
+                        "controls_2013": c["controls_2013"],
                         "steps": c["remediation"]["steps"],
                     },
                 }
@@ -395,7 +408,7 @@ def junit(report: offline.OfflineReport, fail_on) -> str:
                     case, "failure", message=_message(c), type=STATE[c["state"]].label
                 )
                 failure.text = "\n".join(
-                    [_where(c), *c["remediation"]["steps"], *(c["controls"] or [])]
+                    [_where(c), *c["remediation"]["steps"], *_control_pairs(c)]
                 )
             elif c["state"] != COMPLIANT:
                 ET.SubElement(case, "system-out").text = _message(c)

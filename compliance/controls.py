@@ -1,7 +1,9 @@
 """States -> ISO/IEC 27001 controls and remediation, kept as data an auditor can read.
 
-Each container state (see DESIGN.md's vocabulary) maps to the 2013 Annex A controls it
-touches, shown with the 2022 number, and a one-line rationale per (state, control) pair.
+Each container state (see DESIGN.md's vocabulary) maps to the Annex A controls it touches
+and a one-line rationale per (state, control) pair. Data is keyed by the 2013 number (what
+earlier exports and stored exceptions hold); everything shown or exported puts the 2022
+number first and the 2013 number beside it (the 2013 transition ended in October 2025).
 Remediation text is built from the verdict's own facts (which user, which level set what)
 so that a team lead can paste it. Standard library only.
 """
@@ -27,7 +29,7 @@ class Control:
 
     @property
     def label(self) -> str:
-        return f"{self.id} (2022: {self.id_2022})"
+        return f"{self.id_2022} (2013: {self.id})"
 
 
 CONTROLS: dict[str, Control] = {
@@ -97,6 +99,11 @@ DEFAULT_UID = 1000
 def controls_for(state: str) -> tuple[str, ...]:
     """The 2013 control ids a state is evidence against, in a stable order."""
     return tuple(MAPPING[state])
+
+
+def ids_2022(state: str) -> tuple[str, ...]:
+    """The same controls by their ISO/IEC 27001:2022 numbers, in the same order."""
+    return tuple(CONTROLS[c].id_2022 for c in MAPPING[state])
 
 
 def rationale(state: str, control_id: str) -> str:

@@ -186,12 +186,12 @@ def _pdf(report: Report, out: _HashingWriter) -> int:
             ("VALIGN", (0, 0), (-1, -1), "TOP"),
         ]
     )
-    summary = [["Control (2013)", "2022", "Title", "Workloads", "Open", "Accepted", "By state"]]
+    summary = [["Control (2022)", "2013", "Title", "Workloads", "Open", "Accepted", "By state"]]
     for c in report.control_summary():
         summary.append(
             [
-                c["control"],
                 c["control_2022"],
+                c["control_2013"],
                 c["title"],
                 c["workloads"],
                 c["open"],
@@ -234,7 +234,7 @@ def _pdf(report: Report, out: _HashingWriter) -> int:
         "Container",
         "Image",
         "State",
-        "Controls",
+        "Controls (2022)",
         "Since",
     ]
     data, n = [header], 0
@@ -254,7 +254,9 @@ def _pdf(report: Report, out: _HashingWriter) -> int:
                         if row["exception"]
                         else ""
                     ),
-                    row["controls"],
+                    row["controls_2022"] + "\n(2013: " + row["controls_2013"] + ")"
+                    if row["controls_2013"]
+                    else "",
                     row["first_seen"][:10],
                 ]
             )
@@ -322,7 +324,7 @@ METHODOLOGY = [
     "States: compliant (runAsNonRoot in force, non-zero uid known); unenforced (non-zero uid "
     "but no runAsNonRoot); root (runs or would run as uid 0); blocked (refused by the "
     "kubelet); unverified (identity undeterminable). Each non-compliant state maps to "
-    "ISO/IEC 27001:2013 A.9.4.4, A.12.6.1 and/or A.14.2.5 (2022: 8.18, 8.8, 8.27) as listed.",
+    "ISO/IEC 27001:2022 8.18, 8.8 and/or 8.27 (2013: A.9.4.4, A.12.6.1, A.14.2.5) as listed.",
     "The state at the report time is rebuilt from the append-only history of each finding: "
     "findings are opened, changed and resolved only after complete scans, so a failed or "
     "partial scan never makes a finding disappear. Coverage shows each cluster's last "

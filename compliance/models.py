@@ -525,6 +525,13 @@ class RiskException(models.Model):
     def state_list(self) -> list[str]:
         return [s for s in self.states.split(",") if s]
 
+    @property
+    def control_labels(self) -> list[str]:
+        """The controls as shown: 2022 number first, 2013 beside it."""
+        from compliance.controls import CONTROLS
+
+        return [CONTROLS[c].label if c in CONTROLS else c for c in self.controls]
+
 
 class ExceptionEvent(models.Model):
     """Append-only history of an exception: requested, approved, rejected, revoked."""

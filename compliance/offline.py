@@ -146,7 +146,8 @@ def evaluate_object(
                 **c.as_dict(),
                 "image_user_note": (notes or {}).get(c.image),
                 "needs_root": c.needs_root,
-                "controls": list(controls.controls_for(c.state)),
+                "controls_2022": list(controls.ids_2022(c.state)),
+                "controls_2013": list(controls.controls_for(c.state)),
                 "remediation": controls.remediation(c),
             }
             for c in verdict.containers

@@ -16,7 +16,7 @@ from typing import Any
 from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
-from compliance import acceptance, access, exceptions, params
+from compliance import acceptance, access, controls, exceptions, params
 from compliance.access import Scope
 from compliance.models import ExceptionMatch, RiskException
 from compliance.vocabulary import APPROVED, EXCEPTION_STATUS, EXPIRED, REQUESTED, REVOKED
@@ -31,7 +31,8 @@ COLUMNS = [
     "container",
     "image_digest",
     "states",
-    "controls",
+    "controls_2022",
+    "controls_2013",
     "reason",
     "ticket",
     "requested_by",
@@ -118,7 +119,8 @@ def row(e: RiskException, now: dt.datetime, covered: int) -> dict[str, Any]:
         "container": e.container,
         "image_digest": e.image_digest,
         "states": " ".join(e.state_list),
-        "controls": " ".join(e.controls),
+        "controls_2022": " ".join(controls.CONTROLS[c].id_2022 for c in e.controls),
+        "controls_2013": " ".join(e.controls),
         "reason": e.reason,
         "ticket": e.ticket,
         "requested_by": e.requested_by.username,

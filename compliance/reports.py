@@ -34,8 +34,8 @@ REPORT_COLUMNS = [
     "container_type",
     "image",
     "state",
-    "controls",
     "controls_2022",
+    "controls_2013",
     "first_seen",
     "state_since",
     "standing",
@@ -92,7 +92,8 @@ def _rows(qs) -> Iterator[dict[str, Any]]:
             "cluster": f.pop("cluster__name"),
             **f,
             "kubelet_error": f["kubelet_error"] or None,
-            "controls": list(controls.controls_for(f["state"])),
+            "controls_2022": list(controls.ids_2022(f["state"])),
+            "controls_2013": list(controls.controls_for(f["state"])),
             "first_seen": f["first_seen"].isoformat(),
             "last_changed": f["last_changed"].isoformat(),
         }
@@ -127,7 +128,8 @@ class Report:
         return {"cluster": self.cluster, "namespace": self.namespace}
 
     def control_summary(self) -> list[dict[str, Any]]:
-        """Per control (2013 and 2022), the workloads and containers per state."""
+        """Per control (2022 number first, 2013 beside it), the workloads and containers
+        per state."""
         out = []
         for c in controls.CONTROLS.values():
             states = {
@@ -137,9 +139,9 @@ class Report:
             }
             out.append(
                 {
-                    "control": c.id,
                     "control_2022": c.id_2022,
-                    "title": c.title,
+                    "control_2013": c.id,
+                    "title": c.title_2022,
                     "states": states,
                     "containers": sum(v["containers"] for v in states.values()),
                     "workloads": sum(v["workloads"] for v in states.values()),
@@ -179,10 +181,8 @@ class Report:
                 "container_type": ctype,
                 "image": image,
                 "state": state,
-                "controls": " ".join(controls.controls_for(state)),
-                "controls_2022": " ".join(
-                    controls.CONTROLS[c].id_2022 for c in controls.controls_for(state)
-                ),
+                "controls_2022": " ".join(controls.ids_2022(state)),
+                "controls_2013": " ".join(controls.controls_for(state)),
                 "first_seen": first_seen.isoformat(),
                 "state_since": since,
                 "standing": "accepted" if exception else "open",

@@ -35,7 +35,7 @@ def test_every_endpoint_follows_the_access_rules(api_as, history):
     assert lead.get(f"/api/v1/findings/{d.pk}/").status_code == 404
     b = lead.get(f"/api/v1/findings/{Finding.objects.get(workload_name='b').pk}/").json()
     assert b["state"] == "blocked" and b["remediation"]["summary"]
-    assert b["controls"] == ["A.14.2.5"]
+    assert b["controls_2022"] == ["8.27"] and b["controls_2013"] == ["A.14.2.5"]
     assert [c["name"] for c in lead.get("/api/v1/clusters/").json()["results"]] == ["airgap"]
     assert lead.get("/api/v1/scans/").json()["results"] == []
     assert len(officer.get("/api/v1/scans/").json()["results"]) == 3

@@ -106,7 +106,8 @@ def test_scan_prints_a_summary_and_findings_lists_them(kubeconfig_file, fake_kub
             "state",
             "runs_as_root",
             "kubelet_error",
-            "controls",
+            "controls_2022",
+            "controls_2013",
             "pods",
         )
     } == {
@@ -119,7 +120,8 @@ def test_scan_prints_a_summary_and_findings_lists_them(kubeconfig_file, fake_kub
         "state": "root",
         "runs_as_root": True,
         "kubelet_error": None,
-        "controls": ["A.9.4.4", "A.12.6.1", "A.14.2.5"],
+        "controls_2022": ["8.18", "8.8", "8.27"],
+        "controls_2013": ["A.9.4.4", "A.12.6.1", "A.14.2.5"],
         "pods": 3,
     }
     assert r["image"] == "nginx" and r["first_seen"] and r["last_changed"]

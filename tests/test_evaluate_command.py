@@ -110,7 +110,8 @@ def test_it_prints_the_documented_json_keys(files):
         "remediation",
     } <= set(obj["containers"][0])
     assert (obj["kind"], obj["namespace"], obj["name"]) == ("Deployment", "shop", "api")
-    assert obj["containers"][0]["controls"] == ["A.14.2.5"]
+    assert obj["containers"][0]["controls_2022"] == ["8.27"]
+    assert obj["containers"][0]["controls_2013"] == ["A.14.2.5"]
     assert obj["containers"][0]["kubelet_error"].startswith(
         "container has runAsNonRoot and image has non-numeric user (node)"
     )

@@ -81,9 +81,11 @@ def test_every_format_holds_the_same_findings_as_the_pages(history, login_as):
         len(rows) == len(doc["findings"]) == w_csv.rows == w_json.rows == w_pdf.rows == on_page == 1
     )
     assert rows[0]["state"] == doc["findings"][0]["state"] == "blocked"
-    assert rows[0]["controls"] == "A.14.2.5" and rows[0]["controls_2022"] == "8.27"
+    assert rows[0]["controls_2022"] == "8.27" and rows[0]["controls_2013"] == "A.14.2.5"
+    assert list(rows[0]).index("controls_2022") < list(rows[0]).index("controls_2013")
     assert doc["report"]["scope_label"] == "the whole fleet"
-    assert [c["control"] for c in doc["controls"]] == ["A.9.4.4", "A.12.6.1", "A.14.2.5"]
+    assert [c["control_2022"] for c in doc["controls"]] == ["8.18", "8.8", "8.27"]
+    assert [c["control_2013"] for c in doc["controls"]] == ["A.9.4.4", "A.12.6.1", "A.14.2.5"]
 
 
 def test_the_pdf_is_a_document_an_auditor_can_file(history):

@@ -1,22 +1,36 @@
 """The audit log: one function records an event; Django's login hooks and a middleware for
-denied access call it."""
+denied access call it.
+
+The log is a hash chain. Events are numbered 1, 2, 3... (`seq`, no gaps) and each event's
+hash is the SHA-256 of its own fields and the previous event's hash (GENESIS for the first),
+so deleting, editing or reordering a row with SQL breaks the chain at that row, which
+verify_audit_log (and the auditors' page) names. Someone who can write the database could
+recompute every later hash; the daily signed head (heads.py: the chain's last hash signed
+with the server's key, timestamped by the TSA when one is configured) is what they cannot
+forge, so a rewrite before the last signed head is detected too.
+"""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from axes.signals import user_locked_out
 from django.contrib.auth.signals import user_logged_in, user_login_failed
+from django.db import IntegrityError, connection, transaction
 from django.dispatch import receiver
 from django.http import Http404
 
-from compliance.models import AuditEvent
+from compliance.models import AuditEvent, AuditHead
 
 PAGE_SIZE = 100
-CSV_COLUMNS = ["at", "user", "action", "target", "scope", "content_hash", "ip"]
+CSV_COLUMNS = ["seq", "at", "user", "action", "target", "scope", "content_hash", "ip", "hash"]
+GENESIS = "0" * 64
+CHAIN_LOCK = 0x7765_6C6B_6175_6474  # pg_advisory_xact_lock key: "welkaudt"
 
 
 class Denied(Http404):
@@ -33,16 +47,122 @@ def record(
 ) -> AuditEvent:
     user = getattr(request, "user", None) if request is not None else None
     authenticated = user is not None and user.is_authenticated
-    return AuditEvent.objects.create(
+    event = AuditEvent(
         user=user if authenticated else None,
         username=username
         if username is not None
         else (user.get_username() if authenticated else ""),
         action=action,
         target=target[:1000],
-        scope=scope or {},
+        # Stored as JSON and read back: hashed as it will be read (tuples become lists).
+        scope=orjson.loads(orjson.dumps(scope or {})),
         content_hash=content_hash,
-        ip=_ip(request),
+        # Normalised as the database will store it (IPv6 forms), so the hash matches.
+        ip=AuditEvent._meta.get_field("ip").get_prep_value(_ip(request)),
+    )
+    for attempt in range(5):
+        try:
+            return _append(event)
+        except IntegrityError:  # another process took the same seq (SQLite: no lock)
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _append(event: AuditEvent) -> AuditEvent:
+    """Link the event to the chain's last one and insert it, one writer at a time (the lock
+    is held to the end of the surrounding transaction, so the next writer sees this row)."""
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as c:
+                c.execute("SELECT pg_advisory_xact_lock(%s)", [CHAIN_LOCK])
+        seq, prev = AuditEvent.objects.order_by("-seq").values_list("seq", "hash").first() or (
+            0,
+            GENESIS,
+        )
+        event.pk, event.seq, event.prev_hash = None, seq + 1, prev
+        event.hash = chain_hash(event)
+        event.save(force_insert=True)
+    return event
+
+
+def chain_hash(e: AuditEvent) -> str:
+    """SHA-256 over the event's recorded fields and the previous hash (not the user's id:
+    deleting a user sets it to NULL; the user name is kept and hashed)."""
+    fields = [
+        e.seq,
+        e.at.isoformat(timespec="microseconds"),
+        e.username,
+        e.action,
+        e.target,
+        e.scope,
+        e.content_hash,
+        e.ip or "",
+        e.prev_hash,
+    ]
+    return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+@dataclass
+class ChainCheck:
+    ok: bool
+    events: int
+    message: str
+    broken_seq: int | None = None
+    heads: int = 0
+
+
+def verify_chain(chunk: int = 5000) -> ChainCheck:
+    """Walk the chain in order; the first broken link is named. Then every signed head
+    must match the chain (its seq present with its hash) and carry a valid signature."""
+    from compliance import heads
+
+    expected_seq, prev, n = 1, GENESIS, 0
+    last_seq = 0
+    qs = AuditEvent.objects.order_by("seq")
+    for e in qs.iterator(chunk):
+        n += 1
+        where = f"event {e.seq} ({e.at:%Y-%m-%d %H:%M:%S} {e.action} by {e.username or '-'})"
+        if e.seq != expected_seq:
+            return ChainCheck(
+                False,
+                n,
+                f"events {expected_seq}"
+                + (f" to {e.seq - 1}" if e.seq - 1 > expected_seq else "")
+                + f" are missing: the log goes from event {expected_seq - 1} to {e.seq} "
+                "(rows were deleted)",
+                expected_seq,
+            )
+        if e.prev_hash != prev:
+            return ChainCheck(
+                False,
+                n,
+                f"{where} does not follow event {e.seq - 1}: it links to another "
+                "previous hash (a row was deleted, replaced or reordered)",
+                e.seq,
+            )
+        if chain_hash(e) != e.hash:
+            return ChainCheck(
+                False,
+                n,
+                f"{where} was changed after it was written: its hash differs",
+                e.seq,
+            )
+        expected_seq, prev, last_seq = e.seq + 1, e.hash, e.seq
+    head_check = heads.check_all(last_seq)
+    if head_check is not None:
+        return ChainCheck(False, n, head_check[1], head_check[0])
+    signed = AuditHead.objects.count()
+    return ChainCheck(
+        True,
+        n,
+        f"the chain of {n:,} events is unbroken"
+        + (
+            f" and matches all {signed:,} signed heads"
+            if signed
+            else "; no head has been signed yet (the daily task signs it)"
+        ),
+        heads=signed,
     )
 
 
@@ -68,10 +188,11 @@ def csv_lines() -> Iterator[str]:
 
     writer = csv.writer(_Echo())
     yield writer.writerow(CSV_COLUMNS)
-    for e in AuditEvent.objects.order_by("pk").iterator(5000):
+    for e in AuditEvent.objects.order_by("seq").iterator(5000):
         yield writer.writerow(
             inert_row(
                 [
+                    e.seq,
                     e.at.isoformat(),
                     e.username,
                     e.action,
@@ -79,6 +200,7 @@ def csv_lines() -> Iterator[str]:
                     orjson.dumps(e.scope).decode(),
                     e.content_hash,
                     e.ip or "",
+                    e.hash,
                 ]
             )
         )

@@ -32,9 +32,11 @@ from compliance.reports import REPORT_COLUMNS, Report
 from compliance.vocabulary import STATE
 
 GENERATOR = f"welkin-dash {__version__}"
-FORMATS = ("csv", "json", "pdf")
+FORMATS = ("csv", "json", "pdf", "oscal")  # oscal: OSCAL Assessment Results (JSON)
+EXTENSIONS = {"oscal": "oscal.json"}  # a file name's ending where it is not the format
 PDF_MAX_ROWS = 10_000  # beyond this the PDF lists the first rows and points to CSV/JSON
-MANIFEST_MAX_BYTES = 64 * 1024  # a manifest is about 1 KB
+# A manifest is about 2 KB, plus some 300 bytes per cluster of its coverage.
+MANIFEST_MAX_BYTES = 8 << 20
 
 
 class _HashingWriter:
@@ -61,7 +63,7 @@ def write(report: Report, fmt: str, f: BinaryIO) -> Written:
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
     out = _HashingWriter(f)
-    rows = {"csv": _csv, "json": _json, "pdf": _pdf}[fmt](report, out)
+    rows = {"csv": _csv, "json": _json, "pdf": _pdf, "oscal": _oscal}[fmt](report, out)
     return Written(out.sha.hexdigest(), out.size, rows)
 
 
@@ -109,7 +111,7 @@ def _json(report: Report, out: _HashingWriter) -> int:
             {
                 "report": _meta(report),
                 "controls": report.control_summary(),
-                "coverage": report.coverage,
+                "coverage": report.completeness(),
             },
             b"findings",
         )
@@ -126,6 +128,14 @@ def _json(report: Report, out: _HashingWriter) -> int:
         out.write((b"," if n > len(batch) else b"") + b",".join(batch))
     out.write(b"]}")
     return n
+
+
+def _oscal(report: Report, out: _HashingWriter) -> int:
+    from compliance import oscal
+
+    if not hasattr(report, "completeness"):
+        raise ValueError("OSCAL is written for point-in-time reports only")
+    return oscal.write(report, _meta(report), out)
 
 
 def _meta(report: Report) -> dict[str, Any]:
@@ -204,13 +214,39 @@ def _pdf(report: Report, out: _HashingWriter) -> int:
         Spacer(1, 6 * mm),
         Paragraph("Coverage", styles["Heading2"]),
     ]
-    cov = [["Cluster", "Last complete scan before the report time", "Recent", "Objects rejected"]]
+    completeness = report.completeness()
+    story.append(
+        Paragraph(
+            (
+                "Complete: every cluster in scope has a recent complete scan and every object "
+                "listed was evaluated."
+                if completeness["complete"]
+                else "NOT complete: " + _text("; ".join(completeness["reasons"]))
+            )
+            + f" Population: {completeness['pods']:,} pods, {completeness['containers']:,} "
+            f"containers in {completeness['clusters_scanned']} of {completeness['clusters']} "
+            "clusters.",
+            styles["BodyText"],
+        )
+    )
+    cov = [
+        [
+            "Cluster",
+            "Last complete scan before the report time",
+            "Recent",
+            "Pods",
+            "Containers",
+            "Objects rejected",
+        ]
+    ]
     for c in report.coverage:
         cov.append(
             [
                 _text(c["cluster"]),
                 c["last_complete_scan"] or "none",
                 "yes" if c["recent"] else "NO - data may be out of date",
+                c["pods"],
+                c["containers"],
                 Paragraph(
                     _text(
                         "; ".join(
@@ -346,7 +382,7 @@ METHODOLOGY = [
 # --- manifests --------------------------------------------------------------------------
 
 
-def _signing_key() -> Ed25519PrivateKey:
+def signing_key() -> Ed25519PrivateKey:
     return Ed25519PrivateKey.from_private_bytes(base64.b64decode(settings.WELKIN_SIGNING_KEY))
 
 
@@ -354,7 +390,7 @@ def public_key_b64() -> str:
     from cryptography.hazmat.primitives import serialization
 
     return base64.b64encode(
-        _signing_key()
+        signing_key()
         .public_key()
         .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     ).decode()
@@ -367,6 +403,8 @@ def _canonical(manifest: dict[str, Any]) -> bytes:
 
 
 def manifest(report: Report, fmt: str, filename: str, written: Written) -> dict[str, Any]:
+    from compliance import tsa
+
     m = {
         "file": filename,
         "format": fmt,
@@ -374,14 +412,17 @@ def manifest(report: Report, fmt: str, filename: str, written: Written) -> dict[
         "bytes": written.size,
         "rows": written.rows,
         **_meta(report),
-        "manifest_version": 1,
+        "manifest_version": 2,
         "signed_at": timezone.now().isoformat(),
         "public_key": public_key_b64(),
+        "timestamp": tsa.describe(),
     }
+    if hasattr(report, "completeness"):  # reports (the exception register has none)
+        m["coverage"] = report.completeness()
     if settings.WELKIN_DEVELOPMENT_SIGNING_KEY:
         # Signed into the manifest: a first look's key (make run) is no evidence of anything.
         m["development_key"] = True
-    m["signature"] = base64.b64encode(_signing_key().sign(_canonical(m))).decode()
+    m["signature"] = base64.b64encode(signing_key().sign(_canonical(m))).decode()
     return m
 
 
@@ -390,6 +431,7 @@ class Verification:
     ok: bool
     message: str
     manifest: dict[str, Any] | None = None
+    stamp: Any = None  # tsa.Stamp when a valid token came with the manifest
 
 
 def sha256_of(content: bytes | Iterable[bytes]) -> str:
@@ -402,9 +444,15 @@ def sha256_of(content: bytes | Iterable[bytes]) -> str:
     return sha.hexdigest()
 
 
-def verify(content: bytes | Iterable[bytes], manifest_bytes: bytes) -> Verification:
-    """Is the file unmodified, and did this server sign its manifest? `content` is the
-    file's bytes or its chunks (hashed as a stream, never held whole)."""
+def verify(
+    content: bytes | Iterable[bytes],
+    manifest_bytes: bytes,
+    token: bytes | None = None,
+    tsa_ca: bytes | None = None,
+) -> Verification:
+    """Is the file unmodified, did this server sign its manifest, and (given the TSA's
+    token, kept beside the manifest as .tsr) when did the manifest exist, by the TSA's
+    clock? `content` is the file's bytes or its chunks (hashed as a stream)."""
     try:
         m = orjson.loads(manifest_bytes)
         sig = base64.b64decode(m["signature"], validate=True)
@@ -433,13 +481,52 @@ def verify(content: bytes | Iterable[bytes], manifest_bytes: bytes) -> Verificat
         if m.get("development_key") or settings.WELKIN_DEVELOPMENT_SIGNING_KEY
         else ""
     )
+    from compliance import tsa
+
+    stamp, timestamp = None, _timestamp_note(m)
+    if token is not None:
+        try:
+            stamp = tsa.check(token, manifest_bytes, tsa_ca)
+        except tsa.TimestampError as e:
+            return Verification(False, f"the timestamp token does not prove this manifest: {e}", m)
+        timestamp = (
+            f"; timestamped by {stamp.tsa} at {stamp.time.isoformat()} (the TSA's clock)"
+            + (f"; {stamp.warning}" if stamp.warning else "")
+        )
     return Verification(
         True,
         f"unmodified: {m['format'].upper()} report of "
         f"{m['scope_label']} as of {m['at']}, generated at "
-        f"{m['generated_at']} by {m['generated_by'] or 'unknown'}{development}",
+        f"{m['generated_at']} by {m['generated_by'] or 'unknown'}{development}"
+        f"{_coverage_note(m)}{timestamp}",
         m,
+        stamp,
     )
+
+
+def _coverage_note(m: dict[str, Any]) -> str:
+    cov = m.get("coverage")
+    if not isinstance(cov, dict):
+        return ""
+    population = (
+        f"{cov.get('pods', 0):,} pods, {cov.get('containers', 0):,} containers in "
+        f"{cov.get('clusters_scanned', 0)} of {cov.get('clusters', 0)} clusters"
+    )
+    if cov.get("complete"):
+        return f"; coverage complete: {population}"
+    return f"; coverage NOT complete ({population}): " + "; ".join(map(str, cov.get("reasons", [])))
+
+
+def _timestamp_note(m: dict[str, Any]) -> str:
+    ts = m.get("timestamp")
+    if not isinstance(ts, dict):
+        return ""
+    if ts.get("authority"):
+        return (
+            f"; not checked against a timestamp: the manifest was made for the TSA "
+            f"{ts['authority']}, give its token (.tsr) to prove when it existed"
+        )
+    return "; not timestamped (no timestamp authority was configured)"
 
 
 class ExportError(Exception):
@@ -453,9 +540,9 @@ def export_to(report: Report, fmt: str, path: Path, filename: str | None = None)
     Both are written to temporary files beside their targets and renamed into place only
     when complete, so a failure (a full disk, a bug, a killed process) never leaves a
     partial report, or a report without its manifest, under the final names."""
-    manifest_path = Path(str(path) + ".manifest.json")
+    mpath = manifest_path(path)
     part = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
-    manifest_part = manifest_path.with_name(f".{manifest_path.name}.{uuid.uuid4().hex}.part")
+    manifest_part = mpath.with_name(f".{mpath.name}.{uuid.uuid4().hex}.part")
     from compliance.metrics import export_timer
 
     try:
@@ -465,13 +552,63 @@ def export_to(report: Report, fmt: str, path: Path, filename: str | None = None)
             m = manifest(report, fmt, filename or path.name, written)
             manifest_part.write_bytes(orjson.dumps(m, option=orjson.OPT_INDENT_2))
             os.replace(part, path)
-            os.replace(manifest_part, manifest_path)
+            os.replace(manifest_part, mpath)
     except Exception as e:
         with contextlib.suppress(OSError):  # e.g. the folder is not one: nothing was written
             for leftover in (part, manifest_part):
                 leftover.unlink(missing_ok=True)
-            if path.exists() and not manifest_path.exists():
+            if path.exists() and not mpath.exists():
                 path.unlink(missing_ok=True)
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
         raise ExportError(f"the {fmt.upper()} export failed, and left no file: {reason}") from e
     return m
+
+
+def manifest_path(path: Path) -> Path:
+    return Path(str(path) + ".manifest.json")
+
+
+def token_path(path: Path) -> Path:
+    """Where the TSA's token over the manifest is kept: FILE.manifest.json.tsr, so
+    `openssl ts -verify -data FILE.manifest.json -in FILE.manifest.json.tsr` finds it."""
+    return Path(str(manifest_path(path)) + ".tsr")
+
+
+def add_timestamp(path: Path) -> tuple[bytes | None, str]:
+    """Ask the TSA for a token over the manifest file's bytes and keep it beside them; the
+    token, or None and why not (no TSA configured: None and ''). Never raises for a TSA
+    that is down: the export stands, and the timestamp-pending task asks again."""
+    from compliance import tsa
+
+    if not tsa.configured():
+        return None, ""
+    try:
+        data = manifest_path(path).read_bytes()
+    except OSError as e:
+        return None, f"the manifest cannot be read: {e.strerror or e}"
+    token, error = tsa.stamp(data)
+    if token is not None:
+        target = token_path(path)
+        part = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
+        try:
+            part.write_bytes(token)
+            os.replace(part, target)
+        except OSError as e:
+            part.unlink(missing_ok=True)
+            return None, f"the token could not be written: {e.strerror or e}"
+    return token, error
+
+
+def file_path(record) -> Path:
+    """Where an Export record's file lives (its manifest and token beside it)."""
+    return settings.EXPORTS_DIR / f"{record.id}.{EXTENSIONS.get(record.format, record.format)}"
+
+
+def write_export(record, doc) -> None:
+    """Write an Export record's file and manifest, ask the TSA for a token, save the
+    record. ExportError or OSError: nothing was written or saved."""
+    settings.EXPORTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = file_path(record)
+    record.manifest = export_to(doc, record.format, path, record.filename)
+    record.timestamp, record.timestamp_error = add_timestamp(path)
+    record.save()

@@ -151,6 +151,38 @@ class Report:
             )
         return out
 
+    def completeness(self) -> dict[str, Any]:
+        """The population the report covers and whether it is complete, with the reasons
+        it is not (signed into every manifest): each cluster in scope needs a recent
+        complete scan before the report time, and every object it listed evaluated."""
+        reasons = []
+        for c in self.coverage:
+            if c["last_complete_scan"] is None:
+                reasons.append(f"cluster {c['cluster']}: no complete scan before the report time")
+            elif not c["recent"]:
+                reasons.append(
+                    f"cluster {c['cluster']}: the last complete scan before the report time "
+                    f"({c['last_complete_scan']}) is not recent"
+                )
+            if c["rejected"]:
+                why = ", ".join(f"{n} {rule}" for rule, n in c["rejected_by_reason"].items())
+                reasons.append(
+                    f"cluster {c['cluster']}: {c['rejected']} objects rejected, not evaluated"
+                    + (f" ({why})" if why else "")
+                )
+        if not self.coverage:
+            reasons.append("no cluster in scope")
+        return {
+            "complete": not reasons,
+            "reasons": reasons,
+            "clusters": len(self.coverage),
+            "clusters_scanned": sum(1 for c in self.coverage if c["last_complete_scan"]),
+            "pods": sum(c["pods"] for c in self.coverage),
+            "containers": sum(c["containers"] for c in self.coverage),
+            "rejected": sum(c["rejected"] for c in self.coverage),
+            "per_cluster": self.coverage,
+        }
+
     def first_rows(self, n: int) -> list[dict[str, Any]]:
         """The first n rows (a preview: the page shows 100, the API 1,000)."""
         return list(itertools.islice(self.rows(), n))
@@ -205,6 +237,14 @@ def point_in_time(
         raise ReportError("the report time needs a time zone (e.g. 2026-11-28T10:00:00Z)")
     if namespace and not cluster:
         raise ReportError("a namespace report needs its cluster")
+    from compliance import retention
+
+    pruned = retention.horizon()
+    if pruned is not None and at < pruned:
+        raise ReportError(
+            f"the data before {pruned:%Y-%m-%d %H:%M:%S %Z} was deleted under the retention "
+            "policy (WELKIN_RETENTION_DAYS): a report for an earlier time cannot be rebuilt"
+        )
     qs = access.findings(scope).filter(first_seen__lte=at)
     clusters = access.clusters(scope)
     if cluster:
@@ -299,19 +339,20 @@ def _coverage(clusters, at: dt.datetime) -> list[dict[str, Any]]:
     schedules (at least a day)."""
     out = []
     for c in clusters.order_by("name"):
-        last, rejected, rejections = ScanRun.objects.filter(
+        last, pods, containers, rejected, rejections = ScanRun.objects.filter(
             cluster=c, status=ScanStatus.SUCCEEDED, observed_at__lte=at
-        ).order_by("-observed_at").values_list("observed_at", "rejected", "rejections").first() or (
-            None,
-            0,
-            {},
-        )
+        ).order_by("-observed_at").values_list(
+            "observed_at", "pods", "containers", "rejected", "rejections"
+        ).first() or (None, 0, 0, 0, {})
         limit = max(c.schedule * 3, dt.timedelta(days=1))
         out.append(
             {
                 "cluster": c.name,
                 "last_complete_scan": last.isoformat() if last else None,
                 "recent": last is not None and at - last <= limit,
+                # The population that scan evaluated.
+                "pods": pods,
+                "containers": containers,
                 # Objects that scan left out, and why (compliance/gate.py).
                 "rejected": rejected,
                 "rejected_by_reason": gate.top_rules((rejections or {}).get("by_reason", {})),

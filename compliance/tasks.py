@@ -87,3 +87,29 @@ def notify_exceptions_ending() -> int:
     from compliance import exceptions
 
     return exceptions.notify_ending()
+
+
+@shared_task
+def sign_audit_head() -> int | None:
+    """Beat, daily: sign (and timestamp, with a TSA) the audit chain's last event."""
+    from compliance import heads
+
+    head = heads.sign_head()
+    return head.seq if head else None
+
+
+@shared_task
+def timestamp_pending() -> int:
+    """Beat, every 10 minutes: ask the TSA again for the exports and heads it could not
+    timestamp when they were made (it was down). Returns how many got a token."""
+    from compliance import evidence
+
+    return evidence.timestamp_pending()
+
+
+@shared_task
+def prune() -> dict:
+    """Beat, daily: delete raw scan data older than the retention (audited)."""
+    from compliance import retention
+
+    return retention.prune().as_dict()

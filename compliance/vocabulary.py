@@ -200,6 +200,11 @@ AUDIT_ACTION = Vocabulary(
         Term("sso_denied", "Signed in, no access", "Single sign-on matched no mapping rule."),
         Term("sso_failed", "Failed sign-on", "The provider's answer was refused or absent."),
         Term("notify_test", "Sent a test notification"),
+        Term("audit_head", "Signed the audit log's head", "The daily signature of the chain."),
+        Term("audit_verify", "Checked the audit log's chain"),
+        Term("prune", "Pruned old data", "Retention: what was deleted, and the cut-off."),
+        Term("sample", "Drew an audit sample"),
+        Term("timestamp", "Timestamped evidence", "A TSA's token added to a manifest or head."),
     ],
 )
 

@@ -28,7 +28,7 @@ def test_an_auditor_previews_exports_downloads_and_verifies(login_as, history):
     assert r.status_code == 302
     e = Export.objects.get()
     content = b"".join(c.get(f"/reports/exports/{e.pk}/").streaming_content)
-    manifest = c.get(f"/reports/exports/{e.pk}/manifest.json").content
+    manifest = b"".join(c.get(f"/reports/exports/{e.pk}/manifest.json").streaming_content)
     assert content.count(b"\n") == 3  # header and two findings
     up = c.post(
         "/reports/verify/", {"file": _file("r.csv", content), "manifest": _file("m.json", manifest)}

@@ -43,12 +43,34 @@ def test_it_reports_coverage_and_stale_clusters(history):
             "cluster": "airgap",
             "recent": False,
             "last_complete_scan": (T0 + dt.timedelta(days=2)).isoformat(),
+            "pods": 2,
+            "containers": 2,
             "rejected": 0,
             "rejected_by_reason": {},
         }
     ]
+    c = r.completeness()
+    assert c["complete"] is False and c["pods"] == 2 and c["containers"] == 2
+    assert c["reasons"] == [
+        "cluster airgap: the last complete scan before the report time "
+        f"({(T0 + dt.timedelta(days=2)).isoformat()}) is not recent"
+    ]
     _, r = states_at(T0 + dt.timedelta(days=2, hours=1))
     assert r.coverage[0]["recent"] is True
+    assert r.completeness() | {"per_cluster": None} == {
+        "complete": True,
+        "reasons": [],
+        "clusters": 1,
+        "clusters_scanned": 1,
+        "pods": 2,
+        "containers": 2,
+        "rejected": 0,
+        "per_cluster": None,
+    }
+    _, r = states_at(T0 - dt.timedelta(days=1))
+    assert r.completeness()["reasons"] == [
+        "cluster airgap: no complete scan before the report time"
+    ]
 
 
 def test_a_lead_report_holds_only_their_namespaces(history):

@@ -600,6 +600,53 @@ WELKIN_WEBHOOK_SECRET = env_str("WELKIN_WEBHOOK_SECRET", "") or ""
 if WELKIN_WEBHOOK_SECRET and len(WELKIN_WEBHOOK_SECRET) < 16:
     raise ImproperlyConfigured("WELKIN_WEBHOOK_SECRET: at least 16 characters")
 
+# --- evidence (README: Reports and evidence) -----------------------------------------------
+# An RFC 3161 timestamp authority: every export's manifest and the audit log's daily head
+# get a token. http:// is usual for TSAs (a token proves itself); the CA bundle (PEM) is
+# what its signer must chain to, and the CRLs (PEM or DER files) what it is checked against.
+WELKIN_TSA_URL = (env_str("WELKIN_TSA_URL", "") or "").strip()
+if WELKIN_TSA_URL and (
+    urlsplit(WELKIN_TSA_URL).scheme not in ("http", "https")
+    or not urlsplit(WELKIN_TSA_URL).hostname
+):
+    raise ImproperlyConfigured(f"WELKIN_TSA_URL={WELKIN_TSA_URL!r}: expected an http(s):// URL")
+WELKIN_TSA_CA_BUNDLE = env_str("WELKIN_TSA_CA_BUNDLE", "") or ""
+if WELKIN_TSA_URL and not WELKIN_TSA_CA_BUNDLE:
+    raise ImproperlyConfigured(
+        "WELKIN_TSA_CA_BUNDLE is required with WELKIN_TSA_URL: the PEM file of the CA the "
+        "timestamp authority's certificate is issued by"
+    )
+WELKIN_TSA_CRLS = env_list("WELKIN_TSA_CRLS", [])
+WELKIN_TSA_TIMEOUT = env_int("WELKIN_TSA_TIMEOUT", 10, minimum=1)
+# Retention: raw scan data (scan runs, finding events, resolved findings) for this many
+# days (three years: a certification cycle), daily rollups for this many.
+WELKIN_RETENTION_DAYS = env_int("WELKIN_RETENTION_DAYS", 3 * 365, minimum=30)
+WELKIN_ROLLUP_RETENTION_DAYS = env_int("WELKIN_ROLLUP_RETENTION_DAYS", 10 * 365, minimum=30)
+if WELKIN_ROLLUP_RETENTION_DAYS < WELKIN_RETENTION_DAYS:
+    raise ImproperlyConfigured(
+        "WELKIN_ROLLUP_RETENTION_DAYS must be at least WELKIN_RETENTION_DAYS (rollups are "
+        "kept longer than the raw data they summarise)"
+    )
+CELERY_BEAT_SCHEDULE.update(
+    {
+        "sign-audit-head": {
+            "task": "compliance.tasks.sign_audit_head",
+            "schedule": crontab(minute=5, hour=0),
+            "options": {"expires": 3600},
+        },
+        "timestamp-pending": {
+            "task": "compliance.tasks.timestamp_pending",
+            "schedule": 600.0,
+            "options": {"expires": 540},
+        },
+        "prune": {
+            "task": "compliance.tasks.prune",
+            "schedule": crontab(minute=30, hour=3),
+            "options": {"expires": 3600},
+        },
+    }
+)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-from django.conf import settings
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -222,8 +221,7 @@ def export(request):
     doc = register.Register(scope, filters, request.user.get_username())
     e = Export(user=request.user, format=fmt, scope=doc.scope, at=doc.at)
     try:
-        settings.EXPORTS_DIR.mkdir(parents=True, exist_ok=True)
-        e.manifest = exports.export_to(doc, fmt, settings.EXPORTS_DIR / f"{e.id}.{fmt}", e.filename)
+        exports.write_export(e, doc)
     except (exports.ExportError, OSError) as failure:
         return render(
             request,
@@ -231,7 +229,6 @@ def export(request):
             {"scope": scope, "filters": filters, "error": f"Export failed: {failure}", "rows": []},
             status=500,
         )
-    e.save()
     audit.record(
         request,
         AuditEvent.Action.EXCEPTION_EXPORT,

@@ -2,12 +2,12 @@
 verify; the audit log (security officers and auditors)."""
 
 from django.conf import settings
-from django.http import FileResponse, Http404, JsonResponse, StreamingHttpResponse
+from django.http import FileResponse, Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from compliance import access, audit, exports, params, reports
-from compliance.models import AuditEvent, Export
+from compliance.models import AuditEvent, AuditHead, Export
 
 PREVIEW_ROWS = 100
 
@@ -58,11 +58,9 @@ def export(request):
         return _report_page(request, error or "Choose a format.", 400)
     e = Export(user=request.user, format=fmt, scope=r.scope, at=r.at)
     try:
-        settings.EXPORTS_DIR.mkdir(parents=True, exist_ok=True)
-        e.manifest = exports.export_to(r, fmt, _path(e), e.filename)
+        exports.write_export(e, r)
     except (exports.ExportError, OSError) as failure:
         return _report_page(request, f"Export failed: {failure}", 500)
-    e.save()
     audit.record(
         request,
         AuditEvent.Action.EXPORT,
@@ -89,7 +87,7 @@ def _report_page(request, error: str, status: int):
 
 
 def _path(e: Export):
-    return settings.EXPORTS_DIR / f"{e.id}.{e.format}"
+    return exports.file_path(e)
 
 
 def _export_for(request, pk) -> Export:
@@ -109,9 +107,30 @@ def download(request, pk):
 
 
 def manifest(request, pk):
+    """The manifest file as written (its bytes are what the TSA's token covers)."""
     e = _export_for(request, pk)
-    response = JsonResponse(e.manifest, json_dumps_params={"indent": 2})
-    response["Content-Disposition"] = f'attachment; filename="{e.filename}.manifest.json"'
+    try:
+        f = open(exports.manifest_path(_path(e)), "rb")
+    except FileNotFoundError:
+        raise Http404("The export's manifest is gone (deleted from the exports folder)") from None
+    return FileResponse(
+        f,
+        as_attachment=True,
+        filename=f"{e.filename}.manifest.json",
+        content_type="application/json",
+    )
+
+
+def timestamp(request, pk):
+    """The TSA's token over the manifest (RFC 3161 TimeStampResp, DER)."""
+    e = _export_for(request, pk)
+    if not e.timestamp:
+        raise Http404(
+            "This export has no timestamp token"
+            + (f": {e.timestamp_error}" if e.timestamp_error else "")
+        )
+    response = HttpResponse(bytes(e.timestamp), content_type="application/timestamp-reply")
+    response["Content-Disposition"] = f'attachment; filename="{e.filename}.manifest.json.tsr"'
     return response
 
 
@@ -131,6 +150,7 @@ def verify(request):
         )
     if request.method == "POST":
         content, manifest_file = request.FILES.get("file"), request.FILES.get("manifest")
+        token_file = request.FILES.get("timestamp")
         if content is None or manifest_file is None:
             result = exports.Verification(False, "Choose the report file and its manifest.")
         elif manifest_file.size > exports.MANIFEST_MAX_BYTES:
@@ -140,8 +160,14 @@ def verify(request):
                 f"{exports.MANIFEST_MAX_BYTES} bytes: not a "
                 "welkin-dash manifest",
             )
+        elif token_file is not None and token_file.size > exports.MANIFEST_MAX_BYTES:
+            result = exports.Verification(False, "the timestamp token is too large to be one")
         else:
-            result = exports.verify(content.chunks(), manifest_file.read())
+            result = exports.verify(
+                content.chunks(),
+                manifest_file.read(),
+                token_file.read() if token_file is not None else None,
+            )
             audit.record(
                 request,
                 AuditEvent.Action.VERIFY,
@@ -183,6 +209,27 @@ def audit_log(request):
             "actions": AuditEvent.Action.choices,
             "action": action,
             "next": events[-1].pk if len(events) == audit.PAGE_SIZE else None,
+        },
+    )
+
+
+def audit_verify(request):
+    """The auditors' page: the chain checked now, the signed heads, the first broken link."""
+    _audit_scope(request)
+    result = audit.verify_chain()
+    audit.record(
+        request,
+        AuditEvent.Action.AUDIT_VERIFY,
+        "audit log",
+        {"ok": result.ok, "events": result.events, "broken": result.broken_seq},
+    )
+    return render(
+        request,
+        "compliance/audit_verify.html",
+        {
+            "result": result,
+            "heads": AuditHead.objects.order_by("-at")[:30],
+            "public_key": exports.public_key_b64(),
         },
     )
 

@@ -42,3 +42,14 @@ class Command(BaseCommand):
             raise CommandError(f"{path}: {e}") from None
         self.stdout.write(f"{path}: {m['rows']} findings, sha256 {m['sha256']}")
         self.stdout.write(f"{path}.manifest.json: signed manifest")
+        cov = m["coverage"]
+        self.stdout.write(
+            "coverage: complete"
+            if cov["complete"]
+            else "coverage: NOT complete: " + "; ".join(cov["reasons"])
+        )
+        token, error = exports.add_timestamp(path)
+        if token is not None:
+            self.stdout.write(f"{exports.token_path(path)}: the TSA's timestamp token")
+        elif error:
+            self.stderr.write(f"not timestamped (the report stands): {error}")

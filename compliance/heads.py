@@ -1,0 +1,104 @@
+"""The audit chain's signed heads: daily, the last event's seq and hash are signed with
+the server's Ed25519 key (the one that signs manifests) and, when a TSA is configured,
+timestamped. verify_audit_log checks every head against the chain, so deleting the newest
+events, or recomputing the chain after an edit, shows as soon as one head covers them."""
+
+from __future__ import annotations
+
+import base64
+
+import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from django.utils import timezone
+
+from compliance import tsa
+from compliance.models import AuditEvent, AuditHead
+
+
+def payload(head: AuditHead) -> bytes:
+    """The signed (and timestamped) bytes: what the head says, canonical JSON."""
+    return orjson.dumps(
+        {
+            "kind": "welkin-dash audit log head",
+            "seq": head.seq,
+            "hash": head.hash,
+            "at": head.at.isoformat(timespec="microseconds"),
+        },
+        option=orjson.OPT_SORT_KEYS,
+    )
+
+
+def sign_head() -> AuditHead | None:
+    """Sign the chain's current last event (None when the log is empty), audited."""
+    from compliance import audit, exports
+
+    last = AuditEvent.objects.order_by("-seq").values_list("seq", "hash").first()
+    if last is None:
+        return None
+    head = AuditHead(seq=last[0], hash=last[1], at=timezone.now())
+    head.public_key = exports.public_key_b64()
+    head.signature = base64.b64encode(exports.signing_key().sign(payload(head))).decode()
+    head.timestamp, head.timestamp_error = tsa.stamp(payload(head))
+    head.save()
+    audit.record(
+        None,
+        AuditEvent.Action.AUDIT_HEAD,
+        f"head {head.seq}",
+        {"seq": head.seq, "timestamped": head.timestamp is not None},
+        content_hash=head.hash,
+    )
+    return head
+
+
+def add_timestamp(head: AuditHead) -> bool:
+    """Ask the TSA again for a head signed while it was down."""
+    token, error = tsa.stamp(payload(head))
+    head.timestamp, head.timestamp_error = token, error
+    head.save(update_fields=["timestamp", "timestamp_error"])
+    return token is not None
+
+
+def check(head: AuditHead, chain_hash: str | None, current_key: str) -> str:
+    """'' when the head is good, else why not."""
+    when = f"the head signed at {head.at:%Y-%m-%d %H:%M:%S}"
+    if head.public_key != current_key:
+        return f"{when} was signed with another key than this server's"
+    try:
+        Ed25519PublicKey.from_public_bytes(base64.b64decode(head.public_key)).verify(
+            base64.b64decode(head.signature), payload(head)
+        )
+    except (InvalidSignature, ValueError):
+        return f"{when}'s signature is not valid: the head was changed"
+    if chain_hash is None:
+        return (
+            f"{when} covers event {head.seq}, which is missing: events were deleted from the "
+            "end of the log"
+        )
+    if chain_hash != head.hash:
+        return (
+            f"event {head.seq} is not the one {when} covers: the chain was rewritten up to "
+            "that event"
+        )
+    if head.timestamp:
+        try:
+            tsa.check(bytes(head.timestamp), payload(head))
+        except tsa.TimestampError as e:
+            return f"{when}: its timestamp is not valid: {e}"
+    return ""
+
+
+def check_all(last_seq: int) -> tuple[int, str] | None:
+    """The first head that does not match the chain (its seq and why), or None."""
+    from compliance import exports
+
+    key = exports.public_key_b64()
+    heads = list(AuditHead.objects.order_by("seq", "at"))
+    hashes = dict(
+        AuditEvent.objects.filter(seq__in={h.seq for h in heads}).values_list("seq", "hash")
+    )
+    for head in heads:
+        why = check(head, hashes.get(head.seq) if head.seq <= last_seq else None, key)
+        if why:
+            return head.seq, why
+    return None

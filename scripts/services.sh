@@ -39,6 +39,8 @@ fi
 # Tools the tests start themselves: a real OCI registry.
 command -v docker-registry >/dev/null || { echo "services: installing docker-registry" >&2; apt_install docker-registry; }
 # ... and a real browser for the page tests (Playwright drives Debian's Chromium).
+# The tests' timestamp authority is `openssl ts -reply` (tests/tsa.py).
+command -v openssl >/dev/null || { echo "services: installing openssl" >&2; apt_install openssl; }
 command -v chromium >/dev/null || { echo "services: installing chromium" >&2; apt_install chromium; }
 # ... and promtool, to check the alert rules in deploy/ (tests/test_deploy.py). Only the tool
 # is taken from Debian's prometheus package: installing the package would start a server.

@@ -106,7 +106,8 @@ def test_it_prints_the_documented_json_keys(files):
         "kubelet_error",
         "evidence",
         "state",
-        "controls",
+        "controls_2022",
+        "controls_2013",
         "remediation",
     } <= set(obj["containers"][0])
     assert (obj["kind"], obj["namespace"], obj["name"]) == ("Deployment", "shop", "api")

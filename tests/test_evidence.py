@@ -402,3 +402,27 @@ def test_an_empty_oscal_report_validates(db, tmp_path):
     doc = orjson.loads(out.getvalue())
     Model.model_validate(doc)
     assert "observations" not in doc["assessment-results"]["results"][0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_writers_keep_one_unbroken_chain():
+    """Four threads (four database connections) append at once: the advisory lock makes
+    them take turns, so numbers stay unique and links unbroken."""
+    import threading
+
+    from django.db import connections
+
+    def write(k):
+        try:
+            for i in range(15):
+                audit.record(None, AuditEvent.Action.API, f"w{k}-{i}")
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    result = check()
+    assert result.ok and result.events == 60, result.message

@@ -604,6 +604,19 @@ def file_path(record) -> Path:
     return settings.EXPORTS_DIR / f"{record.id}.{EXTENSIONS.get(record.format, record.format)}"
 
 
+def export_for(user, fmt: str, doc):
+    """A new Export of the document for the user, written, timestamped and saved: (the
+    record, '') or (None, why it failed; nothing was left behind)."""
+    from compliance.models import Export
+
+    record = Export(user=user, format=fmt, scope=doc.scope, at=doc.at)
+    try:
+        write_export(record, doc)
+    except (ExportError, OSError) as failure:
+        return None, f"Export failed: {failure}"
+    return record, ""
+
+
 def write_export(record, doc) -> None:
     """Write an Export record's file and manifest, ask the TSA for a token, save the
     record. ExportError or OSError: nothing was written or saved."""

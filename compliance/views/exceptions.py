@@ -11,7 +11,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from compliance import acceptance, access, audit, controls, exceptions, exports, params, register
-from compliance.models import AuditEvent, ExceptionMatch, Export
+from compliance.models import AuditEvent, ExceptionMatch
 from compliance.vocabulary import EXCEPTION_STATUS, FINDING_KINDS, NONCOMPLIANT
 
 REGISTER_FORMATS = ("csv", "json")
@@ -219,14 +219,12 @@ def export(request):
     fmt = params.choice(request.POST, "format", REGISTER_FORMATS, "csv")
     filters = register.Filters.from_query(request.POST)
     doc = register.Register(scope, filters, request.user.get_username())
-    e = Export(user=request.user, format=fmt, scope=doc.scope, at=doc.at)
-    try:
-        exports.write_export(e, doc)
-    except (exports.ExportError, OSError) as failure:
+    e, error = exports.export_for(request.user, fmt, doc)
+    if e is None:
         return render(
             request,
             "compliance/exceptions.html",
-            {"scope": scope, "filters": filters, "error": f"Export failed: {failure}", "rows": []},
+            {"scope": scope, "filters": filters, "error": error, "rows": []},
             status=500,
         )
     audit.record(

@@ -56,11 +56,9 @@ def export(request):
     fmt = request.POST.get("format")
     if r is None or fmt not in exports.FORMATS:
         return _report_page(request, error or "Choose a format.", 400)
-    e = Export(user=request.user, format=fmt, scope=r.scope, at=r.at)
-    try:
-        exports.write_export(e, r)
-    except (exports.ExportError, OSError) as failure:
-        return _report_page(request, f"Export failed: {failure}", 500)
+    e, error = exports.export_for(request.user, fmt, r)
+    if e is None:
+        return _report_page(request, error, 500)
     audit.record(
         request,
         AuditEvent.Action.EXPORT,

@@ -5,7 +5,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from compliance import access, audit, exports, params, reports, samples
-from compliance.models import AuditEvent, Export, Sample
+from compliance.models import AuditEvent, Sample
 
 FORMATS = ("csv", "json")
 
@@ -75,15 +75,13 @@ def sample_export(request, pk):
     s = _sample_or_404(pk)
     fmt = params.choice(request.POST, "format", FORMATS, "json")
     doc = samples.SampleDoc(s, request.user.get_username())
-    e = Export(user=request.user, format=fmt, scope=doc.scope, at=doc.at)
-    try:
-        exports.write_export(e, doc)
-    except (exports.ExportError, OSError) as failure:
+    e, error = exports.export_for(request.user, fmt, doc)
+    if e is None:
         return render(
             request,
             "compliance/sample.html",
-            {"sample": s, "formats": FORMATS, "error": f"Export failed: {failure}"},
-            status=500,
+            {"sample": s, "formats": FORMATS, "error": error},
+            500,
         )
     audit.record(
         request, AuditEvent.Action.EXPORT, f"{fmt} {e.id}", doc.scope, e.manifest["sha256"]

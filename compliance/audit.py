@@ -13,6 +13,7 @@ forge, so a rewrite before the last signed head is detected too.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -91,7 +92,7 @@ def chain_hash(e: AuditEvent) -> str:
     deleting a user sets it to NULL; the user name is kept and hashed)."""
     fields = [
         e.seq,
-        e.at.isoformat(timespec="microseconds"),
+        e.at.astimezone(dt.UTC).isoformat(timespec="microseconds"),
         e.username,
         e.action,
         e.target,
@@ -112,13 +113,23 @@ class ChainCheck:
     heads: int = 0
 
 
-def verify_chain(chunk: int = 5000) -> ChainCheck:
+HEAD_EVERY = dt.timedelta(hours=48)  # events older than this must be under a signed head
+
+
+def verify_chain(chunk: int = 5000, tsa_ca: bytes | None = None) -> ChainCheck:
     """Walk the chain in order; the first broken link is named. Then every signed head
-    must match the chain (its seq present with its hash) and carry a valid signature."""
+    must match the chain (its seq present with its hash) and carry a valid signature;
+    every head the chain says was signed must still be there; and every event older than
+    two days must be under a signed head (the daily task signs one), so deleting the heads
+    along with a rewrite does not pass."""
+    from django.contrib.auth import get_user_model
+    from django.utils import timezone
+
     from compliance import heads
 
     expected_seq, prev, n = 1, GENESIS, 0
-    last_seq = 0
+    last_seq, signed_events, old_seq = 0, [], 0
+    old = timezone.now() - HEAD_EVERY
     qs = AuditEvent.objects.order_by("seq")
     for e in qs.iterator(chunk):
         n += 1
@@ -149,10 +160,36 @@ def verify_chain(chunk: int = 5000) -> ChainCheck:
                 e.seq,
             )
         expected_seq, prev, last_seq = e.seq + 1, e.hash, e.seq
-    head_check = heads.check_all(last_seq)
+        if e.action == AuditEvent.Action.AUDIT_HEAD:
+            signed_events.append((e.seq, (e.scope or {}).get("seq"), e.content_hash))
+        if e.at < old:
+            old_seq = e.seq
+    if n == 0 and get_user_model().objects.filter(last_login__isnull=False).exists():
+        return ChainCheck(False, 0, "the log is empty, yet users have logged in: it was emptied")
+    head_check = heads.check_all(last_seq, tsa_ca)
     if head_check is not None:
         return ChainCheck(False, n, head_check[1], head_check[0])
-    signed = AuditHead.objects.count()
+    kept = set(AuditHead.objects.values_list("seq", "hash"))
+    for at_seq, seq, hash_ in signed_events:
+        if (seq, hash_) not in kept:
+            return ChainCheck(
+                False,
+                n,
+                f"event {at_seq} records a head signed over event {seq}, which is gone: "
+                "signed heads were deleted",
+                at_seq,
+            )
+    covered = max((s for s, _ in kept), default=0)
+    if old_seq > covered:
+        return ChainCheck(
+            False,
+            n,
+            f"events up to {old_seq} are over two days old but no signed head covers them "
+            f"(the last covers event {covered}): heads were deleted, or the daily "
+            "sign-audit-head task is not running",
+            covered + 1,
+        )
+    signed = len(kept)
     return ChainCheck(
         True,
         n,

@@ -13,6 +13,7 @@ import contextlib
 import csv
 import hashlib
 import io
+import json
 import os
 import uuid
 from collections.abc import Iterable
@@ -403,7 +404,7 @@ def _canonical(manifest: dict[str, Any]) -> bytes:
 
 
 def manifest(report: Report, fmt: str, filename: str, written: Written) -> dict[str, Any]:
-    from compliance import tsa
+    from compliance import heads, tsa
 
     m = {
         "file": filename,
@@ -416,6 +417,8 @@ def manifest(report: Report, fmt: str, filename: str, written: Written) -> dict[
         "signed_at": timezone.now().isoformat(),
         "public_key": public_key_b64(),
         "timestamp": tsa.describe(),
+        # The audit log's newest signed head: verify_audit_log's state, kept off-database.
+        "audit_head": heads.latest(),
     }
     if hasattr(report, "completeness"):  # reports (the exception register has none)
         m["coverage"] = report.completeness()
@@ -444,6 +447,19 @@ def sha256_of(content: bytes | Iterable[bytes]) -> str:
     return sha.hexdigest()
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(repr(key))
+        seen[key] = value
+    return seen
+
+
 def verify(
     content: bytes | Iterable[bytes],
     manifest_bytes: bytes,
@@ -456,6 +472,10 @@ def verify(
     try:
         m = orjson.loads(manifest_bytes)
         sig = base64.b64decode(m["signature"], validate=True)
+        # A key given twice would show one reader other figures than the signature covers.
+        json.loads(manifest_bytes, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as e:
+        return Verification(False, f"the manifest gives the key {e} twice: it was edited")
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return Verification(False, "the manifest is not a welkin-dash manifest")
     if m.get("public_key") != public_key_b64():
@@ -487,12 +507,18 @@ def verify(
     if token is not None:
         try:
             stamp = tsa.check(token, manifest_bytes, tsa_ca)
+        except tsa.NoTrustAnchor:
+            timestamp = (
+                "; the timestamp token was NOT checked: give the CA of the TSA "
+                "(verify_report --tsa-ca PEM, or WELKIN_TSA_CA_BUNDLE)"
+            )
         except tsa.TimestampError as e:
             return Verification(False, f"the timestamp token does not prove this manifest: {e}", m)
-        timestamp = (
-            f"; timestamped by {stamp.tsa} at {stamp.time.isoformat()} (the TSA's clock)"
-            + (f"; {stamp.warning}" if stamp.warning else "")
-        )
+        if stamp is not None:
+            timestamp = (
+                f"; timestamped by {stamp.tsa} at {stamp.time.isoformat()} (the TSA's clock)"
+                + (f"; {stamp.warning}" if stamp.warning else "")
+            )
     return Verification(
         True,
         f"unmodified: {m['format'].upper()} report of "

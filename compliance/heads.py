@@ -6,6 +6,7 @@ events, or recomputing the chain after an edit, shows as soon as one head covers
 from __future__ import annotations
 
 import base64
+import datetime as dt
 
 import orjson
 from cryptography.exceptions import InvalidSignature
@@ -23,10 +24,24 @@ def payload(head: AuditHead) -> bytes:
             "kind": "welkin-dash audit log head",
             "seq": head.seq,
             "hash": head.hash,
-            "at": head.at.isoformat(timespec="microseconds"),
+            "at": head.at.astimezone(dt.UTC).isoformat(timespec="microseconds"),
         },
         option=orjson.OPT_SORT_KEYS,
     )
+
+
+def latest() -> dict | None:
+    """The newest signed head, as exports carry it in their manifests: an auditor holding
+    any export holds the chain's state at that time, outside the database."""
+    head = AuditHead.objects.order_by("-at", "-pk").first()
+    if head is None:
+        return None
+    return {
+        "seq": head.seq,
+        "hash": head.hash,
+        "at": head.at.isoformat(timespec="microseconds"),
+        "signature": head.signature,
+    }
 
 
 def sign_head() -> AuditHead | None:
@@ -59,7 +74,9 @@ def add_timestamp(head: AuditHead) -> bool:
     return token is not None
 
 
-def check(head: AuditHead, chain_hash: str | None, current_key: str) -> str:
+def check(
+    head: AuditHead, chain_hash: str | None, current_key: str, tsa_ca: bytes | None = None
+) -> str:
     """'' when the head is good, else why not."""
     when = f"the head signed at {head.at:%Y-%m-%d %H:%M:%S}"
     if head.public_key != current_key:
@@ -82,13 +99,15 @@ def check(head: AuditHead, chain_hash: str | None, current_key: str) -> str:
         )
     if head.timestamp:
         try:
-            tsa.check(bytes(head.timestamp), payload(head))
+            tsa.check(bytes(head.timestamp), payload(head), tsa_ca)
+        except tsa.NoTrustAnchor:
+            pass  # not checked without the TSA's CA; verify_audit_log --tsa-ca checks it
         except tsa.TimestampError as e:
             return f"{when}: its timestamp is not valid: {e}"
     return ""
 
 
-def check_all(last_seq: int) -> tuple[int, str] | None:
+def check_all(last_seq: int, tsa_ca: bytes | None = None) -> tuple[int, str] | None:
     """The first head that does not match the chain (its seq and why), or None."""
     from compliance import exports
 
@@ -98,7 +117,7 @@ def check_all(last_seq: int) -> tuple[int, str] | None:
         AuditEvent.objects.filter(seq__in={h.seq for h in heads}).values_list("seq", "hash")
     )
     for head in heads:
-        why = check(head, hashes.get(head.seq) if head.seq <= last_seq else None, key)
+        why = check(head, hashes.get(head.seq) if head.seq <= last_seq else None, key, tsa_ca)
         if why:
             return head.seq, why
     return None

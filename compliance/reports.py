@@ -237,6 +237,11 @@ def point_in_time(
         raise ReportError("the report time needs a time zone (e.g. 2026-11-28T10:00:00Z)")
     if namespace and not cluster:
         raise ReportError("a namespace report needs its cluster")
+    if at > timezone.now() + dt.timedelta(minutes=1):
+        raise ReportError(
+            f"the report time {at.isoformat()} is in the future: a report says what was, "
+            "not what will be"
+        )
     from compliance import retention
 
     pruned = retention.horizon()

@@ -62,8 +62,11 @@ def cutoffs(now: dt.datetime | None = None) -> tuple[dt.datetime, dt.date, str]:
     now = now or timezone.now()
     cutoff = now - dt.timedelta(days=settings.WELKIN_RETENTION_DAYS)
     held = ""
+    # An export or sample of a time before any data refers to nothing: it holds nothing
+    # back (else one export "as of 2000" would stop retention for good).
+    first = ScanRun.objects.aggregate(m=Min("observed_at"))["m"]
     for model, what in ((Export, "export"), (Sample, "sample")):
-        oldest = model.objects.aggregate(m=Min("at"))["m"]
+        oldest = model.objects.filter(at__gte=first or now).aggregate(m=Min("at"))["m"]
         if oldest is not None and oldest < cutoff:
             cutoff, held = oldest, f"the oldest kept {what} is of {oldest.isoformat()}"
     rollups = (now - dt.timedelta(days=settings.WELKIN_ROLLUP_RETENTION_DAYS)).date()

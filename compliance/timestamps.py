@@ -143,6 +143,29 @@ def verify(
     crls: Sequence[bytes] = (),
     now: datetime | None = None,
 ) -> Stamp:
+    """verify_token, with anything a malformed token makes a library raise turned into a
+    TimestampError that says so (a token is hostile input: it never crashes a verifier)."""
+    try:
+        return verify_token(
+            response, data, digest_hex=digest_hex, ca_bundle=ca_bundle, crls=crls, now=now
+        )
+    except TimestampError:
+        raise
+    except Exception as e:  # noqa: BLE001 - asn1crypto and cryptography raise many kinds
+        raise TimestampError(
+            f"the timestamp token is malformed ({type(e).__name__}: {str(e)[:200]})"
+        ) from None
+
+
+def verify_token(
+    response: bytes,
+    data: bytes | None = None,
+    *,
+    digest_hex: str | None = None,
+    ca_bundle: bytes,
+    crls: Sequence[bytes] = (),
+    now: datetime | None = None,
+) -> Stamp:
     """Check a stored TimeStampResp against `data` (or its hex SHA-256, `digest_hex`),
     trusting the CAs in `ca_bundle` (PEM) and the revocations in `crls` (PEM or DER);
     the Stamp it proves. Raises TimestampError naming the first reason to refuse.

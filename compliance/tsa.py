@@ -15,7 +15,15 @@ from django.conf import settings
 from compliance import timestamps
 from compliance.timestamps import Stamp, TimestampError, TimestampUnavailable
 
-__all__ = ["Stamp", "TimestampError", "TimestampUnavailable", "check", "configured", "stamp"]
+__all__ = [
+    "NoTrustAnchor",
+    "Stamp",
+    "TimestampError",
+    "TimestampUnavailable",
+    "check",
+    "configured",
+    "stamp",
+]
 
 
 def configured() -> bool:
@@ -37,10 +45,14 @@ def describe() -> dict[str, str | None]:
     }
 
 
+class NoTrustAnchor(TimestampError):
+    """No CA to check a token against: the token is not checked (and says so), not refused."""
+
+
 def ca_bundle() -> bytes:
     path = settings.WELKIN_TSA_CA_BUNDLE
     if not path:
-        raise TimestampError(
+        raise NoTrustAnchor(
             "no CA bundle configured for the timestamp authority (WELKIN_TSA_CA_BUNDLE): "
             "a token cannot be checked without the CA its signer must chain to"
         )

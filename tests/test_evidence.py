@@ -341,7 +341,8 @@ def test_a_sample_is_redrawn_from_its_seed(client, demo_fleet, settings, tmp_pat
     assert doc["sample"]["seed"] == "audit-2026" and "--seed audit-2026" in doc["sample"]["redraw"]
     code, out = verify_report(path)
     assert code == 0, out
-    assert AuditEvent.objects.filter(action="sample").count() == 1
+    # Both draws are audited: the page's and the command line's.
+    assert AuditEvent.objects.filter(action="sample").count() == 2
 
 
 @pytest.mark.parametrize(
@@ -426,3 +427,109 @@ def test_concurrent_writers_keep_one_unbroken_chain():
         t.join()
     result = check()
     assert result.ok and result.events == 60, result.message
+
+
+# --- found by an attack review ------------------------------------------------------------
+
+
+def test_deleting_the_signed_heads_with_a_rewrite_is_caught(db):
+    log(3)
+    heads.sign_head()
+    AuditHead.objects.all().delete()
+    result = check()
+    assert not result.ok and "signed heads were deleted" in result.message, result.message
+
+
+def test_old_events_must_be_under_a_signed_head(db):
+    from django.utils import timezone
+
+    old = timezone.now() - dt.timedelta(days=3)
+    audit._append(AuditEvent(action=AuditEvent.Action.API, target="old", scope={}, at=old))
+    log(1)
+    result = check()
+    assert not result.ok and "no signed head covers them" in result.message
+    heads.sign_head()
+    assert check().ok
+
+
+def test_an_emptied_log_is_not_an_unbroken_one(db, persona):
+    from django.utils import timezone
+
+    user = persona("auditor")
+    user.last_login = timezone.now()
+    user.save()
+    AuditEvent.objects.all().delete()
+    result = check()
+    assert not result.ok and "emptied" in result.message
+
+
+@pytest.mark.parametrize("name", ["AttributeError", "InvalidVersion", "UnsupportedAlgorithm"])
+def test_a_garbled_token_is_refused_not_a_crash(login_as, history, tsa_settings, name):
+    """Tokens an attack review garbled byte by byte (each once crashed a library)."""
+    from pathlib import Path
+
+    garbled = Path(__file__).parent / "fixtures" / "tokens" / f"garbled-{name}.tsr"
+    with local_tsa("good") as tsa:
+        tsa_settings(tsa)
+        c = login_as("auditor")
+        _, path, manifest = export_as(c)
+    code, out = verify_report(path, "--timestamp", garbled)
+    assert code == 1 and "FAILED: the timestamp token does not prove this manifest" in out, out
+    up = c.post(
+        "/reports/verify/",
+        {
+            "file": _file("r.csv", path.read_bytes()),
+            "manifest": _file("m.json", manifest.read_bytes()),
+            "timestamp": _file("t.tsr", garbled.read_bytes()),
+        },
+    )
+    assert up.status_code == 200 and b"Not verified" in up.content
+    head = heads.sign_head()
+    AuditHead.objects.filter(pk=head.pk).update(timestamp=garbled.read_bytes())
+    result = check()
+    assert not result.ok and "timestamp is not valid" in result.message
+
+
+def test_without_the_tsas_ca_a_token_is_not_checked_and_says_so(
+    login_as, history, tsa_settings, settings
+):
+    with local_tsa("good") as tsa:
+        tsa_settings(tsa)
+        _, path, _ = export_as(login_as("auditor"))
+    settings.WELKIN_TSA_URL, settings.WELKIN_TSA_CA_BUNDLE = "", ""
+    code, out = verify_report(path)
+    assert code == 0 and "the timestamp token was NOT checked" in out, out
+    code, out = verify_report(path, "--tsa-ca", tsa.ca_path)
+    assert code == 0 and "timestamped by CN=" in out, out
+
+
+def test_a_manifest_with_a_key_given_twice_is_refused(login_as, history, settings, tmp_path):
+    settings.EXPORTS_DIR = tmp_path
+    _, path, manifest = export_as(login_as("auditor"))
+    text = manifest.read_bytes()
+    forged = text.replace(b"{", b'{\n  "coverage": {"pods": 123456},', 1)
+    edited = tmp_path / "dup.json"
+    edited.write_bytes(forged)
+    code, out = verify_report(path, edited)
+    assert code == 1 and "gives the key 'coverage' twice" in out, out
+
+
+def test_a_report_of_the_future_is_refused(db):
+    with pytest.raises(reports.ReportError, match="in the future"):
+        reports.point_in_time(FLEET, dt.datetime(2099, 1, 1, tzinfo=dt.UTC))
+
+
+def test_an_export_before_any_data_does_not_stop_retention(history, settings):
+    settings.WELKIN_RETENTION_DAYS = 30
+    Export.objects.create(format="json", at=dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
+    done = retention.prune(T0 + dt.timedelta(days=31, hours=12))
+    assert done.held_back_by == "" and done.findings == 1
+
+
+def test_exports_carry_the_newest_signed_head(login_as, history, settings, tmp_path):
+    settings.EXPORTS_DIR = tmp_path
+    log(2)
+    head = heads.sign_head()
+    _, _, manifest = export_as(login_as("auditor"))
+    m = orjson.loads(manifest.read_bytes())
+    assert m["audit_head"]["seq"] == head.seq and m["audit_head"]["hash"] == head.hash

@@ -1,5 +1,6 @@
 # Evidence: the audit log's hash chain and signed heads, timestamps on exports, samples.
 
+import datetime
 import hashlib
 import uuid
 
@@ -20,7 +21,7 @@ def chain(apps, schema_editor):
         seq += 1
         fields = [
             seq,
-            e.at.isoformat(timespec="microseconds"),
+            e.at.astimezone(datetime.UTC).isoformat(timespec="microseconds"),
             e.username,
             e.action,
             e.target,

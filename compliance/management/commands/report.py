@@ -5,7 +5,8 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from compliance import access, exports, params, reports
+from compliance import access, audit, exports, params, reports
+from compliance.models import AuditEvent
 
 
 class Command(BaseCommand):
@@ -40,6 +41,14 @@ class Command(BaseCommand):
             m = exports.export_to(report, options["format"], path)
         except exports.ExportError as e:
             raise CommandError(f"{path}: {e}") from None
+        audit.record(
+            None,
+            AuditEvent.Action.EXPORT,
+            f"{options['format']} {path} (command line)",
+            {**report.scope, "at": report.at.isoformat()},
+            m["sha256"],
+            username=report.generated_by[:150],
+        )
         self.stdout.write(f"{path}: {m['rows']} findings, sha256 {m['sha256']}")
         self.stdout.write(f"{path}.manifest.json: signed manifest")
         cov = m["coverage"]

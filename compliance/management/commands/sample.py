@@ -2,10 +2,13 @@
 audit sample (or redraw one from its seed) and print the workloads and the population's
 SHA-256, to compare with a stored or exported sample."""
 
+import getpass
+
 import orjson
 from django.core.management.base import BaseCommand, CommandError
 
-from compliance import access, params, reports, samples
+from compliance import access, audit, params, reports, samples
+from compliance.models import AuditEvent
 
 
 class Command(BaseCommand):
@@ -30,6 +33,20 @@ class Command(BaseCommand):
             )
         except (samples.SampleError, reports.ReportError) as e:
             raise CommandError(str(e)) from None
+        audit.record(
+            None,
+            AuditEvent.Action.SAMPLE,
+            "sample (command line)",
+            {
+                "cluster": options["cluster"],
+                "namespace": options["namespace"],
+                "at": d.report.at.isoformat(),
+                "size": options["size"],
+                "seed": d.seed,
+            },
+            d.population_sha256,
+            username=f"{getpass.getuser()} (command line)"[:150],
+        )
         self.stdout.write(
             orjson.dumps(
                 {

@@ -77,7 +77,7 @@ def horizon() -> dt.datetime | None:
     """The latest cut-off pruned to: no report can be rebuilt for an earlier time."""
     scope = (
         AuditEvent.objects.filter(action=AuditEvent.Action.PRUNE)
-        .order_by("-seq")
+        .order_by("-at", "-seq")  # the (action, -at) index: read on every report
         .values_list("scope", flat=True)
         .first()
     )

@@ -99,22 +99,23 @@ def evidence(scope: access.Scope, d: Draw) -> list[dict[str, Any]]:
         key = (row["cluster"], row["namespace"], row["workload_kind"], row["workload_name"])
         if key in rows:
             rows[key].append(row)
+    # The stored findings of every drawn workload, in one query (not one per workload).
+    stored = {
+        (f.cluster.name, f.namespace, f.workload_kind, f.workload_name, f.container): f
+        for f in access.findings(scope).filter(only).select_related("cluster")
+    }
     items = []
     for key, containers in rows.items():
         cluster, namespace, kind, name = key
-        stored = {
-            f.container: f
-            for f in access.findings(scope).filter(
-                cluster__name=cluster, namespace=namespace, workload_kind=kind, workload_name=name
-            )
-        }
         items.append(
             {
                 "cluster": cluster,
                 "namespace": namespace,
                 "workload_kind": kind,
                 "workload_name": name,
-                "containers": [_container(row, stored.get(row["container"])) for row in containers],
+                "containers": [
+                    _container(row, stored.get((*key, row["container"]))) for row in containers
+                ],
             }
         )
     return items

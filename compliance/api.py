@@ -1,11 +1,12 @@
-"""The REST API (read-only): clusters, scans, findings, rollups, exceptions and reports,
-filtered by access.py exactly like the pages. A finding says whether it is open or
-accepted (an exception in force now) and by which exception. Token or session
-authentication; cursor pagination; an OpenAPI schema at /api/schema/."""
+"""The REST API: clusters, scans, findings, rollups, exceptions and reports, filtered by
+access.py exactly like the pages, and exports (ask for one, then poll it). A finding says
+whether it is open or accepted (an exception in force now) and by which exception. Token
+or session authentication; cursor pagination; an OpenAPI schema at /api/schema/."""
 
 from __future__ import annotations
 
 from django.db.models import Exists, OuterRef
+from django.urls import reverse
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import permissions, serializers, viewsets
@@ -15,11 +16,24 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from compliance import acceptance, access, audit, exceptions, explain, params, register, reports
+from compliance import (
+    acceptance,
+    access,
+    audit,
+    exceptions,
+    explain,
+    export_jobs,
+    exports,
+    params,
+    register,
+    reports,
+)
 from compliance.models import (
     AuditEvent,
     Cluster,
     DailyRollup,
+    Export,
+    ExportStatus,
     Finding,
     RiskException,
     ScanRun,
@@ -392,3 +406,96 @@ def report(request):
             "truncated": len(rows) == REPORT_ROWS,
         }
     )
+
+
+def _export_body(request, e: Export) -> dict:
+    done = e.status == ExportStatus.DONE
+    body = {
+        "id": str(e.pk),
+        "status": e.status,
+        "format": e.format,
+        "scope": e.scope,
+        "at": e.at,
+        "created_at": e.created_at,
+        "started_at": e.started_at,
+        "finished_at": e.finished_at,
+        "expires_at": e.expires_at,
+        "rows": e.manifest.get("rows", e.rows) if done else e.rows,
+        "total": e.total,
+        "error": e.error or None,
+        "sha256": e.manifest.get("sha256") if done else None,
+        "url": request.build_absolute_uri(reverse("api-export", args=[e.pk])),
+        "files": None,
+    }
+    if done:
+        body["files"] = {
+            "file": request.build_absolute_uri(reverse("compliance-export-file", args=[e.pk])),
+            "manifest": request.build_absolute_uri(
+                reverse("compliance-export-manifest", args=[e.pk])
+            ),
+            "timestamp": request.build_absolute_uri(
+                reverse("compliance-export-timestamp", args=[e.pk])
+            )
+            if e.timestamp
+            else None,
+        }
+    return body
+
+
+@extend_schema(
+    methods=["GET"],
+    operation_id="v1_exports_list",
+    responses={200: dict},
+    description=("Your 20 latest exports."),
+)
+@extend_schema(
+    methods=["POST"],
+    operation_id="v1_exports_create",
+    request=dict,
+    responses={202: dict},
+    description="Ask for a point-in-time report export: {format, at, cluster, namespace}; "
+    "answered 202 with the export to poll (its url).",
+)
+@api_view(["GET", "POST"])
+@permission_classes([permissions.IsAuthenticated, HasRole])
+def export_list(request):
+    if request.method == "GET":
+        mine = Export.objects.filter(user=request.user).order_by("-created_at")[:20]
+        return Response({"results": [_export_body(request, e) for e in mine]})
+    data = params.strings(request.data)
+    fmt = params.choice(data, "format", exports.FORMATS)
+    if not fmt:
+        raise params.BadParameter("format", f"required: one of {', '.join(exports.FORMATS)}")
+    try:
+        r = reports.point_in_time(
+            access.scope_for(request.user),
+            params.moment(data, "at", naive_as_utc=False),
+            params.text(data, "cluster", 63) or None,
+            params.text(data, "namespace", 63) or None,
+            generated_by=request.user.get_username(),
+            summarize=False,
+        )
+    except reports.ReportError as e:
+        raise ValidationError({"detail": str(e)}) from None
+    e = export_jobs.ask(
+        request,
+        AuditEvent.Action.EXPORT,
+        fmt,
+        r,
+        "report",
+        {"cluster": r.cluster or "", "namespace": r.namespace or ""},
+    )
+    body = _export_body(request, e)
+    return Response(body, status=202, headers={"Location": body["url"]})
+
+
+@extend_schema(responses={200: dict})
+@api_view(["GET"])
+@permission_classes([permissions.IsAuthenticated, HasRole])
+def export_detail(request, pk):
+    """One of your exports: queued, running (rows so far of total), done (its files) or
+    failed (why)."""
+    e = Export.objects.filter(pk=pk, user=request.user).first()
+    if e is None:
+        raise NotFound("No such export")
+    return Response(_export_body(request, e))

@@ -14,5 +14,7 @@ router.register("exceptions", api.ExceptionViewSet, basename="api-exception")
 urlpatterns = [
     path("v1/", include(router.urls)),
     path("v1/report/", api.report, name="api-report"),
+    path("v1/exports/", api.export_list, name="api-exports"),
+    path("v1/exports/<uuid:pk>/", api.export_detail, name="api-export"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
 ]

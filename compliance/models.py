@@ -449,8 +449,16 @@ class AuditHead(models.Model):
         return f"head {self.seq} {self.hash[:12]} at {self.at:%Y-%m-%d %H:%M}"
 
 
+class ExportStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    DONE = "done", "Ready"
+    FAILED = "failed", "Failed"
+
+
 class Export(models.Model):
-    """A report file written for a user, with its signed manifest."""
+    """A report file written for a user by a Celery job (compliance/exports.py run), with
+    its signed manifest: queued, running (rows written so far), done, or failed with why."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey("auth.User", null=True, on_delete=models.SET_NULL, related_name="+")
@@ -459,10 +467,27 @@ class Export(models.Model):
     at = models.DateTimeField()
     created_at = models.DateTimeField(auto_now_add=True)
     manifest = models.JSONField(default=dict)
+    status = models.CharField(
+        max_length=8, choices=ExportStatus.choices, default=ExportStatus.QUEUED
+    )
+    # What to write: {"kind": "report" | "register" | "sample", ...its parameters}.
+    request = models.JSONField(default=dict)
+    rows = models.BigIntegerField(default=0)  # written so far (running) or in all (done)
+    total = models.BigIntegerField(null=True, blank=True)  # expected, when known up front
+    error = models.TextField(blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    worker = models.CharField(max_length=300, blank=True)  # host:pid of the running attempt
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
     # The TSA's token over the manifest file's bytes (also written beside it as .tsr);
     # empty with timestamp_error set when the TSA could not be reached (retried by a task).
     timestamp = models.BinaryField(null=True, blank=True)
     timestamp_error = models.TextField(blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["user", "-created_at"])]
 
     def __str__(self) -> str:
         return f"{self.id} {self.format} {self.scope}"

@@ -164,7 +164,7 @@ def observation(row: dict[str, Any], at: str) -> tuple[dict[str, Any], list[dict
     return obs, findings
 
 
-def write(report, meta: dict[str, Any], out) -> int:
+def write(report, meta: dict[str, Any], out, progress=None) -> int:
     """Stream the document to `out` (a binary writer); returns the rows written. The
     findings are spooled to a temporary file while the observations are written, then
     appended: one pass over the rows, little memory. OSCAL wants no empty arrays, so a
@@ -187,6 +187,8 @@ def write(report, meta: dict[str, Any], out) -> int:
             out.write((b"," if n else b"") + orjson.dumps(obs))
             spool.write((b"," if n else b"") + b",".join(orjson.dumps(f) for f in findings))
             n += 1
+            if progress is not None and n % 2000 == 0:
+                progress(n)
         out.write(b'],"findings":[')
         spool.seek(0)
         while chunk := spool.read(1 << 20):

@@ -40,6 +40,21 @@ def clean_text(value: str, name: str, max_length: int = TEXT_MAX) -> str:
     return value
 
 
+def strings(data: Mapping) -> dict[str, str]:
+    """A JSON body's fields as a form's: each a string (a number, list or object is a
+    400 naming the field)."""
+    if not isinstance(data, Mapping):
+        raise BadParameter("body", "expected a JSON object")
+    out = {}
+    for name, value in data.items():
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise BadParameter(str(name)[:100], "expected a string")
+        out[str(name)] = value
+    return out
+
+
 def text(params: Mapping, name: str, max_length: int = TEXT_MAX, default: str = "") -> str:
     value = params.get(name)
     return default if value is None else clean_text(value, name, max_length)

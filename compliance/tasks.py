@@ -107,6 +107,28 @@ def timestamp_pending() -> int:
     return evidence.timestamp_pending()
 
 
+@shared_task(
+    acks_late=True,
+    time_limit=settings.WELKIN_EXPORT_TIME_LIMIT,
+    soft_time_limit=settings.WELKIN_EXPORT_TIME_LIMIT - 5,
+)
+def export(export_id: str) -> str:
+    """Write one export (compliance/export_jobs.py). Safe to deliver twice: a done, failed
+    or live-running export is left alone; one whose worker died is taken over."""
+    from compliance import export_jobs
+
+    return export_jobs.run(export_id)
+
+
+@shared_task
+def sweep_exports() -> dict:
+    """Beat, every 5 minutes: fail exports whose worker is gone, send again those whose
+    message was lost, delete the expired ones."""
+    from compliance import export_jobs
+
+    return export_jobs.sweep()
+
+
 @shared_task
 def prune() -> dict:
     """Beat, daily: delete raw scan data older than the retention (audited)."""

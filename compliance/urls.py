@@ -30,6 +30,7 @@ urlpatterns = [
     path("exceptions/<int:pk>/decide/", exceptions.decide, name="compliance-exception-decide"),
     path("reports/", reports.report, name="compliance-reports"),
     path("reports/export/", reports.export, name="compliance-export"),
+    path("reports/exports/", reports.exports_list, name="compliance-exports"),
     path("reports/exports/<uuid:pk>/", reports.download, name="compliance-export-file"),
     path(
         "reports/exports/<uuid:pk>/manifest.json",

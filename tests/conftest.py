@@ -16,6 +16,13 @@ def no_registry_lookups(request, settings):
 
 
 @pytest.fixture
+def exports_in_process(settings):
+    """Export jobs run in the request, as under `make run` (tests/test_export_jobs.py runs
+    them through a real worker)."""
+    settings.WELKIN_EXPORTS_IN_PROCESS = True
+
+
+@pytest.fixture
 def fake_kube():
     server = FakeKubeServer().start()
     yield server

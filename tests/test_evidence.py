@@ -17,6 +17,9 @@ from compliance.models import AuditEvent, AuditHead, Export, Finding, FindingEve
 from tests.builders import T0
 from tests.tsa import local_tsa
 
+# Export jobs run in the request here (tests/test_export_jobs.py runs them in a worker).
+pytestmark = pytest.mark.usefixtures("exports_in_process")
+
 FLEET = access.Scope(None, access.AUDITOR)
 
 

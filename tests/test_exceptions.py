@@ -29,6 +29,9 @@ from tests import podgen
 from tests.builders import ROOT, make_user
 from tests.test_ops import TOKEN, scrape, value
 
+# Export jobs run in the request here (tests/test_export_jobs.py runs them in a worker).
+pytestmark = pytest.mark.usefixtures("exports_in_process")
+
 SHA_A = "sha256:" + "a" * 64
 SHA_B = "sha256:" + "b" * 64
 

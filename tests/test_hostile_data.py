@@ -37,7 +37,7 @@ from compliance import (
     shell,
     workloads,
 )
-from compliance.models import AuditEvent, Cluster, Finding, FindingEvent, ScanRun
+from compliance.models import AuditEvent, Cluster, Export, Finding, FindingEvent, ScanRun
 from tests import podgen
 from tests.builders import make_user
 
@@ -46,8 +46,12 @@ FLEET = access.Scope(None, access.AUDITOR)
 
 # --- suggested commands, run in bash --------------------------------------------------------
 
+# Export jobs run in the request here (tests/test_export_jobs.py runs them in a worker).
+pytestmark = pytest.mark.usefixtures("exports_in_process")
+
 STUB = """#!{python}
 import json, os, sys
+
 with open(os.environ["ARGV_LOG"], "a") as f:
     f.write(json.dumps([os.path.basename(sys.argv[0]), *sys.argv[1:]]) + "\\n")
 """
@@ -505,7 +509,7 @@ def test_a_failed_export_leaves_no_file_and_says_why(
 ):
     stored()
 
-    def broken(report, out):
+    def broken(report, out, progress):
         out.write(b"%PDF-half")
         raise RuntimeError("renderer crashed")
 
@@ -523,7 +527,13 @@ def test_a_failed_export_leaves_no_file_and_says_why(
     settings.EXPORTS_DIR = tmp_path
     login_as("officer")
     r = client.post("/reports/export/", {"format": "pdf"})
-    assert r.status_code == 500 and b"renderer crashed" in r.content
+    assert r.status_code == 302
+    e = Export.objects.get()
+    assert e.status == "failed" and e.error.endswith("left no file: renderer crashed")
+    assert b"failed: the PDF export failed, and left no file: renderer crashed" in (
+        client.get("/reports/").content
+    )
+    assert client.get(f"/reports/exports/{e.pk}/").status_code == 404
     assert os.listdir(tmp_path) == []
 
 

@@ -77,6 +77,7 @@ ROUTE_PARAMS.update(
     {
         "compliance-export": ["at", "cluster", "namespace", "format", "q"],
         "api-report": ["at", "cluster", "namespace", "q"],
+        "api-exports": ["at", "cluster", "namespace", "format", "q"],
         "api-schema": ["format", "lang", *IGNORED],
         "compliance-finding": IGNORED,
         "compliance-audit": ["action", "before", *IGNORED],
@@ -124,6 +125,7 @@ def routes(finding_pk: int, export_pk: str, exception_pk: int = 1) -> dict[str, 
         ],
         "compliance-reports": ["/reports/"],
         "compliance-export": ["/reports/export/"],
+        "compliance-exports": ["/reports/exports/"],
         "compliance-export-file": [f"/reports/exports/{export_pk}/"],
         "compliance-export-manifest": [f"/reports/exports/{export_pk}/manifest.json"],
         "compliance-export-timestamp": [f"/reports/exports/{export_pk}/manifest.json.tsr"],
@@ -148,6 +150,8 @@ def routes(finding_pk: int, export_pk: str, exception_pk: int = 1) -> dict[str, 
         "api-root": ["/api/v1/"],
         "api-schema": ["/api/schema/"],
         "api-report": ["/api/v1/report/"],
+        "api-exports": ["/api/v1/exports/"],
+        "api-export": [f"/api/v1/exports/{export_pk}/", "/api/v1/exports/1/"],
         "api-cluster-list": ["/api/v1/clusters/"],
         "api-cluster-detail": ["/api/v1/clusters/prod-eu/", *(f"/api/v1/clusters/{v}/" for v in q)],
         "api-scan-list": ["/api/v1/scans/"],
@@ -179,6 +183,7 @@ def routes(finding_pk: int, export_pk: str, exception_pk: int = 1) -> dict[str, 
 
 POSTS = {
     "compliance-export",
+    "api-exports",
     "compliance-samples",
     "compliance-sample-export",
     "compliance-exception-new",
@@ -246,7 +251,7 @@ def sweep(client, role: str, every_parameter: bool) -> int:
                 post = name in POSTS and (role == "officer" or param == "q")
                 for method in ["get", "post"] if post else ["get"]:
                     data = {param: value}
-                    if method == "post" and name == "compliance-export":
+                    if method == "post" and name in ("compliance-export", "api-exports"):
                         data.setdefault("format", "csv")
                     r = getattr(client, method)(path, data)
                     tried += 1

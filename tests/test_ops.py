@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.core.cache import cache
 from django.db.models import Count, Sum
 from prometheus_client.parser import text_string_to_metric_families
@@ -144,7 +145,7 @@ def fleet(fake_kube):
 
 @pytest.mark.django_db
 def test_metrics_after_a_real_scan_match_the_database(
-    client, metrics_settings, cluster, fleet, fake_kube, login_as
+    client, metrics_settings, cluster, fleet, fake_kube, login_as, exports_in_process
 ):
     from compliance import clusters
 
@@ -261,16 +262,23 @@ def test_metrics_show_the_queue_depth_from_the_broker(client, metrics_settings, 
     from compliance import tasks
     from welkin_dash.celery import app
 
-    with app.connection_for_write() as conn:
-        conn.default_channel.queue_purge("celery")
-    assert value(scrape(client), "welkin_celery_queue_length", queue="celery") == 0
+    def purge():
+        with app.connection_for_write() as conn:
+            for queue in settings.CELERY_QUEUES_BY_PURPOSE:
+                conn.default_channel.queue_purge(queue)
+
+    purge()
+    assert value(scrape(client), "welkin_celery_queue_length", queue="scans") == 0
     try:
         for _ in range(3):
             tasks.scan_cluster.apply_async((cluster.pk,), expires=60)
-        assert value(scrape(client), "welkin_celery_queue_length", queue="celery") == 3
+        # Scans have their queue: housekeeping and exports never wait behind them.
+        m = scrape(client)
+        assert value(m, "welkin_celery_queue_length", queue="scans") == 3
+        assert value(m, "welkin_celery_queue_length", queue="celery") == 0
+        assert value(m, "welkin_celery_queue_length", queue="exports") == 0
     finally:
-        with app.connection_for_write() as conn:
-            conn.default_channel.queue_purge("celery")
+        purge()
 
     metrics_settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"
     m = scrape(client)

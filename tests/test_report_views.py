@@ -8,6 +8,9 @@ import pytest
 from compliance.models import AuditEvent, Export
 from tests.builders import T0
 
+# Export jobs run in the request here (tests/test_export_jobs.py runs them in a worker).
+pytestmark = pytest.mark.usefixtures("exports_in_process")
+
 AT = (T0 + dt.timedelta(days=1, hours=1)).strftime("%Y-%m-%dT%H:%M")
 
 
@@ -40,8 +43,8 @@ def test_an_auditor_previews_exports_downloads_and_verifies(login_as, history):
     )
     assert b"the file was modified" in up.content
     actions = list(AuditEvent.objects.order_by("pk").values_list("action", flat=True))
-    assert actions == ["login", "report_view", "export", "verify", "verify"]
-    assert AuditEvent.objects.get(action="export").content_hash == e.manifest["sha256"]
+    assert actions == ["login", "report_view", "export", "export_done", "verify", "verify"]
+    assert AuditEvent.objects.get(action="export_done").content_hash == e.manifest["sha256"]
 
 
 def _file(name, data):

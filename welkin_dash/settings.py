@@ -405,7 +405,12 @@ WELKIN_METRICS_ALLOWED_NETWORKS = env_networks(
 )
 # A namespace label on the findings metrics multiplies their series by the namespaces.
 WELKIN_METRICS_NAMESPACES = env_bool("WELKIN_METRICS_NAMESPACES", False)
-WELKIN_METRICS_QUEUES = env_list("WELKIN_METRICS_QUEUES", ["celery"])
+# Celery's queues, one per purpose, so an export or a notification never waits behind a
+# fleet's scans: scans, exports, notifications, and "celery" (beat's housekeeping: the
+# fan-out, sweeps, pruning, signing). A worker started without -Q consumes all four (a
+# small install); at scale, run workers per queue (README, "Running at scale").
+CELERY_QUEUES_BY_PURPOSE = ("scans", "exports", "notifications", "celery")
+WELKIN_METRICS_QUEUES = env_list("WELKIN_METRICS_QUEUES", list(CELERY_QUEUES_BY_PURPOSE))
 WELKIN_READYZ_TIMEOUT = env_int("WELKIN_READYZ_TIMEOUT", 2, minimum=1)
 
 # Celery. Embedded mode runs tasks in-process so a first look needs no broker.
@@ -418,7 +423,24 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", EMBEDDED)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
-CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# One task reserved at a time per worker process: a long scan never holds a second task
+# (an export, a delivery) that another process could have started.
+CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 1, minimum=1)
+CELERY_TASK_QUEUES = {q: {"exchange": q, "routing_key": q} for q in CELERY_QUEUES_BY_PURPOSE}
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CELERY_TASK_ROUTES = {
+    "compliance.tasks.scan_cluster": {"queue": "scans"},
+    "compliance.tasks.export": {"queue": "exports"},
+    "compliance.tasks.deliver": {"queue": "notifications"},
+    "compliance.tasks.deliver_due": {"queue": "notifications"},
+}
+# Every task ends within an hour (scans and exports have their own, shorter, limits).
+CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 3600, minimum=60)
+# Redis re-delivers a task not acknowledged within this many seconds (acks_late: a task is
+# acknowledged when it ends). It must exceed the longest time limit, or a long export or
+# scan would be delivered to a second worker while the first still runs it.
+WELKIN_BROKER_VISIBILITY_TIMEOUT = env_int("WELKIN_BROKER_VISIBILITY_TIMEOUT", 7200, minimum=60)
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": WELKIN_BROKER_VISIBILITY_TIMEOUT}
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
@@ -475,6 +497,23 @@ WELKIN_SCAN_TIME_LIMIT = env_int("WELKIN_SCAN_TIME_LIMIT", 1800, minimum=10)
 # A running scan whose progress is older than this is taken as abandoned (SQLite only;
 # on PostgreSQL the advisory lock tells at once).
 WELKIN_SCAN_STALE_SECONDS = env_int("WELKIN_SCAN_STALE_SECONDS", 2100, minimum=10)
+# Exports (compliance/export_jobs.py), written by workers on the "exports" queue: at most
+# this many seconds each; a running export with no progress for WELKIN_EXPORT_STALE_SECONDS
+# (or whose worker process on this host is gone) is taken over, at most
+# WELKIN_EXPORT_MAX_ATTEMPTS times; done or failed exports are deleted (files, record;
+# audited) WELKIN_EXPORT_RETENTION_DAYS after they were written.
+WELKIN_EXPORT_TIME_LIMIT = env_int("WELKIN_EXPORT_TIME_LIMIT", 1800, minimum=10)
+WELKIN_EXPORT_STALE_SECONDS = env_int("WELKIN_EXPORT_STALE_SECONDS", 600, minimum=10)
+WELKIN_EXPORT_MAX_ATTEMPTS = env_int("WELKIN_EXPORT_MAX_ATTEMPTS", 3, minimum=1)
+WELKIN_EXPORT_RETENTION_DAYS = env_int("WELKIN_EXPORT_RETENTION_DAYS", 90, minimum=1)
+# Without a broker (make run) an export is written within its request.
+WELKIN_EXPORTS_IN_PROCESS = env_bool("WELKIN_EXPORTS_IN_PROCESS", CELERY_TASK_ALWAYS_EAGER)
+for _limit in ("WELKIN_SCAN_TIME_LIMIT", "WELKIN_EXPORT_TIME_LIMIT"):
+    if globals()[_limit] >= WELKIN_BROKER_VISIBILITY_TIMEOUT:
+        raise ImproperlyConfigured(
+            f"{_limit} must be below WELKIN_BROKER_VISIBILITY_TIMEOUT (a task still running "
+            "when it passes is delivered to a second worker)"
+        )
 # Collector bounds (hostile API servers).
 # One LIST response body at most this many bytes; one request complete within this many
 # seconds however slowly the bytes come; one scan's collection within WELKIN_SCAN_DEADLINE
@@ -638,6 +677,11 @@ CELERY_BEAT_SCHEDULE.update(
             "task": "compliance.tasks.timestamp_pending",
             "schedule": 600.0,
             "options": {"expires": 540},
+        },
+        "sweep-exports": {
+            "task": "compliance.tasks.sweep_exports",
+            "schedule": 300.0,
+            "options": {"expires": 270},
         },
         "prune": {
             "task": "compliance.tasks.prune",

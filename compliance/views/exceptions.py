@@ -10,7 +10,16 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from compliance import acceptance, access, audit, controls, exceptions, exports, params, register
+from compliance import (
+    acceptance,
+    access,
+    audit,
+    controls,
+    exceptions,
+    export_jobs,
+    params,
+    register,
+)
 from compliance.models import AuditEvent, ExceptionMatch
 from compliance.vocabulary import EXCEPTION_STATUS, FINDING_KINDS, NONCOMPLIANT
 
@@ -219,19 +228,8 @@ def export(request):
     fmt = params.choice(request.POST, "format", REGISTER_FORMATS, "csv")
     filters = register.Filters.from_query(request.POST)
     doc = register.Register(scope, filters, request.user.get_username())
-    e, error = exports.export_for(request.user, fmt, doc)
-    if e is None:
-        return render(
-            request,
-            "compliance/exceptions.html",
-            {"scope": scope, "filters": filters, "error": error, "rows": []},
-            status=500,
-        )
-    audit.record(
-        request,
-        AuditEvent.Action.EXCEPTION_EXPORT,
-        f"{fmt} {e.id}",
-        doc.scope,
-        e.manifest["sha256"],
+    query = {k: str(v) for k, v in filters.as_dict().items()}
+    export_jobs.ask(
+        request, AuditEvent.Action.EXCEPTION_EXPORT, fmt, doc, "register", {"filters": query}
     )
-    return redirect("compliance-reports")
+    return redirect(reverse("compliance-reports") + "#exports")

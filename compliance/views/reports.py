@@ -4,15 +4,18 @@ verify; the audit log (security officers and auditors)."""
 from django.conf import settings
 from django.http import FileResponse, Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from compliance import access, audit, exports, params, reports
-from compliance.models import AuditEvent, AuditHead, Export
+from compliance import access, audit, export_jobs, exports, params, reports
+from compliance.models import AuditEvent, AuditHead, Export, ExportStatus
 
 PREVIEW_ROWS = 100
 
 
-def _report_from(request, query) -> tuple[reports.Report | None, str | None]:
+def _report_from(
+    request, query, summarize: bool = True
+) -> tuple[reports.Report | None, str | None]:
     scope = access.scope_for(request.user)
     try:
         return reports.point_in_time(
@@ -21,6 +24,7 @@ def _report_from(request, query) -> tuple[reports.Report | None, str | None]:
             params.text(query, "cluster", 63) or None,
             params.text(query, "namespace", 63) or None,
             generated_by=request.user.get_username(),
+            summarize=summarize,
         ), None
     except (reports.ReportError, params.BadParameter) as e:
         return None, str(e)
@@ -46,27 +50,41 @@ def report(request):
                 {**r.scope, "at": r.at.isoformat()},
             )
             context.update(report=r, rows=rows, controls=r.control_summary())
-    context["exports"] = Export.objects.filter(user=request.user).order_by("-created_at")[:20]
+    context.update(_exports_context(request))
     return render(request, "compliance/reports.html", context)
+
+
+def _exports_context(request) -> dict:
+    mine = list(Export.objects.filter(user=request.user).order_by("-created_at")[:20])
+    return {
+        "exports": mine,
+        "exports_active": any(e.status in export_jobs.ACTIVE for e in mine),
+        "export_days": settings.WELKIN_EXPORT_RETENTION_DAYS,
+    }
+
+
+def exports_list(request):
+    """The "Your exports" table alone: polled by the reports page while one is written."""
+    return render(request, "compliance/_exports.html", _exports_context(request))
 
 
 @require_POST
 def export(request):
-    r, error = _report_from(request, request.POST)
+    """Ask for an export: the parameters are checked here (400 naming the wrong one), the
+    file is written by a worker (compliance/export_jobs.py); the page shows its progress."""
+    r, error = _report_from(request, request.POST, summarize=False)
     fmt = request.POST.get("format")
     if r is None or fmt not in exports.FORMATS:
         return _report_page(request, error or "Choose a format.", 400)
-    e, error = exports.export_for(request.user, fmt, r)
-    if e is None:
-        return _report_page(request, error, 500)
-    audit.record(
+    export_jobs.ask(
         request,
         AuditEvent.Action.EXPORT,
-        f"{fmt} {e.id}",
-        {**r.scope, "at": r.at.isoformat()},
-        e.manifest["sha256"],
+        fmt,
+        r,
+        "report",
+        {"cluster": r.cluster or "", "namespace": r.namespace or ""},
     )
-    return redirect("compliance-reports")
+    return redirect(reverse("compliance-reports") + "#exports")
 
 
 def _report_page(request, error: str, status: int):
@@ -92,6 +110,11 @@ def _export_for(request, pk) -> Export:
     e = Export.objects.filter(pk=pk, user=request.user).first()
     if e is None:
         raise audit.Denied("No such export")
+    if e.status != ExportStatus.DONE:
+        raise Http404(
+            f"The export is {e.get_status_display().lower()}"
+            + (f": {e.error}" if e.error else "; its files are not ready")
+        )
     return e
 
 

@@ -2,9 +2,10 @@
 export it signed."""
 
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from compliance import access, audit, exports, params, reports, samples
+from compliance import access, audit, export_jobs, params, reports, samples
 from compliance.models import AuditEvent, Sample
 
 FORMATS = ("csv", "json")
@@ -75,15 +76,5 @@ def sample_export(request, pk):
     s = _sample_or_404(pk)
     fmt = params.choice(request.POST, "format", FORMATS, "json")
     doc = samples.SampleDoc(s, request.user.get_username())
-    e, error = exports.export_for(request.user, fmt, doc)
-    if e is None:
-        return render(
-            request,
-            "compliance/sample.html",
-            {"sample": s, "formats": FORMATS, "error": error},
-            500,
-        )
-    audit.record(
-        request, AuditEvent.Action.EXPORT, f"{fmt} {e.id}", doc.scope, e.manifest["sha256"]
-    )
-    return redirect("compliance-reports")
+    export_jobs.ask(request, AuditEvent.Action.EXPORT, fmt, doc, "sample", {"sample": str(s.pk)})
+    return redirect(reverse("compliance-reports") + "#exports")

@@ -1,0 +1,354 @@
+"""Exports as jobs: asked for in a request, written by a Celery worker, kept for a while.
+
+A request checks its parameters (a malformed one is refused there, with a 400) and saves
+an Export record, queued; the task is sent once that transaction commits (in-process, as
+under `make run` and in the tests, it runs at once). The worker claims the record (running,
+with its host:pid), rebuilds the document with the asker's scope as it is now, writes the
+file through exports.write_export (temporary names, renamed into place only when complete,
+the manifest last) and records rows written as it goes. It ends done (with the manifest's
+SHA-256, audited) or failed with the reason, leaving no file.
+
+A worker killed mid-export leaves the record running: Celery delivers the task again
+(acks_late, reject_on_worker_lost) and the next attempt takes it over once the dead
+worker's process is gone (same host) or its heartbeat is older than
+WELKIN_EXPORT_STALE_SECONDS; after WELKIN_EXPORT_MAX_ATTEMPTS attempts it fails. Beat's
+sweep (compliance.tasks.sweep_exports) fails exports nobody runs any more and deletes
+exports older than WELKIN_EXPORT_RETENTION_DAYS (file, manifest, token and record; audited).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from compliance import access, audit, exports
+from compliance.models import AuditEvent, Export, ExportStatus
+
+log = logging.getLogger(__name__)
+
+KINDS = ("report", "register", "sample")
+ACTIVE = (ExportStatus.QUEUED, ExportStatus.RUNNING)
+
+
+class JobError(Exception):
+    """An export that cannot be written, with the reason the user is shown."""
+
+
+def ask(http_request, action: str, fmt: str, doc, kind: str, params: dict[str, Any]) -> Export:
+    """An export asked for in a request: saved, audited (`action`), queued."""
+    e = create(http_request.user, fmt, doc, kind, params)
+    audit.record(http_request, action, f"{fmt} {e.id}", {**doc.scope, "at": doc.at.isoformat()})
+    queue(e)
+    return e
+
+
+def create(user, fmt: str, doc, kind: str, params: dict[str, Any]) -> Export:
+    """Save a queued Export of `doc` (built in the request with summarize=False, so its
+    parameters are known to be good); `params` rebuild it in the worker."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown export kind {kind!r}")
+    if fmt not in exports.FORMATS:
+        raise ValueError(f"unknown format {fmt!r}")
+    return Export.objects.create(
+        user=user,
+        format=fmt,
+        scope=doc.scope,
+        at=doc.at,
+        request={"kind": kind, **params},
+        total=expected_rows(doc),
+    )
+
+
+def expected_rows(doc) -> int | None:
+    """The rows a document will have, when its summary says so up front (reports)."""
+    summary = getattr(doc, "summary", None)
+    if isinstance(summary, dict):
+        return sum(v["containers"] for v in summary.values())
+    return None
+
+
+def queue(record: Export) -> None:
+    from compliance import tasks
+
+    if settings.WELKIN_EXPORTS_IN_PROCESS:
+        # In-process (make run): written now, within the request.
+        run(record.pk)
+        record.refresh_from_db()
+        return
+    pk = str(record.pk)
+    transaction.on_commit(lambda: tasks.export.delay(pk))
+
+
+# --- the worker's side -------------------------------------------------------------------
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _abandoned(e: Export, now: dt.datetime) -> bool:
+    """A running export whose worker is known dead, or silent for too long."""
+    from compliance.scanning import _process_gone
+
+    host, _, pid = (e.worker or "").rpartition(":")
+    if host == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid():
+        if _process_gone(int(pid)):
+            return True
+    stale = now - dt.timedelta(seconds=settings.WELKIN_EXPORT_STALE_SECONDS)
+    return e.heartbeat_at is None or e.heartbeat_at < stale
+
+
+def claim(export_id) -> Export | None:
+    """Take the export to run it: a queued one, or a running one whose worker is gone.
+    None when it is done, failed, gone, or still being written by a live worker."""
+    now = timezone.now()
+    with transaction.atomic():
+        e = Export.objects.select_for_update().filter(pk=export_id).first()
+        if e is None or e.status in (ExportStatus.DONE, ExportStatus.FAILED):
+            return None
+        if e.status == ExportStatus.RUNNING and not _abandoned(e, now):
+            return None
+        if e.attempts >= settings.WELKIN_EXPORT_MAX_ATTEMPTS:
+            _fail(
+                e,
+                f"the worker writing it stopped {e.attempts} times "
+                f"(last progress {_when(e.heartbeat_at)}): ask for it again, or for a "
+                "smaller scope",
+            )
+            return None
+        e.status, e.worker, e.error = ExportStatus.RUNNING, worker_id(), ""
+        e.attempts += 1
+        e.rows = 0
+        e.started_at = e.heartbeat_at = now
+        e.save(
+            update_fields=[
+                "status",
+                "worker",
+                "error",
+                "attempts",
+                "rows",
+                "started_at",
+                "heartbeat_at",
+            ]
+        )
+    remove_files(e, leftovers_only=True)  # a dead attempt's temporary files
+    return e
+
+
+def _when(t: dt.datetime | None) -> str:
+    return f"{t:%Y-%m-%d %H:%M:%S} UTC" if t else "none"
+
+
+def run(export_id) -> str:
+    """Claim and write one export; its status afterwards ('' when not claimed)."""
+    e = claim(export_id)
+    if e is None:
+        return ""
+    progress = Progress(e.pk)
+    try:
+        doc = document(e)
+        exports.write_export(e, doc, progress)
+    except Exception as failure:  # recorded for the user; the worker goes on
+        reason = _reason(failure)
+        log.warning("export %s failed: %s", e.pk, reason, exc_info=not _expected(failure))
+        _fail(e, reason)
+        return ExportStatus.FAILED
+    finally:
+        progress.close()
+    audit.record(
+        None,
+        AuditEvent.Action.EXPORT_DONE,
+        f"{e.format} {e.pk}",
+        {**e.scope, "at": e.at.isoformat(), "rows": e.rows, "bytes": e.manifest["bytes"]},
+        e.manifest["sha256"],
+        username=e.user.get_username() if e.user else "",
+    )
+    return ExportStatus.DONE
+
+
+def _expected(failure: BaseException) -> bool:
+    return isinstance(failure, JobError | exports.ExportError | OSError)
+
+
+def _reason(failure: BaseException) -> str:
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    if isinstance(failure, SoftTimeLimitExceeded):
+        return (
+            f"it took longer than the export time limit ({settings.WELKIN_EXPORT_TIME_LIMIT} s, "
+            "WELKIN_EXPORT_TIME_LIMIT): ask for a smaller scope"
+        )
+    if isinstance(failure, JobError | exports.ExportError):
+        return str(failure)
+    if isinstance(failure, OSError):
+        return f"the file could not be written: {failure.strerror or failure}"
+    return f"an internal error ({type(failure).__name__}); the worker's log has the details"
+
+
+def _fail(e: Export, reason: str) -> None:
+    remove_files(e)
+    Export.objects.filter(pk=e.pk).update(
+        status=ExportStatus.FAILED, error=reason, finished_at=timezone.now()
+    )
+    e.status, e.error = ExportStatus.FAILED, reason
+
+
+def document(e: Export):
+    """The export's document, rebuilt with the asker's scope as it is now."""
+    from compliance import register, reports, samples
+    from compliance.models import Sample
+
+    if e.user is None or not e.user.is_active:
+        raise JobError("the user who asked for it no longer has an account")
+    scope = access.scope_for(e.user)
+    username = e.user.get_username()
+    kind = e.request.get("kind")
+    try:
+        if kind == "report":
+            return reports.point_in_time(
+                scope,
+                e.at,
+                e.request.get("cluster") or None,
+                e.request.get("namespace") or None,
+                generated_by=username,
+            )
+        if kind == "register":
+            if not register.can_read(scope):
+                raise JobError("you no longer have access to the exception register")
+            return register.Register(
+                scope, register.Filters.from_query(e.request.get("filters", {})), username, e.at
+            )
+        if kind == "sample":
+            if not scope.can_export:
+                raise JobError("you no longer have access to audit samples")
+            sample = Sample.objects.filter(pk=e.request.get("sample")).first()
+            if sample is None:
+                raise JobError("the sample was deleted")
+            return samples.SampleDoc(sample, username)
+    except reports.ReportError as error:
+        raise JobError(str(error)) from None
+    raise JobError(f"unknown export kind {kind!r}")
+
+
+class Progress:
+    """Rows written so far and a heartbeat, saved at most once a second. On PostgreSQL
+    through a connection of its own: the export's COPY holds the main one."""
+
+    def __init__(self, export_id, every: float = 1.0):
+        self.export_id, self.every = export_id, every
+        self.last = time.monotonic()
+        self.rows = 0
+        self.conn = None
+
+    def __call__(self, rows: int) -> None:
+        self.rows = rows
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            self.save()
+
+    def save(self) -> None:
+        if connection.vendor != "postgresql":
+            Export.objects.filter(pk=self.export_id).update(
+                rows=self.rows, heartbeat_at=timezone.now()
+            )
+            return
+        if self.conn is None:
+            self.conn = connection.copy()
+        with self.conn.cursor() as c:
+            c.execute(
+                "UPDATE compliance_export SET rows = %s, heartbeat_at = %s WHERE id = %s",
+                [self.rows, timezone.now(), self.export_id],
+            )
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+# --- files, sweeping, expiry -------------------------------------------------------------
+
+
+def remove_files(e: Export, leftovers_only: bool = False) -> None:
+    """Delete an export's temporary files (a dead attempt's), and unless leftovers_only
+    its file, manifest and timestamp token too."""
+    folder = settings.EXPORTS_DIR
+    with contextlib.suppress(OSError):
+        for part in folder.glob(f".{e.pk}.*.part"):
+            part.unlink(missing_ok=True)
+    if leftovers_only:
+        return
+    path = exports.file_path(e)
+    for p in (exports.token_path(path), exports.manifest_path(path), path):
+        with contextlib.suppress(OSError):
+            p.unlink(missing_ok=True)
+
+
+def sweep(now: dt.datetime | None = None) -> dict[str, int]:
+    """Beat: fail the exports nobody is running any more, re-send those still queued long
+    after they were asked for (a lost message), and delete the expired ones."""
+    from compliance import tasks
+
+    now = now or timezone.now()
+    failed = requeued = 0
+    for e in Export.objects.filter(status=ExportStatus.RUNNING):
+        if _abandoned(e, now):
+            with transaction.atomic():
+                locked = Export.objects.select_for_update().get(pk=e.pk)
+                if locked.status == ExportStatus.RUNNING and _abandoned(locked, now):
+                    _fail(
+                        locked,
+                        "the worker writing it stopped (last progress "
+                        f"{_when(locked.heartbeat_at)}): ask for it again",
+                    )
+                    failed += 1
+    lost = now - dt.timedelta(seconds=settings.WELKIN_EXPORT_STALE_SECONDS)
+    for pk in Export.objects.filter(status=ExportStatus.QUEUED, created_at__lt=lost).values_list(
+        "pk", flat=True
+    ):
+        if not settings.WELKIN_EXPORTS_IN_PROCESS:
+            tasks.export.delay(str(pk))
+            requeued += 1
+    return {"failed": failed, "requeued": requeued, **expire(now)}
+
+
+def expire(now: dt.datetime | None = None) -> dict[str, int]:
+    """Delete the exports older than WELKIN_EXPORT_RETENTION_DAYS, files first (audited)."""
+    now = now or timezone.now()
+    cutoff = now - dt.timedelta(days=settings.WELKIN_EXPORT_RETENTION_DAYS)
+    expired = list(
+        Export.objects.filter(expires_at__lte=now)
+        .exclude(status__in=ACTIVE)
+        .only("pk", "format", "scope", "at")
+    )
+    if not expired:
+        return {"expired": 0}
+    for e in expired:
+        remove_files(e)
+    Export.objects.filter(pk__in=[e.pk for e in expired]).delete()
+    audit.record(
+        None,
+        AuditEvent.Action.PRUNE,
+        "exports",
+        {
+            "exports": len(expired),
+            "retention_days": settings.WELKIN_EXPORT_RETENTION_DAYS,
+            "cutoff": cutoff.isoformat(),
+            "ids": [str(e.pk) for e in expired[:1000]],
+        },
+    )
+    return {"expired": len(expired)}
+
+
+def expiry(finished: dt.datetime) -> dt.datetime:
+    return finished + dt.timedelta(days=settings.WELKIN_EXPORT_RETENTION_DAYS)

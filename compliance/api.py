@@ -429,15 +429,9 @@ def _export_body(request, e: Export) -> dict:
     }
     if done:
         body["files"] = {
-            "file": request.build_absolute_uri(reverse("compliance-export-file", args=[e.pk])),
-            "manifest": request.build_absolute_uri(
-                reverse("compliance-export-manifest", args=[e.pk])
-            ),
-            "timestamp": request.build_absolute_uri(
-                reverse("compliance-export-timestamp", args=[e.pk])
-            )
-            if e.timestamp
-            else None,
+            part: request.build_absolute_uri(reverse(f"api-export-{part}", args=[e.pk]))
+            for part in ("file", "manifest", "timestamp")
+            if part != "timestamp" or e.timestamp
         }
     return body
 
@@ -499,3 +493,25 @@ def export_detail(request, pk):
     if e is None:
         raise NotFound("No such export")
     return Response(_export_body(request, e))
+
+
+def _export_part(part: str):
+    @extend_schema(responses={(200, "application/octet-stream"): bytes})
+    @api_view(["GET"])
+    @permission_classes([permissions.IsAuthenticated, HasRole])
+    def view(request, pk):
+        """A done export's file, its manifest, or the TSA's token over the manifest: the
+        same bytes as the reports page's links."""
+        from compliance.views import reports as pages
+
+        return {"file": pages.download, "manifest": pages.manifest, "timestamp": pages.timestamp}[
+            part
+        ](request, pk)
+
+    view.__name__ = f"export_{part}"
+    return view
+
+
+export_file = _export_part("file")
+export_manifest = _export_part("manifest")
+export_timestamp = _export_part("timestamp")

@@ -16,5 +16,12 @@ urlpatterns = [
     path("v1/report/", api.report, name="api-report"),
     path("v1/exports/", api.export_list, name="api-exports"),
     path("v1/exports/<uuid:pk>/", api.export_detail, name="api-export"),
+    path("v1/exports/<uuid:pk>/file", api.export_file, name="api-export-file"),
+    path("v1/exports/<uuid:pk>/manifest.json", api.export_manifest, name="api-export-manifest"),
+    path(
+        "v1/exports/<uuid:pk>/manifest.json.tsr",
+        api.export_timestamp,
+        name="api-export-timestamp",
+    ),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
 ]

@@ -64,7 +64,6 @@ def create(user, fmt: str, doc, kind: str, params: dict[str, Any]) -> Export:
         scope=doc.scope,
         at=doc.at,
         request={"kind": kind, **params},
-        total=expected_rows(doc),
     )
 
 
@@ -156,6 +155,8 @@ def run(export_id) -> str:
     progress = Progress(e.pk)
     try:
         doc = document(e)
+        e.total = expected_rows(doc)
+        Export.objects.filter(pk=e.pk).update(total=e.total)
         exports.write_export(e, doc, progress)
     except Exception as failure:  # recorded for the user; the worker goes on
         reason = _reason(failure)
@@ -196,8 +197,9 @@ def _reason(failure: BaseException) -> str:
 
 def _fail(e: Export, reason: str) -> None:
     remove_files(e)
+    now = timezone.now()
     Export.objects.filter(pk=e.pk).update(
-        status=ExportStatus.FAILED, error=reason, finished_at=timezone.now()
+        status=ExportStatus.FAILED, error=reason, finished_at=now, expires_at=expiry(now)
     )
     e.status, e.error = ExportStatus.FAILED, reason
 

@@ -69,13 +69,20 @@ def _quiet(rows: int) -> None:
     pass
 
 
-def write(report: Report, fmt: str, f: BinaryIO, progress: Progress | None = None) -> Written:
-    """Write the report in one format to a binary file."""
+def write(
+    report: Report,
+    fmt: str,
+    f: BinaryIO,
+    progress: Progress | None = None,
+    copy: bool = True,
+) -> Written:
+    """Write the report in one format to a binary file. copy=False writes a CSV or JSON
+    row by row in Python even where PostgreSQL's COPY could (the same bytes, slower)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
     out = _HashingWriter(f)
     writer = {"csv": _csv, "json": _json, "pdf": _pdf, "oscal": _oscal}[fmt]
-    rows = writer(report, out, progress or _quiet)
+    rows = writer(report, out, progress or _quiet, copy=copy and _copyable(report))
     return Written(out.sha.hexdigest(), out.size, rows)
 
 
@@ -161,8 +168,8 @@ def inert_row(values: Iterable[Any]) -> list[Any]:
     return [inert(v) for v in values]
 
 
-def _csv(report: Report, out: _HashingWriter, progress: Progress) -> int:
-    if _copyable(report):
+def _csv(report: Report, out: _HashingWriter, progress: Progress, copy: bool) -> int:
+    if copy:
         return _copy(report, "csv", out, progress)
     text = io.StringIO()
     # CRLF (RFC 4180): with it the writer also quotes a field holding a lone \r, which
@@ -183,7 +190,7 @@ def _csv(report: Report, out: _HashingWriter, progress: Progress) -> int:
     return n
 
 
-def _json(report: Report, out: _HashingWriter, progress: Progress) -> int:
+def _json(report: Report, out: _HashingWriter, progress: Progress, copy: bool) -> int:
     if hasattr(report, "json_head"):  # the exception register
         head, key = report.json_head(_meta(report)), b"exceptions"
     else:
@@ -196,7 +203,7 @@ def _json(report: Report, out: _HashingWriter, progress: Progress) -> int:
             b"findings",
         )
     out.write(orjson.dumps(head)[:-1] + b',"' + key + b'":[')
-    if _copyable(report):
+    if copy:
         n = _copy(report, "json", out, progress)
         out.write(b"]}")
         return n
@@ -215,7 +222,7 @@ def _json(report: Report, out: _HashingWriter, progress: Progress) -> int:
     return n
 
 
-def _oscal(report: Report, out: _HashingWriter, progress: Progress) -> int:
+def _oscal(report: Report, out: _HashingWriter, progress: Progress, copy: bool) -> int:
     from compliance import oscal
 
     if not hasattr(report, "completeness"):
@@ -234,7 +241,7 @@ def _meta(report: Report) -> dict[str, Any]:
     }
 
 
-def _pdf(report: Report, out: _HashingWriter, progress: Progress) -> int:
+def _pdf(report: Report, out: _HashingWriter, progress: Progress, copy: bool) -> int:
     from reportlab.lib import colors
     from reportlab.lib.pagesizes import A4, landscape
     from reportlab.lib.styles import getSampleStyleSheet

@@ -509,7 +509,7 @@ def test_a_failed_export_leaves_no_file_and_says_why(
 ):
     stored()
 
-    def broken(report, out, progress):
+    def broken(report, out, progress, copy):
         out.write(b"%PDF-half")
         raise RuntimeError("renderer crashed")
 

@@ -6,7 +6,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/welkin_dash
 TEST_BROKER_URL ?= redis://127.0.0.1:6379/13
 export DJANGO_SETTINGS_MODULE := welkin_dash.settings
 
-.PHONY: install run test lint bench-evaluate bench-scan bench-registry bench-dashboard bench-export services deploy-check image
+.PHONY: install run test lint bench-evaluate bench-scan bench-registry bench-dashboard bench-export bench-fleet services deploy-check image
 
 $(VENV)/.installed: requirements.txt requirements-runtime.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,9 @@ bench-dashboard: install services
 
 bench-export: install services
 	$(BIN)/python -m tests.bench.bench_export
+
+bench-fleet: install services
+	$(BIN)/python -m tests.bench.bench_fleet
 
 # Kubernetes: render every overlay, check each pod template with our own guardrail and
 # PSA restricted, validate against the Kubernetes OpenAPI schemas, check the alert rules.

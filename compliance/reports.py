@@ -111,12 +111,20 @@ class Report:
     namespace: str | None
     generated_at: dt.datetime
     generated_by: str
-    # state -> {"containers", "workloads", "accepted"} (accepted: containers an exception
-    # in force at `at` covered; counted within containers, shown apart)
-    summary: dict[str, dict[str, int]] = field(default_factory=dict)
     coverage: list[dict[str, Any]] = field(default_factory=list)
+    _summary: dict[str, dict[str, int]] | None = None
+    _summarize: Any = None  # computes the summary when it is first read
     _queryset: Any = None
     _base: Any = None  # the annotated findings, ordered (copy_sql selects from them)
+
+    @property
+    def summary(self) -> dict[str, dict[str, int]]:
+        """state -> {"containers", "workloads", "accepted"} (accepted: containers an
+        exception in force at `at` covered; counted within containers, shown apart).
+        Aggregated in the database when first read: a CSV export never needs it."""
+        if self._summary is None:
+            self._summary = self._summarize() if self._summarize else {}
+        return self._summary
 
     @property
     def scope_label(self) -> str:
@@ -395,7 +403,7 @@ def point_in_time(
         _base=qs,
     )
     if summarize:
-        report.summary = _summary(qs, at)
+        report._summarize = lambda: _summary(qs, at)
         report.coverage = _coverage(clusters, at)
     return report
 

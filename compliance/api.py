@@ -471,14 +471,17 @@ def export_list(request):
         )
     except reports.ReportError as e:
         raise ValidationError({"detail": str(e)}) from None
-    e = export_jobs.ask(
-        request,
-        AuditEvent.Action.EXPORT,
-        fmt,
-        r,
-        "report",
-        {"cluster": r.cluster or "", "namespace": r.namespace or ""},
-    )
+    try:
+        e = export_jobs.ask(
+            request,
+            AuditEvent.Action.EXPORT,
+            fmt,
+            r,
+            "report",
+            {"cluster": r.cluster or "", "namespace": r.namespace or ""},
+        )
+    except export_jobs.Busy as busy:
+        return Response({"detail": str(busy)}, status=429)
     body = _export_body(request, e)
     return Response(body, status=202, headers={"Location": body["url"]})
 

@@ -23,11 +23,13 @@ import datetime as dt
 import logging
 import os
 import socket
+import threading
 import time
 from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from compliance import access, audit, exports
@@ -43,8 +45,23 @@ class JobError(Exception):
     """An export that cannot be written, with the reason the user is shown."""
 
 
+class Busy(Exception):
+    """The user has as many exports queued or running as they may (answered 429)."""
+
+
 def ask(http_request, action: str, fmt: str, doc, kind: str, params: dict[str, Any]) -> Export:
-    """An export asked for in a request: saved, audited (`action`), queued."""
+    """An export asked for in a request: saved, audited (`action`), queued. Busy when the
+    user already has WELKIN_EXPORT_MAX_ACTIVE exports queued or being written."""
+    from compliance.metrics import EXPORT_REQUESTS
+
+    limit = settings.WELKIN_EXPORT_MAX_ACTIVE
+    active = Export.objects.filter(user=http_request.user, status__in=ACTIVE).count()
+    if active >= limit:
+        raise Busy(
+            f"You have {active} exports queued or being written (at most {limit} at a time, "
+            "WELKIN_EXPORT_MAX_ACTIVE): ask again when one is ready."
+        )
+    EXPORT_REQUESTS.labels(fmt).inc()
     e = create(http_request.user, fmt, doc, kind, params)
     audit.record(http_request, action, f"{fmt} {e.id}", {**doc.scope, "at": doc.at.isoformat()})
     queue(e)
@@ -153,6 +170,7 @@ def run(export_id) -> str:
     if e is None:
         return ""
     progress = Progress(e.pk)
+    started = time.monotonic()
     try:
         doc = document(e)
         if e.format != "csv":  # a CSV needs no summary: its rows are not counted first
@@ -162,15 +180,40 @@ def run(export_id) -> str:
     except Exception as failure:  # recorded for the user; the worker goes on
         reason = _reason(failure)
         log.warning("export %s failed: %s", e.pk, reason, exc_info=not _expected(failure))
-        _fail(e, reason)
+        _fail(e, reason, time.monotonic() - started)
         return ExportStatus.FAILED
     finally:
         progress.close()
+    # Done only if this attempt still holds it (not taken over, nor failed by the sweep).
+    if not Export.objects.filter(
+        pk=e.pk, status=ExportStatus.RUNNING, worker=e.worker, attempts=e.attempts
+    ).update(
+        status=ExportStatus.DONE,
+        manifest=e.manifest,
+        rows=e.rows,
+        total=e.total,
+        timestamp=e.timestamp,
+        timestamp_error=e.timestamp_error,
+        error="",
+        finished_at=e.finished_at,
+        heartbeat_at=e.finished_at,
+        expires_at=e.expires_at,
+    ):
+        log.warning("export %s: this attempt was taken over; its result is not kept", e.pk)
+        return ""
+    e.status = ExportStatus.DONE
     audit.record(
         None,
         AuditEvent.Action.EXPORT_DONE,
         f"{e.format} {e.pk}",
-        {**e.scope, "at": e.at.isoformat(), "rows": e.rows, "bytes": e.manifest["bytes"]},
+        {
+            **e.scope,
+            "at": e.at.isoformat(),
+            "format": e.format,
+            "rows": e.rows,
+            "bytes": e.manifest["bytes"],
+            "seconds": round(time.monotonic() - started, 3),
+        },
         e.manifest["sha256"],
         username=e.user.get_username() if e.user else "",
     )
@@ -196,13 +239,20 @@ def _reason(failure: BaseException) -> str:
     return f"an internal error ({type(failure).__name__}); the worker's log has the details"
 
 
-def _fail(e: Export, reason: str) -> None:
+def _fail(e: Export, reason: str, seconds: float | None = None) -> None:
     remove_files(e)
     now = timezone.now()
     Export.objects.filter(pk=e.pk).update(
         status=ExportStatus.FAILED, error=reason, finished_at=now, expires_at=expiry(now)
     )
     e.status, e.error = ExportStatus.FAILED, reason
+    audit.record(
+        None,
+        AuditEvent.Action.EXPORT_FAILED,
+        f"{e.format} {e.pk}",
+        {"format": e.format, "reason": reason[:500], "seconds": seconds},
+        username=e.user.get_username() if e.user_id and e.user else "",
+    )
 
 
 def document(e: Export):
@@ -243,40 +293,60 @@ def document(e: Export):
 
 
 class Progress:
-    """Rows written so far and a heartbeat, saved at most once a second. On PostgreSQL
-    through a connection of its own: the export's COPY holds the main one."""
+    """Rows written so far, and a heartbeat that shows the attempt is alive even while no
+    row moves (the summary, the sort before COPY's first row, a PDF's layout, the TSA).
+
+    On PostgreSQL a thread with a connection of its own saves both (the export's COPY
+    holds the main connection): the rows at most once a second, the heartbeat at least
+    every HEARTBEAT seconds. Elsewhere (SQLite, `make run`) the rows are saved inline."""
+
+    HEARTBEAT = 30.0
 
     def __init__(self, export_id, every: float = 1.0):
         self.export_id, self.every = export_id, every
         self.last = time.monotonic()
         self.rows = 0
-        self.conn = None
+        self.thread = None
+        if connection.vendor == "postgresql":
+            self.stop = threading.Event()
+            self.settings_dict = connection.settings_dict
+            self.thread = threading.Thread(target=self._beat, daemon=True)
+            self.thread.start()
 
     def __call__(self, rows: int) -> None:
         self.rows = rows
+        if self.thread is not None:
+            return
         now = time.monotonic()
         if now - self.last >= self.every:
             self.last = now
-            self.save()
-
-    def save(self) -> None:
-        if connection.vendor != "postgresql":
             Export.objects.filter(pk=self.export_id).update(
                 rows=self.rows, heartbeat_at=timezone.now()
             )
-            return
-        if self.conn is None:
-            self.conn = connection.copy()
-        with self.conn.cursor() as c:
-            c.execute(
-                "UPDATE compliance_export SET rows = %s, heartbeat_at = %s WHERE id = %s",
-                [self.rows, timezone.now(), self.export_id],
-            )
+
+    def _beat(self) -> None:
+        conn = connection.copy()
+        try:
+            saved, beat = -1, time.monotonic()
+            while not self.stop.wait(self.every):
+                if self.rows == saved and time.monotonic() - beat < self.HEARTBEAT:
+                    continue
+                saved, beat = self.rows, time.monotonic()
+                with conn.cursor() as c:
+                    c.execute(
+                        "UPDATE compliance_export SET rows = %s, heartbeat_at = %s WHERE id = %s",
+                        [saved, timezone.now(), self.export_id],
+                    )
+        except Exception as e:  # the export goes on; its heartbeat stops
+            log.warning("export %s: progress not saved: %s", self.export_id, e)
+        finally:
+            conn.close()
 
     def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+        if self.thread is not None:
+            self.stop.set()
+            self.thread.join(10)
+            self.thread = None
 
 
 # --- files, sweeping, expiry -------------------------------------------------------------
@@ -315,11 +385,17 @@ def sweep(now: dt.datetime | None = None) -> dict[str, int]:
                         f"{_when(locked.heartbeat_at)}): ask for it again",
                     )
                     failed += 1
+    # Queued long ago and not sent again since (heartbeat_at: when it last was): the
+    # message may be lost (a broker restarted without persistence). Sent once more; a
+    # duplicate is harmless (claim takes each export once).
     lost = now - dt.timedelta(seconds=settings.WELKIN_EXPORT_STALE_SECONDS)
-    for pk in Export.objects.filter(status=ExportStatus.QUEUED, created_at__lt=lost).values_list(
-        "pk", flat=True
-    ):
-        if not settings.WELKIN_EXPORTS_IN_PROCESS:
+    waiting = Export.objects.filter(status=ExportStatus.QUEUED, created_at__lt=lost).filter(
+        Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=lost)
+    )
+    for pk in waiting.values_list("pk", flat=True):
+        if not settings.WELKIN_EXPORTS_IN_PROCESS and Export.objects.filter(
+            pk=pk, status=ExportStatus.QUEUED
+        ).update(heartbeat_at=now):
             tasks.export.delay(str(pk))
             requeued += 1
     return {"failed": failed, "requeued": requeued, **expire(now)}
@@ -341,7 +417,7 @@ def expire(now: dt.datetime | None = None) -> dict[str, int]:
     Export.objects.filter(pk__in=[e.pk for e in expired]).delete()
     audit.record(
         None,
-        AuditEvent.Action.PRUNE,
+        AuditEvent.Action.EXPORT_EXPIRED,
         "exports",
         {
             "exports": len(expired),

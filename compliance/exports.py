@@ -93,15 +93,21 @@ def _copyable(report) -> bool:
 
 class _CopyOut:
     """COPY's output as a file psycopg2 writes to, row by row: gathered into 1 MB writes,
-    rows counted (one per line; no field can hold a line break, see _copy), each line
-    ending rewritten (CSV: CRLF, as RFC 4180 and the csv module; JSON: the commas between
-    the objects of the findings array)."""
+    with its line endings rewritten and counted.
 
-    def __init__(self, out: _HashingWriter, progress: Progress, newline: bytes, end: bytes):
-        self.out, self.progress, self.newline, self.end = out, progress, newline, end
+    CSV: the ends of rows become CRLF (RFC 4180, as the csv module writes them); a line
+    break inside a quoted field (stored before the gate checked names, say) is left as it
+    is, as the csv module leaves it, and is not counted as a row. Quotes are tracked
+    across chunks (a doubled quote inside a field toggles twice). JSON: one object a
+    line, never quoted, no line break inside (row_to_json escapes them): the line ends
+    become the commas between the findings, and the last one goes."""
+
+    def __init__(self, out: _HashingWriter, progress: Progress, fmt: str):
+        self.out, self.progress, self.fmt = out, progress, fmt
         self.buf: list[bytes] = []
         self.size = self.lines = 0
-        self.pending = False  # the last chunk ended a line: its ending is written later
+        self.quoted = False  # CSV: inside a quoted field at the end of the last chunk
+        self.pending = False  # JSON: the last chunk ended a line: its comma comes later
 
     def write(self, data: bytes) -> int:
         self.buf.append(data)
@@ -113,36 +119,41 @@ class _CopyOut:
     def flush(self, last: bool = False) -> None:
         chunk = b"".join(self.buf)
         self.buf, self.size = [], 0
+        self.out.write(self._csv(chunk) if self.fmt == "csv" else self._json(chunk, last))
+        self.progress(self.lines)
+
+    def _csv(self, chunk: bytes) -> bytes:
+        if b'"' not in chunk and not self.quoted:
+            self.lines += chunk.count(b"\n")
+            return chunk.replace(b"\n", b"\r\n")
+        parts = chunk.split(b'"')
+        for i, part in enumerate(parts):
+            if i:
+                self.quoted = not self.quoted
+            if not self.quoted:
+                self.lines += part.count(b"\n")
+                parts[i] = part.replace(b"\n", b"\r\n")
+        return b'"'.join(parts)
+
+    def _json(self, chunk: bytes, last: bool) -> bytes:
         self.lines += chunk.count(b"\n")
-        body = self.newline if self.pending and chunk else b""
+        body = b"," if self.pending and chunk else b""
         if chunk:
             self.pending = chunk.endswith(b"\n")
-            body += (chunk[:-1] if self.pending else chunk).replace(b"\n", self.newline)
-        if last and self.pending:
-            body += self.end
-        self.out.write(body)
-        self.progress(self.lines)
+            body += (chunk[:-1] if self.pending else chunk).replace(b"\n", b",")
+        return body
 
 
 def _copy(report: Report, fmt: str, out: _HashingWriter, progress: Progress) -> int:
-    """Stream the report's rows from PostgreSQL's COPY (reports.copy_sql) into `out`.
-
-    No field holds a line break: every name, image and user name is checked where it
-    enters (compliance/gate.py: no control characters), and row_to_json escapes them; so
-    each line COPY writes is one row."""
+    """Stream the report's rows from PostgreSQL's COPY (reports.copy_sql) into `out`."""
     from compliance import reports
 
     sql, params = reports.copy_sql(report, fmt)
     if fmt == "csv":
-        options, newline, end, header = "FORMAT csv, HEADER", b"\r\n", b"\r\n", 1
+        options, header = "FORMAT csv, HEADER", 1
     else:  # one JSON text a line, never quoted: no field holds \x01, \x02 or a line break
-        options, newline, end, header = (
-            "FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02'",
-            b",",
-            b"",
-            0,
-        )
-    sink = _CopyOut(out, lambda lines: progress(max(0, lines - header)), newline, end)
+        options, header = "FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02'", 0
+    sink = _CopyOut(out, lambda lines: progress(max(0, lines - header)), fmt)
     with connection.cursor() as cursor:
         raw = cursor.cursor  # psycopg2's own, for copy_expert
         query = raw.mogrify(sql, params).decode()
@@ -681,16 +692,13 @@ def export_to(
     mpath = manifest_path(path)
     part = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
     manifest_part = mpath.with_name(f".{mpath.name}.{uuid.uuid4().hex}.part")
-    from compliance.metrics import export_timer
-
     try:
-        with export_timer(fmt):
-            with open(part, "wb") as f:
-                written = write(report, fmt, f, progress)
-            m = manifest(report, fmt, filename or path.name, written)
-            manifest_part.write_bytes(orjson.dumps(m, option=orjson.OPT_INDENT_2))
-            os.replace(part, path)
-            os.replace(manifest_part, mpath)
+        with open(part, "wb") as f:
+            written = write(report, fmt, f, progress)
+        m = manifest(report, fmt, filename or path.name, written)
+        manifest_part.write_bytes(orjson.dumps(m, option=orjson.OPT_INDENT_2))
+        os.replace(part, path)
+        os.replace(manifest_part, mpath)
     except Exception as e:
         with contextlib.suppress(OSError):  # e.g. the folder is not one: nothing was written
             for leftover in (part, manifest_part):
@@ -743,19 +751,15 @@ def file_path(record) -> Path:
 
 
 def write_export(record, doc, progress: Progress | None = None) -> None:
-    """Write an Export record's file and manifest, ask the TSA for a token, and save the
-    record done (kept WELKIN_EXPORT_RETENTION_DAYS). ExportError or OSError: nothing was
-    written or saved."""
-    from compliance.models import ExportStatus
-
+    """Write an Export record's file and manifest and ask the TSA for a token; the
+    record's fields are set for the caller to save (compliance/export_jobs.py: only if
+    its attempt still holds the export). ExportError or OSError: nothing was written."""
     settings.EXPORTS_DIR.mkdir(parents=True, exist_ok=True)
     path = file_path(record)
     record.manifest = export_to(doc, record.format, path, record.filename, progress)
     record.timestamp, record.timestamp_error = add_timestamp(path)
-    record.status, record.error = ExportStatus.DONE, ""
     record.rows = record.manifest["rows"]
-    record.finished_at = record.heartbeat_at = timezone.now()
+    record.finished_at = timezone.now()
     record.expires_at = record.finished_at + dt.timedelta(
         days=settings.WELKIN_EXPORT_RETENTION_DAYS
     )
-    record.save()

@@ -9,8 +9,11 @@ Two kinds:
   and scans run in the worker (which takes no inbound connections) are seen here
   without the worker serving metrics of its own. A few grouped queries per scrape; the
   findings counts are cached until the next scan completes.
-- What happens in a web process: exports (count and duration). Under gunicorn these are
-  kept in prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set up by
+  Exports written or failed (and how long they took) are counted from the audit log,
+  whose export_done and export_failed events the workers write: append-only, so the
+  counters only grow; exports queued and running, from their records.
+- What happens in a web process: exports asked for. Under gunicorn these are kept in
+  prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set up by
   welkin_dash/gunicorn.py), so a scrape answered by any worker sums all of them.
 
 Series stay few: one per cluster (and state, and control). A namespace label is added to
@@ -21,9 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 
 from django.conf import settings
@@ -33,11 +33,10 @@ from django.utils import timezone
 from prometheus_client import (
     CollectorRegistry,
     Counter,
-    Histogram,
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
 
 from compliance.acceptance import accepted_counts
@@ -49,30 +48,12 @@ log = logging.getLogger(__name__)
 
 # --- process metrics (multiprocess-safe) ------------------------------------------------
 
-EXPORTS = Counter(
-    "welkin_exports",
-    "Report exports written, by format and result (ok, failed).",
-    ["format", "result"],
-)
-EXPORT_SECONDS = Histogram(
-    "welkin_export_duration_seconds",
-    "Time to write one report export and its signed manifest.",
+EXPORT_REQUESTS = Counter(
+    "welkin_export_requests",
+    "Exports asked for (the reports page, the register, samples, the API), by format.",
     ["format"],
-    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300),
 )
-
-
-@contextmanager
-def export_timer(fmt: str) -> Iterator[None]:
-    start = time.perf_counter()
-    try:
-        yield
-    except BaseException:
-        EXPORTS.labels(fmt, "failed").inc()
-        raise
-    finally:
-        EXPORT_SECONDS.labels(fmt).observe(time.perf_counter() - start)
-    EXPORTS.labels(fmt, "ok").inc()
+EXPORT_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 
 
 # --- what the database knows ------------------------------------------------------------
@@ -131,6 +112,7 @@ class StateCollector:
     def collect(self):
         yield from self._findings()
         yield from self._clusters()
+        yield from self._exports()
         if not settings.CELERY_TASK_ALWAYS_EAGER:
             yield from self._queues()
 
@@ -262,6 +244,56 @@ class StateCollector:
                 )
         yield from g.values()
 
+    def _exports(self):
+        from django.db.models import Count, FloatField, Q
+        from django.db.models.fields.json import KeyTextTransform
+        from django.db.models.functions import Cast
+
+        from compliance.models import AuditEvent, Export
+
+        done, failed = AuditEvent.Action.EXPORT_DONE, AuditEvent.Action.EXPORT_FAILED
+        total = CounterMetricFamily(
+            "welkin_exports",
+            "Exports written by the workers, by format and result (ok, failed).",
+            labels=["format", "result"],
+        )
+        seconds = Cast(KeyTextTransform("seconds", "scope"), FloatField())
+        rows = (
+            AuditEvent.objects.filter(action__in=[done, failed])
+            .annotate(fmt=KeyTextTransform("format", "scope"), s=seconds)
+            .values("fmt", "action")
+            .annotate(
+                n=Count("pk"),
+                total=Sum("s"),
+                **{f"le{i}": Count("pk", filter=Q(s__lte=b)) for i, b in enumerate(EXPORT_BUCKETS)},
+            )
+            .order_by("fmt", "action")
+        )
+        histogram = HistogramMetricFamily(
+            "welkin_export_duration_seconds",
+            "Time to write one export and its signed manifest (exports written).",
+            labels=["format"],
+        )
+        for r in rows:
+            fmt = r["fmt"] or "unknown"
+            total.add_metric([fmt, "ok" if r["action"] == done else "failed"], r["n"])
+            if r["action"] == done:
+                buckets = [(str(b), r[f"le{i}"]) for i, b in enumerate(EXPORT_BUCKETS)]
+                histogram.add_metric([fmt], [*buckets, ("+Inf", r["n"])], r["total"] or 0.0)
+        yield total
+        yield histogram
+        active = GaugeMetricFamily(
+            "welkin_exports_active", "Exports queued or being written.", labels=["status"]
+        )
+        counts = dict(
+            Export.objects.filter(status__in=["queued", "running"])
+            .values_list("status")
+            .annotate(n=Count("pk"))
+        )
+        for status in ("queued", "running"):
+            active.add_metric([status], counts.get(status, 0))
+        yield active
+
     def _queues(self):
         lengths = queue_lengths()
         up = GaugeMetricFamily("welkin_broker_up", "1 when the Celery broker answered the scrape.")
@@ -282,7 +314,7 @@ def registry() -> CollectorRegistry:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.MultiProcessCollector(reg)
     else:
-        for metric in (EXPORTS, EXPORT_SECONDS):
+        for metric in (EXPORT_REQUESTS,):
             reg.register(metric)
     reg.register(StateCollector())
     return reg

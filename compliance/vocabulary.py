@@ -192,6 +192,8 @@ AUDIT_ACTION = Vocabulary(
         Term("report_view", "Viewed a report"),
         Term("export", "Exported a report", "An export asked for (written by a job)."),
         Term("export_done", "Export written", "An export job's file: its SHA-256."),
+        Term("export_failed", "Export failed", "An export job that ended without a file."),
+        Term("export_expired", "Deleted expired exports", "Exports past their retention."),
         Term("verify", "Verified a report"),
         Term("audit_export", "Exported the audit log"),
         Term("api", "API request"),

@@ -43,7 +43,7 @@ def test_copy_writes_the_same_bytes_as_the_row_by_row_writers(demo_fleet):
     cluster = Cluster.objects.order_by("name").first()
     at = timezone.now() - dt.timedelta(minutes=5)
     scan = ScanRun.objects.create(cluster=cluster, status="succeeded", observed_at=at)
-    hostile = [*FORMULAS, 'a "quoted", name', "ünï ☃", "", "x|y|z", "back\\slash"]
+    hostile = [*FORMULAS, 'a "quoted", name', "ünï ☃", "", "x|y|z", "back\\slash", "a\nb", "a\r\nb"]
     for i, value in enumerate(hostile):
         stored_finding(
             cluster, scan, at, workload_name=f"w{i}", image=value, container=value[:60] or "c"

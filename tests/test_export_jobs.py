@@ -52,7 +52,8 @@ def test_an_export_is_written_by_a_worker_and_followed_on_the_page_and_the_api(
     # The request only saved and queued it: the worker writes it.
     assert e.request == {"kind": "report", "cluster": "", "namespace": ""}
     e = wait_for(lambda: Export.objects.filter(pk=e.pk, status="done").first())
-    assert e.rows == e.total == 2 and e.worker.endswith(tuple("0123456789"))
+    # A CSV is not counted first (no summary needed): rows so far, no total.
+    assert e.rows == 2 and e.total is None and e.worker.endswith(tuple("0123456789"))
     assert e.expires_at - e.finished_at == dt.timedelta(days=90)
     assert _verify(c, e).ok
     page = c.get("/reports/").content.decode()
@@ -65,7 +66,7 @@ def test_an_export_is_written_by_a_worker_and_followed_on_the_page_and_the_api(
     assert r.status_code == 202, r.content
     assert r.json()["status"] == "queued" and r["Location"] == r.json()["url"]
     body = wait_for(lambda: (b := api.get(r["Location"]).json())["status"] == "done" and b)
-    assert body["rows"] == 2 and body["error"] is None and body["sha256"]
+    assert body["rows"] == body["total"] == 2 and body["error"] is None and body["sha256"]
     content = b"".join(api.get(body["files"]["file"]).streaming_content)
     manifest = b"".join(api.get(body["files"]["manifest"]).streaming_content)
     assert exports.verify(content, manifest).ok
@@ -146,8 +147,12 @@ def test_the_sweep_fails_an_export_whose_worker_died_and_deletes_expired_ones(
     assert export_jobs.sweep(later)["expired"] == 2  # the failed one too
     assert not path.exists() and not exports.manifest_path(path).exists()
     assert not Export.objects.exists()
-    pruned = AuditEvent.objects.get(action="prune", target="exports")
+    pruned = AuditEvent.objects.get(action="export_expired")
     assert pruned.scope["exports"] == 2 and str(done.pk) in pruned.scope["ids"]
+    # Not the data's retention: reports of times before the exports' cut-off still work.
+    assert not AuditEvent.objects.filter(action="prune").exists()
+    failed = AuditEvent.objects.get(action="export_failed")
+    assert failed.scope["format"] == "json" and failed.scope["reason"].startswith("the worker")
 
 
 @pytest.mark.django_db
@@ -194,3 +199,19 @@ def test_the_api_refuses_a_malformed_export_request_naming_the_field(api_as, his
     assert not Export.objects.exists()
     other = Export.objects.create(user=make_user("officer"), format="csv", at=timezone.now())
     assert api.get(f"/api/v1/exports/{other.pk}/").status_code == 404
+
+
+@pytest.mark.django_db
+def test_a_user_may_have_only_a_few_exports_waiting(login_as, api_as, history, settings):
+    settings.WELKIN_EXPORT_MAX_ACTIVE = 2
+    c = login_as("lead", ["shop"])
+    for _ in range(2):  # queued: no worker here
+        assert c.post("/reports/export/", {"at": AT, "format": "csv"}).status_code == 302
+    r = c.post("/reports/export/", {"at": AT, "format": "json"})
+    assert r.status_code == 429 and b"You have 2 exports queued or being written" in r.content
+    api = api_as("auditor")
+    for status in (202, 202, 429):
+        r = api.post("/api/v1/exports/", {"format": "csv", "at": AT}, format="json")
+        assert r.status_code == status
+    assert "at most 2 at a time" in r.json()["detail"]
+    assert Export.objects.count() == 4

@@ -24,10 +24,10 @@ def test_scan_now_queues_a_task_after_commit(officer, cluster, django_capture_on
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         r = officer.post("/scans/prod-1/now/")
         assert r.status_code == 302
-        assert broker.llen("celery") == 0  # nothing before the commit
+        assert broker.llen("scans") == 0  # nothing before the commit
     for callback in callbacks:
         callback()
-    messages = [json.loads(m) for m in broker.lrange("celery", 0, -1)]
+    messages = [json.loads(m) for m in broker.lrange("scans", 0, -1)]
     app.control.purge()
     assert [(m["headers"]["task"], m["headers"]["argsrepr"]) for m in messages] == [
         ("compliance.tasks.scan_cluster", f"({cluster.pk}, 'manual')")

@@ -433,6 +433,9 @@ CELERY_TASK_ROUTES = {
     "compliance.tasks.export": {"queue": "exports"},
     "compliance.tasks.deliver": {"queue": "notifications"},
     "compliance.tasks.deliver_due": {"queue": "notifications"},
+    # They read and delete files in the exports folder: run where it is mounted.
+    "compliance.tasks.sweep_exports": {"queue": "exports"},
+    "compliance.tasks.timestamp_pending": {"queue": "exports"},
 }
 # Every task ends within an hour (scans and exports have their own, shorter, limits).
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 3600, minimum=60)
@@ -506,9 +509,11 @@ WELKIN_EXPORT_TIME_LIMIT = env_int("WELKIN_EXPORT_TIME_LIMIT", 1800, minimum=10)
 WELKIN_EXPORT_STALE_SECONDS = env_int("WELKIN_EXPORT_STALE_SECONDS", 600, minimum=10)
 WELKIN_EXPORT_MAX_ATTEMPTS = env_int("WELKIN_EXPORT_MAX_ATTEMPTS", 3, minimum=1)
 WELKIN_EXPORT_RETENTION_DAYS = env_int("WELKIN_EXPORT_RETENTION_DAYS", 90, minimum=1)
+# Exports one user may have queued or being written at once (more: 429).
+WELKIN_EXPORT_MAX_ACTIVE = env_int("WELKIN_EXPORT_MAX_ACTIVE", 3, minimum=1)
 # Without a broker (make run) an export is written within its request.
 WELKIN_EXPORTS_IN_PROCESS = env_bool("WELKIN_EXPORTS_IN_PROCESS", CELERY_TASK_ALWAYS_EAGER)
-for _limit in ("WELKIN_SCAN_TIME_LIMIT", "WELKIN_EXPORT_TIME_LIMIT"):
+for _limit in ("WELKIN_SCAN_TIME_LIMIT", "WELKIN_EXPORT_TIME_LIMIT", "CELERY_TASK_TIME_LIMIT"):
     if globals()[_limit] >= WELKIN_BROKER_VISIBILITY_TIMEOUT:
         raise ImproperlyConfigured(
             f"{_limit} must be below WELKIN_BROKER_VISIBILITY_TIMEOUT (a task still running "

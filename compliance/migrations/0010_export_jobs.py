@@ -7,15 +7,15 @@ from django.db import migrations, models
 
 
 def existing_exports_are_done(apps, schema_editor):
-    """Exports written before jobs were written in their request: done, kept as long as
-    new ones from when they were made."""
+    """Exports written before jobs were written in their request: done, and kept for the
+    retention from this upgrade on (not deleted by the first sweep after it)."""
     Export = apps.get_model("compliance", "Export")
-    keep = dt.timedelta(days=settings.WELKIN_EXPORT_RETENTION_DAYS)
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(days=settings.WELKIN_EXPORT_RETENTION_DAYS)
     for e in Export.objects.all().only("pk", "created_at", "manifest"):
         e.status = "done"
         e.rows = int((e.manifest or {}).get("rows") or 0)
         e.finished_at = e.created_at
-        e.expires_at = e.created_at + keep
+        e.expires_at = expires
         e.save(update_fields=["status", "rows", "finished_at", "expires_at"])
 
 
@@ -85,7 +85,7 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name='auditevent',
             name='action',
-            field=models.CharField(choices=[('login', 'Logged in'), ('login_failed', 'Failed login'), ('denied', 'Denied access'), ('report_view', 'Viewed a report'), ('export', 'Exported a report'), ('export_done', 'Export written'), ('verify', 'Verified a report'), ('audit_export', 'Exported the audit log'), ('api', 'API request'), ('exception', 'Risk acceptance'), ('exception_export', 'Exported the exception register'), ('lockout', 'Locked out'), ('sso_denied', 'Signed in, no access'), ('sso_failed', 'Failed sign-on'), ('notify_test', 'Sent a test notification'), ('audit_head', "Signed the audit log's head"), ('audit_verify', "Checked the audit log's chain"), ('prune', 'Pruned old data'), ('sample', 'Drew an audit sample'), ('timestamp', 'Timestamped evidence')], max_length=16),
+            field=models.CharField(choices=[('login', 'Logged in'), ('login_failed', 'Failed login'), ('denied', 'Denied access'), ('report_view', 'Viewed a report'), ('export', 'Exported a report'), ('export_done', 'Export written'), ('export_failed', 'Export failed'), ('export_expired', 'Deleted expired exports'), ('verify', 'Verified a report'), ('audit_export', 'Exported the audit log'), ('api', 'API request'), ('exception', 'Risk acceptance'), ('exception_export', 'Exported the exception register'), ('lockout', 'Locked out'), ('sso_denied', 'Signed in, no access'), ('sso_failed', 'Failed sign-on'), ('notify_test', 'Sent a test notification'), ('audit_head', "Signed the audit log's head"), ('audit_verify', "Checked the audit log's chain"), ('prune', 'Pruned old data'), ('sample', 'Drew an audit sample'), ('timestamp', 'Timestamped evidence')], max_length=16),
         ),
         migrations.AddIndex(
             model_name='export',

@@ -229,7 +229,11 @@ def export(request):
     filters = register.Filters.from_query(request.POST)
     doc = register.Register(scope, filters, request.user.get_username())
     query = {k: str(v) for k, v in filters.as_dict().items()}
-    export_jobs.ask(
-        request, AuditEvent.Action.EXCEPTION_EXPORT, fmt, doc, "register", {"filters": query}
-    )
+    try:
+        export_jobs.ask(
+            request, AuditEvent.Action.EXCEPTION_EXPORT, fmt, doc, "register", {"filters": query}
+        )
+    except export_jobs.Busy as busy:
+        context = {"scope": scope, "filters": filters, "error": str(busy), "rows": []}
+        return render(request, "compliance/exceptions.html", context, status=429)
     return redirect(reverse("compliance-reports") + "#exports")

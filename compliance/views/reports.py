@@ -76,14 +76,17 @@ def export(request):
     fmt = request.POST.get("format")
     if r is None or fmt not in exports.FORMATS:
         return _report_page(request, error or "Choose a format.", 400)
-    export_jobs.ask(
-        request,
-        AuditEvent.Action.EXPORT,
-        fmt,
-        r,
-        "report",
-        {"cluster": r.cluster or "", "namespace": r.namespace or ""},
-    )
+    try:
+        export_jobs.ask(
+            request,
+            AuditEvent.Action.EXPORT,
+            fmt,
+            r,
+            "report",
+            {"cluster": r.cluster or "", "namespace": r.namespace or ""},
+        )
+    except export_jobs.Busy as busy:
+        return _report_page(request, str(busy), 429)
     return redirect(reverse("compliance-reports") + "#exports")
 
 

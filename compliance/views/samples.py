@@ -76,5 +76,11 @@ def sample_export(request, pk):
     s = _sample_or_404(pk)
     fmt = params.choice(request.POST, "format", FORMATS, "json")
     doc = samples.SampleDoc(s, request.user.get_username())
-    export_jobs.ask(request, AuditEvent.Action.EXPORT, fmt, doc, "sample", {"sample": str(s.pk)})
+    try:
+        export_jobs.ask(
+            request, AuditEvent.Action.EXPORT, fmt, doc, "sample", {"sample": str(s.pk)}
+        )
+    except export_jobs.Busy as busy:
+        context = {"sample": s, "formats": FORMATS, "error": str(busy)}
+        return render(request, "compliance/sample.html", context, status=429)
     return redirect(reverse("compliance-reports") + "#exports")

@@ -10,6 +10,7 @@ import binascii
 import ipaddress
 import json
 import os
+import re
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -509,6 +510,13 @@ WELKIN_EXPORT_TIME_LIMIT = env_int("WELKIN_EXPORT_TIME_LIMIT", 1800, minimum=10)
 WELKIN_EXPORT_STALE_SECONDS = env_int("WELKIN_EXPORT_STALE_SECONDS", 600, minimum=10)
 WELKIN_EXPORT_MAX_ATTEMPTS = env_int("WELKIN_EXPORT_MAX_ATTEMPTS", 3, minimum=1)
 WELKIN_EXPORT_RETENTION_DAYS = env_int("WELKIN_EXPORT_RETENTION_DAYS", 90, minimum=1)
+# PostgreSQL's work_mem for an export's COPY (its rows are sorted by name: a 1M-row fleet
+# report sorts in memory with 256MB, in temporary files without). One per running export.
+WELKIN_EXPORT_WORK_MEM = env_str("WELKIN_EXPORT_WORK_MEM", "256MB")
+if not re.fullmatch(r"[1-9][0-9]{0,6}(kB|MB|GB)", WELKIN_EXPORT_WORK_MEM):
+    raise ImproperlyConfigured(
+        f"WELKIN_EXPORT_WORK_MEM={WELKIN_EXPORT_WORK_MEM!r}: a size such as 64MB or 1GB"
+    )
 # Exports one user may have queued or being written at once (more: 429).
 WELKIN_EXPORT_MAX_ACTIVE = env_int("WELKIN_EXPORT_MAX_ACTIVE", 3, minimum=1)
 # Without a broker (make run) an export is written within its request.

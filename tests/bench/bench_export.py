@@ -35,6 +35,7 @@ FLOOR = """
 import os, resource, django
 os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'welkin_dash.settings')
 django.setup()
+from django.conf import settings
 from django.db import connection
 from compliance import access, reports
 report = reports.point_in_time(access.Scope(None, access.AUDITOR), summarize=False)
@@ -46,6 +47,7 @@ class Sink:
         self.lines += data.count(b'\\n')
 sink = Sink()
 with connection.cursor() as c:
+    c.execute("SET work_mem = %s", [settings.WELKIN_EXPORT_WORK_MEM])  # as the exports have
     query = c.cursor.mogrify(sql, params).decode()
     c.cursor.copy_expert(f'COPY ({query}) TO STDOUT WITH (FORMAT csv)', sink, size=1 << 20)
 print(sink.size, sink.lines, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

@@ -472,14 +472,7 @@ def export_list(request):
     except reports.ReportError as e:
         raise ValidationError({"detail": str(e)}) from None
     try:
-        e = export_jobs.ask(
-            request,
-            AuditEvent.Action.EXPORT,
-            fmt,
-            r,
-            "report",
-            {"cluster": r.cluster or "", "namespace": r.namespace or ""},
-        )
+        e = export_jobs.ask_report(request, fmt, r)
     except export_jobs.Busy as busy:
         return Response({"detail": str(busy)}, status=429)
     body = _export_body(request, e)

@@ -68,6 +68,18 @@ def ask(http_request, action: str, fmt: str, doc, kind: str, params: dict[str, A
     return e
 
 
+def ask_report(http_request, fmt: str, report) -> Export:
+    """A point-in-time report's export asked for (the reports page, the API)."""
+    return ask(
+        http_request,
+        AuditEvent.Action.EXPORT,
+        fmt,
+        report,
+        "report",
+        {"cluster": report.cluster or "", "namespace": report.namespace or ""},
+    )
+
+
 def create(user, fmt: str, doc, kind: str, params: dict[str, Any]) -> Export:
     """Save a queued Export of `doc` (built in the request with summarize=False, so its
     parameters are known to be good); `params` rebuild it in the worker."""

@@ -77,14 +77,7 @@ def export(request):
     if r is None or fmt not in exports.FORMATS:
         return _report_page(request, error or "Choose a format.", 400)
     try:
-        export_jobs.ask(
-            request,
-            AuditEvent.Action.EXPORT,
-            fmt,
-            r,
-            "report",
-            {"cluster": r.cluster or "", "namespace": r.namespace or ""},
-        )
+        export_jobs.ask_report(request, fmt, r)
     except export_jobs.Busy as busy:
         return _report_page(request, str(busy), 429)
     return redirect(reverse("compliance-reports") + "#exports")

@@ -115,16 +115,12 @@ class Servers:
 
 
 def fresh_database() -> None:
-    import psycopg2
+    saved = dict(os.environ)
+    from tests.bench import bench_scan  # sets bench-scan's own environment when imported
 
-    name = DB.rsplit("/", 1)[1]
-    conn = psycopg2.connect(DB.rsplit("/", 1)[0] + "/postgres")
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        cur.execute(f'CREATE DATABASE "{name}"')
-    conn.close()
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=ENV, check=True)
+    os.environ.clear()
+    os.environ.update(saved)
+    bench_scan.fresh_database(DB, ENV)
 
 
 def start_worker(processes: int) -> subprocess.Popen:

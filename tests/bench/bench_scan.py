@@ -62,18 +62,24 @@ os.environ.update(
 )
 
 
-def fresh_database() -> None:
-    """Drop and create the bench database, so every run starts from the same state."""
+def fresh_database(db: str = DB, env: dict | None = None) -> None:
+    """Drop and create a bench database and migrate it, so every run starts from the same
+    state."""
     import psycopg2
 
-    name = DB.rsplit("/", 1)[1]
-    conn = psycopg2.connect(DB.rsplit("/", 1)[0] + "/postgres")
+    name = db.rsplit("/", 1)[1]
+    conn = psycopg2.connect(db.rsplit("/", 1)[0] + "/postgres")
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         cur.execute(f'CREATE DATABASE "{name}"')
     conn.close()
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=ENV, check=True)
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "-v0"],
+        cwd=ROOT,
+        env={**(env or ENV), "DATABASE_URL": db},
+        check=True,
+    )
 
 
 class Server:

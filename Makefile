@@ -52,8 +52,9 @@ bench-scan: install services
 bench-registry: install services
 	$(BIN)/python -m tests.bench.bench_registry
 
+# ARGS="--findings 5000000 --clusters 50" for the large fleet (BENCH_DATABASE_URL: where).
 bench-dashboard: install services
-	$(BIN)/python -m tests.bench.bench_dashboard
+	$(BIN)/python -m tests.bench.bench_dashboard $(ARGS)
 
 bench-export: install services
 	$(BIN)/python -m tests.bench.bench_export

@@ -36,6 +36,7 @@ from compliance.models import (
     ExceptionEvent,
     Finding,
     FindingEvent,
+    NamespaceRanking,
     RiskException,
     ScanRun,
     ScanStatus,
@@ -66,10 +67,19 @@ def _latest_days(clusters: list[Cluster]) -> dict[int, dt.date]:
 
 
 def _day_filter(days: dict[int, dt.date]) -> Q:
+    """Rows of each cluster's own day: one condition per distinct day (usually one for the
+    whole fleet), not per cluster (building a filter of 50 costs more than the query)."""
     q = Q(pk__in=[])
-    for cluster_id, day in days.items():
-        q |= Q(cluster_id=cluster_id, day=day)
+    for day, ids in _clusters_by(days).items():
+        q |= Q(cluster_id__in=ids, day=day)
     return q
+
+
+def _clusters_by(values: dict[int, Any]) -> dict[Any, list[int]]:
+    out: dict[Any, list[int]] = defaultdict(list)
+    for cluster_id, value in values.items():
+        out[value].append(cluster_id)
+    return out
 
 
 def _counts(scope: Scope, cluster: Cluster | None = None, namespace: str | None = None):
@@ -174,7 +184,12 @@ def _fleet_overview(scope: Scope, version: int) -> dict[str, Any]:
         ):
             count(cluster_id, "*", state, n, pods, a)
         ns_rows = _namespace_changes_sql(
-            {c.pk: c.name for c in clusters}, today, week_ago, _by_namespace(live), fresh.dirty
+            {c.pk: c.name for c in clusters},
+            today,
+            week_ago,
+            _by_namespace(live),
+            fresh.dirty,
+            stored=True,
         )
     else:
         # One query for both: each namespace's rows on its cluster's latest day and on
@@ -291,9 +306,14 @@ def _namespace_changes_sql(
     week_ago: dict,
     now_accepted: dict[tuple[int, str], int],
     dirty: set[int],
+    stored: bool = False,
 ) -> list[dict[str, Any]]:
     """The whole fleet: aggregated and ranked in PostgreSQL, 20 rows back instead of one
-    per namespace (tens of thousands at fleet scale)."""
+    per namespace (tens of thousands at fleet scale).
+
+    stored=True: a cluster whose ranking was stored for its latest day (NamespaceRanking,
+    written with its rollups) and whose accepted counts are still the scan's (not dirty)
+    is read from there; only the others are ranked here. In one query either way."""
     days = [
         (cid, today[cid], week_ago.get(cid, today[cid] - dt.timedelta(days=3650))) for cid in today
     ]
@@ -303,8 +323,17 @@ def _namespace_changes_sql(
     accepted_rows = [(c, ns, n) for (c, ns), n in now_accepted.items()] or [(0, "", 0)]
     accepted_values = ", ".join(["(%s::int, %s::text, %s::int)"] * len(accepted_rows))
     table = DailyRollup._meta.db_table
+    ranking = NamespaceRanking._meta.db_table
+    ranked = (
+        f"""NOT EXISTS (SELECT 1 FROM {ranking} k
+                        WHERE k.cluster_id = d0.cluster_id AND k.day = d0.today)
+            OR d0.cluster_id = ANY(%s::int[])"""
+        if stored
+        else "true"
+    )
     sql = f"""
-        WITH d(cluster_id, today, before) AS (VALUES {values}),
+        WITH d0(cluster_id, today, before) AS (VALUES {values}),
+        d AS (SELECT * FROM d0 WHERE {ranked}),
         a(cluster_id, namespace, n) AS (VALUES {accepted_values}),
         g0 AS (
             SELECT r.cluster_id, r.namespace,
@@ -324,12 +353,20 @@ def _namespace_changes_sql(
         (SELECT * FROM g WHERE now > before ORDER BY now - before DESC, namespace LIMIT 10)
         UNION
         (SELECT * FROM g WHERE now > 0 ORDER BY now DESC, namespace LIMIT 10)"""
+    if stored:
+        sql += f"""
+        UNION ALL
+        SELECT k.cluster_id, k.namespace, k.now, k.before
+        FROM {ranking} k JOIN d0 ON d0.cluster_id = k.cluster_id AND d0.today = k.day
+        WHERE NOT (k.cluster_id = ANY(%s::int[]))"""
     # The distinct days (usually two) let the (day, cluster) index pick the rows.
     distinct_days = sorted({d for _, a, b in days for d in (a, b)})
     params = (
         [v for row in days for v in row]
+        + ([sorted(dirty)] if stored else [])
         + [v for row in accepted_rows for v in row]
         + [tuple(NONCOMPLIANT), distinct_days, sorted(dirty)]
+        + ([sorted(dirty)] if stored else [])
     )
     with connection.cursor() as cur:
         cur.execute(sql, params)
@@ -339,13 +376,40 @@ def _namespace_changes_sql(
         ]
 
 
-def _before_filter(days: dict[int, dt.date]) -> Q:
-    q = Q(pk__in=[])
-    for cluster_id, day in days.items():
-        q |= Q(
+def rank_cluster(cluster_id: int, day: dt.date) -> None:
+    """Store the cluster's namespaces that can be in the fleet page's lists as of `day`
+    (with the accepted counts its rollups hold), replacing what was stored for it. Called
+    when its rollups are written (PostgreSQL; elsewhere the page ranks them itself)."""
+    if connection.vendor != "postgresql":
+        return
+    before = (
+        ClusterRollup.objects.filter(_before_filter({cluster_id: day}))
+        .aggregate(d=Max("day"))
+        .get("d")
+    )
+    rows = _namespace_changes_sql(
+        {cluster_id: ""}, {cluster_id: day}, {cluster_id: before} if before else {}, {}, set()
+    )
+    NamespaceRanking.objects.filter(cluster_id=cluster_id).delete()
+    NamespaceRanking.objects.bulk_create(
+        NamespaceRanking(
             cluster_id=cluster_id,
-            day__lte=max(day, dt.date.min + dt.timedelta(days=7)) - dt.timedelta(days=7),
+            day=day,
+            namespace=r["namespace"],
+            now=r["now"],
+            before=r["before"],
         )
+        for r in rows
+    )
+
+
+def _before_filter(days: dict[int, dt.date]) -> Q:
+    """Rows of each cluster at least a week before its day (one condition per distinct
+    day, as _day_filter)."""
+    q = Q(pk__in=[])
+    week = dt.timedelta(days=7)
+    for day, ids in _clusters_by(days).items():
+        q |= Q(cluster_id__in=ids, day__lte=max(day, dt.date.min + week) - week)
     return q
 
 

@@ -334,6 +334,29 @@ class ClusterRollup(models.Model):
         return f"{self.cluster_id} {self.day} {self.state}={self.containers}"
 
 
+class NamespaceRanking(models.Model):
+    """One cluster's namespaces that can be in the fleet page's two lists (the most open
+    findings; the most grown since a week before), as of its latest rollup day: at most
+    ten of each, written with the rollups (dashboards.rank_cluster), so the cold fleet
+    page reads a few rows per cluster instead of ranking every namespace."""
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="+")
+    day = models.DateField()
+    namespace = models.CharField(max_length=63)
+    now = models.IntegerField()
+    before = models.IntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["cluster", "day", "namespace"], name="one_ranking_row_per_namespace"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.cluster_id} {self.day} {self.namespace} {self.before}->{self.now}"
+
+
 class NamespaceGrant(models.Model):
     """Lets a team lead (a user, or everyone in a group) see namespaces.
 

@@ -342,11 +342,16 @@ def write_rollup(cluster: Cluster, at: datetime, groups: Mapping[GroupKey, Workl
             for (ns, state), c in counts.items()
         ],
     )
-    return written + _upsert_counts(
+    written += _upsert_counts(
         ClusterRollup._meta.db_table,
         "state",
         [(cluster.pk, day, state, c.containers, c.pods, c.accepted) for state, c in totals.items()],
     )
+    if written:  # the fleet page's ranking of its namespaces follows its rollups
+        from compliance.dashboards import rank_cluster
+
+        rank_cluster(cluster.pk, day)
+    return written
 
 
 def _upsert_counts(table: str, key: str, rows: list[tuple]) -> int:

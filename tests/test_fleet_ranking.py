@@ -1,0 +1,45 @@
+"""The fleet page's namespace lists from the rankings stored with each cluster's rollups
+(dashboards.rank_cluster) are the lists ranked live from the rollups, before and after an
+exception changes what is accepted (the changed cluster is then ranked live)."""
+
+import pytest
+from django.contrib.auth.models import User
+
+from compliance import access, dashboards, demo
+from compliance.models import NamespaceRanking
+
+DEMO_DAYS = 10  # a week before the latest day exists: "worse than a week ago" has rows
+
+
+def lists(scope):
+    data = dashboards._fleet_overview(scope, 0)
+    return data["worse"], data["top_namespaces"]
+
+
+def live(scope):
+    stored = list(
+        NamespaceRanking.objects.values_list("cluster_id", "day", "namespace", "now", "before")
+    )
+    NamespaceRanking.objects.all().delete()
+    try:
+        return lists(scope)
+    finally:
+        NamespaceRanking.objects.bulk_create(
+            NamespaceRanking(cluster_id=c, day=d, namespace=n, now=now, before=b)
+            for c, d, n, now, b in stored
+        )
+
+
+@pytest.mark.django_db
+def test_stored_rankings_give_the_live_lists(demo_fleet):
+    scope = access.scope_for(User.objects.get(username="officer"))
+    # Every cluster's ranking was stored with its last rollups, at most 20 rows each.
+    clusters = set(NamespaceRanking.objects.values_list("cluster_id", flat=True))
+    assert len(clusters) >= 3
+    assert max(NamespaceRanking.objects.filter(cluster_id=c).count() for c in clusters) <= 20
+    worse, top = lists(scope)
+    assert top
+    assert (worse, top) == live(scope)
+    # An approval changes what is accepted now: that cluster is ranked live, the rest read.
+    demo.add_exceptions()
+    assert lists(scope) == live(scope)

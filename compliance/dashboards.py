@@ -344,6 +344,7 @@ def _namespace_changes_sql(
             FROM {table} r JOIN d ON d.cluster_id = r.cluster_id
                                AND r.day IN (d.today, d.before)
             WHERE r.state IN %s AND r.day = ANY(%s::date[])
+              AND r.cluster_id = ANY(ARRAY(SELECT cluster_id FROM d))
             GROUP BY r.cluster_id, r.namespace),
         g AS (
             SELECT g0.cluster_id, g0.namespace,

@@ -43,3 +43,20 @@ def test_stored_rankings_give_the_live_lists(demo_fleet):
     # An approval changes what is accepted now: that cluster is ranked live, the rest read.
     demo.add_exceptions()
     assert lists(scope) == live(scope)
+
+
+@pytest.mark.django_db
+def test_a_week_ago_is_found_in_the_week_before_or_further_back():
+    import datetime as dt
+
+    from compliance.models import Cluster, ClusterRollup
+
+    day = dt.date(2026, 11, 30)
+    daily, gap, new = (Cluster.objects.create(name=n, source="snapshot") for n in "abc")
+    for c, ago in ((daily, 0), (daily, 7), (daily, 8), (gap, 0), (gap, 3), (gap, 20), (new, 0)):
+        ClusterRollup.objects.create(cluster=c, day=day - dt.timedelta(days=ago), state="root")
+    today = {daily.pk: day, gap.pk: day, new.pk: day}
+    assert dashboards._week_ago(ClusterRollup.objects.all(), today) == {
+        daily.pk: day - dt.timedelta(days=7),  # in the week before: one query
+        gap.pk: day - dt.timedelta(days=20),  # none there: found further back
+    }

@@ -87,6 +87,11 @@ ROUTE_PARAMS.update(
         "compliance-sample": IGNORED,
         "compliance-sample-export": ["format"],
         "compliance-export-timestamp": IGNORED,
+        "compliance-exports": IGNORED,
+        "api-export": IGNORED,
+        "api-export-file": IGNORED,
+        "api-export-manifest": IGNORED,
+        "api-export-timestamp": IGNORED,
     }
 )
 EXTRA_PARAMS = {"api-finding-list": ["standing"]}

@@ -96,14 +96,6 @@ def create(user, fmt: str, doc, kind: str, params: dict[str, Any]) -> Export:
     )
 
 
-def expected_rows(doc) -> int | None:
-    """The rows a document will have, when its summary says so up front (reports)."""
-    summary = getattr(doc, "summary", None)
-    if isinstance(summary, dict):
-        return sum(v["containers"] for v in summary.values())
-    return None
-
-
 def queue(record: Export) -> None:
     from compliance import tasks
 
@@ -186,7 +178,7 @@ def run(export_id) -> str:
     try:
         doc = document(e)
         if e.format != "csv":  # a CSV needs no summary: its rows are not counted first
-            e.total = expected_rows(doc)
+            e.total = exports.summary_rows(doc)
             Export.objects.filter(pk=e.pk).update(total=e.total)
         exports.write_export(e, doc, progress)
     except Exception as failure:  # recorded for the user; the worker goes on

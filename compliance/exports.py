@@ -380,7 +380,7 @@ def _pdf(report: Report, out: _HashingWriter, progress: Progress, copy: bool) ->
     ]
     data = [header]
     # The rows past the cap are counted, not read: a report's summary has their number.
-    total = _summary_rows(report)
+    total = summary_rows(report)
     rows = itertools.islice(report.rows(), PDF_MAX_ROWS) if total is not None else report.rows()
     n = 0
     for row in rows:
@@ -450,7 +450,8 @@ def _pdf(report: Report, out: _HashingWriter, progress: Progress, copy: bool) ->
     return n
 
 
-def _summary_rows(report) -> int | None:
+def summary_rows(report) -> int | None:
+    """The rows a point-in-time report has, from its summary (None for other documents)."""
     summary = getattr(report, "summary", None)
     if isinstance(report, Report) and isinstance(summary, dict):
         return sum(v["containers"] for v in summary.values())

@@ -173,6 +173,33 @@ def run(export_id) -> str:
     e = claim(export_id)
     if e is None:
         return ""
+    return attempt(e)
+
+
+class TakenOver(JobError):
+    """This attempt no longer holds the export (another took it over, or the sweep)."""
+
+
+def _holding(e: Export):
+    """The export, if this attempt (its worker and number) still holds it."""
+    return Export.objects.filter(
+        pk=e.pk, status=ExportStatus.RUNNING, worker=e.worker, attempts=e.attempts
+    )
+
+
+@contextlib.contextmanager
+def _hold(e: Export):
+    """The export's row locked for this attempt (a takeover waits), or TakenOver."""
+    with transaction.atomic():
+        if not _holding(e).select_for_update().exists():
+            raise TakenOver("this attempt was taken over")
+        yield
+
+
+def attempt(e: Export) -> str:
+    """Write a claimed export. An attempt that was taken over (its worker stalled, then
+    came back) changes nothing: not the files, which it renames into place only while
+    it holds the export, nor the record."""
     progress = Progress(e.pk)
     started = time.monotonic()
     try:
@@ -180,18 +207,18 @@ def run(export_id) -> str:
         if e.format != "csv":  # a CSV needs no summary: its rows are not counted first
             e.total = exports.summary_rows(doc)
             Export.objects.filter(pk=e.pk).update(total=e.total)
-        exports.write_export(e, doc, progress)
+        exports.write_export(e, doc, progress, hold=lambda: _hold(e))
     except Exception as failure:  # recorded for the user; the worker goes on
         reason = _reason(failure)
+        if not _fail(e, reason, time.monotonic() - started, attempt=True):
+            log.warning("export %s: this attempt was taken over; it stops (%s)", e.pk, reason)
+            return ""
         log.warning("export %s failed: %s", e.pk, reason, exc_info=not _expected(failure))
-        _fail(e, reason, time.monotonic() - started)
         return ExportStatus.FAILED
     finally:
         progress.close()
     # Done only if this attempt still holds it (not taken over, nor failed by the sweep).
-    if not Export.objects.filter(
-        pk=e.pk, status=ExportStatus.RUNNING, worker=e.worker, attempts=e.attempts
-    ).update(
+    if not _holding(e).update(
         status=ExportStatus.DONE,
         manifest=e.manifest,
         rows=e.rows,
@@ -243,12 +270,17 @@ def _reason(failure: BaseException) -> str:
     return f"an internal error ({type(failure).__name__}); the worker's log has the details"
 
 
-def _fail(e: Export, reason: str, seconds: float | None = None) -> None:
-    remove_files(e)
+def _fail(e: Export, reason: str, seconds: float | None = None, attempt: bool = False) -> bool:
+    """Fail the export: no file left, the reason kept and audited. attempt=True: only
+    while this attempt holds it (False, and nothing touched, when it was taken over)."""
     now = timezone.now()
-    Export.objects.filter(pk=e.pk).update(
-        status=ExportStatus.FAILED, error=reason, finished_at=now, expires_at=expiry(now)
-    )
+    with transaction.atomic():
+        if attempt and not _holding(e).select_for_update().exists():
+            return False
+        remove_files(e)
+        Export.objects.filter(pk=e.pk).update(
+            status=ExportStatus.FAILED, error=reason, finished_at=now, expires_at=expiry(now)
+        )
     e.status, e.error = ExportStatus.FAILED, reason
     audit.record(
         None,
@@ -257,6 +289,7 @@ def _fail(e: Export, reason: str, seconds: float | None = None) -> None:
         {"format": e.format, "reason": reason[:500], "seconds": seconds},
         username=e.user.get_username() if e.user_id and e.user else "",
     )
+    return True
 
 
 def document(e: Export):
@@ -372,23 +405,38 @@ def remove_files(e: Export, leftovers_only: bool = False) -> None:
 
 
 def sweep(now: dt.datetime | None = None) -> dict[str, int]:
-    """Beat: fail the exports nobody is running any more, re-send those still queued long
-    after they were asked for (a lost message), and delete the expired ones."""
+    """Beat: run again the exports nobody is writing any more (their worker or pod died:
+    Redis would give the task back only after its visibility timeout), or fail them after
+    WELKIN_EXPORT_MAX_ATTEMPTS; re-send those still queued long after they were asked for
+    (a lost message); and delete the expired ones."""
     from compliance import tasks
 
     now = now or timezone.now()
-    failed = requeued = 0
+    failed = requeued = rerun = 0
     for e in Export.objects.filter(status=ExportStatus.RUNNING):
-        if _abandoned(e, now):
-            with transaction.atomic():
-                locked = Export.objects.select_for_update().get(pk=e.pk)
-                if locked.status == ExportStatus.RUNNING and _abandoned(locked, now):
-                    _fail(
-                        locked,
-                        "the worker writing it stopped (last progress "
-                        f"{_when(locked.heartbeat_at)}): ask for it again",
-                    )
-                    failed += 1
+        if not _abandoned(e, now):
+            continue
+        with transaction.atomic():
+            locked = Export.objects.select_for_update().get(pk=e.pk)
+            if locked.status != ExportStatus.RUNNING or not _abandoned(locked, now):
+                continue
+            stopped = f"the worker writing it stopped (last progress {_when(locked.heartbeat_at)})"
+            if (
+                settings.WELKIN_EXPORTS_IN_PROCESS
+                or locked.attempts >= settings.WELKIN_EXPORT_MAX_ATTEMPTS
+            ):
+                _fail(locked, f"{stopped}: ask for it again")
+                failed += 1
+                continue
+            # Queued again (the next attempt is a new claim; a late redelivery of the
+            # first message finds it taken, or done).
+            log.warning("export %s: %s; queued again", locked.pk, stopped)
+            Export.objects.filter(pk=locked.pk).update(
+                status=ExportStatus.QUEUED, worker="", heartbeat_at=now
+            )
+            remove_files(locked, leftovers_only=True)
+            transaction.on_commit(lambda pk=str(locked.pk): tasks.export.delay(pk))
+            rerun += 1
     # Queued long ago and not sent again since (heartbeat_at: when it last was): the
     # message may be lost (a broker restarted without persistence). Sent once more; a
     # duplicate is harmless (claim takes each export once).
@@ -402,7 +450,7 @@ def sweep(now: dt.datetime | None = None) -> dict[str, int]:
         ).update(heartbeat_at=now):
             tasks.export.delay(str(pk))
             requeued += 1
-    return {"failed": failed, "requeued": requeued, **expire(now)}
+    return {"failed": failed, "rerun": rerun, "requeued": requeued, **expire(now)}
 
 
 def expire(now: dt.datetime | None = None) -> dict[str, int]:

@@ -685,28 +685,34 @@ def export_to(
     path: Path,
     filename: str | None = None,
     progress: Progress | None = None,
+    hold: Callable[[], contextlib.AbstractContextManager] | None = None,
 ) -> dict[str, Any]:
     """Write the report to path and its manifest to path + .manifest.json. `filename` is
     the name the file is handed out under (signed into the manifest).
 
     Both are written to temporary files beside their targets and renamed into place only
     when complete, so a failure (a full disk, a bug, a killed process) never leaves a
-    partial report, or a report without its manifest, under the final names."""
+    partial report, or a report without its manifest, under the final names. `hold`, when
+    given, is entered around the two renames (an export job: a lock that raises if its
+    attempt no longer holds the export, so two attempts never mix their files)."""
     mpath = manifest_path(path)
     part = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
     manifest_part = mpath.with_name(f".{mpath.name}.{uuid.uuid4().hex}.part")
+    moved = False
     try:
         with open(part, "wb") as f:
             written = write(report, fmt, f, progress)
         m = manifest(report, fmt, filename or path.name, written)
         manifest_part.write_bytes(orjson.dumps(m, option=orjson.OPT_INDENT_2))
-        os.replace(part, path)
-        os.replace(manifest_part, mpath)
+        with hold() if hold else contextlib.nullcontext():
+            os.replace(part, path)
+            moved = True
+            os.replace(manifest_part, mpath)
     except Exception as e:
         with contextlib.suppress(OSError):  # e.g. the folder is not one: nothing was written
             for leftover in (part, manifest_part):
                 leftover.unlink(missing_ok=True)
-            if path.exists() and not mpath.exists():
+            if moved:  # this file, without its manifest (the path may be another's)
                 path.unlink(missing_ok=True)
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
         raise ExportError(f"the {fmt.upper()} export failed, and left no file: {reason}") from e
@@ -753,13 +759,13 @@ def file_path(record) -> Path:
     return settings.EXPORTS_DIR / f"{record.id}.{EXTENSIONS.get(record.format, record.format)}"
 
 
-def write_export(record, doc, progress: Progress | None = None) -> None:
+def write_export(record, doc, progress: Progress | None = None, hold=None) -> None:
     """Write an Export record's file and manifest and ask the TSA for a token; the
     record's fields are set for the caller to save (compliance/export_jobs.py: only if
     its attempt still holds the export). ExportError or OSError: nothing was written."""
     settings.EXPORTS_DIR.mkdir(parents=True, exist_ok=True)
     path = file_path(record)
-    record.manifest = export_to(doc, record.format, path, record.filename, progress)
+    record.manifest = export_to(doc, record.format, path, record.filename, progress, hold)
     record.timestamp, record.timestamp_error = add_timestamp(path)
     record.rows = record.manifest["rows"]
     record.finished_at = timezone.now()

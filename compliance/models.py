@@ -424,7 +424,15 @@ class DailyActivity(models.Model):
                 fields=["cluster", "namespace", "day"], name="one_activity_per_day"
             )
         ]
-        indexes = [models.Index(fields=["day"])]
+        indexes = [
+            models.Index(fields=["day"]),
+            # A team lead's rows (trend data), as rollup_by_namespace.
+            models.Index(
+                fields=["namespace", "day"],
+                name="activity_by_namespace",
+                opclasses=["varchar_pattern_ops", "date_ops"],
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.cluster_id} {self.day} {self.namespace} +{self.opened} -{self.resolved}"

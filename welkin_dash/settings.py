@@ -194,6 +194,8 @@ else:
         "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": VAR_DIR / "welkin-dash.sqlite3"}
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# PostgreSQL's JIT compiler, off by default for this app's connections (compliance/apps.py).
+WELKIN_DB_JIT = env_bool("WELKIN_DB_JIT", False)
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -204,10 +204,13 @@ def attempt(e: Export) -> str:
     started = time.monotonic()
     try:
         doc = document(e)
-        if e.format != "csv":  # a CSV needs no summary: its rows are not counted first
+        if e.format not in ("csv", "json"):
+            # A PDF is laid out from its summary: its rows are counted first. A CSV needs
+            # no summary; a JSON's is read while its rows are written (and then saved).
             e.total = exports.summary_rows(doc)
             Export.objects.filter(pk=e.pk).update(total=e.total)
         exports.write_export(e, doc, progress, hold=lambda: _hold(e))
+        e.total = progress.total if progress.total is not None else e.total
     except Exception as failure:  # recorded for the user; the worker goes on
         reason = _reason(failure)
         if not _fail(e, reason, time.monotonic() - started, attempt=True):
@@ -343,6 +346,7 @@ class Progress:
         self.export_id, self.every = export_id, every
         self.last = time.monotonic()
         self.rows = 0
+        self.total: int | None = None  # set by the writer once it knows (a JSON's summary)
         self.thread = None
         if connection.vendor == "postgresql":
             self.stop = threading.Event()
@@ -357,22 +361,25 @@ class Progress:
         now = time.monotonic()
         if now - self.last >= self.every:
             self.last = now
-            Export.objects.filter(pk=self.export_id).update(
-                rows=self.rows, heartbeat_at=timezone.now()
-            )
+            saved = {"rows": self.rows, "heartbeat_at": timezone.now()}
+            if self.total is not None:
+                saved["total"] = self.total
+            Export.objects.filter(pk=self.export_id).update(**saved)
 
     def _beat(self) -> None:
         conn = connection.copy()
         try:
-            saved, beat = -1, time.monotonic()
+            saved, beat = (-1, None), time.monotonic()
             while not self.stop.wait(self.every):
-                if self.rows == saved and time.monotonic() - beat < self.HEARTBEAT:
+                now = (self.rows, self.total)
+                if now == saved and time.monotonic() - beat < self.HEARTBEAT:
                     continue
-                saved, beat = self.rows, time.monotonic()
+                saved, beat = now, time.monotonic()
                 with conn.cursor() as c:
                     c.execute(
-                        "UPDATE compliance_export SET rows = %s, heartbeat_at = %s WHERE id = %s",
-                        [saved, timezone.now(), self.export_id],
+                        "UPDATE compliance_export SET rows = %s, total = COALESCE(%s, total), "
+                        "heartbeat_at = %s WHERE id = %s",
+                        [*saved, timezone.now(), self.export_id],
                     )
         except Exception as e:  # the export goes on; its heartbeat stops
             log.warning("export %s: progress not saved: %s", self.export_id, e)

@@ -17,6 +17,8 @@ import io
 import itertools
 import json
 import os
+import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -33,7 +35,7 @@ from django.utils import timezone
 
 from compliance import __version__
 from compliance.reports import REPORT_COLUMNS, Report
-from compliance.vocabulary import STATE
+from compliance.vocabulary import NONCOMPLIANT, STATE
 
 GENERATOR = f"welkin-dash {__version__}"
 FORMATS = ("csv", "json", "pdf", "oscal")  # oscal: OSCAL Assessment Results (JSON)
@@ -144,24 +146,194 @@ class _CopyOut:
         return body
 
 
-def _copy(report: Report, fmt: str, out: _HashingWriter, progress: Progress) -> int:
-    """Stream the report's rows from PostgreSQL's COPY (reports.copy_sql) into `out`."""
+def _copy(
+    report: Report,
+    fmt: str,
+    out: _HashingWriter,
+    progress: Progress,
+    head: Callable[[], bytes] | None = None,
+) -> int:
+    """Stream the report's rows from PostgreSQL's COPY (reports.copy_sql) into `out`.
+
+    With WELKIN_EXPORT_PARALLEL > 1 the rows are cut into that many ranges of names
+    (_parts), each written by its own COPY on its own connection, so that PostgreSQL works
+    on them with as many processes. The ranges read one snapshot: this connection's
+    transaction exports it (pg_export_snapshot) and the others import it, so the rows are
+    exactly those one COPY would write. This connection writes the first range into
+    `out`; the others are spooled to unnamed temporary files and appended in order.
+
+    `head` gives the bytes written before the rows (JSON: the report's summary). With
+    several connections it is worked out here, in the same snapshot, while the others
+    write every range (so the summary's counts are those of the rows)."""
     from compliance import reports
 
-    sql, params = reports.copy_sql(report, fmt)
     if fmt == "csv":
-        options, header = "FORMAT csv, HEADER", 1
+        body = "FORMAT csv"
+        options, header = f"{body}, HEADER", 1
     else:  # one JSON text a line, never quoted: no field holds \x01, \x02 or a line break
-        options, header = "FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02'", 0
-    sink = _CopyOut(out, lambda lines: progress(max(0, lines - header)), fmt)
-    # The rows are sorted by name: in memory, not in temporary files, with this much.
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SELECT set_config('work_mem', %s, true)", [settings.WELKIN_EXPORT_WORK_MEM])
-        raw = cursor.cursor  # psycopg2's own, for copy_expert
-        query = raw.mogrify(sql, params).decode()
-        raw.copy_expert(f"COPY ({query}) TO STDOUT WITH ({options})", sink, size=1 << 20)
+        options = body = "FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02'"
+        header = 0
+    # Not inside a caller's transaction: another connection could not see its rows.
+    parts = [None] if connection.in_atomic_block else _parts(report)
+    if head is not None and len(parts) == 1:
+        out.write(head())
+        head = None
+    helpers: list[_Part] = []
+    sink = _CopyOut(
+        out,
+        lambda lines: progress(max(0, lines - header) + sum(h.lines for h in helpers if not h.fed)),
+        fmt,
+    )
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            raw = cursor.cursor  # psycopg2's own, for copy_expert
+            if len(parts) > 1:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                cursor.execute("SELECT pg_export_snapshot()")
+                snapshot = cursor.fetchone()[0]
+                for part in parts if head is not None else parts[1:]:
+                    query = raw.mogrify(*reports.copy_sql(report, fmt, part))
+                    helpers.append(_Part(snapshot, query))
+                    helpers[-1].start(body)
+                for h in helpers:  # each has imported the snapshot (or failed)
+                    h.ready.wait()
+                    if h.error is not None:
+                        raise h.error
+            if head is not None:
+                out.write(head())
+            else:
+                # The rows are sorted by name: in memory, not in temporary files, with this.
+                cursor.execute(
+                    "SELECT set_config('work_mem', %s, true)", [settings.WELKIN_EXPORT_WORK_MEM]
+                )
+                query = raw.mogrify(*reports.copy_sql(report, fmt, parts[0])).decode()
+                raw.copy_expert(f"COPY ({query}) TO STDOUT WITH ({options})", sink, size=1 << 20)
+            for h in helpers:
+                h.join()
+                if h.error is not None:
+                    raise h.error
+                h.fed = True
+                h.file.seek(0)
+                while chunk := h.file.read(1 << 20):
+                    sink.write(chunk)
+    except BaseException:
+        for h in helpers:
+            h.cancel()
+        raise
+    finally:
+        for h in helpers:
+            h.join()
+            h.file.close()
     sink.flush(last=True)
     return sink.lines - header
+
+
+def _parts(report: Report) -> list[tuple[str, list[Any]] | None]:
+    """The report's rows cut into WELKIN_EXPORT_PARALLEL ranges, in the rows' own order:
+    by cluster name for several clusters, by namespace within one (a namespace's report is
+    one range). Each range is a condition on copy_sql's columns; [None] is all the rows.
+
+    The cuts are chosen from the latest rollups' counts so that the ranges hold about as
+    many rows (only the balance depends on them: the ranges are exact whatever the counts),
+    in the database's order of names, the order of the rows."""
+    n = settings.WELKIN_EXPORT_PARALLEL
+    if n < 2 or report.namespace:
+        return [None]
+    from compliance.models import ClusterRollup, DailyRollup
+
+    noncompliant = tuple(NONCOMPLIANT)
+    if report.cluster:
+        column, table = "t.namespace", DailyRollup._meta.db_table
+        sql = f"""
+            SELECT r.namespace, SUM(r.containers) FROM {table} r
+            JOIN compliance_cluster c ON c.id = r.cluster_id
+            WHERE c.name = %s AND r.state IN %s
+              AND r.day = (SELECT MAX(day) FROM {table} WHERE cluster_id = c.id)
+            GROUP BY r.namespace ORDER BY r.namespace"""
+        params = [report.cluster, noncompliant]
+    else:
+        column, table = "t.cluster", ClusterRollup._meta.db_table
+        sql = f"""
+            SELECT c.name, (SELECT COALESCE(SUM(r.containers), 0) FROM {table} r
+                            WHERE r.cluster_id = c.id AND r.state IN %s
+                              AND r.day = (SELECT MAX(day) FROM {table}
+                                           WHERE cluster_id = c.id))
+            FROM compliance_cluster c ORDER BY c.name"""
+        params = [noncompliant]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        weights = [(name, int(w or 0) + 1) for name, w in cursor.fetchall()]
+    total, seen, cuts = sum(w for _, w in weights), 0, []
+    for name, w in weights:
+        if seen and seen >= total * (len(cuts) + 1) / n and len(cuts) < n - 1:
+            cuts.append(name)
+        seen += w
+    if not cuts:
+        return [None]
+    bounds = [None, *cuts, None]
+    return [
+        (
+            " AND ".join(
+                [f"{column} >= %s"] * (lo is not None) + [f"{column} < %s"] * (hi is not None)
+            ),
+            [b for b in (lo, hi) if b is not None],
+        )
+        for lo, hi in itertools.pairwise(bounds)
+    ]
+
+
+class _Part:
+    """One range of an export's rows, written by COPY on a connection of its own that
+    imports the exporting transaction's snapshot, into an unnamed temporary file (in the
+    exports folder when there is one: no name left behind by a killed worker)."""
+
+    def __init__(self, snapshot: str, query: bytes):
+        self.snapshot, self.query = snapshot, query.decode()
+        folder = settings.EXPORTS_DIR if settings.EXPORTS_DIR.is_dir() else None
+        self.file = tempfile.TemporaryFile(dir=folder)
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self.lines = 0
+        self.fed = False
+        self.raw = None
+        self.thread: threading.Thread | None = None
+
+    def start(self, options: str) -> None:
+        self.thread = threading.Thread(target=self._run, args=(options,), daemon=True)
+        self.thread.start()
+
+    def _run(self, options: str) -> None:
+        conn = connection.copy()  # created in this thread, which alone uses it
+        try:
+            conn.ensure_connection()
+            self.raw = conn.connection
+            with self.raw.cursor() as cur:  # autocommit: the transaction is ours to open
+                cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                cur.execute("SET TRANSACTION SNAPSHOT %s", [self.snapshot])
+                cur.execute(
+                    "SELECT set_config('work_mem', %s, true)", [settings.WELKIN_EXPORT_WORK_MEM]
+                )
+                self.ready.set()
+                cur.copy_expert(f"COPY ({self.query}) TO STDOUT WITH ({options})", self, 1 << 20)
+                cur.execute("COMMIT")
+        except BaseException as e:  # raised by the exporting thread
+            self.error = e
+        finally:
+            self.ready.set()
+            conn.close()
+
+    def write(self, data: bytes) -> int:
+        self.lines += data.count(b"\n")
+        return self.file.write(data)
+
+    def cancel(self) -> None:
+        with contextlib.suppress(Exception):
+            if self.raw is not None:
+                self.raw.cancel()
+
+    def join(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
 
 
 # A spreadsheet reads a cell that starts with one of these as a formula (OWASP, "CSV
@@ -204,22 +376,27 @@ def _csv(report: Report, out: _HashingWriter, progress: Progress, copy: bool) ->
 
 
 def _json(report: Report, out: _HashingWriter, progress: Progress, copy: bool) -> int:
-    if hasattr(report, "json_head"):  # the exception register
-        head, key = report.json_head(_meta(report)), b"exceptions"
-    else:
-        head, key = (
-            {
+    def opening() -> bytes:
+        if hasattr(report, "json_head"):  # the exception register
+            head, key = report.json_head(_meta(report)), b"exceptions"
+        else:
+            head = {
                 "report": _meta(report),
                 "controls": report.control_summary(),
                 "coverage": report.completeness(),
-            },
-            b"findings",
-        )
-    out.write(orjson.dumps(head)[:-1] + b',"' + key + b'":[')
+            }
+            key = b"findings"
+            if hasattr(progress, "total"):  # an export job's, shown as "rows of total"
+                progress.total = summary_rows(report)
+        return orjson.dumps(head)[:-1] + b',"' + key + b'":['
+
     if copy:
-        n = _copy(report, "json", out, progress)
+        # With several connections, the head (the report's summary) is read while the
+        # rows are being written.
+        n = _copy(report, "json", out, progress, opening)
         out.write(b"]}")
         return n
+    out.write(opening())
     n = 0
     batch = []
     for row in report.rows():
@@ -715,6 +892,7 @@ def export_to(
             if moved:  # this file, without its manifest (the path may be another's)
                 path.unlink(missing_ok=True)
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
+        reason = " ".join(reason.split())  # a driver's message spans lines
         raise ExportError(f"the {fmt.upper()} export failed, and left no file: {reason}") from e
     return m
 

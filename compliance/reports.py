@@ -253,14 +253,23 @@ OPEN_EVENT = r"^(opened|changed|image)\|"
 _ORDER = "t.cluster, t.namespace, t.workload_kind, t.workload_name, t.container, t.pk"
 
 
-def copy_sql(report: Report, fmt: str) -> tuple[str, list[Any]]:
+def copy_sql(
+    report: Report, fmt: str, part: tuple[str, list[Any]] | None = None
+) -> tuple[str, list[Any]]:
     """The report's rows as one SELECT for PostgreSQL's COPY, formatted by the database as
     rows() and exports.py's writers format them (tests/test_export_jobs.py checks the two
     byte for byte): "csv" gives REPORT_COLUMNS (cells made inert; empty text as NULL,
     which COPY writes as an empty field, as Python's csv module does), "json" one
     row_to_json object a row. The selection is the report's own queryset, unchanged;
-    "bare" gives it as selected (the benchmark's floor)."""
+    "bare" gives it as selected (the benchmark's floor). `part`: a condition on the
+    selected columns (t.cluster, t.namespace) and its parameters, to write one range of
+    the rows (exports.py writes ranges in parallel)."""
     inner, params = report._base.order_by().values_list(*_SELECTED, "pk").query.sql_with_params()
+    params = list(params)
+    where = f"t.event ~ '{OPEN_EVENT}'"
+    if part is not None:
+        where += f" AND ({part[0]})"
+        params += part[1]
     # OFFSET 0 keeps the inner query whole: its last-event subquery is then evaluated once
     # a finding (in the SELECT) instead of again for the outer WHERE, and the planner
     # estimates its rows from the findings, not from a regular expression on a subquery.
@@ -268,17 +277,17 @@ def copy_sql(report: Report, fmt: str) -> tuple[str, list[Any]]:
     # The open rows, sorted while narrow; formatted (wider) after the sort, in its order.
     source = (
         f"(SELECT * FROM ({inner} OFFSET 0) AS t({columns}) "
-        f"WHERE t.event ~ '{OPEN_EVENT}' ORDER BY {_ORDER} OFFSET 0) AS t"
+        f"WHERE {where} ORDER BY {_ORDER} OFFSET 0) AS t"
     )
     if fmt == "bare":
-        return f"SELECT t.* FROM {source}", list(params)
+        return f"SELECT t.* FROM {source}", params
     if fmt not in ("csv", "json"):
         raise ValueError(f"no COPY form for {fmt!r}")
     select = ", ".join(f"{expr} AS {name}" for name, expr in _cells(csv=fmt == "csv"))
     rows = f"SELECT {select} FROM {source}"
     if fmt == "json":
         rows = f"SELECT row_to_json(j) FROM ({rows}) AS j"
-    return rows, list(params)
+    return rows, params
 
 
 def _sql_text(value: str) -> str:

@@ -519,6 +519,9 @@ if not re.fullmatch(r"[1-9][0-9]{0,6}(kB|MB|GB)", WELKIN_EXPORT_WORK_MEM):
     raise ImproperlyConfigured(
         f"WELKIN_EXPORT_WORK_MEM={WELKIN_EXPORT_WORK_MEM!r}: a size such as 64MB or 1GB"
     )
+# An export's CSV or JSON rows are cut into this many ranges of names, each written by its
+# own COPY on its own connection, from one snapshot (compliance/exports.py); 1: one COPY.
+WELKIN_EXPORT_PARALLEL = env_int("WELKIN_EXPORT_PARALLEL", 2, minimum=1)
 # Exports one user may have queued or being written at once (more: 429).
 WELKIN_EXPORT_MAX_ACTIVE = env_int("WELKIN_EXPORT_MAX_ACTIVE", 3, minimum=1)
 # Without a broker (make run) an export is written within its request.

@@ -339,7 +339,7 @@ def main() -> None:
         ):
             worst = max(worst, report_row(client, name, "officer", url, args.requests, cold))
         transaction.set_rollback(True)
-    print(f"\nworst p95: {worst:.1f} ms (budget 150 ms, 10 queries)")
+    print(f"\nworst p95: {worst:.1f} ms (goal: at or under 100 ms, at most 10 queries)")
     report_with_exceptions()
 
 

@@ -57,14 +57,17 @@ print(sink.size, sink.lines, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 def main() -> None:
     env = {**os.environ, "DATABASE_URL": DB, "DEBUG": "1", "LOG_LEVEL": "WARNING"}
     os.environ.update({"DATABASE_URL": DB, "DEBUG": "1"})
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "welkin_dash.settings")
+    env.setdefault("DJANGO_SETTINGS_MODULE", "welkin_dash.settings")
     import django
+    from django.db.utils import OperationalError, ProgrammingError
 
-    try:
-        django.setup()
-        from compliance.models import Finding
+    django.setup()
+    from compliance.models import Finding
 
+    try:  # no database, or no tables: loaded here (any other failure stops the bench)
         loaded = Finding.objects.exists()
-    except Exception:
+    except (OperationalError, ProgrammingError):
         loaded = False
     if not loaded:
         print("welkin_bench is empty: loading it as make bench-dashboard does")

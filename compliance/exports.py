@@ -27,6 +27,7 @@ from typing import Any, BinaryIO
 from xml.sax.saxutils import escape
 
 import orjson
+import psycopg2.errors
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from django.conf import settings
@@ -153,18 +154,20 @@ def _copy(
     progress: Progress,
     head: Callable[[], bytes] | None = None,
 ) -> int:
-    """Stream the report's rows from PostgreSQL's COPY (reports.copy_sql) into `out`.
+    """Stream the report's rows from PostgreSQL's COPY (reports.copy_sql) into `out`,
+    after `head` (the bytes before the rows: a JSON's summary), all read in one snapshot.
 
     With WELKIN_EXPORT_PARALLEL > 1 the rows are cut into that many ranges of names
     (_parts), each written by its own COPY on its own connection, so that PostgreSQL works
-    on them with as many processes. The ranges read one snapshot: this connection's
-    transaction exports it (pg_export_snapshot) and the others import it, so the rows are
-    exactly those one COPY would write. This connection writes the first range into
-    `out`; the others are spooled to unnamed temporary files and appended in order.
-
-    `head` gives the bytes written before the rows (JSON: the report's summary). With
-    several connections it is worked out here, in the same snapshot, while the others
-    write every range (so the summary's counts are those of the rows)."""
+    on them with as many processes. The ranges read one snapshot, as `pg_dump -j` does:
+    this connection locks the tables the report reads (ACCESS SHARE: no schema change can
+    rewrite them meanwhile), then exports its snapshot; each other connection imports it
+    and locks the same tables without waiting (a migration queued for them fails the
+    export at once instead of waiting on a cycle PostgreSQL cannot see). This connection
+    then writes the head, and the first range unless there is a head (then the others
+    write every range), and commits; the others' ranges, spooled to unnamed temporary
+    files, are appended in order. So the file holds exactly what one COPY would, and the
+    summary's counts are those of its rows."""
     from compliance import reports
 
     if fmt == "csv":
@@ -173,11 +176,10 @@ def _copy(
     else:  # one JSON text a line, never quoted: no field holds \x01, \x02 or a line break
         options = body = "FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02'"
         header = 0
-    # Not inside a caller's transaction: another connection could not see its rows.
-    parts = [None] if connection.in_atomic_block else _parts(report)
-    if head is not None and len(parts) == 1:
-        out.write(head())
-        head = None
+    # Inside a caller's transaction (tests): one COPY, in it. No other connection could
+    # see its rows, nor can its isolation be set.
+    own = not connection.in_atomic_block
+    parts = _parts(report) if own else [None]
     helpers: list[_Part] = []
     sink = _CopyOut(
         out,
@@ -187,35 +189,39 @@ def _copy(
     try:
         with transaction.atomic(), connection.cursor() as cursor:
             raw = cursor.cursor  # psycopg2's own, for copy_expert
-            if len(parts) > 1:
+            if own:
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            if len(parts) > 1:
+                cursor.execute(f"LOCK TABLE {_read_tables()} IN ACCESS SHARE MODE")
                 cursor.execute("SELECT pg_export_snapshot()")
                 snapshot = cursor.fetchone()[0]
                 for part in parts if head is not None else parts[1:]:
                     query = raw.mogrify(*reports.copy_sql(report, fmt, part))
                     helpers.append(_Part(snapshot, query))
                     helpers[-1].start(body)
-                for h in helpers:  # each has imported the snapshot (or failed)
+                for h in helpers:  # each has imported the snapshot and locked (or failed)
                     h.ready.wait()
                     if h.error is not None:
                         raise h.error
             if head is not None:
                 out.write(head())
-            else:
+            if head is None or not helpers:
                 # The rows are sorted by name: in memory, not in temporary files, with this.
                 cursor.execute(
                     "SELECT set_config('work_mem', %s, true)", [settings.WELKIN_EXPORT_WORK_MEM]
                 )
                 query = raw.mogrify(*reports.copy_sql(report, fmt, parts[0])).decode()
                 raw.copy_expert(f"COPY ({query}) TO STDOUT WITH ({options})", sink, size=1 << 20)
-            for h in helpers:
-                h.join()
-                if h.error is not None:
-                    raise h.error
-                h.fed = True
-                h.file.seek(0)
-                while chunk := h.file.read(1 << 20):
-                    sink.write(chunk)
+        # Committed: the others hold their own snapshot and locks now; nothing of this
+        # connection waits, idle in a transaction, while they finish.
+        for h in helpers:
+            h.join()
+            if h.error is not None:
+                raise h.error
+            h.fed = True
+            h.file.seek(0)
+            while chunk := h.file.read(1 << 20):
+                sink.write(chunk)
     except BaseException:
         for h in helpers:
             h.cancel()
@@ -226,6 +232,23 @@ def _copy(
             h.file.close()
     sink.flush(last=True)
     return sink.lines - header
+
+
+def _read_tables() -> str:
+    """The tables a point-in-time report reads (its rows and its summary)."""
+    from django.contrib.auth.models import User
+
+    from compliance.models import (
+        Cluster,
+        ExceptionMatch,
+        Finding,
+        FindingEvent,
+        RiskException,
+        ScanRun,
+    )
+
+    models = (Finding, FindingEvent, Cluster, ScanRun, RiskException, ExceptionMatch, User)
+    return ", ".join(connection.ops.quote_name(m._meta.db_table) for m in models)
 
 
 def _parts(report: Report) -> list[tuple[str, list[Any]] | None]:
@@ -296,6 +319,7 @@ class _Part:
         self.lines = 0
         self.fed = False
         self.raw = None
+        self.cancelled = threading.Event()
         self.thread: threading.Thread | None = None
 
     def start(self, options: str) -> None:
@@ -310,10 +334,19 @@ class _Part:
             with self.raw.cursor() as cur:  # autocommit: the transaction is ours to open
                 cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 cur.execute("SET TRANSACTION SNAPSHOT %s", [self.snapshot])
+                try:
+                    cur.execute(f"LOCK TABLE {_read_tables()} IN ACCESS SHARE MODE NOWAIT")
+                except psycopg2.errors.LockNotAvailable:
+                    raise ExportError(
+                        "a schema change (a migration?) is waiting for the tables the report "
+                        "reads: ask for it again once it is done"
+                    ) from None
                 cur.execute(
                     "SELECT set_config('work_mem', %s, true)", [settings.WELKIN_EXPORT_WORK_MEM]
                 )
                 self.ready.set()
+                if self.cancelled.is_set():  # the export failed before this range began
+                    raise ExportError("cancelled")
                 cur.copy_expert(f"COPY ({self.query}) TO STDOUT WITH ({options})", self, 1 << 20)
                 cur.execute("COMMIT")
         except BaseException as e:  # raised by the exporting thread
@@ -327,6 +360,7 @@ class _Part:
         return self.file.write(data)
 
     def cancel(self) -> None:
+        self.cancelled.set()
         with contextlib.suppress(Exception):
             if self.raw is not None:
                 self.raw.cancel()
@@ -944,7 +978,9 @@ def write_export(record, doc, progress: Progress | None = None, hold=None) -> No
     settings.EXPORTS_DIR.mkdir(parents=True, exist_ok=True)
     path = file_path(record)
     record.manifest = export_to(doc, record.format, path, record.filename, progress, hold)
-    record.timestamp, record.timestamp_error = add_timestamp(path)
+    # Held too: a token is written over this attempt's manifest, or not at all.
+    with hold() if hold else contextlib.nullcontext():
+        record.timestamp, record.timestamp_error = add_timestamp(path)
     record.rows = record.manifest["rows"]
     record.finished_at = timezone.now()
     record.expires_at = record.finished_at + dt.timedelta(

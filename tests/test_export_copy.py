@@ -74,9 +74,11 @@ def test_copy_writes_the_same_bytes_as_the_row_by_row_writers(demo_fleet, settin
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_range_whose_connection_dies_fails_the_export_and_leaves_nothing(settings, tmp_path):
-    """The connection writing the second range is terminated by the server mid-export:
-    the export fails naming why, with no file, no temporary file and no backend left."""
+def test_a_migration_waiting_for_the_tables_fails_a_parallel_export_at_once(settings, tmp_path):
+    """A schema change queued behind the export's locks while its ranges start: the ranges'
+    connections do not wait behind it (the export's first connection would wait for them
+    while the change waits for it, a cycle PostgreSQL cannot see), the export fails at
+    once saying why, leaves no file and no connection, and the change then goes ahead."""
     import threading
 
     import psycopg2
@@ -92,13 +94,17 @@ def test_a_range_whose_connection_dies_fails_the_export_and_leaves_nothing(setti
     report = reports.point_in_time(FLEET, timezone.now())
     assert len(exports._parts(report)) == 2
     db = connection.settings_dict
-    admin = psycopg2.connect(
-        dbname=db["NAME"], user=db["USER"], host=db["HOST"] or "127.0.0.1", port=db["PORT"] or 5432
-    )
+
+    def connect():
+        return psycopg2.connect(
+            dbname=db["NAME"],
+            user=db["USER"],
+            host=db["HOST"] or "127.0.0.1",
+            port=db["PORT"] or 5432,
+        )
+
+    admin, blocker, migration = connect(), connect(), connect()
     admin.autocommit = True
-    blocker = psycopg2.connect(
-        dbname=db["NAME"], user=db["USER"], host=db["HOST"] or "127.0.0.1", port=db["PORT"] or 5432
-    )
     path = tmp_path / "fleet.csv"
     outcome = {}
 
@@ -111,37 +117,51 @@ def test_a_range_whose_connection_dies_fails_the_export_and_leaves_nothing(setti
         finally:
             connection.close()
 
-    def copying():  # backends running one of the ranges' COPY, newest first
+    def migrate():
+        migration.cursor().execute("LOCK TABLE compliance_finding IN ACCESS EXCLUSIVE MODE")
+        outcome["migration"] = "ran"
+
+    def waiting(pattern):
         with admin.cursor() as cur:
             cur.execute(
-                "SELECT pid FROM pg_stat_activity WHERE datname = %s AND query LIKE 'COPY (%%'"
-                " AND pid <> pg_backend_pid() ORDER BY backend_start DESC",
-                [db["NAME"]],
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND query LIKE %s"
+                " AND wait_event_type = 'Lock'",
+                [db["NAME"], pattern],
             )
-            return [pid for (pid,) in cur.fetchall()]
+            return cur.fetchone()[0]
 
-    try:
-        # Both COPYs wait at a table they read, so that one can be cut off mid-export.
-        blocker.cursor().execute("LOCK TABLE compliance_exceptionmatch IN ACCESS EXCLUSIVE MODE")
-        thread = threading.Thread(target=export)
-        thread.start()
+    def until(predicate):
         deadline = time.monotonic() + 30
-        while len(copying()) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        pids = copying()
-        assert len(pids) == 2, pids
-        with admin.cursor() as cur:
-            cur.execute("SELECT pg_terminate_backend(%s)", [pids[0]])  # the second range's
+        while not predicate() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert predicate()
+
+    threads = [threading.Thread(target=export), threading.Thread(target=migrate)]
+    try:
+        # The export locks its tables in order; held at the last, it has the first.
+        blocker.cursor().execute("LOCK TABLE auth_user IN ACCESS EXCLUSIVE MODE")
+        threads[0].start()
+        until(lambda: waiting("LOCK TABLE %ACCESS SHARE MODE") == 1)
+        threads[1].start()  # a migration, queued behind the export's lock on findings
+        until(lambda: waiting("LOCK TABLE compliance_finding IN ACCESS EXCLUSIVE%") == 1)
     finally:
         blocker.rollback()
-        blocker.close()
-    thread.join(60)
-    assert not thread.is_alive()
-    assert outcome["result"].startswith("the CSV export failed, and left no file: ")
-    assert "terminat" in outcome["result"], outcome["result"]
+    threads[0].join(30)
+    assert not threads[0].is_alive()
+    assert outcome["result"] == (
+        "the CSV export failed, and left no file: a schema change (a migration?) is waiting "
+        "for the tables the report reads: ask for it again once it is done"
+    )
+    threads[1].join(30)
+    assert outcome["migration"] == "ran"
+    migration.rollback()
     assert list(tmp_path.iterdir()) == []
-    deadline = time.monotonic() + 10
-    while copying() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert copying() == []
-    admin.close()
+    with admin.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
+            " AND (query LIKE 'COPY%%' OR state LIKE 'idle in transaction%%')",
+            [db["NAME"]],
+        )
+        assert cur.fetchone()[0] == 0
+    for c in (admin, blocker, migration):
+        c.close()

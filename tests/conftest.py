@@ -96,3 +96,21 @@ def api_as(persona):
         return c
 
     return api
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _end_stray_connections(django_db_setup, django_db_blocker):
+    """Before the test database is dropped: end any connection to it still open. A live
+    server's request thread (a daemon, parked on a browser's keep-alive socket) can hold
+    one after its server stopped, and the drop would fail ("being accessed by other
+    users") after waiting 5 s."""
+    yield
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cur:
+        cur.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )

@@ -385,16 +385,28 @@ def rank_cluster(cluster_id: int, day: dt.date) -> None:
     rows = _namespace_changes_sql(
         {cluster_id: ""}, {cluster_id: day}, {cluster_id: before} if before else {}, {}, set()
     )
-    NamespaceRanking.objects.filter(cluster_id=cluster_id).delete()
+    # Only what changed is written (a rescan changes a few namespaces' counts, if any).
+    stored = {
+        (k.day, k.namespace): k for k in NamespaceRanking.objects.filter(cluster_id=cluster_id)
+    }
+    ranked = {(day, r["namespace"]): r for r in rows}
+    gone = [k.pk for key, k in stored.items() if key not in ranked]
+    if gone:
+        NamespaceRanking.objects.filter(pk__in=gone).delete()
+    changed = []
+    for key, r in ranked.items():
+        k = stored.get(key)
+        if k is not None and (k.now, k.before) != (r["now"], r["before"]):
+            k.now, k.before = r["now"], r["before"]
+            changed.append(k)
+    if changed:
+        NamespaceRanking.objects.bulk_update(changed, ["now", "before"])
     NamespaceRanking.objects.bulk_create(
         NamespaceRanking(
-            cluster_id=cluster_id,
-            day=day,
-            namespace=r["namespace"],
-            now=r["now"],
-            before=r["before"],
+            cluster_id=cluster_id, day=day, namespace=ns, now=r["now"], before=r["before"]
         )
-        for r in rows
+        for (_, ns), r in ranked.items()
+        if (day, ns) not in stored
     )
 
 

@@ -60,3 +60,36 @@ def test_a_week_ago_is_found_in_the_week_before_or_further_back():
         daily.pk: day - dt.timedelta(days=7),  # in the week before: one query
         gap.pk: day - dt.timedelta(days=20),  # none there: found further back
     }
+
+
+@pytest.mark.django_db
+def test_ranking_again_writes_only_the_namespaces_that_changed(demo_fleet):
+    from django.db import connection
+
+    from compliance.models import Cluster, DailyRollup
+
+    def written():  # rows this transaction inserted, updated and deleted in the table
+        with connection.cursor() as cur:
+            cur.execute(
+                "SELECT pg_stat_get_xact_tuples_inserted(c.oid) "
+                "+ pg_stat_get_xact_tuples_updated(c.oid) "
+                "+ pg_stat_get_xact_tuples_deleted(c.oid) FROM pg_class c "
+                "WHERE c.relname = 'compliance_namespaceranking'"
+            )
+            return cur.fetchone()[0]
+
+    cluster = Cluster.objects.filter(pk__in=NamespaceRanking.objects.values("cluster_id")).first()
+    day = dashboards._latest_days([cluster])[cluster.pk]
+    before = list(NamespaceRanking.objects.filter(cluster=cluster).order_by("namespace"))
+    start = written()
+    dashboards.rank_cluster(cluster.pk, day)  # nothing changed
+    assert written() == start
+    # One namespace gets worse: its row, and only its row, is written (or it enters).
+    top = max(before, key=lambda k: k.now)
+    DailyRollup.objects.filter(
+        cluster=cluster, day=day, namespace=top.namespace, state="root"
+    ).update(containers=10_000)
+    dashboards.rank_cluster(cluster.pk, day)
+    assert written() == start + 1
+    assert NamespaceRanking.objects.get(cluster=cluster, namespace=top.namespace).now > top.now
+    assert NamespaceRanking.objects.filter(cluster=cluster).count() == len(before)

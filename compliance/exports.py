@@ -155,7 +155,8 @@ def _copy(
     head: Callable[[], bytes] | None = None,
 ) -> int:
     """Stream the report's rows from PostgreSQL's COPY (reports.copy_sql) into `out`,
-    after `head` (the bytes before the rows: a JSON's summary), all read in one snapshot.
+    after `head` (the bytes before the rows: a JSON's summary), both read in one snapshot
+    (the coverage was read when the report was built).
 
     With WELKIN_EXPORT_PARALLEL > 1 the rows are cut into that many ranges of names
     (_parts), each written by its own COPY on its own connection, so that PostgreSQL works
@@ -200,7 +201,12 @@ def _copy(
                     helpers.append(_Part(snapshot, query))
                     helpers[-1].start(body)
                 for h in helpers:  # each has imported the snapshot and locked (or failed)
-                    h.ready.wait()
+                    if not h.ready.wait(_READY_SECONDS):
+                        raise ExportError(
+                            f"the export's other connections did not start within "
+                            f"{_READY_SECONDS} s (is a connection pool full?): ask for it "
+                            "again, or set WELKIN_EXPORT_PARALLEL=1"
+                        )
                     if h.error is not None:
                         raise h.error
             if head is not None:
@@ -234,20 +240,19 @@ def _copy(
     return sink.lines - header
 
 
+# How long the first connection, holding its snapshot and locks, waits for the others to
+# connect, import it and lock (a wait PostgreSQL cannot see: a pool with no connection
+# left would otherwise hold it for good).
+_READY_SECONDS = 30
+
+
 def _read_tables() -> str:
-    """The tables a point-in-time report reads (its rows and its summary)."""
+    """The tables a point-in-time report's rows and summary read (seen in pg_locks)."""
     from django.contrib.auth.models import User
 
-    from compliance.models import (
-        Cluster,
-        ExceptionMatch,
-        Finding,
-        FindingEvent,
-        RiskException,
-        ScanRun,
-    )
+    from compliance.models import Cluster, ExceptionMatch, Finding, FindingEvent, RiskException
 
-    models = (Finding, FindingEvent, Cluster, ScanRun, RiskException, ExceptionMatch, User)
+    models = (Finding, FindingEvent, Cluster, RiskException, ExceptionMatch, User)
     return ", ".join(connection.ops.quote_name(m._meta.db_table) for m in models)
 
 
@@ -328,6 +333,7 @@ class _Part:
 
     def _run(self, options: str) -> None:
         conn = connection.copy()  # created in this thread, which alone uses it
+        conn.settings_dict["OPTIONS"].setdefault("connect_timeout", 10)
         try:
             conn.ensure_connection()
             self.raw = conn.connection
@@ -919,12 +925,14 @@ def export_to(
             os.replace(part, path)
             moved = True
             os.replace(manifest_part, mpath)
-    except Exception as e:
+    except BaseException as e:  # interrupted too: nothing left behind
         with contextlib.suppress(OSError):  # e.g. the folder is not one: nothing was written
             for leftover in (part, manifest_part):
                 leftover.unlink(missing_ok=True)
             if moved:  # this file, without its manifest (the path may be another's)
                 path.unlink(missing_ok=True)
+        if not isinstance(e, Exception):
+            raise
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
         reason = " ".join(reason.split())  # a driver's message spans lines
         raise ExportError(f"the {fmt.upper()} export failed, and left no file: {reason}") from e

@@ -165,3 +165,21 @@ def test_a_migration_waiting_for_the_tables_fails_a_parallel_export_at_once(sett
         assert cur.fetchone()[0] == 0
     for c in (admin, blocker, migration):
         c.close()
+
+
+@pytest.mark.django_db
+def test_an_interrupted_export_leaves_no_file(monkeypatch, tmp_path):
+    """Ctrl-C (or a worker's shutdown) mid-COPY: the interrupt goes on, and neither the
+    file nor its temporary is left behind."""
+    at = timezone.now() - dt.timedelta(hours=1)
+    cluster = Cluster.objects.create(name="prod-a", source="snapshot")
+    scan = ScanRun.objects.create(cluster=cluster, status="succeeded", observed_at=at)
+    stored_finding(cluster, scan, at)
+
+    def interrupt(self, data):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(exports._CopyOut, "write", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        exports.export_to(reports.point_in_time(FLEET), "csv", tmp_path / "r.csv")
+    assert list(tmp_path.iterdir()) == []

@@ -69,6 +69,8 @@ def load_settings(**env):
             {"DEBUG": "1", "WELKIN_EXCEPTION_MAX_DAYS": "1000000000"},
             "WELKIN_EXCEPTION_MAX_DAYS=1000000000: at most 3650",
         ),
+        ({"DEBUG": "1", "WELKIN_EXPORT_PARALLEL": "64"}, "WELKIN_EXPORT_PARALLEL=64: at most 16"),
+        ({"DEBUG": "1", "WELKIN_EXPORT_PARALLEL": "0"}, "WELKIN_EXPORT_PARALLEL='0': must be"),
     ],
 )
 def test_it_names_the_bad_variable(env, message):

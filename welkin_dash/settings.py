@@ -522,6 +522,11 @@ if not re.fullmatch(r"[1-9][0-9]{0,6}(kB|MB|GB)", WELKIN_EXPORT_WORK_MEM):
 # An export's CSV or JSON rows are cut into this many ranges of names, each written by its
 # own COPY on its own connection, from one snapshot (compliance/exports.py); 1: one COPY.
 WELKIN_EXPORT_PARALLEL = env_int("WELKIN_EXPORT_PARALLEL", 2, minimum=1)
+if WELKIN_EXPORT_PARALLEL > 16:
+    raise ImproperlyConfigured(
+        f"WELKIN_EXPORT_PARALLEL={WELKIN_EXPORT_PARALLEL}: at most 16 (each is a connection "
+        "to PostgreSQL, and a process there, for every running export)"
+    )
 # Exports one user may have queued or being written at once (more: 429).
 WELKIN_EXPORT_MAX_ACTIVE = env_int("WELKIN_EXPORT_MAX_ACTIVE", 3, minimum=1)
 # Without a broker (make run) an export is written within its request.

@@ -1,6 +1,8 @@
 """Shared fixtures: the personas (officer, auditor, lead, outsider), a fake API server over
 HTTPS with a cluster registered against it, a history of snapshots, fast password hashing."""
 
+import os
+
 import pytest
 
 from compliance import clusters
@@ -109,6 +111,10 @@ def _end_stray_connections(django_db_setup, django_db_blocker):
 
     if connection.vendor != "postgresql":
         return
+    from welkin_dash.settings import database_from_url
+
+    if connection.settings_dict["NAME"] == database_from_url(os.environ["DATABASE_URL"])["NAME"]:
+        return  # no test here used the database: none was made (this is the real one)
     with django_db_blocker.unblock(), connection.cursor() as cur:
         cur.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "

@@ -120,15 +120,19 @@ def test_the_sweep_runs_again_an_export_whose_whole_worker_died(
     user = User.objects.get(username="auditor")
     doc = reports.point_in_time(access.scope_for(user), dt.datetime.fromisoformat(AT))
     e = export_jobs.create(user, "csv", doc, "report", {"cluster": "", "namespace": ""})
-    # Its worker's pod is gone (another host, so no process to look for): nothing but
-    # a heartbeat 11 minutes old and a temporary file. Redis would give the task back
-    # only after its 2-hour visibility timeout.
-    Export.objects.filter(pk=e.pk).update(
-        status="running",
-        attempts=1,
-        worker="worker-7f9c-gone:12",
-        heartbeat_at=timezone.now() - dt.timedelta(minutes=11),
-    )
+
+    def pod_gone(attempts):
+        """Its worker's pod is gone (another host, so no process to look for): nothing
+        but a heartbeat 11 minutes old. Redis would give the task back only after its
+        2-hour visibility timeout."""
+        Export.objects.filter(pk=e.pk).update(
+            status="running",
+            attempts=attempts,
+            worker="worker-7f9c-gone:12",
+            heartbeat_at=timezone.now() - dt.timedelta(minutes=11),
+        )
+
+    pod_gone(attempts=1)  # and a temporary file left
     exports_dir.mkdir(parents=True, exist_ok=True)
     part = exports_dir / f".{e.pk}.csv.0123.part"
     part.write_bytes(b"id,status\r\n")
@@ -138,13 +142,7 @@ def test_the_sweep_runs_again_an_export_whose_whole_worker_died(
     assert e.attempts == 2 and e.worker != "worker-7f9c-gone:12" and e.rows == 2
     assert _verify(c, e).ok
     assert AuditEvent.objects.filter(action="export_done").count() == 1
-    # The third time its worker dies, the sweep gives up and says why.
-    Export.objects.filter(pk=e.pk).update(
-        status="running",
-        attempts=3,
-        worker="worker-7f9c-gone:12",
-        heartbeat_at=timezone.now() - dt.timedelta(minutes=11),
-    )
+    pod_gone(attempts=3)  # the third time: the sweep gives up and says why
     assert export_jobs.sweep()["failed"] == 1
     e.refresh_from_db()
     assert e.status == "failed" and e.error.startswith("the worker writing it stopped")

@@ -261,36 +261,46 @@ def _parts(report: Report) -> list[tuple[str, list[Any]] | None]:
     by cluster name for several clusters, by namespace within one (a namespace's report is
     one range). Each range is a condition on copy_sql's columns; [None] is all the rows.
 
-    The cuts are chosen from the latest rollups' counts so that the ranges hold about as
-    many rows (only the balance depends on them: the ranges are exact whatever the counts),
-    in the database's order of names, the order of the rows."""
+    The cuts are chosen from the latest rollups' counts (within the report's scope) so that
+    the ranges hold about as many rows (only the balance depends on them: the ranges are
+    exact whatever the counts), in the database's order of names, the order of the rows."""
     n = settings.WELKIN_EXPORT_PARALLEL
     if n < 2 or report.namespace:
         return [None]
+    from django.db.models import OuterRef, Subquery, Sum
+
     from compliance.models import ClusterRollup, DailyRollup
 
     noncompliant = tuple(NONCOMPLIANT)
-    if report.cluster:
-        column, table = "t.namespace", DailyRollup._meta.db_table
-        sql = f"""
-            SELECT r.namespace, SUM(r.containers) FROM {table} r
-            JOIN compliance_cluster c ON c.id = r.cluster_id
-            WHERE c.name = %s AND r.state IN %s
-              AND r.day = (SELECT MAX(day) FROM {table} WHERE cluster_id = c.id)
-            GROUP BY r.namespace ORDER BY r.namespace"""
-        params = [report.cluster, noncompliant]
-    else:
+    scope = report._scope
+    if report.cluster or (scope is not None and not scope.fleet):
+        # Per namespace, as far as the scope sees (a team lead's namespaces), on each
+        # cluster's latest rollup day; summed by cluster for a report of several.
+        latest = ClusterRollup.objects.filter(cluster=OuterRef("cluster")).order_by("-day")
+        rows = DailyRollup.objects.filter(
+            state__in=noncompliant, day=Subquery(latest.values("day")[:1])
+        )
+        if scope is not None:
+            rows = rows.filter(scope.q())
+        if report.cluster:
+            column, key = "t.namespace", "namespace"
+            rows = rows.filter(cluster__name=report.cluster)
+        else:
+            column, key = "t.cluster", "cluster__name"
+        found = rows.values(key).annotate(w=Sum("containers")).order_by(key)
+        weights = [(name, int(w or 0) + 1) for name, w in found.values_list(key, "w")]
+    else:  # the whole fleet: per cluster, from its few rows a day
         column, table = "t.cluster", ClusterRollup._meta.db_table
-        sql = f"""
-            SELECT c.name, (SELECT COALESCE(SUM(r.containers), 0) FROM {table} r
-                            WHERE r.cluster_id = c.id AND r.state IN %s
-                              AND r.day = (SELECT MAX(day) FROM {table}
-                                           WHERE cluster_id = c.id))
-            FROM compliance_cluster c ORDER BY c.name"""
-        params = [noncompliant]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        weights = [(name, int(w or 0) + 1) for name, w in cursor.fetchall()]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"""SELECT c.name, (SELECT COALESCE(SUM(r.containers), 0) FROM {table} r
+                                    WHERE r.cluster_id = c.id AND r.state IN %s
+                                      AND r.day = (SELECT MAX(day) FROM {table}
+                                                   WHERE cluster_id = c.id))
+                    FROM compliance_cluster c ORDER BY c.name""",
+                [noncompliant],
+            )
+            weights = [(name, int(w or 0) + 1) for name, w in cursor.fetchall()]
     total, seen, cuts = sum(w for _, w in weights), 0, []
     for name, w in weights:
         if seen and seen >= total * (len(cuts) + 1) / n and len(cuts) < n - 1:

@@ -116,6 +116,7 @@ class Report:
     _summarize: Any = None  # computes the summary when it is first read
     _queryset: Any = None
     _base: Any = None  # the annotated findings, not yet filtered (copy_sql filters them)
+    _scope: Any = None  # whose report (access.Scope): exports.py balances its ranges by it
 
     @property
     def summary(self) -> dict[str, dict[str, int]]:
@@ -419,6 +420,7 @@ def point_in_time(
         generated_by=generated_by,
         _queryset=qs.values_list(*_SELECTED),
         _base=annotated,
+        _scope=scope,
     )
     if summarize:
         report._summarize = lambda: _summary(qs, at)

@@ -14,7 +14,7 @@ import argparse
 import os
 import time
 
-os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/welkin_bench")
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/welkin_bench_scan")
 os.environ.setdefault("DEBUG", "1")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 

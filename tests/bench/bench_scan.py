@@ -20,7 +20,8 @@ process) runs the scan task into PostgreSQL; the figures are
   outbox adds to the reconcile's transaction (scan.timings["notify_s"]), and the messages
   queued (one per owner and channel). `--no-notify` leaves this part out.
 
-Uses the database `welkin_bench` on the local server (dropped and created each run) and Redis db 12.
+Uses the database `welkin_bench_scan` on the local server (dropped and created each run; not
+`welkin_bench`, which bench-dashboard loads for bench-export) and Redis db 12.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-DB = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/welkin_bench")
+DB = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/welkin_bench_scan")
 BROKER = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/12")
 # The synthetic images live in no registry: scans here measure the cluster side only.
 ENV = {

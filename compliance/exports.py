@@ -212,10 +212,7 @@ def _copy(
             if head is not None:
                 out.write(head())
             if head is None or not helpers:
-                # The rows are sorted by name: in memory, not in temporary files, with this.
-                cursor.execute(
-                    "SELECT set_config('work_mem', %s, true)", [settings.WELKIN_EXPORT_WORK_MEM]
-                )
+                _sort_in_memory(cursor)
                 query = raw.mogrify(*reports.copy_sql(report, fmt, parts[0])).decode()
                 raw.copy_expert(f"COPY ({query}) TO STDOUT WITH ({options})", sink, size=1 << 20)
         # Committed: the others hold their own snapshot and locks now; nothing of this
@@ -238,6 +235,12 @@ def _copy(
             h.file.close()
     sink.flush(last=True)
     return sink.lines - header
+
+
+def _sort_in_memory(cursor) -> None:
+    """A COPY's rows are sorted by name: in memory, not in temporary files, with this
+    much (for the transaction)."""
+    cursor.execute("SELECT set_config('work_mem', %s, true)", [settings.WELKIN_EXPORT_WORK_MEM])
 
 
 # How long the first connection, holding its snapshot and locks, waits for the others to
@@ -357,9 +360,7 @@ class _Part:
                         "a schema change (a migration?) is waiting for the tables the report "
                         "reads: ask for it again once it is done"
                     ) from None
-                cur.execute(
-                    "SELECT set_config('work_mem', %s, true)", [settings.WELKIN_EXPORT_WORK_MEM]
-                )
+                _sort_in_memory(cur)
                 self.ready.set()
                 if self.cancelled.is_set():  # the export failed before this range began
                     raise ExportError("cancelled")

@@ -498,3 +498,22 @@ def test_the_api_token_is_not_a_session(api_as, settings):
     settings.WELKIN_SESSION_MAX_SECONDS = 60
     api = api_as("officer")
     assert api.get("/api/v1/clusters/").status_code == 200
+
+
+@pytest.mark.django_db
+def test_the_apps_connections_have_jit_off_unless_asked(settings):
+    """compliance/apps.py: JIT compiling cost a large fleet's pages 25-30 ms."""
+    from django.db import connection
+
+    def jit(conn):
+        with conn.cursor() as cur:
+            cur.execute("SHOW jit")
+            return cur.fetchone()[0]
+
+    assert jit(connection) == "off"
+    settings.WELKIN_DB_JIT = True
+    other = connection.copy()
+    try:
+        assert jit(other) == "on"  # the server's default, left alone
+    finally:
+        other.close()

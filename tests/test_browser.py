@@ -96,6 +96,12 @@ class Walker:
         self.page.screenshot(path=str(SHOTS / f"{self.role}-{name}.png"), full_page=True)
         return response
 
+    def follow(self, selector):
+        """Click what loads a new page, and wait for that page: a click returns before the
+        navigation it starts has reached Playwright, so the next step could read the old one."""
+        with self.page.expect_navigation():
+            self.page.click(selector)
+
     def status(self, path):
         return self.page.goto(self.base + path).status
 
@@ -137,7 +143,7 @@ def test_the_trend_filters_redraw_for_a_namespace(demo_fleet, browser, live_serv
     w.login()
     w.visit("/trends/?cluster=prod-us", "trends-cluster", charts=True)
     w.page.select_option("#t-ns", "web")
-    w.page.click("form.filters button")
+    w.follow("form.filters button")
     w.page.wait_for_selector("body[data-charts-ready]")
     assert "namespace=web" in w.page.url
     assert w.errors == []
@@ -156,7 +162,7 @@ def test_a_lead_requests_an_exception_an_officer_approves_it(demo_fleet, browser
     lead = Walker(browser, live_server.url, "lead")
     lead.login()
     lead.visit(f"/findings/{demo_fleet['welkin']}/", "finding-open")
-    lead.page.click("#standing a.button")
+    lead.follow("#standing a.button")
     assert lead.page.input_value("#x-namespace") == "payments"
     assert lead.page.input_value("#x-name") == "worker"
     lead.page.fill("#x-reason", "USER node until the image is rebuilt with USER 1000")
@@ -168,8 +174,8 @@ def test_a_lead_requests_an_exception_an_officer_approves_it(demo_fleet, browser
 
     officer.page.goto(live_server.url + "/")
     assert "1 exception request waiting" in officer.page.inner_text("#pending")
-    officer.page.click("#pending a")
-    officer.page.click("table a >> nth=0")
+    officer.follow("#pending a")
+    officer.follow("table a >> nth=0")
     officer.page.fill("#d-comment", "Approved until the rebuild.")
     officer.page.click("button[value=approve]")
     officer.page.wait_for_selector("h1 >> text=Approved")

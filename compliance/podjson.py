@@ -22,7 +22,7 @@ from typing import Any, TypedDict
 import msgspec
 import orjson
 
-from compliance.manifests import gc_paused
+from compliance.manifests import gc_paused, loads_json
 
 
 class _Container(TypedDict, total=False):
@@ -118,7 +118,7 @@ def decode_snapshot(body: bytes) -> dict | None:
     with gc_paused():
         try:
             return _SNAPSHOT.decode(body)
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
             return None
 
 
@@ -129,13 +129,18 @@ def decode_page(resource: str, body: bytes) -> tuple[list[dict], str | None]:
             page = _DECODERS[resource].decode(body)
         except msgspec.ValidationError:
             try:
-                page = orjson.loads(body)
-            except orjson.JSONDecodeError as e:
-                raise PageError(f"{resource}: the API server's answer is not JSON: {e}")
+                page = loads_json(body)
+            except (orjson.JSONDecodeError, msgspec.DecodeError) as e:
+                raise PageError(f"the API server's answer is not JSON: {e}")
         except msgspec.DecodeError as e:
-            raise PageError(f"{resource}: the API server's answer is not JSON: {e}")
+            raise PageError(f"the API server's answer is not JSON: {e}")
+        except UnicodeDecodeError as e:  # msgspec checks a string's UTF-8 as it decodes it
+            raise PageError(
+                "the API server's answer is not UTF-8: a string in it holds the byte "
+                f"0x{e.object[e.start]:02x}"
+            ) from None
     if not isinstance(page, dict) or not isinstance(page.get("items", []), list):
-        raise PageError(f"{resource}: the API server's answer is not a list")
+        raise PageError("the API server's answer is not a list")
     meta = page.get("metadata")
     token = meta.get("continue") if isinstance(meta, dict) else None
     return page.get("items") or [], token if isinstance(token, str) and token else None

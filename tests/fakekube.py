@@ -167,6 +167,7 @@ class FakeKube:
     generated_pods: int = 0  # one page of this many generated pods (about 5 KB each)
     drip_bytes_per_second: float = 0.0  # pages are sent this slowly
     drip_chunked: bool = False  # ... as chunked encoding, each chunk-size line 4 KB long
+    invalid_utf8: bool = False  # the first object's name in each page starts with byte 0xff
 
     def __post_init__(self):
         self._lock = threading.Lock()
@@ -375,6 +376,8 @@ class _Handler(BaseHTTPRequestHandler):
             :-1
         ]
         body = head + b',"items":[' + b",".join(items[offset:end]) + b"]}"
+        if hostile and state.invalid_utf8:
+            body = body.replace(b'"name":"', b'"name":"\xff', 1)
         if hostile and state.drip_bytes_per_second:
             return self._send_dripping(body, state.drip_bytes_per_second, state.drip_chunked)
         self._send(200, body)

@@ -44,7 +44,7 @@ def verdict(pod):
 def same_as_full_parse(items):
     body = page(items)
     slim, _ = podjson.decode_page("pods", body)
-    full = orjson.loads(body)["items"]
+    full = json.loads(body)["items"]  # the reference: every integer exact
     assert [verdict(p) for p in slim] == [verdict(p) for p in full]
     return slim
 
@@ -70,6 +70,30 @@ def test_it_matches_a_full_parse_on_any_pod_shape(pod):
     except ValueError:
         assume(False)  # NaN and infinities are not JSON; no API server sends them
     same_as_full_parse([pod])
+
+
+@pytest.mark.parametrize("uid", [2**64, -(2**63) - 1, 10**30])
+def test_an_integer_beyond_64_bits_reads_the_same_on_every_path(uid, tmp_path):
+    """orjson reads such an integer as a float: "got number" on the path it parsed, "does
+    not fit in int64" on the others. Every path now keeps it exact."""
+    pod = podgen.pod("ns", "big", "img", {}, {"runAsUser": uid})
+    message = f"spec.containers[0].securityContext.runAsUser: {uid} does not fit in int64"
+    slim, _ = podjson.decode_page("pods", page([pod]))
+    odd = dict(pod, spec=dict(pod["spec"], containers={"not": "a list"}))
+    fallback, _ = podjson.decode_page("pods", page([pod, odd]))  # the page fails the schema
+    from compliance import manifests
+
+    as_json = manifests.parse_documents(json.dumps(pod).encode(), "pod.json")
+    as_yaml = manifests.parse_documents(json.dumps(pod).encode() + b"\n---\n", "pod.yaml")
+    for p in (slim[0], fallback[0], as_json[0], as_yaml[0]):
+        assert verdict(p) == ("error", message)
+
+
+def test_an_answer_that_is_not_utf8_is_a_page_error():
+    body = page([podgen.pod("ns", "x", "img", {}, {})]).replace(b'"x"', b'"\xff"')
+    with pytest.raises(podjson.PageError, match="not UTF-8"):
+        podjson.decode_page("pods", body)
+    assert podjson.decode_snapshot(body) is None  # then parsed whole, which names the place
 
 
 def test_it_returns_the_continue_token():

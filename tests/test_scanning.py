@@ -346,6 +346,10 @@ def test_it_scans_with_the_in_cluster_service_account(db, fake_kube, fleet, tmp_
             "most 4 were asked for (limit=4); it ignores the page limit",
         ),
         (
+            {"invalid_utf8": True},
+            "list pods: the API server's answer is not UTF-8: a string in it holds the byte 0xff",
+        ),
+        (
             {"drip_bytes_per_second": 200},
             "list pods: the API server did not send a whole page "
             "within 2 s (WELKIN_KUBE_REQUEST_DEADLINE); ",

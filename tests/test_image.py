@@ -147,6 +147,7 @@ def test_the_image_holds_only_run_time_packages_and_collected_static_files(image
         capture_output=True,
         text=True,
         env=image.env(),
+        cwd=image.app,  # the image's WORKDIR; here, the checkout could hold an .egg-info
         timeout=60,
     )
     installed = {n.lower().replace("_", "-") for n in json.loads(p.stdout)}

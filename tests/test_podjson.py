@@ -6,8 +6,9 @@ from pathlib import Path
 import orjson
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
-from compliance import images, podjson, runas
+from compliance import gate, images, manifests, podjson, runas
 from compliance.workloads import OwnerIndex
 from tests import podgen
 from tests.builders import pods as pod_strategy
@@ -81,8 +82,6 @@ def test_an_integer_beyond_64_bits_reads_the_same_on_every_path(uid, tmp_path):
     slim, _ = podjson.decode_page("pods", page([pod]))
     odd = dict(pod, spec=dict(pod["spec"], containers={"not": "a list"}))
     fallback, _ = podjson.decode_page("pods", page([pod, odd]))  # the page fails the schema
-    from compliance import manifests
-
     as_json = manifests.parse_documents(json.dumps(pod).encode(), "pod.json")
     as_yaml = manifests.parse_documents(json.dumps(pod).encode() + b"\n---\n", "pod.yaml")
     for p in (slim[0], fallback[0], as_json[0], as_yaml[0]):
@@ -94,6 +93,46 @@ def test_an_answer_that_is_not_utf8_is_a_page_error():
     with pytest.raises(podjson.PageError, match="not UTF-8"):
         podjson.decode_page("pods", body)
     assert podjson.decode_snapshot(body) is None  # then parsed whole, which names the place
+
+
+GOOD_PAGE = page([podgen.pod("ns", "p", "img", {"runAsNonRoot": True}, {})])
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cuts=st.lists(
+        st.tuples(st.integers(0, len(GOOD_PAGE) - 1), st.binary(min_size=1, max_size=3)),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_a_damaged_page_is_a_page_error_or_pods_the_gate_can_judge(cuts):
+    """Any bytes an API server (or a snapshot file) could hold in place of a few of a good
+    page's: the decoder fails with PageError (the scan's reason; ManifestError for a file)
+    or gives pods the gate and the evaluator judge with their own errors. No other
+    exception escapes to fail a scan without a reason."""
+    body = bytearray(GOOD_PAGE)
+    for i, replacement in cuts:
+        body[i : i + len(replacement)] = replacement
+    body = bytes(body)
+    # The same bytes as a snapshot file: the slim decoder, or a full parse that names
+    # what is wrong.
+    if podjson.decode_snapshot(body) is None:
+        try:
+            manifests.parse_documents(body, "snapshot.json")
+        except manifests.ManifestError:
+            pass
+    try:
+        items, _ = podjson.decode_page("pods", body)
+    except podjson.PageError:
+        return
+    for pod in items:
+        try:
+            gate.check_pod(pod)
+            verdict(pod)
+            OwnerIndex().workload_of(pod)
+        except gate.Rejected:
+            pass
 
 
 def test_it_returns_the_continue_token():

@@ -28,6 +28,7 @@ import time
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -55,16 +56,20 @@ def ask(http_request, action: str, fmt: str, doc, kind: str, params: dict[str, A
     from compliance.metrics import EXPORT_REQUESTS
 
     limit = settings.WELKIN_EXPORT_MAX_ACTIVE
-    active = Export.objects.filter(user=http_request.user, status__in=ACTIVE).count()
-    if active >= limit:
-        raise Busy(
-            f"You have {active} exports queued or being written (at most {limit} at a time, "
-            "WELKIN_EXPORT_MAX_ACTIVE): ask again when one is ready."
-        )
-    EXPORT_REQUESTS.labels(fmt).inc()
-    e = create(http_request.user, fmt, doc, kind, params)
-    audit.record(http_request, action, f"{fmt} {e.id}", {**doc.scope, "at": doc.at.isoformat()})
-    queue(e)
+    with transaction.atomic():
+        # The user's row locked: parallel requests count and create one at a time (each
+        # counted before any was saved, ten at once all got in).
+        User.objects.select_for_update().filter(pk=http_request.user.pk).exists()
+        active = Export.objects.filter(user=http_request.user, status__in=ACTIVE).count()
+        if active >= limit:
+            raise Busy(
+                f"You have {active} exports queued or being written (at most {limit} at a "
+                "time, WELKIN_EXPORT_MAX_ACTIVE): ask again when one is ready."
+            )
+        EXPORT_REQUESTS.labels(fmt).inc()
+        e = create(http_request.user, fmt, doc, kind, params)
+        audit.record(http_request, action, f"{fmt} {e.id}", {**doc.scope, "at": doc.at.isoformat()})
+    queue(e)  # after the commit: written in-process (make run), it needs its own transactions
     return e
 
 
@@ -105,7 +110,9 @@ def queue(record: Export) -> None:
         record.refresh_from_db()
         return
     pk = str(record.pk)
-    transaction.on_commit(lambda: tasks.export.delay(pk))
+    # robust: with the broker down the export stays saved and queued, and the request
+    # answers with it; the sweep sends it again (WELKIN_EXPORT_STALE_SECONDS).
+    transaction.on_commit(lambda: tasks.send(tasks.export, pk), robust=True)
 
 
 # --- the worker's side -------------------------------------------------------------------
@@ -200,7 +207,7 @@ def attempt(e: Export) -> str:
     """Write a claimed export. An attempt that was taken over (its worker stalled, then
     came back) changes nothing: not the files, which it renames into place only while
     it holds the export, nor the record."""
-    progress = Progress(e.pk)
+    progress = Progress(e)
     started = time.monotonic()
     try:
         doc = document(e)
@@ -208,7 +215,7 @@ def attempt(e: Export) -> str:
             # A PDF is laid out from its summary: its rows are counted first. A CSV needs
             # no summary; a JSON's is read while its rows are written (and then saved).
             e.total = exports.summary_rows(doc)
-            Export.objects.filter(pk=e.pk).update(total=e.total)
+            _holding(e).update(total=e.total)
         exports.write_export(e, doc, progress, hold=lambda: _hold(e))
         e.total = progress.total if progress.total is not None else e.total
     except Exception as failure:  # recorded for the user; the worker goes on
@@ -261,7 +268,10 @@ def _expected(failure: BaseException) -> bool:
 def _reason(failure: BaseException) -> str:
     from celery.exceptions import SoftTimeLimitExceeded
 
-    if isinstance(failure, SoftTimeLimitExceeded):
+    cause = failure  # the writer wraps what stopped it ("... and left no file: ...")
+    while cause is not None and not isinstance(cause, SoftTimeLimitExceeded):
+        cause = cause.__cause__
+    if cause is not None:
         return (
             f"it took longer than the export time limit ({settings.WELKIN_EXPORT_TIME_LIMIT} s, "
             "WELKIN_EXPORT_TIME_LIMIT): ask for a smaller scope"
@@ -342,8 +352,11 @@ class Progress:
 
     HEARTBEAT = 30.0
 
-    def __init__(self, export_id, every: float = 1.0):
-        self.export_id, self.every = export_id, every
+    def __init__(self, e: Export, every: float = 1.0):
+        # Saved only while this attempt holds the export: one that was taken over (it
+        # stalled, then came back) must not move the next attempt's count, nor make a
+        # done export's rows jump, nor keep its own heartbeat looking alive.
+        self.export, self.every = e, every
         self.last = time.monotonic()
         self.rows = 0
         self.total: int | None = None  # set by the writer once it knows (a JSON's summary)
@@ -364,7 +377,7 @@ class Progress:
             saved = {"rows": self.rows, "heartbeat_at": timezone.now()}
             if self.total is not None:
                 saved["total"] = self.total
-            Export.objects.filter(pk=self.export_id).update(**saved)
+            _holding(self.export).update(**saved)
 
     def _beat(self) -> None:
         conn = connection.copy()
@@ -378,11 +391,19 @@ class Progress:
                 with conn.cursor() as c:
                     c.execute(
                         "UPDATE compliance_export SET rows = %s, total = COALESCE(%s, total), "
-                        "heartbeat_at = %s WHERE id = %s",
-                        [*saved, timezone.now(), self.export_id],
+                        "heartbeat_at = %s "
+                        "WHERE id = %s AND status = %s AND worker = %s AND attempts = %s",
+                        [
+                            *saved,
+                            timezone.now(),
+                            self.export.pk,
+                            ExportStatus.RUNNING,
+                            self.export.worker,
+                            self.export.attempts,
+                        ],
                     )
         except Exception as e:  # the export goes on; its heartbeat stops
-            log.warning("export %s: progress not saved: %s", self.export_id, e)
+            log.warning("export %s: progress not saved: %s", self.export.pk, e)
         finally:
             conn.close()
 
@@ -442,7 +463,7 @@ def sweep(now: dt.datetime | None = None) -> dict[str, int]:
                 status=ExportStatus.QUEUED, worker="", heartbeat_at=now
             )
             remove_files(locked, leftovers_only=True)
-            transaction.on_commit(lambda pk=str(locked.pk): tasks.export.delay(pk))
+            transaction.on_commit(lambda pk=str(locked.pk): tasks.send(tasks.export, pk))
             rerun += 1
     # Queued long ago and not sent again since (heartbeat_at: when it last was): the
     # message may be lost (a broker restarted without persistence). Sent once more; a
@@ -455,7 +476,7 @@ def sweep(now: dt.datetime | None = None) -> dict[str, int]:
         if not settings.WELKIN_EXPORTS_IN_PROCESS and Export.objects.filter(
             pk=pk, status=ExportStatus.QUEUED
         ).update(heartbeat_at=now):
-            tasks.export.delay(str(pk))
+            tasks.send(tasks.export, str(pk))
             requeued += 1
     return {"failed": failed, "rerun": rerun, "requeued": requeued, **expire(now)}
 

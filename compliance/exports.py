@@ -795,15 +795,15 @@ def sha256_of(content: bytes | Iterable[bytes]) -> str:
     return sha.hexdigest()
 
 
-class _DuplicateKey(Exception):
+class DuplicateKey(Exception):
     pass
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     seen: dict[str, Any] = {}
     for key, value in pairs:
         if key in seen:
-            raise _DuplicateKey(repr(key))
+            raise DuplicateKey(repr(key))
         seen[key] = value
     return seen
 
@@ -821,8 +821,8 @@ def verify(
         m = orjson.loads(manifest_bytes)
         sig = base64.b64decode(m["signature"], validate=True)
         # A key given twice would show one reader other figures than the signature covers.
-        json.loads(manifest_bytes, object_pairs_hook=_unique_keys)
-    except _DuplicateKey as e:
+        json.loads(manifest_bytes, object_pairs_hook=unique_keys)
+    except DuplicateKey as e:
         return Verification(False, f"the manifest gives the key {e} twice: it was edited")
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return Verification(False, "the manifest is not a welkin-dash manifest")

@@ -20,6 +20,9 @@ from django.utils.dateparse import parse_date, parse_datetime
 TEXT_MAX = 200
 # C0 and C1 controls (NUL included) and Unicode's line/paragraph separators.
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# A lone UTF-16 surrogate: JSON's "\ud800" decodes to one, and no UTF-8 text (so no
+# PostgreSQL column) can hold it.
+_SURROGATE_RE = re.compile(r"[\ud800-\udfff]")
 _DIGITS_RE = re.compile(r"[0-9]+\Z")  # ASCII only: int() would accept '²' and '١٢٣'
 
 
@@ -37,21 +40,29 @@ def clean_text(value: str, name: str, max_length: int = TEXT_MAX) -> str:
         raise BadParameter(name, f"longer than {max_length} characters")
     if _CONTROL_RE.search(value):
         raise BadParameter(name, "contains control characters")
+    if _SURROGATE_RE.search(value):
+        raise BadParameter(name, "contains a lone UTF-16 surrogate (not Unicode text)")
     return value
 
 
-def strings(data: Mapping) -> dict[str, str]:
-    """A JSON body's fields as a form's: each a string (a number, list or object is a
-    400 naming the field)."""
+def strings(data: Mapping, fields: Iterable[str]) -> dict[str, str]:
+    """A JSON body's fields as a form's: each one of `fields` (a misspelt one would
+    otherwise be ignored: a "Cluster" asked for the whole fleet) and a string (a number,
+    list or object is a 400 naming the field)."""
     if not isinstance(data, Mapping):
         raise BadParameter("body", "expected a JSON object")
+    known = list(fields)
     out = {}
     for name, value in data.items():
+        if name not in known:
+            raise BadParameter(
+                ascii(str(name))[1:-1][:100], f"unknown field (expected {', '.join(known)})"
+            )
         if value is None:
             continue
         if not isinstance(value, str):
-            raise BadParameter(str(name)[:100], "expected a string")
-        out[str(name)] = value
+            raise BadParameter(name, "expected a string")
+        out[name] = value
     return out
 
 
@@ -132,7 +143,9 @@ def option_moment(value: str | None, name: str = "--at") -> dt.datetime | None:
 def parse_moment(value: str, name: str, naive_as_utc: bool = True) -> dt.datetime:
     """An ISO 8601 time from a parameter or a command-line option, in UTC."""
     try:
-        parsed = parse_datetime(clean_text(value, name, 40))
+        # ASCII only: Django's pattern reads any Unicode digit ('２０２６' as 2026).
+        cleaned = clean_text(value, name, 40)
+        parsed = parse_datetime(cleaned) if cleaned.isascii() else None
     except ValueError:
         parsed = None
     if parsed is None:

@@ -9,6 +9,13 @@ from compliance import scanning
 from compliance.models import Trigger
 
 
+def send(task, *args, **options):
+    """Queue a task with no time limits in its message, so the worker's own apply (the
+    WELKIN_*_TIME_LIMIT of the process that runs it). `delay` would write in the limits
+    of the web or beat process that queued it, and the worker would take those."""
+    return task.apply_async(args, time_limit=None, soft_time_limit=None, **options)
+
+
 @shared_task(
     bind=True,
     acks_late=True,
@@ -33,7 +40,7 @@ def enqueue_due_scans() -> int:
     """Beat's fan-out: one scan task per due cluster, expiring with its schedule."""
     claimed = scanning.claim_due_clusters()
     for cluster_id, schedule_seconds in claimed:
-        scan_cluster.apply_async((cluster_id,), expires=schedule_seconds)
+        send(scan_cluster, cluster_id, expires=schedule_seconds)
     return len(claimed)
 
 

@@ -2,22 +2,33 @@
 the page or through the API, followed until ready, a worker killed mid-export, the sweep
 of dead and expired exports; and COPY's CSV and JSON against the row-by-row writers."""
 
+import base64
 import datetime as dt
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
+import time
+import urllib.error
+import urllib.request
 
 import psycopg2
 import pytest
+import redis
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings as django_settings
 from django.contrib.auth.models import User
 from django.db import connection
 from django.utils import timezone
+from rest_framework.authtoken.models import Token
 
-from compliance import access, export_jobs, exports, reports
+from compliance import access, export_jobs, exports, reports, tasks
 from compliance.models import AuditEvent, Export
 from tests.builders import T0, make_user
 from tests.test_tasks import broker, start_worker, wait_for  # noqa: F401 (fixture)
+from welkin_dash.celery import app
 
 AT = (T0 + dt.timedelta(days=1, hours=1)).isoformat()
 FLEET = access.Scope(None, access.AUDITOR)
@@ -246,6 +257,9 @@ def test_the_api_refuses_a_malformed_export_request_naming_the_field(api_as, his
         ({"format": "csv", "at": 5}, "at", "expected a string"),
         ({"format": "csv", "at": "tomorrow"}, "at", ""),
         ({"format": "csv", "cluster": "a\x00"}, "cluster", "control characters"),
+        ({"format": "csv", "Cluster": "prod-eu"}, "Cluster", "unknown field (expected format,"),
+        ({"format": "csv", "clust\x00er": "x"}, "clust\\x00er", "unknown field"),
+        ({"format": "csv", "at": "\uff12\uff10\uff12\uff16-11-01T00:00:00Z"}, "at", "ISO 8601"),
     ]
     for body, field, problem in cases:
         r = api.post("/api/v1/exports/", body, format="json")
@@ -253,12 +267,30 @@ def test_the_api_refuses_a_malformed_export_request_naming_the_field(api_as, his
         assert problem in r.json()[field][0], r.json()
     r = api.post("/api/v1/exports/", ["csv"], format="json")
     assert r.status_code == 400
+    for raw, problem in [
+        ('{"format": "csv", "x": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+        ('{"format": "csv", "format": "pdf"}', "the key 'format' is given twice"),
+        ('{"format": "csv", "at": NaN}', "NaN is not JSON"),
+    ]:
+        r = api.post("/api/v1/exports/", raw, content_type="application/json")
+        assert r.status_code == 400 and problem in r.json()["detail"], r.content[:200]
+    r = api.post(  # the test client's encoder cannot write a lone surrogate; a client can
+        "/api/v1/exports/",
+        '{"format": "csv", "cluster": "\\ud800"}',
+        content_type="application/json",
+    )
+    assert r.status_code == 400 and "lone UTF-16 surrogate" in r.json()["cluster"][0]
     future = (timezone.now() + dt.timedelta(days=1)).isoformat()
     r = api.post("/api/v1/exports/", {"format": "csv", "at": future}, format="json")
     assert r.status_code == 400 and "in the future" in r.json()["detail"]
     assert not Export.objects.exists()
     other = Export.objects.create(user=make_user("officer"), format="csv", at=timezone.now())
-    assert api.get(f"/api/v1/exports/{other.pk}/").status_code == 404
+    for path in ("", "file", "manifest.json"):
+        assert api.get(f"/api/v1/exports/{other.pk}/{path}").status_code == 404
+    denied = AuditEvent.objects.filter(action="denied").values_list("target", flat=True)
+    assert sorted(denied) == sorted(
+        f"/api/v1/exports/{other.pk}/{path}" for path in ("", "file", "manifest.json")
+    )
 
 
 @pytest.mark.django_db
@@ -275,3 +307,106 @@ def test_a_user_may_have_only_a_few_exports_waiting(login_as, api_as, history, s
         assert r.status_code == status
     assert "at most 2 at a time" in r.json()["detail"]
     assert Export.objects.count() == 4
+
+
+@pytest.mark.django_db(transaction=True)
+def test_parallel_asks_get_no_more_exports_than_the_limit(live_server, history, monkeypatch):
+    """Ten requests at once: each counts the user's exports and saves one under the
+    user's row lock, so three get in (WELKIN_EXPORT_MAX_ACTIVE) and seven get 429."""
+    monkeypatch.setattr(tasks, "send", lambda *a, **k: None)  # no worker: they stay queued
+    token = Token.objects.create(user=make_user("auditor")).key
+    start, answers = threading.Barrier(10), []
+
+    def ask():
+        request = urllib.request.Request(
+            live_server.url + "/api/v1/exports/",
+            data=b'{"format": "csv", "at": "%s"}' % AT.encode(),
+            headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
+        )
+        start.wait()
+        try:
+            answers.append(urllib.request.urlopen(request, timeout=60).status)
+        except urllib.error.HTTPError as e:
+            answers.append(e.code)
+
+    threads = [threading.Thread(target=ask) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert sorted(answers) == [202] * 3 + [429] * 7
+    assert Export.objects.count() == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_the_broker_down_an_export_is_saved_queued_and_sent_by_the_sweep(
+    api_as,
+    history,
+    settings,
+    broker,  # noqa: F811
+):
+    settings.WELKIN_EXPORT_STALE_SECONDS = 0
+    api = api_as("auditor")
+    good = app.conf.broker_write_url, app._pool, app.amqp._producer_pool
+    app.conf.broker_write_url = "redis://127.0.0.1:1/0"  # nothing listens there
+    app._pool = app.amqp._producer_pool = None
+    try:
+        r = api.post("/api/v1/exports/", {"format": "csv", "at": AT}, format="json")
+    finally:
+        app.conf.broker_write_url, app._pool, app.amqp._producer_pool = good
+    assert _messages("exports") == []
+    assert r.status_code == 202 and r.json()["status"] == "queued"
+    assert Export.objects.get().status == "queued"
+    export_jobs.sweep()  # with the broker back: sent again
+    assert [m["args"] for m in _messages("exports")] == [[r.json()["id"]]]
+
+
+def _messages(queue: str) -> list[dict]:
+    """The messages waiting in a Redis queue (headers, and the arguments as `args`), taken
+    off it."""
+    r = redis.Redis.from_url(django_settings.CELERY_BROKER_URL)
+    out = []
+    while (raw := r.rpop(queue)) is not None:
+        message = json.loads(raw)
+        out.append({**message["headers"], "args": json.loads(base64.b64decode(message["body"]))[0]})
+    return out
+
+
+def test_a_queued_task_carries_no_time_limit_so_the_workers_own_applies(broker):  # noqa: F811
+    """Celery writes the sender's time limits into a message, and a worker takes those:
+    WELKIN_EXPORT_TIME_LIMIT set on the worker alone did nothing. tasks.send leaves them
+    out."""
+    tasks.send(tasks.export, "00000000-0000-0000-0000-000000000000")
+    tasks.export.delay("11111111-1111-1111-1111-111111111111")  # what it replaces
+    limit = django_settings.WELKIN_EXPORT_TIME_LIMIT
+    assert [m["timelimit"] for m in _messages("exports")] == [[None, None], [limit, limit - 5]]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_taken_over_attempts_progress_moves_nothing(history):
+    user = make_user("auditor")
+    doc = reports.point_in_time(access.scope_for(user), dt.datetime.fromisoformat(AT))
+    e = export_jobs.create(user, "csv", doc, "report", {"cluster": "", "namespace": ""})
+    e = export_jobs.claim(e.pk)
+    progress = export_jobs.Progress(e, every=0.05)
+    try:
+        progress(10)
+        wait_for(lambda: Export.objects.get(pk=e.pk).rows == 10, 10)
+        Export.objects.filter(pk=e.pk).update(worker="worker-2:7", attempts=2, rows=3)
+        progress(20)
+        beat = Export.objects.get(pk=e.pk).heartbeat_at
+        time.sleep(0.5)
+    finally:
+        progress.close()
+    after = Export.objects.get(pk=e.pk)
+    assert (after.rows, after.heartbeat_at) == (3, beat)
+
+
+def test_a_time_limit_is_named_however_the_writer_wrapped_it():
+    try:
+        try:
+            raise SoftTimeLimitExceeded()
+        except SoftTimeLimitExceeded as stop:
+            raise exports.ExportError("the CSV export failed, and left no file") from stop
+    except exports.ExportError as wrapped:
+        assert "longer than the export time limit" in export_jobs._reason(wrapped)

@@ -40,7 +40,7 @@ def scan_now(request, name):
             "with manage.py import_snapshot.",
         )
     else:
-        transaction.on_commit(lambda: tasks.scan_cluster.delay(c.pk, Trigger.MANUAL))
+        transaction.on_commit(lambda: tasks.send(tasks.scan_cluster, c.pk, Trigger.MANUAL))
         messages.success(request, f"Scan of {c.name} queued.")
     return redirect("compliance-scans")
 

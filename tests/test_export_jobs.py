@@ -238,10 +238,17 @@ def test_a_running_export_is_shown_with_its_progress_and_polled(login_as, export
         status="running",
         rows=1500,
         total=4000,
+        heartbeat_at=timezone.now(),
     )
     part = c.get("/reports/exports/").content.decode()
     assert 'hx-get="/reports/exports/"' in part and 'hx-trigger="every 2s"' in part
     assert '<progress max="4000" value="1500">' in part and "1500 of 4000" in part
+    assert "no progress" not in part
+    # Its worker died: the count would stay frozen; the page says why, and what happens.
+    Export.objects.filter(pk=e.pk).update(heartbeat_at=timezone.now() - dt.timedelta(minutes=7))
+    part = c.get("/reports/exports/").content.decode()
+    assert "no progress for 7 min: its worker stalled or died" in part
+    assert "runs it again after 10 min of silence" in part
     assert c.get(f"/reports/exports/{e.pk}/").status_code == 404  # not ready: no file
     Export.objects.filter(pk=e.pk).update(status="failed", error="the disk <b>is</b> full")
     part = c.get("/reports/exports/").content.decode()

@@ -5,6 +5,7 @@ from django.conf import settings
 from django.http import FileResponse, Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from compliance import access, audit, export_jobs, exports, params, reports
@@ -56,10 +57,21 @@ def report(request):
 
 def _exports_context(request) -> dict:
     mine = list(Export.objects.filter(user=request.user).order_by("-created_at")[:20])
+    now = timezone.now()
+    for e in mine:
+        # A worker saves progress at least every 30 s; silence for longer means it stalled
+        # or died, and the page says so rather than show a frozen count.
+        last = e.heartbeat_at or e.started_at
+        e.silent_minutes = (
+            int((now - last).total_seconds() // 60)
+            if e.status == "running" and last and (now - last).total_seconds() > 90
+            else None
+        )
     return {
         "exports": mine,
         "exports_active": any(e.status in export_jobs.ACTIVE for e in mine),
         "export_days": settings.WELKIN_EXPORT_RETENTION_DAYS,
+        "export_stale_minutes": settings.WELKIN_EXPORT_STALE_SECONDS // 60,
     }
 
 

@@ -9,6 +9,8 @@ export DJANGO_SETTINGS_MODULE := welkin_dash.settings
 .PHONY: install run test lint bench-evaluate bench-scan bench-registry bench-dashboard bench-export bench-fleet services deploy-check image
 
 $(VENV)/.installed: requirements.txt requirements-runtime.txt pyproject.toml
+	@# Debian's python3 makes a venv only with python3-venv (ensurepip) installed.
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { apt-get update -qq && apt-get install -y -qq python3-venv; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt

@@ -571,3 +571,50 @@ def test_the_last_day_allowed_is_the_whole_day(fleet):
     last = (timezone.now() + dt.timedelta(days=180)).date()
     end = dt.datetime.combine(last, dt.time(23, 59, 59), tzinfo=dt.UTC)
     assert ask(officer, ends_at=end).ends_at == end
+
+
+@pytest.mark.parametrize(
+    "ends_at,problem",
+    [
+        ("2027-W02-1", b"ends_at: a date (YYYY-MM-DD) or a date-time with a time zone"),
+        ("20270115", b"ends_at: a date (YYYY-MM-DD) or a date-time with a time zone"),
+        ("2027-02-30", b"ends_at: &#x27;2027-02-30&#x27; is not a date"),
+        ("2027-01-15T00:00:00", b"needs a time zone"),
+        ("\uff12\uff10\uff12\uff17-01-15T00:00:00Z", b"expected an ISO 8601 time"),
+    ],
+)
+def test_an_end_date_the_form_does_not_ask_for_is_a_400_naming_it(fleet, client, ends_at, problem):
+    client.force_login(make_user("officer"))
+    form = {
+        "cluster": "*",
+        "namespace": "shop",
+        "controls": ["A.9.4.4", "A.12.6.1", "A.14.2.5"],
+        "reason": "r",
+        "ticket": "SEC-2",
+        "ends_at": ends_at,
+    }
+    r = client.post("/exceptions/new/", form)
+    assert r.status_code == 400 and problem in r.content
+    assert not RiskException.objects.exists()
+
+
+def test_an_end_time_with_any_offset_is_kept_in_utc(fleet, client):
+    """+23:59 is a valid ISO offset PostgreSQL cannot store (it answered a 500)."""
+    client.force_login(make_user("officer"))
+    day = (timezone.now() + dt.timedelta(days=3)).date()
+    r = client.post(
+        "/exceptions/new/",
+        {
+            "cluster": "*",
+            "namespace": "shop",
+            "controls": ["A.9.4.4", "A.12.6.1", "A.14.2.5"],
+            "reason": "r",
+            "ticket": "SEC-2",
+            "ends_at": f"{day.isoformat()}T00:00:00+23:59",
+        },
+    )
+    assert r.status_code == 302
+    expected = dt.datetime.combine(day, dt.time(0, 0), tzinfo=dt.UTC) - dt.timedelta(
+        hours=23, minutes=59
+    )
+    assert RiskException.objects.get().ends_at == expected

@@ -4,6 +4,7 @@ request form (pre-filled from a finding), and signed exports of the register."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -166,22 +167,25 @@ def _request(form: dict) -> exceptions.Request:
 
 
 def _end_date(value: str) -> dt.datetime | None:
-    """A date (YYYY-MM-DD: the end of that day, UTC) or an ISO date-time with a zone."""
+    """A date (YYYY-MM-DD: the end of that day, UTC) or an ISO date-time with a zone, in
+    UTC (an offset PostgreSQL cannot store, +23:59, was a 500)."""
     value = value.strip()
     if not value:
         return None
-    try:
-        if len(value) == 10:
+    if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
+        try:
             day = dt.date.fromisoformat(value)
-            return dt.datetime.combine(day, dt.time(23, 59, 59), tzinfo=dt.UTC)
-        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        except ValueError:
+            raise exceptions.ExceptionError("ends_at", f"{value!r} is not a date") from None
+        return dt.datetime.combine(day, dt.time(23, 59, 59), tzinfo=dt.UTC)
+    if "T" not in value and " " not in value:  # 2027-W02-1, 20270115: not what the form asks
         raise exceptions.ExceptionError(
             "ends_at", "a date (YYYY-MM-DD) or a date-time with a time zone"
-        ) from None
-    if timezone.is_naive(moment):
-        raise exceptions.ExceptionError("ends_at", "a date-time needs a time zone")
-    return moment
+        )
+    try:
+        return params.parse_moment(value, "ends_at", naive_as_utc=False)
+    except params.BadParameter as e:
+        raise exceptions.ExceptionError("ends_at", e.problem) from None
 
 
 def _prefill(finding) -> dict:

@@ -173,9 +173,10 @@ def loads_json(data: bytes) -> Any:
 
     try:
         return msgspec.json.decode(data)
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        orjson.loads(data)  # raises the error that says where
-        raise  # pragma: no cover - both parsers reject the same documents
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
+        orjson.loads(data)  # raises the error that says where (or "depth limit exceeded")
+        # orjson read it: nested between Python's recursion limit and orjson's (1,024).
+        raise ValueError("nested too deeply" if isinstance(e, RecursionError) else str(e)) from None
 
 
 def parse_documents(data: bytes, filename: str) -> list[Any]:

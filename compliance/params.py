@@ -58,6 +58,10 @@ def strings(data: Mapping, fields: Iterable[str]) -> dict[str, str]:
             raise BadParameter(
                 ascii(str(name))[1:-1][:100], f"unknown field (expected {', '.join(known)})"
             )
+        if hasattr(data, "getlist") and len(data.getlist(name)) > 1:
+            # A form's field given twice: the last would win ("cluster=prod-eu&cluster="
+            # asked for the whole fleet), as a JSON key given twice would.
+            raise BadParameter(name, "given more than once")
         if value is None:
             continue
         if not isinstance(value, str):

@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import Any, TypedDict
 
 import msgspec
-import orjson
 
 from compliance.manifests import gc_paused, loads_json
 
@@ -118,7 +117,7 @@ def decode_snapshot(body: bytes) -> dict | None:
     with gc_paused():
         try:
             return _SNAPSHOT.decode(body)
-        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             return None
 
 
@@ -130,10 +129,12 @@ def decode_page(resource: str, body: bytes) -> tuple[list[dict], str | None]:
         except msgspec.ValidationError:
             try:
                 page = loads_json(body)
-            except (orjson.JSONDecodeError, msgspec.DecodeError) as e:
-                raise PageError(f"the API server's answer is not JSON: {e}")
+            except ValueError as e:  # orjson's error, or loads_json's
+                raise PageError(f"the API server's answer is not JSON: {e}") from None
         except msgspec.DecodeError as e:
             raise PageError(f"the API server's answer is not JSON: {e}")
+        except RecursionError:
+            raise PageError("the API server's answer is nested too deeply") from None
         except UnicodeDecodeError as e:  # msgspec checks a string's UTF-8 as it decodes it
             raise PageError(
                 "the API server's answer is not UTF-8: a string in it holds the byte "

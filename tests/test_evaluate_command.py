@@ -161,6 +161,8 @@ def test_it_colours_nothing_when_not_a_terminal(files):
     [
         ("", "the file is empty"),
         ("{not json", "invalid JSON"),
+        ("[" * 100_000, "invalid JSON: depth limit exceeded"),  # was a RecursionError
+        ("[" * 1010 + "]" * 1010, "invalid JSON: nested too deeply"),
         ("a: [b\n", "invalid YAML at line"),
         (
             "kind: Deployment\nmetadata: {name: d}\nspec:\n  template:\n    spec:\n"

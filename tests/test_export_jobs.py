@@ -281,6 +281,12 @@ def test_the_api_refuses_a_malformed_export_request_naming_the_field(api_as, his
     ]:
         r = api.post("/api/v1/exports/", raw, content_type="application/json")
         assert r.status_code == 400 and problem in r.json()["detail"], r.content[:200]
+    r = api.post(
+        "/api/v1/exports/",
+        "format=csv&cluster=prod-eu&cluster=",
+        content_type="application/x-www-form-urlencoded",
+    )
+    assert r.status_code == 400 and r.json() == {"cluster": ["given more than once"]}
     r = api.post(  # the test client's encoder cannot write a lone surrogate; a client can
         "/api/v1/exports/",
         '{"format": "csv", "cluster": "\\ud800"}',

@@ -135,6 +135,14 @@ def test_a_damaged_page_is_a_page_error_or_pods_the_gate_can_judge(cuts):
             pass
 
 
+@pytest.mark.parametrize("depth", [1010, 100_000])
+def test_an_answer_nested_too_deeply_is_a_page_error(depth):
+    body = b'{"items": [{"metadata": {"x": ' + b"[" * depth + b"]" * depth + b"}}]}"
+    with pytest.raises(podjson.PageError, match="nested too deeply|depth limit exceeded"):
+        podjson.decode_page("pods", body)
+    assert podjson.decode_snapshot(body) is None
+
+
 def test_it_returns_the_continue_token():
     items, token = podjson.decode_page("pods", page([], "abc"))
     assert (items, token) == ([], "abc")

@@ -68,3 +68,14 @@ def test_a_browser_shows_the_lockout_message(transactional_db, browser, live_ser
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "lockout.png"))
     page.close()
+
+
+def test_a_user_name_too_long_to_exist_is_a_failed_login_not_a_500(client, db):
+    """django-axes keeps the name in a varchar(255): 5,000 characters were a 500, and
+    the attempt was neither counted nor audited."""
+    name = "x" * 5000
+    for _ in range(LIMIT - 1):
+        assert attempt(client, name).status_code == 200
+    assert AuditEvent.objects.filter(action="login_failed", username=name[:150]).count() == 2
+    assert attempt(client, name).status_code == 429  # counted, like any other name
+    assert AccessAttempt.objects.get(ip_address="10.0.0.1").username == name[:255]

@@ -639,6 +639,7 @@ AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_VERBOSE = False
 AXES_SENSITIVE_PARAMETERS = ["password"]
+AXES_USERNAME_CALLABLE = "compliance.audit.axes_username"
 
 # --- notifications (README: Notifications) ---------------------------------------------
 # Links in messages point here.

@@ -208,6 +208,12 @@ AUDIT_ACTION = Vocabulary(
         Term("prune", "Pruned old data", "Retention: what was deleted, and the cut-off."),
         Term("sample", "Drew an audit sample"),
         Term("timestamp", "Timestamped evidence", "A TSA's token added to a manifest or head."),
+        Term(
+            "scan_settings",
+            "Changed a cluster's scans",
+            "Its scans turned on or off, or its schedule changed: what evidence is collected.",
+        ),
+        Term("scan_now", "Asked for a scan", "A scan of one cluster queued by hand."),
     ],
 )
 

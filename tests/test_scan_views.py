@@ -2,7 +2,7 @@
 
 import pytest
 
-from compliance.models import Cluster, ScanRun
+from compliance.models import AuditEvent, Cluster, ScanRun
 
 
 @pytest.fixture
@@ -32,12 +32,18 @@ def test_scan_now_queues_a_task_after_commit(officer, cluster, django_capture_on
     assert [(m["headers"]["task"], m["headers"]["argsrepr"]) for m in messages] == [
         ("compliance.tasks.scan_cluster", f"({cluster.pk}, 'manual')")
     ]
+    assert AuditEvent.objects.get(action="scan_now").scope == {"cluster": "prod-1"}
 
 
 def test_it_saves_the_schedule_and_enabled_flag(officer, cluster):
     officer.post("/scans/prod-1/schedule/", {"schedule_minutes": "30"})
     cluster.refresh_from_db()
     assert (cluster.schedule_minutes, cluster.enabled) == (30, False)
+    # Scans turned off: who, when and what changed are in the audit log.
+    e = AuditEvent.objects.get(action="scan_settings")
+    assert (e.username, e.target) == ("officer", "prod-1")
+    assert e.scope["before"]["enabled"] is True
+    assert e.scope["after"] == {"enabled": False, "schedule_minutes": 30}
     r = officer.post(
         "/scans/prod-1/schedule/", {"schedule_minutes": "0", "enabled": "on"}, follow=True
     )

@@ -5,8 +5,8 @@ from django.db import transaction
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from compliance import access, dashboards, params, tasks
-from compliance.models import Cluster, ScanRun, ScanStatus, Source, Trigger
+from compliance import access, audit, dashboards, params, tasks
+from compliance.models import AuditEvent, Cluster, ScanRun, ScanStatus, Source, Trigger
 
 
 def _officer(request):
@@ -40,6 +40,7 @@ def scan_now(request, name):
             "with manage.py import_snapshot.",
         )
     else:
+        audit.record(request, AuditEvent.Action.SCAN_NOW, c.name, {"cluster": c.name})
         transaction.on_commit(lambda: tasks.send(tasks.scan_cluster, c.pk, Trigger.MANUAL))
         messages.success(request, f"Scan of {c.name} queued.")
     return redirect("compliance-scans")
@@ -56,9 +57,22 @@ def schedule(request, name):
     except params.BadParameter:
         messages.error(request, "Schedule: a whole number of minutes from 1 to 10080.")
         return redirect("compliance-scans")
+    before = {"enabled": c.enabled, "schedule_minutes": c.schedule_minutes}
     c.schedule_minutes = minutes
     c.enabled = request.POST.get("enabled") == "on"
-    c.save(update_fields=["schedule_minutes", "enabled"])
+    with transaction.atomic():
+        c.save(update_fields=["schedule_minutes", "enabled"])
+        # Turning a cluster's scans off stops its evidence: who did it, and when, is kept.
+        audit.record(
+            request,
+            AuditEvent.Action.SCAN_SETTINGS,
+            c.name,
+            {
+                "cluster": c.name,
+                "before": before,
+                "after": {"enabled": c.enabled, "schedule_minutes": c.schedule_minutes},
+            },
+        )
     messages.success(
         request, f"{c.name}: {'enabled' if c.enabled else 'disabled'}, every {minutes} minutes."
     )

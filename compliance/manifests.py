@@ -34,7 +34,39 @@ NUMBER_CHARS_MAX = 100  # no Kubernetes field holds a longer number
 class _YamlLoader(_BaseLoader):  # type: ignore[misc,valid-type]
     """The safe loader, with numbers bounded: YAML 1.1 reads `1:59:59:...` as a base-60
     number, which costs quadratic time in its length, and Python refuses to convert an
-    integer of more than 4,300 digits."""
+    integer of more than 4,300 digits. A key given twice in a mapping is refused."""
+
+    def construct_mapping(self, node, deep=False):
+        _unique_keys(node)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _unique_keys_everywhere(root: Any) -> None:
+    """_unique_keys on every mapping of a composed document (JSON, which orjson read
+    keeping a repeated key's last value)."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if type(node) is yaml.MappingNode:
+            _unique_keys(node)
+            stack.extend(v for _, v in node.value)
+        elif type(node) is yaml.SequenceNode:
+            stack.extend(node.value)
+
+
+def _unique_keys(node: Any) -> None:
+    """A mapping whose key is given twice is refused: PyYAML keeps the last value, other
+    parsers may keep the first or refuse it (kubectl does), so the gate could judge a
+    securityContext the cluster never gets. A merge (`<<`) may override; that is YAML."""
+    seen: set[tuple[str, str]] = set()
+    for k, _ in node.value:
+        if type(k) is not yaml.ScalarNode or k.tag == "tag:yaml.org,2002:merge":
+            continue
+        if (k.tag, k.value) in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the key {inert(k.value, 60)!r} is given twice", k.start_mark
+            )
+        seen.add((k.tag, k.value))
 
 
 def _bounded(construct):
@@ -91,6 +123,7 @@ def _build(loader: _FastLoader, node: Any, memo: dict[int, Any]) -> Any:
         and type(node) is yaml.MappingNode
         and not any(k.tag == "tag:yaml.org,2002:merge" for k, _ in node.value)
     ):
+        _unique_keys(node)
         out = {}
         memo[key] = out
         for k, v in node.value:
@@ -228,6 +261,10 @@ def parse_located(data: bytes, filename: str) -> list[Located]:
                 except (yaml.YAMLError, ValueError):
                     nodes = []  # not YAML-compatible JSON: no line numbers
                 if len(nodes) == 1:
+                    try:
+                        _unique_keys_everywhere(nodes[0])
+                    except yaml.YAMLError as e:
+                        raise _yaml_error(filename, e, "JSON") from None
                     return [Located(docs[0], nodes[0])]
             return [Located(d) for d in docs]
         if not data.strip():
@@ -251,11 +288,11 @@ def parse_located(data: bytes, filename: str) -> list[Located]:
         return out  # a stream of empty documents evaluates to nothing
 
 
-def _yaml_error(filename: str, e: yaml.YAMLError) -> ManifestError:
+def _yaml_error(filename: str, e: yaml.YAMLError, language: str = "YAML") -> ManifestError:
     mark = getattr(e, "problem_mark", None)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
     problem = getattr(e, "problem", None) or str(e)
-    return ManifestError(f"{filename}: invalid YAML{where}: {problem}")
+    return ManifestError(f"{filename}: invalid {language}{where}: {problem}")
 
 
 def position(node: Any, path: tuple) -> tuple[int, int] | None:

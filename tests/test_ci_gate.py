@@ -305,15 +305,17 @@ def test_folders_do_not_follow_links_and_special_files_are_refused(tmp_path):
     assert code == 2 and "not a regular file" in err
 
 
-def test_duplicate_keys_point_at_what_the_parser_keeps(tmp_path):
+def test_duplicate_keys_are_refused_as_kubectl_refuses_them(tmp_path):
+    """PyYAML keeps the last value, kubectl ("mapping key already defined") refuses the
+    file: judging either value would be a guess, so the gate refuses it too."""
     f = tmp_path / "dup.yaml"
     f.write_text(
         "kind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - {name: good, image: x}\n"
         "  containers:\n  - {name: bad, image: x, securityContext: {runAsUser: 0}}\n"
     )
-    _, doc, _ = as_json(f, cwd=tmp_path)
-    c = doc["objects"][0]["containers"][0]
-    assert (c["name"], c["line"]) == ("bad", 7)
+    code, doc, _ = as_json(f, cwd=tmp_path)
+    assert code == 2 and doc["objects"] == []
+    assert "line 6, column 3: the key 'containers' is given twice" in doc["errors"][0]
 
 
 def test_resolve_names_every_failed_registry(tmp_path):

@@ -163,6 +163,16 @@ def test_it_colours_nothing_when_not_a_terminal(files):
         ("{not json", "invalid JSON"),
         ("[" * 100_000, "invalid JSON: depth limit exceeded"),  # was a RecursionError
         ("[" * 1010 + "]" * 1010, "invalid JSON: nested too deeply"),
+        (  # PyYAML keeps the last; kubectl refuses: the gate must not judge a guess
+            "kind: Pod\nmetadata: {name: p}\nspec:\n  securityContext: {runAsUser: 0}\n"
+            "  securityContext: {runAsUser: 1000}\n  containers: [{name: a, image: x}]\n",
+            "invalid YAML at line 5, column 3: the key 'securityContext' is given twice",
+        ),
+        (
+            '{"kind": "Pod", "metadata": {"name": "p"}, "spec": {"securityContext": '
+            '{"runAsUser": 0}, "securityContext": {"runAsUser": 1000}, "containers": []}}',
+            "invalid JSON at line 1, column 90: the key 'securityContext' is given twice",
+        ),
         ("a: [b\n", "invalid YAML at line"),
         (
             "kind: Deployment\nmetadata: {name: d}\nspec:\n  template:\n    spec:\n"

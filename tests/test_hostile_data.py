@@ -452,7 +452,11 @@ def test_the_audit_log_csv_is_inert(client, login_as):
         "/accounts/login/", {"username": '=HYPERLINK("http://evil","x")', "password": "nope"}
     )
     login_as("officer")
-    body = b"".join(client.get("/audit/export.csv").streaming_content).decode()
+    assert client.head("/audit/export.csv").status_code == 405  # nothing to audit
+    assert not AuditEvent.objects.filter(action="audit_export").exists()
+    r = client.get("/audit/export.csv")
+    assert r["Content-Type"] == "text/csv; charset=utf-8"
+    body = b"".join(r.streaming_content).decode()
     rows = list(csv.reader(io.StringIO(body)))
     users = [r[2] for r in rows[1:]]  # seq, at, user, ...
     assert '\'=HYPERLINK("http://evil","x")' in users

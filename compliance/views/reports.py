@@ -6,7 +6,7 @@ from django.http import FileResponse, Http404, HttpResponse, StreamingHttpRespon
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_GET, require_POST
 
 from compliance import access, audit, export_jobs, exports, params, reports
 from compliance.models import AuditEvent, AuditHead, Export, ExportStatus
@@ -263,9 +263,10 @@ def audit_verify(request):
     )
 
 
+@require_GET  # not HEAD: it would be audited as an export with nothing downloaded
 def audit_export(request):
     _audit_scope(request)
     audit.record(request, AuditEvent.Action.AUDIT_EXPORT, "audit log")
-    response = StreamingHttpResponse(audit.csv_lines(), content_type="text/csv")
+    response = StreamingHttpResponse(audit.csv_lines(), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = 'attachment; filename="welkin-audit-log.csv"'
     return response

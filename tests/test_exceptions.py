@@ -129,6 +129,19 @@ def test_four_eyes_for_every_role(fleet):
         RiskException.objects.filter(pk=e.pk).update(decided_by=lead)
 
 
+def request_form(**fields) -> dict:
+    """The exception request form, filled in; `fields` override."""
+    return {
+        "cluster": "*",
+        "namespace": "shop",
+        "controls": ["A.9.4.4", "A.12.6.1", "A.14.2.5"],
+        "reason": "r",
+        "ticket": "SEC-2",
+        "ends_at": (timezone.now() + dt.timedelta(days=5)).date().isoformat(),
+        **fields,
+    }
+
+
 def test_pages_enforce_four_eyes(fleet, client):
     officer, officer2, lead, auditor = users()
     client.force_login(lead)
@@ -220,18 +233,7 @@ def test_bad_input_names_the_field(fleet, field, kw, message):
 
 def test_a_glob_that_matches_nothing_yet_is_allowed_and_said(fleet, client):
     client.force_login(make_user("officer"))
-    r = client.post(
-        "/exceptions/new/",
-        {
-            "cluster": "*",
-            "namespace": "vendor-*",
-            "controls": ["A.9.4.4", "A.12.6.1", "A.14.2.5"],
-            "reason": "node agents",
-            "ticket": "SEC-1",
-            "ends_at": (timezone.now() + dt.timedelta(days=5)).date().isoformat(),
-        },
-        follow=True,
-    )
+    r = client.post("/exceptions/new/", request_form(namespace="vendor-*"), follow=True)
     assert b"matches no open finding yet" in r.content
 
 
@@ -585,14 +587,7 @@ def test_the_last_day_allowed_is_the_whole_day(fleet):
 )
 def test_an_end_date_the_form_does_not_ask_for_is_a_400_naming_it(fleet, client, ends_at, problem):
     client.force_login(make_user("officer"))
-    form = {
-        "cluster": "*",
-        "namespace": "shop",
-        "controls": ["A.9.4.4", "A.12.6.1", "A.14.2.5"],
-        "reason": "r",
-        "ticket": "SEC-2",
-        "ends_at": ends_at,
-    }
+    form = request_form(ends_at=ends_at)
     r = client.post("/exceptions/new/", form)
     assert r.status_code == 400 and problem in r.content
     assert not RiskException.objects.exists()
@@ -602,17 +597,7 @@ def test_an_end_time_with_any_offset_is_kept_in_utc(fleet, client):
     """+23:59 is a valid ISO offset PostgreSQL cannot store (it answered a 500)."""
     client.force_login(make_user("officer"))
     day = (timezone.now() + dt.timedelta(days=3)).date()
-    r = client.post(
-        "/exceptions/new/",
-        {
-            "cluster": "*",
-            "namespace": "shop",
-            "controls": ["A.9.4.4", "A.12.6.1", "A.14.2.5"],
-            "reason": "r",
-            "ticket": "SEC-2",
-            "ends_at": f"{day.isoformat()}T00:00:00+23:59",
-        },
-    )
+    r = client.post("/exceptions/new/", request_form(ends_at=f"{day.isoformat()}T00:00:00+23:59"))
     assert r.status_code == 302
     expected = dt.datetime.combine(day, dt.time(0, 0), tzinfo=dt.UTC) - dt.timedelta(
         hours=23, minutes=59

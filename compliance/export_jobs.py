@@ -363,7 +363,6 @@ class Progress:
         self.thread = None
         if connection.vendor == "postgresql":
             self.stop = threading.Event()
-            self.settings_dict = connection.settings_dict
             self.thread = threading.Thread(target=self._beat, daemon=True)
             self.thread.start()
 
@@ -374,13 +373,16 @@ class Progress:
         now = time.monotonic()
         if now - self.last >= self.every:
             self.last = now
-            saved = {"rows": self.rows, "heartbeat_at": timezone.now()}
-            if self.total is not None:
-                saved["total"] = self.total
-            _holding(self.export).update(**saved)
+            self._save(self.rows, self.total)
+
+    def _save(self, rows: int, total: int | None) -> None:
+        saved: dict[str, Any] = {"rows": rows, "heartbeat_at": timezone.now()}
+        if total is not None:
+            saved["total"] = total
+        _holding(self.export).update(**saved)
 
     def _beat(self) -> None:
-        conn = connection.copy()
+        # Django gives this thread a connection of its own, closed when the thread ends.
         try:
             saved, beat = (-1, None), time.monotonic()
             while not self.stop.wait(self.every):
@@ -388,24 +390,11 @@ class Progress:
                 if now == saved and time.monotonic() - beat < self.HEARTBEAT:
                     continue
                 saved, beat = now, time.monotonic()
-                with conn.cursor() as c:
-                    c.execute(
-                        "UPDATE compliance_export SET rows = %s, total = COALESCE(%s, total), "
-                        "heartbeat_at = %s "
-                        "WHERE id = %s AND status = %s AND worker = %s AND attempts = %s",
-                        [
-                            *saved,
-                            timezone.now(),
-                            self.export.pk,
-                            ExportStatus.RUNNING,
-                            self.export.worker,
-                            self.export.attempts,
-                        ],
-                    )
+                self._save(*saved)
         except Exception as e:  # the export goes on; its heartbeat stops
             log.warning("export %s: progress not saved: %s", self.export.pk, e)
         finally:
-            conn.close()
+            connection.close()
 
     def close(self) -> None:
         if self.thread is not None:

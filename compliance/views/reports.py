@@ -59,13 +59,12 @@ def _exports_context(request) -> dict:
     mine = list(Export.objects.filter(user=request.user).order_by("-created_at")[:20])
     now = timezone.now()
     for e in mine:
-        # A worker saves progress at least every 30 s; silence for longer means it stalled
-        # or died, and the page says so rather than show a frozen count.
+        # A worker saves progress at least every HEARTBEAT seconds; silence for three
+        # times that means it stalled or died, and the page says so (not a frozen count).
         last = e.heartbeat_at or e.started_at
+        silent = (now - last).total_seconds() if e.status == "running" and last else 0
         e.silent_minutes = (
-            int((now - last).total_seconds() // 60)
-            if e.status == "running" and last and (now - last).total_seconds() > 90
-            else None
+            int(silent // 60) if silent > 3 * export_jobs.Progress.HEARTBEAT else None
         )
     return {
         "exports": mine,

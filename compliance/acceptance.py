@@ -32,7 +32,7 @@ from django.db.models import (
 from django.db.models.functions import Cast, Coalesce, Concat
 from django.utils import timezone
 
-from compliance import access, gate
+from compliance import access
 from compliance.access import Scope
 from compliance.models import (
     Cluster,
@@ -42,6 +42,7 @@ from compliance.models import (
     FindingEvent,
     RiskException,
 )
+from compliance.rules import gate
 from compliance.vocabulary import APPROVED, REQUESTED
 
 

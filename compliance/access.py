@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from django.db.models import Q, QuerySet
 
-from compliance import gate
 from compliance.audit import Denied
 from compliance.models import Cluster, Finding, NamespaceGrant
+from compliance.rules import gate
 
 OFFICER = "security-officer"
 AUDITOR = "auditor"

@@ -4,7 +4,6 @@ from django import forms
 from django.contrib import admin
 
 from compliance import clusters
-from compliance.kubeconfig import MAX_KUBECONFIG_BYTES
 from compliance.models import (
     Cluster,
     Finding,
@@ -14,6 +13,7 @@ from compliance.models import (
     Registry,
     ScanRun,
 )
+from compliance.rules.kubeconfig import MAX_KUBECONFIG_BYTES
 
 
 class ClusterForm(forms.ModelForm):

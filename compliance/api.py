@@ -21,7 +21,6 @@ from compliance import (
     access,
     audit,
     exceptions,
-    explain,
     export_jobs,
     exports,
     params,
@@ -39,6 +38,7 @@ from compliance.models import (
     ScanRun,
     State,
 )
+from compliance.rules import explain
 from compliance.vocabulary import ACCEPTED, OPEN
 
 REPORT_ROWS = 1000
@@ -178,13 +178,13 @@ class FindingSerializer(serializers.ModelSerializer):
 
     def get_controls_2022(self, f) -> list[str]:
         """ISO/IEC 27001:2022 Annex A numbers."""
-        from compliance import controls
+        from compliance.rules import controls
 
         return list(controls.ids_2022(f.state))
 
     def get_controls_2013(self, f) -> list[str]:
         """The same controls by their 2013 numbers."""
-        from compliance import controls
+        from compliance.rules import controls
 
         return list(controls.controls_for(f.state))
 

@@ -20,9 +20,10 @@ from xml.etree import ElementTree as ET
 
 import orjson
 
-from compliance import __version__, controls, offline
-from compliance.gate import inert
-from compliance.manifests import read_input
+from compliance import __version__, offline
+from compliance.rules import controls
+from compliance.rules.gate import inert
+from compliance.rules.manifests import read_input
 from compliance.vocabulary import COMPLIANT, NONCOMPLIANT, STATE, STATES
 
 FORMATS = ("table", "json", "sarif", "junit", "github")

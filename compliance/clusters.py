@@ -6,8 +6,8 @@ import re
 
 from django.db import transaction
 
-from compliance.kubeconfig import Credentials, KubeconfigError, parse_kubeconfig
 from compliance.models import Cluster, Source
+from compliance.rules.kubeconfig import Credentials, KubeconfigError, parse_kubeconfig
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 

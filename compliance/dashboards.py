@@ -26,7 +26,7 @@ from django.db import connection
 from django.db.models import Max, Q, Sum
 from django.utils import timezone
 
-from compliance import acceptance, access, controls, params
+from compliance import acceptance, access, params
 from compliance.access import Scope
 from compliance.models import (
     Cluster,
@@ -41,6 +41,7 @@ from compliance.models import (
     ScanRun,
     ScanStatus,
 )
+from compliance.rules import controls
 from compliance.vocabulary import (
     FINDING_KINDS,
     NONCOMPLIANT,

@@ -19,8 +19,9 @@ from django.contrib.auth.models import Group, User
 from django.db import transaction
 from django.utils import timezone
 
-from compliance import access, controls, scanning
+from compliance import access, scanning
 from compliance.models import Cluster, ImageUserOverride, NamespaceGrant
+from compliance.rules import controls
 
 REGISTRY = "registry.demo.internal"
 # image -> its USER (operator-supplied for the demo: the demo registry is not reachable).

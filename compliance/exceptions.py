@@ -21,7 +21,7 @@ from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from compliance import acceptance, access, audit, controls, gate
+from compliance import acceptance, access, audit
 from compliance.access import Scope
 from compliance.models import (
     Cluster,
@@ -30,6 +30,7 @@ from compliance.models import (
     Finding,
     RiskException,
 )
+from compliance.rules import controls, gate
 from compliance.vocabulary import (
     APPROVED,
     EXPIRED,

@@ -7,8 +7,8 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
-from compliance.gate import NAMESPACE_GLOB_RE
 from compliance.params import BadParameter, clean_text
+from compliance.rules.gate import NAMESPACE_GLOB_RE
 
 CLAIMS = [
     ("groups", "Group (the groups claim)"),

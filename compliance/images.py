@@ -27,7 +27,7 @@ from django.utils import timezone
 
 from compliance import registry
 from compliance.models import ImageCache, ImageUserOverride, Registry
-from compliance.runas import CONTAINER_LISTS
+from compliance.rules.runas import CONTAINER_LISTS
 from compliance.vocabulary import SOURCE_OPERATOR, SOURCE_REGISTRY
 
 log = logging.getLogger(__name__)

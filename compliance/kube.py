@@ -29,8 +29,9 @@ from typing import Any
 import orjson
 import urllib3
 
-from compliance import bounded, gate, podjson
-from compliance.kubeconfig import Credentials
+from compliance import bounded
+from compliance.rules import gate, podjson
+from compliance.rules.kubeconfig import Credentials
 
 log = logging.getLogger(__name__)
 

@@ -41,8 +41,8 @@ from prometheus_client.exposition import choose_encoder
 
 from compliance.acceptance import accepted_counts
 from compliance.access import OFFICER, Scope
-from compliance.controls import CONTROLS, MAPPING
 from compliance.models import Cluster, Finding, ScanRun, ScanStatus, Source
+from compliance.rules.controls import CONTROLS, MAPPING
 
 log = logging.getLogger(__name__)
 

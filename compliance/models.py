@@ -14,8 +14,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from compliance import crypto, vocabulary
-from compliance.gate import NAMESPACE_GLOB_RE, top_rules
-from compliance.kubeconfig import Credentials
+from compliance.rules.gate import NAMESPACE_GLOB_RE, top_rules
+from compliance.rules.kubeconfig import Credentials
 
 
 def _choices(name: str, words: vocabulary.Vocabulary) -> type[models.TextChoices]:
@@ -92,7 +92,7 @@ class ScanRun(models.Model):
     findings_changed = models.PositiveIntegerField(default=0)
     findings_resolved = models.PositiveIntegerField(default=0)
     timings = models.JSONField(default=dict, blank=True)
-    # Objects the gate refused (compliance/gate.py): how many, per rule, first examples.
+    # Objects the gate refused (compliance/rules/gate.py): how many, per rule, first examples.
     rejected = models.PositiveIntegerField(default=0)
     rejections = models.JSONField(default=dict, blank=True)
 
@@ -661,7 +661,7 @@ class RiskException(models.Model):
     @property
     def control_labels(self) -> list[str]:
         """The controls as shown: 2022 number first, 2013 beside it."""
-        from compliance.controls import CONTROLS
+        from compliance.rules.controls import CONTROLS
 
         return [CONTROLS[c].label if c in CONTROLS else c for c in self.controls]
 

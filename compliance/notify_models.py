@@ -14,8 +14,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from compliance import crypto
-from compliance.gate import NAMESPACE_GLOB_RE
 from compliance.params import BadParameter, clean_text
+from compliance.rules.gate import NAMESPACE_GLOB_RE
 
 URL_MAX = 2000
 EMAIL_MAX = 254

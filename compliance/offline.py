@@ -19,8 +19,8 @@ from typing import Any
 
 import orjson
 
-from compliance import controls, gate, runas
-from compliance.manifests import (
+from compliance.rules import controls, gate, runas
+from compliance.rules.manifests import (
     Located,
     ManifestError,
     PodSource,
@@ -30,7 +30,7 @@ from compliance.manifests import (
     pod_sources,
     position,
 )
-from compliance.runas import CONTAINER_LISTS
+from compliance.rules.runas import CONTAINER_LISTS
 from compliance.vocabulary import BLOCKED, ROOT, STATE, STATES, UNVERIFIED
 
 DEFAULT_FAIL_ON = (ROOT, BLOCKED)
@@ -260,7 +260,7 @@ def _evaluate_item(
 
 
 def _checked(item: PodSource | Skipped | ManifestError) -> PodSource | Skipped | ManifestError:
-    """The gate's rules (compliance/gate.py) for a manifest's names, images and strings."""
+    """The gate's rules (compliance/rules/gate.py) for a manifest's names, images and strings."""
     if not isinstance(item, PodSource):
         return item
     try:

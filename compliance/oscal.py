@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from compliance import controls
+from compliance.rules import controls
 from compliance.vocabulary import STATE
 
 OSCAL_VERSION = "1.1.2"

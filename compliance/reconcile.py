@@ -35,7 +35,7 @@ from compliance.models import (
     ScanRun,
     State,
 )
-from compliance.workloads import GroupKey, WorkloadGroup
+from compliance.rules.workloads import GroupKey, WorkloadGroup
 
 
 class Changes(NamedTuple):

@@ -16,9 +16,10 @@ from typing import Any
 from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
-from compliance import acceptance, access, controls, exceptions, params
+from compliance import acceptance, access, exceptions, params
 from compliance.access import Scope
 from compliance.models import ExceptionMatch, RiskException
+from compliance.rules import controls
 from compliance.vocabulary import APPROVED, EXCEPTION_STATUS, EXPIRED, REQUESTED, REVOKED
 
 COLUMNS = [

@@ -41,7 +41,8 @@ from urllib.parse import urlencode, urljoin, urlsplit
 import orjson
 import urllib3
 
-from compliance import bounded, gate
+from compliance import bounded
+from compliance.rules import gate
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"

@@ -22,8 +22,9 @@ from django.db.models.functions import Cast, Concat
 from django.http import Http404
 from django.utils import timezone
 
-from compliance import acceptance, access, controls, gate
+from compliance import acceptance, access
 from compliance.models import Cluster, Finding, FindingEvent, ScanRun, ScanStatus
+from compliance.rules import controls, gate
 
 REPORT_COLUMNS = [
     "cluster",
@@ -479,7 +480,7 @@ def _coverage(clusters, at: dt.datetime) -> list[dict[str, Any]]:
                 # The population that scan evaluated.
                 "pods": pods,
                 "containers": containers,
-                # Objects that scan left out, and why (compliance/gate.py).
+                # Objects that scan left out, and why (compliance/rules/gate.py).
                 "rejected": rejected,
                 "rejected_by_reason": gate.top_rules((rejections or {}).get("by_reason", {})),
             }

@@ -25,8 +25,9 @@ import orjson
 from django.db.models import Q
 from django.utils import timezone
 
-from compliance import access, explain, reports
+from compliance import access, reports
 from compliance.models import Finding, Sample
+from compliance.rules import explain
 
 MAX_SIZE = 500
 SEED_CHARS = set("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_")

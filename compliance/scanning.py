@@ -29,8 +29,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from compliance import gate, images, kube, podjson, runas
-from compliance.manifests import ManifestError, parse_documents
+from compliance import images, kube
 from compliance.models import (
     Cluster,
     ScanRun,
@@ -39,7 +38,9 @@ from compliance.models import (
     Trigger,
 )
 from compliance.reconcile import reconcile, write_rollup
-from compliance.workloads import Grouping, OwnerIndex
+from compliance.rules import gate, podjson, runas
+from compliance.rules.manifests import ManifestError, parse_documents
+from compliance.rules.workloads import Grouping, OwnerIndex
 
 log = logging.getLogger(__name__)
 

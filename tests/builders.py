@@ -7,8 +7,9 @@ import orjson
 from django.contrib.auth.models import Group, User
 from hypothesis import strategies as st
 
-from compliance import access, kube, runas, scanning
+from compliance import access, kube, scanning
 from compliance.models import NamespaceGrant
+from compliance.rules import runas
 from tests import podgen
 
 PASSWORD = "test-pass"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from compliance import controls, runas
+from compliance.rules import controls, runas
 from tests.builders import c, one, pod
 
 

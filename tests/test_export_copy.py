@@ -9,8 +9,9 @@ import pytest
 from django.contrib.auth.models import User
 from django.utils import timezone
 
-from compliance import access, controls, demo, exceptions, exports, reports
+from compliance import access, demo, exceptions, exports, reports
 from compliance.models import Cluster, ScanRun
+from compliance.rules import controls
 from tests.test_hostile_data import FORMULAS, stored_finding
 
 FLEET = access.Scope(None, access.AUDITOR)

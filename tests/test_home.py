@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from compliance import runas
+from compliance.rules import runas
 
 
 @pytest.mark.django_db

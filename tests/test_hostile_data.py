@@ -22,22 +22,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pypdf import PdfReader
 
-from compliance import (
-    access,
-    explain,
-    exports,
-    gate,
-    images,
-    kube,
-    kubeconfig,
-    registry,
-    reports,
-    runas,
-    scanning,
-    shell,
-    workloads,
-)
+from compliance import access, exports, images, kube, registry, reports, scanning
 from compliance.models import AuditEvent, Cluster, Export, Finding, FindingEvent, ScanRun
+from compliance.rules import explain, gate, kubeconfig, runas, shell, workloads
 from tests import podgen
 from tests.builders import make_user
 

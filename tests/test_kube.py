@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from compliance import kube, kubeconfig
+from compliance import kube
+from compliance.rules import kubeconfig
 from tests import podgen
 from tests.builders import FAST
 from tests.fakekube import Fault

@@ -6,7 +6,7 @@ import re
 import pytest
 import yaml
 
-from compliance import kubeconfig
+from compliance.rules import kubeconfig
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,8 @@ from django.db.models import Count, Sum
 from prometheus_client.parser import text_string_to_metric_families
 
 from compliance import exports, reports, scanning, sessions
-from compliance.controls import CONTROLS, MAPPING
 from compliance.models import Finding, ScanRun
+from compliance.rules.controls import CONTROLS, MAPPING
 from tests import podgen
 from tests.builders import FAST, deployment, mixed_fleet
 

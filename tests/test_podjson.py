@@ -8,8 +8,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from compliance import gate, images, manifests, podjson, runas
-from compliance.workloads import OwnerIndex
+from compliance import images
+from compliance.rules import gate, manifests, podjson, runas
+from compliance.rules.workloads import OwnerIndex
 from tests import podgen
 from tests.builders import pods as pod_strategy
 

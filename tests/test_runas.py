@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from compliance import runas, vocabulary
+from compliance import vocabulary
+from compliance.rules import runas
 from tests.builders import REF, c, one, pod
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -4,7 +4,7 @@ exception."""
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compliance import controls, runas
+from compliance.rules import controls, runas
 from tests.builders import json_values, pods
 
 image_users = st.dictionaries(st.sampled_from(["a", "b", "c"]), st.text(max_size=12), max_size=3)

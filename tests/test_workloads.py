@@ -1,6 +1,6 @@
 """Owner resolution, from pod JSON."""
 
-from compliance.workloads import OwnerIndex, controller_of
+from compliance.rules.workloads import OwnerIndex, controller_of
 from tests import podgen
 
 

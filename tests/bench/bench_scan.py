@@ -150,8 +150,9 @@ def typed_ratio(kubeconfig_path: Path, pages: int = 6) -> tuple[float, float]:
     import orjson
     from kubernetes.client import ApiClient
 
-    from compliance import kube, kubeconfig, podjson, scanning
-    from compliance.workloads import OwnerIndex
+    from compliance import kube, scanning
+    from compliance.rules import kubeconfig, podjson
+    from compliance.rules.workloads import OwnerIndex
 
     _, creds = kubeconfig.parse_kubeconfig(kubeconfig_path.read_text())
     bodies, token = [], None

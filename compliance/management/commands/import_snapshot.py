@@ -6,8 +6,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from compliance import clusters, params, scanning
-from compliance.manifests import read_input
 from compliance.models import ScanStatus
+from compliance.rules.manifests import read_input
 
 
 class Command(BaseCommand):

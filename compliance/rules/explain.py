@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
-from compliance import controls, shell
-from compliance.runas import CONTAINER_LISTS
+from compliance.rules import controls, shell
+from compliance.rules.runas import CONTAINER_LISTS
 from compliance.vocabulary import OBSERVED, STATE, WORKLOAD_KINDS
 
 CONTAINER_KEYS = {ctype: key for key, ctype, _ in CONTAINER_LISTS}

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from compliance import runas
+from compliance.rules import runas
 from compliance.vocabulary import STATE
 
 # Kinds whose own controller we look through.

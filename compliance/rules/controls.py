@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from compliance import shell
-from compliance.runas import UID_MAX
+from compliance.rules import shell
+from compliance.rules.runas import UID_MAX
 from compliance.vocabulary import BLOCKED, COMPLIANT, ROOT, UNENFORCED, UNVERIFIED
 
 

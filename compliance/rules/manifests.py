@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import yaml
 
-from compliance.gate import inert
+from compliance.rules.gate import inert
 from compliance.vocabulary import WORKLOAD_KINDS
 
 try:

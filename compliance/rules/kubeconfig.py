@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 import yaml
 
-from compliance.gate import show
-from compliance.manifests import ManifestError, load_yaml
+from compliance.rules.gate import show
+from compliance.rules.manifests import ManifestError, load_yaml
 
 MAX_KUBECONFIG_BYTES = 1 << 20
 

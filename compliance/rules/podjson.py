@@ -21,7 +21,7 @@ from typing import Any, TypedDict
 
 import msgspec
 
-from compliance.manifests import gc_paused, loads_json
+from compliance.rules.manifests import gc_paused, loads_json
 
 
 class _Container(TypedDict, total=False):

@@ -5,8 +5,8 @@ from django import forms
 from django.contrib import admin
 
 from compliance.admin import WriteOnlySecret
-from compliance.identity_models import GroupMapping, OidcIdentity
-from compliance.notify_models import Contact, Delivery
+from compliance.models.identity import GroupMapping, OidcIdentity
+from compliance.models.notify import Contact, Delivery
 
 
 @admin.register(GroupMapping)

@@ -29,7 +29,7 @@ from django.db.models import Q
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from compliance.notify_models import FAILED, PENDING, SENDING, SENT, Delivery
+from compliance.models.notify import FAILED, PENDING, SENDING, SENT, Delivery
 from compliance.vocabulary import STATE, STATES_BY_SEVERITY
 
 log = logging.getLogger(__name__)

@@ -22,9 +22,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from compliance import access
-from compliance.identity_models import VALUE_MAX, GroupMapping, OidcIdentity
 from compliance.models import NamespaceGrant
-from compliance.notify_models import check_email
+from compliance.models.identity import VALUE_MAX, GroupMapping, OidcIdentity
+from compliance.models.notify import check_email
 from compliance.params import BadParameter, clean_text
 
 # Bounds on what a provider's token may bring in (every claim is hostile).

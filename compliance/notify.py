@@ -29,7 +29,7 @@ from django.utils import timezone
 
 from compliance import access
 from compliance.models import Cluster, Finding, FindingEvent, NamespaceGrant, ScanRun, Source
-from compliance.notify_models import Contact, Delivery, OutboxEvent
+from compliance.models.notify import Contact, Delivery, OutboxEvent
 from compliance.vocabulary import BLOCKED, ROOT, SUCCEEDED
 
 EXAMPLES = 5  # findings named per namespace in a message; the rest are counted

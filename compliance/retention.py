@@ -38,7 +38,7 @@ from compliance.models import (
     ScanRun,
     ScanStatus,
 )
-from compliance.notify_models import OutboxEvent
+from compliance.models.notify import OutboxEvent
 
 
 @dataclass

@@ -52,7 +52,7 @@ def deliver(delivery_id: int) -> str:
     """Send one delivery. Safe to run twice: a sent or claimed delivery is left alone. A
     failure to retry is queued again at its backoff (beat's deliver_due also finds it)."""
     from compliance import deliver as delivery
-    from compliance.notify_models import PENDING, Delivery
+    from compliance.models.notify import PENDING, Delivery
 
     outcome = delivery.deliver_one(delivery_id)
     if outcome == PENDING and not deliver.request.is_eager:

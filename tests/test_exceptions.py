@@ -549,7 +549,7 @@ def test_an_unknown_digest_keeps_the_last_one_seen_for_the_same_image(db):
 
 
 def test_owners_hear_of_requests_approvals_and_ends_once(fleet, monkeypatch):
-    from compliance.notify_models import Contact, OutboxEvent
+    from compliance.models.notify import Contact, OutboxEvent
 
     Contact.objects.create(
         name="shop team", channel="webhook", url="https://hooks.example.com/shop", namespace="shop"

@@ -78,7 +78,7 @@ def test_a_request_covering_no_finding_yet_still_reaches_the_officers(fleet):
     namespace owner to tell, and told nobody: not even the officers who must decide it."""
     import datetime as dt
 
-    from compliance.notify_models import Contact, OutboxEvent
+    from compliance.models.notify import Contact, OutboxEvent
 
     Contact.objects.create(
         name="security", channel="webhook", url="https://hooks.example.com/sec", namespace="*"

@@ -19,7 +19,7 @@ from django.db import connection
 
 from compliance import deliver, notify
 from compliance.models import AuditEvent, Cluster, NamespaceGrant, ScanRun
-from compliance.notify_models import Contact, Delivery, OutboxEvent
+from compliance.models.notify import Contact, Delivery, OutboxEvent
 from tests import builders
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -473,7 +473,7 @@ def test_the_admin_keeps_webhook_secrets_encrypted_and_refuses_bad_urls(admin_cl
 
 
 def test_the_settings_page_needs_few_queries(db, client, django_assert_max_num_queries):
-    from compliance.identity_models import GroupMapping
+    from compliance.models.identity import GroupMapping
 
     for i in range(5):
         GroupMapping.objects.create(claim="groups", value=f"g{i}", role="auditor")

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from compliance import notify, tasks
-from compliance.notify_models import Delivery
+from compliance.models.notify import Delivery
 from tests import test_tasks
 from tests.test_notify import T0, Receiver, fleet_snapshot, hook
 from tests.test_tasks import Proc, wait_for

@@ -14,8 +14,8 @@ from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 
 from compliance import access, identity, sessions
-from compliance.identity_models import GroupMapping, OidcIdentity
 from compliance.models import AuditEvent, NamespaceGrant
+from compliance.models.identity import GroupMapping, OidcIdentity
 from tests import builders
 from tests.test_notify import listener
 

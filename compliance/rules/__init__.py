@@ -1,1 +1,1 @@
-"""Pure rules, standard library only: may import the leaves (vocabulary, params, crypto, bounded, workers), never Django."""
+"""Pure rules: standard library and the leaves only (never Django, never I/O)."""

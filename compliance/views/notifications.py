@@ -11,7 +11,7 @@ from django.views.decorators.http import require_POST
 
 from compliance import access, audit, deliver, identity, notify, params
 from compliance.models import AuditEvent
-from compliance.notify_models import FAILED, PENDING, SENDING, Contact, Delivery
+from compliance.models.notify import FAILED, PENDING, SENDING, Contact, Delivery
 
 FAILED_PAGE = 50
 
@@ -29,7 +29,7 @@ def overview(request):
     if before is not None:
         failed = failed.filter(pk__lt=before)
     failed = list(failed[:FAILED_PAGE])
-    from compliance.identity_models import GroupMapping
+    from compliance.models.identity import GroupMapping
 
     return render(
         request,

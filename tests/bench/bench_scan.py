@@ -252,7 +252,7 @@ def notification_bench(findings: int = 10_000, namespaces: int = 500) -> None:
 
     from compliance import scanning
     from compliance.models import NamespaceGrant
-    from compliance.notify_models import Contact, Delivery, OutboxEvent
+    from compliance.models.notify import Contact, Delivery, OutboxEvent
     from tests import podgen
 
     settings.EMAIL_HOST = "mail.invalid"  # e-mail on (nothing is sent here)

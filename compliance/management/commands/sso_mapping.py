@@ -3,8 +3,8 @@
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from compliance.identity_models import CLAIMS, ROLE_CHOICES, GroupMapping
 from compliance.models import Cluster
+from compliance.models.identity import CLAIMS, ROLE_CHOICES, GroupMapping
 
 
 class Command(BaseCommand):

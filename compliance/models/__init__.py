@@ -719,5 +719,5 @@ class ExceptionMatch(models.Model):
 
 
 # Single sign-on and notifications live in their own modules, in this app.
-from compliance.identity_models import GroupMapping, OidcIdentity  # noqa: E402, F401
-from compliance.notify_models import Contact, Delivery, OutboxEvent  # noqa: E402, F401
+from compliance.models.identity import GroupMapping, OidcIdentity  # noqa: E402, F401
+from compliance.models.notify import Contact, Delivery, OutboxEvent  # noqa: E402, F401

@@ -1,12 +1,14 @@
 """Single sign-on data: the rules that map a provider's claims to a role and namespace
-grants, and which provider account a user is. Imported by models.py (one app)."""
+grants, and which provider account a user is. Re-exported by compliance/models/."""
 
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.db.models import Q
 from django.utils import timezone
 
+from compliance.models.fleet import Cluster
 from compliance.params import BadParameter, clean_text
 from compliance.rules.gate import NAMESPACE_GLOB_RE
 
@@ -94,3 +96,53 @@ class OidcIdentity(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id}: {self.issuer} {self.subject}"
+
+
+class NamespaceGrant(models.Model):
+    """Lets a team lead (a user, or everyone in a group) see namespaces.
+
+    `cluster` empty means every cluster; `namespace` is a name or a glob (`team-a-*`)."""
+
+    user = models.ForeignKey(
+        "auth.User",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="namespace_grants",
+    )
+    group = models.ForeignKey(
+        "auth.Group",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="namespace_grants",
+    )
+    cluster = models.ForeignKey(
+        Cluster, null=True, blank=True, on_delete=models.CASCADE, related_name="grants"
+    )
+    namespace = models.CharField(max_length=63, help_text="A namespace, or a glob: team-a-*")
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(user__isnull=False) | Q(group__isnull=False),
+                name="grant_has_user_or_group",
+            )
+        ]
+
+    def __str__(self) -> str:
+        who = self.user or self.group
+        return f"{who}: {self.cluster or '*'}/{self.namespace}"
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        if not NAMESPACE_GLOB_RE.match(self.namespace or ""):
+            raise ValidationError(
+                {
+                    "namespace": "a namespace name (lowercase letters, digits, "
+                    "'-') or a glob with * and ?"
+                }
+            )
+        if (self.user_id is None) == (self.group_id is None):
+            raise ValidationError("grant to a user or to a group (one of them)")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from django.db.models import Q, QuerySet
 
-from compliance.audit import Denied
+from compliance.audit.log import Denied
 from compliance.models import Cluster, Finding, NamespaceGrant
 from compliance.rules import gate
 

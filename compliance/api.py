@@ -19,7 +19,6 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from compliance import (
     acceptance,
     access,
-    audit,
     exceptions,
     export_jobs,
     exports,
@@ -27,6 +26,7 @@ from compliance import (
     register,
     reports,
 )
+from compliance.audit import log
 from compliance.models import (
     AuditEvent,
     Cluster,
@@ -56,9 +56,9 @@ def exception_handler(exc, context):
     Denied audited as on the pages (DRF answers it 404 before the middleware sees it)."""
     if isinstance(exc, params.BadParameter):
         return Response({exc.name: [exc.problem]}, status=400)
-    if isinstance(exc, audit.Denied):
+    if isinstance(exc, log.Denied):
         request = context["request"]
-        audit.record(request, AuditEvent.Action.DENIED, target=request.get_full_path())
+        log.record(request, AuditEvent.Action.DENIED, target=request.get_full_path())
     return drf_exception_handler(exc, context)
 
 
@@ -397,7 +397,7 @@ def report(request):
     except reports.ReportError as e:
         raise ValidationError({"detail": str(e)}) from None
     rows = r.first_rows(REPORT_ROWS)
-    audit.record(
+    log.record(
         request, AuditEvent.Action.REPORT_VIEW, "api report", {**r.scope, "at": r.at.isoformat()}
     )
     return Response(
@@ -491,7 +491,7 @@ def export_detail(request, pk):
     failed (why)."""
     e = Export.objects.filter(pk=pk, user=request.user).first()
     if e is None:
-        raise audit.Denied("No such export")
+        raise log.Denied("No such export")
     return Response(_export_body(request, e))
 
 

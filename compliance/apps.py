@@ -8,7 +8,7 @@ class ComplianceConfig(AppConfig):
     def ready(self) -> None:
         from django.db.backends.signals import connection_created
 
-        from compliance import audit  # noqa: F401 - connects the login hooks
+        from compliance.audit import log  # noqa: F401 - connects the login hooks
 
         connection_created.connect(_session_settings)
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from compliance import audit, exports, heads, tsa
+from compliance import exports
+from compliance.audit import heads, log, tsa
 from compliance.models import AuditEvent, AuditHead, Export
 
 
@@ -20,7 +21,7 @@ def timestamp_pending(limit: int = 500) -> int:
         e.save(update_fields=["timestamp", "timestamp_error"])
         if e.timestamp is not None:
             done += 1
-            audit.record(
+            log.record(
                 None,
                 AuditEvent.Action.TIMESTAMP,
                 f"export {e.id}",
@@ -30,7 +31,5 @@ def timestamp_pending(limit: int = 500) -> int:
     for h in AuditHead.objects.filter(timestamp__isnull=True).exclude(timestamp_error="")[:limit]:
         if heads.add_timestamp(h):
             done += 1
-            audit.record(
-                None, AuditEvent.Action.TIMESTAMP, f"head {h.seq}", {"head": h.seq}, h.hash
-            )
+            log.record(None, AuditEvent.Action.TIMESTAMP, f"head {h.seq}", {"head": h.seq}, h.hash)
     return done

@@ -21,8 +21,9 @@ from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from compliance import acceptance, access, audit
+from compliance import acceptance, access
 from compliance.access import Scope
+from compliance.audit import log
 from compliance.models import (
     Cluster,
     ExceptionEvent,
@@ -233,7 +234,7 @@ def request(scope: Scope, user, r: Request, http_request=None) -> Created:
         _event(e, user, "requested", "")
         matched = acceptance.match_exception(e)
         notify(e, "requested", user.get_username())
-        audit.record(
+        log.record(
             http_request,
             "exception",
             f"exception #{e.pk} requested: {e.scope_label}",
@@ -282,7 +283,7 @@ def decide(scope: Scope, user, pk: int, action: str, comment: str, http_request=
         _event(e, user, done, comment)
         if done == "approved":
             notify(e, "approved", user.get_username())
-        audit.record(
+        log.record(
             http_request,
             "exception",
             f"exception #{e.pk} {done}: {e.scope_label}",
@@ -328,10 +329,10 @@ def visible(scope: Scope) -> QuerySet[RiskException]:
 
 def exception_or_404(scope: Scope, pk: int) -> RiskException:
     if not 0 < pk < 2**63:
-        raise audit.Denied("No such exception")
+        raise log.Denied("No such exception")
     e = visible(scope).filter(pk=pk).first()
     if e is None:
-        raise audit.Denied("No such exception")
+        raise log.Denied("No such exception")
     return e
 
 

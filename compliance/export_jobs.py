@@ -33,7 +33,8 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from compliance import access, audit, exports
+from compliance import access, exports
+from compliance.audit import log as audit
 from compliance.models import AuditEvent, Export, ExportStatus
 
 log = logging.getLogger(__name__)

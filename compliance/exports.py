@@ -752,7 +752,7 @@ def _canonical(manifest: dict[str, Any]) -> bytes:
 
 
 def manifest(report: Report, fmt: str, filename: str, written: Written) -> dict[str, Any]:
-    from compliance import heads, tsa
+    from compliance.audit import heads, tsa
 
     m = {
         "file": filename,
@@ -849,7 +849,7 @@ def verify(
         if m.get("development_key") or settings.WELKIN_DEVELOPMENT_SIGNING_KEY
         else ""
     )
-    from compliance import tsa
+    from compliance.audit import tsa
 
     stamp, timestamp = None, _timestamp_note(m)
     if token is not None:
@@ -964,7 +964,7 @@ def add_timestamp(path: Path) -> tuple[bytes | None, str]:
     """Ask the TSA for a token over the manifest file's bytes and keep it beside them; the
     token, or None and why not (no TSA configured: None and ''). Never raises for a TSA
     that is down: the export stands, and the timestamp-pending task asks again."""
-    from compliance import tsa
+    from compliance.audit import tsa
 
     if not tsa.configured():
         return None, ""

@@ -90,7 +90,7 @@ def _n(deleted: tuple[int, dict[str, int]], model) -> int:
 
 
 def prune(now: dt.datetime | None = None) -> Pruned:
-    from compliance import audit
+    from compliance.audit import log
 
     cutoff, rollup_cutoff, held = cutoffs(now)
     done = Pruned(cutoff.isoformat(), rollup_cutoff.isoformat(), held)
@@ -134,5 +134,5 @@ def prune(now: dt.datetime | None = None) -> Pruned:
         )
         for model in (DailyRollup, ClusterRollup, DailyActivity):
             done.rollups += model.objects.filter(day__lt=rollup_cutoff).delete()[0]
-        audit.record(None, AuditEvent.Action.PRUNE, "retention", done.as_dict())
+        log.record(None, AuditEvent.Action.PRUNE, "retention", done.as_dict())
     return done

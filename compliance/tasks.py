@@ -99,7 +99,7 @@ def notify_exceptions_ending() -> int:
 @shared_task
 def sign_audit_head() -> int | None:
     """Beat, daily: sign (and timestamp, with a TSA) the audit chain's last event."""
-    from compliance import heads
+    from compliance.audit import heads
 
     head = heads.sign_head()
     return head.seq if head else None

@@ -12,7 +12,9 @@ import pytest
 from django.core.management import call_command
 from django.db import connection
 
-from compliance import access, audit, evidence, exports, heads, reports, retention, samples
+from compliance import access, evidence, exports, reports, retention, samples
+from compliance.audit import heads
+from compliance.audit import log as audit
 from compliance.models import AuditEvent, AuditHead, Export, Finding, FindingEvent, ScanRun
 from tests.builders import T0
 from tests.tsa import local_tsa
@@ -203,7 +205,7 @@ def test_verify_refuses_a_wrong_or_untrusted_token_and_edited_coverage(
     assert code == 1 and "another digest" in out, out
     # A token from a TSA this server does not trust.
     with local_tsa("untrusted") as rogue:
-        from compliance import timestamps
+        from compliance.audit import timestamps
 
         forged = timestamps.request(manifest.read_bytes(), rogue.url)
     bad = tmp_path / "rogue.tsr"

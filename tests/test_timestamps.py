@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from compliance import timestamps
-from compliance.timestamps import TimestampError, TimestampUnavailable
+from compliance.audit import timestamps
+from compliance.audit.timestamps import TimestampError, TimestampUnavailable
 from tests.tsa import POLICY, local_tsa
 
 DATA = b"welkin report 2026-11: 3 findings\n"

@@ -252,7 +252,7 @@ MIDDLEWARE = [
     "compliance.params.BadParameterMiddleware",
     "compliance.middleware.LoginRequired",
     "django.contrib.messages.middleware.MessageMiddleware",
-    "compliance.audit.DeniedAccessMiddleware",
+    "compliance.audit.log.DeniedAccessMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as django-axes asks: turns a locked-out login into its lockout page.
     "axes.middleware.AxesMiddleware",
@@ -639,7 +639,7 @@ AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_VERBOSE = False
 AXES_SENSITIVE_PARAMETERS = ["password"]
-AXES_USERNAME_CALLABLE = "compliance.audit.axes_username"
+AXES_USERNAME_CALLABLE = "compliance.audit.log.axes_username"
 
 # --- notifications (README: Notifications) ---------------------------------------------
 # Links in messages point here.

@@ -17,7 +17,7 @@ from compliance.models.choices import (
 class AuditEvent(models.Model):
     """Who did what, when: exports, report views, logins, failed logins, denied access.
 
-    A hash chain (compliance/audit.py): `seq` counts events without gaps, each event's
+    A hash chain (compliance/audit/log.py): `seq` counts events without gaps, each event's
     `hash` covers its own fields and the previous event's hash, so a row deleted, edited or
     reordered in the database breaks the chain at that row."""
 

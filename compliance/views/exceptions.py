@@ -11,7 +11,8 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from compliance import acceptance, access, audit, exceptions, export_jobs, params, register
+from compliance import acceptance, access, exceptions, export_jobs, params, register
+from compliance.audit import log
 from compliance.models import AuditEvent, ExceptionMatch
 from compliance.rules import controls
 from compliance.vocabulary import EXCEPTION_STATUS, FINDING_KINDS, NONCOMPLIANT
@@ -22,7 +23,7 @@ REGISTER_FORMATS = ("csv", "json")
 def _scope(request) -> access.Scope:
     scope = access.scope_for(request.user)
     if not register.can_read(scope):
-        raise audit.Denied("Not found")
+        raise log.Denied("Not found")
     return scope
 
 
@@ -80,7 +81,7 @@ def decide(request, pk):
     scope = access.scope_for(request.user)
     e = exceptions.exception_or_404(scope, pk)
     if not scope.can_manage:
-        raise audit.Denied("Not found")
+        raise log.Denied("Not found")
     action = params.choice(request.POST, "action", ("approve", "reject", "revoke"))
     try:
         exceptions.decide(
@@ -103,7 +104,7 @@ def new(request):
     """The request form: GET shows it (pre-filled from ?finding=), POST creates."""
     scope = access.scope_for(request.user)
     if not (scope.can_manage or scope.role == access.LEAD):
-        raise audit.Denied("Not found")
+        raise log.Denied("Not found")
     finding = None
     if finding_id := params.integer(request.GET, "finding"):
         finding = access.finding_or_404(scope, finding_id)

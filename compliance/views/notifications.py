@@ -9,7 +9,8 @@ from django.contrib import messages
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from compliance import access, audit, deliver, identity, notify, params
+from compliance import access, deliver, identity, notify, params
+from compliance.audit import log
 from compliance.models import AuditEvent
 from compliance.models.notify import FAILED, PENDING, SENDING, Contact, Delivery
 
@@ -57,7 +58,7 @@ def send_test(request, pk):
     d = notify.test_event(contact, by=request.user.get_username())
     outcome = deliver.deliver_one(d.pk)
     d.refresh_from_db()
-    audit.record(
+    log.record(
         request,
         AuditEvent.Action.NOTIFY_TEST,
         target=f"contact:{contact.pk}",

@@ -8,7 +8,8 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from compliance import access, audit, export_jobs, exports, params, reports
+from compliance import access, export_jobs, exports, params, reports
+from compliance.audit import log
 from compliance.models import AuditEvent, AuditHead, Export, ExportStatus
 
 PREVIEW_ROWS = 100
@@ -44,7 +45,7 @@ def report(request):
         context["error"] = error
         if r is not None:
             rows = r.first_rows(PREVIEW_ROWS)
-            audit.record(
+            log.record(
                 request,
                 AuditEvent.Action.REPORT_VIEW,
                 "report",
@@ -116,7 +117,7 @@ def _path(e: Export):
 def _export_for(request, pk) -> Export:
     e = Export.objects.filter(pk=pk, user=request.user).first()
     if e is None:
-        raise audit.Denied("No such export")
+        raise log.Denied("No such export")
     if e.status != ExportStatus.DONE:
         raise Http404(
             f"The export is {e.get_status_display().lower()}"
@@ -196,7 +197,7 @@ def verify(request):
                 manifest_file.read(),
                 token_file.read() if token_file is not None else None,
             )
-            audit.record(
+            log.record(
                 request,
                 AuditEvent.Action.VERIFY,
                 content.name,
@@ -221,14 +222,14 @@ def _verify_page(request, result, status: int = 200):
 def _audit_scope(request):
     scope = access.scope_for(request.user)
     if not scope.can_export:
-        raise audit.Denied("Not found")
+        raise log.Denied("Not found")
     return scope
 
 
 def audit_log(request):
     _audit_scope(request)
     action = params.choice(request.GET, "action", AuditEvent.Action.values)
-    events = audit.for_log_page(action, params.integer(request.GET, "before"))
+    events = log.for_log_page(action, params.integer(request.GET, "before"))
     return render(
         request,
         "compliance/audit.html",
@@ -236,7 +237,7 @@ def audit_log(request):
             "events": events,
             "actions": AuditEvent.Action.choices,
             "action": action,
-            "next": events[-1].pk if len(events) == audit.PAGE_SIZE else None,
+            "next": events[-1].pk if len(events) == log.PAGE_SIZE else None,
         },
     )
 
@@ -244,8 +245,8 @@ def audit_log(request):
 def audit_verify(request):
     """The auditors' page: the chain checked now, the signed heads, the first broken link."""
     _audit_scope(request)
-    result = audit.verify_chain()
-    audit.record(
+    result = log.verify_chain()
+    log.record(
         request,
         AuditEvent.Action.AUDIT_VERIFY,
         "audit log",
@@ -265,7 +266,7 @@ def audit_verify(request):
 @require_GET  # not HEAD: it would be audited as an export with nothing downloaded
 def audit_export(request):
     _audit_scope(request)
-    audit.record(request, AuditEvent.Action.AUDIT_EXPORT, "audit log")
-    response = StreamingHttpResponse(audit.csv_lines(), content_type="text/csv; charset=utf-8")
+    log.record(request, AuditEvent.Action.AUDIT_EXPORT, "audit log")
+    response = StreamingHttpResponse(log.csv_lines(), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = 'attachment; filename="welkin-audit-log.csv"'
     return response

@@ -5,7 +5,8 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from compliance import access, audit, export_jobs, params, reports, samples
+from compliance import access, export_jobs, params, reports, samples
+from compliance.audit import log
 from compliance.models import AuditEvent, Sample
 
 FORMATS = ("csv", "json")
@@ -14,14 +15,14 @@ FORMATS = ("csv", "json")
 def _scope(request) -> access.Scope:
     scope = access.scope_for(request.user)
     if not scope.can_export:
-        raise audit.Denied("Not found")
+        raise log.Denied("Not found")
     return scope
 
 
 def _sample_or_404(pk) -> Sample:
     s = Sample.objects.filter(pk=pk).first()
     if s is None:
-        raise audit.Denied("No such sample")
+        raise log.Denied("No such sample")
     return s
 
 
@@ -48,7 +49,7 @@ def sample_list(request):
         )
     except (samples.SampleError, reports.ReportError, params.BadParameter) as e:
         return render(request, "compliance/samples.html", {**context, "error": str(e)}, status=400)
-    audit.record(
+    log.record(
         request,
         AuditEvent.Action.SAMPLE,
         f"sample {s.pk}",

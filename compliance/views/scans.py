@@ -5,7 +5,8 @@ from django.db import transaction
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from compliance import access, audit, dashboards, params, tasks
+from compliance import access, dashboards, params, tasks
+from compliance.audit import log
 from compliance.models import AuditEvent, Cluster, ScanRun, ScanStatus, Source, Trigger
 
 
@@ -40,7 +41,7 @@ def scan_now(request, name):
             "with manage.py import_snapshot.",
         )
     else:
-        audit.record(request, AuditEvent.Action.SCAN_NOW, c.name, {"cluster": c.name})
+        log.record(request, AuditEvent.Action.SCAN_NOW, c.name, {"cluster": c.name})
         transaction.on_commit(lambda: tasks.send(tasks.scan_cluster, c.pk, Trigger.MANUAL))
         messages.success(request, f"Scan of {c.name} queued.")
     return redirect("compliance-scans")
@@ -63,7 +64,7 @@ def schedule(request, name):
     with transaction.atomic():
         c.save(update_fields=["schedule_minutes", "enabled"])
         # Turning a cluster's scans off stops its evidence: who did it, and when, is kept.
-        audit.record(
+        log.record(
             request,
             AuditEvent.Action.SCAN_SETTINGS,
             c.name,

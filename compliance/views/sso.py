@@ -14,7 +14,8 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
-from compliance import audit, identity, params
+from compliance import identity, params
+from compliance.audit import log as audit
 from compliance.models import AuditEvent
 
 log = logging.getLogger(__name__)

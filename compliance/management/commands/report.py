@@ -5,7 +5,8 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from compliance import access, audit, exports, params, reports
+from compliance import access, exports, params, reports
+from compliance.audit import log
 from compliance.models import AuditEvent
 
 
@@ -41,7 +42,7 @@ class Command(BaseCommand):
             m = exports.export_to(report, options["format"], path)
         except exports.ExportError as e:
             raise CommandError(f"{path}: {e}") from None
-        audit.record(
+        log.record(
             None,
             AuditEvent.Action.EXPORT,
             f"{options['format']} {path} (command line)",

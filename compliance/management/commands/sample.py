@@ -7,7 +7,8 @@ import getpass
 import orjson
 from django.core.management.base import BaseCommand, CommandError
 
-from compliance import access, audit, params, reports, samples
+from compliance import access, params, reports, samples
+from compliance.audit import log
 from compliance.models import AuditEvent
 
 
@@ -33,7 +34,7 @@ class Command(BaseCommand):
             )
         except (samples.SampleError, reports.ReportError) as e:
             raise CommandError(str(e)) from None
-        audit.record(
+        log.record(
             None,
             AuditEvent.Action.SAMPLE,
             "sample (command line)",

@@ -6,7 +6,7 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from compliance import audit
+from compliance.audit import log
 
 
 class Command(BaseCommand):
@@ -28,7 +28,7 @@ class Command(BaseCommand):
                     ca = f.read(1 << 20)
             except OSError as e:
                 raise CommandError(f"{e.filename}: {e.strerror or e}") from None
-        result = audit.verify_chain(tsa_ca=ca)
+        result = log.verify_chain(tsa_ca=ca)
         self.stdout.write(("OK: " if result.ok else "FAILED: ") + result.message)
         if not result.ok:
             sys.exit(1)

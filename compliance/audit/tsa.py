@@ -12,8 +12,8 @@ from pathlib import Path
 
 from django.conf import settings
 
-from compliance import timestamps
-from compliance.timestamps import Stamp, TimestampError, TimestampUnavailable
+from compliance.audit import timestamps
+from compliance.audit.timestamps import Stamp, TimestampError, TimestampUnavailable
 
 __all__ = [
     "NoTrustAnchor",

@@ -13,7 +13,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from django.utils import timezone
 
-from compliance import tsa
+from compliance.audit import tsa
 from compliance.models import AuditEvent, AuditHead
 
 
@@ -46,7 +46,8 @@ def latest() -> dict | None:
 
 def sign_head() -> AuditHead | None:
     """Sign the chain's current last event (None when the log is empty), audited."""
-    from compliance import audit, exports
+    from compliance import exports
+    from compliance.audit import log
 
     last = AuditEvent.objects.order_by("-seq").values_list("seq", "hash").first()
     if last is None:
@@ -56,7 +57,7 @@ def sign_head() -> AuditHead | None:
     head.signature = base64.b64encode(exports.signing_key().sign(payload(head))).decode()
     head.timestamp, head.timestamp_error = tsa.stamp(payload(head))
     head.save()
-    audit.record(
+    log.record(
         None,
         AuditEvent.Action.AUDIT_HEAD,
         f"head {head.seq}",

@@ -125,7 +125,7 @@ def verify_chain(chunk: int = 5000, tsa_ca: bytes | None = None) -> ChainCheck:
     from django.contrib.auth import get_user_model
     from django.utils import timezone
 
-    from compliance import heads
+    from compliance.audit import heads
 
     expected_seq, prev, n = 1, GENESIS, 0
     last_seq, signed_events, old_seq = 0, [], 0

@@ -32,8 +32,8 @@ from django.db.models import (
 from django.db.models.functions import Cast, Coalesce, Concat
 from django.utils import timezone
 
-from compliance import access
-from compliance.access import Scope
+from compliance.identity import access
+from compliance.identity.access import Scope
 from compliance.models import (
     Cluster,
     ExceptionEvent,

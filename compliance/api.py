@@ -16,17 +16,9 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from compliance import (
-    acceptance,
-    access,
-    exceptions,
-    export_jobs,
-    exports,
-    params,
-    register,
-    reports,
-)
+from compliance import acceptance, exceptions, export_jobs, exports, params, register, reports
 from compliance.audit import log
+from compliance.identity import access
 from compliance.models import (
     AuditEvent,
     Cluster,

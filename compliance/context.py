@@ -1,7 +1,7 @@
 """Template context for every page: the user's role, for the navigation, and the state
 columns every table shows (worst first, from compliance/vocabulary.py)."""
 
-from compliance import access
+from compliance.identity import access
 from compliance.vocabulary import STATES_BY_SEVERITY
 
 

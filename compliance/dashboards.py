@@ -26,8 +26,9 @@ from django.db import connection
 from django.db.models import Max, Q, Sum
 from django.utils import timezone
 
-from compliance import acceptance, access, params
-from compliance.access import Scope
+from compliance import acceptance, params
+from compliance.identity import access
+from compliance.identity.access import Scope
 from compliance.models import (
     Cluster,
     ClusterRollup,

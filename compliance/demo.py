@@ -19,7 +19,8 @@ from django.contrib.auth.models import Group, User
 from django.db import transaction
 from django.utils import timezone
 
-from compliance import access, scanning
+from compliance import scanning
+from compliance.identity import access
 from compliance.models import Cluster, ImageUserOverride, NamespaceGrant
 from compliance.rules import controls
 

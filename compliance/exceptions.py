@@ -21,9 +21,10 @@ from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from compliance import acceptance, access
-from compliance.access import Scope
+from compliance import acceptance
 from compliance.audit import log
+from compliance.identity import access
+from compliance.identity.access import Scope
 from compliance.models import (
     Cluster,
     ExceptionEvent,

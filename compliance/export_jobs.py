@@ -33,8 +33,9 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from compliance import access, exports
+from compliance import exports
 from compliance.audit import log as audit
+from compliance.identity import access
 from compliance.models import AuditEvent, Export, ExportStatus
 
 log = logging.getLogger(__name__)

@@ -40,7 +40,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import choose_encoder
 
 from compliance.acceptance import accepted_counts
-from compliance.access import OFFICER, Scope
+from compliance.identity.access import OFFICER, Scope
 from compliance.models import Cluster, Finding, ScanRun, ScanStatus, Source
 from compliance.rules.controls import CONTROLS, MAPPING
 

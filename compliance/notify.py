@@ -27,7 +27,7 @@ from django.db.models import Count, F, Q, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
 
-from compliance import access
+from compliance.identity import access
 from compliance.models import Cluster, Finding, FindingEvent, NamespaceGrant, ScanRun, Source
 from compliance.models.notify import Contact, Delivery, OutboxEvent
 from compliance.vocabulary import BLOCKED, ROOT, SUCCEEDED

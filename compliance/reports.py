@@ -22,7 +22,8 @@ from django.db.models.functions import Cast, Concat
 from django.http import Http404
 from django.utils import timezone
 
-from compliance import acceptance, access
+from compliance import acceptance
+from compliance.identity import access
 from compliance.models import Cluster, Finding, FindingEvent, ScanRun, ScanStatus
 from compliance.rules import controls, gate
 

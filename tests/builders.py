@@ -7,7 +7,8 @@ import orjson
 from django.contrib.auth.models import Group, User
 from hypothesis import strategies as st
 
-from compliance import access, kube, scanning
+from compliance import kube, scanning
+from compliance.identity import access
 from compliance.models import NamespaceGrant
 from compliance.rules import runas
 from tests import podgen

@@ -379,7 +379,7 @@ def test_every_metric_the_rules_and_dashboard_use_is_served(
     client, settings, cluster, fake_kube, tmp_path
 ):
     from compliance import exports, reports, scanning
-    from compliance.access import OFFICER, Scope
+    from compliance.identity.access import OFFICER, Scope
     from tests.builders import FAST, deployment
 
     docs = monitoring_docs()

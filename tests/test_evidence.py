@@ -12,9 +12,10 @@ import pytest
 from django.core.management import call_command
 from django.db import connection
 
-from compliance import access, evidence, exports, reports, retention, samples
+from compliance import evidence, exports, reports, retention, samples
 from compliance.audit import heads
 from compliance.audit import log as audit
+from compliance.identity import access
 from compliance.models import AuditEvent, AuditHead, Export, Finding, FindingEvent, ScanRun
 from tests.builders import T0
 from tests.tsa import local_tsa

@@ -24,7 +24,8 @@ from django.db import connection
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from compliance import access, export_jobs, exports, reports, tasks
+from compliance import export_jobs, exports, reports, tasks
+from compliance.identity import access
 from compliance.models import AuditEvent, Export
 from tests.builders import T0, make_user
 from tests.test_tasks import broker, start_worker, wait_for  # noqa: F401 (fixture)

@@ -15,7 +15,8 @@ from django.core.cache import cache
 from django.db.models import Count, Sum
 from prometheus_client.parser import text_string_to_metric_families
 
-from compliance import exports, reports, scanning, sessions
+from compliance import exports, reports, scanning
+from compliance.identity import sessions
 from compliance.models import Finding, ScanRun
 from compliance.rules.controls import CONTROLS, MAPPING
 from tests import podgen
@@ -234,7 +235,7 @@ def test_metrics_count_a_failed_export(metrics_settings, client, history, login_
 
 
 def reports_scope():
-    from compliance import access
+    from compliance.identity import access
 
     return access.Scope(None, access.OFFICER)
 

@@ -10,7 +10,8 @@ import pytest
 from django.core.management import CommandError, call_command
 from pypdf import PdfReader
 
-from compliance import access, exports, reports
+from compliance import exports, reports
+from compliance.identity import access
 from tests.builders import T0, make_user
 
 FLEET = access.Scope(None, access.AUDITOR)

@@ -13,7 +13,7 @@ import requests
 from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 
-from compliance import access, identity, sessions
+from compliance.identity import access, sessions, signin
 from compliance.models import AuditEvent, NamespaceGrant
 from compliance.models.identity import GroupMapping, OidcIdentity
 from tests import builders
@@ -235,7 +235,7 @@ def test_the_mapping_command_adds_lists_and_removes_rules(db, capsys):
 
 
 def test_hostile_claims_are_bounded_and_dropped():
-    claims = identity.Claims.from_token(
+    claims = signin.Claims.from_token(
         "https://idp",
         {
             "sub": "s",
@@ -245,7 +245,7 @@ def test_hostile_claims_are_bounded_and_dropped():
         },
     )
     assert claims.email == "" and claims.groups[0] == "ok" and "bad\x00" not in claims.groups
-    assert len(claims.groups) < identity.MAX_CLAIM_VALUES and claims.roles == ("solo",)
+    assert len(claims.groups) < signin.MAX_CLAIM_VALUES and claims.roles == ("solo",)
 
 
 def test_a_deactivated_account_gets_no_access_whatever_its_groups(client, sso):

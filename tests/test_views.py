@@ -5,7 +5,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.core.cache import cache
 
-from compliance import access
+from compliance.identity import access
 from compliance.models import Cluster, Finding, NamespaceGrant
 
 

@@ -248,7 +248,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "compliance.sessions.SessionLifetime",
+    "compliance.identity.sessions.SessionLifetime",
     "compliance.params.BadParameterMiddleware",
     "compliance.middleware.LoginRequired",
     "django.contrib.messages.middleware.MessageMiddleware",

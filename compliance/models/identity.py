@@ -17,7 +17,7 @@ CLAIMS = [
     ("roles", "Role (the roles claim)"),
     ("email_domain", "E-mail domain (of a verified e-mail)"),
 ]
-# The role groups of compliance/access.py.
+# The role groups of compliance/identity/access.py.
 ROLE_CHOICES = [
     ("security-officer", "Security officer"),
     ("auditor", "Auditor"),

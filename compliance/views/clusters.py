@@ -8,7 +8,8 @@ from django.utils.html import format_html
 from django.utils.http import RFC3986_SUBDELIMS
 from django.utils.safestring import mark_safe
 
-from compliance import access, dashboards, params
+from compliance import dashboards, params
+from compliance.identity import access
 from compliance.vocabulary import FINDING_KINDS, NONCOMPLIANT, STATES_BY_SEVERITY
 
 

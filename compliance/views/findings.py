@@ -4,7 +4,8 @@ it, and its history (scan events and exceptions starting and ending, in one time
 from django.shortcuts import render
 from django.utils import timezone
 
-from compliance import acceptance, access, dashboards, exceptions
+from compliance import acceptance, dashboards, exceptions
+from compliance.identity import access
 from compliance.rules import explain
 
 

@@ -3,7 +3,8 @@
 from django.http import JsonResponse
 from django.shortcuts import render
 
-from compliance import access, dashboards, params
+from compliance import dashboards, params
+from compliance.identity import access
 from compliance.models import DailyRollup
 
 

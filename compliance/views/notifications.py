@@ -9,8 +9,9 @@ from django.contrib import messages
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from compliance import access, deliver, identity, notify, params
+from compliance import deliver, notify, params
 from compliance.audit import log
+from compliance.identity import access, signin
 from compliance.models import AuditEvent
 from compliance.models.notify import FAILED, PENDING, SENDING, Contact, Delivery
 
@@ -36,7 +37,7 @@ def overview(request):
         request,
         "compliance/settings.html",
         {
-            "sso_enabled": identity.enabled(),
+            "sso_enabled": signin.enabled(),
             "issuer": settings.WELKIN_OIDC_ISSUER,
             "local_login": settings.WELKIN_LOCAL_LOGIN,
             "local_users": settings.WELKIN_LOCAL_LOGIN_USERS,

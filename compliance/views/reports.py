@@ -8,8 +8,9 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from compliance import access, export_jobs, exports, params, reports
+from compliance import export_jobs, exports, params, reports
 from compliance.audit import log
+from compliance.identity import access
 from compliance.models import AuditEvent, AuditHead, Export, ExportStatus
 
 PREVIEW_ROWS = 100

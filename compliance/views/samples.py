@@ -5,8 +5,9 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from compliance import access, export_jobs, params, reports, samples
+from compliance import export_jobs, params, reports, samples
 from compliance.audit import log
+from compliance.identity import access
 from compliance.models import AuditEvent, Sample
 
 FORMATS = ("csv", "json")

@@ -5,8 +5,9 @@ from django.db import transaction
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from compliance import access, dashboards, params, tasks
+from compliance import dashboards, params, tasks
 from compliance.audit import log
+from compliance.identity import access
 from compliance.models import AuditEvent, Cluster, ScanRun, ScanStatus, Source, Trigger
 
 

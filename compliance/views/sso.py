@@ -1,4 +1,4 @@
-"""Single sign-on (OpenID Connect): start, callback, logout. compliance/identity.py does
+"""Single sign-on (OpenID Connect): start, callback, logout. compliance/identity/signin.py does
 the work; these views only route the browser and render the outcome."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
-from compliance import identity, params
+from compliance import params
 from compliance.audit import log as audit
+from compliance.identity import signin
 from compliance.models import AuditEvent
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ def login_options(request) -> dict:
     """Template context for the login and lockout pages: the sign-on button, the password
     note, how long a lockout lasts."""
     return {
-        "sso_enabled": identity.enabled(),
+        "sso_enabled": signin.enabled(),
         "sso_name": settings.WELKIN_OIDC_NAME,
         "local_login": settings.WELKIN_LOCAL_LOGIN,
         "lockout_minutes": int(settings.AXES_COOLOFF_TIME.total_seconds() // 60),
@@ -62,13 +63,13 @@ def _reason(error: BaseException) -> str:
 @login_not_required
 @require_GET
 def start(request):
-    if not identity.enabled():
+    if not signin.enabled():
         raise Http404("Single sign-on is not configured")
     request.session[NEXT] = _safe_next(request, params.text(request.GET, "next", 2000))
     callback = request.build_absolute_uri(reverse("compliance-sso-callback"))
     try:
-        return identity.client().authorize_redirect(request, callback)
-    except identity.errors() as e:
+        return signin.client().authorize_redirect(request, callback)
+    except signin.errors() as e:
         log.warning("single sign-on: the provider cannot be reached: %s", _reason(e))
         return _problem(request, "the sign-in provider cannot be reached", 503)
 
@@ -76,19 +77,19 @@ def start(request):
 @login_not_required
 @require_GET
 def callback(request):
-    if not identity.enabled():
+    if not signin.enabled():
         raise Http404("Single sign-on is not configured")
     for name in ("code", "state", "error", "error_description"):
         params.text(request.GET, name, 2000)
     try:
-        token = identity.client().authorize_access_token(
-            request, claims_options=identity.id_token_checks()
+        token = signin.client().authorize_access_token(
+            request, claims_options=signin.id_token_checks()
         )
         info = token.get("userinfo")
         if not info:
             raise ValueError("the provider returned no ID token")
-        claims = identity.Claims.from_token(settings.WELKIN_OIDC_ISSUER, dict(info))
-    except identity.errors() as e:
+        claims = signin.Claims.from_token(settings.WELKIN_OIDC_ISSUER, dict(info))
+    except signin.errors() as e:
         import requests
 
         down = isinstance(e, requests.ConnectionError | requests.Timeout)
@@ -98,7 +99,7 @@ def callback(request):
             "the sign-in provider cannot be reached" if down else _reason(e),
             503 if down else 400,
         )
-    user, granted = identity.user_for(claims)
+    user, granted = signin.user_for(claims)
     if granted.role is None or not user.is_active:  # an admin can deactivate one too
         auth.logout(request)
         audit.record(
@@ -110,7 +111,7 @@ def callback(request):
         )
         return render(request, "registration/sso_no_access.html", {"who": user}, status=403)
     next_url = request.session.get(NEXT) or settings.LOGIN_REDIRECT_URL
-    auth.login(request, user, backend=identity.SSO_BACKEND)
+    auth.login(request, user, backend=signin.SSO_BACKEND)
     request.session[ID_TOKEN] = token.get("id_token", "")[:8000]
     return HttpResponseRedirect(_safe_next(request, next_url))
 
@@ -123,13 +124,13 @@ def logout(request):
     id_token = request.session.get(ID_TOKEN)
     auth.logout(request)
     login = request.build_absolute_uri(settings.LOGOUT_REDIRECT_URL)
-    if id_token and identity.enabled():
+    if id_token and signin.enabled():
         try:
-            app = identity.client()
+            app = signin.client()
             if app.load_server_metadata().get("end_session_endpoint"):
                 return app.logout_redirect(
                     request, post_logout_redirect_uri=login, id_token_hint=id_token
                 )
-        except identity.errors() as e:
+        except signin.errors() as e:
             log.warning("single sign-on logout at the provider failed: %s", _reason(e))
     return redirect(settings.LOGOUT_REDIRECT_URL)

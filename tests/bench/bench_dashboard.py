@@ -195,7 +195,7 @@ def rank_clusters() -> None:
 def users() -> None:
     from django.contrib.auth.models import Group, User
 
-    from compliance import access
+    from compliance.identity import access
     from compliance.models import NamespaceGrant
 
     for name, role in (("officer", access.OFFICER), ("lead", access.LEAD)):
@@ -323,7 +323,8 @@ def main() -> None:
     # no longer tell its accepted count: it is counted live until its next scan.
     from django.db import transaction
 
-    from compliance import access, exceptions
+    from compliance import exceptions
+    from compliance.identity import access
     from compliance.models import RiskException
 
     officer = User.objects.get(username="officer")
@@ -346,7 +347,8 @@ def main() -> None:
 def report_with_exceptions() -> None:
     """The point-in-time report's rows and summary with the exceptions applied, timed in
     this process (bench-export times the exports as a whole)."""
-    from compliance import access, reports
+    from compliance import reports
+    from compliance.identity import access
 
     t = time.perf_counter()
     r = reports.point_in_time(access.Scope(None, access.OFFICER))

@@ -21,7 +21,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from compliance import access
+from compliance.identity import access
 from compliance.models import NamespaceGrant
 from compliance.models.identity import VALUE_MAX, GroupMapping, OidcIdentity
 from compliance.models.notify import check_email

@@ -381,7 +381,7 @@ def notify(e: RiskException, kind: str, by: str = "") -> int:
     approved, ending (within 14 days) or ended. Once per exception, kind and namespace."""
     from django.urls import reverse
 
-    from compliance import notify as outbox
+    from compliance.notify import outbox as outbox
 
     places = _places(e)
     if not places:

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 from django.db import connection
 from django.utils import timezone
 
-from compliance import acceptance, notify, registry
+from compliance import acceptance, registry
 from compliance.models import (
     Cluster,
     ClusterRollup,
@@ -35,6 +35,7 @@ from compliance.models import (
     ScanRun,
     State,
 )
+from compliance.notify import outbox
 from compliance.rules.workloads import GroupKey, WorkloadGroup
 
 
@@ -254,7 +255,7 @@ def reconcile(
         a.resolved += 1
         a.remediation_seconds += max(0, int((at - f.first_seen).total_seconds()))
     _add_activity(cluster, at, activity)
-    notify.record_scan(cluster, scan, created, states_changed)  # the outbox, same transaction
+    outbox.record_scan(cluster, scan, created, states_changed)  # the outbox, same transaction
     return Changes(len(created), len(changed), len(gone))
 
 

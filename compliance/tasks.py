@@ -44,15 +44,15 @@ def enqueue_due_scans() -> int:
     return len(claimed)
 
 
-# --- notifications (compliance/notify.py, compliance/deliver.py) ---------------------------
+# --- notifications (compliance/notify/outbox.py, compliance/notify/outbox/delivery.py) ---------------------------
 
 
 @shared_task(acks_late=True)
 def deliver(delivery_id: int) -> str:
     """Send one delivery. Safe to run twice: a sent or claimed delivery is left alone. A
     failure to retry is queued again at its backoff (beat's deliver_due also finds it)."""
-    from compliance import deliver as delivery
     from compliance.models.notify import PENDING, Delivery
+    from compliance.notify import delivery as delivery
 
     outcome = delivery.deliver_one(delivery_id)
     if outcome == PENDING and not deliver.request.is_eager:
@@ -64,7 +64,7 @@ def deliver(delivery_id: int) -> str:
 @shared_task
 def deliver_due() -> int:
     """One delivery task per delivery due now (new, retry due, or left by a dead worker)."""
-    from compliance import deliver as delivery
+    from compliance.notify import delivery as delivery
 
     ids = delivery.due()
     for pk in ids:
@@ -75,17 +75,17 @@ def deliver_due() -> int:
 @shared_task
 def notify_stale_clusters() -> int:
     """Beat: officers hear about clusters without a recent complete scan (once each)."""
-    from compliance import notify
+    from compliance.notify import outbox
 
-    return notify.notify_stale_clusters()
+    return outbox.notify_stale_clusters()
 
 
 @shared_task
 def weekly_digest() -> bool:
     """Beat, weekly: each owner's digest (once per ISO week)."""
-    from compliance import notify
+    from compliance.notify import outbox
 
-    return notify.weekly_digest() is not None
+    return outbox.weekly_digest() is not None
 
 
 @shared_task

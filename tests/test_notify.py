@@ -17,9 +17,9 @@ import requests
 from django.contrib.auth.models import Group
 from django.db import connection
 
-from compliance import deliver, notify
 from compliance.models import AuditEvent, Cluster, NamespaceGrant, ScanRun
 from compliance.models.notify import Contact, Delivery, OutboxEvent
+from compliance.notify import delivery, outbox
 from tests import builders
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,7 +177,7 @@ def test_a_scan_queues_one_message_per_owner_and_channel(owners, settings):
     scan = ScanRun.objects.get()
     assert event.kind == "findings" and event.scan == scan and scan.timings["notify_s"] >= 0
     assert event.payload["namespaces"]["airgap/shop"]["root"] == 30
-    assert len(event.payload["namespaces"]["airgap/shop"]["examples"]) == notify.EXAMPLES
+    assert len(event.payload["namespaces"]["airgap/shop"]["examples"]) == outbox.EXAMPLES
     got = {d.destination: d.namespaces for d in Delivery.objects.all()}
     o = owners
     assert got == {
@@ -225,7 +225,7 @@ def test_a_finding_that_came_back_and_one_newly_blocked_are_news(owners, setting
     lead = Delivery.objects.filter(
         event__payload__namespaces__has_key="airgap/shop", destination=f"user:{owners['lead'].pk}"
     ).latest("pk")
-    m = deliver.render(lead)
+    m = delivery.render(lead)
     assert "came back" in m.text() and "https://welkin.example/findings/" in m.html()
 
 
@@ -239,8 +239,8 @@ def test_stale_clusters_are_told_to_officers_once(owners, settings):
     last = ScanRun.objects.create(cluster=failing, status="failed", reason="HTTP 401")
     Cluster.objects.filter(pk=failing.pk).update(last_complete_scan=done, last_scan=last)
     Cluster.objects.create(name="fresh")
-    assert notify.notify_stale_clusters() == 2
-    assert notify.notify_stale_clusters() == 0
+    assert outbox.notify_stale_clusters() == 2
+    assert outbox.notify_stale_clusters() == 0
     stale = OutboxEvent.objects.filter(kind="cluster_stale")
     assert {e.payload["cluster"] for e in stale} == {"failing", "never-scanned"}
     assert stale.get(payload__cluster="failing").payload["last_reason"] == "HTTP 401"
@@ -248,7 +248,7 @@ def test_stale_clusters_are_told_to_officers_once(owners, settings):
     assert dests == {f"user:{owners['officer'].pk}", f"contact:{owners['fleet'].pk}"}
     assert (
         "has no complete scan since"
-        in deliver.render(Delivery.objects.filter(event__in=stale).first()).subject
+        in delivery.render(Delivery.objects.filter(event__in=stale).first()).subject
     )
 
 
@@ -256,7 +256,7 @@ def test_exception_events_reach_the_namespace_owners(owners, settings):
     settings.EMAIL_HOST = "mail.example"
     fleet_snapshot(T0)
     cluster = Cluster.objects.get(name="airgap")
-    event = notify.exception_event(
+    event = outbox.exception_event(
         "approved",
         cluster,
         "shop",
@@ -266,27 +266,27 @@ def test_exception_events_reach_the_namespace_owners(owners, settings):
     )
     dests = set(event.deliveries.values_list("destination", flat=True))
     assert f"user:{owners['lead'].pk}" in dests and f"contact:{owners['ops'].pk}" not in dests
-    assert notify.exception_event("ending", cluster, "shop", "t", dedupe_key="ending:1")
-    assert notify.exception_event("ending", cluster, "shop", "t", dedupe_key="ending:1") is None
+    assert outbox.exception_event("ending", cluster, "shop", "t", dedupe_key="ending:1")
+    assert outbox.exception_event("ending", cluster, "shop", "t", dedupe_key="ending:1") is None
     with pytest.raises(ValueError):
-        notify.exception_event("vanished", cluster, "shop", "t")
-    assert "exception approved in airgap/shop" in deliver.render(event.deliveries.first()).subject
+        outbox.exception_event("vanished", cluster, "shop", "t")
+    assert "exception approved in airgap/shop" in delivery.render(event.deliveries.first()).subject
 
 
 def test_the_weekly_digest_is_per_owner_and_once_a_week(owners, settings):
     settings.EMAIL_HOST = "mail.example"
     fleet_snapshot(T0)
     now = T0 + dt.timedelta(days=2)
-    event = notify.weekly_digest(now)
-    assert notify.weekly_digest(now + dt.timedelta(hours=1)) is None
+    event = outbox.weekly_digest(now)
+    assert outbox.weekly_digest(now + dt.timedelta(hours=1)) is None
     lead = event.deliveries.get(destination=f"user:{owners['lead'].pk}")
     assert lead.namespaces == ["airgap/shop"]
-    m = deliver.render(lead)
+    m = delivery.render(lead)
     assert "30 runs as root" in m.intro and "The oldest open findings" in m.text()
     ops = event.payload["namespaces"]["airgap/ops"]
     assert [x["workload"] for x in ops["oldest"]] == ["Pod/db"]
-    assert len(event.payload["namespaces"]["airgap/shop"]["oldest"]) == notify.DIGEST_OLDEST
-    officer = deliver.render(event.deliveries.get(destination=f"user:{owners['officer'].pk}"))
+    assert len(event.payload["namespaces"]["airgap/shop"]["oldest"]) == outbox.DIGEST_OLDEST
+    officer = delivery.render(event.deliveries.get(destination=f"user:{owners['officer'].pk}"))
     assert "32 runs as root" in officer.intro
 
 
@@ -314,8 +314,8 @@ def test_it_mails_plain_text_and_html_once(owners, mail_on):
     fleet_snapshot(T0)
     d = Delivery.objects.get(destination=f"user:{owners['lead'].pk}")
     before = len(mail_on.messages())
-    assert deliver.deliver_one(d.pk) == "sent"
-    assert deliver.deliver_one(d.pk) == "sent"  # a second run sends nothing
+    assert delivery.deliver_one(d.pk) == "sent"
+    assert delivery.deliver_one(d.pk) == "sent"  # a second run sends nothing
     msgs = mail_on.messages()
     assert len(msgs) == before + 1
     m = msgs[-1] if len(msgs) == 1 else next(x for x in msgs if x["To"] == "lead@example.com")
@@ -337,7 +337,7 @@ def test_the_mail_server_down_is_retried(owners, settings):
     settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port()
     fleet_snapshot(T0)
     d = Delivery.objects.get(destination=f"user:{owners['lead'].pk}")
-    assert deliver.deliver_one(d.pk) == "pending"
+    assert delivery.deliver_one(d.pk) == "pending"
     d.refresh_from_db()
     assert d.attempts == 1 and "ConnectionRefusedError" in d.last_error
 
@@ -348,7 +348,7 @@ def test_webhooks_are_signed_and_scoped(db, receiver):
     j, s = hook(receiver, "json", name="json"), hook(receiver, "slack", name="slack")
     fleet_snapshot(T0)
     for d in Delivery.objects.all():
-        assert deliver.deliver_one(d.pk) == "sent"
+        assert delivery.deliver_one(d.pk) == "sent"
     got = {r["path"]: r for r in receiver.received()}
     assert got["/json"]["signed"] and got["/slack"]["signed"]
     body = got["/json"]["body"]
@@ -372,14 +372,14 @@ def test_down_failing_slow_then_up_is_sent_with_one_key(db, receiver, settings):
 
     def again(expected):
         Delivery.objects.filter(pk=d.pk).update(next_attempt_at=d.created_at)
-        assert deliver.deliver_one(d.pk) == expected
+        assert delivery.deliver_one(d.pk) == expected
         d.refresh_from_db()
         return d.last_error
 
-    assert deliver.deliver_one(d.pk) == "pending"
+    assert delivery.deliver_one(d.pk) == "pending"
     d.refresh_from_db()
     assert "cannot reach the webhook" in d.last_error and d.next_attempt_at > d.created_at
-    assert deliver.deliver_one(d.pk) == "not due"  # backoff
+    assert delivery.deliver_one(d.pk) == "not due"  # backoff
     Delivery.objects.filter(pk=d.pk).update(address=receiver.url + "/hook")
     receiver.set("500")
     assert "HTTP 500" in again("pending")
@@ -399,10 +399,10 @@ def test_a_delivery_failing_for_good_is_kept_for_officers(db, receiver, settings
     hook(receiver)
     fleet_snapshot(T0)
     d = Delivery.objects.get()
-    assert deliver.deliver_one(d.pk) == "pending"
+    assert delivery.deliver_one(d.pk) == "pending"
     Delivery.objects.filter(pk=d.pk).update(next_attempt_at=d.created_at)
-    assert deliver.deliver_one(d.pk) == "failed"
-    assert deliver.deliver_one(d.pk) == "failed"
+    assert delivery.deliver_one(d.pk) == "failed"
+    assert delivery.deliver_one(d.pk) == "failed"
     assert len(receiver.received()) == 2
     receiver.set("ok")
     client.force_login(builders.make_user("lead", ["shop"]))
@@ -417,7 +417,7 @@ def test_a_4xx_answer_fails_at_once(db, receiver):
     hook(receiver)
     fleet_snapshot(T0)
     d = Delivery.objects.get()
-    assert deliver.deliver_one(d.pk) == "failed"
+    assert delivery.deliver_one(d.pk) == "failed"
     d.refresh_from_db()
     assert d.attempts == 1 and d.last_error == "attempt 1: the webhook answered HTTP 410"
     receiver.set("ok")
@@ -446,7 +446,7 @@ def test_two_workers_racing_for_one_delivery_send_it_once(receiver):
     outcomes = []
 
     def run():
-        outcomes.append(deliver.deliver_one(d.pk))
+        outcomes.append(delivery.deliver_one(d.pk))
         connection.close()
 
     threads = [threading.Thread(target=run) for _ in range(4)]

@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from compliance import notify, tasks
+from compliance import tasks
 from compliance.models.notify import Delivery
+from compliance.notify import outbox
 from tests import test_tasks
 from tests.test_notify import T0, Receiver, fleet_snapshot, hook
 from tests.test_tasks import Proc, wait_for
@@ -62,7 +63,7 @@ def test_a_worker_killed_mid_delivery_leaves_it_to_the_next_once(receiver, setti
         assert [r["delivery"] for r in got] == [d.idempotency_key] * 2
         assert [r["new"] for r in got] == [True, False]  # the receiver drops the repeat
         # The same task delivered again sends nothing.
-        marker = notify.test_event(hook(receiver, name="marker"), by="test")
+        marker = outbox.test_event(hook(receiver, name="marker"), by="test")
         tasks.deliver.delay(d.pk)
         tasks.deliver.delay(d.pk)
         tasks.deliver.delay(marker.pk)

@@ -569,7 +569,7 @@ CELERY_BEAT_SCHEDULE = {
         # A fan-out nobody picked up in time is replaced by the next one.
         "options": {"expires": WELKIN_FANOUT_SECONDS * 0.9},
     },
-    # Notifications (compliance/notify.py): retries that are due, stale clusters, the digest.
+    # Notifications (compliance/notify/outbox.py): retries that are due, stale clusters, the digest.
     "deliver-notifications": {
         "task": "compliance.tasks.deliver_due",
         "schedule": 60.0,

@@ -9,11 +9,12 @@ from django.contrib import messages
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from compliance import deliver, notify, params
+from compliance import params
 from compliance.audit import log
 from compliance.identity import access, signin
 from compliance.models import AuditEvent
 from compliance.models.notify import FAILED, PENDING, SENDING, Contact, Delivery
+from compliance.notify import delivery, outbox
 
 FAILED_PAGE = 50
 
@@ -43,7 +44,7 @@ def overview(request):
             "local_users": settings.WELKIN_LOCAL_LOGIN_USERS,
             "rules": GroupMapping.objects.select_related("cluster"),
             "contacts": Contact.objects.select_related("cluster"),
-            "email_on": notify.email_on(),
+            "email_on": outbox.email_on(),
             "email_host": settings.EMAIL_HOST,
             "waiting": Delivery.objects.filter(status__in=[PENDING, SENDING]).count(),
             "failed": failed,
@@ -56,8 +57,8 @@ def overview(request):
 def send_test(request, pk):
     _officer(request)
     contact = get_object_or_404(Contact, pk=pk)
-    d = notify.test_event(contact, by=request.user.get_username())
-    outcome = deliver.deliver_one(d.pk)
+    d = outbox.test_event(contact, by=request.user.get_username())
+    outcome = delivery.deliver_one(d.pk)
     d.refresh_from_db()
     log.record(
         request,

@@ -16,7 +16,7 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from compliance import acceptance, exceptions, export_jobs, exports, params, register, reports
+from compliance import export_jobs, exports, params, reports
 from compliance.audit import log
 from compliance.identity import access
 from compliance.models import (
@@ -30,6 +30,7 @@ from compliance.models import (
     ScanRun,
     State,
 )
+from compliance.risk import acceptance, exceptions, register
 from compliance.rules import explain
 from compliance.vocabulary import ACCEPTED, OPEN
 

@@ -4,7 +4,7 @@ Counts and trends read the daily rollups (never COUNT over findings); lists use 
 pagination; each screen's query count is pinned by a test. The fleet overview is cached
 per completed scan: a new scan anywhere changes the key.
 
-Exceptions are applied when read (compliance/acceptance.py): the rollups count every
+Exceptions are applied when read (compliance/risk/acceptance.py): the rollups count every
 non-compliant container and, of them, those accepted when the scan ran; "open" is the count
 less the accepted. A cluster where an exception changed or ended since its last scan is
 counted live instead (acceptance.freshness). A cached overview also keys on the
@@ -26,7 +26,7 @@ from django.db import connection
 from django.db.models import Max, Q, Sum
 from django.utils import timezone
 
-from compliance import acceptance, params
+from compliance import params
 from compliance.identity import access
 from compliance.identity.access import Scope
 from compliance.models import (
@@ -42,6 +42,7 @@ from compliance.models import (
     ScanRun,
     ScanStatus,
 )
+from compliance.risk import acceptance
 from compliance.rules import controls
 from compliance.vocabulary import (
     FINDING_KINDS,

@@ -296,8 +296,8 @@ def add_exceptions(now: dt.datetime | None = None) -> int:
     """Demo risk acceptance: one approved (prod-us web/edge, the nginx image without a
     USER), one waiting for an officer, one that ended. Requested by lead, decided by
     officer (four eyes)."""
-    from compliance import acceptance, exceptions
     from compliance.models import ExceptionEvent, RiskException
+    from compliance.risk import acceptance, exceptions
 
     now = now or timezone.now()
     lead, officer = User.objects.get(username="lead"), User.objects.get(username="officer")

@@ -309,8 +309,9 @@ def _fail(e: Export, reason: str, seconds: float | None = None, attempt: bool = 
 
 def document(e: Export):
     """The export's document, rebuilt with the asker's scope as it is now."""
-    from compliance import register, reports, samples
+    from compliance import reports, samples
     from compliance.models import Sample
+    from compliance.risk import register
 
     if e.user is None or not e.user.is_active:
         raise JobError("the user who asked for it no longer has an account")

@@ -39,9 +39,9 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
 
-from compliance.acceptance import accepted_counts
 from compliance.identity.access import OFFICER, Scope
 from compliance.models import Cluster, Finding, ScanRun, ScanStatus, Source
+from compliance.risk.acceptance import accepted_counts
 from compliance.rules.controls import CONTROLS, MAPPING
 
 log = logging.getLogger(__name__)

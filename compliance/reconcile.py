@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 from django.db import connection
 from django.utils import timezone
 
-from compliance import acceptance, registry
+from compliance import registry
 from compliance.models import (
     Cluster,
     ClusterRollup,
@@ -36,6 +36,7 @@ from compliance.models import (
     State,
 )
 from compliance.notify import outbox
+from compliance.risk import acceptance
 from compliance.rules.workloads import GroupKey, WorkloadGroup
 
 

@@ -3,7 +3,7 @@
 A point-in-time report for a time T and a scope (fleet, cluster, namespace) says what was
 open at T: for each finding first seen by T, its last event at or before T decides (opened,
 changed or image: open in that state, running that digest; resolved: not open). A finding
-an exception in force at T accepted (compliance/acceptance.py) is marked accepted, with
+an exception in force at T accepted (compliance/risk/acceptance.py) is marked accepted, with
 the exception, its approver and end date, and counted apart in the summary. Coverage
 lists each cluster's last complete scan before T and calls out clusters without a recent
 one. Rows are streamed (server-side cursor); exports.py writes them as CSV, JSON or PDF.
@@ -22,9 +22,9 @@ from django.db.models.functions import Cast, Concat
 from django.http import Http404
 from django.utils import timezone
 
-from compliance import acceptance
 from compliance.identity import access
 from compliance.models import Cluster, Finding, FindingEvent, ScanRun, ScanStatus
+from compliance.risk import acceptance
 from compliance.rules import controls, gate
 
 REPORT_COLUMNS = [

@@ -91,7 +91,7 @@ def weekly_digest() -> bool:
 @shared_task
 def notify_exceptions_ending() -> int:
     """Exceptions ending within 14 days, or ended: told once to their namespaces' owners."""
-    from compliance import exceptions
+    from compliance.risk import exceptions
 
     return exceptions.notify_ending()
 

@@ -14,7 +14,7 @@ from django.core.management import call_command
 from django.db import IntegrityError, close_old_connections, connection, transaction
 from django.utils import timezone
 
-from compliance import exceptions, exports, reports, scanning
+from compliance import exports, reports, scanning
 from compliance.identity import access
 from compliance.models import (
     AuditEvent,
@@ -26,6 +26,7 @@ from compliance.models import (
     FindingEvent,
     RiskException,
 )
+from compliance.risk import exceptions
 from tests import podgen
 from tests.builders import ROOT, make_user
 from tests.test_ops import TOKEN, scrape, value

@@ -5,7 +5,7 @@ import re
 
 from django.utils import timezone
 
-from compliance import acceptance, exceptions
+from compliance.risk import acceptance, exceptions
 from tests.test_exceptions import (
     SHA_B,
     ask,
@@ -42,8 +42,8 @@ def test_the_register_calls_an_exception_that_accepts_nothing_unused(fleet):
     """A pin to an image no longer running, or controls that accept none of the covered
     findings' states, match a scope but accept nothing: the silently useless exception the
     register is there to call out (it counted it as covering one open finding)."""
-    from compliance import register
     from compliance.identity import access
+    from compliance.risk import register
 
     officer, _, lead, _ = users()
     blocked_only = ask(lead, workload_kind="Pod", workload_name="a", controls=("A.14.2.5",))

@@ -9,9 +9,10 @@ import pytest
 from django.contrib.auth.models import User
 from django.utils import timezone
 
-from compliance import demo, exceptions, exports, reports
+from compliance import demo, exports, reports
 from compliance.identity import access
 from compliance.models import Cluster, ScanRun
+from compliance.risk import exceptions
 from compliance.rules import controls
 from tests.test_hostile_data import FORMULAS, stored_finding
 

@@ -19,7 +19,7 @@ class RiskException(models.Model):
 
     The scope never changes after the request (a wider or longer one is a new exception).
     `decision` is the last decision (requested, approved, rejected, revoked); whether it is
-    in force at a time T is worked out when read (compliance/exceptions.py): approved at or
+    in force at a time T is worked out when read (compliance/risk/exceptions.py): approved at or
     before T, ending after T, not revoked by T. Nothing is deleted; every change is an
     ExceptionEvent."""
 

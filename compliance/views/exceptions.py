@@ -11,10 +11,11 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from compliance import acceptance, exceptions, export_jobs, params, register
+from compliance import export_jobs, params
 from compliance.audit import log
 from compliance.identity import access
 from compliance.models import AuditEvent, ExceptionMatch
+from compliance.risk import acceptance, exceptions, register
 from compliance.rules import controls
 from compliance.vocabulary import EXCEPTION_STATUS, FINDING_KINDS, NONCOMPLIANT
 

@@ -323,9 +323,9 @@ def main() -> None:
     # no longer tell its accepted count: it is counted live until its next scan.
     from django.db import transaction
 
-    from compliance import exceptions
     from compliance.identity import access
     from compliance.models import RiskException
+    from compliance.risk import exceptions
 
     officer = User.objects.get(username="officer")
     pending = RiskException.objects.filter(decision="requested", cluster__name="cluster-01")

@@ -7,8 +7,8 @@ import orjson
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from compliance import register
 from compliance.identity import access
+from compliance.risk import register
 from compliance.vocabulary import EXCEPTION_STATUS
 
 TABLE = ("id", "status", "ends_at", "open_findings_covered", "requested_by", "decided_by")

@@ -5,7 +5,7 @@ workload and a container, optionally pinned to an image digest) for the states i
 controls concern. Team leads request exceptions inside their grants; security officers
 approve, reject or revoke; nobody decides on their own request. Nothing is deleted: every
 change appends an ExceptionEvent and an audit event. What an exception does to findings,
-and when, is compliance/acceptance.py.
+and when, is compliance/risk/acceptance.py.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from compliance import acceptance
 from compliance.audit import log
 from compliance.identity import access
 from compliance.identity.access import Scope
@@ -32,6 +31,7 @@ from compliance.models import (
     Finding,
     RiskException,
 )
+from compliance.risk import acceptance
 from compliance.rules import controls, gate
 from compliance.vocabulary import (
     APPROVED,

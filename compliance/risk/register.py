@@ -16,10 +16,11 @@ from typing import Any
 from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
-from compliance import acceptance, exceptions, params
+from compliance import params
 from compliance.identity import access
 from compliance.identity.access import Scope
 from compliance.models import ExceptionMatch, RiskException
+from compliance.risk import acceptance, exceptions
 from compliance.rules import controls
 from compliance.vocabulary import APPROVED, EXCEPTION_STATUS, EXPIRED, REQUESTED, REVOKED
 

@@ -1,6 +1,6 @@
 """Notification data: the contacts officers set, the outbox of events, and one delivery
 per (event, destination). Imported by models.py (one app); compliance/notify/outbox.py fills
-them and compliance/notify/outbox/delivery.py sends them."""
+them and compliance/notify/delivery.py sends them."""
 
 from __future__ import annotations
 

@@ -69,10 +69,10 @@ class Message:
     link: str = ""
 
     def text(self) -> str:
-        return render_to_string("compliance/notify/outbox/message.txt", {"m": self})
+        return render_to_string("compliance/notify/message.txt", {"m": self})
 
     def html(self) -> str:
-        return render_to_string("compliance/notify/outbox/message.html", {"m": self})
+        return render_to_string("compliance/notify/message.html", {"m": self})
 
 
 def url(path: str) -> str:

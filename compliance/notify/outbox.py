@@ -3,7 +3,7 @@
 Events are written to the outbox (OutboxEvent) with one Delivery per destination in the
 transaction that caused them -- a scan's reconcile, an exception's change -- or by the
 periodic checks here (stale clusters, the weekly digest), which are idempotent through
-the event's dedupe key. compliance/notify/outbox/delivery.py sends the deliveries.
+the event's dedupe key. compliance/notify/delivery.py sends the deliveries.
 
 Owners of a namespace: the users granted it (directly or through a group; by e-mail),
 the contacts officers set for it (a name or glob; e-mail or webhook), and the security

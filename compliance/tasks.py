@@ -44,7 +44,7 @@ def enqueue_due_scans() -> int:
     return len(claimed)
 
 
-# --- notifications (compliance/notify/outbox.py, compliance/notify/delivery.py) ---------------------------
+# --- notifications (compliance/notify/outbox.py, compliance/notify/delivery.py)
 
 
 @shared_task(acks_late=True)

@@ -3,7 +3,7 @@
 from django import forms
 from django.contrib import admin
 
-from compliance import clusters
+from compliance.collect import clusters
 from compliance.models import (
     Cluster,
     Finding,

@@ -133,7 +133,7 @@ def _resolved(inputs, given, stderr) -> offline.OfflineReport:
         finally:
             os.environ.clear()
             os.environ.update(saved)
-    from compliance import images
+    from compliance.collect import images
 
     resolver = images.offline_resolver({})
     if resolver.offline_note:

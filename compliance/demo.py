@@ -19,7 +19,7 @@ from django.contrib.auth.models import Group, User
 from django.db import transaction
 from django.utils import timezone
 
-from compliance import scanning
+from compliance.collect import scanning
 from compliance.identity import access
 from compliance.models import Cluster, ImageUserOverride, NamespaceGrant
 from compliance.rules import controls

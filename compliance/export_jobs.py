@@ -126,7 +126,7 @@ def worker_id() -> str:
 
 def _abandoned(e: Export, now: dt.datetime) -> bool:
     """A running export whose worker is known dead, or silent for too long."""
-    from compliance.scanning import _process_gone
+    from compliance.collect.scanning import _process_gone
 
     host, _, pid = (e.worker or "").rpartition(":")
     if host == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid():

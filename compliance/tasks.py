@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
-from compliance import scanning
+from compliance.collect import scanning
 from compliance.models import Trigger
 
 

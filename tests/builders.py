@@ -7,7 +7,7 @@ import orjson
 from django.contrib.auth.models import Group, User
 from hypothesis import strategies as st
 
-from compliance import kube, scanning
+from compliance.collect import kube, scanning
 from compliance.identity import access
 from compliance.models import NamespaceGrant
 from compliance.rules import runas

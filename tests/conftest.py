@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from compliance import clusters
+from compliance.collect import clusters
 from tests import builders
 from tests.fakekube import FakeKubeServer
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from compliance import kube
+from compliance.collect import kube
 from compliance.rules import kubeconfig
 from tests import podgen
 from tests.builders import deployment

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from compliance import kube
+from compliance.collect import kube
 from compliance.rules import kubeconfig
 from tests import podgen
 from tests.builders import FAST

@@ -200,7 +200,7 @@ def test_the_outbox_is_written_in_the_reconciles_transaction(owners, monkeypatch
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("compliance.scanning.write_rollup", broken)
+    monkeypatch.setattr("compliance.collect.scanning.write_rollup", broken)
     with pytest.raises(RuntimeError):
         fleet_snapshot(T0)
     assert not OutboxEvent.objects.exists() and not Delivery.objects.exists()

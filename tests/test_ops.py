@@ -15,7 +15,8 @@ from django.core.cache import cache
 from django.db.models import Count, Sum
 from prometheus_client.parser import text_string_to_metric_families
 
-from compliance import exports, reports, scanning
+from compliance import exports, reports
+from compliance.collect import scanning
 from compliance.identity import sessions
 from compliance.models import Finding, ScanRun
 from compliance.rules.controls import CONTROLS, MAPPING
@@ -148,7 +149,7 @@ def fleet(fake_kube):
 def test_metrics_after_a_real_scan_match_the_database(
     client, metrics_settings, cluster, fleet, fake_kube, login_as, exports_in_process
 ):
-    from compliance import clusters
+    from compliance.collect import clusters
 
     result = scanning.scan_cluster(cluster.pk, policy=FAST)
     assert result.status == "succeeded" and result.rejected == 1

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from compliance import images
+from compliance.collect import images
 from compliance.rules import gate, manifests, podjson, runas
 from compliance.rules.workloads import OwnerIndex
 from tests import podgen

@@ -8,9 +8,9 @@ import time
 import pytest
 from django.core.management import call_command
 
-from compliance import images, registry, scanning
+from compliance.collect import images, registry, scanning
+from compliance.collect.registry import ImageRef, Platform, RegistryClient, RegistryConfig
 from compliance.models import Finding, ImageCache, ImageUserOverride, Registry
-from compliance.registry import ImageRef, Platform, RegistryClient, RegistryConfig
 from tests import podgen
 from tests.registries import ROOT_CONFIG, FaultServer, Registries
 

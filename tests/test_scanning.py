@@ -6,7 +6,7 @@ import threading
 import pytest
 from django.db import connection
 
-from compliance import scanning
+from compliance.collect import scanning
 from compliance.models import Cluster, DailyRollup, Finding, FindingEvent, ScanRun
 from tests import podgen
 from tests.builders import FAST, deployment, mixed_fleet
@@ -244,7 +244,7 @@ def test_the_same_task_id_twice_changes_nothing(cluster, fleet):
 
 @pytest.mark.django_db(transaction=True)
 def test_two_concurrent_scans_of_one_cluster_run_once(fake_kube):
-    from compliance import clusters
+    from compliance.collect import clusters
 
     c = clusters.add_cluster("prod-2", kubeconfig=fake_kube.kubeconfig_yaml())
     deployment(fake_kube, "shop", "web", "nginx", 120, container_sc=ROOT_SC)
@@ -312,7 +312,7 @@ def test_it_claims_due_clusters_once(cluster):
 
 
 def test_it_scans_with_the_in_cluster_service_account(db, fake_kube, fleet, tmp_path, monkeypatch):
-    from compliance import clusters, kube
+    from compliance.collect import clusters, kube
 
     (tmp_path / "token").write_text("sa-token\n")
     (tmp_path / "ca.crt").write_bytes(fake_kube.ca_pem)

@@ -11,7 +11,8 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from compliance import clusters, scanning, tasks
+from compliance import tasks
+from compliance.collect import clusters, scanning
 from compliance.models import Finding, FindingEvent, ScanRun
 from tests.builders import deployment
 from welkin_dash.celery import app

@@ -234,7 +234,7 @@ def main() -> None:
     import django
 
     django.setup()
-    from compliance import clusters
+    from compliance.collect import clusters
     from welkin_dash.celery import app
 
     print(

@@ -33,7 +33,7 @@ def main() -> None:
     django.setup()
     from django.conf import settings
 
-    from compliance import clusters, scanning
+    from compliance.collect import clusters, scanning
     from compliance.models import ImageCache, Registry, ScanRun
     from tests import podgen
     from tests.fakekube import FakeKubeServer

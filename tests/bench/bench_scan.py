@@ -150,7 +150,7 @@ def typed_ratio(kubeconfig_path: Path, pages: int = 6) -> tuple[float, float]:
     import orjson
     from kubernetes.client import ApiClient
 
-    from compliance import kube, scanning
+    from compliance.collect import kube, scanning
     from compliance.rules import kubeconfig, podjson
     from compliance.rules.workloads import OwnerIndex
 
@@ -219,7 +219,7 @@ HOSTILE_ENV = {"WELKIN_KUBE_REQUEST_DEADLINE": "10"}
 
 def hostile_scans() -> None:
     """Each misbehaviour against a fresh worker: how the scan ends, how fast, how big."""
-    from compliance import clusters
+    from compliance.collect import clusters
 
     print(
         f"hostile API server (request deadline {HOSTILE_ENV['WELKIN_KUBE_REQUEST_DEADLINE']}"
@@ -250,7 +250,7 @@ def notification_bench(findings: int = 10_000, namespaces: int = 500) -> None:
     from django.conf import settings
     from django.contrib.auth.models import Group, User
 
-    from compliance import scanning
+    from compliance.collect import scanning
     from compliance.models import NamespaceGrant
     from compliance.models.notify import Contact, Delivery, OutboxEvent
     from tests import podgen
@@ -312,7 +312,7 @@ def main() -> None:
     import django
 
     django.setup()
-    from compliance import clusters
+    from compliance.collect import clusters
     from welkin_dash.celery import app
 
     app.control.purge()

@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from compliance import clusters
+from compliance.collect import clusters
 
 
 class Command(BaseCommand):

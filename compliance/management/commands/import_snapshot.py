@@ -5,7 +5,8 @@ import sys
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from compliance import clusters, params, scanning
+from compliance import params
+from compliance.collect import clusters, scanning
 from compliance.models import ScanStatus
 from compliance.rules.manifests import read_input
 

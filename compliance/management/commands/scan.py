@@ -4,7 +4,7 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from compliance import scanning
+from compliance.collect import scanning
 from compliance.models import Cluster, ScanStatus, Source, Trigger
 
 

@@ -25,7 +25,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
-from compliance import registry
+from compliance.collect import registry
 from compliance.models import ImageCache, ImageUserOverride, Registry
 from compliance.rules.runas import CONTAINER_LISTS
 from compliance.vocabulary import SOURCE_OPERATOR, SOURCE_REGISTRY

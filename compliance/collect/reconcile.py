@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 from django.db import connection
 from django.utils import timezone
 
-from compliance import registry
+from compliance.collect import registry
 from compliance.models import (
     Cluster,
     ClusterRollup,

@@ -29,7 +29,8 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from compliance import images, kube
+from compliance.collect import images, kube
+from compliance.collect.reconcile import reconcile, write_rollup
 from compliance.models import (
     Cluster,
     ScanRun,
@@ -37,7 +38,6 @@ from compliance.models import (
     Source,
     Trigger,
 )
-from compliance.reconcile import reconcile, write_rollup
 from compliance.rules import gate, podjson, runas
 from compliance.rules.manifests import ManifestError, parse_documents
 from compliance.rules.workloads import Grouping, OwnerIndex

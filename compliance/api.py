@@ -16,8 +16,9 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from compliance import export_jobs, exports, params, reports
+from compliance import params
 from compliance.audit import log
+from compliance.evidence import exports, jobs, reports
 from compliance.identity import access
 from compliance.models import (
     AuditEvent,
@@ -469,8 +470,8 @@ def export_list(request):
     except reports.ReportError as e:
         raise ValidationError({"detail": str(e)}) from None
     try:
-        e = export_jobs.ask_report(request, fmt, r)
-    except export_jobs.Busy as busy:
+        e = jobs.ask_report(request, fmt, r)
+    except jobs.Busy as busy:
         return Response({"detail": str(busy)}, status=429)
     body = _export_body(request, e)
     return Response(body, status=202, headers={"Location": body["url"]})

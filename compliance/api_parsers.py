@@ -19,7 +19,10 @@ class JSONBody(JSONParser):
     recursion."""
 
     def parse(self, stream, media_type=None, parser_context=None):
-        from compliance.exports import DuplicateKey, unique_keys  # not before the apps load
+        from compliance.evidence.exports import (  # not before the apps load
+            DuplicateKey,
+            unique_keys,
+        )
 
         encoding = (parser_context or {}).get("encoding") or "utf-8"
         try:

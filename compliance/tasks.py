@@ -109,9 +109,9 @@ def sign_audit_head() -> int | None:
 def timestamp_pending() -> int:
     """Beat, every 10 minutes: ask the TSA again for the exports and heads it could not
     timestamp when they were made (it was down). Returns how many got a token."""
-    from compliance import evidence
+    from compliance.evidence import pending
 
-    return evidence.timestamp_pending()
+    return pending.timestamp_pending()
 
 
 @shared_task(
@@ -120,25 +120,25 @@ def timestamp_pending() -> int:
     soft_time_limit=settings.WELKIN_EXPORT_TIME_LIMIT - 5,
 )
 def export(export_id: str) -> str:
-    """Write one export (compliance/export_jobs.py). Safe to deliver twice: a done, failed
+    """Write one export (compliance/evidence/jobs.py). Safe to deliver twice: a done, failed
     or live-running export is left alone; one whose worker died is taken over."""
-    from compliance import export_jobs
+    from compliance.evidence import jobs
 
-    return export_jobs.run(export_id)
+    return jobs.run(export_id)
 
 
 @shared_task
 def sweep_exports() -> dict:
     """Beat, every 5 minutes: fail exports whose worker is gone, send again those whose
     message was lost, delete the expired ones."""
-    from compliance import export_jobs
+    from compliance.evidence import jobs
 
-    return export_jobs.sweep()
+    return jobs.sweep()
 
 
 @shared_task
 def prune() -> dict:
     """Beat, daily: delete raw scan data older than the retention (audited)."""
-    from compliance import retention
+    from compliance.evidence import retention
 
     return retention.prune().as_dict()

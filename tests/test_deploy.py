@@ -378,8 +378,8 @@ def metric_names(expr: str) -> set[str]:
 def test_every_metric_the_rules_and_dashboard_use_is_served(
     client, settings, cluster, fake_kube, tmp_path
 ):
-    from compliance import exports, reports
     from compliance.collect import scanning
+    from compliance.evidence import exports, reports
     from compliance.identity.access import OFFICER, Scope
     from tests.builders import FAST, deployment
 

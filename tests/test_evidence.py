@@ -12,9 +12,9 @@ import pytest
 from django.core.management import call_command
 from django.db import connection
 
-from compliance import evidence, exports, reports, retention, samples
 from compliance.audit import heads
 from compliance.audit import log as audit
+from compliance.evidence import exports, pending, reports, retention, samples
 from compliance.identity import access
 from compliance.models import AuditEvent, AuditHead, Export, Finding, FindingEvent, ScanRun
 from tests.builders import T0
@@ -232,11 +232,11 @@ def test_a_tsa_that_is_down_does_not_block_an_export_and_the_token_comes_later(
         head = heads.sign_head()
         assert head.timestamp is None and head.timestamp_error
         assert path.exists() and not exports.token_path(path).exists()
-        assert evidence.timestamp_pending() == 0  # still down
+        assert pending.timestamp_pending() == 0  # still down
     with local_tsa("good") as good:
         tsa_settings(good)
         # The same CA: the local TSAs share their root.
-        assert evidence.timestamp_pending() == 2
+        assert pending.timestamp_pending() == 2
     e.refresh_from_db()
     assert e.timestamp and e.timestamp_error == ""
     assert exports.token_path(path).read_bytes() == bytes(e.timestamp)

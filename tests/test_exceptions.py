@@ -14,8 +14,8 @@ from django.core.management import call_command
 from django.db import IntegrityError, close_old_connections, connection, transaction
 from django.utils import timezone
 
-from compliance import exports, reports
 from compliance.collect import scanning
+from compliance.evidence import exports, reports
 from compliance.identity import access
 from compliance.models import (
     AuditEvent,

@@ -9,7 +9,8 @@ import pytest
 from django.contrib.auth.models import User
 from django.utils import timezone
 
-from compliance import demo, exports, reports
+from compliance import demo
+from compliance.evidence import exports, reports
 from compliance.identity import access
 from compliance.models import Cluster, ScanRun
 from compliance.risk import exceptions

@@ -24,7 +24,8 @@ from django.db import connection
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from compliance import export_jobs, exports, reports, tasks
+from compliance import tasks
+from compliance.evidence import exports, jobs, reports
 from compliance.identity import access
 from compliance.models import AuditEvent, Export
 from tests.builders import T0, make_user
@@ -131,7 +132,7 @@ def test_the_sweep_runs_again_an_export_whose_whole_worker_died(
     c = login_as("auditor")
     user = User.objects.get(username="auditor")
     doc = reports.point_in_time(access.scope_for(user), dt.datetime.fromisoformat(AT))
-    e = export_jobs.create(user, "csv", doc, "report", {"cluster": "", "namespace": ""})
+    e = jobs.create(user, "csv", doc, "report", {"cluster": "", "namespace": ""})
 
     def pod_gone(attempts):
         """Its worker's pod is gone (another host, so no process to look for): nothing
@@ -148,14 +149,14 @@ def test_the_sweep_runs_again_an_export_whose_whole_worker_died(
     exports_dir.mkdir(parents=True, exist_ok=True)
     part = exports_dir / f".{e.pk}.csv.0123.part"
     part.write_bytes(b"id,status\r\n")
-    assert export_jobs.sweep() == {"failed": 0, "rerun": 1, "requeued": 0, "expired": 0}
+    assert jobs.sweep() == {"failed": 0, "rerun": 1, "requeued": 0, "expired": 0}
     assert not part.exists()
     e = wait_for(lambda: Export.objects.filter(pk=e.pk, status="done").first())
     assert e.attempts == 2 and e.worker != "worker-7f9c-gone:12" and e.rows == 2
     assert _verify(c, e).ok
     assert AuditEvent.objects.filter(action="export_done").count() == 1
     pod_gone(attempts=3)  # the third time: the sweep gives up and says why
-    assert export_jobs.sweep()["failed"] == 1
+    assert jobs.sweep()["failed"] == 1
     e.refresh_from_db()
     assert e.status == "failed" and e.error.startswith("the worker writing it stopped")
     assert not exports.file_path(e).exists()
@@ -165,15 +166,15 @@ def test_the_sweep_runs_again_an_export_whose_whole_worker_died(
 def test_an_attempt_taken_over_changes_neither_the_files_nor_the_record(history, exports_dir):
     user = make_user("auditor")
     doc = reports.point_in_time(access.scope_for(user), dt.datetime.fromisoformat(AT))
-    e = export_jobs.create(user, "csv", doc, "report", {"cluster": "", "namespace": ""})
-    stalled = export_jobs.claim(e.pk)
+    e = jobs.create(user, "csv", doc, "report", {"cluster": "", "namespace": ""})
+    stalled = jobs.claim(e.pk)
     # While this attempt stalled, the next one took the export over and wrote its files.
     Export.objects.filter(pk=e.pk).update(worker="worker-2:7", attempts=2)
     exports_dir.mkdir(parents=True, exist_ok=True)
     path = exports.file_path(e)
     path.write_bytes(b"the next attempt's file")
     exports.manifest_path(path).write_bytes(b"the next attempt's manifest")
-    assert export_jobs.attempt(stalled) == ""
+    assert jobs.attempt(stalled) == ""
     assert path.read_bytes() == b"the next attempt's file"
     assert exports.manifest_path(path).read_bytes() == b"the next attempt's manifest"
     assert not list(exports_dir.glob(".*.part"))
@@ -189,8 +190,8 @@ def test_the_sweep_fails_an_export_whose_worker_died_and_deletes_expired_ones(
     user = make_user("auditor")
     settings.WELKIN_EXPORTS_IN_PROCESS = True
     doc = reports.point_in_time(access.scope_for(user), dt.datetime.fromisoformat(AT))
-    done = export_jobs.create(user, "csv", doc, "report", {"cluster": "", "namespace": ""})
-    export_jobs.queue(done)
+    done = jobs.create(user, "csv", doc, "report", {"cluster": "", "namespace": ""})
+    jobs.queue(done)
     assert done.status == "done" and exports.file_path(done).exists()
     # A worker that died writing: a process that has exited, its temporary file left.
     dead = subprocess.run(
@@ -199,24 +200,24 @@ def test_the_sweep_fails_an_export_whose_worker_died_and_deletes_expired_ones(
         capture_output=True,
         check=True,
     )
-    orphan = export_jobs.create(user, "json", doc, "report", {"cluster": "", "namespace": ""})
+    orphan = jobs.create(user, "json", doc, "report", {"cluster": "", "namespace": ""})
     Export.objects.filter(pk=orphan.pk).update(
         status="running",
         attempts=1,
-        worker=f"{export_jobs.worker_id().rpartition(':')[0]}:{dead.stdout.strip()}",
+        worker=f"{jobs.worker_id().rpartition(':')[0]}:{dead.stdout.strip()}",
         heartbeat_at=timezone.now(),
     )
     part = exports_dir / f".{orphan.pk}.json.0123.part"
     part.write_bytes(b'{"report":')
     # Under `make run` no worker could run it again: failed.
-    assert export_jobs.sweep() == {"failed": 1, "rerun": 0, "requeued": 0, "expired": 0}
+    assert jobs.sweep() == {"failed": 1, "rerun": 0, "requeued": 0, "expired": 0}
     orphan.refresh_from_db()
     assert orphan.status == "failed" and orphan.error.startswith("the worker writing it stopped")
     assert not part.exists()
     # Done exports are deleted once expired: files and record, audited.
     path = exports.file_path(done)
     later = done.expires_at + dt.timedelta(seconds=1)
-    assert export_jobs.sweep(later)["expired"] == 2  # the failed one too
+    assert jobs.sweep(later)["expired"] == 2  # the failed one too
     assert not path.exists() and not exports.manifest_path(path).exists()
     assert not Export.objects.exists()
     pruned = AuditEvent.objects.get(action="export_expired")
@@ -371,7 +372,7 @@ def test_with_the_broker_down_an_export_is_saved_queued_and_sent_by_the_sweep(
     assert _messages("exports") == []
     assert r.status_code == 202 and r.json()["status"] == "queued"
     assert Export.objects.get().status == "queued"
-    export_jobs.sweep()  # with the broker back: sent again
+    jobs.sweep()  # with the broker back: sent again
     assert [m["args"] for m in _messages("exports")] == [[r.json()["id"]]]
 
 
@@ -400,9 +401,9 @@ def test_a_queued_task_carries_no_time_limit_so_the_workers_own_applies(broker):
 def test_a_taken_over_attempts_progress_moves_nothing(history):
     user = make_user("auditor")
     doc = reports.point_in_time(access.scope_for(user), dt.datetime.fromisoformat(AT))
-    e = export_jobs.create(user, "csv", doc, "report", {"cluster": "", "namespace": ""})
-    e = export_jobs.claim(e.pk)
-    progress = export_jobs.Progress(e, every=0.05)
+    e = jobs.create(user, "csv", doc, "report", {"cluster": "", "namespace": ""})
+    e = jobs.claim(e.pk)
+    progress = jobs.Progress(e, every=0.05)
     try:
         progress(10)
         wait_for(lambda: Export.objects.get(pk=e.pk).rows == 10, 10)
@@ -423,7 +424,7 @@ def test_a_time_limit_is_named_however_the_writer_wrapped_it():
         except SoftTimeLimitExceeded as stop:
             raise exports.ExportError("the CSV export failed, and left no file") from stop
     except exports.ExportError as wrapped:
-        assert "longer than the export time limit" in export_jobs._reason(wrapped)
+        assert "longer than the export time limit" in jobs._reason(wrapped)
 
 
 def test_a_hostile_name_cannot_shape_the_download_name():

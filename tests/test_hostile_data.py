@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pypdf import PdfReader
 
-from compliance import exports, reports
 from compliance.collect import images, kube, registry, scanning
+from compliance.evidence import exports, reports
 from compliance.identity import access
 from compliance.models import AuditEvent, Cluster, Export, Finding, FindingEvent, ScanRun
 from compliance.rules import explain, gate, kubeconfig, runas, shell, workloads

@@ -15,8 +15,8 @@ from django.core.cache import cache
 from django.db.models import Count, Sum
 from prometheus_client.parser import text_string_to_metric_families
 
-from compliance import exports, reports
 from compliance.collect import scanning
+from compliance.evidence import exports, reports
 from compliance.identity import sessions
 from compliance.models import Finding, ScanRun
 from compliance.rules.controls import CONTROLS, MAPPING

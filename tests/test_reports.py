@@ -10,7 +10,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from pypdf import PdfReader
 
-from compliance import exports, reports
+from compliance.evidence import exports, reports
 from compliance.identity import access
 from tests.builders import T0, make_user
 

@@ -508,7 +508,7 @@ WELKIN_SCAN_TIME_LIMIT = env_int("WELKIN_SCAN_TIME_LIMIT", 1800, minimum=10)
 # A running scan whose progress is older than this is taken as abandoned (SQLite only;
 # on PostgreSQL the advisory lock tells at once).
 WELKIN_SCAN_STALE_SECONDS = env_int("WELKIN_SCAN_STALE_SECONDS", 2100, minimum=10)
-# Exports (compliance/export_jobs.py), written by workers on the "exports" queue: at most
+# Exports (compliance/evidence/jobs.py), written by workers on the "exports" queue: at most
 # this many seconds each; a running export with no progress for WELKIN_EXPORT_STALE_SECONDS
 # (or whose worker process on this host is gone) is taken over, at most
 # WELKIN_EXPORT_MAX_ATTEMPTS times; done or failed exports are deleted (files, record;
@@ -525,7 +525,7 @@ if not re.fullmatch(r"[1-9][0-9]{0,6}(kB|MB|GB)", WELKIN_EXPORT_WORK_MEM):
         f"WELKIN_EXPORT_WORK_MEM={WELKIN_EXPORT_WORK_MEM!r}: a size such as 64MB or 1GB"
     )
 # An export's CSV or JSON rows are cut into this many ranges of names, each written by its
-# own COPY on its own connection, from one snapshot (compliance/exports.py); 1: one COPY.
+# own COPY on its own connection, from one snapshot (compliance/evidence/exports.py); 1: one COPY.
 WELKIN_EXPORT_PARALLEL = env_int("WELKIN_EXPORT_PARALLEL", 2, minimum=1)
 if WELKIN_EXPORT_PARALLEL > 16:
     raise ImproperlyConfigured(

@@ -46,8 +46,8 @@ def latest() -> dict | None:
 
 def sign_head() -> AuditHead | None:
     """Sign the chain's current last event (None when the log is empty), audited."""
-    from compliance import exports
     from compliance.audit import log
+    from compliance.evidence import exports
 
     last = AuditEvent.objects.order_by("-seq").values_list("seq", "hash").first()
     if last is None:
@@ -110,7 +110,7 @@ def check(
 
 def check_all(last_seq: int, tsa_ca: bytes | None = None) -> tuple[int, str] | None:
     """The first head that does not match the chain (its seq and why), or None."""
-    from compliance import exports
+    from compliance.evidence import exports
 
     key = exports.public_key_b64()
     heads = list(AuditHead.objects.order_by("seq", "at"))

@@ -73,7 +73,7 @@ class ExportStatus(models.TextChoices):
 
 
 class Export(models.Model):
-    """A report file written for a user by a Celery job (compliance/exports.py run), with
+    """A report file written for a user by a Celery job (compliance/evidence/exports.py run), with
     its signed manifest: queued, running (rows written so far), done, or failed with why."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -110,7 +110,7 @@ class Export(models.Model):
 
     @property
     def extension(self) -> str:
-        from compliance.exports import EXTENSIONS
+        from compliance.evidence.exports import EXTENSIONS
 
         return EXTENSIONS.get(self.format, self.format)
 
@@ -134,7 +134,7 @@ class Export(models.Model):
 class Sample(models.Model):
     """An auditor's reproducible random sample of workloads at a time, in a scope: the
     population is the point-in-time report's workloads in a fixed order, the seed picks
-    from it (compliance/samples.py), so anyone with the seed draws the same sample."""
+    from it (compliance/evidence/samples.py), so anyone with the seed draws the same sample."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey("auth.User", null=True, on_delete=models.SET_NULL, related_name="+")

@@ -11,8 +11,9 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from compliance import export_jobs, params
+from compliance import params
 from compliance.audit import log
+from compliance.evidence import jobs
 from compliance.identity import access
 from compliance.models import AuditEvent, ExceptionMatch
 from compliance.risk import acceptance, exceptions, register
@@ -229,10 +230,10 @@ def export(request):
     doc = register.Register(scope, filters, request.user.get_username())
     query = {k: str(v) for k, v in filters.as_dict().items()}
     try:
-        export_jobs.ask(
+        jobs.ask(
             request, AuditEvent.Action.EXCEPTION_EXPORT, fmt, doc, "register", {"filters": query}
         )
-    except export_jobs.Busy as busy:
+    except jobs.Busy as busy:
         context = {"scope": scope, "filters": filters, "error": str(busy), "rows": []}
         return render(request, "compliance/exceptions.html", context, status=429)
     return redirect(reverse("compliance-reports") + "#exports")

@@ -8,8 +8,9 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from compliance import export_jobs, exports, params, reports
+from compliance import params
 from compliance.audit import log
+from compliance.evidence import exports, jobs, reports
 from compliance.identity import access
 from compliance.models import AuditEvent, AuditHead, Export, ExportStatus
 
@@ -65,12 +66,10 @@ def _exports_context(request) -> dict:
         # times that means it stalled or died, and the page says so (not a frozen count).
         last = e.heartbeat_at or e.started_at
         silent = (now - last).total_seconds() if e.status == "running" and last else 0
-        e.silent_minutes = (
-            int(silent // 60) if silent > 3 * export_jobs.Progress.HEARTBEAT else None
-        )
+        e.silent_minutes = int(silent // 60) if silent > 3 * jobs.Progress.HEARTBEAT else None
     return {
         "exports": mine,
-        "exports_active": any(e.status in export_jobs.ACTIVE for e in mine),
+        "exports_active": any(e.status in jobs.ACTIVE for e in mine),
         "export_days": settings.WELKIN_EXPORT_RETENTION_DAYS,
         "export_stale_minutes": settings.WELKIN_EXPORT_STALE_SECONDS // 60,
     }
@@ -84,14 +83,14 @@ def exports_list(request):
 @require_POST
 def export(request):
     """Ask for an export: the parameters are checked here (400 naming the wrong one), the
-    file is written by a worker (compliance/export_jobs.py); the page shows its progress."""
+    file is written by a worker (compliance/evidence/jobs.py); the page shows its progress."""
     r, error = _report_from(request, request.POST, summarize=False)
     fmt = request.POST.get("format")
     if r is None or fmt not in exports.FORMATS:
         return _report_page(request, error or "Choose a format.", 400)
     try:
-        export_jobs.ask_report(request, fmt, r)
-    except export_jobs.Busy as busy:
+        jobs.ask_report(request, fmt, r)
+    except jobs.Busy as busy:
         return _report_page(request, str(busy), 429)
     return redirect(reverse("compliance-reports") + "#exports")
 

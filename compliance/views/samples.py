@@ -5,8 +5,9 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from compliance import export_jobs, params, reports, samples
+from compliance import params
 from compliance.audit import log
+from compliance.evidence import jobs, reports, samples
 from compliance.identity import access
 from compliance.models import AuditEvent, Sample
 
@@ -79,10 +80,8 @@ def sample_export(request, pk):
     fmt = params.choice(request.POST, "format", FORMATS, "json")
     doc = samples.SampleDoc(s, request.user.get_username())
     try:
-        export_jobs.ask(
-            request, AuditEvent.Action.EXPORT, fmt, doc, "sample", {"sample": str(s.pk)}
-        )
-    except export_jobs.Busy as busy:
+        jobs.ask(request, AuditEvent.Action.EXPORT, fmt, doc, "sample", {"sample": str(s.pk)})
+    except jobs.Busy as busy:
         context = {"sample": s, "formats": FORMATS, "error": str(busy)}
         return render(request, "compliance/sample.html", context, status=429)
     return redirect(reverse("compliance-reports") + "#exports")

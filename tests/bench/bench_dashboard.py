@@ -347,7 +347,7 @@ def main() -> None:
 def report_with_exceptions() -> None:
     """The point-in-time report's rows and summary with the exceptions applied, timed in
     this process (bench-export times the exports as a whole)."""
-    from compliance import reports
+    from compliance.evidence import reports
     from compliance.identity import access
 
     t = time.perf_counter()

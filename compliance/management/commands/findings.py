@@ -3,7 +3,7 @@
 import orjson
 from django.core.management.base import BaseCommand, CommandError
 
-from compliance import reports
+from compliance.evidence import reports
 from compliance.vocabulary import NONCOMPLIANT
 
 

@@ -5,8 +5,9 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from compliance import exports, params, reports
+from compliance import params
 from compliance.audit import log
+from compliance.evidence import exports, reports
 from compliance.identity import access
 from compliance.models import AuditEvent
 

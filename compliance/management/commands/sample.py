@@ -7,8 +7,9 @@ import getpass
 import orjson
 from django.core.management.base import BaseCommand, CommandError
 
-from compliance import params, reports, samples
+from compliance import params
 from compliance.audit import log
+from compliance.evidence import reports, samples
 from compliance.identity import access
 from compliance.models import AuditEvent
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from compliance import exports
+from compliance.evidence import exports
 
 
 def _read(path: str, limit: int, what: str) -> bytes:

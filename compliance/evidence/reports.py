@@ -303,7 +303,7 @@ def _sql_text(value: str) -> str:
 
 
 def _cells(csv: bool) -> list[tuple[str, str]]:
-    from compliance.exports import FORMULA_STARTS
+    from compliance.evidence.exports import FORMULA_STARTS
 
     starts = ", ".join(_sql_text(c) for c in FORMULA_STARTS)
 
@@ -369,7 +369,7 @@ def point_in_time(
             f"the report time {at.isoformat()} is in the future: a report says what was, "
             "not what will be"
         )
-    from compliance import retention
+    from compliance.evidence import retention
 
     pruned = retention.horizon()
     if pruned is not None and at < pruned:

@@ -35,7 +35,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from compliance import __version__
-from compliance.reports import REPORT_COLUMNS, Report
+from compliance.evidence.reports import REPORT_COLUMNS, Report
 from compliance.vocabulary import NONCOMPLIANT, STATE
 
 GENERATOR = f"welkin-dash {__version__}"
@@ -169,7 +169,7 @@ def _copy(
     write every range), and commits; the others' ranges, spooled to unnamed temporary
     files, are appended in order. So the file holds exactly what one COPY would, and the
     summary's counts are those of its rows."""
-    from compliance import reports
+    from compliance.evidence import reports
 
     if fmt == "csv":
         body = "FORMAT csv"
@@ -464,7 +464,7 @@ def _json(report: Report, out: _HashingWriter, progress: Progress, copy: bool) -
 
 
 def _oscal(report: Report, out: _HashingWriter, progress: Progress, copy: bool) -> int:
-    from compliance import oscal
+    from compliance.evidence import oscal
 
     if not hasattr(report, "completeness"):
         raise ValueError("OSCAL is written for point-in-time reports only")
@@ -992,7 +992,7 @@ def file_path(record) -> Path:
 
 def write_export(record, doc, progress: Progress | None = None, hold=None) -> None:
     """Write an Export record's file and manifest and ask the TSA for a token; the
-    record's fields are set for the caller to save (compliance/export_jobs.py: only if
+    record's fields are set for the caller to save (compliance/evidence/jobs.py: only if
     its attempt still holds the export). ExportError or OSError: nothing was written."""
     settings.EXPORTS_DIR.mkdir(parents=True, exist_ok=True)
     path = file_path(record)

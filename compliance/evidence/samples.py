@@ -25,7 +25,7 @@ import orjson
 from django.db.models import Q
 from django.utils import timezone
 
-from compliance import reports
+from compliance.evidence import reports
 from compliance.identity import access
 from compliance.models import Finding, Sample
 from compliance.rules import explain

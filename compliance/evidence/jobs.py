@@ -33,8 +33,8 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from compliance import exports
 from compliance.audit import log as audit
+from compliance.evidence import exports
 from compliance.identity import access
 from compliance.models import AuditEvent, Export, ExportStatus
 
@@ -309,7 +309,7 @@ def _fail(e: Export, reason: str, seconds: float | None = None, attempt: bool = 
 
 def document(e: Export):
     """The export's document, rebuilt with the asker's scope as it is now."""
-    from compliance import reports, samples
+    from compliance.evidence import reports, samples
     from compliance.models import Sample
     from compliance.risk import register
 

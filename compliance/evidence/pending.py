@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from compliance import exports
 from compliance.audit import heads, log, tsa
+from compliance.evidence import exports
 from compliance.models import AuditEvent, AuditHead, Export
 
 

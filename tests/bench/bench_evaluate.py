@@ -20,7 +20,7 @@ from pathlib import Path
 import orjson
 import yaml
 
-from compliance import offline
+from compliance.ci import offline
 from tests import podgen
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,10 +1,10 @@
-"""`manage.py evaluate`: the same command as `welkin-evaluate` (compliance/cli.py)."""
+"""`manage.py evaluate`: the same command as `welkin-evaluate` (compliance/ci/cli.py)."""
 
 import sys
 
 from django.core.management.base import BaseCommand
 
-from compliance import cli
+from compliance.ci import cli
 
 
 class Command(BaseCommand):

@@ -20,7 +20,8 @@ from xml.etree import ElementTree as ET
 
 import orjson
 
-from compliance import __version__, offline
+from compliance import __version__
+from compliance.ci import offline
 from compliance.rules import controls
 from compliance.rules.gate import inert
 from compliance.rules.manifests import read_input

@@ -5,9 +5,10 @@ exception changes what is accepted (the changed cluster is then ranked live)."""
 import pytest
 from django.contrib.auth.models import User
 
-from compliance import dashboards, demo
+from compliance import demo
 from compliance.identity import access
 from compliance.models import NamespaceRanking
+from compliance.web import dashboards
 
 DEMO_DAYS = 10  # a week before the latest day exists: "worse than a week ago" has rows
 

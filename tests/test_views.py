@@ -130,7 +130,7 @@ def test_the_welkin_cases_are_explained_with_their_fix(as_user):
 
 
 def test_the_namespace_page_filters_and_pages(as_user, monkeypatch):
-    from compliance import dashboards
+    from compliance.web import dashboards
 
     monkeypatch.setattr(dashboards, "PAGE_SIZE", 2)
     c = as_user("officer")

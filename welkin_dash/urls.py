@@ -4,6 +4,6 @@ from django.urls import include, path
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
-    path("api/", include("compliance.api_urls")),
-    path("", include("compliance.urls")),
+    path("api/", include("compliance.web.api_urls")),
+    path("", include("compliance.web.urls")),
 ]

@@ -350,7 +350,7 @@ def write_rollup(cluster: Cluster, at: datetime, groups: Mapping[GroupKey, Workl
         [(cluster.pk, day, state, c.containers, c.pods, c.accepted) for state, c in totals.items()],
     )
     if written:  # the fleet page's ranking of its namespaces follows its rollups
-        from compliance.dashboards import rank_cluster
+        from compliance.web.dashboards import rank_cluster
 
         rank_cluster(cluster.pk, day)
     return written

@@ -181,8 +181,8 @@ def load_exceptions() -> None:
 
 def rank_clusters() -> None:
     """What each cluster's scan stores with its rollups: its namespaces' ranking."""
-    from compliance import dashboards
     from compliance.models import Cluster
+    from compliance.web import dashboards
 
     t = time.perf_counter()
     for c in Cluster.objects.select_related("last_complete_scan"):

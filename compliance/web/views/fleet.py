@@ -3,9 +3,10 @@
 from django.http import JsonResponse
 from django.shortcuts import render
 
-from compliance import dashboards, params
+from compliance import params
 from compliance.identity import access
 from compliance.models import DailyRollup
+from compliance.web import dashboards
 
 
 def overview(request):

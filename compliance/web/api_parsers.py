@@ -1,5 +1,5 @@
 """The API's JSON parser (REST_FRAMEWORK's DEFAULT_PARSER_CLASSES). A module of its own:
-DRF reads the setting while compliance.api's views are being defined."""
+DRF reads the setting while compliance.web.api's views are being defined."""
 
 from __future__ import annotations
 

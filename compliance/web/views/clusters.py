@@ -8,9 +8,10 @@ from django.utils.html import format_html
 from django.utils.http import RFC3986_SUBDELIMS
 from django.utils.safestring import mark_safe
 
-from compliance import dashboards, params
+from compliance import params
 from compliance.identity import access
 from compliance.vocabulary import FINDING_KINDS, NONCOMPLIANT, STATES_BY_SEVERITY
+from compliance.web import dashboards
 
 
 def cluster(request, name):

@@ -5,10 +5,11 @@ from django.db import transaction
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from compliance import dashboards, params, tasks
+from compliance import params, tasks
 from compliance.audit import log
 from compliance.identity import access
 from compliance.models import AuditEvent, Cluster, ScanRun, ScanStatus, Source, Trigger
+from compliance.web import dashboards
 
 
 def _officer(request):

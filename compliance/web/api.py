@@ -496,7 +496,7 @@ def _export_part(part: str):
     def view(request, pk):
         """A done export's file, its manifest, or the TSA's token over the manifest: the
         same bytes as the reports page's links."""
-        from compliance.views import reports as pages
+        from compliance.web.views import reports as pages
 
         return {"file": pages.download, "manifest": pages.manifest, "timestamp": pages.timestamp}[
             part

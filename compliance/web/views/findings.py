@@ -4,10 +4,10 @@ it, and its history (scan events and exceptions starting and ending, in one time
 from django.shortcuts import render
 from django.utils import timezone
 
-from compliance import dashboards
 from compliance.identity import access
 from compliance.risk import acceptance, exceptions
 from compliance.rules import explain
+from compliance.web import dashboards
 
 
 def finding(request, pk):

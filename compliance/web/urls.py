@@ -1,6 +1,6 @@
 from django.urls import path
 
-from compliance.views import (
+from compliance.web.views import (
     clusters,
     exceptions,
     findings,

@@ -2,7 +2,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import DefaultRouter
 
-from compliance import api
+from compliance.web import api
 
 router = DefaultRouter()
 router.register("clusters", api.ClusterViewSet, basename="api-cluster")

@@ -4,7 +4,7 @@ welkin_dash.wsgi` (the image's command). Each is overridable by its environment 
 Metrics: the workers keep prometheus_client's multiprocess files in
 PROMETHEUS_MULTIPROC_DIR (an emptyDir in Kubernetes); the master empties it before the
 first worker starts, and a dead worker's live gauges are dropped, so a scrape answered
-by any worker sums them all (compliance/metrics.py).
+by any worker sums them all (compliance/ops/metrics.py).
 """
 
 import os

@@ -239,7 +239,7 @@ SPECTACULAR_SETTINGS = {
 MIDDLEWARE = [
     # /healthz, /readyz and /metrics: answered first, before host checks, redirects and
     # sessions (probes and scrapers address the pod by IP, over plain HTTP).
-    "compliance.ops.OpsEndpoints",
+    "compliance.ops.health.OpsEndpoints",
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     # Serves the collected static files (vendored JS, CSS) under gunicorn, without a CDN.

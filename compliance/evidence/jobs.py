@@ -55,7 +55,7 @@ class Busy(Exception):
 def ask(http_request, action: str, fmt: str, doc, kind: str, params: dict[str, Any]) -> Export:
     """An export asked for in a request: saved, audited (`action`), queued. Busy when the
     user already has WELKIN_EXPORT_MAX_ACTIVE exports queued or being written."""
-    from compliance.metrics import EXPORT_REQUESTS
+    from compliance.ops.metrics import EXPORT_REQUESTS
 
     limit = settings.WELKIN_EXPORT_MAX_ACTIVE
     with transaction.atomic():

@@ -1,4 +1,4 @@
-"""Prometheus metrics (/metrics, served by compliance/ops.py).
+"""Prometheus metrics (/metrics, served by compliance/ops/health.py).
 
 Two kinds:
 
@@ -88,7 +88,7 @@ def _ts(dt) -> float:
 
 def queue_lengths() -> dict[str, int] | None:
     """Messages waiting per Celery queue, from the broker (None when it does not answer)."""
-    from compliance.ops import broker_connection
+    from compliance.ops.health import broker_connection
 
     try:
         with broker_connection() as conn:

@@ -8,7 +8,7 @@ Prometheus scraper. None of them sets a cookie or touches a session.
 - /readyz: the database and the broker answer, each within WELKIN_READYZ_TIMEOUT seconds;
   503 naming which did not (the reason goes to the log, not to the caller).
 - /metrics: Prometheus text, for a bearer token (WELKIN_METRICS_TOKEN) or a peer address
-  in WELKIN_METRICS_ALLOWED_NETWORKS; 401 otherwise. See compliance/metrics.py.
+  in WELKIN_METRICS_ALLOWED_NETWORKS; 401 otherwise. See compliance/ops/metrics.py.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def metrics(request) -> HttpResponse:
         )
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return _no_store(response)
-    from compliance import metrics as m
+    from compliance.ops import metrics as m
 
     body, content_type = m.exposition(request.headers.get("Accept", ""))
     return _no_store(HttpResponse(body, content_type=content_type))

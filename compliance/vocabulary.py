@@ -348,3 +348,8 @@ WORKLOAD_KINDS = {
 }
 # The kinds findings are grouped under, in the order the namespace page offers them.
 FINDING_KINDS = tuple(k for k in WORKLOAD_KINDS if k != "PodTemplate")
+
+# --- exports ----------------------------------------------------------------------------
+
+EXPORT_FORMATS = ("csv", "json", "pdf", "oscal")  # oscal: OSCAL Assessment Results (JSON)
+EXPORT_EXTENSIONS = {"oscal": "oscal.json"}  # a file name's ending where it is not the format

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from compliance.evidence import store
+
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 OVERLAYS = ("external", "trial")
@@ -379,7 +381,7 @@ def test_every_metric_the_rules_and_dashboard_use_is_served(
     client, settings, cluster, fake_kube, tmp_path
 ):
     from compliance.collect import scanning
-    from compliance.evidence import exports, reports
+    from compliance.evidence import reports
     from compliance.identity.access import OFFICER, Scope
     from tests.builders import FAST, deployment
 
@@ -409,7 +411,7 @@ def test_every_metric_the_rules_and_dashboard_use_is_served(
     deployment(fake_kube, "shop", "web", "nginx", 2, container_sc={"runAsUser": 0})
     assert scanning.scan_cluster(cluster.pk, policy=FAST).status == "succeeded"
     report = reports.point_in_time(Scope(None, OFFICER))
-    exports.export_to(report, "csv", tmp_path / "r.csv")
+    store.export_to(report, "csv", tmp_path / "r.csv")
     r = client.get("/metrics", HTTP_AUTHORIZATION="Bearer " + "t" * 32)
     assert r.status_code == 200
     from prometheus_client.parser import text_string_to_metric_families

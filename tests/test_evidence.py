@@ -14,7 +14,7 @@ from django.db import connection
 
 from compliance.audit import heads
 from compliance.audit import log as audit
-from compliance.evidence import exports, pending, reports, retention, samples
+from compliance.evidence import pending, reports, retention, samples, store, writers
 from compliance.identity import access
 from compliance.models import AuditEvent, AuditHead, Export, Finding, FindingEvent, ScanRun
 from tests.builders import T0
@@ -143,8 +143,8 @@ def export_as(client, fmt="csv", at=None):
     r = client.post("/reports/export/", {"at": at, "format": fmt})
     assert r.status_code == 302, r.content[:500]
     e = Export.objects.order_by("-created_at").first()
-    path = exports.file_path(e)
-    return e, path, exports.manifest_path(path)
+    path = store.file_path(e)
+    return e, path, store.manifest_path(path)
 
 
 def verify_report(*args):
@@ -167,7 +167,7 @@ def test_an_export_is_timestamped_and_verified_by_the_tsa_and_by_openssl(
     assert m["timestamp"]["authority"] == tsa.url
     assert m["coverage"]["complete"] is True and m["coverage"]["reasons"] == []
     assert m["coverage"]["pods"] == 4 and m["coverage"]["clusters_scanned"] == 1
-    token = exports.token_path(path)
+    token = store.token_path(path)
     assert e.timestamp and token.read_bytes() == bytes(e.timestamp)
     code, out = verify_report(path)
     assert code == 0, out
@@ -202,7 +202,7 @@ def test_verify_refuses_a_wrong_or_untrusted_token_and_edited_coverage(
         _, path, manifest = export_as(c)
         _, other, _ = export_as(c, "json")
     # The token of another export's manifest.
-    code, out = verify_report(path, "--timestamp", exports.token_path(other))
+    code, out = verify_report(path, "--timestamp", store.token_path(other))
     assert code == 1 and "another digest" in out, out
     # A token from a TSA this server does not trust.
     with local_tsa("untrusted") as rogue:
@@ -231,7 +231,7 @@ def test_a_tsa_that_is_down_does_not_block_an_export_and_the_token_comes_later(
         assert e.timestamp is None and "503" in e.timestamp_error
         head = heads.sign_head()
         assert head.timestamp is None and head.timestamp_error
-        assert path.exists() and not exports.token_path(path).exists()
+        assert path.exists() and not store.token_path(path).exists()
         assert pending.timestamp_pending() == 0  # still down
     with local_tsa("good") as good:
         tsa_settings(good)
@@ -239,7 +239,7 @@ def test_a_tsa_that_is_down_does_not_block_an_export_and_the_token_comes_later(
         assert pending.timestamp_pending() == 2
     e.refresh_from_db()
     assert e.timestamp and e.timestamp_error == ""
-    assert exports.token_path(path).read_bytes() == bytes(e.timestamp)
+    assert store.token_path(path).read_bytes() == bytes(e.timestamp)
     assert AuditEvent.objects.filter(action="timestamp").count() == 2
     assert check().ok, check().message
     code, out = verify_report(path)
@@ -342,7 +342,7 @@ def test_a_sample_is_redrawn_from_its_seed(client, demo_fleet, settings, tmp_pat
     r = c.post(f"/reports/samples/{s.pk}/export/", {"format": "json"})
     assert r.status_code == 302
     e = Export.objects.get()
-    path = exports.file_path(e)
+    path = store.file_path(e)
     doc = orjson.loads(path.read_bytes())
     assert doc["sample"]["seed"] == "audit-2026" and "--seed audit-2026" in doc["sample"]["redraw"]
     code, out = verify_report(path)
@@ -397,7 +397,7 @@ def test_the_oscal_export_validates_and_carries_both_numberings(
         doc["assessment-results"]["metadata"]["last-modified"]
     )
     r.generated_by = doc["assessment-results"]["metadata"]["props"][0]["value"]
-    exports.write(r, "oscal", again)
+    writers.write(r, "oscal", again)
     assert orjson.loads(again.getvalue()) == doc
 
 
@@ -405,7 +405,7 @@ def test_an_empty_oscal_report_validates(db, tmp_path):
     from trestle.oscal.assessment_results import Model
 
     out = io.BytesIO()
-    exports.write(reports.point_in_time(FLEET), "oscal", out)
+    writers.write(reports.point_in_time(FLEET), "oscal", out)
     doc = orjson.loads(out.getvalue())
     Model.model_validate(doc)
     assert "observations" not in doc["assessment-results"]["results"][0]

@@ -15,7 +15,7 @@ from django.db import IntegrityError, close_old_connections, connection, transac
 from django.utils import timezone
 
 from compliance.collect import scanning
-from compliance.evidence import exports, reports
+from compliance.evidence import reports, signed
 from compliance.identity import access
 from compliance.models import (
     AuditEvent,
@@ -432,7 +432,7 @@ def test_register_and_report_exports_verify(fleet, client, tmp_path, settings):
     assert client.post("/reports/export/", {"format": "csv"}).status_code == 302
     for x in Export.objects.all():
         body = (tmp_path / f"{x.id}.{x.format}").read_bytes()
-        result = exports.verify(body, orjson.dumps(x.manifest))
+        result = signed.verify(body, orjson.dumps(x.manifest))
         assert result.ok, result.message
         if "register" in x.scope and x.format == "csv":
             assert b"'=HYPERLINK" in body and b"approved" in body

@@ -10,7 +10,7 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 
 from compliance import demo
-from compliance.evidence import exports, reports
+from compliance.evidence import pgcopy, reports, store, writers
 from compliance.identity import access
 from compliance.models import Cluster, ScanRun
 from compliance.risk import exceptions
@@ -62,26 +62,26 @@ def test_copy_writes_the_same_bytes_as_the_row_by_row_writers(demo_fleet, settin
     for when in times:
         for cluster_name in (None, cluster.name):
             report = reports.point_in_time(FLEET, when, cluster_name)
-            assert len(exports._parts(report)) == 3, cluster_name
+            assert len(pgcopy._parts(report)) == 3, cluster_name
             for fmt in ("csv", "json"):
                 fast, slow = io.BytesIO(), io.BytesIO()
-                a = exports.write(report, fmt, fast)
-                b = exports.write(report, fmt, slow, copy=False)
+                a = writers.write(report, fmt, fast)
+                b = writers.write(report, fmt, slow, copy=False)
                 assert fast.getvalue() == slow.getvalue(), (fmt, when, cluster_name)
                 assert a == b and a.rows > 0
                 checked += a.rows
     assert checked > 100
     # A team lead's report is cut by the lead's own namespaces' counts.
     report = reports.point_in_time(access.scope_for(lead), now)
-    assert len(exports._parts(report)) > 1
+    assert len(pgcopy._parts(report)) > 1
     for fmt in ("csv", "json"):
         fast, slow = io.BytesIO(), io.BytesIO()
-        a = exports.write(report, fmt, fast)
-        b = exports.write(report, fmt, slow, copy=False)
+        a = writers.write(report, fmt, fast)
+        b = writers.write(report, fmt, slow, copy=False)
         assert fast.getvalue() == slow.getvalue() and a == b and a.rows > 0, fmt
     # Accepted rows and hostile cells are among them.
     body = io.BytesIO()
-    exports.write(reports.point_in_time(FLEET, now), "csv", body)
+    writers.write(reports.point_in_time(FLEET, now), "csv", body)
     assert b",accepted," in body.getvalue() and b"'=HYPERLINK" in body.getvalue()
 
 
@@ -104,7 +104,7 @@ def test_a_migration_waiting_for_the_tables_fails_a_parallel_export_at_once(sett
         scan = ScanRun.objects.create(cluster=cluster, status="succeeded", observed_at=at)
         stored_finding(cluster, scan, at)
     report = reports.point_in_time(FLEET, timezone.now())
-    assert len(exports._parts(report)) == 2
+    assert len(pgcopy._parts(report)) == 2
     db = connection.settings_dict
 
     def connect():
@@ -122,9 +122,9 @@ def test_a_migration_waiting_for_the_tables_fails_a_parallel_export_at_once(sett
 
     def export():
         try:
-            exports.export_to(report, "csv", path)
+            store.export_to(report, "csv", path)
             outcome["result"] = "written"
-        except exports.ExportError as e:
+        except store.ExportError as e:
             outcome["result"] = str(e)
         finally:
             connection.close()
@@ -191,7 +191,7 @@ def test_an_interrupted_export_leaves_no_file(monkeypatch, tmp_path):
     def interrupt(self, data):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(exports._CopyOut, "write", interrupt)
+    monkeypatch.setattr(pgcopy._CopyOut, "write", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        exports.export_to(reports.point_in_time(FLEET), "csv", tmp_path / "r.csv")
+        store.export_to(reports.point_in_time(FLEET), "csv", tmp_path / "r.csv")
     assert list(tmp_path.iterdir()) == []

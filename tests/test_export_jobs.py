@@ -25,7 +25,7 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from compliance import tasks
-from compliance.evidence import exports, jobs, reports
+from compliance.evidence import jobs, reports, signed, store
 from compliance.identity import access
 from compliance.models import AuditEvent, Export
 from tests.builders import T0, make_user
@@ -49,10 +49,10 @@ def worker(broker, exports_dir):  # noqa: F811
     w.kill()
 
 
-def _verify(client, e: Export) -> exports.Verification:
+def _verify(client, e: Export) -> signed.Verification:
     content = b"".join(client.get(f"/reports/exports/{e.pk}/").streaming_content)
     manifest = b"".join(client.get(f"/reports/exports/{e.pk}/manifest.json").streaming_content)
-    return exports.verify(content, manifest)
+    return signed.verify(content, manifest)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -83,7 +83,7 @@ def test_an_export_is_written_by_a_worker_and_followed_on_the_page_and_the_api(
     assert body["rows"] == body["total"] == 2 and body["error"] is None and body["sha256"]
     content = b"".join(api.get(body["files"]["file"]).streaming_content)
     manifest = b"".join(api.get(body["files"]["manifest"]).streaming_content)
-    assert exports.verify(content, manifest).ok
+    assert signed.verify(content, manifest).ok
     assert [x["id"] for x in api.get("/api/v1/exports/").json()["results"]] == [body["id"]]
     assert api.get(f"/api/v1/exports/{e.pk}/").status_code == 404  # the auditor's, not theirs
     assert api.get(f"/api/v1/exports/{e.pk}/file").status_code == 404
@@ -107,8 +107,8 @@ def test_a_worker_killed_mid_export_leaves_no_file_that_verifies_and_the_export_
         wait_for(lambda: list(exports_dir.glob(f".{e.pk}.*.part")))
         e.refresh_from_db()
         assert e.status == "running" and e.attempts == 1
-        final = exports.file_path(e)
-        assert not final.exists() and not exports.manifest_path(final).exists()
+        final = store.file_path(e)
+        assert not final.exists() and not store.manifest_path(final).exists()
         first = int(e.worker.rpartition(":")[2])
         os.kill(first, signal.SIGKILL)
         # Celery sends the task again (acks_late, reject_on_worker_lost); the next
@@ -159,7 +159,7 @@ def test_the_sweep_runs_again_an_export_whose_whole_worker_died(
     assert jobs.sweep()["failed"] == 1
     e.refresh_from_db()
     assert e.status == "failed" and e.error.startswith("the worker writing it stopped")
-    assert not exports.file_path(e).exists()
+    assert not store.file_path(e).exists()
 
 
 @pytest.mark.django_db
@@ -171,12 +171,12 @@ def test_an_attempt_taken_over_changes_neither_the_files_nor_the_record(history,
     # While this attempt stalled, the next one took the export over and wrote its files.
     Export.objects.filter(pk=e.pk).update(worker="worker-2:7", attempts=2)
     exports_dir.mkdir(parents=True, exist_ok=True)
-    path = exports.file_path(e)
+    path = store.file_path(e)
     path.write_bytes(b"the next attempt's file")
-    exports.manifest_path(path).write_bytes(b"the next attempt's manifest")
+    store.manifest_path(path).write_bytes(b"the next attempt's manifest")
     assert jobs.attempt(stalled) == ""
     assert path.read_bytes() == b"the next attempt's file"
-    assert exports.manifest_path(path).read_bytes() == b"the next attempt's manifest"
+    assert store.manifest_path(path).read_bytes() == b"the next attempt's manifest"
     assert not list(exports_dir.glob(".*.part"))
     e.refresh_from_db()
     assert (e.status, e.worker, e.attempts) == ("running", "worker-2:7", 2)
@@ -192,7 +192,7 @@ def test_the_sweep_fails_an_export_whose_worker_died_and_deletes_expired_ones(
     doc = reports.point_in_time(access.scope_for(user), dt.datetime.fromisoformat(AT))
     done = jobs.create(user, "csv", doc, "report", {"cluster": "", "namespace": ""})
     jobs.queue(done)
-    assert done.status == "done" and exports.file_path(done).exists()
+    assert done.status == "done" and store.file_path(done).exists()
     # A worker that died writing: a process that has exited, its temporary file left.
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
@@ -215,10 +215,10 @@ def test_the_sweep_fails_an_export_whose_worker_died_and_deletes_expired_ones(
     assert orphan.status == "failed" and orphan.error.startswith("the worker writing it stopped")
     assert not part.exists()
     # Done exports are deleted once expired: files and record, audited.
-    path = exports.file_path(done)
+    path = store.file_path(done)
     later = done.expires_at + dt.timedelta(seconds=1)
     assert jobs.sweep(later)["expired"] == 2  # the failed one too
-    assert not path.exists() and not exports.manifest_path(path).exists()
+    assert not path.exists() and not store.manifest_path(path).exists()
     assert not Export.objects.exists()
     pruned = AuditEvent.objects.get(action="export_expired")
     assert pruned.scope["exports"] == 2 and str(done.pk) in pruned.scope["ids"]
@@ -422,8 +422,8 @@ def test_a_time_limit_is_named_however_the_writer_wrapped_it():
         try:
             raise SoftTimeLimitExceeded()
         except SoftTimeLimitExceeded as stop:
-            raise exports.ExportError("the CSV export failed, and left no file") from stop
-    except exports.ExportError as wrapped:
+            raise store.ExportError("the CSV export failed, and left no file") from stop
+    except store.ExportError as wrapped:
         assert "longer than the export time limit" in jobs._reason(wrapped)
 
 

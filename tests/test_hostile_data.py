@@ -23,10 +23,10 @@ from hypothesis import strategies as st
 from pypdf import PdfReader
 
 from compliance.collect import images, kube, registry, scanning
-from compliance.evidence import exports, reports
+from compliance.evidence import reports, signed, store, writers
 from compliance.identity import access
 from compliance.models import AuditEvent, Cluster, Export, Finding, FindingEvent, ScanRun
-from compliance.rules import explain, gate, kubeconfig, runas, shell, workloads
+from compliance.rules import explain, gate, inert, kubeconfig, runas, shell, workloads
 from tests import podgen
 from tests.builders import make_user
 
@@ -427,13 +427,13 @@ def test_csv_cells_are_inert_and_the_file_verifies(stored, tmp_path, settings):
     for i, value in enumerate(FORMULAS):
         stored(workload_name=f"w{i}", image=value, container=value[:60])
     path = tmp_path / "r.csv"
-    exports.export_to(reports.point_in_time(FLEET), "csv", path)
+    store.export_to(reports.point_in_time(FLEET), "csv", path)
     rows = list(csv.reader(path.open(newline="")))
     cells = [cell for row in rows[1:] for cell in row]
-    assert not [c for c in cells if c.lstrip(" ").startswith(exports.FORMULA_STARTS)]
+    assert not [c for c in cells if c.lstrip(" ").startswith(inert.FORMULA_STARTS)]
     assert {r[rows[0].index("image")] for r in rows[1:]} == {"'" + v for v in FORMULAS}
     content = path.read_bytes()
-    assert exports.verify(content, Path(str(path) + ".manifest.json").read_bytes()).ok
+    assert signed.verify(content, Path(str(path) + ".manifest.json").read_bytes()).ok
 
 
 def test_the_audit_log_csv_is_inert(client, login_as):
@@ -449,7 +449,7 @@ def test_the_audit_log_csv_is_inert(client, login_as):
     rows = list(csv.reader(io.StringIO(body)))
     users = [r[2] for r in rows[1:]]  # seq, at, user, ...
     assert '\'=HYPERLINK("http://evil","x")' in users
-    assert not [c for r in rows[1:] for c in r if c.startswith(exports.FORMULA_STARTS)]
+    assert not [c for r in rows[1:] for c in r if c.startswith(inert.FORMULA_STARTS)]
 
 
 PDF_HOSTILE = [
@@ -468,7 +468,7 @@ def test_the_pdf_shows_hostile_text_as_text(stored, tmp_path):
     for i, value in enumerate(PDF_HOSTILE):
         stored(workload_name=value, image=value, container=f"c{i}", namespace=value[:63])
     path = tmp_path / "r.pdf"
-    m = exports.export_to(reports.point_in_time(FLEET), "pdf", path)
+    m = store.export_to(reports.point_in_time(FLEET), "pdf", path)
     assert m["rows"] == len(PDF_HOSTILE)
     pdf = PdfReader(path)
     text = "".join(page.extract_text() for page in pdf.pages)
@@ -477,7 +477,7 @@ def test_the_pdf_shows_hostile_text_as_text(stored, tmp_path):
         assert "/Annots" not in page
         xobjects = page.get("/Resources", {}).get("/XObject", {})
         assert not xobjects
-    assert exports.verify(path.read_bytes(), Path(str(path) + ".manifest.json").read_bytes()).ok
+    assert signed.verify(path.read_bytes(), Path(str(path) + ".manifest.json").read_bytes()).ok
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
@@ -493,8 +493,8 @@ def test_any_string_builds_a_pdf_that_verifies(stored, tmp_path_factory, value):
     Finding.objects.all().delete()
     stored(workload_name=value, image=value, container=value[:60], namespace=value[:63])
     path = tmp_path_factory.mktemp("pdf") / "r.pdf"
-    exports.export_to(reports.point_in_time(FLEET), "pdf", path)
-    assert exports.verify(path.read_bytes(), Path(str(path) + ".manifest.json").read_bytes()).ok
+    store.export_to(reports.point_in_time(FLEET), "pdf", path)
+    assert signed.verify(path.read_bytes(), Path(str(path) + ".manifest.json").read_bytes()).ok
 
 
 def test_a_failed_export_leaves_no_file_and_says_why(
@@ -506,11 +506,11 @@ def test_a_failed_export_leaves_no_file_and_says_why(
         out.write(b"%PDF-half")
         raise RuntimeError("renderer crashed")
 
-    monkeypatch.setattr(exports, "_pdf", broken)
+    monkeypatch.setattr(writers, "write_pdf", broken)
     with pytest.raises(
-        exports.ExportError, match="the PDF export failed, and left no file: renderer crashed"
+        store.ExportError, match="the PDF export failed, and left no file: renderer crashed"
     ):
-        exports.export_to(reports.point_in_time(FLEET), "pdf", tmp_path / "r.pdf")
+        store.export_to(reports.point_in_time(FLEET), "pdf", tmp_path / "r.pdf")
     assert os.listdir(tmp_path) == []
     with pytest.raises(CommandError, match="left no file: renderer crashed"):
         call_command("report", "--format", "pdf", "-o", str(tmp_path / "c.pdf"))
@@ -645,7 +645,7 @@ def test_rejection_rules_stay_few_however_many_values_differ(tmp_path):
     assert scan.rejected == 200
     assert len(scan.rejections["by_reason"]) == 1
     path = tmp_path / "r.pdf"
-    exports.export_to(reports.point_in_time(FLEET), "pdf", path)  # the coverage table fits
+    store.export_to(reports.point_in_time(FLEET), "pdf", path)  # the coverage table fits
 
 
 def test_evaluate_keeps_escape_sequences_off_the_terminal(tmp_path):
@@ -825,6 +825,6 @@ def test_any_stored_string_renders_and_exports_inertly(
     for url in ["/", f"/clusters/prod-1/namespaces/{namespace}/", f"/findings/{f.pk}/"]:
         assert client.get(url).status_code == 200, url
     buf = io.BytesIO()
-    exports.write(reports.point_in_time(FLEET), "csv", buf)
+    writers.write(reports.point_in_time(FLEET), "csv", buf)
     rows = list(csv.reader(io.StringIO(buf.getvalue().decode(), newline="")))
-    assert not [c for r in rows[1:] for c in r if c.lstrip(" ").startswith(exports.FORMULA_STARTS)]
+    assert not [c for r in rows[1:] for c in r if c.lstrip(" ").startswith(inert.FORMULA_STARTS)]

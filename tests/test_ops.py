@@ -16,7 +16,7 @@ from django.db.models import Count, Sum
 from prometheus_client.parser import text_string_to_metric_families
 
 from compliance.collect import scanning
-from compliance.evidence import exports, reports
+from compliance.evidence import reports, signed, store
 from compliance.identity import sessions
 from compliance.models import Finding, ScanRun
 from compliance.rules.controls import CONTROLS, MAPPING
@@ -433,9 +433,9 @@ def test_a_first_look_that_cannot_keep_its_keys_says_where(tmp_path):
 def test_a_manifest_signed_with_a_development_key_says_so(settings, history, tmp_path):
     r = reports.point_in_time(reports_scope(), None, None, None)
     settings.WELKIN_DEVELOPMENT_SIGNING_KEY = True
-    m = exports.export_to(r, "csv", tmp_path / "dev.csv")
+    m = store.export_to(r, "csv", tmp_path / "dev.csv")
     assert m["development_key"] is True
-    v = exports.verify(
+    v = signed.verify(
         (tmp_path / "dev.csv").read_bytes(), (tmp_path / "dev.csv.manifest.json").read_bytes()
     )
     assert v.ok and "signed with a development key" in v.message
@@ -453,9 +453,9 @@ def test_a_manifest_signed_with_a_development_key_says_so(settings, history, tmp
     assert "signed with a development key" in p.stdout
 
     settings.WELKIN_DEVELOPMENT_SIGNING_KEY = False
-    m = exports.export_to(r, "csv", tmp_path / "prod.csv")
+    m = store.export_to(r, "csv", tmp_path / "prod.csv")
     assert "development_key" not in m
-    v = exports.verify(
+    v = signed.verify(
         (tmp_path / "prod.csv").read_bytes(), (tmp_path / "prod.csv.manifest.json").read_bytes()
     )
     assert v.ok and "development key" not in v.message

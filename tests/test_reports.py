@@ -10,7 +10,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from pypdf import PdfReader
 
-from compliance.evidence import exports, reports
+from compliance.evidence import reports, signed, store, writers
 from compliance.identity import access
 from tests.builders import T0, make_user
 
@@ -85,7 +85,7 @@ def test_a_lead_report_holds_only_their_namespaces(history):
 
 def export(report, fmt):
     buf = io.BytesIO()
-    written = exports.write(report, fmt, buf)
+    written = writers.write(report, fmt, buf)
     return buf.getvalue(), written
 
 
@@ -139,18 +139,18 @@ def test_the_pdf_is_a_document_an_auditor_can_file(history):
 def test_a_signed_manifest_verifies_and_fails_after_one_byte_changes(history, tmp_path):
     report = reports.point_in_time(FLEET, None, generated_by="alice")
     path = tmp_path / "report.csv"
-    m = exports.export_to(report, "csv", path)
+    m = store.export_to(report, "csv", path)
     content = path.read_bytes()
     manifest = (tmp_path / "report.csv.manifest.json").read_bytes()
-    ok = exports.verify(content, manifest)
+    ok = signed.verify(content, manifest)
     assert ok.ok and "generated at" in ok.message and "by alice" in ok.message
     changed = bytearray(content)
     changed[-2] ^= 1
-    bad = exports.verify(bytes(changed), manifest)
+    bad = signed.verify(bytes(changed), manifest)
     assert not bad.ok and "the file was modified" in bad.message
     forged = json.loads(manifest)
     forged["sha256"] = "0" * 64
-    assert "signature is not valid" in exports.verify(content, json.dumps(forged).encode()).message
+    assert "signature is not valid" in signed.verify(content, json.dumps(forged).encode()).message
     assert m["rows"] == 1 and m["scope"] == {"cluster": None, "namespace": None}
 
 

@@ -525,7 +525,7 @@ if not re.fullmatch(r"[1-9][0-9]{0,6}(kB|MB|GB)", WELKIN_EXPORT_WORK_MEM):
         f"WELKIN_EXPORT_WORK_MEM={WELKIN_EXPORT_WORK_MEM!r}: a size such as 64MB or 1GB"
     )
 # An export's CSV or JSON rows are cut into this many ranges of names, each written by its
-# own COPY on its own connection, from one snapshot (compliance/evidence/exports.py); 1: one COPY.
+# own COPY on its own connection, from one snapshot (compliance/evidence/pgcopy.py); 1: one COPY.
 WELKIN_EXPORT_PARALLEL = env_int("WELKIN_EXPORT_PARALLEL", 2, minimum=1)
 if WELKIN_EXPORT_PARALLEL > 16:
     raise ImproperlyConfigured(

@@ -13,7 +13,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from django.utils import timezone
 
-from compliance.audit import tsa
+from compliance.audit import signing, tsa
 from compliance.models import AuditEvent, AuditHead
 
 
@@ -47,14 +47,13 @@ def latest() -> dict | None:
 def sign_head() -> AuditHead | None:
     """Sign the chain's current last event (None when the log is empty), audited."""
     from compliance.audit import log
-    from compliance.evidence import exports
 
     last = AuditEvent.objects.order_by("-seq").values_list("seq", "hash").first()
     if last is None:
         return None
     head = AuditHead(seq=last[0], hash=last[1], at=timezone.now())
-    head.public_key = exports.public_key_b64()
-    head.signature = base64.b64encode(exports.signing_key().sign(payload(head))).decode()
+    head.public_key = signing.public_key_b64()
+    head.signature = base64.b64encode(signing.signing_key().sign(payload(head))).decode()
     head.timestamp, head.timestamp_error = tsa.stamp(payload(head))
     head.save()
     log.record(
@@ -110,9 +109,8 @@ def check(
 
 def check_all(last_seq: int, tsa_ca: bytes | None = None) -> tuple[int, str] | None:
     """The first head that does not match the chain (its seq and why), or None."""
-    from compliance.evidence import exports
 
-    key = exports.public_key_b64()
+    key = signing.public_key_b64()
     heads = list(AuditHead.objects.order_by("seq", "at"))
     hashes = dict(
         AuditEvent.objects.filter(seq__in={h.seq for h in heads}).values_list("seq", "hash")

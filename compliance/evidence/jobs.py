@@ -33,8 +33,9 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from compliance import vocabulary
 from compliance.audit import log as audit
-from compliance.evidence import exports
+from compliance.evidence import store, writers
 from compliance.identity import access
 from compliance.models import AuditEvent, Export, ExportStatus
 
@@ -92,7 +93,7 @@ def create(user, fmt: str, doc, kind: str, params: dict[str, Any]) -> Export:
     parameters are known to be good); `params` rebuild it in the worker."""
     if kind not in KINDS:
         raise ValueError(f"unknown export kind {kind!r}")
-    if fmt not in exports.FORMATS:
+    if fmt not in vocabulary.EXPORT_FORMATS:
         raise ValueError(f"unknown format {fmt!r}")
     return Export.objects.create(
         user=user,
@@ -216,9 +217,9 @@ def attempt(e: Export) -> str:
         if e.format not in ("csv", "json"):
             # A PDF is laid out from its summary: its rows are counted first. A CSV needs
             # no summary; a JSON's is read while its rows are written (and then saved).
-            e.total = exports.summary_rows(doc)
+            e.total = writers.summary_rows(doc)
             _holding(e).update(total=e.total)
-        exports.write_export(e, doc, progress, hold=lambda: _hold(e))
+        store.write_export(e, doc, progress, hold=lambda: _hold(e))
         e.total = progress.total if progress.total is not None else e.total
     except Exception as failure:  # recorded for the user; the worker goes on
         reason = _reason(failure)
@@ -264,7 +265,7 @@ def attempt(e: Export) -> str:
 
 
 def _expected(failure: BaseException) -> bool:
-    return isinstance(failure, JobError | exports.ExportError | OSError)
+    return isinstance(failure, JobError | store.ExportError | OSError)
 
 
 def _reason(failure: BaseException) -> str:
@@ -278,7 +279,7 @@ def _reason(failure: BaseException) -> str:
             f"it took longer than the export time limit ({settings.WELKIN_EXPORT_TIME_LIMIT} s, "
             "WELKIN_EXPORT_TIME_LIMIT): ask for a smaller scope"
         )
-    if isinstance(failure, JobError | exports.ExportError):
+    if isinstance(failure, JobError | store.ExportError):
         return str(failure)
     if isinstance(failure, OSError):
         return f"the file could not be written: {failure.strerror or failure}"
@@ -418,8 +419,8 @@ def remove_files(e: Export, leftovers_only: bool = False) -> None:
             part.unlink(missing_ok=True)
     if leftovers_only:
         return
-    path = exports.file_path(e)
-    for p in (exports.token_path(path), exports.manifest_path(path), path):
+    path = store.file_path(e)
+    for p in (store.token_path(path), store.manifest_path(path), path):
         with contextlib.suppress(OSError):
             p.unlink(missing_ok=True)
 

@@ -41,7 +41,7 @@ def _prop(name: str, value: Any) -> dict[str, str]:
 
 
 def head(report, meta: dict[str, Any]) -> dict[str, Any]:
-    """The document up to the result's observations (exports.py streams the rest)."""
+    """The document up to the result's observations (writers.py streams the rest)."""
     completeness = report.completeness()
     at = report.at.isoformat()
     reviewed = [{"control-id": control_id(c.id_2022)} for c in controls.CONTROLS.values()]

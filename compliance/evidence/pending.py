@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from compliance.audit import heads, log, tsa
-from compliance.evidence import exports
+from compliance.evidence import store
 from compliance.models import AuditEvent, AuditHead, Export
 
 
@@ -14,10 +14,10 @@ def timestamp_pending(limit: int = 500) -> int:
         return 0
     done = 0
     for e in Export.objects.filter(timestamp__isnull=True).exclude(timestamp_error="")[:limit]:
-        path = exports.file_path(e)
-        if not exports.manifest_path(path).exists():
+        path = store.file_path(e)
+        if not store.manifest_path(path).exists():
             continue  # deleted from the exports folder: nothing left to timestamp
-        e.timestamp, e.timestamp_error = exports.add_timestamp(path)
+        e.timestamp, e.timestamp_error = store.add_timestamp(path)
         e.save(update_fields=["timestamp", "timestamp_error"])
         if e.timestamp is not None:
             done += 1

@@ -6,7 +6,7 @@ changed or image: open in that state, running that digest; resolved: not open). 
 an exception in force at T accepted (compliance/risk/acceptance.py) is marked accepted, with
 the exception, its approver and end date, and counted apart in the summary. Coverage
 lists each cluster's last complete scan before T and calls out clusters without a recent
-one. Rows are streamed (server-side cursor); exports.py writes them as CSV, JSON or PDF.
+one. Rows are streamed (server-side cursor); evidence/writers.py writes them as CSV, JSON or PDF.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ class Report:
     _summarize: Any = None  # computes the summary when it is first read
     _queryset: Any = None
     _base: Any = None  # the annotated findings, not yet filtered (copy_sql filters them)
-    _scope: Any = None  # whose report (access.Scope): exports.py balances its ranges by it
+    _scope: Any = None  # whose report (access.Scope): pgcopy.py balances its ranges by it
 
     @property
     def summary(self) -> dict[str, dict[str, int]]:
@@ -260,13 +260,13 @@ def copy_sql(
     report: Report, fmt: str, part: tuple[str, list[Any]] | None = None
 ) -> tuple[str, list[Any]]:
     """The report's rows as one SELECT for PostgreSQL's COPY, formatted by the database as
-    rows() and exports.py's writers format them (tests/test_export_jobs.py checks the two
+    rows() and writers.py formats them (tests/test_export_jobs.py checks the two
     byte for byte): "csv" gives REPORT_COLUMNS (cells made inert; empty text as NULL,
     which COPY writes as an empty field, as Python's csv module does), "json" one
     row_to_json object a row. The selection is the report's own queryset, unchanged;
     "bare" gives it as selected (the benchmark's floor). `part`: a condition on the
     selected columns (t.cluster, t.namespace) and its parameters, to write one range of
-    the rows (exports.py writes ranges in parallel)."""
+    the rows (pgcopy.py writes ranges in parallel)."""
     inner, params = report._base.order_by().values_list(*_SELECTED, "pk").query.sql_with_params()
     params = list(params)
     where = f"t.event ~ '{OPEN_EVENT}'"
@@ -303,7 +303,7 @@ def _sql_text(value: str) -> str:
 
 
 def _cells(csv: bool) -> list[tuple[str, str]]:
-    from compliance.evidence.exports import FORMULA_STARTS
+    from compliance.rules.inert import FORMULA_STARTS
 
     starts = ", ".join(_sql_text(c) for c in FORMULA_STARTS)
 
@@ -487,3 +487,11 @@ def _coverage(clusters, at: dt.datetime) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def summary_rows(report) -> int | None:
+    """The rows a point-in-time report has, from its summary (None for other documents)."""
+    summary = getattr(report, "summary", None)
+    if isinstance(report, Report) and isinstance(summary, dict):
+        return sum(v["containers"] for v in summary.values())
+    return None

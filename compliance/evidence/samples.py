@@ -196,7 +196,7 @@ COLUMNS = [
 
 @dataclass
 class SampleDoc:
-    """A stored sample as a document exports.py writes (CSV, JSON) and signs."""
+    """A stored sample as a document compliance/evidence/writers.py writes (CSV, JSON) and signs."""
 
     sample: Sample
     generated_by: str

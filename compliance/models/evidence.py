@@ -73,7 +73,7 @@ class ExportStatus(models.TextChoices):
 
 
 class Export(models.Model):
-    """A report file written for a user by a Celery job (compliance/evidence/exports.py run), with
+    """A report file written for a user by a Celery job (compliance/evidence/jobs.py), with
     its signed manifest: queued, running (rows written so far), done, or failed with why."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -110,7 +110,7 @@ class Export(models.Model):
 
     @property
     def extension(self) -> str:
-        from compliance.evidence.exports import EXTENSIONS
+        from compliance.vocabulary import EXPORT_EXTENSIONS as EXTENSIONS
 
         return EXTENSIONS.get(self.format, self.format)
 

@@ -157,7 +157,7 @@ def page(scope: Scope, f: Filters, before: int | None) -> dict[str, Any]:
 
 @dataclass
 class Register:
-    """The register as a document exports.py writes (CSV, JSON) and signs."""
+    """The register as a document compliance/evidence/writers.py writes (CSV, JSON) and signs."""
 
     scope_: Scope
     filters: Filters

@@ -16,9 +16,9 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from compliance import params
+from compliance import params, vocabulary
 from compliance.audit import log
-from compliance.evidence import exports, jobs, reports
+from compliance.evidence import jobs, reports
 from compliance.identity import access
 from compliance.models import (
     AuditEvent,
@@ -455,9 +455,11 @@ def export_list(request):
         mine = Export.objects.filter(user=request.user).order_by("-created_at")[:20]
         return Response({"results": [_export_body(request, e) for e in mine]})
     data = params.strings(request.data, ("format", "at", "cluster", "namespace"))
-    fmt = params.choice(data, "format", exports.FORMATS)
+    fmt = params.choice(data, "format", vocabulary.EXPORT_FORMATS)
     if not fmt:
-        raise params.BadParameter("format", f"required: one of {', '.join(exports.FORMATS)}")
+        raise params.BadParameter(
+            "format", f"required: one of {', '.join(vocabulary.EXPORT_FORMATS)}"
+        )
     try:
         r = reports.point_in_time(
             access.scope_for(request.user),

@@ -19,10 +19,7 @@ class JSONBody(JSONParser):
     recursion."""
 
     def parse(self, stream, media_type=None, parser_context=None):
-        from compliance.evidence.exports import (  # not before the apps load
-            DuplicateKey,
-            unique_keys,
-        )
+        from compliance.params import DuplicateKey, unique_keys
 
         encoding = (parser_context or {}).get("encoding") or "utf-8"
         try:

@@ -5,9 +5,9 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from compliance import params
+from compliance import params, vocabulary
 from compliance.audit import log
-from compliance.evidence import exports, reports
+from compliance.evidence import reports, store
 from compliance.identity import access
 from compliance.models import AuditEvent
 
@@ -19,7 +19,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--format", choices=exports.FORMATS, required=True)
+        parser.add_argument("--format", choices=vocabulary.EXPORT_FORMATS, required=True)
         parser.add_argument("--cluster")
         parser.add_argument("--namespace")
         parser.add_argument("--at", help="ISO 8601 time with zone (default: now)")
@@ -41,8 +41,8 @@ class Command(BaseCommand):
             raise CommandError(str(e)) from None
         path = Path(options["output"])
         try:
-            m = exports.export_to(report, options["format"], path)
-        except exports.ExportError as e:
+            m = store.export_to(report, options["format"], path)
+        except store.ExportError as e:
             raise CommandError(f"{path}: {e}") from None
         log.record(
             None,
@@ -60,8 +60,8 @@ class Command(BaseCommand):
             if cov["complete"]
             else "coverage: NOT complete: " + "; ".join(cov["reasons"])
         )
-        token, error = exports.add_timestamp(path)
+        token, error = store.add_timestamp(path)
         if token is not None:
-            self.stdout.write(f"{exports.token_path(path)}: the TSA's timestamp token")
+            self.stdout.write(f"{store.token_path(path)}: the TSA's timestamp token")
         elif error:
             self.stderr.write(f"not timestamped (the report stands): {error}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from compliance.evidence import exports
+from compliance.evidence import signed
 
 
 def _read(path: str, limit: int, what: str) -> bytes:
@@ -43,11 +43,11 @@ class Command(BaseCommand):
             manifest + ".tsr" if Path(manifest + ".tsr").exists() else None
         )
         try:
-            manifest_bytes = _read(manifest, exports.MANIFEST_MAX_BYTES, "manifest")
+            manifest_bytes = _read(manifest, signed.MANIFEST_MAX_BYTES, "manifest")
             token = _read(token_file, 1 << 20, "timestamp token") if token_file else None
             ca = _read(options["tsa_ca"], 1 << 20, "CA bundle") if options["tsa_ca"] else None
             with open(options["file"], "rb") as f:
-                result = exports.verify(
+                result = signed.verify(
                     iter(lambda: f.read(1 << 20), b""), manifest_bytes, token, ca
                 )
         except OSError as e:

@@ -8,9 +8,9 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from compliance import params
-from compliance.audit import log
-from compliance.evidence import exports, jobs, reports
+from compliance import params, vocabulary
+from compliance.audit import log, signing
+from compliance.evidence import jobs, reports, signed, store
 from compliance.identity import access
 from compliance.models import AuditEvent, AuditHead, Export, ExportStatus
 
@@ -39,7 +39,7 @@ def report(request):
     context = {
         "scope": scope,
         "clusters": access.clusters(scope).only("name"),
-        "formats": exports.FORMATS,
+        "formats": vocabulary.EXPORT_FORMATS,
         "params": request.GET,
     }
     if "preview" in request.GET:
@@ -86,7 +86,7 @@ def export(request):
     file is written by a worker (compliance/evidence/jobs.py); the page shows its progress."""
     r, error = _report_from(request, request.POST, summarize=False)
     fmt = request.POST.get("format")
-    if r is None or fmt not in exports.FORMATS:
+    if r is None or fmt not in vocabulary.EXPORT_FORMATS:
         return _report_page(request, error or "Choose a format.", 400)
     try:
         jobs.ask_report(request, fmt, r)
@@ -102,7 +102,7 @@ def _report_page(request, error: str, status: int):
         {
             "scope": access.scope_for(request.user),
             "error": error,
-            "formats": exports.FORMATS,
+            "formats": vocabulary.EXPORT_FORMATS,
             "params": request.POST,
             "clusters": access.clusters(access.scope_for(request.user)).only("name"),
         },
@@ -111,7 +111,7 @@ def _report_page(request, error: str, status: int):
 
 
 def _path(e: Export):
-    return exports.file_path(e)
+    return store.file_path(e)
 
 
 def _export_for(request, pk) -> Export:
@@ -139,7 +139,7 @@ def manifest(request, pk):
     """The manifest file as written (its bytes are what the TSA's token covers)."""
     e = _export_for(request, pk)
     try:
-        f = open(exports.manifest_path(_path(e)), "rb")
+        f = open(store.manifest_path(_path(e)), "rb")
     except FileNotFoundError:
         raise Http404("The export's manifest is gone (deleted from the exports folder)") from None
     return FileResponse(
@@ -170,7 +170,7 @@ def verify(request):
         # Refused before the body is read: the report plus room for its manifest.
         return _verify_page(
             request,
-            exports.Verification(
+            signed.Verification(
                 False,
                 f"the upload is larger than {limit:,} bytes (WELKIN_VERIFY_MAX_BYTES); "
                 "verify a file that size with manage.py verify_report",
@@ -181,18 +181,18 @@ def verify(request):
         content, manifest_file = request.FILES.get("file"), request.FILES.get("manifest")
         token_file = request.FILES.get("timestamp")
         if content is None or manifest_file is None:
-            result = exports.Verification(False, "Choose the report file and its manifest.")
-        elif manifest_file.size > exports.MANIFEST_MAX_BYTES:
-            result = exports.Verification(
+            result = signed.Verification(False, "Choose the report file and its manifest.")
+        elif manifest_file.size > signed.MANIFEST_MAX_BYTES:
+            result = signed.Verification(
                 False,
                 "the manifest is larger than "
-                f"{exports.MANIFEST_MAX_BYTES} bytes: not a "
+                f"{signed.MANIFEST_MAX_BYTES} bytes: not a "
                 "welkin-dash manifest",
             )
-        elif token_file is not None and token_file.size > exports.MANIFEST_MAX_BYTES:
-            result = exports.Verification(False, "the timestamp token is too large to be one")
+        elif token_file is not None and token_file.size > signed.MANIFEST_MAX_BYTES:
+            result = signed.Verification(False, "the timestamp token is too large to be one")
         else:
-            result = exports.verify(
+            result = signed.verify(
                 content.chunks(),
                 manifest_file.read(),
                 token_file.read() if token_file is not None else None,
@@ -212,7 +212,7 @@ def _verify_page(request, result, status: int = 200):
         "compliance/verify.html",
         {
             "result": result,
-            "public_key": exports.public_key_b64(),
+            "public_key": signing.public_key_b64(),
             "max_bytes": settings.WELKIN_VERIFY_MAX_BYTES,
         },
         status=status,
@@ -258,7 +258,7 @@ def audit_verify(request):
         {
             "result": result,
             "heads": AuditHead.objects.order_by("-at")[:30],
-            "public_key": exports.public_key_b64(),
+            "public_key": signing.public_key_b64(),
         },
     )
 

@@ -24,7 +24,7 @@ from django.db import connection
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from compliance import tasks
+from compliance import tasks, workers
 from compliance.evidence import jobs, reports, signed, store
 from compliance.identity import access
 from compliance.models import AuditEvent, Export
@@ -204,7 +204,7 @@ def test_the_sweep_fails_an_export_whose_worker_died_and_deletes_expired_ones(
     Export.objects.filter(pk=orphan.pk).update(
         status="running",
         attempts=1,
-        worker=f"{jobs.worker_id().rpartition(':')[0]}:{dead.stdout.strip()}",
+        worker=f"{workers.worker_id().rpartition(':')[0]}:{dead.stdout.strip()}",
         heartbeat_at=timezone.now(),
     )
     part = exports_dir / f".{orphan.pk}.json.0123.part"
@@ -389,9 +389,9 @@ def _messages(queue: str) -> list[dict]:
 
 def test_a_queued_task_carries_no_time_limit_so_the_workers_own_applies(broker):  # noqa: F811
     """Celery writes the sender's time limits into a message, and a worker takes those:
-    WELKIN_EXPORT_TIME_LIMIT set on the worker alone did nothing. tasks.send leaves them
+    WELKIN_EXPORT_TIME_LIMIT set on the worker alone did nothing. workers.send leaves them
     out."""
-    tasks.send(tasks.export, "00000000-0000-0000-0000-000000000000")
+    workers.send(tasks.export, "00000000-0000-0000-0000-000000000000")
     tasks.export.delay("11111111-1111-1111-1111-111111111111")  # what it replaces
     limit = django_settings.WELKIN_EXPORT_TIME_LIMIT
     assert [m["timelimit"] for m in _messages("exports")] == [[None, None], [limit, limit - 5]]

@@ -11,7 +11,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from compliance import tasks
+from compliance import tasks, workers
 from compliance.collect import clusters, scanning
 from compliance.models import Finding, FindingEvent, ScanRun
 from tests.builders import deployment
@@ -180,7 +180,7 @@ def test_a_worker_killed_mid_scan_leaves_consistent_data(worker, cluster, fake_k
     # Deterministic: the killed pool process is gone (or a zombie) before the next scan,
     # which then waits for PostgreSQL to end the dead session instead of being skipped.
     pid = int(running.worker.rpartition(":")[2])
-    wait_for(lambda: scanning._process_gone(pid), timeout=30, every=0.05)
+    wait_for(lambda: workers.process_gone(pid), timeout=30, every=0.05)
     assert list(Finding.objects.order_by("pk").values("pk", "state", "resolved_at")) == baseline
     fake_kube.state.page_delay = 0
     after = scanning.scan_cluster(cluster.pk)

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -25,10 +23,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from celery import shared_task
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from compliance import workers
 from compliance.collect import images, kube
 from compliance.collect.reconcile import reconcile, write_rollup
 from compliance.models import (
@@ -93,10 +93,6 @@ def _try_lock(cluster_id: int) -> bool:
             time.sleep(0.05)
 
 
-def _worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def _holder_dead(cluster_id: int) -> bool:
     """Is the running scan's worker a process on this host that no longer exists?"""
     worker = (
@@ -104,26 +100,7 @@ def _holder_dead(cluster_id: int) -> bool:
         .values_list("worker", flat=True)
         .first()
     )
-    host, _, pid = (worker or "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    return _process_gone(int(pid))
-
-
-def _process_gone(pid: int) -> bool:
-    """No such process, or a zombie (killed, not yet reaped: a pool process whose parent
-    died too waits for an init that may reap late)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-    except (OSError, IndexError):
-        return False
+    return workers.gone(worker)
 
 
 def _unlock(cluster_id: int) -> None:
@@ -164,7 +141,7 @@ def _begin(
                     trigger=trigger,
                     task_id=task_id or "",
                     started_at=now,
-                    worker=_worker_id(),
+                    worker=workers.worker_id(),
                     heartbeat_at=now,
                     observed_at=observed_at or now,
                 )
@@ -595,3 +572,35 @@ def summarize(results: Iterable[ScanResult]) -> list[str]:
                 f"/api/v1/scans/{r.scan_id}/ for examples"
             )
     return lines
+
+
+# --- tasks (names pinned: routes, beat entries and messages already queued use them) -----
+
+
+@shared_task(
+    name="compliance.tasks.scan_cluster",
+    bind=True,
+    acks_late=True,
+    max_retries=2,
+    time_limit=settings.WELKIN_SCAN_TIME_LIMIT,
+    soft_time_limit=settings.WELKIN_SCAN_TIME_LIMIT - 5,
+)
+def scan_cluster_task(self, cluster_id: int, trigger: str = Trigger.SCHEDULE) -> dict:
+    """Scan one cluster. Safe to deliver twice: a succeeded task id is not run again, and a
+    concurrent one is recorded as skipped. Transient failures (5xx, timeouts, throttling)
+    are retried with backoff."""
+    result = scan_cluster(cluster_id, trigger=trigger, task_id=self.request.id)
+    # In-process (eager) runs record the failure and stop: a retry would raise into the
+    # request that asked for the scan.
+    if result.transient and not self.request.is_eager and self.request.retries < self.max_retries:
+        raise self.retry(countdown=30 * 2**self.request.retries)
+    return result.as_dict()
+
+
+@shared_task(name="compliance.tasks.enqueue_due_scans")
+def enqueue_due_scans() -> int:
+    """Beat's fan-out: one scan task per due cluster, expiring with its schedule."""
+    claimed = claim_due_clusters()
+    for cluster_id, schedule_seconds in claimed:
+        workers.send(scan_cluster_task, cluster_id, expires=schedule_seconds)
+    return len(claimed)

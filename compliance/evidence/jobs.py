@@ -4,7 +4,7 @@ A request checks its parameters (a malformed one is refused there, with a 400) a
 an Export record, queued; the task is sent once that transaction commits (in-process, as
 under `make run` and in the tests, it runs at once). The worker claims the record (running,
 with its host:pid), rebuilds the document with the asker's scope as it is now, writes the
-file through exports.write_export (temporary names, renamed into place only when complete,
+file through store.write_export (temporary names, renamed into place only when complete,
 the manifest last) and records rows written as it goes. It ends done (with the manifest's
 SHA-256, audited) or failed with the reason, leaving no file.
 
@@ -21,19 +21,18 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-import os
-import socket
 import threading
 import time
 from typing import Any
 
+from celery import shared_task
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from compliance import vocabulary
+from compliance import vocabulary, workers
 from compliance.audit import log as audit
 from compliance.evidence import store, writers
 from compliance.identity import access
@@ -105,8 +104,6 @@ def create(user, fmt: str, doc, kind: str, params: dict[str, Any]) -> Export:
 
 
 def queue(record: Export) -> None:
-    from compliance import tasks
-
     if settings.WELKIN_EXPORTS_IN_PROCESS:
         # In-process (make run): written now, within the request.
         run(record.pk)
@@ -115,24 +112,16 @@ def queue(record: Export) -> None:
     pk = str(record.pk)
     # robust: with the broker down the export stays saved and queued, and the request
     # answers with it; the sweep sends it again (WELKIN_EXPORT_STALE_SECONDS).
-    transaction.on_commit(lambda: tasks.send(tasks.export, pk), robust=True)
+    transaction.on_commit(lambda: workers.send(export, pk), robust=True)
 
 
 # --- the worker's side -------------------------------------------------------------------
 
 
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def _abandoned(e: Export, now: dt.datetime) -> bool:
     """A running export whose worker is known dead, or silent for too long."""
-    from compliance.collect.scanning import _process_gone
-
-    host, _, pid = (e.worker or "").rpartition(":")
-    if host == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid():
-        if _process_gone(int(pid)):
-            return True
+    if workers.gone(e.worker):
+        return True
     stale = now - dt.timedelta(seconds=settings.WELKIN_EXPORT_STALE_SECONDS)
     return e.heartbeat_at is None or e.heartbeat_at < stale
 
@@ -155,7 +144,7 @@ def claim(export_id) -> Export | None:
                 "smaller scope",
             )
             return None
-        e.status, e.worker, e.error = ExportStatus.RUNNING, worker_id(), ""
+        e.status, e.worker, e.error = ExportStatus.RUNNING, workers.worker_id(), ""
         e.attempts += 1
         e.rows = 0
         e.started_at = e.heartbeat_at = now
@@ -430,7 +419,6 @@ def sweep(now: dt.datetime | None = None) -> dict[str, int]:
     Redis would give the task back only after its visibility timeout), or fail them after
     WELKIN_EXPORT_MAX_ATTEMPTS; re-send those still queued long after they were asked for
     (a lost message); and delete the expired ones."""
-    from compliance import tasks
 
     now = now or timezone.now()
     failed = requeued = rerun = 0
@@ -456,7 +444,7 @@ def sweep(now: dt.datetime | None = None) -> dict[str, int]:
                 status=ExportStatus.QUEUED, worker="", heartbeat_at=now
             )
             remove_files(locked, leftovers_only=True)
-            transaction.on_commit(lambda pk=str(locked.pk): tasks.send(tasks.export, pk))
+            transaction.on_commit(lambda pk=str(locked.pk): workers.send(export, pk))
             rerun += 1
     # Queued long ago and not sent again since (heartbeat_at: when it last was): the
     # message may be lost (a broker restarted without persistence). Sent once more; a
@@ -469,7 +457,7 @@ def sweep(now: dt.datetime | None = None) -> dict[str, int]:
         if not settings.WELKIN_EXPORTS_IN_PROCESS and Export.objects.filter(
             pk=pk, status=ExportStatus.QUEUED
         ).update(heartbeat_at=now):
-            tasks.send(tasks.export, str(pk))
+            workers.send(export, str(pk))
             requeued += 1
     return {"failed": failed, "rerun": rerun, "requeued": requeued, **expire(now)}
 
@@ -504,3 +492,25 @@ def expire(now: dt.datetime | None = None) -> dict[str, int]:
 
 def expiry(finished: dt.datetime) -> dt.datetime:
     return finished + dt.timedelta(days=settings.WELKIN_EXPORT_RETENTION_DAYS)
+
+
+# --- tasks (names pinned: routes, beat entries and messages already queued use them) -----
+
+
+@shared_task(
+    name="compliance.tasks.export",
+    acks_late=True,
+    time_limit=settings.WELKIN_EXPORT_TIME_LIMIT,
+    soft_time_limit=settings.WELKIN_EXPORT_TIME_LIMIT - 5,
+)
+def export(export_id: str) -> str:
+    """Write one export. Safe to deliver twice: a done, failed or live-running export is
+    left alone; one whose worker died is taken over."""
+    return run(export_id)
+
+
+@shared_task(name="compliance.tasks.sweep_exports")
+def sweep_exports() -> dict:
+    """Beat, every 5 minutes: fail exports whose worker is gone, send again those whose
+    message was lost, delete the expired ones."""
+    return sweep()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from celery import shared_task
+
 from compliance.audit import heads, log, tsa
 from compliance.evidence import store
 from compliance.models import AuditEvent, AuditHead, Export
@@ -33,3 +35,13 @@ def timestamp_pending(limit: int = 500) -> int:
             done += 1
             log.record(None, AuditEvent.Action.TIMESTAMP, f"head {h.seq}", {"head": h.seq}, h.hash)
     return done
+
+
+# --- tasks (names pinned: routes, beat entries and messages already queued use them) -----
+
+
+@shared_task(name="compliance.tasks.timestamp_pending")
+def timestamp_pending_task() -> int:
+    """Beat, every 10 minutes: ask the TSA again for the exports and heads it could not
+    timestamp when they were made (it was down). Returns how many got a token."""
+    return timestamp_pending()

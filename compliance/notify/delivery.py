@@ -22,6 +22,7 @@ from datetime import timedelta
 
 import orjson
 import requests
+from celery import shared_task
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
 from django.db import transaction
@@ -442,3 +443,26 @@ def next_due_in() -> float | None:
         return None
     at = first[1] if first[2] == SENDING and first[1] else first[0]
     return max((at - timezone.now()).total_seconds(), 0.0)
+
+
+# --- tasks (names pinned: routes, beat entries and messages already queued use them) -----
+
+
+@shared_task(name="compliance.tasks.deliver", acks_late=True)
+def deliver(delivery_id: int) -> str:
+    """Send one delivery. Safe to run twice: a sent or claimed delivery is left alone. A
+    failure to retry is queued again at its backoff (beat's deliver_due also finds it)."""
+    outcome = deliver_one(delivery_id)
+    if outcome == PENDING and not deliver.request.is_eager:
+        at = Delivery.objects.filter(pk=delivery_id).values_list("next_attempt_at", flat=True)[0]
+        deliver.apply_async((delivery_id,), eta=at)
+    return outcome
+
+
+@shared_task(name="compliance.tasks.deliver_due")
+def deliver_due() -> int:
+    """One delivery task per delivery due now (new, retry due, or left by a dead worker)."""
+    ids = due()
+    for pk in ids:
+        deliver.delay(pk)
+    return len(ids)

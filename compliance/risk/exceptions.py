@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from celery import shared_task
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q, QuerySet
@@ -435,3 +436,12 @@ def notify_ending(now: dt.datetime | None = None, days: int = 14) -> int:
     for e in live.filter(ends_at__lte=now, ends_at__gt=now - dt.timedelta(days=7)):
         sent += notify(e, "ended")
     return sent
+
+
+# --- tasks (names pinned: routes, beat entries and messages already queued use them) -----
+
+
+@shared_task(name="compliance.tasks.notify_exceptions_ending")
+def notify_exceptions_ending() -> int:
+    """Exceptions ending within 14 days, or ended: told once to their namespaces' owners."""
+    return notify_ending()

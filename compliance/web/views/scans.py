@@ -5,8 +5,9 @@ from django.db import transaction
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from compliance import params, tasks
+from compliance import params, workers
 from compliance.audit import log
+from compliance.collect import scanning
 from compliance.identity import access
 from compliance.models import AuditEvent, Cluster, ScanRun, ScanStatus, Source, Trigger
 from compliance.web import dashboards
@@ -44,7 +45,9 @@ def scan_now(request, name):
         )
     else:
         log.record(request, AuditEvent.Action.SCAN_NOW, c.name, {"cluster": c.name})
-        transaction.on_commit(lambda: tasks.send(tasks.scan_cluster, c.pk, Trigger.MANUAL))
+        transaction.on_commit(
+            lambda: workers.send(scanning.scan_cluster_task, c.pk, Trigger.MANUAL)
+        )
         messages.success(request, f"Scan of {c.name} queued.")
     return redirect("compliance-scans")
 

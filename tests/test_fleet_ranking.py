@@ -1,11 +1,12 @@
 """The fleet page's namespace lists from the rankings stored with each cluster's rollups
-(dashboards.rank_cluster) are the lists ranked live from the rollups, before and after an
+(rollups.rank_cluster) are the lists ranked live from the rollups, before and after an
 exception changes what is accepted (the changed cluster is then ranked live)."""
 
 import pytest
 from django.contrib.auth.models import User
 
 from compliance import demo
+from compliance.collect import rollups
 from compliance.identity import access
 from compliance.models import NamespaceRanking
 from compliance.web import dashboards
@@ -84,14 +85,14 @@ def test_ranking_again_writes_only_the_namespaces_that_changed(demo_fleet):
     day = dashboards._latest_days([cluster])[cluster.pk]
     before = list(NamespaceRanking.objects.filter(cluster=cluster).order_by("namespace"))
     start = written()
-    dashboards.rank_cluster(cluster.pk, day)  # nothing changed
+    rollups.rank_cluster(cluster.pk, day)  # nothing changed
     assert written() == start
     # One namespace gets worse: its row, and only its row, is written (or it enters).
     top = max(before, key=lambda k: k.now)
     DailyRollup.objects.filter(
         cluster=cluster, day=day, namespace=top.namespace, state="root"
     ).update(containers=10_000)
-    dashboards.rank_cluster(cluster.pk, day)
+    rollups.rank_cluster(cluster.pk, day)
     assert written() == start + 1
     assert NamespaceRanking.objects.get(cluster=cluster, namespace=top.namespace).now > top.now
     assert NamespaceRanking.objects.filter(cluster=cluster).count() == len(before)

@@ -1,5 +1,6 @@
-"""Reconcile: a complete scan's workload groups applied to the stored findings, and the
-daily rollups the charts read. Runs inside the transaction that marks the scan succeeded.
+"""Reconcile: a complete scan's workload groups applied to the stored findings. Runs
+inside the transaction that marks the scan succeeded (compliance/collect/scanning.py),
+which then matches exceptions, writes the rollups (rollups.py) and the outbox.
 
 - new -> a finding is opened (an `opened` event);
 - state changed -> the row is updated and a `changed` event appended;
@@ -10,8 +11,7 @@ daily rollups the charts read. Runs inside the transaction that marks the scan s
 - gone or compliant -> resolved (a `resolved` event), unless a pod of its workload was
   rejected by the gate (then it could not be seen, and stays as it is);
 - unchanged -> nothing is written: a rescan that finds nothing new writes O(1) rows.
-Rollup rows (per namespace and state, and per cluster and state) are written only when
-their counts differ. PostgreSQL-specific SQL is used where Django's ORM is too slow.
+PostgreSQL-specific SQL is used where Django's ORM is too slow.
 """
 
 from __future__ import annotations
@@ -22,21 +22,16 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from django.db import connection
-from django.utils import timezone
 
 from compliance.collect import registry
+from compliance.collect.rollups import Activity
 from compliance.models import (
     Cluster,
-    ClusterRollup,
-    DailyActivity,
-    DailyRollup,
     Finding,
     FindingEvent,
     ScanRun,
     State,
 )
-from compliance.notify import outbox
-from compliance.risk import acceptance
 from compliance.rules.workloads import GroupKey, WorkloadGroup
 
 
@@ -48,28 +43,24 @@ class Changes(NamedTuple):
     resolved: int
 
 
+@dataclass
+class Reconciled:
+    """What a reconcile wrote, for the steps after it in the scan's transaction
+    (compliance/collect/scanning.py: exception matching, rollups, the outbox)."""
+
+    opened: list[Finding]  # new findings, with their ids
+    followed: list[int]  # ids whose stored facts changed (state or not) or were resolved
+    states_changed: list[tuple[GroupKey, int, str, str]]  # (key, id, from, to): owners hear
+    activity: dict[str, Activity]  # per namespace: opened, resolved, seconds open
+    changes: Changes
+
+
 class _Open(NamedTuple):
     """A finding open before the scan: its id, tracked values and when it was opened."""
 
     pk: int
     values: tuple
     first_seen: datetime
-
-
-@dataclass
-class _Activity:
-    """One namespace's day: findings opened, resolved, and the seconds they were open."""
-
-    opened: int = 0
-    resolved: int = 0
-    remediation_seconds: int = 0
-
-
-@dataclass
-class _Count:
-    containers: int = 0
-    pods: int = 0
-    accepted: int = 0
 
 
 # Finding fields that, when they differ, are written (without an event unless `state`).
@@ -137,8 +128,9 @@ def reconcile(
     scan: ScanRun,
     groups: Mapping[GroupKey, WorkloadGroup],
     kept: Set[tuple[str, str, str]] = frozenset(),
-) -> Changes:
-    """Apply a complete scan's groups to the cluster's open findings.
+) -> Reconciled:
+    """Apply a complete scan's groups to the cluster's open findings: the findings and
+    their events, nothing else (what follows from them is the scan's next steps).
 
     new -> open; state changed -> event; other tracked facts changed -> row updated;
     gone or compliant -> resolved with an event; unchanged -> nothing written. Findings
@@ -159,7 +151,7 @@ def reconcile(
     changed: list[Finding] = []
     touched: list[Finding] = []
     events: list[FindingEvent] = []
-    states_changed: list[tuple[GroupKey, int, str, str]] = []  # for notify
+    states_changed: list[tuple[GroupKey, int, str, str]] = []
     for key, g in groups.items():
         if g.state == State.COMPLIANT:
             continue
@@ -230,7 +222,6 @@ def reconcile(
         )
         for f in created
     )
-    acceptance.match_findings(cluster, created, at)
     fields = [*TRACKED, "kubelet_error", "detail"]
     _update_findings(touched, fields)
     _update_findings(changed, [*fields, "last_changed"])
@@ -246,43 +237,20 @@ def reconcile(
         for pk, state in gone
     )
     FindingEvent.objects.bulk_create(events, batch_size=5000)
-    # The matches' copies of what changed (state, digest, open), for the live counts.
-    acceptance.sync([f.pk for f in touched] + [f.pk for f in changed] + [pk for pk, _ in gone])
-    activity: dict[str, _Activity] = {}
+    activity: dict[str, Activity] = {}
     for f in created:
-        activity.setdefault(f.namespace, _Activity()).opened += 1
+        activity.setdefault(f.namespace, Activity()).opened += 1
     for key, f in existing.items():
-        a = activity.setdefault(key[0], _Activity())
+        a = activity.setdefault(key[0], Activity())
         a.resolved += 1
         a.remediation_seconds += max(0, int((at - f.first_seen).total_seconds()))
-    _add_activity(cluster, at, activity)
-    outbox.record_scan(cluster, scan, created, states_changed)  # the outbox, same transaction
-    return Changes(len(created), len(changed), len(gone))
-
-
-def _add_activity(cluster: Cluster, at: datetime, activity: dict[str, _Activity]) -> None:
-    """Add the day's opened/resolved counts; nothing is written when nothing changed."""
-    if not activity:
-        return
-    table = DailyActivity._meta.db_table
-    day = timezone.localdate(at)
-    rows = [
-        (cluster.pk, day, ns, a.opened, a.resolved, a.remediation_seconds)
-        for ns, a in activity.items()
-    ]
-    with connection.cursor() as cur:
-        for i in range(0, len(rows), 1000):
-            chunk = rows[i : i + 1000]
-            cur.execute(
-                f"INSERT INTO {table} (cluster_id, day, namespace, opened, resolved, "
-                f"remediation_seconds) VALUES {','.join(['(%s,%s,%s,%s,%s,%s)'] * len(chunk))} "
-                "ON CONFLICT (cluster_id, namespace, day) DO UPDATE SET "
-                f"opened = {table}.opened + excluded.opened, "
-                f"resolved = {table}.resolved + excluded.resolved, "
-                f"remediation_seconds = {table}.remediation_seconds "
-                "+ excluded.remediation_seconds",
-                [v for row in chunk for v in row],
-            )
+    return Reconciled(
+        opened=created,
+        followed=[f.pk for f in touched] + [f.pk for f in changed] + [pk for pk, _ in gone],
+        states_changed=states_changed,
+        activity=activity,
+        changes=Changes(len(created), len(changed), len(gone)),
+    )
 
 
 def _update_findings(objs: list[Finding], fields: list[str]) -> None:
@@ -311,67 +279,3 @@ def _update_findings(objs: list[Finding], fields: list[str]) -> None:
     ]
     with connection.cursor() as cur:
         execute_values(cur.cursor, sql, rows, page_size=1000)
-
-
-def write_rollup(cluster: Cluster, at: datetime, groups: Mapping[GroupKey, WorkloadGroup]) -> int:
-    """Upsert the day's counts per (namespace, state) and per state for the cluster; rows
-    whose counts are unchanged are not written, so an unchanged rescan writes nothing."""
-    day = timezone.localdate(at)
-    accepted = acceptance.accepted_keys(cluster, at)
-    counts: dict[tuple[str, str], _Count] = {}
-    for key, g in groups.items():
-        c = counts.setdefault((key[0], g.state), _Count())
-        c.containers += 1
-        c.pods += g.pods
-        c.accepted += key in accepted
-    # Namespace/state pairs that had rows today but are gone now drop to zero.
-    for ns, state in (
-        DailyRollup.objects.filter(cluster=cluster, day=day)
-        .exclude(containers=0, pods=0)
-        .values_list("namespace", "state")
-    ):
-        counts.setdefault((ns, state), _Count())
-    totals: dict[str, _Count] = {s: _Count() for s in State.values}
-    for (_, state), c in counts.items():
-        totals[state].containers += c.containers
-        totals[state].pods += c.pods
-        totals[state].accepted += c.accepted
-    written = _upsert_counts(
-        DailyRollup._meta.db_table,
-        "namespace, state",
-        [
-            (cluster.pk, day, ns, state, c.containers, c.pods, c.accepted)
-            for (ns, state), c in counts.items()
-        ],
-    )
-    written += _upsert_counts(
-        ClusterRollup._meta.db_table,
-        "state",
-        [(cluster.pk, day, state, c.containers, c.pods, c.accepted) for state, c in totals.items()],
-    )
-    if written:  # the fleet page's ranking of its namespaces follows its rollups
-        from compliance.web.dashboards import rank_cluster
-
-        rank_cluster(cluster.pk, day)
-    return written
-
-
-def _upsert_counts(table: str, key: str, rows: list[tuple]) -> int:
-    """INSERT ... ON CONFLICT DO UPDATE, only where containers, pods or accepted differ."""
-    written = 0
-    with connection.cursor() as cur:
-        for i in range(0, len(rows), 1000):
-            chunk = rows[i : i + 1000]
-            one = "(" + ", ".join(["%s"] * len(chunk[0])) + ")"
-            cur.execute(
-                f"INSERT INTO {table} (cluster_id, day, {key}, containers, pods, accepted) "
-                f"VALUES {', '.join([one] * len(chunk))} "
-                f"ON CONFLICT (cluster_id, {key}, day) DO UPDATE "
-                "SET containers = excluded.containers, pods = excluded.pods, "
-                "accepted = excluded.accepted "
-                f"WHERE {table}.containers <> excluded.containers "
-                f"OR {table}.pods <> excluded.pods OR {table}.accepted <> excluded.accepted",
-                [v for row in chunk for v in row],
-            )
-            written += max(cur.rowcount, 0)
-    return written

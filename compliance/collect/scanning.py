@@ -1,6 +1,8 @@
-"""The scan service, top to bottom: pages from the client (kube.py) -> the gate (gate.py)
--> image users (images.py) -> evaluate (runas.py) -> group (workloads.py) -> reconcile
-and rollup (reconcile.py), in one transaction with marking the scan succeeded.
+"""The scan service, top to bottom: pages from the client (kube.py) -> the gate
+(rules/gate.py) -> image users (images.py) -> evaluate (rules/runas.py) -> group
+(rules/workloads.py); then, in one transaction with marking the scan succeeded (_complete):
+reconcile (reconcile.py) -> exception matching (risk/acceptance.py) -> rollups (rollups.py)
+-> the outbox (notify/outbox.py).
 
 `scan_cluster` serves the Celery task and `manage.py scan`; `import_snapshot` serves
 `manage.py import_snapshot`. Invariants (DESIGN.md):
@@ -30,7 +32,8 @@ from django.utils import timezone
 
 from compliance import workers
 from compliance.collect import images, kube
-from compliance.collect.reconcile import reconcile, write_rollup
+from compliance.collect.reconcile import reconcile
+from compliance.collect.rollups import write_rollup
 from compliance.models import (
     Cluster,
     ScanRun,
@@ -38,6 +41,8 @@ from compliance.models import (
     Source,
     Trigger,
 )
+from compliance.notify import outbox
+from compliance.risk import acceptance
 from compliance.rules import gate, podjson, runas
 from compliance.rules.manifests import ManifestError, parse_documents
 from compliance.rules.workloads import Grouping, OwnerIndex
@@ -399,10 +404,14 @@ def _complete(cluster: Cluster, scan: ScanRun, collected: Collected, started: fl
     scan.pods, scan.containers = grouping.pods, grouping.containers
     scan.rejected = collected.rejections.count
     scan.rejections = collected.rejections.as_dict()
-    with transaction.atomic():
-        changes = reconcile(cluster, scan, grouping.groups, collected.kept)
-        write_rollup(cluster, scan.observed_at, grouping.groups)
-        scan.findings_opened, scan.findings_changed, scan.findings_resolved = changes
+    at = scan.observed_at
+    with transaction.atomic():  # DESIGN.md's order, all or nothing
+        done = reconcile(cluster, scan, grouping.groups, collected.kept)  # findings, events
+        acceptance.match_findings(cluster, done.opened, at)  # exceptions cover new findings
+        acceptance.sync(done.followed)  # and follow the changed ones (the live counts)
+        write_rollup(cluster, at, grouping.groups, done.activity)  # counts, activity, ranking
+        outbox.record_scan(cluster, scan, done.opened, done.states_changed)  # owners hear
+        scan.findings_opened, scan.findings_changed, scan.findings_resolved = done.changes
         scan.status = ScanStatus.SUCCEEDED
         scan.finished_at = timezone.now()
         scan.timings["reconcile_s"] = round(time.monotonic() - t, 3)

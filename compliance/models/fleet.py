@@ -263,7 +263,7 @@ class ClusterRollup(models.Model):
 class NamespaceRanking(models.Model):
     """One cluster's namespaces that can be in the fleet page's two lists (the most open
     findings; the most grown since a week before), as of its latest rollup day: at most
-    ten of each, written with the rollups (dashboards.rank_cluster), so the cold fleet
+    ten of each, written with the rollups (rollups.rank_cluster), so the cold fleet
     page reads a few rows per cluster instead of ranking every namespace."""
 
     cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="+")

@@ -27,6 +27,7 @@ from django.db.models import Max, Q, Sum
 from django.utils import timezone
 
 from compliance import params
+from compliance.collect.rollups import before_filter, clusters_by, namespace_changes_sql
 from compliance.identity import access
 from compliance.identity.access import Scope
 from compliance.models import (
@@ -37,7 +38,6 @@ from compliance.models import (
     ExceptionEvent,
     Finding,
     FindingEvent,
-    NamespaceRanking,
     RiskException,
     ScanRun,
     ScanStatus,
@@ -73,16 +73,9 @@ def _day_filter(days: dict[int, dt.date]) -> Q:
     """Rows of each cluster's own day: one condition per distinct day (usually one for the
     whole fleet), not per cluster (building a filter of 50 costs more than the query)."""
     q = Q(pk__in=[])
-    for day, ids in _clusters_by(days).items():
+    for day, ids in clusters_by(days).items():
         q |= Q(cluster_id__in=ids, day=day)
     return q
-
-
-def _clusters_by(values: dict[int, Any]) -> dict[Any, list[int]]:
-    out: dict[Any, list[int]] = defaultdict(list)
-    for cluster_id, value in values.items():
-        out[value].append(cluster_id)
-    return out
 
 
 def _counts(scope: Scope, cluster: Cluster | None = None, namespace: str | None = None):
@@ -180,7 +173,7 @@ def _fleet_overview(scope: Scope, version: int) -> dict[str, Any]:
             .values_list("cluster_id", "state", "n", "p", "a")
         ):
             count(cluster_id, "*", state, n, pods, a)
-        ns_rows = _namespace_changes_sql(
+        ns_rows = namespace_changes_sql(
             {c.pk: c.name for c in clusters},
             today,
             week_ago,
@@ -297,122 +290,6 @@ def _namespace_changes(
     return list(per_ns.values())
 
 
-def _namespace_changes_sql(
-    names: dict[int, str],
-    today: dict,
-    week_ago: dict,
-    now_accepted: dict[tuple[int, str], int],
-    dirty: set[int],
-    stored: bool = False,
-) -> list[dict[str, Any]]:
-    """The whole fleet: aggregated and ranked in PostgreSQL, 20 rows back instead of one
-    per namespace (tens of thousands at fleet scale).
-
-    stored=True: a cluster whose ranking was stored for its latest day (NamespaceRanking,
-    written with its rollups) and whose accepted counts are still the scan's (not dirty)
-    is read from there; only the others are ranked here. In one query either way."""
-    days = [
-        (cid, today[cid], week_ago.get(cid, today[cid] - dt.timedelta(days=3650))) for cid in today
-    ]
-    values = ", ".join(["(%s, %s::date, %s::date)"] * len(days))
-    # Accepted now, per namespace: the rollups' own, or (clusters where an exception
-    # changed since their scan) counted live; subtracted from today's before ranking.
-    accepted_rows = [(c, ns, n) for (c, ns), n in now_accepted.items()] or [(0, "", 0)]
-    accepted_values = ", ".join(["(%s::int, %s::text, %s::int)"] * len(accepted_rows))
-    table = DailyRollup._meta.db_table
-    ranking = NamespaceRanking._meta.db_table
-    ranked = (
-        f"""NOT EXISTS (SELECT 1 FROM {ranking} k
-                        WHERE k.cluster_id = d0.cluster_id AND k.day = d0.today)
-            OR d0.cluster_id = ANY(%s::int[])"""
-        if stored
-        else "true"
-    )
-    sql = f"""
-        WITH d0(cluster_id, today, before) AS (VALUES {values}),
-        d AS (SELECT * FROM d0 WHERE {ranked}),
-        a(cluster_id, namespace, n) AS (VALUES {accepted_values}),
-        g0 AS (
-            SELECT r.cluster_id, r.namespace,
-                   COALESCE(SUM(r.containers) FILTER (WHERE r.day = d.today), 0) AS now,
-                   COALESCE(SUM(r.accepted) FILTER (WHERE r.day = d.today), 0) AS accepted,
-                   COALESCE(SUM(r.containers - r.accepted) FILTER (WHERE r.day = d.before), 0)
-                     AS before
-            FROM {table} r JOIN d ON d.cluster_id = r.cluster_id
-                               AND r.day IN (d.today, d.before)
-            WHERE r.state IN %s AND r.day = ANY(%s::date[])
-              AND r.cluster_id = ANY(ARRAY(SELECT cluster_id FROM d))
-            GROUP BY r.cluster_id, r.namespace),
-        g AS (
-            SELECT g0.cluster_id, g0.namespace,
-                   g0.now - CASE WHEN g0.cluster_id = ANY(%s::int[]) THEN COALESCE(a.n, 0)
-                                 ELSE g0.accepted END AS now, g0.before
-            FROM g0 LEFT JOIN a ON a.cluster_id = g0.cluster_id AND a.namespace = g0.namespace)
-        (SELECT * FROM g WHERE now > before ORDER BY now - before DESC, namespace LIMIT 10)
-        UNION
-        (SELECT * FROM g WHERE now > 0 ORDER BY now DESC, namespace LIMIT 10)"""
-    if stored:
-        sql += f"""
-        UNION ALL
-        SELECT k.cluster_id, k.namespace, k.now, k.before
-        FROM {ranking} k JOIN d0 ON d0.cluster_id = k.cluster_id AND d0.today = k.day
-        WHERE NOT (k.cluster_id = ANY(%s::int[]))"""
-    # The distinct days (usually two) let the (day, cluster) index pick the rows.
-    distinct_days = sorted({d for _, a, b in days for d in (a, b)})
-    params = (
-        [v for row in days for v in row]
-        + ([sorted(dirty)] if stored else [])
-        + [v for row in accepted_rows for v in row]
-        + [tuple(NONCOMPLIANT), distinct_days, sorted(dirty)]
-        + ([sorted(dirty)] if stored else [])
-    )
-    with connection.cursor() as cur:
-        cur.execute(sql, params)
-        return [
-            {"cluster__name": names[cid], "namespace": ns, "now": now, "before": before}
-            for cid, ns, now, before in cur.fetchall()
-        ]
-
-
-def rank_cluster(cluster_id: int, day: dt.date) -> None:
-    """Store the cluster's namespaces that can be in the fleet page's lists as of `day`
-    (with the accepted counts its rollups hold), replacing what was stored for it. Called
-    when its rollups are written (PostgreSQL; elsewhere the page ranks them itself)."""
-    if connection.vendor != "postgresql":
-        return
-    before = (
-        ClusterRollup.objects.filter(_before_filter({cluster_id: day}))
-        .aggregate(d=Max("day"))
-        .get("d")
-    )
-    rows = _namespace_changes_sql(
-        {cluster_id: ""}, {cluster_id: day}, {cluster_id: before} if before else {}, {}, set()
-    )
-    # Only what changed is written (a rescan changes a few namespaces' counts, if any).
-    stored = {
-        (k.day, k.namespace): k for k in NamespaceRanking.objects.filter(cluster_id=cluster_id)
-    }
-    ranked = {(day, r["namespace"]): r for r in rows}
-    gone = [k.pk for key, k in stored.items() if key not in ranked]
-    if gone:
-        NamespaceRanking.objects.filter(pk__in=gone).delete()
-    changed = []
-    for key, r in ranked.items():
-        k = stored.get(key)
-        if k is not None and (k.now, k.before) != (r["now"], r["before"]):
-            k.now, k.before = r["now"], r["before"]
-            changed.append(k)
-    if changed:
-        NamespaceRanking.objects.bulk_update(changed, ["now", "before"])
-    NamespaceRanking.objects.bulk_create(
-        NamespaceRanking(
-            cluster_id=cluster_id, day=day, namespace=ns, now=r["now"], before=r["before"]
-        )
-        for (_, ns), r in ranked.items()
-        if (day, ns) not in stored
-    )
-
-
 def _week_ago(rollups, today: dict[int, dt.date]) -> dict[int, dt.date]:
     """Each cluster's last rollup day at least a week before its day. Looked for in the
     week before that first (scanned daily, every cluster has one there: a week of rows
@@ -429,24 +306,14 @@ def _week_ago(rollups, today: dict[int, dt.date]) -> dict[int, dt.date]:
 
     week = dt.timedelta(days=7)
     recent = Q(pk__in=[])
-    for day, ids in _clusters_by(today).items():
+    for day, ids in clusters_by(today).items():
         limit = max(day, dt.date.min + 2 * week) - week
         recent |= Q(cluster_id__in=ids, day__lte=limit, day__gt=limit - week)
     found = last(recent)
     rest = {c: d for c, d in today.items() if c not in found}
     if rest:
-        found.update(last(_before_filter(rest)))
+        found.update(last(before_filter(rest)))
     return found
-
-
-def _before_filter(days: dict[int, dt.date]) -> Q:
-    """Rows of each cluster at least a week before its day (one condition per distinct
-    day, as _day_filter)."""
-    q = Q(pk__in=[])
-    week = dt.timedelta(days=7)
-    for day, ids in _clusters_by(days).items():
-        q |= Q(cluster_id__in=ids, day__lte=max(day, dt.date.min + week) - week)
-    return q
 
 
 def _state_series(rollups) -> dict[str, Any]:

@@ -181,12 +181,13 @@ def load_exceptions() -> None:
 
 def rank_clusters() -> None:
     """What each cluster's scan stores with its rollups: its namespaces' ranking."""
+    from compliance.collect import rollups
     from compliance.models import Cluster
     from compliance.web import dashboards
 
     t = time.perf_counter()
     for c in Cluster.objects.select_related("last_complete_scan"):
-        dashboards.rank_cluster(c.pk, dashboards._latest_days([c])[c.pk])
+        rollups.rank_cluster(c.pk, dashboards._latest_days([c])[c.pk])
     print(
         f"  namespace rankings stored (as scans store them)      {time.perf_counter() - t:6.1f} s"
     )

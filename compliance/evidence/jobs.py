@@ -31,6 +31,7 @@ from django.contrib.auth.models import User
 from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
+from prometheus_client import Counter
 
 from compliance import vocabulary, workers
 from compliance.audit import log as audit
@@ -48,6 +49,14 @@ class JobError(Exception):
     """An export that cannot be written, with the reason the user is shown."""
 
 
+# Counted in the process that takes the request; /metrics serves it (ops/metrics.py).
+EXPORT_REQUESTS = Counter(
+    "welkin_export_requests",
+    "Exports asked for (the reports page, the register, samples, the API), by format.",
+    ["format"],
+)
+
+
 class Busy(Exception):
     """The user has as many exports queued or running as they may (answered 429)."""
 
@@ -55,8 +64,6 @@ class Busy(Exception):
 def ask(http_request, action: str, fmt: str, doc, kind: str, params: dict[str, Any]) -> Export:
     """An export asked for in a request: saved, audited (`action`), queued. Busy when the
     user already has WELKIN_EXPORT_MAX_ACTIVE exports queued or being written."""
-    from compliance.ops.metrics import EXPORT_REQUESTS
-
     limit = settings.WELKIN_EXPORT_MAX_ACTIVE
     with transaction.atomic():
         # The user's row locked: parallel requests count and create one at a time (each

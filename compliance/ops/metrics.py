@@ -32,13 +32,13 @@ from django.db.models import Count, Max, OuterRef, Subquery, Sum
 from django.utils import timezone
 from prometheus_client import (
     CollectorRegistry,
-    Counter,
     generate_latest,
     multiprocess,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
 
+from compliance.evidence.jobs import EXPORT_REQUESTS
 from compliance.identity.access import OFFICER, Scope
 from compliance.models import Cluster, Finding, ScanRun, ScanStatus, Source
 from compliance.risk.acceptance import accepted_counts
@@ -48,11 +48,6 @@ log = logging.getLogger(__name__)
 
 # --- process metrics (multiprocess-safe) ------------------------------------------------
 
-EXPORT_REQUESTS = Counter(
-    "welkin_export_requests",
-    "Exports asked for (the reports page, the register, samples, the API), by format.",
-    ["format"],
-)
 EXPORT_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 
 

@@ -21,7 +21,14 @@ from django.utils import timezone
 
 from compliance.collect import scanning
 from compliance.identity import access
-from compliance.models import Cluster, ImageUserOverride, NamespaceGrant
+from compliance.models import (
+    Cluster,
+    ExceptionEvent,
+    ImageUserOverride,
+    NamespaceGrant,
+    RiskException,
+)
+from compliance.risk import acceptance, exceptions
 from compliance.rules import controls
 
 REGISTRY = "registry.demo.internal"
@@ -296,8 +303,6 @@ def add_exceptions(now: dt.datetime | None = None) -> int:
     """Demo risk acceptance: one approved (prod-us web/edge, the nginx image without a
     USER), one waiting for an officer, one that ended. Requested by lead, decided by
     officer (four eyes)."""
-    from compliance.models import ExceptionEvent, RiskException
-    from compliance.risk import acceptance, exceptions
 
     now = now or timezone.now()
     lead, officer = User.objects.get(username="lead"), User.objects.get(username="officer")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from django.core.exceptions import BadRequest
 from django.shortcuts import render
@@ -206,3 +207,17 @@ class BadParameterMiddleware:
 
 def bad_request(request, error: BadParameter):
     return render(request, "400.html", {"error": str(error)}, status=400)
+
+
+class DuplicateKey(Exception):
+    """A JSON object that gives a key twice (which value would count?)."""
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads' object_pairs_hook that refuses a key given twice (DuplicateKey)."""
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise DuplicateKey(repr(key))
+        seen[key] = value
+    return seen

@@ -14,7 +14,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from django.utils import timezone
 
-from compliance.audit import signing, tsa
+from compliance.audit import log, signing, tsa
 from compliance.models import AuditEvent, AuditHead
 
 
@@ -47,7 +47,6 @@ def latest() -> dict | None:
 
 def sign_head() -> AuditHead | None:
     """Sign the chain's current last event (None when the log is empty), audited."""
-    from compliance.audit import log
 
     last = AuditEvent.objects.order_by("-seq").values_list("seq", "hash").first()
     if last is None:

@@ -134,7 +134,7 @@ def _resolved(inputs, given, stderr) -> offline.OfflineReport:
         finally:
             os.environ.clear()
             os.environ.update(saved)
-    from compliance.collect import images
+    from compliance.collect import images  # local: only --resolve needs Django and a database
 
     resolver = images.offline_resolver({})
     if resolver.offline_note:

@@ -35,9 +35,10 @@ from prometheus_client import Counter
 
 from compliance import vocabulary, workers
 from compliance.audit import log as audit
-from compliance.evidence import store, writers
+from compliance.evidence import reports, samples, store, writers
 from compliance.identity import access
-from compliance.models import AuditEvent, Export, ExportStatus
+from compliance.models import AuditEvent, Export, ExportStatus, Sample
+from compliance.risk import register
 
 log = logging.getLogger(__name__)
 
@@ -306,9 +307,6 @@ def _fail(e: Export, reason: str, seconds: float | None = None, attempt: bool = 
 
 def document(e: Export):
     """The export's document, rebuilt with the asker's scope as it is now."""
-    from compliance.evidence import reports, samples
-    from compliance.models import Sample
-    from compliance.risk import register
 
     if e.user is None or not e.user.is_active:
         raise JobError("the user who asked for it no longer has an account")

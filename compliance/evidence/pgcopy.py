@@ -14,8 +14,18 @@ import psycopg2.errors
 from django.conf import settings
 from django.db import connection, transaction
 
+from compliance.evidence import reports
 from compliance.evidence.reports import Report
 from compliance.evidence.sink import ExportError, HashingWriter, Progress
+from compliance.models import (
+    Cluster,
+    ClusterRollup,
+    DailyRollup,
+    ExceptionMatch,
+    Finding,
+    FindingEvent,
+    RiskException,
+)
 from compliance.vocabulary import NONCOMPLIANT
 
 
@@ -99,7 +109,6 @@ def copy_rows(
     write every range), and commits; the others' ranges, spooled to unnamed temporary
     files, are appended in order. So the file holds exactly what one COPY would, and the
     summary's counts are those of its rows."""
-    from compliance.evidence import reports
 
     if fmt == "csv":
         body = "FORMAT csv"
@@ -183,8 +192,6 @@ def _read_tables() -> str:
     """The tables a point-in-time report's rows and summary read (seen in pg_locks)."""
     from django.contrib.auth.models import User
 
-    from compliance.models import Cluster, ExceptionMatch, Finding, FindingEvent, RiskException
-
     models = (Finding, FindingEvent, Cluster, RiskException, ExceptionMatch, User)
     return ", ".join(connection.ops.quote_name(m._meta.db_table) for m in models)
 
@@ -201,8 +208,6 @@ def _parts(report: Report) -> list[tuple[str, list[Any]] | None]:
     if n < 2 or report.namespace:
         return [None]
     from django.db.models import OuterRef, Subquery, Sum
-
-    from compliance.models import ClusterRollup, DailyRollup
 
     noncompliant = tuple(NONCOMPLIANT)
     scope = report._scope

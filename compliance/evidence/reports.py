@@ -22,10 +22,12 @@ from django.db.models.functions import Cast, Concat
 from django.http import Http404
 from django.utils import timezone
 
+from compliance.evidence import retention
 from compliance.identity import access
 from compliance.models import Cluster, Finding, FindingEvent, ScanRun, ScanStatus
 from compliance.risk import acceptance
 from compliance.rules import controls, gate
+from compliance.rules.inert import FORMULA_STARTS
 
 REPORT_COLUMNS = [
     "cluster",
@@ -303,7 +305,6 @@ def _sql_text(value: str) -> str:
 
 
 def _cells(csv: bool) -> list[tuple[str, str]]:
-    from compliance.rules.inert import FORMULA_STARTS
 
     starts = ", ".join(_sql_text(c) for c in FORMULA_STARTS)
 
@@ -369,7 +370,6 @@ def point_in_time(
             f"the report time {at.isoformat()} is in the future: a report says what was, "
             "not what will be"
         )
-    from compliance.evidence import retention
 
     pruned = retention.horizon()
     if pruned is not None and at < pruned:

@@ -25,6 +25,7 @@ from django.db import transaction
 from django.db.models import Exists, Max, Min, OuterRef, Q
 from django.utils import timezone
 
+from compliance.audit import log
 from compliance.models import (
     AuditEvent,
     Cluster,
@@ -91,7 +92,6 @@ def _n(deleted: tuple[int, dict[str, int]], model) -> int:
 
 
 def prune(now: dt.datetime | None = None) -> Pruned:
-    from compliance.audit import log
 
     cutoff, rollup_cutoff, held = cutoffs(now)
     done = Pruned(cutoff.isoformat(), rollup_cutoff.isoformat(), held)

@@ -16,16 +16,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from django.conf import settings
 from django.utils import timezone
 
+from compliance.audit import heads, tsa
 from compliance.audit.signing import canonical, public_key_b64, signing_key
 from compliance.evidence.reports import Report
 from compliance.evidence.sink import Written, report_meta
+from compliance.params import DuplicateKey, unique_keys
 
 # A manifest is about 2 KB, plus some 300 bytes per cluster of its coverage.
 MANIFEST_MAX_BYTES = 8 << 20
 
 
 def manifest(report: Report, fmt: str, filename: str, written: Written) -> dict[str, Any]:
-    from compliance.audit import heads, tsa
 
     m = {
         "file": filename,
@@ -66,19 +67,6 @@ def sha256_of(content: bytes | Iterable[bytes]) -> str:
     for chunk in content:
         sha.update(chunk)
     return sha.hexdigest()
-
-
-class DuplicateKey(Exception):
-    pass
-
-
-def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in seen:
-            raise DuplicateKey(repr(key))
-        seen[key] = value
-    return seen
 
 
 def verify(
@@ -122,7 +110,6 @@ def verify(
         if m.get("development_key") or settings.WELKIN_DEVELOPMENT_SIGNING_KEY
         else ""
     )
-    from compliance.audit import tsa
 
     stamp, timestamp = None, _timestamp_note(m)
     if token is not None:

@@ -15,6 +15,7 @@ import orjson
 from django.conf import settings
 from django.utils import timezone
 
+from compliance.audit import tsa
 from compliance.evidence.reports import Report
 from compliance.evidence.signed import manifest
 from compliance.evidence.sink import ExportError, Progress
@@ -79,7 +80,6 @@ def add_timestamp(path: Path) -> tuple[bytes | None, str]:
     """Ask the TSA for a token over the manifest file's bytes and keep it beside them; the
     token, or None and why not (no TSA configured: None and ''). Never raises for a TSA
     that is down: the export stands, and the timestamp-pending task asks again."""
-    from compliance.audit import tsa
 
     if not tsa.configured():
         return None, ""

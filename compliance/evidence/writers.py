@@ -13,6 +13,7 @@ from typing import BinaryIO
 
 import orjson
 
+from compliance.evidence import oscal
 from compliance.evidence.pdf import write_pdf
 from compliance.evidence.pgcopy import copy_rows, copyable
 from compliance.evidence.reports import REPORT_COLUMNS, Report, summary_rows
@@ -102,7 +103,6 @@ def _json(report: Report, out: HashingWriter, progress: Progress, copy: bool) ->
 
 
 def _oscal(report: Report, out: HashingWriter, progress: Progress, copy: bool) -> int:
-    from compliance.evidence import oscal
 
     if not hasattr(report, "completeness"):
         raise ValueError("OSCAL is written for point-in-time reports only")

@@ -12,6 +12,7 @@ from compliance import vocabulary
 from compliance.models.choices import (
     text_choices,
 )
+from compliance.vocabulary import EXPORT_EXTENSIONS
 
 
 class AuditEvent(models.Model):
@@ -110,9 +111,8 @@ class Export(models.Model):
 
     @property
     def extension(self) -> str:
-        from compliance.vocabulary import EXPORT_EXTENSIONS as EXTENSIONS
 
-        return EXTENSIONS.get(self.format, self.format)
+        return EXPORT_EXTENSIONS.get(self.format, self.format)
 
     @property
     def filename(self) -> str:

@@ -12,6 +12,7 @@ from compliance.models.choices import (
     text_choices,
 )
 from compliance.models.fleet import Cluster, Finding
+from compliance.rules.controls import CONTROLS
 
 
 class RiskException(models.Model):
@@ -90,7 +91,6 @@ class RiskException(models.Model):
     @property
     def control_labels(self) -> list[str]:
         """The controls as shown: 2022 number first, 2013 beside it."""
-        from compliance.rules.controls import CONTROLS
 
         return [CONTROLS[c].label if c in CONTROLS else c for c in self.controls]
 

@@ -21,6 +21,8 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.http import HttpResponse, JsonResponse
 
+from compliance.ops import metrics as m
+
 log = logging.getLogger(__name__)
 
 
@@ -43,20 +45,8 @@ def check_database() -> None:
         cur.fetchone()
 
 
-def broker_connection():
-    """A connection to the Celery broker with short timeouts (not the app's pool)."""
-    from kombu import Connection
-
-    timeout = settings.WELKIN_READYZ_TIMEOUT
-    return Connection(
-        settings.CELERY_BROKER_URL,
-        connect_timeout=timeout,
-        transport_options={"socket_timeout": timeout, "socket_connect_timeout": timeout},
-    )
-
-
 def check_broker() -> None:
-    with broker_connection() as conn:
+    with m.broker_connection() as conn:
         conn.ensure_connection(
             max_retries=1, interval_start=0, timeout=settings.WELKIN_READYZ_TIMEOUT
         )
@@ -107,7 +97,6 @@ def metrics(request) -> HttpResponse:
         )
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return _no_store(response)
-    from compliance.ops import metrics as m
 
     body, content_type = m.exposition(request.headers.get("Accept", ""))
     return _no_store(HttpResponse(body, content_type=content_type))

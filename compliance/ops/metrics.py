@@ -40,7 +40,7 @@ from prometheus_client.exposition import choose_encoder
 
 from compliance.evidence.jobs import EXPORT_REQUESTS
 from compliance.identity.access import OFFICER, Scope
-from compliance.models import Cluster, Finding, ScanRun, ScanStatus, Source
+from compliance.models import AuditEvent, Cluster, Export, Finding, ScanRun, ScanStatus, Source
 from compliance.risk.acceptance import accepted_counts
 from compliance.rules.controls import CONTROLS, MAPPING
 
@@ -54,6 +54,18 @@ EXPORT_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800
 # --- what the database knows ------------------------------------------------------------
 
 FAILURE_WINDOW = timedelta(days=7)  # how far back the last failure is looked for
+
+
+def broker_connection():
+    """A connection to the Celery broker with short timeouts (not the app's pool)."""
+    from kombu import Connection
+
+    timeout = settings.WELKIN_READYZ_TIMEOUT
+    return Connection(
+        settings.CELERY_BROKER_URL,
+        connect_timeout=timeout,
+        transport_options={"socket_timeout": timeout, "socket_connect_timeout": timeout},
+    )
 
 
 def _findings_counts(by_namespace: bool) -> list[tuple[tuple[str, ...], int, int]]:
@@ -83,7 +95,6 @@ def _ts(dt) -> float:
 
 def queue_lengths() -> dict[str, int] | None:
     """Messages waiting per Celery queue, from the broker (None when it does not answer)."""
-    from compliance.ops.health import broker_connection
 
     try:
         with broker_connection() as conn:
@@ -243,8 +254,6 @@ class StateCollector:
         from django.db.models import Count, FloatField, Q
         from django.db.models.fields.json import KeyTextTransform
         from django.db.models.functions import Cast
-
-        from compliance.models import AuditEvent, Export
 
         done, failed = AuditEvent.Action.EXPORT_DONE, AuditEvent.Action.EXPORT_FAILED
         total = CounterMetricFamily(

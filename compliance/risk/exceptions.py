@@ -32,6 +32,7 @@ from compliance.models import (
     Finding,
     RiskException,
 )
+from compliance.notify import outbox
 from compliance.risk import acceptance
 from compliance.rules import controls, gate
 from compliance.vocabulary import (
@@ -381,8 +382,6 @@ def notify(e: RiskException, kind: str, by: str = "") -> int:
     """Tell the owners of the namespaces an exception concerns (and the officers): requested,
     approved, ending (within 14 days) or ended. Once per exception, kind and namespace."""
     from django.urls import reverse
-
-    from compliance.notify import outbox as outbox
 
     places = _places(e)
     if not places:

@@ -32,8 +32,9 @@ from compliance.models import (
     State,
 )
 from compliance.risk import acceptance, exceptions, register
-from compliance.rules import explain
+from compliance.rules import controls, explain
 from compliance.vocabulary import ACCEPTED, OPEN
+from compliance.web.views import reports as pages
 
 REPORT_ROWS = 1000
 
@@ -172,13 +173,11 @@ class FindingSerializer(serializers.ModelSerializer):
 
     def get_controls_2022(self, f) -> list[str]:
         """ISO/IEC 27001:2022 Annex A numbers."""
-        from compliance.rules import controls
 
         return list(controls.ids_2022(f.state))
 
     def get_controls_2013(self, f) -> list[str]:
         """The same controls by their 2013 numbers."""
-        from compliance.rules import controls
 
         return list(controls.controls_for(f.state))
 
@@ -498,8 +497,6 @@ def _export_part(part: str):
     def view(request, pk):
         """A done export's file, its manifest, or the TSA's token over the manifest: the
         same bytes as the reports page's links."""
-        from compliance.web.views import reports as pages
-
         return {"file": pages.download, "manifest": pages.manifest, "timestamp": pages.timestamp}[
             part
         ](request, pk)

@@ -8,6 +8,8 @@ import json
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
+from compliance.params import DuplicateKey, unique_keys
+
 
 def _no_constant(name: str):
     raise ValueError(f"{name} is not JSON")
@@ -19,7 +21,6 @@ class JSONBody(JSONParser):
     recursion."""
 
     def parse(self, stream, media_type=None, parser_context=None):
-        from compliance.params import DuplicateKey, unique_keys
 
         encoding = (parser_context or {}).get("encoding") or "utf-8"
         try:

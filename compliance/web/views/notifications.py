@@ -13,6 +13,7 @@ from compliance import params
 from compliance.audit import log
 from compliance.identity import access, signin
 from compliance.models import AuditEvent
+from compliance.models.identity import GroupMapping
 from compliance.models.notify import FAILED, PENDING, SENDING, Contact, Delivery
 from compliance.notify import delivery, outbox
 
@@ -32,7 +33,6 @@ def overview(request):
     if before is not None:
         failed = failed.filter(pk__lt=before)
     failed = list(failed[:FAILED_PAGE])
-    from compliance.models.identity import GroupMapping
 
     return render(
         request,

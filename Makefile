@@ -39,8 +39,10 @@ test: install services
 	CELERY_BROKER_URL=$${CELERY_BROKER_URL:-$(TEST_BROKER_URL)} \
 	DEBUG=1 $(BIN)/pytest $(PYTEST_ARGS)
 
-# Style, formatting, and models that match their migrations.
+# Style, formatting, the packages' import order (README: layout), and models that match
+# their migrations.
 lint: install
+	$(BIN)/python scripts/check_layers.py
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	DEBUG=1 $(BIN)/python manage.py makemigrations --check --dry-run

@@ -190,6 +190,3 @@ class NamespaceGrantAdmin(admin.ModelAdmin):
     list_display = ["user", "group", "cluster", "namespace"]
     list_filter = ["cluster", "group"]
     search_fields = ["namespace", "user__username", "group__name"]
-
-
-from compliance import admin_reach  # noqa: E402, F401 - single sign-on and notifications

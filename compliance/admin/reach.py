@@ -1,10 +1,10 @@
 """Admin for single sign-on mapping rules, provider identities, notification contacts
-and the outbox (read-only). Imported at the end of admin.py."""
+and the outbox (read-only)."""
 
 from django import forms
 from django.contrib import admin
 
-from compliance.admin import WriteOnlySecret
+from compliance.admin.fleet import WriteOnlySecret
 from compliance.models.identity import GroupMapping, OidcIdentity
 from compliance.models.notify import Contact, Delivery
 

@@ -1,0 +1,88 @@
+"""The layer check (scripts/check_layers.py, run by `make lint`): the tree passes it, and
+each rule fails when broken in a copy of the tree."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import check_layers  # noqa: E402
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """A copy of compliance/ to break."""
+    shutil.copytree(ROOT / "compliance", tmp_path / "compliance")
+    return tmp_path
+
+
+def add_line(path: Path, line: str, before: str = "") -> None:
+    text = path.read_text()
+    if before:
+        text = text.replace(before, f"{line}\n{before}", 1)
+    else:
+        text = f"{text}\n{line}\n"
+    path.write_text(text)
+
+
+def test_it_passes_the_tree_as_it_is():
+    assert check_layers.violations(ROOT) == []
+
+
+def test_it_fails_a_wrong_way_import(tree):
+    runas = tree / "compliance/rules/runas.py"
+    add_line(runas, "from compliance.web import dashboards")
+    line = len(runas.read_text().splitlines())
+    found = check_layers.violations(tree)
+    assert found[0] == (
+        f"compliance/rules/runas.py:{line}: "
+        "compliance.rules.runas imports compliance.web.dashboards, a package listed after it"
+    )
+    # dashboards reaches runas through the models: the same import closes a cycle
+    assert found[1].startswith("import cycle among: ") and len(found) == 2
+
+
+def test_it_fails_a_leaf_importing_another_leaf(tree):
+    add_line(tree / "compliance/workers.py", "from compliance import vocabulary")
+    (found,) = check_layers.violations(tree)
+    assert "compliance.workers imports compliance.vocabulary" in found
+
+
+def test_it_fails_django_in_the_pure_rules(tree):
+    add_line(tree / "compliance/rules/gate.py", "import django.db")
+    (found,) = check_layers.violations(tree)
+    assert "compliance.rules.gate must not import Django (django.db)" in found
+
+
+def test_it_fails_a_cycle_within_a_package(tree):
+    add_line(tree / "compliance/evidence/sink.py", "from compliance.evidence import store")
+    (found,) = check_layers.violations(tree)
+    assert found.startswith("import cycle among: ")
+    assert {"compliance.evidence.sink", "compliance.evidence.store"} <= set(
+        found.removeprefix("import cycle among: ").split(", ")
+    )
+
+
+def test_it_asks_an_import_inside_a_function_for_its_reason(tree):
+    add_line(
+        tree / "compliance/collect/reconcile.py",
+        "def later():\n    from compliance.risk import acceptance\n\n    return acceptance",
+    )
+    (found,) = check_layers.violations(tree)
+    assert "an import inside a function needs a comment on its line" in found
+
+
+def test_make_lint_runs_it_and_fails_on_a_violation(tree):
+    add_line(tree / "compliance/models/fleet.py", "from compliance.collect import scanning")
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/check_layers.py"), str(tree)],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 1
+    assert "compliance.models.fleet imports compliance.collect.scanning" in run.stdout
+    assert "python scripts/check_layers.py" in (ROOT / "Makefile").read_text()

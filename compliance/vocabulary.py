@@ -1,7 +1,8 @@
 """The words welkin-dash uses, each defined once (DESIGN.md's vocabulary).
 
-Every enumeration -- container states, scan statuses, triggers, evidence, image user
-sources, container types, cluster sources, workload kinds -- is a tuple of Terms here:
+Every enumeration -- container states, scan, export and delivery statuses, triggers,
+evidence, image user sources, container types, cluster sources, workload kinds, roles --
+is a tuple of Terms here:
 value, label, description, severity (higher is worse) and the CSS class and terminal
 colour that show it. Models take their choices from here, the evaluator and controls
 their states, pages their columns and badges, exports and the CLI their labels and
@@ -351,5 +352,41 @@ FINDING_KINDS = tuple(k for k in WORKLOAD_KINDS if k != "PodTemplate")
 
 # --- exports ----------------------------------------------------------------------------
 
+QUEUED, DONE = "queued", "done"  # and RUNNING, FAILED, as scans say them
+EXPORT_STATUS = Vocabulary(
+    "export status",
+    [
+        Term(QUEUED, "Queued", "Waiting for a worker."),
+        Term(RUNNING, "Running", "A worker is writing it."),
+        Term(DONE, "Ready", "Written and signed: ready to download."),
+        Term(FAILED, "Failed", "Not written; the reason is shown, and no file was left."),
+    ],
+)
 EXPORT_FORMATS = ("csv", "json", "pdf", "oscal")  # oscal: OSCAL Assessment Results (JSON)
 EXPORT_EXTENSIONS = {"oscal": "oscal.json"}  # a file name's ending where it is not the format
+
+# --- who people are (Django groups) -----------------------------------------------------
+
+OFFICER, AUDITOR, LEAD = "security-officer", "auditor", "team-lead"
+ROLE = Vocabulary(
+    "role",
+    [
+        Term(OFFICER, "Security officer", "Everything; manages clusters, scans and exceptions."),
+        Term(AUDITOR, "Auditor", "Read-only, everything; exports evidence."),
+        Term(LEAD, "Team lead", "Read-only, the namespaces granted; requests exceptions."),
+    ],
+)
+ROLES = ROLE.values
+
+# --- notification deliveries -------------------------------------------------------------
+
+PENDING, SENDING, SENT = "pending", "sending", "sent"  # and FAILED
+DELIVERY_STATUS = Vocabulary(
+    "delivery status",
+    [
+        Term(PENDING, "Pending", "Waiting to be sent, or to be tried again."),
+        Term(SENDING, "Sending", "A worker is sending it."),
+        Term(SENT, "Sent"),
+        Term(FAILED, "Failed", "Given up after its attempts; the last error is kept."),
+    ],
+)

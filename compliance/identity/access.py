@@ -17,11 +17,7 @@ from django.db.models import Q, QuerySet
 from compliance.audit.log import Denied
 from compliance.models import Cluster, Finding, NamespaceGrant
 from compliance.rules import gate
-
-OFFICER = "security-officer"
-AUDITOR = "auditor"
-LEAD = "team-lead"
-ROLES = (OFFICER, AUDITOR, LEAD)
+from compliance.vocabulary import AUDITOR, LEAD, OFFICER, ROLES  # noqa: F401 - access.OFFICER
 
 
 def glob_regex(glob: str) -> str:

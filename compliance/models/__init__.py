@@ -44,7 +44,6 @@ from compliance.models.images import (
 )
 from compliance.models.notify import (
     CHANNELS,
-    DELIVERY_STATUS,
     EMAIL_MAX,
     URL_MAX,
     WEBHOOK_FORMATS,
@@ -102,6 +101,5 @@ __all__ = [
     "check_email",
     "Contact",
     "OutboxEvent",
-    "DELIVERY_STATUS",
     "Delivery",
 ]

@@ -66,11 +66,7 @@ class AuditHead(models.Model):
         return f"head {self.seq} {self.hash[:12]} at {self.at:%Y-%m-%d %H:%M}"
 
 
-class ExportStatus(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    DONE = "done", "Ready"
-    FAILED = "failed", "Failed"
+ExportStatus = text_choices("ExportStatus", vocabulary.EXPORT_STATUS)
 
 
 class Export(models.Model):

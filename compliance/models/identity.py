@@ -11,18 +11,14 @@ from django.utils import timezone
 from compliance.models.fleet import Cluster
 from compliance.params import BadParameter, clean_text
 from compliance.rules.gate import NAMESPACE_GLOB_RE
+from compliance.vocabulary import LEAD, ROLE
 
 CLAIMS = [
     ("groups", "Group (the groups claim)"),
     ("roles", "Role (the roles claim)"),
     ("email_domain", "E-mail domain (of a verified e-mail)"),
 ]
-# The role groups of compliance/identity/access.py.
-ROLE_CHOICES = [
-    ("security-officer", "Security officer"),
-    ("auditor", "Auditor"),
-    ("team-lead", "Team lead"),
-]
+ROLE_CHOICES = ROLE.choices  # the role groups (compliance/vocabulary.py)
 VALUE_MAX = 255
 
 
@@ -66,7 +62,7 @@ class GroupMapping(models.Model):
             raise ValidationError({"value": "a group, role or domain"})
         if self.claim == "email_domain":
             self.value = self.value.strip().lower().lstrip("@")
-        if self.role == "team-lead":
+        if self.role == LEAD:
             if not NAMESPACE_GLOB_RE.match(self.namespace or ""):
                 raise ValidationError(
                     {"namespace": "a team lead needs a namespace name or glob (team-a-*)"}

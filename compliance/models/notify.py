@@ -16,6 +16,7 @@ from django.utils import timezone
 from compliance import crypto
 from compliance.params import BadParameter, clean_text
 from compliance.rules.gate import NAMESPACE_GLOB_RE
+from compliance.vocabulary import DELIVERY_STATUS, PENDING, SENDING
 
 URL_MAX = 2000
 EMAIL_MAX = 254
@@ -133,10 +134,6 @@ class OutboxEvent(models.Model):
         return f"{self.pk} {self.kind} {self.created_at:%Y-%m-%d %H:%M}"
 
 
-PENDING, SENDING, SENT, FAILED = "pending", "sending", "sent", "failed"
-DELIVERY_STATUS = [(PENDING, "Pending"), (SENDING, "Sending"), (SENT, "Sent"), (FAILED, "Failed")]
-
-
 class Delivery(models.Model):
     """One message of one event to one destination. (event, destination) is unique: the
     idempotency key, so the event is never sent twice to the same place. `namespaces`
@@ -151,7 +148,7 @@ class Delivery(models.Model):
         Contact, null=True, blank=True, on_delete=models.SET_NULL, related_name="deliveries"
     )
     namespaces = models.JSONField(null=True, blank=True)
-    status = models.CharField(max_length=8, choices=DELIVERY_STATUS, default=PENDING)
+    status = models.CharField(max_length=8, choices=DELIVERY_STATUS.choices, default=PENDING)
     attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(default=timezone.now)
     lease_until = models.DateTimeField(null=True, blank=True)

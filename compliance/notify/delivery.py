@@ -30,8 +30,8 @@ from django.db.models import Q
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from compliance.models.notify import FAILED, PENDING, SENDING, SENT, Delivery
-from compliance.vocabulary import STATE, STATES_BY_SEVERITY
+from compliance.models.notify import Delivery
+from compliance.vocabulary import FAILED, PENDING, SENDING, SENT, STATE, STATES_BY_SEVERITY
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 3600

@@ -2,7 +2,7 @@
 columns every table shows (worst first, from compliance/vocabulary.py)."""
 
 from compliance.identity import access
-from compliance.vocabulary import STATES_BY_SEVERITY
+from compliance.vocabulary import ROLE, STATES_BY_SEVERITY
 
 
 def navigation(request):
@@ -10,9 +10,5 @@ def navigation(request):
     if user is None or not user.is_authenticated:
         return {}
     scope = access.scope_for(user)
-    role = {
-        access.OFFICER: "Security officer",
-        access.AUDITOR: "Auditor",
-        access.LEAD: "Team lead",
-    }.get(scope.role, "No role")
+    role = ROLE.label(scope.role) if scope.role in ROLE else "No role"
     return {"state_columns": STATES_BY_SEVERITY, "nav_scope": scope, "nav_role": role}

@@ -14,8 +14,9 @@ from compliance.audit import log
 from compliance.identity import access, signin
 from compliance.models import AuditEvent
 from compliance.models.identity import GroupMapping
-from compliance.models.notify import FAILED, PENDING, SENDING, Contact, Delivery
+from compliance.models.notify import Contact, Delivery
 from compliance.notify import delivery, outbox
+from compliance.vocabulary import FAILED, PENDING, SENDING
 
 FAILED_PAGE = 50
 

@@ -227,9 +227,34 @@ class Created:
     matched: int  # open findings the scope covers now (0: "matches nothing yet")
 
 
+def may_request(scope: Scope) -> bool:
+    """Who asks for exceptions: team leads (inside their grants, as check() holds them to)
+    and security officers; auditors only read. Pages, the API and templates ask this."""
+    return scope.can_manage or scope.role == access.LEAD
+
+
+def refusal(scope: Scope, e: RiskException, user_id: int, action: str, status: str):
+    """Why this user may not approve, reject or revoke this exception in this status (an
+    ExceptionError), or None when they may: only a security officer, never on their own
+    request (four eyes between persons), approve or reject only what waits for a decision,
+    revoke only what is requested or approved. The page's buttons and decide() ask this."""
+    if not scope.can_manage:
+        return ExceptionError("user", "only security officers approve, reject or revoke")
+    if action in ("approve", "reject"):
+        if e.requested_by_id == user_id:
+            return ExceptionError(
+                "user", "you requested this exception: another officer decides on it"
+            )
+        if status != REQUESTED:
+            return ExceptionError("exception", f"it is {status}, not waiting for a decision")
+    elif status not in (REQUESTED, APPROVED):
+        return ExceptionError("exception", f"it is {status}: there is nothing to revoke")
+    return None
+
+
 def request(scope: Scope, user, r: Request, http_request=None) -> Created:
     """A lead (or an officer) asks for an exception; matches are stored at once."""
-    if not (scope.can_manage or scope.role == access.LEAD):
+    if not may_request(scope):
         raise ExceptionError("user", "only team leads and security officers request exceptions")
     fields = check(scope, r)
     with transaction.atomic():
@@ -260,22 +285,16 @@ def decide(scope: Scope, user, pk: int, action: str, comment: str, http_request=
         e = RiskException.objects.select_for_update().filter(pk=pk).first()
         if e is None:
             raise ExceptionError("exception", "no such exception")
-        current = status_at(e, now)
+        refused = refusal(scope, e, user.pk, action, status_at(e, now))
+        if refused is not None:
+            raise refused
         if action in ("approve", "reject"):
-            if e.requested_by_id == user.pk:
-                raise ExceptionError(
-                    "user", "you requested this exception: another officer decides on it"
-                )
-            if current != REQUESTED:
-                raise ExceptionError("exception", f"it is {current}, not waiting for a decision")
             e.decided_by, e.decided_at, e.decision_comment = user, now, comment
             if action == "approve":
                 e.decision, e.approved_at = APPROVED, now
             else:
                 e.decision = REJECTED
         else:
-            if current not in (REQUESTED, APPROVED):
-                raise ExceptionError("exception", f"it is {current}: there is nothing to revoke")
             e.decision, e.revoked_by, e.revoked_at, e.revoke_comment = REVOKED, user, now, comment
         e.save()
         if action == "approve":

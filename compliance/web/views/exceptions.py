@@ -39,6 +39,7 @@ def register_page(request):
         "compliance/exceptions.html",
         {
             "scope": scope,
+            "can_request": exceptions.may_request(scope),
             "filters": filters,
             "statuses": EXCEPTION_STATUS,
             "clusters": access.clusters(scope).only("name"),
@@ -68,11 +69,9 @@ def detail(request, pk):
             "history": list(e.events.all()),
             "covered": [(m.finding, accepting.get(m.finding_id)) for m in covered],
             "covered_count": matches.count(),
-            "can_decide": scope.can_manage
-            and status == "requested"
-            and e.requested_by_id != request.user.pk,
+            "can_decide": exceptions.refusal(scope, e, request.user.pk, "approve", status) is None,
             "own_request": e.requested_by_id == request.user.pk,
-            "can_revoke": scope.can_manage and status in ("requested", "approved"),
+            "can_revoke": exceptions.refusal(scope, e, request.user.pk, "revoke", status) is None,
             "error": getattr(request, "exception_error", None),
             "new": params.choice(request.GET, "new", ("1", "nothing")),
         },
@@ -106,7 +105,7 @@ def decide(request, pk):
 def new(request):
     """The request form: GET shows it (pre-filled from ?finding=), POST creates."""
     scope = access.scope_for(request.user)
-    if not (scope.can_manage or scope.role == access.LEAD):
+    if not exceptions.may_request(scope):
         raise log.Denied("Not found")
     finding = None
     if finding_id := params.integer(request.GET, "finding"):
@@ -234,6 +233,12 @@ def export(request):
             request, AuditEvent.Action.EXCEPTION_EXPORT, fmt, doc, "register", {"filters": query}
         )
     except jobs.Busy as busy:
-        context = {"scope": scope, "filters": filters, "error": str(busy), "rows": []}
+        context = {
+            "scope": scope,
+            "can_request": exceptions.may_request(scope),
+            "filters": filters,
+            "error": str(busy),
+            "rows": [],
+        }
         return render(request, "compliance/exceptions.html", context, status=429)
     return redirect(reverse("compliance-reports") + "#exports")

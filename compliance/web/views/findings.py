@@ -32,7 +32,7 @@ def finding(request, pk):
             "controls": explain.control_rows(finding),
             "acceptance": accepted_by,
             "exceptions": [(e, exceptions.status_at(e, now)) for e in covering],
-            "can_request": scope.can_manage or scope.role == access.LEAD,
+            "can_request": exceptions.may_request(scope),
             "events": acceptance.timeline(
                 dashboards.finding_history(finding), covering, now, finding.first_seen
             ),

@@ -22,6 +22,7 @@ from django.db.models.functions import Cast, Concat
 from django.http import Http404
 from django.utils import timezone
 
+from compliance import params
 from compliance.evidence import retention
 from compliance.identity import access
 from compliance.models import Cluster, Finding, FindingEvent, ScanRun, ScanStatus
@@ -347,6 +348,27 @@ def _cells(csv: bool) -> list[tuple[str, str]]:
         ("exception_approved_by", text("split_part(t.acceptance, '|', 2)")),
         ("exception_ends_at", plain(r"substring(t.acceptance FROM '^[^|]*\|[^|]*\|(.*)$')")),
     ]
+
+
+def from_query(
+    scope: access.Scope,
+    query,
+    generated_by: str,
+    naive_as_utc: bool = True,
+    summarize: bool = True,
+) -> Report:
+    """A point-in-time report asked for by request parameters (`at`, `cluster`,
+    `namespace`), for the page and the API alike: params.BadParameter names a malformed
+    one, ReportError a report that cannot be made. naive_as_utc=False: a time needs its
+    zone (the API); the page's form sends UTC without one."""
+    return point_in_time(
+        scope,
+        params.moment(query, "at", naive_as_utc),
+        params.text(query, "cluster", 63) or None,
+        params.text(query, "namespace", 63) or None,
+        generated_by=generated_by,
+        summarize=summarize,
+    )
 
 
 def point_in_time(

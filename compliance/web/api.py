@@ -380,12 +380,8 @@ def report(request):
     (export the report for all of them)."""
     p = request.query_params
     try:
-        r = reports.point_in_time(
-            access.scope_for(request.user),
-            params.moment(p, "at", naive_as_utc=False),
-            params.text(p, "cluster", 63) or None,
-            params.text(p, "namespace", 63) or None,
-            generated_by=request.user.get_username(),
+        r = reports.from_query(
+            access.scope_for(request.user), p, request.user.get_username(), naive_as_utc=False
         )
     except reports.ReportError as e:
         raise ValidationError({"detail": str(e)}) from None
@@ -460,12 +456,11 @@ def export_list(request):
             "format", f"required: one of {', '.join(vocabulary.EXPORT_FORMATS)}"
         )
     try:
-        r = reports.point_in_time(
+        r = reports.from_query(
             access.scope_for(request.user),
-            params.moment(data, "at", naive_as_utc=False),
-            params.text(data, "cluster", 63) or None,
-            params.text(data, "namespace", 63) or None,
-            generated_by=request.user.get_username(),
+            data,
+            request.user.get_username(),
+            naive_as_utc=False,
             summarize=False,
         )
     except reports.ReportError as e:

@@ -20,16 +20,9 @@ PREVIEW_ROWS = 100
 def _report_from(
     request, query, summarize: bool = True
 ) -> tuple[reports.Report | None, str | None]:
-    scope = access.scope_for(request.user)
     try:
-        return reports.point_in_time(
-            scope,
-            params.moment(query, "at"),
-            params.text(query, "cluster", 63) or None,
-            params.text(query, "namespace", 63) or None,
-            generated_by=request.user.get_username(),
-            summarize=summarize,
-        ), None
+        scope, username = access.scope_for(request.user), request.user.get_username()
+        return reports.from_query(scope, query, username, summarize=summarize), None
     except (reports.ReportError, params.BadParameter) as e:
         return None, str(e)
 

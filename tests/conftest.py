@@ -111,7 +111,7 @@ def _end_stray_connections(django_db_setup, django_db_blocker):
 
     if connection.vendor != "postgresql":
         return
-    from welkin_dash.settings import database_from_url
+    from welkin_dash.env import database_from_url
 
     if connection.settings_dict["NAME"] == database_from_url(os.environ["DATABASE_URL"])["NAME"]:
         return  # no test here used the database: none was made (this is the real one)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from welkin_dash.settings import database_from_url
+from welkin_dash.env import database_from_url
 
 ROOT = Path(__file__).resolve().parent.parent
 SIGNING = "A" * 43 + "="  # base64 of 32 zero bytes

@@ -1,135 +1,40 @@
 """welkin-dash settings, all from the environment.
 
-Every variable is read by a helper that raises ImproperlyConfigured naming the variable
-when its value is bad. With no DATABASE_URL the project runs embedded for a first look:
-SQLite under ./var and scans in-process (no broker needed).
+Every variable is read by a helper (welkin_dash/env.py) that raises ImproperlyConfigured
+naming the variable when its value is bad. With no DATABASE_URL the project runs embedded
+for a first look: SQLite under ./var and scans in-process (no broker needed).
+
+Sections, in order: the basics (debug, keys, hosts, time); the database and cache; the
+Django app; HTTP security; sessions and sign-in; Celery; scans and registries; exports
+and evidence; notifications; operations; logging and the checks that span sections.
 """
 
 import base64
 import binascii
-import ipaddress
-import json
-import os
 import re
-import secrets
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import urlsplit
 
 from celery.schedules import crontab
 from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
+from welkin_dash.env import (
+    check_fernet_keys,
+    database_from_url,
+    development_keys,
+    env_bool,
+    env_int,
+    env_list,
+    env_networks,
+    env_str,
+    env_url,
+    proxy_ssl_header,
+)
+
+# --- the basics: debug, server keys, hosts, time ------------------------------------------
 BASE_DIR = Path(__file__).resolve().parent.parent
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
-
-
-def env_str(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(name, default)
-
-
-def env_bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ImproperlyConfigured(f"{name}={raw!r}: expected true or false (1/0, yes/no, on/off)")
-
-
-def env_int(name: str, default: int, minimum: int = 0) -> int:
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name}={raw!r}: expected a whole number") from None
-    if value < minimum:
-        raise ImproperlyConfigured(f"{name}={raw!r}: must be at least {minimum}")
-    return value
-
-
-def env_list(name: str, default: list[str]) -> list[str]:
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
-    return [item.strip() for item in raw.split(",") if item.strip()]
-
-
-def database_from_url(url: str, name: str = "DATABASE_URL") -> dict:
-    """postgres://user:password@host:port/dbname?sslmode=... -> a DATABASES entry."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("postgres", "postgresql", "pgsql"):
-        raise ImproperlyConfigured(
-            f"{name}: unsupported scheme {parts.scheme!r}, expected postgres://"
-        )
-    dbname = unquote(parts.path.lstrip("/"))
-    if not dbname:
-        raise ImproperlyConfigured(f"{name}: no database name in the URL")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ImproperlyConfigured(f"{name}: the port is not a number") from None
-    options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    return {
-        "ENGINE": "django.db.backends.postgresql",
-        "NAME": dbname,
-        "USER": unquote(parts.username or ""),
-        "PASSWORD": unquote(parts.password or ""),
-        # An empty host means the local socket.
-        "HOST": unquote(parts.hostname or ""),
-        "PORT": str(port or ""),
-        "OPTIONS": options,
-        "CONN_MAX_AGE": env_int("DATABASE_CONN_MAX_AGE", 60),
-        "CONN_HEALTH_CHECKS": True,
-    }
-
-
-def development_keys(path: Path) -> dict[str, str]:
-    """The keys of a first look (DEBUG): random, generated once into `path` (mode 0600)
-    and read from there afterwards, never derived from anything in the source. Written to
-    a temporary file and linked into place, so two processes starting at once agree."""
-    if not path.exists():
-        from cryptography.fernet import Fernet
-
-        keys = {
-            "SECRET_KEY": secrets.token_urlsafe(50),
-            "WELKIN_SIGNING_KEY": base64.b64encode(os.urandom(32)).decode(),
-            "WELKIN_FERNET_KEYS": Fernet.generate_key().decode(),
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        part = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(keys, f, indent=2)
-                f.write("\n")
-            try:
-                os.link(part, path)
-            except FileExistsError:
-                pass  # another process was first: use its keys
-        finally:
-            part.unlink(missing_ok=True)
-    if path.stat().st_mode & 0o077:
-        path.chmod(0o600)
-    try:
-        keys = json.loads(path.read_text())
-        if not all(isinstance(keys.get(k), str) for k in DEVELOPMENT_KEY_NAMES):
-            raise ValueError
-    except ValueError:
-        raise ImproperlyConfigured(
-            f"{path}: not a development key file (delete it to generate new keys)"
-        ) from None
-    return keys
-
-
-DEVELOPMENT_KEY_NAMES = ("SECRET_KEY", "WELKIN_SIGNING_KEY", "WELKIN_FERNET_KEYS")
 
 DEBUG = env_bool("DEBUG", False)
 VAR_DIR = Path(env_str("WELKIN_VAR_DIR", str(BASE_DIR / "var")))
@@ -182,6 +87,8 @@ USE_TZ = True
 USE_I18N = False
 LANGUAGE_CODE = "en-us"
 
+
+# --- the database and the page cache ------------------------------------------------------
 DATABASE_URL = env_str("DATABASE_URL")
 EMBEDDED = not DATABASE_URL
 if DATABASE_URL:
@@ -197,6 +104,20 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # PostgreSQL's JIT compiler, off by default for this app's connections (compliance/apps.py).
 WELKIN_DB_JIT = env_bool("WELKIN_DB_JIT", False)
 
+# Per-scan page caches. CACHE_URL=redis://... shares them between web processes.
+CACHE_URL = env_str("CACHE_URL", "")
+if CACHE_URL and not CACHE_URL.startswith(("redis://", "rediss://")):
+    raise ImproperlyConfigured(f"CACHE_URL={CACHE_URL!r}: expected redis:// or rediss://")
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
+        if CACHE_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
+}
+
+
+# --- the Django app: apps, API, middleware, templates, static files -----------------------
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -278,22 +199,6 @@ TEMPLATES = [
     },
 ]
 
-# Uploads: form fields at most 2.5 MB in memory, files over 2.5 MB spooled to a
-# temporary file; the Verify page refuses reports over WELKIN_VERIFY_MAX_BYTES before
-# reading them, and hashes what it takes as a stream.
-WELKIN_SNAPSHOT_MAX_BYTES = env_int("WELKIN_SNAPSHOT_MAX_BYTES", 1 << 30, minimum=1)
-DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
-FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
-WELKIN_VERIFY_MAX_BYTES = env_int("WELKIN_VERIFY_MAX_BYTES", 1 << 30, minimum=1)
-# Risk acceptance: the longest an exception may last from its request, in days.
-WELKIN_EXCEPTION_MAX_DAYS = env_int("WELKIN_EXCEPTION_MAX_DAYS", 180, minimum=1)
-if WELKIN_EXCEPTION_MAX_DAYS > 3650:
-    raise ImproperlyConfigured(
-        f"WELKIN_EXCEPTION_MAX_DAYS={WELKIN_EXCEPTION_MAX_DAYS}: at most 3650 (ten years)"
-    )
-
-EXPORTS_DIR = Path(env_str("WELKIN_EXPORTS_DIR", str(BASE_DIR / "var" / "exports")))
-
 STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "var" / "static")))
@@ -318,18 +223,16 @@ LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
 
-# Per-scan page caches. CACHE_URL=redis://... shares them between web processes.
-CACHE_URL = env_str("CACHE_URL", "")
-if CACHE_URL and not CACHE_URL.startswith(("redis://", "rediss://")):
-    raise ImproperlyConfigured(f"CACHE_URL={CACHE_URL!r}: expected redis:// or rediss://")
-CACHES = {
-    "default": (
-        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
-        if CACHE_URL
-        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
-    )
-}
-# --- HTTP security: production defaults when DEBUG is off, each one configurable -------
+# Uploads: form fields at most 2.5 MB in memory, files over 2.5 MB spooled to a
+# temporary file; the Verify page refuses reports over WELKIN_VERIFY_MAX_BYTES before
+# reading them, and hashes what it takes as a stream.
+WELKIN_SNAPSHOT_MAX_BYTES = env_int("WELKIN_SNAPSHOT_MAX_BYTES", 1 << 30, minimum=1)
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+WELKIN_VERIFY_MAX_BYTES = env_int("WELKIN_VERIFY_MAX_BYTES", 1 << 30, minimum=1)
+
+
+# --- HTTP security: production defaults when DEBUG is off, each one configurable ----------
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
 SESSION_COOKIE_HTTPONLY = True
@@ -341,23 +244,6 @@ SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
 SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", not DEBUG)
-
-
-def proxy_ssl_header(name: str) -> tuple[str, str] | None:
-    """SECURE_PROXY_SSL_HEADER=X-Forwarded-Proto (or X-Forwarded-Proto=https): the header
-    a TLS-terminating proxy sets, and its value for HTTPS. Only behind a proxy that sets
-    it on every request (and strips it from clients)."""
-    raw = (env_str(name, "") or "").strip()
-    if not raw:
-        return None
-    header, _, value = raw.partition("=")
-    header, value = header.strip(), value.strip() or "https"
-    if not header or not all(c.isalnum() or c == "-" for c in header):
-        raise ImproperlyConfigured(
-            f"{name}={raw!r}: expected a header name, e.g. X-Forwarded-Proto or "
-            "X-Forwarded-Proto=https"
-        )
-    return "HTTP_" + header.upper().replace("-", "_"), value
 
 
 SECURE_PROXY_SSL_HEADER = proxy_ssl_header("SECURE_PROXY_SSL_HEADER")
@@ -381,236 +267,17 @@ CONTENT_SECURITY_POLICY = {
 if env_str("WELKIN_CSP_REPORT_URI"):
     CONTENT_SECURITY_POLICY["DIRECTIVES"]["report-uri"] = [env_str("WELKIN_CSP_REPORT_URI")]
 
+
+# --- sessions and sign-in: single sign-on, local passwords, lockouts (README) -------------
 # Logins: a session ends after WELKIN_SESSION_IDLE_SECONDS without a request (background
 # polling does not count) and WELKIN_SESSION_MAX_SECONDS after the login, whichever is first.
 WELKIN_SESSION_IDLE_SECONDS = env_int("WELKIN_SESSION_IDLE_SECONDS", 30 * 60, minimum=60)
 WELKIN_SESSION_MAX_SECONDS = env_int("WELKIN_SESSION_MAX_SECONDS", 8 * 3600, minimum=60)
 SESSION_COOKIE_AGE = WELKIN_SESSION_MAX_SECONDS
 
-# --- operations: /healthz, /readyz, /metrics ---------------------------------------------
-# /metrics answers a request with `Authorization: Bearer WELKIN_METRICS_TOKEN`, or from an
-# address in WELKIN_METRICS_ALLOWED_NETWORKS (CIDRs, the TCP peer, never a forwarded
-# header); with neither set it answers nobody.
-WELKIN_METRICS_TOKEN = env_str("WELKIN_METRICS_TOKEN", "")
-if WELKIN_METRICS_TOKEN and len(WELKIN_METRICS_TOKEN) < 16:
-    raise ImproperlyConfigured("WELKIN_METRICS_TOKEN: at least 16 characters")
-
-
-def env_networks(
-    name: str, default: list[str]
-) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    nets = []
-    for item in env_list(name, default):
-        try:
-            nets.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            raise ImproperlyConfigured(f"{name}: {item!r} is not a network (a CIDR)") from None
-    return nets
-
-
-WELKIN_METRICS_ALLOWED_NETWORKS = env_networks(
-    "WELKIN_METRICS_ALLOWED_NETWORKS", ["127.0.0.1/32", "::1/128"] if DEBUG else []
-)
-# A namespace label on the findings metrics multiplies their series by the namespaces.
-WELKIN_METRICS_NAMESPACES = env_bool("WELKIN_METRICS_NAMESPACES", False)
-# Celery's queues, one per purpose, so an export or a notification never waits behind a
-# fleet's scans: scans, exports, notifications, and "celery" (beat's housekeeping: the
-# fan-out, sweeps, pruning, signing). A worker started without -Q consumes all four (a
-# small install); at scale, run workers per queue (README, "Running at scale").
-CELERY_QUEUES_BY_PURPOSE = ("scans", "exports", "notifications", "celery")
-WELKIN_METRICS_QUEUES = env_list("WELKIN_METRICS_QUEUES", list(CELERY_QUEUES_BY_PURPOSE))
-WELKIN_READYZ_TIMEOUT = env_int("WELKIN_READYZ_TIMEOUT", 2, minimum=1)
-
-# Celery. Embedded mode runs tasks in-process so a first look needs no broker.
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
-if not CELERY_BROKER_URL.startswith(("redis://", "rediss://", "amqp://", "memory://")):
-    raise ImproperlyConfigured(
-        f"CELERY_BROKER_URL={CELERY_BROKER_URL!r}: expected redis://, rediss:// or amqp://"
-    )
-CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", EMBEDDED)
-CELERY_TASK_EAGER_PROPAGATES = True
-CELERY_TASK_ACKS_LATE = True
-CELERY_TASK_REJECT_ON_WORKER_LOST = True
-# One task reserved at a time per worker process: a long scan never holds a second task
-# (an export, a delivery) that another process could have started.
-CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 1, minimum=1)
-CELERY_TASK_QUEUES = {q: {"exchange": q, "routing_key": q} for q in CELERY_QUEUES_BY_PURPOSE}
-CELERY_TASK_DEFAULT_QUEUE = "celery"
-CELERY_TASK_ROUTES = {
-    "compliance.tasks.scan_cluster": {"queue": "scans"},
-    "compliance.tasks.export": {"queue": "exports"},
-    "compliance.tasks.deliver": {"queue": "notifications"},
-    "compliance.tasks.deliver_due": {"queue": "notifications"},
-    # They read and delete files in the exports folder: run where it is mounted.
-    "compliance.tasks.sweep_exports": {"queue": "exports"},
-    "compliance.tasks.timestamp_pending": {"queue": "exports"},
-}
-# Every task ends within an hour (scans and exports have their own, shorter, limits).
-CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 3600, minimum=60)
-# Redis re-delivers a task not acknowledged within this many seconds (acks_late: a task is
-# acknowledged when it ends). It must exceed the longest time limit, or a long export or
-# scan would be delivered to a second worker while the first still runs it.
-WELKIN_BROKER_VISIBILITY_TIMEOUT = env_int("WELKIN_BROKER_VISIBILITY_TIMEOUT", 7200, minimum=60)
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": WELKIN_BROKER_VISIBILITY_TIMEOUT}
-CELERY_TASK_SERIALIZER = "json"
-CELERY_ACCEPT_CONTENT = ["json"]
-CELERY_TIMEZONE = "UTC"
-CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-
-
-# Reports are signed with an Ed25519 key: base64 of its 32-byte private seed.
-WELKIN_SIGNING_KEY = server_key(
-    "WELKIN_SIGNING_KEY",
-    "python -c 'import os, base64; print(base64.b64encode(os.urandom(32)).decode())'",
-)
-try:
-    if WELKIN_SIGNING_KEY and len(base64.b64decode(WELKIN_SIGNING_KEY, validate=True)) != 32:
-        raise ValueError
-except (ValueError, binascii.Error):
-    raise ImproperlyConfigured("WELKIN_SIGNING_KEY: expected base64 of 32 bytes") from None
-# A manifest signed with the key of a first look says so (and so does its verification).
-WELKIN_DEVELOPMENT_SIGNING_KEY = bool(
-    WELKIN_SIGNING_KEY and WELKIN_SIGNING_KEY == _dev_keys.get("WELKIN_SIGNING_KEY")
-)
-
-# Scanning.
-# Fernet keys for credentials at rest, comma separated: the first encrypts, all decrypt.
-WELKIN_FERNET_KEYS = env_list("WELKIN_FERNET_KEYS", []) or [
-    k
-    for k in [
-        server_key(
-            "WELKIN_FERNET_KEYS",
-            "python -c 'from cryptography.fernet import Fernet; "
-            "print(Fernet.generate_key().decode())'",
-        )
-    ]
-    if k
-]
-
-
-def check_fernet_keys(name: str, keys: list[str]) -> None:
-    """Each key must be a Fernet key: a bad one stops start-up here, not the first scan."""
-    for i, key in enumerate(keys, 1):
-        try:
-            if len(base64.urlsafe_b64decode(key.encode("ascii"))) != 32:
-                raise ValueError
-        except (ValueError, binascii.Error):
-            raise ImproperlyConfigured(
-                f"{name}: key {i} of {len(keys)} is not a Fernet key (32 url-safe "
-                "base64-encoded bytes, as Fernet.generate_key() makes)"
-            ) from None
-
-
-check_fernet_keys("WELKIN_FERNET_KEYS", WELKIN_FERNET_KEYS)
-WELKIN_PAGE_LIMIT = env_int("WELKIN_PAGE_LIMIT", 500, minimum=1)
-WELKIN_KUBE_TIMEOUT = env_int("WELKIN_KUBE_TIMEOUT", 60, minimum=1)
-WELKIN_SCAN_TIME_LIMIT = env_int("WELKIN_SCAN_TIME_LIMIT", 1800, minimum=10)
-# A running scan whose progress is older than this is taken as abandoned (SQLite only;
-# on PostgreSQL the advisory lock tells at once).
-WELKIN_SCAN_STALE_SECONDS = env_int("WELKIN_SCAN_STALE_SECONDS", 2100, minimum=10)
-# Exports (compliance/evidence/jobs.py), written by workers on the "exports" queue: at most
-# this many seconds each; a running export with no progress for WELKIN_EXPORT_STALE_SECONDS
-# (or whose worker process on this host is gone) is taken over, at most
-# WELKIN_EXPORT_MAX_ATTEMPTS times; done or failed exports are deleted (files, record;
-# audited) WELKIN_EXPORT_RETENTION_DAYS after they were written.
-WELKIN_EXPORT_TIME_LIMIT = env_int("WELKIN_EXPORT_TIME_LIMIT", 1800, minimum=10)
-WELKIN_EXPORT_STALE_SECONDS = env_int("WELKIN_EXPORT_STALE_SECONDS", 600, minimum=10)
-WELKIN_EXPORT_MAX_ATTEMPTS = env_int("WELKIN_EXPORT_MAX_ATTEMPTS", 3, minimum=1)
-WELKIN_EXPORT_RETENTION_DAYS = env_int("WELKIN_EXPORT_RETENTION_DAYS", 90, minimum=1)
-# PostgreSQL's work_mem for an export's COPY (its rows are sorted by name: a 1M-row fleet
-# report sorts in memory with 256MB, in temporary files without). One per running export.
-WELKIN_EXPORT_WORK_MEM = env_str("WELKIN_EXPORT_WORK_MEM", "256MB")
-if not re.fullmatch(r"[1-9][0-9]{0,6}(kB|MB|GB)", WELKIN_EXPORT_WORK_MEM):
-    raise ImproperlyConfigured(
-        f"WELKIN_EXPORT_WORK_MEM={WELKIN_EXPORT_WORK_MEM!r}: a size such as 64MB or 1GB"
-    )
-# An export's CSV or JSON rows are cut into this many ranges of names, each written by its
-# own COPY on its own connection, from one snapshot (compliance/evidence/pgcopy.py); 1: one COPY.
-WELKIN_EXPORT_PARALLEL = env_int("WELKIN_EXPORT_PARALLEL", 2, minimum=1)
-if WELKIN_EXPORT_PARALLEL > 16:
-    raise ImproperlyConfigured(
-        f"WELKIN_EXPORT_PARALLEL={WELKIN_EXPORT_PARALLEL}: at most 16 (each is a connection "
-        "to PostgreSQL, and a process there, for every running export)"
-    )
-# Exports one user may have queued or being written at once (more: 429).
-WELKIN_EXPORT_MAX_ACTIVE = env_int("WELKIN_EXPORT_MAX_ACTIVE", 3, minimum=1)
-# Without a broker (make run) an export is written within its request.
-WELKIN_EXPORTS_IN_PROCESS = env_bool("WELKIN_EXPORTS_IN_PROCESS", CELERY_TASK_ALWAYS_EAGER)
-for _limit in ("WELKIN_SCAN_TIME_LIMIT", "WELKIN_EXPORT_TIME_LIMIT", "CELERY_TASK_TIME_LIMIT"):
-    if globals()[_limit] >= WELKIN_BROKER_VISIBILITY_TIMEOUT:
-        raise ImproperlyConfigured(
-            f"{_limit} must be below WELKIN_BROKER_VISIBILITY_TIMEOUT (a task still running "
-            "when it passes is delivered to a second worker)"
-        )
-# Collector bounds (hostile API servers).
-# One LIST response body at most this many bytes; one request complete within this many
-# seconds however slowly the bytes come; one scan's collection within WELKIN_SCAN_DEADLINE
-# seconds (also for `manage.py scan`, which has no task time limit; under Celery, keep it
-# below WELKIN_SCAN_TIME_LIMIT for its reason to be the one recorded) and at most
-# WELKIN_SCAN_MAX_PODS objects a list. Past any of them the scan fails with the reason.
-WELKIN_PAGE_MAX_BYTES = env_int("WELKIN_PAGE_MAX_BYTES", 64 << 20, minimum=1 << 16)
-WELKIN_KUBE_REQUEST_DEADLINE = env_int("WELKIN_KUBE_REQUEST_DEADLINE", 120, minimum=1)
-WELKIN_SCAN_DEADLINE = env_int("WELKIN_SCAN_DEADLINE", 1800, minimum=10)
-WELKIN_SCAN_MAX_PODS = env_int("WELKIN_SCAN_MAX_PODS", 1_000_000, minimum=1)
-# How long a scan waits for the lock of a scan whose worker died (its session ending).
-WELKIN_SCAN_LOCK_WAIT = env_int("WELKIN_SCAN_LOCK_WAIT", 10, minimum=0)
-WELKIN_FANOUT_SECONDS = env_int("WELKIN_FANOUT_SECONDS", 60, minimum=5)
-# Image registries.
-WELKIN_REGISTRY_TIMEOUT = env_int("WELKIN_REGISTRY_TIMEOUT", 10, minimum=1)
-WELKIN_REGISTRY_CONCURRENCY = env_int("WELKIN_REGISTRY_CONCURRENCY", 8, minimum=1)
-WELKIN_REGISTRY_TAG_TTL = env_int("WELKIN_REGISTRY_TAG_TTL", 3600, minimum=0)
-WELKIN_REGISTRY_FAILURE_TTL = env_int("WELKIN_REGISTRY_FAILURE_TTL", 300, minimum=0)
-WELKIN_REGISTRY_LOOKUPS = env_bool("WELKIN_REGISTRY_LOOKUPS", True)
-
-CELERY_BEAT_SCHEDULE = {
-    "enqueue-due-scans": {
-        "task": "compliance.tasks.enqueue_due_scans",
-        "schedule": float(WELKIN_FANOUT_SECONDS),
-        # A fan-out nobody picked up in time is replaced by the next one.
-        "options": {"expires": WELKIN_FANOUT_SECONDS * 0.9},
-    },
-    # Notifications (compliance/notify/outbox.py): retries that are due, stale clusters, the digest.
-    "deliver-notifications": {
-        "task": "compliance.tasks.deliver_due",
-        "schedule": 60.0,
-        "options": {"expires": 54},
-    },
-    "notify-stale-clusters": {
-        "task": "compliance.tasks.notify_stale_clusters",
-        "schedule": 900.0,
-        "options": {"expires": 810},
-    },
-    "exceptions-ending": {
-        "task": "compliance.tasks.notify_exceptions_ending",
-        "schedule": 3600.0,
-        "options": {"expires": 3240},
-    },
-    "weekly-digest": {
-        "task": "compliance.tasks.weekly_digest",
-        "schedule": crontab(minute=0, hour=7, day_of_week=1),
-        "options": {"expires": 3600},
-    },
-}
-
-
-# --- identity: single sign-on, local passwords, login protection (README: Single sign-on)
-def env_url(name: str, default: str = "", loopback_http: bool = True) -> str:
-    """An http(s) URL; plain http only for a first look (DEBUG) or a loopback host."""
-    raw = (env_str(name, default) or "").strip()
-    if not raw:
-        return ""
-    parts = urlsplit(raw)
-    local = (parts.hostname or "") in ("127.0.0.1", "localhost", "::1")
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ImproperlyConfigured(f"{name}={raw!r}: expected an https:// URL")
-    if parts.scheme == "http" and not (DEBUG or (loopback_http and local)):
-        raise ImproperlyConfigured(f"{name}={raw!r}: expected https:// (http only with DEBUG)")
-    return raw.rstrip("/")
-
-
 # OpenID Connect: on when WELKIN_OIDC_ISSUER is set (its /.well-known/openid-configuration
 # is read for the endpoints and keys).
-WELKIN_OIDC_ISSUER = env_url("WELKIN_OIDC_ISSUER")
+WELKIN_OIDC_ISSUER = env_url("WELKIN_OIDC_ISSUER", debug=DEBUG)
 WELKIN_OIDC_CLIENT_ID = env_str("WELKIN_OIDC_CLIENT_ID", "") or ""
 WELKIN_OIDC_CLIENT_SECRET = env_str("WELKIN_OIDC_CLIENT_SECRET", "") or ""
 if WELKIN_OIDC_ISSUER and not WELKIN_OIDC_CLIENT_ID:
@@ -641,34 +308,163 @@ AXES_VERBOSE = False
 AXES_SENSITIVE_PARAMETERS = ["password"]
 AXES_USERNAME_CALLABLE = "compliance.audit.log.axes_username"
 
-# --- notifications (README: Notifications) ---------------------------------------------
-# Links in messages point here.
-WELKIN_BASE_URL = env_url("WELKIN_BASE_URL", "http://127.0.0.1:8000")
-# E-mail goes out through EMAIL_HOST; with none set, e-mail is off (webhooks still go).
-EMAIL_HOST = env_str("EMAIL_HOST", "") or ""
-EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
-EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "") or ""
-EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "") or ""
-EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
-EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
-if EMAIL_USE_TLS and EMAIL_USE_SSL:
-    raise ImproperlyConfigured("EMAIL_USE_TLS and EMAIL_USE_SSL: set one of them, not both")
-WELKIN_NOTIFY_FROM = env_str("WELKIN_NOTIFY_FROM", "welkin-dash@localhost")
-# One SMTP or webhook request: at most this many seconds.
-WELKIN_NOTIFY_TIMEOUT = env_int("WELKIN_NOTIFY_TIMEOUT", 10, minimum=1)
-EMAIL_TIMEOUT = WELKIN_NOTIFY_TIMEOUT
-# A delivery is tried this many times, waiting WELKIN_NOTIFY_BACKOFF_SECONDS, then twice
-# that, ... (at most an hour) between tries; then it is kept as failed, with its reason.
-WELKIN_NOTIFY_MAX_ATTEMPTS = env_int("WELKIN_NOTIFY_MAX_ATTEMPTS", 8, minimum=1)
-WELKIN_NOTIFY_BACKOFF_SECONDS = env_int("WELKIN_NOTIFY_BACKOFF_SECONDS", 30, minimum=1)
-# A cluster without a complete scan for this long is reported to the officers.
-WELKIN_NOTIFY_STALE_SECONDS = env_int("WELKIN_NOTIFY_STALE_SECONDS", 6 * 3600, minimum=60)
-# The key that signs generic webhooks whose destination has no secret of its own.
-WELKIN_WEBHOOK_SECRET = env_str("WELKIN_WEBHOOK_SECRET", "") or ""
-if WELKIN_WEBHOOK_SECRET and len(WELKIN_WEBHOOK_SECRET) < 16:
-    raise ImproperlyConfigured("WELKIN_WEBHOOK_SECRET: at least 16 characters")
 
-# --- evidence (README: Reports and evidence) -----------------------------------------------
+# --- Celery: broker, queues by purpose, time limits ---------------------------------------
+# Celery. Embedded mode runs tasks in-process so a first look needs no broker.
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+if not CELERY_BROKER_URL.startswith(("redis://", "rediss://", "amqp://", "memory://")):
+    raise ImproperlyConfigured(
+        f"CELERY_BROKER_URL={CELERY_BROKER_URL!r}: expected redis://, rediss:// or amqp://"
+    )
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", EMBEDDED)
+CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# One task reserved at a time per worker process: a long scan never holds a second task
+# (an export, a delivery) that another process could have started.
+CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 1, minimum=1)
+# Celery's queues, one per purpose, so an export or a notification never waits behind a
+# fleet's scans: scans, exports, notifications, and "celery" (beat's housekeeping: the
+# fan-out, sweeps, pruning, signing). A worker started without -Q consumes all four (a
+# small install); at scale, run workers per queue (README, "Running at scale").
+CELERY_QUEUES_BY_PURPOSE = ("scans", "exports", "notifications", "celery")
+CELERY_TASK_QUEUES = {q: {"exchange": q, "routing_key": q} for q in CELERY_QUEUES_BY_PURPOSE}
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CELERY_TASK_ROUTES = {
+    "compliance.tasks.scan_cluster": {"queue": "scans"},
+    "compliance.tasks.export": {"queue": "exports"},
+    "compliance.tasks.deliver": {"queue": "notifications"},
+    "compliance.tasks.deliver_due": {"queue": "notifications"},
+    # They read and delete files in the exports folder: run where it is mounted.
+    "compliance.tasks.sweep_exports": {"queue": "exports"},
+    "compliance.tasks.timestamp_pending": {"queue": "exports"},
+}
+# Every task ends within an hour (scans and exports have their own, shorter, limits).
+CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 3600, minimum=60)
+# Redis re-delivers a task not acknowledged within this many seconds (acks_late: a task is
+# acknowledged when it ends). It must exceed the longest time limit, or a long export or
+# scan would be delivered to a second worker while the first still runs it.
+WELKIN_BROKER_VISIBILITY_TIMEOUT = env_int("WELKIN_BROKER_VISIBILITY_TIMEOUT", 7200, minimum=60)
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": WELKIN_BROKER_VISIBILITY_TIMEOUT}
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = "UTC"
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Each section below adds its periodic tasks (beat) next to its settings.
+CELERY_BEAT_SCHEDULE: dict = {}
+
+
+# --- scans and registries (compliance/collect/) -------------------------------------------
+# Fernet keys for credentials at rest, comma separated: the first encrypts, all decrypt.
+WELKIN_FERNET_KEYS = env_list("WELKIN_FERNET_KEYS", []) or [
+    k
+    for k in [
+        server_key(
+            "WELKIN_FERNET_KEYS",
+            "python -c 'from cryptography.fernet import Fernet; "
+            "print(Fernet.generate_key().decode())'",
+        )
+    ]
+    if k
+]
+
+
+check_fernet_keys("WELKIN_FERNET_KEYS", WELKIN_FERNET_KEYS)
+WELKIN_PAGE_LIMIT = env_int("WELKIN_PAGE_LIMIT", 500, minimum=1)
+WELKIN_KUBE_TIMEOUT = env_int("WELKIN_KUBE_TIMEOUT", 60, minimum=1)
+WELKIN_SCAN_TIME_LIMIT = env_int("WELKIN_SCAN_TIME_LIMIT", 1800, minimum=10)
+# A running scan whose progress is older than this is taken as abandoned (SQLite only;
+# on PostgreSQL the advisory lock tells at once).
+WELKIN_SCAN_STALE_SECONDS = env_int("WELKIN_SCAN_STALE_SECONDS", 2100, minimum=10)
+
+# Collector bounds (hostile API servers).
+# One LIST response body at most this many bytes; one request complete within this many
+# seconds however slowly the bytes come; one scan's collection within WELKIN_SCAN_DEADLINE
+# seconds (also for `manage.py scan`, which has no task time limit; under Celery, keep it
+# below WELKIN_SCAN_TIME_LIMIT for its reason to be the one recorded) and at most
+# WELKIN_SCAN_MAX_PODS objects a list. Past any of them the scan fails with the reason.
+WELKIN_PAGE_MAX_BYTES = env_int("WELKIN_PAGE_MAX_BYTES", 64 << 20, minimum=1 << 16)
+WELKIN_KUBE_REQUEST_DEADLINE = env_int("WELKIN_KUBE_REQUEST_DEADLINE", 120, minimum=1)
+WELKIN_SCAN_DEADLINE = env_int("WELKIN_SCAN_DEADLINE", 1800, minimum=10)
+WELKIN_SCAN_MAX_PODS = env_int("WELKIN_SCAN_MAX_PODS", 1_000_000, minimum=1)
+# How long a scan waits for the lock of a scan whose worker died (its session ending).
+WELKIN_SCAN_LOCK_WAIT = env_int("WELKIN_SCAN_LOCK_WAIT", 10, minimum=0)
+WELKIN_FANOUT_SECONDS = env_int("WELKIN_FANOUT_SECONDS", 60, minimum=5)
+# Image registries.
+WELKIN_REGISTRY_TIMEOUT = env_int("WELKIN_REGISTRY_TIMEOUT", 10, minimum=1)
+WELKIN_REGISTRY_CONCURRENCY = env_int("WELKIN_REGISTRY_CONCURRENCY", 8, minimum=1)
+WELKIN_REGISTRY_TAG_TTL = env_int("WELKIN_REGISTRY_TAG_TTL", 3600, minimum=0)
+WELKIN_REGISTRY_FAILURE_TTL = env_int("WELKIN_REGISTRY_FAILURE_TTL", 300, minimum=0)
+WELKIN_REGISTRY_LOOKUPS = env_bool("WELKIN_REGISTRY_LOOKUPS", True)
+
+CELERY_BEAT_SCHEDULE.update(
+    {
+        "enqueue-due-scans": {
+            "task": "compliance.tasks.enqueue_due_scans",
+            "schedule": float(WELKIN_FANOUT_SECONDS),
+            # A fan-out nobody picked up in time is replaced by the next one.
+            "options": {"expires": WELKIN_FANOUT_SECONDS * 0.9},
+        },
+    }
+)
+
+
+# --- risk acceptance (compliance/risk/) ---------------------------------------------------
+# Risk acceptance: the longest an exception may last from its request, in days.
+WELKIN_EXCEPTION_MAX_DAYS = env_int("WELKIN_EXCEPTION_MAX_DAYS", 180, minimum=1)
+if WELKIN_EXCEPTION_MAX_DAYS > 3650:
+    raise ImproperlyConfigured(
+        f"WELKIN_EXCEPTION_MAX_DAYS={WELKIN_EXCEPTION_MAX_DAYS}: at most 3650 (ten years)"
+    )
+
+
+# --- exports and evidence (compliance/evidence/, compliance/audit/) -----------------------
+# Reports are signed with an Ed25519 key: base64 of its 32-byte private seed.
+WELKIN_SIGNING_KEY = server_key(
+    "WELKIN_SIGNING_KEY",
+    "python -c 'import os, base64; print(base64.b64encode(os.urandom(32)).decode())'",
+)
+try:
+    if WELKIN_SIGNING_KEY and len(base64.b64decode(WELKIN_SIGNING_KEY, validate=True)) != 32:
+        raise ValueError
+except (ValueError, binascii.Error):
+    raise ImproperlyConfigured("WELKIN_SIGNING_KEY: expected base64 of 32 bytes") from None
+# A manifest signed with the key of a first look says so (and so does its verification).
+WELKIN_DEVELOPMENT_SIGNING_KEY = bool(
+    WELKIN_SIGNING_KEY and WELKIN_SIGNING_KEY == _dev_keys.get("WELKIN_SIGNING_KEY")
+)
+
+EXPORTS_DIR = Path(env_str("WELKIN_EXPORTS_DIR", str(BASE_DIR / "var" / "exports")))
+
+# Exports (compliance/evidence/jobs.py), written by workers on the "exports" queue: at most
+# this many seconds each; a running export with no progress for WELKIN_EXPORT_STALE_SECONDS
+# (or whose worker process on this host is gone) is taken over, at most
+# WELKIN_EXPORT_MAX_ATTEMPTS times; done or failed exports are deleted (files, record;
+# audited) WELKIN_EXPORT_RETENTION_DAYS after they were written.
+WELKIN_EXPORT_TIME_LIMIT = env_int("WELKIN_EXPORT_TIME_LIMIT", 1800, minimum=10)
+WELKIN_EXPORT_STALE_SECONDS = env_int("WELKIN_EXPORT_STALE_SECONDS", 600, minimum=10)
+WELKIN_EXPORT_MAX_ATTEMPTS = env_int("WELKIN_EXPORT_MAX_ATTEMPTS", 3, minimum=1)
+WELKIN_EXPORT_RETENTION_DAYS = env_int("WELKIN_EXPORT_RETENTION_DAYS", 90, minimum=1)
+# PostgreSQL's work_mem for an export's COPY (its rows are sorted by name: a 1M-row fleet
+# report sorts in memory with 256MB, in temporary files without). One per running export.
+WELKIN_EXPORT_WORK_MEM = env_str("WELKIN_EXPORT_WORK_MEM", "256MB")
+if not re.fullmatch(r"[1-9][0-9]{0,6}(kB|MB|GB)", WELKIN_EXPORT_WORK_MEM):
+    raise ImproperlyConfigured(
+        f"WELKIN_EXPORT_WORK_MEM={WELKIN_EXPORT_WORK_MEM!r}: a size such as 64MB or 1GB"
+    )
+# An export's CSV or JSON rows are cut into this many ranges of names, each written by its
+# own COPY on its own connection, from one snapshot (compliance/evidence/pgcopy.py); 1: one COPY.
+WELKIN_EXPORT_PARALLEL = env_int("WELKIN_EXPORT_PARALLEL", 2, minimum=1)
+if WELKIN_EXPORT_PARALLEL > 16:
+    raise ImproperlyConfigured(
+        f"WELKIN_EXPORT_PARALLEL={WELKIN_EXPORT_PARALLEL}: at most 16 (each is a connection "
+        "to PostgreSQL, and a process there, for every running export)"
+    )
+# Exports one user may have queued or being written at once (more: 429).
+WELKIN_EXPORT_MAX_ACTIVE = env_int("WELKIN_EXPORT_MAX_ACTIVE", 3, minimum=1)
+# Without a broker (make run) an export is written within its request.
+WELKIN_EXPORTS_IN_PROCESS = env_bool("WELKIN_EXPORTS_IN_PROCESS", CELERY_TASK_ALWAYS_EAGER)
+
 # An RFC 3161 timestamp authority: every export's manifest and the audit log's daily head
 # get a token. http:// is usual for TSAs (a token proves itself); the CA bundle (PEM) is
 # what its signer must chain to, and the CRLs (PEM or DER files) what it is checked against.
@@ -720,12 +516,95 @@ CELERY_BEAT_SCHEDULE.update(
     }
 )
 
+
+# --- notifications (compliance/notify/) ---------------------------------------------------
+# Links in messages point here.
+WELKIN_BASE_URL = env_url("WELKIN_BASE_URL", "http://127.0.0.1:8000", debug=DEBUG)
+# E-mail goes out through EMAIL_HOST; with none set, e-mail is off (webhooks still go).
+EMAIL_HOST = env_str("EMAIL_HOST", "") or ""
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "") or ""
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "") or ""
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("EMAIL_USE_TLS and EMAIL_USE_SSL: set one of them, not both")
+WELKIN_NOTIFY_FROM = env_str("WELKIN_NOTIFY_FROM", "welkin-dash@localhost")
+# One SMTP or webhook request: at most this many seconds.
+WELKIN_NOTIFY_TIMEOUT = env_int("WELKIN_NOTIFY_TIMEOUT", 10, minimum=1)
+EMAIL_TIMEOUT = WELKIN_NOTIFY_TIMEOUT
+# A delivery is tried this many times, waiting WELKIN_NOTIFY_BACKOFF_SECONDS, then twice
+# that, ... (at most an hour) between tries; then it is kept as failed, with its reason.
+WELKIN_NOTIFY_MAX_ATTEMPTS = env_int("WELKIN_NOTIFY_MAX_ATTEMPTS", 8, minimum=1)
+WELKIN_NOTIFY_BACKOFF_SECONDS = env_int("WELKIN_NOTIFY_BACKOFF_SECONDS", 30, minimum=1)
+# A cluster without a complete scan for this long is reported to the officers.
+WELKIN_NOTIFY_STALE_SECONDS = env_int("WELKIN_NOTIFY_STALE_SECONDS", 6 * 3600, minimum=60)
+# The key that signs generic webhooks whose destination has no secret of its own.
+WELKIN_WEBHOOK_SECRET = env_str("WELKIN_WEBHOOK_SECRET", "") or ""
+if WELKIN_WEBHOOK_SECRET and len(WELKIN_WEBHOOK_SECRET) < 16:
+    raise ImproperlyConfigured("WELKIN_WEBHOOK_SECRET: at least 16 characters")
+
+
+# Beat: retries that are due, stale clusters, the digest.
+CELERY_BEAT_SCHEDULE.update(
+    {
+        "deliver-notifications": {
+            "task": "compliance.tasks.deliver_due",
+            "schedule": 60.0,
+            "options": {"expires": 54},
+        },
+        "notify-stale-clusters": {
+            "task": "compliance.tasks.notify_stale_clusters",
+            "schedule": 900.0,
+            "options": {"expires": 810},
+        },
+        "exceptions-ending": {
+            "task": "compliance.tasks.notify_exceptions_ending",
+            "schedule": 3600.0,
+            "options": {"expires": 3240},
+        },
+        "weekly-digest": {
+            "task": "compliance.tasks.weekly_digest",
+            "schedule": crontab(minute=0, hour=7, day_of_week=1),
+            "options": {"expires": 3600},
+        },
+    }
+)
+
+
+# --- operations: /healthz, /readyz, /metrics (compliance/ops/) ----------------------------
+# /metrics answers a request with `Authorization: Bearer WELKIN_METRICS_TOKEN`, or from an
+# address in WELKIN_METRICS_ALLOWED_NETWORKS (CIDRs, the TCP peer, never a forwarded
+# header); with neither set it answers nobody.
+WELKIN_METRICS_TOKEN = env_str("WELKIN_METRICS_TOKEN", "")
+if WELKIN_METRICS_TOKEN and len(WELKIN_METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("WELKIN_METRICS_TOKEN: at least 16 characters")
+
+
+WELKIN_METRICS_ALLOWED_NETWORKS = env_networks(
+    "WELKIN_METRICS_ALLOWED_NETWORKS", ["127.0.0.1/32", "::1/128"] if DEBUG else []
+)
+# A namespace label on the findings metrics multiplies their series by the namespaces.
+WELKIN_METRICS_NAMESPACES = env_bool("WELKIN_METRICS_NAMESPACES", False)
+
+WELKIN_METRICS_QUEUES = env_list("WELKIN_METRICS_QUEUES", list(CELERY_QUEUES_BY_PURPOSE))
+WELKIN_READYZ_TIMEOUT = env_int("WELKIN_READYZ_TIMEOUT", 2, minimum=1)
+
+
+# --- logging, and the checks that span sections -------------------------------------------
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }
+
+for _limit in ("WELKIN_SCAN_TIME_LIMIT", "WELKIN_EXPORT_TIME_LIMIT", "CELERY_TASK_TIME_LIMIT"):
+    if globals()[_limit] >= WELKIN_BROKER_VISIBILITY_TIMEOUT:
+        raise ImproperlyConfigured(
+            f"{_limit} must be below WELKIN_BROKER_VISIBILITY_TIMEOUT (a task still running "
+            "when it passes is delivered to a second worker)"
+        )
 
 # Checked last, so a missing key is named before a weak one.
 if not DEBUG and SECRET_KEY and (len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5):

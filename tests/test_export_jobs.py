@@ -328,7 +328,7 @@ def test_a_user_may_have_only_a_few_exports_waiting(login_as, api_as, history, s
 def test_parallel_asks_get_no_more_exports_than_the_limit(live_server, history, monkeypatch):
     """Ten requests at once: each counts the user's exports and saves one under the
     user's row lock, so three get in (WELKIN_EXPORT_MAX_ACTIVE) and seven get 429."""
-    monkeypatch.setattr(tasks, "send", lambda *a, **k: None)  # no worker: they stay queued
+    monkeypatch.setattr(workers, "send", lambda *a, **k: None)  # no worker: they stay queued
     token = Token.objects.create(user=make_user("auditor")).key
     start, answers = threading.Barrier(10), []
 

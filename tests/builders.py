@@ -1,17 +1,24 @@
 """Shared builders for tests: pod JSON for the evaluator, hypothesis strategies, a
-Deployment in the fake API server, a history of snapshots, users in each role."""
+Deployment in the fake API server, a history of snapshots, users in each role, stored
+findings, webhook contacts and their receiver, /metrics read back, the production
+environment. Fixtures live in conftest.py files; no test file imports another."""
 
 import datetime as dt
+import shutil
+from pathlib import Path
 
 import orjson
+import requests
 from django.contrib.auth.models import Group, User
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 
 from compliance.collect import kube, scanning
 from compliance.identity import access
-from compliance.models import NamespaceGrant
+from compliance.models import Contact, Finding, FindingEvent, NamespaceGrant
 from compliance.rules import runas
 from tests import podgen
+from tests.processes import listener
 
 PASSWORD = "test-pass"
 # Persona -> role group (None: a user with no role).
@@ -232,3 +239,125 @@ pods = st.fixed_dictionaries(
         "status": json_values,
     }
 )
+
+
+# --- metrics, the production environment ----------------------------------------------
+
+TOKEN = "a-metrics-token-for-tests-0123456789"
+# The production settings the README documents ("Running at scale"), with test values.
+PRODUCTION_ENV = {
+    "DEBUG": "false",
+    "SECRET_KEY": "k" + "0123456789abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJKLMNOP",
+    "WELKIN_SIGNING_KEY": "A" * 43 + "=",
+    "WELKIN_FERNET_KEYS": "B" * 43 + "=",
+    "DATABASE_URL": "postgres://welkin@127.0.0.1:5432/welkin",
+    "CELERY_BROKER_URL": "redis://127.0.0.1:6379/0",
+    "ALLOWED_HOSTS": "welkin-dash.example.com",
+    "CSRF_TRUSTED_ORIGINS": "https://welkin-dash.example.com",
+    "SECURE_PROXY_SSL_HEADER": "X-Forwarded-Proto",
+    "WELKIN_METRICS_TOKEN": TOKEN,
+}
+
+
+def scrape(client, **headers) -> dict:
+    """{name: {frozenset(labels.items()): value}} from /metrics."""
+    r = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}", **headers)
+    assert r.status_code == 200, r.content
+    assert r["Content-Type"].startswith("text/plain")
+    out: dict = {}
+    for family in text_string_to_metric_families(r.content.decode()):
+        for s in family.samples:
+            out.setdefault(s.name, {})[frozenset(s.labels.items())] = s.value
+    return out
+
+
+def value(metrics, name, **labels):
+    return metrics.get(name, {}).get(frozenset(labels.items()))
+
+
+# --- stored findings, hostile cells ----------------------------------------------------
+
+FORMULAS = [
+    '=HYPERLINK("http://evil.example","x")',
+    "@SUM(1+1)",
+    "+1+1",
+    "-2+3",
+    "\tx",
+    "\rx",
+    " =1+1",
+]
+
+
+def stored_finding(cluster, scan, at, **fields):
+    values = {
+        "namespace": "shop",
+        "workload_kind": "Deployment",
+        "workload_name": "web",
+        "container": "app",
+        "container_type": "app",
+        "image": "nginx",
+        "state": "root",
+        "evidence": "predicted",
+        "first_seen": at,
+        "last_changed": at,
+        **fields,
+    }
+    f = Finding.objects.create(cluster=cluster, **values)
+    FindingEvent.objects.create(finding=f, scan=scan, kind="opened", to_state=f.state, at=at)
+    return f
+
+
+# --- notifications ------------------------------------------------------------------
+
+SECRET = "webhook-secret-for-tests"
+
+
+def hook(receiver, fmt="json", namespace="*", name="hook") -> Contact:
+    c = Contact(
+        name=name,
+        channel="webhook",
+        url=receiver.url + "/" + name,
+        webhook_format=fmt,
+        namespace=namespace,
+    )
+    c.set_secret(SECRET)
+    c.full_clean()
+    c.save()
+    return c
+
+
+def fleet_snapshot(at, shop_roots=30, extra=None):
+    """A snapshot of `shop_roots` root workloads in shop, and a root, a compliant and a
+    dev root elsewhere (the notification tests' fleet)."""
+    ok = {"runAsUser": 5, "runAsNonRoot": True}
+    workloads = {("shop", f"w{i}"): ROOT for i in range(shop_roots)}
+    workloads |= {("ops", "db"): ROOT, ("ops", "fine"): ok, ("dev", "x"): ROOT}
+    workloads |= extra or {}
+    snapshot(at, workloads)
+
+
+class Receiver:
+    """The webhook receiver (tests/webhook_receiver.py) in its own process, and what it got."""
+
+    def __init__(self):
+        self.p, self.url = listener("tests.webhook_receiver", SECRET)
+
+    def set(self, answer="ok", delay=0.0, clear=False):
+        requests.post(
+            self.url + "/control",
+            json={"answer": answer, "delay": delay, "clear": clear},
+            timeout=5,
+        ).raise_for_status()
+
+    def received(self) -> list[dict]:
+        return requests.get(self.url + "/received", timeout=5).json()
+
+    def stop(self):
+        self.p.terminate()
+        self.p.wait(10)
+
+
+# --- the browser ---------------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SHOTS = Path(__file__).resolve().parent.parent / "var" / "screenshots"

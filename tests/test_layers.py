@@ -1,6 +1,7 @@
 """The layer check (scripts/check_layers.py, run by `make lint`): the tree passes it, and
 each rule fails when broken in a copy of the tree."""
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -86,3 +87,21 @@ def test_make_lint_runs_it_and_fails_on_a_violation(tree):
     assert run.returncode == 1
     assert "compliance.models.fleet imports compliance.collect.scanning" in run.stdout
     assert "python scripts/check_layers.py" in (ROOT / "Makefile").read_text()
+
+
+def test_no_test_file_imports_another():
+    """Shared fixtures live in conftest.py files, shared helpers in tests/builders.py and
+    the test servers' own modules: a test file is read alone."""
+    importing = []
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            if any(
+                n.split(".")[0] == "tests" and n.split(".")[-1].startswith("test_") for n in names
+            ):
+                importing.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert importing == []

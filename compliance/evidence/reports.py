@@ -263,7 +263,7 @@ def copy_sql(
     report: Report, fmt: str, part: tuple[str, list[Any]] | None = None
 ) -> tuple[str, list[Any]]:
     """The report's rows as one SELECT for PostgreSQL's COPY, formatted by the database as
-    rows() and writers.py formats them (tests/test_export_jobs.py checks the two
+    rows() and writers.py formats them (tests/evidence/test_export_jobs.py checks the two
     byte for byte): "csv" gives REPORT_COLUMNS (cells made inert; empty text as NULL,
     which COPY writes as an empty field, as Python's csv module does), "json" one
     row_to_json object a row. The selection is the report's own queryset, unchanged;

@@ -24,7 +24,7 @@ def test_it_builds_an_image_that_passes_its_own_check():
     """The Dockerfile's last USER, under runAsNonRoot, is compliant by our evaluator."""
     users = [
         line.split(None, 1)[1].strip()
-        for line in (Path(__file__).parent.parent / "Dockerfile").read_text().splitlines()
+        for line in (Path(__file__).parents[2] / "Dockerfile").read_text().splitlines()
         if line.startswith("USER ")
     ]
     pod = {

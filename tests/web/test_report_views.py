@@ -8,7 +8,7 @@ import pytest
 from compliance.models import AuditEvent, Export
 from tests.builders import T0
 
-# Export jobs run in the request here (tests/test_export_jobs.py runs them in a worker).
+# Export jobs run in the request here (tests/evidence/test_export_jobs.py runs them in a worker).
 pytestmark = pytest.mark.usefixtures("exports_in_process")
 
 AT = (T0 + dt.timedelta(days=1, hours=1)).strftime("%Y-%m-%dT%H:%M")

@@ -10,9 +10,8 @@ import pytest
 from compliance import tasks
 from compliance.models.notify import Delivery
 from compliance.notify import outbox
-from tests import test_tasks
-from tests.test_notify import T0, Receiver, fleet_snapshot, hook
-from tests.test_tasks import Proc, wait_for
+from tests.builders import T0, Receiver, fleet_snapshot, hook
+from tests.processes import Proc, wait_for
 from welkin_dash.celery import app
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -27,7 +26,7 @@ def receiver():
 
 
 def start_worker() -> Proc:
-    return test_tasks.start_worker(WELKIN_NOTIFY_TIMEOUT=str(TIMEOUT))
+    return start_worker(WELKIN_NOTIFY_TIMEOUT=str(TIMEOUT))
 
 
 def test_a_worker_killed_mid_delivery_leaves_it_to_the_next_once(receiver, settings):

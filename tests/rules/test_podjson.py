@@ -14,7 +14,7 @@ from compliance.rules.workloads import OwnerIndex
 from tests import podgen
 from tests.builders import pods as pod_strategy
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 
 
 def page(items, token=None):

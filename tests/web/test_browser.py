@@ -4,16 +4,13 @@ leaves the server, and the keyboard reaches the content. Screenshots go to
 var/screenshots/."""
 
 import os
-import shutil
-from pathlib import Path
 
 import pytest
 
 from compliance import demo
 from compliance.models import Finding
+from tests.builders import CHROMIUM, SHOTS
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SHOTS = Path(__file__).resolve().parent.parent / "var" / "screenshots"
 PASSWORD = "browser-pass"
 
 pytestmark = [
@@ -32,29 +29,6 @@ def demo_fleet(transactional_db):
         resolved_at__isnull=True,
     )
     return {"welkin": welkin.pk, "other": Finding.objects.filter(namespace="data").first().pk}
-
-
-@pytest.fixture
-def browser(monkeypatch):
-    # Playwright's sync API keeps an event loop in this thread; the ORM calls in the
-    # fixtures happen before it starts and after it stops.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-            ],
-        )
-        yield b
-        b.close()
 
 
 class Walker:

@@ -1,106 +1,21 @@
 """Scans through a real Celery worker (and beat) on real Redis and PostgreSQL."""
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from django.conf import settings
-from django.db import connection
 
 from compliance import tasks, workers
 from compliance.collect import clusters, scanning
 from compliance.models import Finding, FindingEvent, ScanRun
 from tests.builders import deployment
-from welkin_dash.celery import app
+from tests.processes import Proc, start_worker, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ROOT_SC = {"runAsUser": 0}
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def wait_for(predicate, timeout=60.0, every=0.2):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {predicate}")
-
-
-def _env(**extra):
-    db = connection.settings_dict
-    return {
-        **os.environ,
-        "DEBUG": "1",
-        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-        "CELERY_TASK_ALWAYS_EAGER": "0",
-        # Small pages: a few dozen pods make many pages, so a kill lands mid-list.
-        "WELKIN_PAGE_LIMIT": "4",
-        "WELKIN_REGISTRY_LOOKUPS": "0",
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:"
-        f"{db['PORT'] or 5432}/{db['NAME']}",
-        **extra,
-    }
-
-
-class Proc:
-    def __init__(self, *args, **env):
-        self.log = open(f"/tmp/welkin-test-{args[0]}-{os.getpid()}.log", "w+")
-        self.p = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "welkin_dash", *args],
-            cwd=ROOT,
-            env=_env(**env),
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
-
-    def kill(self, sig=signal.SIGTERM):
-        if self.p.poll() is None:
-            os.killpg(self.p.pid, sig)
-            try:
-                self.p.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.p.pid, signal.SIGKILL)
-                self.p.wait(10)
-        self.log.close()
-
-
-@pytest.fixture
-def broker():
-    """The broker the test process and its worker share (make test: Redis db 13)."""
-    assert not app.conf.task_always_eager
-    app.control.purge()
-    yield
-    app.control.purge()
-
-
-def start_worker(**env) -> Proc:
-    """A prefork worker of one process, ready, with `env` added to its environment."""
-    w = Proc(
-        "worker",
-        "--pool=prefork",
-        "--concurrency=1",
-        "--loglevel=INFO",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-        **env,
-    )
-    wait_for(lambda: "ready." in w.output() or w.p.poll() is not None, 60)
-    assert w.p.poll() is None, w.output()
-    return w
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 from django.contrib.auth.models import Group
 from django.db import connection
 
@@ -21,47 +20,14 @@ from compliance.models import AuditEvent, Cluster, NamespaceGrant, ScanRun
 from compliance.models.notify import Contact, Delivery, OutboxEvent
 from compliance.notify import delivery, outbox
 from tests import builders
+from tests.builders import Receiver, fleet_snapshot, hook
+from tests.processes import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
-SECRET = "webhook-secret-for-tests"
+ROOT = Path(__file__).resolve().parents[2]
+
 T0 = builders.T0
 ROOT_SC = builders.ROOT
 OK_SC = {"runAsUser": 5, "runAsNonRoot": True}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def listener(module: str, *args: str) -> tuple[subprocess.Popen, str]:
-    """A test server in its own process that prints `listening on PORT`: it and its URL."""
-    p = subprocess.Popen(
-        [sys.executable, "-m", module, *args], cwd=ROOT, stdout=subprocess.PIPE, text=True
-    )
-    line = p.stdout.readline()
-    assert line.startswith("listening on "), line
-    return p, f"http://127.0.0.1:{int(line.split()[-1])}"
-
-
-class Receiver:
-    def __init__(self):
-        self.p, self.url = listener("tests.webhook_receiver", SECRET)
-
-    def set(self, answer="ok", delay=0.0, clear=False):
-        requests.post(
-            self.url + "/control",
-            json={"answer": answer, "delay": delay, "clear": clear},
-            timeout=5,
-        ).raise_for_status()
-
-    def received(self) -> list[dict]:
-        return requests.get(self.url + "/received", timeout=5).json()
-
-    def stop(self):
-        self.p.terminate()
-        self.p.wait(10)
 
 
 class Smtp:
@@ -125,20 +91,6 @@ def mail_on(settings, smtp):
     return smtp
 
 
-def hook(receiver, fmt="json", namespace="*", name="hook") -> Contact:
-    c = Contact(
-        name=name,
-        channel="webhook",
-        url=receiver.url + "/" + name,
-        webhook_format=fmt,
-        namespace=namespace,
-    )
-    c.set_secret(SECRET)
-    c.full_clean()
-    c.save()
-    return c
-
-
 @pytest.fixture
 def owners(db):
     """An officer, a lead granted `shop`, a lead granted `sh*` through a group, someone
@@ -158,13 +110,6 @@ def owners(db):
     )
     fleet = Contact.objects.create(name="fleet", channel="email", email="sec@example.com")
     return {"officer": officer, "lead": lead, "lead2": lead2, "ops": ops, "fleet": fleet}
-
-
-def fleet_snapshot(at, shop_roots=30, extra=None):
-    workloads = {("shop", f"w{i}"): ROOT_SC for i in range(shop_roots)}
-    workloads |= {("ops", "db"): ROOT_SC, ("ops", "fine"): OK_SC, ("dev", "x"): ROOT_SC}
-    workloads |= extra or {}
-    builders.snapshot(at, workloads)
 
 
 # --- the outbox -------------------------------------------------------------------------

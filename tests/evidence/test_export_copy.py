@@ -15,7 +15,7 @@ from compliance.identity import access
 from compliance.models import Cluster, ScanRun
 from compliance.risk import exceptions
 from compliance.rules import controls
-from tests.test_hostile_data import FORMULAS, stored_finding
+from tests.builders import FORMULAS, stored_finding
 
 FLEET = access.Scope(None, access.AUDITOR)
 

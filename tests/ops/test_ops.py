@@ -13,7 +13,6 @@ import pytest
 from django.conf import settings
 from django.core.cache import cache
 from django.db.models import Count, Sum
-from prometheus_client.parser import text_string_to_metric_families
 
 from compliance.collect import scanning
 from compliance.evidence import reports, signed, store
@@ -21,24 +20,9 @@ from compliance.identity import sessions
 from compliance.models import Finding, ScanRun
 from compliance.rules.controls import CONTROLS, MAPPING
 from tests import podgen
-from tests.builders import FAST, deployment, mixed_fleet
+from tests.builders import FAST, PRODUCTION_ENV, TOKEN, deployment, mixed_fleet, scrape, value
 
-ROOT = Path(__file__).resolve().parent.parent
-TOKEN = "a-metrics-token-for-tests-0123456789"
-
-# The production settings the README documents ("Running at scale"), with test values.
-PRODUCTION_ENV = {
-    "DEBUG": "false",
-    "SECRET_KEY": "k" + "0123456789abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJKLMNOP",
-    "WELKIN_SIGNING_KEY": "A" * 43 + "=",
-    "WELKIN_FERNET_KEYS": "B" * 43 + "=",
-    "DATABASE_URL": "postgres://welkin@127.0.0.1:5432/welkin",
-    "CELERY_BROKER_URL": "redis://127.0.0.1:6379/0",
-    "ALLOWED_HOSTS": "welkin-dash.example.com",
-    "CSRF_TRUSTED_ORIGINS": "https://welkin-dash.example.com",
-    "SECURE_PROXY_SSL_HEADER": "X-Forwarded-Proto",
-    "WELKIN_METRICS_TOKEN": TOKEN,
-}
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_manage(*args, env, cwd=ROOT, python=sys.executable, timeout=60):
@@ -88,22 +72,6 @@ def test_readyz_checks_the_database_and_the_broker(client, settings):
 
 
 # --- metrics ----------------------------------------------------------------------------
-
-
-def scrape(client, **headers) -> dict:
-    """{name: {frozenset(labels.items()): value}} from /metrics."""
-    r = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}", **headers)
-    assert r.status_code == 200, r.content
-    assert r["Content-Type"].startswith("text/plain")
-    out: dict = {}
-    for family in text_string_to_metric_families(r.content.decode()):
-        for s in family.samples:
-            out.setdefault(s.name, {})[frozenset(s.labels.items())] = s.value
-    return out
-
-
-def value(metrics, name, **labels):
-    return metrics.get(name, {}).get(frozenset(labels.items()))
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ import jsonschema
 import pytest
 from junitparser import Failure, JUnitXml
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = Path(__file__).parent / "fixtures" / "ci"
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "ci"
 BIN = Path(sys.executable).parent
 WELKIN_EVALUATE = BIN / "welkin-evaluate"
 KUBECTL = shutil.which("kubectl", path=str(BIN)) or shutil.which("kubectl")

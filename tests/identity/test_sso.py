@@ -17,7 +17,7 @@ from compliance.identity import access, sessions, signin
 from compliance.models import AuditEvent, NamespaceGrant
 from compliance.models.identity import GroupMapping, OidcIdentity
 from tests import builders
-from tests.test_notify import listener
+from tests.processes import listener
 
 CLIENT_ID, CLIENT_SECRET = "welkin", "client-secret-for-tests"
 

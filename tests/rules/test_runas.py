@@ -10,7 +10,7 @@ from compliance import vocabulary
 from compliance.rules import runas
 from tests.builders import REF, c, one, pod
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 
 
 L1 = f'container\'s runAsUser breaks non-root policy (pod: "{REF}", container: app)'

@@ -10,7 +10,7 @@ from django.core.management import call_command
 
 from compliance.models import AuditEvent
 from tests import builders
-from tests.test_browser import CHROMIUM, SHOTS, browser  # noqa: F401 - the browser fixture
+from tests.builders import CHROMIUM, SHOTS
 
 LIMIT = 3
 
@@ -54,7 +54,7 @@ def test_it_locks_an_address_out_that_tries_many_names(client, db):
 
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium missing")
-def test_a_browser_shows_the_lockout_message(transactional_db, browser, live_server):  # noqa: F811
+def test_a_browser_shows_the_lockout_message(transactional_db, browser, live_server):
     builders.make_user("lead")
     page = browser.new_page()
     for _ in range(LIMIT):

@@ -29,7 +29,7 @@ from compliance.evidence import jobs, reports, signed, store
 from compliance.identity import access
 from compliance.models import AuditEvent, Export
 from tests.builders import T0, make_user
-from tests.test_tasks import broker, start_worker, wait_for  # noqa: F401 (fixture)
+from tests.processes import start_worker, wait_for
 from welkin_dash.celery import app
 
 AT = (T0 + dt.timedelta(days=1, hours=1)).isoformat()
@@ -43,7 +43,7 @@ def exports_dir(settings, tmp_path):
 
 
 @pytest.fixture
-def worker(broker, exports_dir):  # noqa: F811
+def worker(broker, exports_dir):
     w = start_worker(WELKIN_EXPORTS_DIR=str(exports_dir))
     yield w
     w.kill()
@@ -358,7 +358,7 @@ def test_with_the_broker_down_an_export_is_saved_queued_and_sent_by_the_sweep(
     api_as,
     history,
     settings,
-    broker,  # noqa: F811
+    broker,
 ):
     settings.WELKIN_EXPORT_STALE_SECONDS = 0
     api = api_as("auditor")
@@ -387,7 +387,7 @@ def _messages(queue: str) -> list[dict]:
     return out
 
 
-def test_a_queued_task_carries_no_time_limit_so_the_workers_own_applies(broker):  # noqa: F811
+def test_a_queued_task_carries_no_time_limit_so_the_workers_own_applies(broker):
     """Celery writes the sender's time limits into a message, and a worker takes those:
     WELKIN_EXPORT_TIME_LIMIT set on the worker alone did nothing. workers.send leaves them
     out."""

@@ -20,7 +20,7 @@ from compliance.models import AuditEvent, AuditHead, Export, Finding, FindingEve
 from tests.builders import T0
 from tests.tsa import local_tsa
 
-# Export jobs run in the request here (tests/test_export_jobs.py runs them in a worker).
+# Export jobs run in the request here (tests/evidence/test_export_jobs.py runs them in a worker).
 pytestmark = pytest.mark.usefixtures("exports_in_process")
 
 FLEET = access.Scope(None, access.AUDITOR)
@@ -474,7 +474,7 @@ def test_a_garbled_token_is_refused_not_a_crash(login_as, history, tsa_settings,
     """Tokens an attack review garbled byte by byte (each once crashed a library)."""
     from pathlib import Path
 
-    garbled = Path(__file__).parent / "fixtures" / "tokens" / f"garbled-{name}.tsr"
+    garbled = Path(__file__).parents[1] / "fixtures" / "tokens" / f"garbled-{name}.tsr"
     with local_tsa("good") as tsa:
         tsa_settings(tsa)
         c = login_as("auditor")

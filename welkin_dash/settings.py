@@ -73,6 +73,37 @@ def server_key(name: str, generate: str) -> str:
 SECRET_KEY = server_key(
     "SECRET_KEY", "python -c 'import secrets; print(secrets.token_urlsafe(50))'"
 )
+# Reports are signed with an Ed25519 key: base64 of its 32-byte private seed.
+WELKIN_SIGNING_KEY = server_key(
+    "WELKIN_SIGNING_KEY",
+    "python -c 'import os, base64; print(base64.b64encode(os.urandom(32)).decode())'",
+)
+try:
+    if WELKIN_SIGNING_KEY and len(base64.b64decode(WELKIN_SIGNING_KEY, validate=True)) != 32:
+        raise ValueError
+except (ValueError, binascii.Error):
+    raise ImproperlyConfigured("WELKIN_SIGNING_KEY: expected base64 of 32 bytes") from None
+# A manifest signed with the key of a first look says so (and so does its verification).
+WELKIN_DEVELOPMENT_SIGNING_KEY = bool(
+    WELKIN_SIGNING_KEY and WELKIN_SIGNING_KEY == _dev_keys.get("WELKIN_SIGNING_KEY")
+)
+
+# Fernet keys for credentials at rest, comma separated: the first encrypts, all decrypt.
+WELKIN_FERNET_KEYS = env_list("WELKIN_FERNET_KEYS", []) or [
+    k
+    for k in [
+        server_key(
+            "WELKIN_FERNET_KEYS",
+            "python -c 'from cryptography.fernet import Fernet; "
+            "print(Fernet.generate_key().decode())'",
+        )
+    ]
+    if k
+]
+
+
+check_fernet_keys("WELKIN_FERNET_KEYS", WELKIN_FERNET_KEYS)
+
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
@@ -355,21 +386,6 @@ CELERY_BEAT_SCHEDULE: dict = {}
 
 
 # --- scans and registries (compliance/collect/) -------------------------------------------
-# Fernet keys for credentials at rest, comma separated: the first encrypts, all decrypt.
-WELKIN_FERNET_KEYS = env_list("WELKIN_FERNET_KEYS", []) or [
-    k
-    for k in [
-        server_key(
-            "WELKIN_FERNET_KEYS",
-            "python -c 'from cryptography.fernet import Fernet; "
-            "print(Fernet.generate_key().decode())'",
-        )
-    ]
-    if k
-]
-
-
-check_fernet_keys("WELKIN_FERNET_KEYS", WELKIN_FERNET_KEYS)
 WELKIN_PAGE_LIMIT = env_int("WELKIN_PAGE_LIMIT", 500, minimum=1)
 WELKIN_KUBE_TIMEOUT = env_int("WELKIN_KUBE_TIMEOUT", 60, minimum=1)
 WELKIN_SCAN_TIME_LIMIT = env_int("WELKIN_SCAN_TIME_LIMIT", 1800, minimum=10)
@@ -419,21 +435,6 @@ if WELKIN_EXCEPTION_MAX_DAYS > 3650:
 
 
 # --- exports and evidence (compliance/evidence/, compliance/audit/) -----------------------
-# Reports are signed with an Ed25519 key: base64 of its 32-byte private seed.
-WELKIN_SIGNING_KEY = server_key(
-    "WELKIN_SIGNING_KEY",
-    "python -c 'import os, base64; print(base64.b64encode(os.urandom(32)).decode())'",
-)
-try:
-    if WELKIN_SIGNING_KEY and len(base64.b64decode(WELKIN_SIGNING_KEY, validate=True)) != 32:
-        raise ValueError
-except (ValueError, binascii.Error):
-    raise ImproperlyConfigured("WELKIN_SIGNING_KEY: expected base64 of 32 bytes") from None
-# A manifest signed with the key of a first look says so (and so does its verification).
-WELKIN_DEVELOPMENT_SIGNING_KEY = bool(
-    WELKIN_SIGNING_KEY and WELKIN_SIGNING_KEY == _dev_keys.get("WELKIN_SIGNING_KEY")
-)
-
 EXPORTS_DIR = Path(env_str("WELKIN_EXPORTS_DIR", str(BASE_DIR / "var" / "exports")))
 
 # Exports (compliance/evidence/jobs.py), written by workers on the "exports" queue: at most

@@ -37,7 +37,8 @@ os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'welkin_dash.settings')
 django.setup()
 from django.conf import settings
 from django.db import connection
-from compliance import access, reports
+from compliance.evidence import reports
+from compliance.identity import access
 report = reports.point_in_time(access.Scope(None, access.AUDITOR), summarize=False)
 sql, params = reports.copy_sql(report, 'bare')
 class Sink:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import pickle
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -115,12 +116,26 @@ def _markers() -> Markers:
 
 # --- fleet ------------------------------------------------------------------------------
 
+# The cached overview is pickled (the shared Redis cache of every web process): a new
+# shape, or a class of it that moves, gets a new number, so processes running the code
+# before and after an upgrade never read each other's entries.
+FLEET_CACHE_SHAPE = 2
+
+
+def _cached(key: str) -> dict[str, Any] | None:
+    """The cached overview, or None when there is none or it cannot be read back (written
+    by code whose classes have since moved): then it is built again, never a 500."""
+    try:
+        return cache.get(key)
+    except (ImportError, AttributeError, pickle.UnpicklingError, EOFError):
+        return None
+
 
 def fleet_overview(scope: Scope) -> dict[str, Any]:
     """The fleet page: per control, per cluster, what got worse, top namespaces, trends."""
     markers = _markers()
-    key = f"fleet:{scope.key}:{markers.scan}:{markers.exceptions}"
-    data = cache.get(key)
+    key = f"fleet:v{FLEET_CACHE_SHAPE}:{scope.key}:{markers.scan}:{markers.exceptions}"
+    data = _cached(key)
     now = timezone.now()
     if data is None or not data["accepted"].fresh(now):
         data = _fleet_overview(scope, markers.exceptions)

@@ -16,11 +16,12 @@ import pytest
 from django.contrib.auth.models import Group
 from django.db import connection
 
+from compliance.collect import scanning
 from compliance.models import AuditEvent, Cluster, NamespaceGrant, ScanRun
 from compliance.models.notify import Contact, Delivery, OutboxEvent
 from compliance.notify import delivery, outbox
 from tests import builders
-from tests.builders import Receiver, fleet_snapshot, hook
+from tests.builders import Receiver, deployment, fleet_snapshot, hook
 from tests.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -141,13 +142,22 @@ def test_with_email_off_only_webhooks_are_queued(owners):
     assert [d.destination for d in Delivery.objects.all()] == [f"contact:{owners['ops'].pk}"]
 
 
-def test_the_outbox_is_written_in_the_reconciles_transaction(owners, monkeypatch):
-    def broken(*args, **kwargs):
+def test_the_outbox_is_written_in_the_reconciles_transaction(
+    owners, cluster, fake_kube, monkeypatch
+):
+    """A live scan (its transaction is the outermost: a snapshot's import wraps its own):
+    the outbox is written, then the transaction fails; its events go with the rest."""
+    deployment(fake_kube, "ops", "db", "postgres", 2, container_sc=builders.ROOT)  # the ops hook
+    record_scan = outbox.record_scan
+
+    def written_then_broken(*args, **kwargs):
+        record_scan(*args, **kwargs)
+        assert OutboxEvent.objects.exists()
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("compliance.collect.scanning.write_rollup", broken)
+    monkeypatch.setattr(outbox, "record_scan", written_then_broken)
     with pytest.raises(RuntimeError):
-        fleet_snapshot(T0)
+        scanning.scan_cluster(cluster.pk)
     assert not OutboxEvent.objects.exists() and not Delivery.objects.exists()
 
 

@@ -1,10 +1,14 @@
 """The layer check (`make lint`): compliance/'s packages import only from packages listed
-before them, no module imports another in a cycle, the pure ones import no Django, and a
-project import inside a function says why on its line.
+before them, no module imports another in a cycle, the pure packages and welkin-evaluate
+import nothing beyond the standard library and the parsers `pip install .` brings (not
+even through a leaf that imports Django), and a project import inside a function says why
+on its line.
 
     python scripts/check_layers.py [ROOT]     # exit 1 and one line per violation
 
-Reads the imports with `ast`; runs nothing it reads.
+Reads the imports with `ast`: `import`, `from ... import` (relative ones too) and
+`importlib.import_module("...")` / `__import__("...")` with a literal name. Runs nothing
+it reads.
 """
 
 from __future__ import annotations
@@ -13,8 +17,7 @@ import ast
 import sys
 from pathlib import Path
 
-# Lowest first. A package may import from its own layer's earlier entries only where it is
-# a leaf of the same layer (the leaves import nothing of ours).
+# Lowest first. The leaves import nothing of ours (but compliance/__init__, the version).
 LEAVES = ("vocabulary", "params", "crypto", "bounded", "workers")
 LAYERS = (
     "rules",
@@ -32,8 +35,13 @@ LAYERS = (
 # The app's own wiring sits on top and may import anything: tasks, admin, demo, apps,
 # management commands, template tags (and migrations, which Django writes).
 TOP = len(LAYERS) + 1
-# Standard library only (DESIGN.md): the evaluator and everything welkin-evaluate runs.
-NO_DJANGO = ("rules", "ci", "vocabulary", "bounded", "workers")
+# What welkin-evaluate runs with after `pip install .` (pyproject.toml's dependencies):
+# the standard library and these. The pure packages keep to them everywhere; ci/ at
+# module level (its --resolve loads Django inside a function, saying why).
+PARSERS = ("yaml", "orjson", "msgspec")
+PURE = ("rules", "vocabulary", "bounded", "workers")
+PIP_ONLY = ("ci",)
+ALLOWED = set(sys.stdlib_module_names) | set(PARSERS) | {"compliance"}
 
 
 def layer(module: str) -> int | None:
@@ -56,15 +64,26 @@ def _name(path: Path, root: Path) -> str:
     return ".".join(parts)
 
 
-def _targets(node: ast.AST, modules: dict) -> list[str]:
-    """The modules an import statement loads: `from compliance.x import y` names the module
-    compliance.x.y when there is one, else a name in compliance.x."""
-    if isinstance(node, ast.ImportFrom) and node.module and not node.level:
-        subs = [f"{node.module}.{a.name}" for a in node.names]
+def _targets(node: ast.AST, module: str, is_package: bool, modules: dict) -> list[str]:
+    """The modules an import loads: `from compliance.x import y` names the module
+    compliance.x.y when there is one, else a name in compliance.x; relative imports are
+    resolved against `module`; import_module("...") with a literal counts as an import."""
+    if isinstance(node, ast.ImportFrom):
+        base = node.module or ""
+        if node.level:
+            package = module.split(".") if is_package else module.split(".")[:-1]
+            package = package[: len(package) - (node.level - 1)]
+            base = ".".join([*package, base] if base else package)
+        subs = [f"{base}.{a.name}" for a in node.names]
         named = [m for m in subs if m in modules]
-        return named if len(named) == len(subs) else [*named, node.module]
+        return named if len(named) == len(subs) else [*named, base]
     if isinstance(node, ast.Import):
         return [a.name for a in node.names]
+    if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+        f = node.func
+        name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+        if name in ("import_module", "__import__") and isinstance(node.args[0].value, str):
+            return [node.args[0].value]
     return []
 
 
@@ -72,35 +91,44 @@ def _local_nodes(tree: ast.AST) -> set[int]:
     inside = set()
     for fn in ast.walk(tree):
         if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
-            inside.update(id(n) for n in ast.walk(fn) if isinstance(n, ast.Import | ast.ImportFrom))
+            inside.update(id(n) for n in ast.walk(fn))
     return inside
 
 
 def violations(root: Path) -> list[str]:
     """Every broken rule under root (the folder that holds compliance/), one line each."""
     found: list[str] = []
-    graph: dict[str, set[str]] = {}
-    modules = {
+    graph: dict[str, set[str]] = {}  # module-level imports between our modules
+    external: dict[str, dict[str, str]] = {}  # module -> {outside top name: where}
+    paths = {
         _name(p, root): p
         for p in sorted((root / "compliance").rglob("*.py"))
         if "migrations" not in p.parts
     }
-    for module, path in modules.items():
+    for module, path in paths.items():
         source = path.read_text()
         tree = ast.parse(source, str(path))
         lines = source.splitlines()
         local = _local_nodes(tree)
         here = layer(module)
         package = module.split(".")[1] if "." in module else ""
-        graph[module] = set()
+        graph[module], external[module] = set(), {}
         for node in ast.walk(tree):
-            for target in _targets(node, modules):
+            targets = _targets(node, module, path.name == "__init__.py", paths)
+            for target in targets:
                 where = f"{path.relative_to(root)}:{node.lineno}"
                 inside = id(node) in local
-                if target.split(".")[0] == "django" and package in NO_DJANGO and not inside:
-                    found.append(f"{where}: {module} must not import Django ({target})")
+                top = target.split(".")[0]
                 there = layer(target)
                 if there is None:
+                    if top not in ALLOWED:
+                        if package in PURE:
+                            found.append(
+                                f"{where}: {module} imports {target}: the pure packages "
+                                f"keep to the standard library and {', '.join(PARSERS)}"
+                            )
+                        elif not inside:
+                            external[module].setdefault(top, where)
                     continue
                 other = target.split(".")[1] if "." in target else ""
                 if there > here or (here == there == 0 and other not in ("", package)):
@@ -111,10 +139,46 @@ def violations(root: Path) -> list[str]:
                             f"{where}: an import inside a function needs a comment on its "
                             "line saying why it is not at the top"
                         )
-                elif target in modules and target != module:
-                    graph[module].add(target)
-    found += [f"import cycle among: {', '.join(c)}" for c in _cycles(graph)]
+                elif target != module:
+                    graph[module].add(
+                        target if target in paths else ".".join(target.split(".")[:2])
+                    )
+    found += _pulled_in(graph, external)
+    found += [
+        f"import cycle among: {', '.join(c)} (one of their imports points the wrong way)"
+        for c in _cycles({m: {t for t in ts if t in graph} for m, ts in graph.items()})
+    ]
     return found
+
+
+def _pulled_in(graph: dict[str, set[str]], external: dict[str, dict[str, str]]) -> list[str]:
+    """Pure and pip-only modules must not reach, through our own modules' top-level
+    imports, a package outside the standard library and the parsers (Django above all)."""
+    out = []
+    for module in sorted(graph):
+        package = module.split(".")[1] if "." in module else ""
+        if package not in PURE + PIP_ONLY:
+            continue
+        seen, stack, parent = {module}, [module], {module: ""}
+        while stack:
+            m = stack.pop()
+            if external.get(m):
+                top, where = next(iter(sorted(external[m].items())))
+                chain = [m]
+                while parent[chain[-1]]:
+                    chain.append(parent[chain[-1]])
+                out.append(
+                    f"{where}: {module} reaches {top} through top-level imports "
+                    f"({' -> '.join(reversed(chain))}); welkin-evaluate installs no more "
+                    f"than the standard library and {', '.join(PARSERS)}"
+                )
+                break
+            for t in sorted(graph.get(m, ())):
+                if t in graph and t not in seen:
+                    seen.add(t)
+                    parent[t] = m
+                    stack.append(t)
+    return out
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:

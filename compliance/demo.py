@@ -303,7 +303,6 @@ def add_exceptions(now: dt.datetime | None = None) -> int:
     """Demo risk acceptance: one approved (prod-us web/edge, the nginx image without a
     USER), one waiting for an officer, one that ended. Requested by lead, decided by
     officer (four eyes)."""
-
     now = now or timezone.now()
     lead, officer = User.objects.get(username="lead"), User.objects.get(username="officer")
     lead_scope, officer_scope = access.scope_for(lead), access.scope_for(officer)

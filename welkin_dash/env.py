@@ -164,7 +164,7 @@ def check_fernet_keys(name: str, keys: list[str]) -> None:
             ) from None
 
 
-def env_url(name: str, default: str = "", loopback_http: bool = True, debug: bool = False) -> str:
+def env_url(name: str, default: str = "", loopback_http: bool = True, *, debug: bool) -> str:
     """An http(s) URL; plain http only for a first look (debug) or a loopback host."""
     raw = (env_str(name, default) or "").strip()
     if not raw:

@@ -47,7 +47,6 @@ def latest() -> dict | None:
 
 def sign_head() -> AuditHead | None:
     """Sign the chain's current last event (None when the log is empty), audited."""
-
     last = AuditEvent.objects.order_by("-seq").values_list("seq", "hash").first()
     if last is None:
         return None
@@ -109,7 +108,6 @@ def check(
 
 def check_all(last_seq: int, tsa_ca: bytes | None = None) -> tuple[int, str] | None:
     """The first head that does not match the chain (its seq and why), or None."""
-
     key = signing.public_key_b64()
     heads = list(AuditHead.objects.order_by("seq", "at"))
     hashes = dict(

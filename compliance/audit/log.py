@@ -222,7 +222,6 @@ class _Echo:
 def csv_lines() -> Iterator[str]:
     """The whole audit log as CSV lines, streamed; every cell made inert (user names of
     failed logins are whatever an anonymous visitor typed)."""
-
     writer = csv.writer(_Echo())
     yield writer.writerow(CSV_COLUMNS)
     for e in AuditEvent.objects.order_by("seq").iterator(5000):

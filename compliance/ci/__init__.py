@@ -1,2 +1,3 @@
-"""welkin-evaluate, the CI gate, and the offline evaluation behind it: no Django. Imports the
-leaves and rules only (and, for --resolve, the registry client)."""
+"""welkin-evaluate, the CI gate, and the offline evaluation behind it: the leaves and rules
+only, no Django (`pip install .`). --resolve alone loads Django and collect/images, inside
+the function that needs them."""

@@ -35,7 +35,7 @@ from prometheus_client import Counter
 
 from compliance import vocabulary, workers
 from compliance.audit import log as audit
-from compliance.evidence import reports, samples, store, writers
+from compliance.evidence import reports, samples, store
 from compliance.identity import access
 from compliance.models import AuditEvent, Export, ExportStatus, Sample
 from compliance.risk import register
@@ -214,7 +214,7 @@ def attempt(e: Export) -> str:
         if e.format not in ("csv", "json"):
             # A PDF is laid out from its summary: its rows are counted first. A CSV needs
             # no summary; a JSON's is read while its rows are written (and then saved).
-            e.total = writers.summary_rows(doc)
+            e.total = reports.summary_rows(doc)
             _holding(e).update(total=e.total)
         store.write_export(e, doc, progress, hold=lambda: _hold(e))
         e.total = progress.total if progress.total is not None else e.total
@@ -307,7 +307,6 @@ def _fail(e: Export, reason: str, seconds: float | None = None, attempt: bool = 
 
 def document(e: Export):
     """The export's document, rebuilt with the asker's scope as it is now."""
-
     if e.user is None or not e.user.is_active:
         raise JobError("the user who asked for it no longer has an account")
     scope = access.scope_for(e.user)
@@ -424,7 +423,6 @@ def sweep(now: dt.datetime | None = None) -> dict[str, int]:
     Redis would give the task back only after its visibility timeout), or fail them after
     WELKIN_EXPORT_MAX_ATTEMPTS; re-send those still queued long after they were asked for
     (a lost message); and delete the expired ones."""
-
     now = now or timezone.now()
     failed = requeued = rerun = 0
     for e in Export.objects.filter(status=ExportStatus.RUNNING):

@@ -109,7 +109,6 @@ def copy_rows(
     write every range), and commits; the others' ranges, spooled to unnamed temporary
     files, are appended in order. So the file holds exactly what one COPY would, and the
     summary's counts are those of its rows."""
-
     if fmt == "csv":
         body = "FORMAT csv"
         options, header = f"{body}, HEADER", 1

@@ -312,7 +312,7 @@ def _cells(csv: bool) -> list[tuple[str, str]]:
     def text(column: str) -> str:
         if not csv:
             return column
-        # exports.inert in SQL: a leading formula character (after spaces) gets "'".
+        # rules/inert.csv_cell in SQL: a leading formula character (after spaces) gets "'".
         return (
             f"NULLIF(CASE WHEN left(ltrim({column}, ' '), 1) IN ({starts}) "
             f"THEN '''' || {column} ELSE {column} END, '')"

@@ -80,7 +80,6 @@ def add_timestamp(path: Path) -> tuple[bytes | None, str]:
     """Ask the TSA for a token over the manifest file's bytes and keep it beside them; the
     token, or None and why not (no TSA configured: None and ''). Never raises for a TSA
     that is down: the export stands, and the timestamp-pending task asks again."""
-
     if not tsa.configured():
         return None, ""
     try:

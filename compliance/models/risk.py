@@ -91,7 +91,6 @@ class RiskException(models.Model):
     @property
     def control_labels(self) -> list[str]:
         """The controls as shown: 2022 number first, 2013 beside it."""
-
         return [CONTROLS[c].label if c in CONTROLS else c for c in self.controls]
 
 

@@ -95,7 +95,6 @@ def _ts(dt) -> float:
 
 def queue_lengths() -> dict[str, int] | None:
     """Messages waiting per Celery queue, from the broker (None when it does not answer)."""
-
     try:
         with broker_connection() as conn:
             out = {}

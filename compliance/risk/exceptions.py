@@ -238,6 +238,8 @@ def refusal(scope: Scope, e: RiskException, user_id: int, action: str, status: s
     ExceptionError), or None when they may: only a security officer, never on their own
     request (four eyes between persons), approve or reject only what waits for a decision,
     revoke only what is requested or approved. The page's buttons and decide() ask this."""
+    if action not in ("approve", "reject", "revoke"):
+        return ExceptionError("action", "approve, reject or revoke")
     if not scope.can_manage:
         return ExceptionError("user", "only security officers approve, reject or revoke")
     if action in ("approve", "reject"):

@@ -1,1 +1,2 @@
-"""Pure rules: standard library and the leaves only (never Django, never I/O)."""
+"""Pure rules: no Django, no network; the standard library and the parsers welkin-evaluate
+installs (PyYAML, orjson, msgspec). Imports the pure leaves (vocabulary, bounded, workers)."""

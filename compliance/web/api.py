@@ -173,12 +173,10 @@ class FindingSerializer(serializers.ModelSerializer):
 
     def get_controls_2022(self, f) -> list[str]:
         """ISO/IEC 27001:2022 Annex A numbers."""
-
         return list(controls.ids_2022(f.state))
 
     def get_controls_2013(self, f) -> list[str]:
         """The same controls by their 2013 numbers."""
-
         return list(controls.controls_for(f.state))
 
     def get_standing(self, f) -> str | None:

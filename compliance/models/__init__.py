@@ -6,6 +6,7 @@ from compliance.models.choices import (
     ContainerType,
     Decision,
     Evidence,
+    ExportStatus,
     ImageUserSource,
     ScanStatus,
     Source,
@@ -16,7 +17,6 @@ from compliance.models.evidence import (
     AuditEvent,
     AuditHead,
     Export,
-    ExportStatus,
     Sample,
 )
 from compliance.models.fleet import (

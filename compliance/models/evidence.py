@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from compliance import vocabulary
 from compliance.models.choices import (
+    ExportStatus,
     text_choices,
 )
 from compliance.vocabulary import EXPORT_EXTENSIONS
@@ -64,9 +65,6 @@ class AuditHead(models.Model):
 
     def __str__(self) -> str:
         return f"head {self.seq} {self.hash[:12]} at {self.at:%Y-%m-%d %H:%M}"
-
-
-ExportStatus = text_choices("ExportStatus", vocabulary.EXPORT_STATUS)
 
 
 class Export(models.Model):

@@ -77,7 +77,8 @@ def main() -> None:
                 sys.executable,
                 "-c",
                 "from tests.bench import bench_dashboard as b;"
-                "from tests.bench.bench_scan import fresh_database as f; f();"
+                "from tests.bench.bench_scan import fresh_database as f;"
+                'import os; f(os.environ["DATABASE_URL"]);'
                 "import django; django.setup(); b.load(1_000_000, 10_000_000)",
             ],
             cwd=ROOT,

@@ -260,7 +260,7 @@ def main() -> None:
     from tests.bench.bench_scan import fresh_database
 
     if not args.keep:
-        fresh_database(os.environ["DATABASE_URL"])
+        fresh_database(os.environ["DATABASE_URL"], dict(os.environ))
     import django
 
     django.setup()

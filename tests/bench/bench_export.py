@@ -78,7 +78,7 @@ def main() -> None:
                 "-c",
                 "from tests.bench import bench_dashboard as b;"
                 "from tests.bench.bench_scan import fresh_database as f;"
-                'import os; f(os.environ["DATABASE_URL"]);'
+                'import os; f(os.environ["DATABASE_URL"], dict(os.environ));'
                 "import django; django.setup(); b.load(1_000_000, 10_000_000)",
             ],
             cwd=ROOT,

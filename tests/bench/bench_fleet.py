@@ -115,11 +115,8 @@ class Servers:
 
 
 def fresh_database() -> None:
-    saved = dict(os.environ)
-    from tests.bench import bench_scan  # sets bench-scan's own environment when imported
+    from tests.bench import bench_scan
 
-    os.environ.clear()
-    os.environ.update(saved)
     bench_scan.fresh_database(DB, ENV)
 
 

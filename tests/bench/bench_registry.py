@@ -25,8 +25,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=500)
     args = parser.parse_args()
 
-    from tests.bench.bench_scan import fresh_database
+    from tests.bench.bench_scan import fresh_database, use_environment
 
+    use_environment()
     fresh_database()
     import django
 

@@ -48,19 +48,25 @@ ENV = {
     "LOG_LEVEL": "WARNING",
     "WELKIN_REGISTRY_LOOKUPS": "0",
 }
-os.environ.update(
-    {
-        k: ENV[k]
-        for k in (
-            "DATABASE_URL",
-            "CELERY_BROKER_URL",
-            "DEBUG",
-            "CELERY_TASK_ALWAYS_EAGER",
-            "LOG_LEVEL",
-            "WELKIN_REGISTRY_LOOKUPS",
-        )
-    }
-)
+
+
+def use_environment() -> None:
+    """Point this process at bench-scan's database and broker, before django.setup() (not
+    on import: bench-dashboard and bench-export import fresh_database from here and keep
+    their own database)."""
+    os.environ.update(
+        {
+            k: ENV[k]
+            for k in (
+                "DATABASE_URL",
+                "CELERY_BROKER_URL",
+                "DEBUG",
+                "CELERY_TASK_ALWAYS_EAGER",
+                "LOG_LEVEL",
+                "WELKIN_REGISTRY_LOOKUPS",
+            )
+        }
+    )
 
 
 def fresh_database(db: str = DB, env: dict | None = None) -> None:
@@ -308,6 +314,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
+    use_environment()
     fresh_database()
     import django
 

@@ -282,11 +282,13 @@ def decide(scope: Scope, user, pk: int, action: str, comment: str, http_request=
     if action not in ("approve", "reject", "revoke"):
         raise ExceptionError("action", "approve, reject or revoke")
     comment = _text("comment", comment, COMMENT_MAX, required=action != "approve")
-    now = timezone.now()
     with transaction.atomic():
         e = RiskException.objects.select_for_update().filter(pk=pk).first()
         if e is None:
             raise ExceptionError("exception", "no such exception")
+        # The time is read holding the row: one read before could predate a decision that
+        # committed while this one waited for the lock, and judge the exception as it was.
+        now = timezone.now()
         refused = refusal(scope, e, user.pk, action, status_at(e, now))
         if refused is not None:
             raise refused

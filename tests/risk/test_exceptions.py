@@ -487,6 +487,54 @@ def test_concurrent_approve_and_revoke_leave_one_consistent_outcome():
     assert len(outcomes) == 6
 
 
+@pytest.mark.django_db(transaction=True)
+def test_an_approval_whose_clock_was_read_before_a_revocation_does_not_follow_it(monkeypatch):
+    """The interleaving forced: the approver reads the time, then (before it has the row)
+    another officer revokes and commits. Its decision must be taken at a time read under
+    the lock: refused (it is revoked) or, if it got the row first, before the revocation;
+    never an approval after a revocation (history requested -> revoked -> approved)."""
+    scan(T1, {("shop", "a"): (ROOT, "app:1")})
+    officer, officer2, lead, _ = users()
+    e = ask(lead)
+    clock_read, revoked = threading.Event(), threading.Event()
+    real_now = timezone.now
+
+    def now():
+        t = real_now()
+        if threading.current_thread().name == "approver" and not clock_read.is_set():
+            clock_read.set()
+            revoked.wait(2)  # the revocation commits now, unless this thread holds the row
+        return t
+
+    monkeypatch.setattr(timezone, "now", now)
+    results = {}
+
+    def approve():
+        close_old_connections()
+        try:
+            decide(officer, e, "approve", "now")
+            results["approve"] = "done"
+        except exceptions.ExceptionError as error:
+            results["approve"] = str(error)
+        finally:
+            connection.close()
+
+    approver = threading.Thread(target=approve, name="approver")
+    approver.start()
+    assert clock_read.wait(10)
+    try:
+        decide(officer2, e, "revoke", "withdrawn")
+        results["revoke"] = "done"
+    except exceptions.ExceptionError as error:
+        results["revoke"] = str(error)
+    revoked.set()
+    approver.join(30)
+    e.refresh_from_db()
+    actions = [h.action for h in ExceptionEvent.objects.filter(exception=e).order_by("pk")]
+    assert actions in (["requested", "revoked"], ["requested", "approved", "revoked"]), actions
+    assert exceptions.status_at(e) == "revoked"
+
+
 def test_the_exceptions_command_lists_as_a_table(fleet, capsys):
     officer, _, lead, _ = users()
     e = ask(lead, days=10)

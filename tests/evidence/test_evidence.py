@@ -222,6 +222,22 @@ def test_verify_refuses_a_wrong_or_untrusted_token_and_edited_coverage(
     assert code == 1 and "signature is not valid" in out
 
 
+def test_verify_report_fails_when_the_token_of_a_timestamped_manifest_is_missing(
+    login_as, history, tsa_settings
+):
+    """Removing the .tsr must not turn "when did it exist" into silence: the manifest names
+    its TSA, so the token is required unless the auditor says they check without it."""
+    with local_tsa("good") as tsa:
+        tsa_settings(tsa)
+        _, path, manifest = export_as(login_as("auditor"))
+    store.token_path(path).unlink()
+    code, out = verify_report(path)
+    assert code == 1, out
+    assert f"made for the timestamp authority {tsa.url}, and its token is missing" in out
+    code, out = verify_report(path, "--no-require-timestamp")
+    assert code == 0 and "not checked against a timestamp" in out, out
+
+
 def test_a_tsa_that_is_down_does_not_block_an_export_and_the_token_comes_later(
     login_as, history, tsa_settings
 ):

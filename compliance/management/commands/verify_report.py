@@ -20,7 +20,8 @@ def _read(path: str, limit: int, what: str) -> bytes:
 class Command(BaseCommand):
     help = (
         "Check a report against its signed manifest (default: FILE.manifest.json) and the "
-        "timestamp token beside it (FILE.manifest.json.tsr, when present)."
+        "timestamp token beside it (FILE.manifest.json.tsr): required when the manifest "
+        "names a timestamp authority."
     )
 
     def add_arguments(self, parser):
@@ -30,6 +31,13 @@ class Command(BaseCommand):
             "--timestamp",
             metavar="TSR",
             help="the TSA's token (default: MANIFEST.tsr when it exists)",
+        )
+        parser.add_argument(
+            "--no-require-timestamp",
+            action="store_true",
+            help="accept a manifest made for a TSA without its token (checks the file and "
+            "the signature only; by default that is a failure: a token removed hides when "
+            "the report existed)",
         )
         parser.add_argument(
             "--tsa-ca",
@@ -52,6 +60,14 @@ class Command(BaseCommand):
                 )
         except OSError as e:
             raise CommandError(f"{e.filename}: {e.strerror or e}") from None
+        authority = ((result.manifest or {}).get("timestamp") or {}).get("authority")
+        if result.ok and token is None and authority and not options["no_require_timestamp"]:
+            self.stdout.write(
+                f"FAILED: the manifest was made for the timestamp authority {authority}, and "
+                f"its token is missing ({manifest}.tsr): give it with --timestamp TSR, or "
+                "check the file and its signature alone with --no-require-timestamp"
+            )
+            sys.exit(1)
         self.stdout.write(("OK: " if result.ok else "FAILED: ") + result.message)
         if not result.ok:
             sys.exit(1)

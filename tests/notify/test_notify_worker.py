@@ -11,7 +11,7 @@ from compliance import tasks
 from compliance.models.notify import Delivery
 from compliance.notify import outbox
 from tests.builders import T0, Receiver, fleet_snapshot, hook
-from tests.processes import Proc, wait_for
+from tests.processes import Proc, start_worker, wait_for
 from welkin_dash.celery import app
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -25,7 +25,7 @@ def receiver():
     r.stop()
 
 
-def start_worker() -> Proc:
+def notify_worker() -> Proc:
     return start_worker(WELKIN_NOTIFY_TIMEOUT=str(TIMEOUT))
 
 
@@ -34,7 +34,7 @@ def test_a_worker_killed_mid_delivery_leaves_it_to_the_next_once(receiver, setti
     app.control.purge()
     receiver.set("slow", delay=0.9, clear=True)
     hook(receiver)
-    first = start_worker()
+    first = notify_worker()
     try:
         fleet_snapshot(T0)  # its commit queues deliver_due for the worker
         wait_for(receiver.received, 30, every=0.02)
@@ -44,7 +44,7 @@ def test_a_worker_killed_mid_delivery_leaves_it_to_the_next_once(receiver, setti
     d = Delivery.objects.get()
     assert (d.status, d.attempts) == ("sending", 1)
     receiver.set("ok")
-    second = start_worker()
+    second = notify_worker()
     try:
         tasks.deliver_due.delay()
         time.sleep(1)

@@ -215,6 +215,11 @@ AUDIT_ACTION = Vocabulary(
             "Its scans turned on or off, or its schedule changed: what evidence is collected.",
         ),
         Term("scan_now", "Asked for a scan", "A scan of one cluster queued by hand."),
+        Term(
+            "notify_dropped",
+            "Dropped a notification",
+            "A pending delivery whose contact was deleted: nothing was sent.",
+        ),
     ],
 )
 

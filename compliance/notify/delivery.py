@@ -30,6 +30,7 @@ from django.db.models import Q
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from compliance.audit import log as audit
 from compliance.models.notify import Delivery
 from compliance.vocabulary import FAILED, PENDING, SENDING, SENT, STATE, STATES_BY_SEVERITY
 
@@ -387,6 +388,19 @@ def _claim(delivery_id: int) -> Delivery | str:
             return "busy"
         if d.status == PENDING and d.next_attempt_at > now:
             return "not due"
+        if d.destination.startswith("contact:") and d.contact_id is None:
+            # Its contact was deleted: the officer took that destination away.
+            d.status, d.lease_until = FAILED, None
+            d.last_error = "dropped: its contact was deleted; nothing was sent"
+            d.save(update_fields=["status", "lease_until", "last_error"])
+            audit.record(
+                None,
+                "notify_dropped",
+                f"delivery {d.idempotency_key} to a deleted contact",
+                {"delivery": d.pk, "event": d.event.kind, "channel": d.channel},
+                username="",
+            )
+            return FAILED
         d.status, d.attempts = SENDING, d.attempts + 1
         d.lease_until = now + timedelta(seconds=lease_seconds())
         d.save(update_fields=["status", "attempts", "lease_until"])
@@ -404,7 +418,12 @@ def deliver_one(delivery_id: int) -> str:
         m = render(d)
         (send_email if d.channel == "email" else send_webhook)(d, m)
     except DeliveryError as e:
-        final = e.permanent or d.attempts >= settings.WELKIN_NOTIFY_MAX_ATTEMPTS
+        # A test answers the officer who pressed the button, now: never tried again later.
+        final = (
+            e.permanent
+            or d.attempts >= settings.WELKIN_NOTIFY_MAX_ATTEMPTS
+            or d.event.kind == "test"
+        )
         status = FAILED if final else PENDING
         mine.update(
             status=status,

@@ -392,6 +392,31 @@ def test_the_send_a_test_button(db, receiver, client):
     assert b"not sent: attempt 1: the webhook answered HTTP 500" in r.content
 
 
+def test_a_failed_test_message_is_not_tried_again(db, receiver, client):
+    """The button answers the officer now; a retry hours later (after the contact was
+    changed or deleted) would reach a destination nobody is watching."""
+    receiver.set("500", clear=True)
+    c = hook(receiver)
+    client.force_login(builders.make_user("officer"))
+    client.post(f"/settings/contacts/{c.pk}/test/")
+    d = Delivery.objects.get(event__kind="test")
+    assert (d.status, d.attempts) == ("failed", 1)
+    assert d.pk not in delivery.due()
+
+
+def test_a_deleted_contacts_pending_delivery_is_dropped_and_audited(db, receiver):
+    receiver.set("ok", clear=True)
+    c = hook(receiver)
+    fleet_snapshot(T0)
+    d = Delivery.objects.get(contact=c)
+    c.delete()
+    assert delivery.deliver_one(d.pk) == "failed"
+    d.refresh_from_db()
+    assert d.status == "failed" and "contact was deleted" in d.last_error
+    assert receiver.received() == []  # nothing was sent to the address it had
+    assert AuditEvent.objects.filter(action="notify_dropped", scope__delivery=d.pk).exists()
+
+
 @pytest.mark.django_db(transaction=True)
 def test_two_workers_racing_for_one_delivery_send_it_once(receiver):
     receiver.set("slow", delay=0.5, clear=True)

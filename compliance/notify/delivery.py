@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import smtplib
 import time
 from dataclasses import dataclass, field
@@ -283,23 +284,37 @@ def send_email(delivery: Delivery, m: Message) -> None:
         raise DeliveryError(f"SMTP {where}: {type(e).__name__}: {e}") from None
 
 
-def _slack_escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+# Slack has no escape for its markup: a zero-width space on each side of these characters
+# keeps text as it was typed (no bold, italics, strike or code).
+_SLACK_MARKUP = str.maketrans({c: "\u200b" + c + "\u200b" for c in "*_~`"})
+_ZWSP = "\u200b"
+
+
+def _slack_inert(text: str) -> str:
+    """User and cluster text as Slack shows it, inert: the characters Slack reserves
+    escaped as it asks (&, <, >), its markup and the start of a bare link broken by a
+    zero-width space (a reason's *urgent* stays literal; http://evil.example and
+    www.evil.example are not links)."""
+    escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    escaped = escaped.translate(_SLACK_MARKUP).replace("://", ":" + _ZWSP + "//")
+    return re.sub(r"(?i)\bwww\.", lambda m: m.group(0)[:-1] + _ZWSP + ".", escaped)
 
 
 def webhook_body(delivery: Delivery, m: Message, fmt: str) -> bytes:
     if fmt == "slack":
-        lines = [f"*{_slack_escape(m.subject)}*", _slack_escape(m.intro)]
+        lines = [f"*{_slack_inert(m.subject)}*", _slack_inert(m.intro)]
         for s in m.sections:
             lines.append(
-                f"• <{s.link}|{_slack_escape(s.heading)}>"
+                f"• <{s.link}|{_slack_inert(s.heading)}>"
                 if s.link
-                else f"• {_slack_escape(s.heading)}"
+                else f"• {_slack_inert(s.heading)}"
             )
-            lines += [f"    – {_slack_escape(i.text)}" for i in s.items]
+            lines += [f"    – {_slack_inert(i.text)}" for i in s.items]
         if m.link:
             lines.append(f"<{m.link}|Open welkin-dash>")
-        return orjson.dumps({"text": "\n".join(lines)})
+        # No previews of links: a message must not make Slack fetch anything.
+        body = {"text": "\n".join(lines), "unfurl_links": False, "unfurl_media": False}
+        return orjson.dumps(body)
     return orjson.dumps(
         {
             "id": delivery.idempotency_key,

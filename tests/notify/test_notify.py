@@ -317,6 +317,34 @@ def test_webhooks_are_signed_and_scoped(db, receiver):
     assert Delivery.objects.get(contact=s).status == "sent"
 
 
+def test_slack_shows_a_reason_as_typed_without_links_or_previews(db, receiver):
+    """An exception's reason is user text: in Slack it must not turn bold, italic, struck,
+    code, a link or a preview (a webhook body is what Slack renders)."""
+    receiver.set(clear=True)
+    hook(receiver, "slack", namespace="*", name="slack")
+    builders.make_user("officer")
+    reason = "*urgent* _see_ ~old~ `x` http://evil.example www.evil.example <http://a|b> & co"
+    outbox.exception_event(
+        "requested",
+        Cluster.objects.create(name="airgap"),
+        "shop",
+        "airgap/shop",
+        detail=reason,
+        link="/exceptions/1/",
+    )
+    (d,) = Delivery.objects.all()
+    assert delivery.deliver_one(d.pk) == "sent"
+    (got,) = receiver.received()
+    body = got["body"]
+    assert body["unfurl_links"] is False and body["unfurl_media"] is False
+    text = body["text"]
+    for markup in ("*urgent*", "_see_", "~old~", "`x`", "http://", "www.evil", "<http://a|b>"):
+        assert markup not in text, markup
+    # Nothing else changed: without the zero-width spaces, the reason as Slack escapes it.
+    as_typed = reason.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    assert as_typed in text.replace("\u200b", "")
+
+
 def test_down_failing_slow_then_up_is_sent_with_one_key(db, receiver, settings):
     receiver.set(clear=True)
     c = hook(receiver)

@@ -107,8 +107,21 @@ def create(user, fmt: str, doc, kind: str, params: dict[str, Any]) -> Export:
         format=fmt,
         scope=doc.scope,
         at=doc.at,
-        request={"kind": kind, **params},
+        # What the asker saw (access.Scope.key): its files are theirs only while they
+        # still see exactly that (may_download).
+        request={"kind": kind, **params, "viewer": access.scope_for(user).key},
     )
+
+
+def may_download(e: Export, user) -> bool:
+    """Access is checked again at every download, on the page and through the API: the
+    asker, still holding a role, seeing what they saw when they asked (a lead whose
+    namespaces changed, or anyone whose role ended, asks again). Exports made before
+    the viewer was recorded count as the fleet's."""
+    scope = access.scope_for(user)
+    if e.user_id is None or e.user_id != user.pk or scope.role is None:
+        return False
+    return e.request.get("viewer", "fleet") == scope.key
 
 
 def queue(record: Export) -> None:

@@ -5,7 +5,7 @@ import io
 
 import pytest
 
-from compliance.models import AuditEvent, Export
+from compliance.models import AuditEvent, Export, NamespaceGrant
 from tests.builders import T0
 
 # Export jobs run in the request here (tests/evidence/test_export_jobs.py runs them in a worker).
@@ -45,6 +45,25 @@ def test_an_auditor_previews_exports_downloads_and_verifies(login_as, history):
     actions = list(AuditEvent.objects.order_by("pk").values_list("action", flat=True))
     assert actions == ["login", "report_view", "export", "export_done", "verify", "verify"]
     assert AuditEvent.objects.get(action="export_done").content_hash == e.manifest["sha256"]
+
+
+def test_an_export_is_downloadable_only_while_the_asker_sees_what_they_saw(
+    login_as, history
+):
+    c = login_as("lead", ["ops"])
+    c.post("/reports/export/", {"at": AT, "format": "csv"})
+    e = Export.objects.get()
+    url = f"/reports/exports/{e.pk}/"
+    assert c.get(url).status_code == 200
+    lead = e.user
+    lead.namespace_grants.all().delete()  # the grant withdrawn: the file holds ops
+    assert c.get(url).status_code == 404
+    assert c.get(url + "manifest.json").status_code == 404
+    assert AuditEvent.objects.filter(action="denied").exists()
+    NamespaceGrant.objects.create(user=lead, namespace="ops")  # given back
+    assert c.get(url).status_code == 200
+    lead.groups.clear()  # the role ended
+    assert c.get(url).status_code in (403, 404)
 
 
 def _file(name, data):

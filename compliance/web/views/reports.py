@@ -109,7 +109,7 @@ def _path(e: Export):
 
 def _export_for(request, pk) -> Export:
     e = Export.objects.filter(pk=pk, user=request.user).first()
-    if e is None:
+    if e is None or not jobs.may_download(e, request.user):
         raise log.Denied("No such export")
     if e.status != ExportStatus.DONE:
         raise Http404(

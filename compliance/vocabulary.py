@@ -216,6 +216,12 @@ AUDIT_ACTION = Vocabulary(
         ),
         Term("scan_now", "Asked for a scan", "A scan of one cluster queued by hand."),
         Term(
+            "admin_change",
+            "Changed in the admin",
+            "A grant, mapping rule, contact, identity, registry, image user or delivery added, "
+            "changed (which fields) or deleted in the Django admin.",
+        ),
+        Term(
             "notify_dropped",
             "Dropped a notification",
             "A pending delivery whose contact was deleted: nothing was sent.",

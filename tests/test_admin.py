@@ -1,10 +1,11 @@
-"""Clusters added from the Django admin go through the same kubeconfig checks."""
+"""Clusters added from the Django admin go through the same kubeconfig checks; what
+decides access and notifications is audited when changed there."""
 
 import pytest
 import yaml
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from compliance.models import Cluster
+from compliance.models import AuditEvent, Cluster, Contact, NamespaceGrant, OidcIdentity
 from tests.builders import make_user
 
 
@@ -97,3 +98,47 @@ def test_it_validates_namespace_grants(admin):
     )
     assert r.status_code == 302
     assert NamespaceGrant.objects.get().namespace == "team-a-*"
+
+
+@pytest.mark.django_db
+def test_grants_and_contacts_changed_in_the_admin_are_audited(admin):
+    """Who sees what and who hears what change in the admin too: each change is on the
+    audit log (which fields, never their values), and a secret never is."""
+    lead = make_user("lead", username="lead-a")
+    r = admin.post(
+        "/admin/compliance/namespacegrant/add/",
+        {"user": lead.pk, "group": "", "cluster": "", "namespace": "team-a-*"},
+    )
+    assert r.status_code == 302, r.content[:500]
+    grant = NamespaceGrant.objects.get(user=lead)
+    form = {"name": "chat", "channel": "webhook", "email": "", "webhook_format": "json"}
+    form |= {"namespace": "*", "enabled": "on", "secret": "s" * 20, "url": "https://c.example/h"}
+    assert admin.post("/admin/compliance/contact/add/", form).status_code == 302
+    contact = Contact.objects.get()
+    r = admin.post(f"/admin/compliance/namespacegrant/{grant.pk}/delete/", {"post": "yes"})
+    assert r.status_code == 302
+    logged = [
+        (e.scope["model"], e.scope["change"], e.scope["fields"])
+        for e in AuditEvent.objects.filter(action="admin_change").order_by("seq")
+    ]
+    assert logged[0] == ("compliance.namespacegrant", "added", ["namespace", "user"])
+    assert logged[1][:2] == ("compliance.contact", "added") and "secret" in logged[1][2]
+    assert logged[2] == ("compliance.namespacegrant", "deleted", [])
+    assert not any("s" * 20 in str(e.scope) for e in AuditEvent.objects.all())
+    assert AuditEvent.objects.get(
+        scope__change="added", scope__model="compliance.contact"
+    ).target == (f"contact {contact.pk}")
+
+
+@pytest.mark.django_db
+def test_deliveries_and_provider_identities_cannot_be_deleted_in_the_admin(admin):
+    from compliance.models.notify import Delivery, OutboxEvent
+
+    event = OutboxEvent.objects.create(kind="test", payload={"namespaces": {}})
+    d = Delivery.objects.create(event=event, destination="x", channel="email", address="a@b.c")
+    r = admin.post(f"/admin/compliance/delivery/{d.pk}/delete/", {"post": "yes"})
+    assert r.status_code == 403 and Delivery.objects.filter(pk=d.pk).exists()
+    user = make_user("officer", username="sso-officer")
+    identity = OidcIdentity.objects.create(user=user, issuer="https://idp.example", subject="x")
+    r = admin.post(f"/admin/compliance/oidcidentity/{identity.pk}/delete/", {"post": "yes"})
+    assert r.status_code == 403 and OidcIdentity.objects.filter(pk=identity.pk).exists()

@@ -3,6 +3,7 @@
 from django import forms
 from django.contrib import admin
 
+from compliance.admin.audited import AuditedAdmin
 from compliance.collect import clusters
 from compliance.models import (
     Cluster,
@@ -161,13 +162,13 @@ class RegistryForm(WriteOnlySecret, forms.ModelForm):
 
 
 @admin.register(Registry)
-class RegistryAdmin(admin.ModelAdmin):
+class RegistryAdmin(AuditedAdmin):
     form = RegistryForm
     list_display = ["host", "username", "plain_http"]
 
 
 @admin.register(ImageUserOverride)
-class ImageUserOverrideAdmin(admin.ModelAdmin):
+class ImageUserOverrideAdmin(AuditedAdmin):
     list_display = ["pattern", "user", "note", "created_at"]
     search_fields = ["pattern", "note"]
 
@@ -186,7 +187,7 @@ class ImageCacheAdmin(admin.ModelAdmin):
 
 
 @admin.register(NamespaceGrant)
-class NamespaceGrantAdmin(admin.ModelAdmin):
+class NamespaceGrantAdmin(AuditedAdmin):
     list_display = ["user", "group", "cluster", "namespace"]
     list_filter = ["cluster", "group"]
     search_fields = ["namespace", "user__username", "group__name"]

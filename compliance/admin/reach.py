@@ -4,26 +4,30 @@ and the outbox (read-only)."""
 from django import forms
 from django.contrib import admin
 
+from compliance.admin.audited import AuditedAdmin
 from compliance.admin.fleet import WriteOnlySecret
 from compliance.models.identity import GroupMapping, OidcIdentity
 from compliance.models.notify import Contact, Delivery
 
 
 @admin.register(GroupMapping)
-class GroupMappingAdmin(admin.ModelAdmin):
+class GroupMappingAdmin(AuditedAdmin):
     list_display = ["claim", "value", "role", "cluster", "namespace", "note"]
     list_filter = ["claim", "role"]
     search_fields = ["value", "namespace", "note"]
 
 
 @admin.register(OidcIdentity)
-class OidcIdentityAdmin(admin.ModelAdmin):
+class OidcIdentityAdmin(AuditedAdmin):
     list_display = ["user", "issuer", "subject", "last_login_at"]
     search_fields = ["user__username", "subject"]
     readonly_fields = ["user", "issuer", "subject", "last_login_at", "claims"]
 
     def has_add_permission(self, request):
         return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # who a provider account is stays on record
 
 
 class ContactForm(WriteOnlySecret, forms.ModelForm):
@@ -58,14 +62,14 @@ class ContactForm(WriteOnlySecret, forms.ModelForm):
 
 
 @admin.register(Contact)
-class ContactAdmin(admin.ModelAdmin):
+class ContactAdmin(AuditedAdmin):
     form = ContactForm
     list_display = ["name", "channel", "email", "url", "cluster", "namespace", "enabled"]
     list_filter = ["channel", "enabled"]
 
 
 @admin.register(Delivery)
-class DeliveryAdmin(admin.ModelAdmin):
+class DeliveryAdmin(AuditedAdmin):
     list_display = [
         "event",
         "destination",
@@ -77,6 +81,9 @@ class DeliveryAdmin(admin.ModelAdmin):
     ]
     list_filter = ["status", "channel"]
     readonly_fields = [f.name for f in Delivery._meta.fields]
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # what was sent, or failed, is evidence
 
     def has_add_permission(self, request):
         return False

@@ -47,9 +47,7 @@ def test_an_auditor_previews_exports_downloads_and_verifies(login_as, history):
     assert AuditEvent.objects.get(action="export_done").content_hash == e.manifest["sha256"]
 
 
-def test_an_export_is_downloadable_only_while_the_asker_sees_what_they_saw(
-    login_as, history
-):
+def test_an_export_is_downloadable_only_while_the_asker_sees_what_they_saw(login_as, history):
     c = login_as("lead", ["ops"])
     c.post("/reports/export/", {"at": AT, "format": "csv"})
     e = Export.objects.get()

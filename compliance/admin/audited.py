@@ -1,0 +1,41 @@
+"""Admin changes that decide who sees what, who hears what, and how images are judged
+(grants, mapping rules, contacts, identities, registries, image users, deliveries) are
+written to the audit log: added, changed (the fields, never their values) or deleted."""
+
+from django.contrib import admin
+
+from compliance.audit import log
+
+
+class AuditedAdmin(admin.ModelAdmin):
+    def _record(self, request, obj, change: str, fields=()) -> None:
+        opts = obj._meta
+        log.record(
+            request,
+            "admin_change",
+            f"{opts.model_name} {obj.pk}",
+            {
+                "model": opts.label_lower,
+                "id": obj.pk,
+                "change": change,
+                "fields": sorted(fields),
+                "object": str(obj)[:200],
+            },
+        )
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        self._record(request, obj, "changed" if change else "added", form.changed_data)
+
+    def delete_model(self, request, obj):
+        pk = obj.pk
+        super().delete_model(request, obj)
+        obj.pk = pk
+        self._record(request, obj, "deleted")
+
+    def delete_queryset(self, request, queryset):
+        gone = list(queryset)
+        super().delete_queryset(request, queryset)
+        for obj, pk in ((o, o.pk) for o in gone):
+            obj.pk = pk
+            self._record(request, obj, "deleted")

@@ -1,8 +1,10 @@
 """A webhook receiver for the notification tests, in its own process
 (`python -m tests.webhook_receiver SECRET`; it prints `listening on PORT`).
 
-It checks each request's HMAC-SHA256 signature (X-Welkin-Signature over
-"<X-Welkin-Timestamp>.<body>") and keeps every request it got. POST /control sets how it
+It checks each request as the README's receiver does: the HMAC-SHA256 signature
+(X-Welkin-Signature over "<X-Welkin-Timestamp>.<X-Welkin-Delivery>.<X-Welkin-Event>.<body>")
+and the timestamp's freshness (5 minutes), and keeps every request it got, with its
+headers (a test replays one). POST /control sets how it
 answers: ok, 500, 410, or slow (sleeps `delay` seconds before answering 200). GET /received
 lists what came: the delivery id, the event, whether the signature was right, the body,
 and whether the delivery id was new (a receiver drops repeats by that id).
@@ -56,24 +58,27 @@ class Handler(BaseHTTPRequestHandler):
                     self.seen.clear()
             return self._reply(200)
         timestamp = self.headers.get("X-Welkin-Timestamp", "")
-        expected = (
-            "sha256="
-            + hmac.new(self.secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-        )
         delivery = self.headers.get("X-Welkin-Delivery", "")
+        event = self.headers.get("X-Welkin-Event", "")
+        signed = f"{timestamp}.{delivery}.{event}.".encode() + body
+        expected = "sha256=" + hmac.new(self.secret, signed, hashlib.sha256).hexdigest()
+        fresh = timestamp.isdigit() and abs(time.time() - int(timestamp)) <= 300
         with self.lock:
             answer, delay = self.mode["answer"], float(self.mode.get("delay", 0))
             self.received.append(
                 {
                     "path": self.path,
                     "delivery": delivery,
-                    "event": self.headers.get("X-Welkin-Event", ""),
+                    "event": event,
                     "signed": hmac.compare_digest(
                         self.headers.get("X-Welkin-Signature", ""), expected
                     ),
+                    "fresh": fresh,
+                    "headers": {k: v for k, v in self.headers.items() if k.startswith("X-")},
                     "new": delivery not in self.seen,
                     "answer": answer,
                     "body": json.loads(body),
+                    "raw": body.decode(),
                 }
             )
             if answer != "500":

@@ -60,6 +60,18 @@ class ContactForm(WriteOnlySecret, forms.ModelForm):
             raise forms.ValidationError("at least 16 characters")
         return value
 
+    def clean(self):
+        data = super().clean()
+        new = self.instance.pk is None
+        has_own = bool(data.get("secret")) or (
+            not new and self.instance.secret_encrypted and not data.get("clear_secret")
+        )
+        if data.get("channel") == "webhook" and new and not has_own:
+            # With the shared WELKIN_WEBHOOK_SECRET, any receiver could sign messages that
+            # the others take for welkin-dash's.
+            self.add_error("secret", "a new webhook needs its own secret (16 characters or more)")
+        return data
+
 
 @admin.register(Contact)
 class ContactAdmin(AuditedAdmin):

@@ -329,12 +329,12 @@ def webhook_body(delivery: Delivery, m: Message, fmt: str) -> bytes:
     )
 
 
-def signature(secret: str, timestamp: str, body: bytes) -> str:
-    """HMAC-SHA256 of "<timestamp>.<body>" under the destination's secret (README)."""
-    return (
-        "sha256="
-        + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    )
+def signature(secret: str, timestamp: str, delivery_id: str, event: str, body: bytes) -> str:
+    """HMAC-SHA256 of "<timestamp>.<delivery id>.<event>.<body>" under the destination's
+    secret (README): the headers a receiver acts on are signed with the body, so a request
+    replayed with another delivery id (past its dedupe) or event is refused."""
+    signed = f"{timestamp}.{delivery_id}.{event}.".encode() + body
+    return "sha256=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
 
 
 def send_webhook(delivery: Delivery, m: Message) -> None:
@@ -351,7 +351,9 @@ def send_webhook(delivery: Delivery, m: Message) -> None:
     }
     secret = contact.secret if contact else settings.WELKIN_WEBHOOK_SECRET
     if secret:
-        headers["X-Welkin-Signature"] = signature(secret, timestamp, body)
+        headers["X-Welkin-Signature"] = signature(
+            secret, timestamp, delivery.idempotency_key, delivery.event.kind, body
+        )
     elif fmt == "json":
         raise DeliveryError(
             "no HMAC secret for this webhook (set one, or WELKIN_WEBHOOK_SECRET)", True

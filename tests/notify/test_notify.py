@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 from django.contrib.auth.models import Group
 from django.db import connection
 
@@ -345,6 +346,30 @@ def test_slack_shows_a_reason_as_typed_without_links_or_previews(db, receiver):
     assert as_typed in text.replace("\u200b", "")
 
 
+def test_a_replayed_webhook_with_another_id_or_event_fails_its_signature(db, receiver):
+    """The delivery id and the event a receiver dedupes and acts on are signed with the
+    body: a captured request sent again under a new id (past the receiver's dedupe) or as
+    another event does not verify; the original does, and is fresh."""
+    receiver.set(clear=True)
+    hook(receiver)
+    fleet_snapshot(T0)
+    (d,) = Delivery.objects.all()
+    assert delivery.deliver_one(d.pk) == "sent"
+    (got,) = receiver.received()
+    assert got["signed"] and got["fresh"]
+    body = got["raw"].encode()
+    for header, value in (
+        ("X-Welkin-Delivery", got["delivery"]),  # the same request again: it verifies
+        ("X-Welkin-Delivery", "welkin-other"),
+        ("X-Welkin-Event", "test"),
+    ):
+        replay = {**got["headers"], header: value, "Content-Type": "application/json"}
+        requests.post(receiver.url + "/hook", data=body, headers=replay, timeout=5)
+    first, *replays = receiver.received()
+    assert [r["signed"] for r in replays] == [True, False, False]
+    assert [r["new"] for r in replays] == [False, True, False]  # a new id passes the dedupe
+
+
 def test_down_failing_slow_then_up_is_sent_with_one_key(db, receiver, settings):
     receiver.set(clear=True)
     c = hook(receiver)
@@ -478,6 +503,18 @@ def test_the_admin_keeps_webhook_secrets_encrypted_and_refuses_bad_urls(admin_cl
     assert r.status_code == 302
     c = Contact.objects.get()
     assert c.secret == "s" * 20 and b"s" * 20 not in bytes(c.secret_encrypted)
+
+
+def test_a_new_webhook_needs_its_own_secret_and_a_shared_one_is_flagged(admin_client):
+    form = {"name": "chat", "channel": "webhook", "email": "", "webhook_format": "json"}
+    form |= {"namespace": "*", "enabled": "on", "url": "https://chat.example/h"}
+    r = admin_client.post("/admin/compliance/contact/add/", form)
+    assert r.status_code == 200 and b"a new webhook needs its own secret" in r.content
+    assert not Contact.objects.exists()
+    # One made before secrets were required signs with WELKIN_WEBHOOK_SECRET: flagged.
+    Contact.objects.create(name="old", channel="webhook", url="https://chat.example/o")
+    page = admin_client.get("/settings/")
+    assert b"shared secret" in page.content
 
 
 def test_the_settings_page_needs_few_queries(db, client, django_assert_max_num_queries):

@@ -154,7 +154,7 @@ class Handler(BaseHTTPRequestHandler):
             "iat": now,
             "exp": now + 300,
             "nonce": grant["nonce"],
-            "preferred_username": grant["user"],
+            "preferred_username": user.get("preferred_username", grant["user"]),
             "email": user.get("email", ""),
             "email_verified": user.get("email_verified", True),
             "groups": user.get("groups", []),

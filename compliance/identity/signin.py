@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+import unicodedata
 from dataclasses import dataclass, field
 
 from axes.backends import AxesStandaloneBackend
@@ -29,7 +30,7 @@ from compliance.params import BadParameter, clean_text
 
 # Bounds on what a provider's token may bring in (every claim is hostile).
 MAX_CLAIM_VALUES = 500
-_USERNAME_RE = re.compile(r"[^\w.@+-]")
+_USERNAME_RE = re.compile(r"[^\w.@+-]", re.ASCII)
 RANK = {access.OFFICER: 3, access.AUDITOR: 2, access.LEAD: 1}
 
 
@@ -167,8 +168,13 @@ def mapped_access(claims: Claims) -> Access:
 
 
 def _username(claims: Claims) -> str:
-    base = _USERNAME_RE.sub("-", claims.username or claims.email or claims.subject)[:120]
-    if base and not User.objects.filter(username=base).exists():
+    """An ASCII user name from the provider's. One that had to change to become ASCII
+    (josé, a Cyrillic о in "оfficer", an invisible character), or is taken, gets a tag of
+    the account: it never reads as another person's name."""
+    wanted = claims.username or claims.email or claims.subject
+    ascii_ = unicodedata.normalize("NFKD", wanted).encode("ascii", "ignore").decode()
+    base = _USERNAME_RE.sub("-", ascii_)[:120]
+    if base and base == wanted and not User.objects.filter(username=base).exists():
         return base
     tag = hashlib.sha256(f"{claims.issuer}\0{claims.subject}".encode()).hexdigest()[:10]
     return f"{base or 'sso'}-{tag}"
@@ -184,19 +190,25 @@ def user_for(claims: Claims) -> tuple[User, Access]:
         .filter(issuer=claims.issuer, subject=claims.subject)
         .first()
     )
+    granted = mapped_access(claims)
+    # Only a verified e-mail is where notifications go: an unverified claim is anyone's.
+    email = claims.email if claims.email_verified else ""
     if identity is None:
-        user = User(username=_username(claims), email=claims.email)
+        if granted.role is None:
+            # No rule matches: no account is made for a stranger (an unsaved one, named
+            # for the refusal page and the audit log).
+            return User(username=_username(claims)), granted
+        user = User(username=_username(claims), email=email)
         user.set_unusable_password()
         user.save()
         identity = OidcIdentity(user=user, issuer=claims.issuer, subject=claims.subject)
     user = identity.user
-    if claims.email and user.email != claims.email:
-        user.email = claims.email
+    if email and user.email != email:
+        user.email = email
         user.save(update_fields=["email"])
     identity.last_login_at = timezone.now()
     identity.claims = claims.summary()
     identity.save()
-    granted = mapped_access(claims)
     role_groups = {g.name: g for g in Group.objects.filter(name__in=access.ROLES)}
     user.groups.remove(*role_groups.values())
     if granted.role:

@@ -71,6 +71,11 @@ def sso(provider, settings, db):
     settings.WELKIN_OIDC_CLIENT_SECRET = CLIENT_SECRET
     provider.control(mode="")
     provider.control(user="alice", set={"groups": ["team-a"]})
+    # As configured: a test may have changed them.
+    provider.control(
+        user="bob", set={"email": "bob@corp.example", "preferred_username": "bob", "groups": []}
+    )
+    provider.control(user="mallory", set={"groups": []})
     GroupMapping.objects.create(claim="groups", value="platform", role=access.OFFICER)
     GroupMapping.objects.create(
         claim="groups", value="team-a", role=access.LEAD, namespace="team-a-*"
@@ -262,3 +267,24 @@ def test_a_provider_account_never_takes_over_a_local_account(client, sso):
     sso_user = User.objects.get(oidc__subject="alice")
     assert sso_user.pk != local.pk and sso_user.username.startswith("alice-")
     assert access.scope_for(local).role == access.AUDITOR  # untouched
+
+
+def test_a_stranger_gets_no_account_and_names_are_ascii(client, sso):
+    """No rule matches: refused, and no user row is made. A provider name that reads as
+    another person's (a Cyrillic о) becomes ASCII with the account's tag."""
+    before = User.objects.count()
+    sso.control(user="bob", set={"email": "bob@elsewhere.example"})  # no rule matches
+    r = sign_in(client, "bob")
+    assert r.status_code == 403 and User.objects.count() == before
+    assert AuditEvent.objects.filter(action="sso_denied").exists()
+    sso.control(user="bob", set={"email": "bob@corp.example", "preferred_username": "\u043efficer"})
+    assert sign_in(client, "bob").status_code == 302
+    user = User.objects.get(oidc__subject="bob")
+    assert user.username.isascii() and user.username != "officer"
+    assert user.username.startswith("fficer-")
+
+
+def test_an_unverified_email_is_not_where_notifications_go(client, sso):
+    sso.control(user="mallory", set={"groups": ["team-a"]})  # matched by group, not domain
+    assert sign_in(client, "mallory").status_code == 302
+    assert User.objects.get(oidc__subject="mallory").email == ""

@@ -1,6 +1,7 @@
 """Shared fixtures: the personas (officer, auditor, lead, outsider), a fake API server over
 HTTPS with a cluster registered against it, a history of snapshots, fast password hashing."""
 
+import ipaddress
 import os
 
 import pytest
@@ -17,6 +18,13 @@ def no_registry_lookups(request, settings):
     """Tests reach only registries they start themselves (mark: uses_registry)."""
     if "uses_registry" not in request.keywords:
         settings.WELKIN_REGISTRY_LOOKUPS = False
+
+
+@pytest.fixture(autouse=True)
+def webhooks_to_loopback(settings):
+    """The tests' webhook receivers listen on 127.0.0.1: allowed here, as an operator
+    would allow an in-house server (tests/notify/test_outbound.py checks the default)."""
+    settings.WELKIN_WEBHOOK_ALLOWED_NETWORKS = [ipaddress.ip_network("127.0.0.0/8")]
 
 
 @pytest.fixture

@@ -37,6 +37,7 @@ def env_for(**extra):
         # Small pages: a few dozen pods make many pages, so a kill lands mid-list.
         "WELKIN_PAGE_LIMIT": "4",
         "WELKIN_REGISTRY_LOOKUPS": "0",
+        "WELKIN_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",  # the receivers'
         "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:"
         f"{db['PORT'] or 5432}/{db['NAME']}",
         **extra,

@@ -112,7 +112,7 @@ def test_grants_and_contacts_changed_in_the_admin_are_audited(admin):
     assert r.status_code == 302, r.content[:500]
     grant = NamespaceGrant.objects.get(user=lead)
     form = {"name": "chat", "channel": "webhook", "email": "", "webhook_format": "json"}
-    form |= {"namespace": "*", "enabled": "on", "secret": "s" * 20, "url": "https://c.example/h"}
+    form |= {"namespace": "*", "enabled": "on", "secret": "s" * 20, "url": "https://localhost/c"}
     assert admin.post("/admin/compliance/contact/add/", form).status_code == 302
     contact = Contact.objects.get()
     r = admin.post(f"/admin/compliance/namespacegrant/{grant.pk}/delete/", {"post": "yes"})

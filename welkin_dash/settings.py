@@ -540,6 +540,9 @@ WELKIN_NOTIFY_MAX_ATTEMPTS = env_int("WELKIN_NOTIFY_MAX_ATTEMPTS", 8, minimum=1)
 WELKIN_NOTIFY_BACKOFF_SECONDS = env_int("WELKIN_NOTIFY_BACKOFF_SECONDS", 30, minimum=1)
 # A cluster without a complete scan for this long is reported to the officers.
 WELKIN_NOTIFY_STALE_SECONDS = env_int("WELKIN_NOTIFY_STALE_SECONDS", 6 * 3600, minimum=60)
+# Webhooks go to public addresses only; these networks (CIDRs) are allowed as well (an
+# in-house chat server on a private network, say). Never the metadata service by default.
+WELKIN_WEBHOOK_ALLOWED_NETWORKS = env_networks("WELKIN_WEBHOOK_ALLOWED_NETWORKS", [])
 # The key that signs generic webhooks whose destination has no secret of its own.
 WELKIN_WEBHOOK_SECRET = env_str("WELKIN_WEBHOOK_SECRET", "") or ""
 if WELKIN_WEBHOOK_SECRET and len(WELKIN_WEBHOOK_SECRET) < 16:

@@ -8,6 +8,7 @@ from compliance.admin.audited import AuditedAdmin
 from compliance.admin.fleet import WriteOnlySecret
 from compliance.models.identity import GroupMapping, OidcIdentity
 from compliance.models.notify import Contact, Delivery
+from compliance.notify import outbound
 
 
 @admin.register(GroupMapping)
@@ -66,6 +67,11 @@ class ContactForm(WriteOnlySecret, forms.ModelForm):
         has_own = bool(data.get("secret")) or (
             not new and self.instance.secret_encrypted and not data.get("clear_secret")
         )
+        if data.get("channel") == "webhook" and data.get("url"):
+            try:
+                outbound.resolve(data["url"])
+            except outbound.Refused as e:
+                self.add_error("url", str(e))
         if data.get("channel") == "webhook" and new and not has_own:
             # With the shared WELKIN_WEBHOOK_SECRET, any receiver could sign messages that
             # the others take for welkin-dash's.

@@ -33,6 +33,7 @@ from django.utils import timezone
 
 from compliance.audit import log as audit
 from compliance.models.notify import Delivery
+from compliance.notify import outbound
 from compliance.vocabulary import FAILED, PENDING, SENDING, SENT, STATE, STATES_BY_SEVERITY
 
 log = logging.getLogger(__name__)
@@ -359,13 +360,15 @@ def send_webhook(delivery: Delivery, m: Message) -> None:
             "no HMAC secret for this webhook (set one, or WELKIN_WEBHOOK_SECRET)", True
         )
     try:
-        r = requests.post(
+        r = outbound.post(
             delivery.address,
             data=body,
             headers=headers,
             timeout=settings.WELKIN_NOTIFY_TIMEOUT,
             allow_redirects=False,
         )
+    except outbound.Refused as e:
+        raise DeliveryError(str(e), permanent=True) from None
     except requests.Timeout:
         raise DeliveryError(f"no answer within {settings.WELKIN_NOTIFY_TIMEOUT} s") from None
     except requests.RequestException as e:

@@ -113,8 +113,11 @@ def destinations(where: list[tuple[int, str, str]] | None) -> dict[str, _Dest]:
         ):
             for uid in [user_id] if user_id else members.get(group_id, []):
                 rules[uid].append((cluster_id, glob))
+        # Grants count for team leads only, as on the pages: a leftover grant of someone
+        # whose role ended (or who never had one) tells them nothing.
+        leads = {pk for pk, role in access.roles_of(rules).items() if role == access.LEAD}
         emails = dict(
-            User.objects.filter(pk__in=list(rules), is_active=True)
+            User.objects.filter(pk__in=leads, is_active=True)
             .exclude(email="")
             .values_list("pk", "email")
         )

@@ -289,6 +289,19 @@ def test_it_mails_plain_text_and_html_once(owners, mail_on):
     assert "ops" not in parts["text/plain"]  # the lead hears about their namespace only
 
 
+def test_a_leftover_grant_without_a_role_hears_nothing(owners, settings):
+    """Owners are who the pages say: a grant counts for a team lead only. Someone whose
+    role ended keeps neither the findings mails nor the digest."""
+    settings.EMAIL_HOST = "mail.example"  # e-mail on: owners are worked out (nothing sent)
+    stray = builders.make_user("outsider", ["shop"], username="stray")
+    stray.email = "stray@example.com"
+    stray.save()
+    fleet_snapshot(T0)
+    outbox.weekly_digest(T0)
+    told = set(Delivery.objects.values_list("destination", flat=True))
+    assert f"user:{owners['lead'].pk}" in told and f"user:{stray.pk}" not in told
+
+
 def test_the_mail_server_down_is_retried(owners, settings):
     settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port()
     fleet_snapshot(T0)

@@ -64,7 +64,8 @@ def test_an_export_is_written_by_a_worker_and_followed_on_the_page_and_the_api(
     assert r.status_code == 302 and r["Location"] == "/reports/#exports"
     e = Export.objects.get()
     # The request only saved and queued it: the worker writes it.
-    assert e.request == {"kind": "report", "cluster": "", "namespace": ""}
+    # (and what its asker sees, which every download checks again)
+    assert e.request == {"kind": "report", "cluster": "", "namespace": "", "viewer": "fleet"}
     e = wait_for(lambda: Export.objects.filter(pk=e.pk, status="done").first())
     # A CSV is not counted first (no summary needed): rows so far, no total.
     assert e.rows == 2 and e.total is None and e.worker.endswith(tuple("0123456789"))

@@ -510,9 +510,7 @@ def test_the_admin_keeps_webhook_secrets_encrypted_and_refuses_bad_urls(admin_cl
     form |= {"namespace": "team-*", "enabled": "on", "secret": "s" * 20}
     r = admin_client.post("/admin/compliance/contact/add/", form | {"url": "file:///etc/passwd"})
     assert r.status_code == 200 and b"http:// or https://" in r.content
-    r = admin_client.post(
-        "/admin/compliance/contact/add/", form | {"url": "https://localhost/h"}
-    )
+    r = admin_client.post("/admin/compliance/contact/add/", form | {"url": "https://localhost/h"})
     assert r.status_code == 302
     c = Contact.objects.get()
     assert c.secret == "s" * 20 and b"s" * 20 not in bytes(c.secret_encrypted)

@@ -12,6 +12,7 @@ from compliance.collect.scanning import scan_cluster_task as scan_cluster
 from compliance.evidence.jobs import export, sweep_exports
 from compliance.evidence.pending import timestamp_pending_task as timestamp_pending
 from compliance.evidence.retention import prune_task as prune
+from compliance.identity.signin import expire_sso_access
 from compliance.notify.delivery import deliver, deliver_due
 from compliance.notify.outbox import notify_stale_clusters_task as notify_stale_clusters
 from compliance.notify.outbox import weekly_digest_task as weekly_digest
@@ -21,6 +22,7 @@ __all__ = [
     "deliver",
     "deliver_due",
     "enqueue_due_scans",
+    "expire_sso_access",
     "export",
     "notify_exceptions_ending",
     "notify_stale_clusters",

@@ -203,6 +203,12 @@ AUDIT_ACTION = Vocabulary(
         Term("lockout", "Locked out", "Too many failed logins for a user name or address."),
         Term("sso_denied", "Signed in, no access", "Single sign-on matched no mapping rule."),
         Term("sso_failed", "Failed sign-on", "The provider's answer was refused or absent."),
+        Term(
+            "sso_expired",
+            "Single sign-on access ended",
+            "A provider account not seen for WELKIN_SSO_ACCESS_SECONDS lost its role and "
+            "grants (its next sign-in maps them again).",
+        ),
         Term("notify_test", "Sent a test notification"),
         Term("audit_head", "Signed the audit log's head", "The daily signature of the chain."),
         Term("audit_verify", "Checked the audit log's chain"),

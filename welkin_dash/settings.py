@@ -320,6 +320,11 @@ WELKIN_OIDC_NAME = env_str("WELKIN_OIDC_NAME", "single sign-on")
 WELKIN_OIDC_GROUPS_CLAIM = env_str("WELKIN_OIDC_GROUPS_CLAIM", "groups")
 WELKIN_OIDC_ROLES_CLAIM = env_str("WELKIN_OIDC_ROLES_CLAIM", "roles")
 WELKIN_OIDC_TIMEOUT = env_int("WELKIN_OIDC_TIMEOUT", 10, minimum=1)
+# A provider account not seen (signed in) for this long loses its role and grants at the
+# next hourly sweep: nothing else tells us someone left. Its next sign-in maps them again.
+WELKIN_SSO_ACCESS_SECONDS = env_int(
+    "WELKIN_SSO_ACCESS_SECONDS", WELKIN_SESSION_MAX_SECONDS, minimum=60
+)
 # Local passwords: off for everyone except the superusers named here.
 WELKIN_LOCAL_LOGIN = env_bool("WELKIN_LOCAL_LOGIN", True)
 WELKIN_LOCAL_LOGIN_USERS = env_list("WELKIN_LOCAL_LOGIN_USERS", [])
@@ -564,6 +569,11 @@ CELERY_BEAT_SCHEDULE.update(
         },
         "exceptions-ending": {
             "task": "compliance.tasks.notify_exceptions_ending",
+            "schedule": 3600.0,
+            "options": {"expires": 3240},
+        },
+        "expire-sso-access": {
+            "task": "compliance.tasks.expire_sso_access",
             "schedule": 3600.0,
             "options": {"expires": 3240},
         },

@@ -8,6 +8,7 @@ this module only turns its verified claims into a user."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import re
 import time
@@ -15,6 +16,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from axes.backends import AxesStandaloneBackend
+from celery import shared_task
 from django.conf import settings
 from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.models import Group, User
@@ -22,6 +24,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from compliance.audit import log
 from compliance.identity import access
 from compliance.models import NamespaceGrant
 from compliance.models.identity import VALUE_MAX, GroupMapping, OidcIdentity
@@ -221,6 +224,45 @@ def user_for(claims: Claims) -> tuple[User, Access]:
         for c, ns in sorted(granted.grants, key=str)
     )
     return user, granted
+
+
+def expire_idle(now=None) -> int:
+    """Provider accounts not seen for WELKIN_SSO_ACCESS_SECONDS lose their role and grants
+    (audited): a leaver never signs in again, and only a sign-in tells what the provider
+    says now. Their next sign-in maps them again. Returns how many lost access."""
+    now = now or timezone.now()
+    cutoff = now - dt.timedelta(seconds=settings.WELKIN_SSO_ACCESS_SECONDS)
+    ended = 0
+    idle = OidcIdentity.objects.filter(last_login_at__lt=cutoff).select_related("user")
+    for identity in idle.iterator():
+        user = identity.user
+        with transaction.atomic():
+            roles = list(user.groups.filter(name__in=access.ROLES).values_list("name", flat=True))
+            grants = NamespaceGrant.objects.filter(user=user)
+            if not roles and not grants.exists():
+                continue
+            user.groups.remove(*Group.objects.filter(name__in=roles))
+            removed = grants.count()
+            grants.delete()
+            log.record(
+                None,
+                "sso_expired",
+                f"user {user.pk}",
+                {
+                    "roles": roles,
+                    "grants": removed,
+                    "last_seen": identity.last_login_at.isoformat(),
+                },
+                username=user.get_username(),
+            )
+            ended += 1
+    return ended
+
+
+@shared_task(name="compliance.tasks.expire_sso_access")
+def expire_sso_access() -> int:
+    """Beat, hourly: end the access of provider accounts not seen for a while."""
+    return expire_idle()
 
 
 # --- the provider ---------------------------------------------------------------------

@@ -2,6 +2,7 @@
 (tests/oidcprovider.py, over HTTP on 127.0.0.1): login, group mapping, a group taken away,
 tokens that must be refused, the provider down, logout, and passwords switched off."""
 
+import datetime as dt
 import json
 import socket
 import time
@@ -12,12 +13,15 @@ import pytest
 import requests
 from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
+from compliance import tasks  # noqa: F401 - registers every task
 from compliance.identity import access, sessions, signin
 from compliance.models import AuditEvent, NamespaceGrant
 from compliance.models.identity import GroupMapping, OidcIdentity
 from tests import builders
 from tests.processes import listener
+from welkin_dash.celery import app
 
 CLIENT_ID, CLIENT_SECRET = "welkin", "client-secret-for-tests"
 
@@ -288,3 +292,32 @@ def test_an_unverified_email_is_not_where_notifications_go(client, sso):
     sso.control(user="mallory", set={"groups": ["team-a"]})  # matched by group, not domain
     assert sign_in(client, "mallory").status_code == 302
     assert User.objects.get(oidc__subject="mallory").email == ""
+
+
+def test_a_provider_account_not_seen_for_a_while_loses_its_access(client, sso, settings):
+    """A leaver never signs in again: the hourly sweep ends the access of accounts not
+    seen for WELKIN_SSO_ACCESS_SECONDS (audited); a sign-in maps them again."""
+    settings.WELKIN_SSO_ACCESS_SECONDS = 3600
+    sign_in(client, "alice")
+    client.post("/logout/")
+    sign_in(client, "bob")
+    alice = User.objects.get(oidc__subject="alice")
+    bob = User.objects.get(oidc__subject="bob")
+    OidcIdentity.objects.filter(user=alice).update(
+        last_login_at=timezone.now() - dt.timedelta(hours=2)
+    )
+    assert signin.expire_idle() == 1
+    assert access.scope_for(User.objects.get(pk=alice.pk)).role is None
+    assert not NamespaceGrant.objects.filter(user=alice).exists()
+    assert access.scope_for(User.objects.get(pk=bob.pk)).role == access.AUDITOR
+    event = AuditEvent.objects.get(action="sso_expired")
+    assert event.username == alice.username and event.scope["roles"] == [access.LEAD]
+    assert signin.expire_idle() == 0  # nothing left to end
+    client.post("/logout/")
+    assert sign_in(client, "alice").status_code == 302  # mapped again
+    assert access.scope_for(User.objects.get(pk=alice.pk)).role == access.LEAD
+    assert settings.CELERY_BEAT_SCHEDULE["expire-sso-access"]["task"] in tasks_registered()
+
+
+def tasks_registered() -> set[str]:
+    return set(app.tasks)

@@ -173,9 +173,15 @@ def reconcile(
             continue
         pk, old = found.pk, found.values
         old_state = old[_STATE]
-        if not values["image_digest"] and values["image"] == old[_IMAGE]:
+        if (
+            not values["image_digest"]
+            and values["image"] == old[_IMAGE]
+            and values["state"] != State.BLOCKED
+        ):
             # Unknown this time for the same image (say the worst pod is still pulling):
             # the digest last seen stands, so it does not flap between known and unknown.
+            # Not for a refused container: it runs nothing, and the build it would run
+            # may not be the one an exception was pinned to.
             values["image_digest"] = old[_DIGEST]
         if tuple(values[f] for f in TRACKED) == old:
             continue

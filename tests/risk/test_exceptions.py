@@ -598,6 +598,22 @@ def test_an_unknown_digest_keeps_the_last_one_seen_for_the_same_image(db):
     assert FindingEvent.objects.get(finding=t, kind="image").digest == ""
 
 
+def test_a_refused_container_without_an_image_id_does_not_keep_an_older_digest(db):
+    """A pin accepts one build. A container the kubelet now refuses reports no imageID:
+    keeping the digest last seen would keep it accepted for a build nobody checked."""
+    officer, _, lead, _ = users()
+    scan(T1, {("shop", "t"): (ROOT, "app:2", "docker.io/library/app@" + SHA_A)})
+    t = Finding.objects.get(workload_name="t")
+    pinned = ask(lead, workload_kind="Pod", workload_name="t", image_digest=SHA_A)
+    decide(officer, pinned, "approve")
+    assert acceptance.accepting([t.pk])
+    refused = {"runAsNonRoot": True, "runAsUser": 0}
+    scan(T1 + dt.timedelta(hours=1), {("shop", "t"): (refused, "app:2", None)})
+    t.refresh_from_db()
+    assert (t.state, t.image_digest) == ("blocked", "")
+    assert acceptance.accepting([t.pk]) == {}
+
+
 def test_owners_hear_of_requests_approvals_and_ends_once(fleet, monkeypatch):
     from compliance.models.notify import Contact, OutboxEvent
 

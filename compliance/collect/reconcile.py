@@ -91,15 +91,28 @@ def image_digest(image: str, image_id: str | None) -> str:
     ]
 
 
+MAX_DIGESTS = 20  # listed on a finding whose pods run several builds
+
+
+def _digests(g: WorkloadGroup, image: str) -> list[str]:
+    """The builds the workload's pods run, as far as their statuses say (a pod still
+    pulling, or refused, says nothing)."""
+    return sorted({image_digest(image, i or None) for i in g.image_ids} - {""})
+
+
 def _values(g: WorkloadGroup) -> dict[str, Any]:
     c = g.worst
     assert c is not None
+    digests = _digests(g, c.image)
+    # One build for all: its digest. Several (a rollout under way, a stray pod): none, so
+    # an exception pinned to one of them accepts the finding only once all run it.
+    digest = digests[0] if len(digests) == 1 else ""
     return {
         "state": c.state,
         "pods": g.pods,
         "mixed": len(g.states) > 1,
         "image": c.image[:1000],
-        "image_digest": image_digest(c.image, c.image_id),
+        "image_digest": digest,
         "container_type": c.type,
         "runs_as_root": c.runs_as_root,
         "evidence": c.evidence,
@@ -119,6 +132,7 @@ def _values(g: WorkloadGroup) -> dict[str, Any]:
             "run_as_non_root_from": c.run_as_non_root_from,
             "needs_root": c.needs_root,
             "image_note": g.note,
+            "digests": digests[:MAX_DIGESTS] if len(digests) > 1 else [],
         },
     }
 
@@ -177,11 +191,12 @@ def reconcile(
             not values["image_digest"]
             and values["image"] == old[_IMAGE]
             and values["state"] != State.BLOCKED
+            and not values["detail"]["digests"]
         ):
             # Unknown this time for the same image (say the worst pod is still pulling):
             # the digest last seen stands, so it does not flap between known and unknown.
-            # Not for a refused container: it runs nothing, and the build it would run
-            # may not be the one an exception was pinned to.
+            # Not for a refused container (it runs nothing, and the build it would run
+            # may not be the one an exception was pinned to), nor for pods on several.
             values["image_digest"] = old[_DIGEST]
         if tuple(values[f] for f in TRACKED) == old:
             continue

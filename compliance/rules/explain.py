@@ -76,12 +76,19 @@ def steps(f: Any) -> list[dict[str, str]]:
     else:
         image = f"USER {f.image_user}"
     note = d.get("image_note")
+    builds = d.get("digests") or []
     out.append(
         {
             "title": "The image's user",
             "text": f"{f.image}: {image}; source: {f.image_user_source}"
             + (f" ({note})" if note else "")
-            + ".",
+            + "."
+            + (
+                f" Its pods run {len(builds)} builds ({', '.join(builds)}): an exception pinned"
+                " to one build accepts it only once every pod runs that build."
+                if len(builds) > 1
+                else ""
+            ),
         }
     )
     if f.run_as_non_root is not True:

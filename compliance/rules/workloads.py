@@ -102,6 +102,7 @@ class WorkloadGroup:
     worst_pod: str = ""
     psa: list[str] = field(default_factory=list)
     note: str | None = None  # where the image user came from, or why it is unknown
+    image_ids: set[str] = field(default_factory=set)  # every pod's status imageID ("": none)
 
     @property
     def state(self) -> str:
@@ -133,6 +134,7 @@ class Grouping:
                 g = self.groups[key] = WorkloadGroup()
             g.pods += 1
             g.states[c.state] += 1
+            g.image_ids.add(c.image_id or "")
             w = g.worst
             # The worst pod wins; among equals the first by name, so the sample (and its
             # kubelet message) does not flap between scans.

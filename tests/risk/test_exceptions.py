@@ -614,6 +614,41 @@ def test_a_refused_container_without_an_image_id_does_not_keep_an_older_digest(d
     assert acceptance.accepting([t.pk]) == {}
 
 
+def test_a_pin_accepts_a_workload_only_while_every_pod_runs_the_pinned_build(db, client):
+    """9 of 10 pods on a build nobody approved: the finding is open, listing the builds
+    (the finding kept the digest of one pod, the first by name, and stayed accepted)."""
+    officer, _, lead, _ = users()
+
+    def rollout(at, digests):
+        owner = podgen.owner_ref("ReplicaSet", "web-5d8f", "shop")
+        items = []
+        for i, digest in enumerate(digests):
+            p = podgen.pod("shop", f"web-5d8f-{i:02d}", "app:2", {}, ROOT, owner=owner)
+            p["status"]["containerStatuses"][0]["imageID"] = "docker.io/library/app@" + digest
+            items.append(p)
+        data = orjson.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+        assert scanning.import_snapshot("airgap", data, "snap.json", at).status == "succeeded"
+
+    rollout(T1, [SHA_A] * 10)
+    f = Finding.objects.get(workload_name="web-5d8f")
+    assert f.image_digest == SHA_A
+    pinned = ask(
+        lead, workload_kind=f.workload_kind, workload_name=f.workload_name, image_digest=SHA_A
+    )
+    decide(officer, pinned, "approve")
+    assert acceptance.accepting([f.pk])
+    rollout(T1 + dt.timedelta(hours=1), [SHA_A] + [SHA_B] * 9)  # the first pod by name: A
+    f.refresh_from_db()
+    assert f.image_digest == "" and f.detail["digests"] == sorted([SHA_A, SHA_B])
+    assert acceptance.accepting([f.pk]) == {}
+    client.force_login(lead)
+    page = client.get(f"/findings/{f.pk}/").content.decode()
+    assert "Its pods run 2 builds" in page and SHA_B in page
+    rollout(T1 + dt.timedelta(hours=2), [SHA_A] * 10)  # rolled back: accepted again
+    f.refresh_from_db()
+    assert f.image_digest == SHA_A and acceptance.accepting([f.pk])
+
+
 def test_owners_hear_of_requests_approvals_and_ends_once(fleet, monkeypatch):
     from compliance.models.notify import Contact, OutboxEvent
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 
 import orjson
 from celery import shared_task
@@ -19,16 +20,22 @@ from compliance.models import AuditEvent, AuditHead
 
 
 def payload(head: AuditHead) -> bytes:
-    """The signed (and timestamped) bytes: what the head says, canonical JSON."""
-    return orjson.dumps(
-        {
-            "kind": "welkin-dash audit log head",
-            "seq": head.seq,
-            "hash": head.hash,
-            "at": head.at.astimezone(dt.UTC).isoformat(timespec="microseconds"),
-        },
-        option=orjson.OPT_SORT_KEYS,
-    )
+    """The signed (and timestamped) bytes: what the head says, canonical JSON (with the
+    previous head's digest, for heads signed since heads are chained)."""
+    said = {
+        "kind": "welkin-dash audit log head",
+        "seq": head.seq,
+        "hash": head.hash,
+        "at": head.at.astimezone(dt.UTC).isoformat(timespec="microseconds"),
+    }
+    if head.previous:
+        said["previous"] = head.previous
+    return orjson.dumps(said, option=orjson.OPT_SORT_KEYS)
+
+
+def digest(head: AuditHead) -> str:
+    """What the next head signs of this one."""
+    return hashlib.sha256(payload(head)).hexdigest()
 
 
 def latest() -> dict | None:
@@ -50,7 +57,9 @@ def sign_head() -> AuditHead | None:
     last = AuditEvent.objects.order_by("-seq").values_list("seq", "hash").first()
     if last is None:
         return None
+    before = AuditHead.objects.order_by("-at", "-pk").first()
     head = AuditHead(seq=last[0], hash=last[1], at=timezone.now())
+    head.previous = digest(before) if before is not None else ""
     head.public_key = signing.public_key_b64()
     head.signature = base64.b64encode(signing.signing_key().sign(payload(head))).decode()
     head.timestamp, head.timestamp_error = tsa.stamp(payload(head))
@@ -107,17 +116,46 @@ def check(
 
 
 def check_all(last_seq: int, tsa_ca: bytes | None = None) -> tuple[int, str] | None:
-    """The first head that does not match the chain (its seq and why), or None."""
+    """The first head that does not match the chain (its seq and why), or None: each head
+    signed and matching its event, naming the head before it (heads signed since they are
+    chained), and none missing for longer than the signing allows (HEAD_EVERY) while
+    events were written -- between two heads, or from the last one until now."""
     key = signing.public_key_b64()
-    heads = list(AuditHead.objects.order_by("seq", "at"))
+    heads = list(AuditHead.objects.order_by("at", "pk"))
     hashes = dict(
         AuditEvent.objects.filter(seq__in={h.seq for h in heads}).values_list("seq", "hash")
     )
+    before = None
     for head in heads:
         why = check(head, hashes.get(head.seq) if head.seq <= last_seq else None, key, tsa_ca)
+        if not why and head.previous and (before is None or head.previous != digest(before)):
+            why = (
+                f"the head signed at {head.at:%Y-%m-%d %H:%M:%S} follows a head that is not "
+                "there any more: signed heads were deleted"
+            )
+        if not why and before is not None and _gap(before, head.at, head.seq):
+            why = (
+                f"no head was signed between {before.at:%Y-%m-%d %H:%M} and "
+                f"{head.at:%Y-%m-%d %H:%M} while events {before.seq + 1} to {head.seq} were "
+                "written: heads were deleted, or sign-audit-head did not run"
+            )
         if why:
             return head.seq, why
+        before = head
+    now = timezone.now()
+    if before is not None and _gap(before, now, last_seq):
+        return before.seq + 1, (
+            f"the last signed head is from {before.at:%Y-%m-%d %H:%M}, over "
+            f"{log.HEAD_EVERY.total_seconds() / 3600:.0f} h ago, and events {before.seq + 1} "
+            f"to {last_seq} came after it: newer heads were deleted, or sign-audit-head is "
+            "not running"
+        )
     return None
+
+
+def _gap(head: AuditHead, until: dt.datetime, seq: int) -> bool:
+    """Longer than the signing allows without a head, events having been written."""
+    return seq > head.seq + 1 and until - head.at > log.HEAD_EVERY
 
 
 # --- tasks (names pinned: routes, beat entries and messages already queued use them) -----

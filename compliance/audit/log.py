@@ -26,7 +26,7 @@ from django.db import IntegrityError, connection, transaction
 from django.dispatch import receiver
 from django.http import Http404
 
-from compliance.models import AuditEvent, AuditHead
+from compliance.models import AuditEvent, AuditHead, ExceptionEvent, Export
 from compliance.rules.inert import csv_row
 
 PAGE_SIZE = 100
@@ -78,10 +78,13 @@ def _append(event: AuditEvent) -> AuditEvent:
         if connection.vendor == "postgresql":
             with connection.cursor() as c:
                 c.execute("SELECT pg_advisory_xact_lock(%s)", [CHAIN_LOCK])
-        seq, prev = AuditEvent.objects.order_by("-seq").values_list("seq", "hash").first() or (
-            0,
-            GENESIS,
-        )
+        seq, prev, last_at = AuditEvent.objects.order_by("-seq").values_list(
+            "seq", "hash", "at"
+        ).first() or (0, GENESIS, None)
+        # Times follow the numbers: an event made before another writer's, but linked after
+        # it, takes that one's time (verify_chain refuses a time that goes backwards).
+        if last_at is not None and event.at < last_at:
+            event.at = last_at
         event.pk, event.seq, event.prev_hash = None, seq + 1, prev
         event.hash = chain_hash(event)
         event.save(force_insert=True)
@@ -128,7 +131,7 @@ def verify_chain(chunk: int = 5000, tsa_ca: bytes | None = None) -> ChainCheck:
 
     from compliance.audit import heads  # local: heads signs through record(), an import cycle
 
-    expected_seq, prev, n = 1, GENESIS, 0
+    expected_seq, prev, n, prev_at, first_at = 1, GENESIS, 0, None, None
     last_seq, signed_events, old_seq = 0, [], 0
     old = timezone.now() - HEAD_EVERY
     qs = AuditEvent.objects.order_by("seq")
@@ -160,13 +163,35 @@ def verify_chain(chunk: int = 5000, tsa_ca: bytes | None = None) -> ChainCheck:
                 f"{where} was changed after it was written: its hash differs",
                 e.seq,
             )
-        expected_seq, prev, last_seq = e.seq + 1, e.hash, e.seq
+        if prev_at is not None and e.at < prev_at:
+            return ChainCheck(
+                False,
+                n,
+                f"{where} is dated before event {e.seq - 1} ({prev_at:%Y-%m-%d %H:%M:%S}): "
+                "times were changed",
+                e.seq,
+            )
+        first_at = first_at or e.at
+        expected_seq, prev, last_seq, prev_at = e.seq + 1, e.hash, e.seq, e.at
         if e.action == AuditEvent.Action.AUDIT_HEAD:
             signed_events.append((e.seq, (e.scope or {}).get("seq"), e.content_hash))
         if e.at < old:
             old_seq = e.seq
     if n == 0 and get_user_model().objects.filter(last_login__isnull=False).exists():
         return ChainCheck(False, 0, "the log is empty, yet users have logged in: it was emptied")
+    earlier = _predating(first_at)
+    if earlier:
+        return ChainCheck(
+            False,
+            n,
+            (
+                f"the log begins at {first_at:%Y-%m-%d %H:%M:%S}, yet "
+                if first_at
+                else "the log is empty, yet "
+            )
+            + f"{earlier}: it was emptied or shortened",
+            1,
+        )
     head_check = heads.check_all(last_seq, tsa_ca)
     if head_check is not None:
         return ChainCheck(False, n, head_check[1], head_check[0])
@@ -202,6 +227,29 @@ def verify_chain(chunk: int = 5000, tsa_ca: bytes | None = None) -> ChainCheck:
         ),
         heads=signed,
     )
+
+
+def _predating(first_at) -> str:
+    """What the log should record but begins after (or, empty, lacks): a login, an export,
+    an exception decision, a signed head. '' when nothing predates it."""
+    from django.contrib.auth import get_user_model  # noqa: PLC0415 - as in verify_chain
+
+    # A second of slack: each record is written just before the event that records it.
+    limit = first_at - dt.timedelta(seconds=1) if first_at else None
+    checks = [
+        ("a user logged in", get_user_model().objects, "last_login"),
+        ("an export was asked for", Export.objects, "created_at"),
+        ("an exception was requested or decided", ExceptionEvent.objects, "at"),
+        ("a head was signed", AuditHead.objects, "at"),
+    ]
+    for what, objects, field in checks:
+        qs = objects.filter(**{f"{field}__isnull": False})
+        if limit is not None:
+            qs = qs.filter(**{f"{field}__lt": limit})
+        at = qs.order_by(field).values_list(field, flat=True).first()
+        if at is not None:
+            return f"{what} at {at:%Y-%m-%d %H:%M:%S}"
+    return ""
 
 
 def for_log_page(action: str, before: int | None) -> list[AuditEvent]:

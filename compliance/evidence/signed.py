@@ -69,15 +69,8 @@ def sha256_of(content: bytes | Iterable[bytes]) -> str:
     return sha.hexdigest()
 
 
-def verify(
-    content: bytes | Iterable[bytes],
-    manifest_bytes: bytes,
-    token: bytes | None = None,
-    tsa_ca: bytes | None = None,
-) -> Verification:
-    """Is the file unmodified, did this server sign its manifest, and (given the TSA's
-    token, kept beside the manifest as .tsr) when did the manifest exist, by the TSA's
-    clock? `content` is the file's bytes or its chunks (hashed as a stream)."""
+def check_manifest(manifest_bytes: bytes) -> Verification:
+    """Is this a manifest this server signed, unchanged? (Not the file it describes.)"""
     try:
         m = orjson.loads(manifest_bytes)
         sig = base64.b64decode(m["signature"], validate=True)
@@ -97,6 +90,22 @@ def verify(
         return Verification(
             False, "the manifest's signature is not valid: the manifest was changed", m
         )
+    return Verification(True, "signed by this server", m)
+
+
+def verify(
+    content: bytes | Iterable[bytes],
+    manifest_bytes: bytes,
+    token: bytes | None = None,
+    tsa_ca: bytes | None = None,
+) -> Verification:
+    """Is the file unmodified, did this server sign its manifest, and (given the TSA's
+    token, kept beside the manifest as .tsr) when did the manifest exist, by the TSA's
+    clock? `content` is the file's bytes or its chunks (hashed as a stream)."""
+    signed = check_manifest(manifest_bytes)
+    if not signed.ok:
+        return signed
+    m = signed.manifest
     digest = sha256_of(content)
     if digest != m.get("sha256"):
         return Verification(

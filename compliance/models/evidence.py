@@ -55,6 +55,9 @@ class AuditHead(models.Model):
     seq = models.BigIntegerField()
     hash = models.CharField(max_length=64)
     at = models.DateTimeField(default=timezone.now)
+    # SHA-256 of the previous head's signed bytes: the heads form a chain of their own, so
+    # deleting one breaks the next ("" for the first, and for heads signed before this).
+    previous = models.CharField(max_length=64, blank=True, default="")
     signature = models.CharField(max_length=200)
     public_key = models.CharField(max_length=100)
     timestamp = models.BinaryField(null=True, blank=True)  # RFC 3161 TimeStampResp, DER

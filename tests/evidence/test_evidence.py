@@ -548,6 +548,35 @@ def test_an_export_before_any_data_does_not_stop_retention(history, settings):
     assert done.held_back_by == "" and done.findings == 1
 
 
+def test_the_heads_in_export_manifests_are_checked_against_the_log(
+    login_as, history, settings, tmp_path
+):
+    """Manifests kept outside the database hold the log's signed head of their day: after
+    the heads are deleted and the log rewritten, verify_audit_log --manifests says so."""
+    settings.EXPORTS_DIR = tmp_path
+    log(2)
+    head = heads.sign_head()
+    export_as(login_as("auditor"))
+    out = io.StringIO()
+    call_command("verify_audit_log", "--manifests", str(tmp_path), stdout=out)
+    assert "the heads of 1 export manifests are all in it" in out.getvalue()
+    AuditHead.objects.filter(pk=head.pk).delete()
+    AuditEvent.objects.filter(action=AuditEvent.Action.AUDIT_HEAD).delete()
+    prev = audit.GENESIS
+    for i, e in enumerate(AuditEvent.objects.order_by("seq"), 1):
+        AuditEvent.objects.filter(pk=e.pk).update(seq=-i)
+    for i, e in enumerate(AuditEvent.objects.order_by("-seq"), 1):
+        e.seq, e.prev_hash = i, prev
+        e.hash = prev = audit.chain_hash(e)
+        e.save()
+    with pytest.raises(SystemExit) as exit:
+        call_command(
+            "verify_audit_log", "--manifests", str(tmp_path), stdout=(out := io.StringIO())
+        )
+    assert exit.value.code == 1
+    assert f"over event {head.seq}, which the log no longer holds" in out.getvalue(), out.getvalue()
+
+
 def test_exports_carry_the_newest_signed_head(login_as, history, settings, tmp_path):
     settings.EXPORTS_DIR = tmp_path
     log(2)

@@ -22,19 +22,29 @@ class Refused(Exception):
     """A destination that may not be reached, with why (shown to the officer)."""
 
 
+# Not public, though Python's is_global says so (3.11) or they route inward: IETF
+# protocol assignments, the 6to4 relay, carrier-grade NAT (cloud metadata services, pod
+# networks), IPv6 site-local.
+_NOT_PUBLIC = [
+    ipaddress.ip_network(n)
+    for n in ("192.0.0.0/24", "192.88.99.0/24", "100.64.0.0/10", "240.0.0.0/4", "fec0::/10")
+]
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 def internal(ip: IPAddress) -> bool:
-    """Loopback, link-local (the metadata service), private, unique-local, multicast,
-    reserved or unspecified: addresses of this machine or its networks."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return (
-        ip.is_loopback
-        or ip.is_link_local
-        or ip.is_private
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-    )
+    """Anything but a public unicast address: loopback, link-local (the metadata service),
+    private, carrier-grade NAT, unique- and site-local, multicast, reserved, unspecified;
+    an IPv6 address that carries an IPv4 one (mapped, NAT64) is judged by that one, and
+    6to4 and Teredo tunnels are refused."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return internal(ip.ipv4_mapped)
+        if ip in _NAT64:
+            return internal(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        if ip.sixtofour is not None or ip.teredo is not None:
+            return True
+    return not ip.is_global or ip.is_multicast or any(ip in net for net in _NOT_PUBLIC)
 
 
 def allowed(ip: IPAddress) -> bool:
@@ -88,6 +98,9 @@ def post(url: str, **kwargs) -> requests.Response:
     netloc = urlsplit(url).netloc
     headers = {**kwargs.pop("headers", {}), "Host": netloc}
     with requests.Session() as session:
+        # Straight to the checked address: a proxy from the environment would look the
+        # name up again (DNS rebinding), so HTTP(S)_PROXY does not apply to webhooks.
+        session.trust_env = False
         session.mount("http://", _Pinned(host, ip))
         session.mount("https://", _Pinned(host, ip))
         return session.post(url, headers=headers, **kwargs)

@@ -36,6 +36,13 @@ def no_allowed_networks(settings):
         "http://[::ffff:127.0.0.1]/h",
         "http://[fd00::1]/h",
         "http://0.0.0.0/h",
+        "http://100.100.100.200/latest/meta-data/",  # carrier-grade NAT: another metadata
+        "http://192.0.0.9/h",
+        "http://[fec0::1]/h",
+        "http://[2002:a9fe:a9fe::]/h",  # 6to4 around 169.254.169.254
+        "http://[64:ff9b::7f00:1]/h",  # NAT64 of 127.0.0.1
+        "http://224.0.0.1/h",
+        "http://2130706433/h",  # 127.0.0.1 as one number
     ],
 )
 def test_the_admin_refuses_a_webhook_to_an_internal_address(admin_client, no_allowed_networks, url):
@@ -88,3 +95,18 @@ def test_it_connects_to_the_address_it_checked(receiver, monkeypatch):
         "hooks.example",
         "127.0.0.1",
     }
+
+
+def test_a_proxy_from_the_environment_does_not_carry_webhooks(receiver, monkeypatch):
+    """A proxy would look the name up again itself: webhooks go straight to the address
+    that was checked, whatever HTTP(S)_PROXY says (here a proxy nobody answers on)."""
+    receiver.set("ok", clear=True)
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    d = outbox.test_event(hook(receiver), by="officer")
+    assert delivery.deliver_one(d.pk) == "sent", Delivery.objects.get(pk=d.pk).last_error
+    for name in ("HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.delenv(name)  # the test's own client to the receiver goes direct too
+    assert len(receiver.received()) == 1

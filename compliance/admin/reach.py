@@ -63,19 +63,21 @@ class ContactForm(WriteOnlySecret, forms.ModelForm):
 
     def clean(self):
         data = super().clean()
-        new = self.instance.pk is None
         has_own = bool(data.get("secret")) or (
-            not new and self.instance.secret_encrypted and not data.get("clear_secret")
+            self.instance.pk is not None
+            and bool(self.instance.secret_encrypted)
+            and not data.get("clear_secret")
         )
         if data.get("channel") == "webhook" and data.get("url"):
             try:
                 outbound.resolve(data["url"])
             except outbound.Refused as e:
                 self.add_error("url", str(e))
-        if data.get("channel") == "webhook" and new and not has_own:
+        if data.get("channel") == "webhook" and not has_own:
             # With the shared WELKIN_WEBHOOK_SECRET, any receiver could sign messages that
-            # the others take for welkin-dash's.
-            self.add_error("secret", "a new webhook needs its own secret (16 characters or more)")
+            # the others take for welkin-dash's. (A webhook saved before keeps signing with
+            # it until it is next changed: then it needs its own.)
+            self.add_error("secret", "a webhook needs its own secret (16 characters or more)")
         return data
 
 

@@ -520,12 +520,31 @@ def test_a_new_webhook_needs_its_own_secret_and_a_shared_one_is_flagged(admin_cl
     form = {"name": "chat", "channel": "webhook", "email": "", "webhook_format": "json"}
     form |= {"namespace": "*", "enabled": "on", "url": "https://chat.example/h"}
     r = admin_client.post("/admin/compliance/contact/add/", form)
-    assert r.status_code == 200 and b"a new webhook needs its own secret" in r.content
+    assert r.status_code == 200 and b"a webhook needs its own secret" in r.content
     assert not Contact.objects.exists()
     # One made before secrets were required signs with WELKIN_WEBHOOK_SECRET: flagged.
-    Contact.objects.create(name="old", channel="webhook", url="https://chat.example/o")
+    old = Contact.objects.create(name="old", channel="webhook", url="https://localhost/o")
     page = admin_client.get("/settings/")
     assert b"shared secret" in page.content
+    # Changed, it needs its own; so does an e-mail contact turned into a webhook, and one
+    # whose secret is cleared.
+    change = form | {"name": "old", "url": "https://localhost/o2"}
+    r = admin_client.post(f"/admin/compliance/contact/{old.pk}/change/", change)
+    assert b"a webhook needs its own secret" in r.content
+    mail = Contact.objects.create(name="mail", channel="email", email="a@example.com")
+    r = admin_client.post(
+        f"/admin/compliance/contact/{mail.pk}/change/",
+        form | {"name": "mail", "url": "https://localhost/m"},
+    )
+    assert b"a webhook needs its own secret" in r.content
+    own = Contact(name="own", channel="webhook", url="https://localhost/w")
+    own.set_secret("s" * 20)
+    own.save()
+    r = admin_client.post(
+        f"/admin/compliance/contact/{own.pk}/change/",
+        form | {"name": "own", "url": "https://localhost/w", "clear_secret": "on"},
+    )
+    assert b"a webhook needs its own secret" in r.content
 
 
 def test_the_settings_page_needs_few_queries(db, client, django_assert_max_num_queries):

@@ -223,7 +223,7 @@ def test_verify_refuses_a_wrong_or_untrusted_token_and_edited_coverage(
 
 
 def test_verify_report_fails_when_the_token_of_a_timestamped_manifest_is_missing(
-    login_as, history, tsa_settings
+    login_as, history, tsa_settings, settings
 ):
     """Removing the .tsr must not turn "when did it exist" into silence: the manifest names
     its TSA, so the token is required unless the auditor says they check without it."""
@@ -236,6 +236,12 @@ def test_verify_report_fails_when_the_token_of_a_timestamped_manifest_is_missing
     assert f"made for the timestamp authority {tsa.url}, and its token is missing" in out
     code, out = verify_report(path, "--no-require-timestamp")
     assert code == 0 and "not checked against a timestamp" in out, out
+    # An empty or garbage token, where no TSA CA can check it, proves nothing either.
+    settings.WELKIN_TSA_CA_BUNDLE = ""
+    for junk in (b"", b"not a token at all"):
+        store.token_path(path).write_bytes(junk)
+        code, out = verify_report(path)
+        assert code == 1 and "its token could not be checked" in out, out
 
 
 def test_a_tsa_that_is_down_does_not_block_an_export_and_the_token_comes_later(
@@ -519,7 +525,10 @@ def test_without_the_tsas_ca_a_token_is_not_checked_and_says_so(
         tsa_settings(tsa)
         _, path, _ = export_as(login_as("auditor"))
     settings.WELKIN_TSA_URL, settings.WELKIN_TSA_CA_BUNDLE = "", ""
+    # Unchecked, the token proves no time: a failure, unless the auditor opts out.
     code, out = verify_report(path)
+    assert code == 1 and "its token could not be checked" in out, out
+    code, out = verify_report(path, "--no-require-timestamp")
     assert code == 0 and "the timestamp token was NOT checked" in out, out
     code, out = verify_report(path, "--tsa-ca", tsa.ca_path)
     assert code == 0 and "timestamped by CN=" in out, out

@@ -61,11 +61,19 @@ class Command(BaseCommand):
         except OSError as e:
             raise CommandError(f"{e.filename}: {e.strerror or e}") from None
         authority = ((result.manifest or {}).get("timestamp") or {}).get("authority")
-        if result.ok and token is None and authority and not options["no_require_timestamp"]:
+        required = authority and not options["no_require_timestamp"]
+        if result.ok and required and result.stamp is None:
+            # A token missing, or one that could not be checked (no TSA CA to check it
+            # against): either way the report's time is not proven.
+            why = (
+                f"its token is missing ({manifest}.tsr): give it with --timestamp TSR"
+                if token is None
+                else "its token could not be checked: give the TSA's CA with --tsa-ca PEM "
+                "(or WELKIN_TSA_CA_BUNDLE)"
+            )
             self.stdout.write(
                 f"FAILED: the manifest was made for the timestamp authority {authority}, and "
-                f"its token is missing ({manifest}.tsr): give it with --timestamp TSR, or "
-                "check the file and its signature alone with --no-require-timestamp"
+                f"{why}, or check the file and its signature alone with --no-require-timestamp"
             )
             sys.exit(1)
         self.stdout.write(("OK: " if result.ok else "FAILED: ") + result.message)

@@ -288,7 +288,10 @@ def decide(scope: Scope, user, pk: int, action: str, comment: str, http_request=
             raise ExceptionError("exception", "no such exception")
         # The time is read holding the row: one read before could predate a decision that
         # committed while this one waited for the lock, and judge the exception as it was.
-        now = timezone.now()
+        # Never before a decision already on the row either (another server's clock may
+        # run ahead of this one's): the exception is judged as it stands.
+        decided = [t for t in (e.approved_at, e.decided_at, e.revoked_at) if t is not None]
+        now = max([timezone.now(), *decided])
         refused = refusal(scope, e, user.pk, action, status_at(e, now))
         if refused is not None:
             raise refused

@@ -535,6 +535,23 @@ def test_an_approval_whose_clock_was_read_before_a_revocation_does_not_follow_it
     assert exceptions.status_at(e) == "revoked"
 
 
+def test_a_server_whose_clock_runs_behind_cannot_approve_a_revoked_exception(db, monkeypatch):
+    """Another officer revoked on a server whose clock is 2 s ahead: this one must not see
+    the exception as still requested (approved after revoked, and its news sent)."""
+    scan(T1, {("shop", "a"): (ROOT, "app:1")})
+    officer, officer2, lead, _ = users()
+    e = ask(lead)
+    decide(officer2, e, "revoke", "withdrawn")
+    behind = timezone.now() - dt.timedelta(seconds=2)
+    monkeypatch.setattr(timezone, "now", lambda: behind)
+    with pytest.raises(exceptions.ExceptionError, match="it is revoked"):
+        decide(officer, e, "approve", "ok")
+    assert [h.action for h in ExceptionEvent.objects.filter(exception=e).order_by("pk")] == [
+        "requested",
+        "revoked",
+    ]
+
+
 def test_the_exceptions_command_lists_as_a_table(fleet, capsys):
     officer, _, lead, _ = users()
     e = ask(lead, days=10)

@@ -2,7 +2,7 @@
 (`python -m tests.webhook_receiver SECRET`; it prints `listening on PORT`).
 
 It checks each request as the README's receiver does: the HMAC-SHA256 signature
-(X-Welkin-Signature over "<X-Welkin-Timestamp>.<X-Welkin-Delivery>.<X-Welkin-Event>.<body>")
+(X-Welkin-Signature over the timestamp, delivery id, event and body, a line break apart)
 and the timestamp's freshness (5 minutes), and keeps every request it got, with its
 headers (a test replays one). POST /control sets how it
 answers: ok, 500, 410, or slow (sleeps `delay` seconds before answering 200). GET /received
@@ -60,7 +60,7 @@ class Handler(BaseHTTPRequestHandler):
         timestamp = self.headers.get("X-Welkin-Timestamp", "")
         delivery = self.headers.get("X-Welkin-Delivery", "")
         event = self.headers.get("X-Welkin-Event", "")
-        signed = f"{timestamp}.{delivery}.{event}.".encode() + body
+        signed = f"{timestamp}\n{delivery}\n{event}\n".encode() + body
         expected = "sha256=" + hmac.new(self.secret, signed, hashlib.sha256).hexdigest()
         fresh = timestamp.isdigit() and abs(time.time() - int(timestamp)) <= 300
         with self.lock:

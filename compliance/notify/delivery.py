@@ -285,19 +285,20 @@ def send_email(delivery: Delivery, m: Message) -> None:
         raise DeliveryError(f"SMTP {where}: {type(e).__name__}: {e}") from None
 
 
-# Slack has no escape for its markup: a zero-width space on each side of these characters
-# keeps text as it was typed (no bold, italics, strike or code).
-_SLACK_MARKUP = str.maketrans({c: "\u200b" + c + "\u200b" for c in "*_~`"})
+# Slack has no escape for its markup, nor Mattermost for its Markdown: a zero-width space on
+# each side of these characters keeps text as typed (no bold, italics, strike, code, links
+# or images in brackets, @here or @channel mentions).
+_SLACK_MARKUP = str.maketrans({c: "\u200b" + c + "\u200b" for c in "*_~`[]!@"})
 _ZWSP = "\u200b"
 
 
 def _slack_inert(text: str) -> str:
-    """User and cluster text as Slack shows it, inert: the characters Slack reserves
-    escaped as it asks (&, <, >), its markup and the start of a bare link broken by a
-    zero-width space (a reason's *urgent* stays literal; http://evil.example and
-    www.evil.example are not links)."""
+    """User and cluster text as Slack and Mattermost show it, inert: the characters Slack
+    reserves escaped as it asks (&, <, >), markup, mentions and the start of a bare link
+    broken by zero-width spaces (a reason's *urgent* or @channel stays literal;
+    http://evil.example, //evil.example and www.evil.example are not links)."""
     escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    escaped = escaped.translate(_SLACK_MARKUP).replace("://", ":" + _ZWSP + "//")
+    escaped = escaped.translate(_SLACK_MARKUP).replace("//", "/" + _ZWSP + "/")
     return re.sub(r"(?i)\bwww\.", lambda m: m.group(0)[:-1] + _ZWSP + ".", escaped)
 
 
@@ -331,10 +332,11 @@ def webhook_body(delivery: Delivery, m: Message, fmt: str) -> bytes:
 
 
 def signature(secret: str, timestamp: str, delivery_id: str, event: str, body: bytes) -> str:
-    """HMAC-SHA256 of "<timestamp>.<delivery id>.<event>.<body>" under the destination's
+    """HMAC-SHA256 of "<timestamp>\n<delivery id>\n<event>\n<body>" under the destination's
     secret (README): the headers a receiver acts on are signed with the body, so a request
-    replayed with another delivery id (past its dedupe) or event is refused."""
-    signed = f"{timestamp}.{delivery_id}.{event}.".encode() + body
+    replayed with another delivery id (past its dedupe) or event is refused. A header
+    cannot hold a line break, so the fields cannot be cut another way."""
+    signed = f"{timestamp}\n{delivery_id}\n{event}\n".encode() + body
     return "sha256=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
 
 

@@ -337,7 +337,10 @@ def test_slack_shows_a_reason_as_typed_without_links_or_previews(db, receiver):
     receiver.set(clear=True)
     hook(receiver, "slack", namespace="*", name="slack")
     builders.make_user("officer")
-    reason = "*urgent* _see_ ~old~ `x` http://evil.example www.evil.example <http://a|b> & co"
+    reason = (
+        "*urgent* _see_ ~old~ `x` http://evil.example www.evil.example <http://a|b> & co "
+        "@channel [click](//evil.example/login) ![p](//evil.example/p.png)"
+    )
     outbox.exception_event(
         "requested",
         Cluster.objects.create(name="airgap"),
@@ -352,7 +355,19 @@ def test_slack_shows_a_reason_as_typed_without_links_or_previews(db, receiver):
     body = got["body"]
     assert body["unfurl_links"] is False and body["unfurl_media"] is False
     text = body["text"]
-    for markup in ("*urgent*", "_see_", "~old~", "`x`", "http://", "www.evil", "<http://a|b>"):
+    for markup in (
+        "*urgent*",
+        "_see_",
+        "~old~",
+        "`x`",
+        "http://",
+        "www.evil",
+        "<http://a|b>",
+        "@channel",
+        "[click]",
+        "(//evil",
+        "![p]",
+    ):
         assert markup not in text, markup
     # Nothing else changed: without the zero-width spaces, the reason as Slack escapes it.
     as_typed = reason.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

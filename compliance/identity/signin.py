@@ -177,10 +177,20 @@ def _username(claims: Claims) -> str:
     wanted = claims.username or claims.email or claims.subject
     ascii_ = unicodedata.normalize("NFKD", wanted).encode("ascii", "ignore").decode()
     base = _USERNAME_RE.sub("-", ascii_)[:120]
-    if base and base == wanted and not User.objects.filter(username=base).exists():
+
+    def free(name: str) -> bool:  # Bob and bob are one name to a reader
+        return not User.objects.filter(username__iexact=name).exists()
+
+    if base and base == wanted and free(base):
         return base
-    tag = hashlib.sha256(f"{claims.issuer}\0{claims.subject}".encode()).hexdigest()[:10]
-    return f"{base or 'sso'}-{tag}"
+    # The account's tag, longer where someone took the short one (a provider user could
+    # pick another's tagged name as theirs): the account's sign-in never fails on a name.
+    tag = hashlib.sha256(f"{claims.issuer}\0{claims.subject}".encode()).hexdigest()
+    for length in (10, 20, 64):
+        name = f"{base or 'sso'}-{tag[:length]}"
+        if free(name):
+            return name
+    return f"sso-{tag}"
 
 
 @transaction.atomic

@@ -321,3 +321,16 @@ def test_a_provider_account_not_seen_for_a_while_loses_its_access(client, sso, s
 
 def tasks_registered() -> set[str]:
     return set(app.tasks)
+
+
+def test_a_tagged_name_taken_first_or_in_another_case_does_not_lock_an_account_out(client, sso):
+    """Someone at the provider picks, as their own name, the tagged name another account
+    will get; or a local "Bob" exists: the account still signs in, under a name no one
+    else has in any letter case."""
+    User.objects.create_user("Bob")
+    tag = signin._username(signin.Claims(issuer=sso.url, subject="bob", username="b\u00f6b"))
+    User.objects.create_user(tag)  # the squatter
+    sso.control(user="bob", set={"preferred_username": "b\u00f6b"})
+    assert sign_in(client, "bob").status_code == 302
+    name = User.objects.get(oidc__subject="bob").username
+    assert name != tag and name.lower() != "bob" and name.startswith("bob-")

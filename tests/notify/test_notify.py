@@ -485,6 +485,17 @@ def test_a_failed_test_message_is_not_tried_again(db, receiver, client):
     assert d.pk not in delivery.due()
 
 
+def test_a_secret_that_no_key_decrypts_fails_the_delivery_for_good(db, receiver):
+    """Not left claimed and claimed again after every lease, for ever."""
+    c = hook(receiver)
+    Contact.objects.filter(pk=c.pk).update(secret_encrypted=b"gAAAAA-not-a-fernet-token")
+    d = outbox.test_event(Contact.objects.get(pk=c.pk), by="officer")
+    assert delivery.deliver_one(d.pk) == "failed"
+    d.refresh_from_db()
+    assert d.status == "failed" and "cannot be decrypted" in d.last_error
+    assert d.pk not in delivery.due()
+
+
 def test_a_deleted_contacts_pending_delivery_is_dropped_and_audited(db, receiver):
     receiver.set("ok", clear=True)
     c = hook(receiver)

@@ -200,6 +200,7 @@ def user_for(claims: Claims) -> tuple[User, Access]:
     A local account is never taken over by a provider account with the same name."""
     identity = (
         OidcIdentity.objects.select_related("user")
+        .select_for_update(of=("self",))  # expire_idle waits, then sees this sign-in
         .filter(issuer=claims.issuer, subject=claims.subject)
         .first()
     )
@@ -247,6 +248,11 @@ def expire_idle(now=None) -> int:
     for identity in idle.iterator():
         user = identity.user
         with transaction.atomic():
+            # Seen again since the list was read (a sign-in holds this row while it maps
+            # the account): left alone.
+            fresh = OidcIdentity.objects.select_for_update().filter(pk=identity.pk).first()
+            if fresh is None or fresh.last_login_at is None or fresh.last_login_at >= cutoff:
+                continue
             roles = list(user.groups.filter(name__in=access.ROLES).values_list("name", flat=True))
             grants = NamespaceGrant.objects.filter(user=user)
             if not roles and not grants.exists():

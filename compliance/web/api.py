@@ -400,7 +400,8 @@ def report(request):
 
 
 def _export_body(request, e: Export) -> dict:
-    done = e.status == ExportStatus.DONE
+    # What it holds is shown only while its asker may still download it (jobs.may_download).
+    done = e.status == ExportStatus.DONE and jobs.may_download(e, request.user)
     body = {
         "id": str(e.pk),
         "status": e.status,
@@ -415,6 +416,7 @@ def _export_body(request, e: Export) -> dict:
         "total": e.total,
         "error": e.error or None,
         "sha256": e.manifest.get("sha256") if done else None,
+        "downloadable": done,
         "url": request.build_absolute_uri(reverse("api-export", args=[e.pk])),
         "files": None,
     }

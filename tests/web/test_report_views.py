@@ -64,6 +64,20 @@ def test_an_export_is_downloadable_only_while_the_asker_sees_what_they_saw(login
     assert c.get(url).status_code in (403, 404)
 
 
+def test_the_api_shows_an_exports_files_only_while_they_may_be_downloaded(
+    login_as, api_as, history
+):
+    api = api_as("lead", ["ops"])
+    r = api.post("/api/v1/exports/", {"format": "csv", "at": AT + ":00Z"}, format="json")
+    assert r.status_code == 202, r.content
+    body = api.get(r["Location"]).json()
+    assert body["downloadable"] and body["files"] and body["sha256"]
+    lead = Export.objects.get().user
+    lead.namespace_grants.all().delete()
+    body = api.get(r["Location"]).json()
+    assert not body["downloadable"] and body["files"] is None and body["sha256"] is None
+
+
 def _file(name, data):
     f = io.BytesIO(data)
     f.name = name

@@ -3,6 +3,7 @@ decides access and notifications is audited when changed there."""
 
 import pytest
 import yaml
+from django.contrib.auth.models import Group
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from compliance.models import AuditEvent, Cluster, Contact, NamespaceGrant, OidcIdentity
@@ -142,3 +143,27 @@ def test_deliveries_and_provider_identities_cannot_be_deleted_in_the_admin(admin
     identity = OidcIdentity.objects.create(user=user, issuer="https://idp.example", subject="x")
     r = admin.post(f"/admin/compliance/oidcidentity/{identity.pk}/delete/", {"post": "yes"})
     assert r.status_code == 403 and OidcIdentity.objects.filter(pk=identity.pk).exists()
+    # They go with what they belong to: the user (audited, as is a change of their role).
+    r = admin.post(f"/admin/auth/user/{user.pk}/delete/", {"post": "yes"})
+    assert r.status_code == 302 and not OidcIdentity.objects.filter(pk=identity.pk).exists()
+    changes = AuditEvent.objects.filter(action="admin_change").values_list("scope", flat=True)
+    assert {"model": "auth.user", "change": "deleted"}.items() <= changes.last().items()
+
+
+@pytest.mark.django_db
+def test_a_role_given_in_the_user_admin_is_audited(admin):
+    lead = make_user("lead", username="lead-b")
+    officers = Group.objects.get_or_create(name="security-officer")[0]
+    form = {
+        "username": "lead-b",
+        "is_active": "on",
+        "groups": [officers.pk],
+        "date_joined_0": "2026-01-01",
+        "date_joined_1": "00:00:00",
+        "initial-date_joined_0": "2026-01-01",
+        "initial-date_joined_1": "00:00:00",
+    }
+    r = admin.post(f"/admin/auth/user/{lead.pk}/change/", form)
+    assert r.status_code == 302, r.content[-1500:]
+    event = AuditEvent.objects.get(action="admin_change", scope__model="auth.user")
+    assert event.scope["change"] == "changed" and "groups" in event.scope["fields"]

@@ -1,8 +1,10 @@
 """Admin changes that decide who sees what, who hears what, and how images are judged
-(grants, mapping rules, contacts, identities, registries, image users, deliveries) are
-written to the audit log: added, changed (the fields, never their values) or deleted."""
+(users and their groups, grants, mapping rules, contacts, identities, clusters, registries,
+image users, deliveries) are written to the audit log: added, changed (the fields, never
+their values) or deleted."""
 
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 
 from compliance.audit import log
 
@@ -39,3 +41,16 @@ class AuditedAdmin(admin.ModelAdmin):
         for obj, pk in ((o, o.pk) for o in gone):
             obj.pk = pk
             self._record(request, obj, "deleted")
+
+
+class KeptAdmin(AuditedAdmin):
+    """Records that are evidence (deliveries, provider identities): not deleted here one
+    by one, though they go with what they belong to (a cluster, a user) when that is."""
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+    def delete_view(self, request, object_id, extra_context=None):
+        raise PermissionDenied("kept as evidence: delete what it belongs to instead")

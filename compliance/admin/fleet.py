@@ -65,7 +65,7 @@ class ClusterForm(forms.ModelForm):
 
 
 @admin.register(Cluster)
-class ClusterAdmin(admin.ModelAdmin):
+class ClusterAdmin(AuditedAdmin):
     form = ClusterForm
     list_display = ["name", "source", "server", "schedule_minutes", "enabled", "next_scan_at"]
     readonly_fields = ["server", "context", "next_scan_at", "last_scan", "last_complete_scan"]

@@ -3,8 +3,10 @@ and the outbox (read-only)."""
 
 from django import forms
 from django.contrib import admin
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.models import Group, User
 
-from compliance.admin.audited import AuditedAdmin
+from compliance.admin.audited import AuditedAdmin, KeptAdmin
 from compliance.admin.fleet import WriteOnlySecret
 from compliance.models.identity import GroupMapping, OidcIdentity
 from compliance.models.notify import Contact, Delivery
@@ -19,16 +21,13 @@ class GroupMappingAdmin(AuditedAdmin):
 
 
 @admin.register(OidcIdentity)
-class OidcIdentityAdmin(AuditedAdmin):
+class OidcIdentityAdmin(KeptAdmin):
     list_display = ["user", "issuer", "subject", "last_login_at"]
     search_fields = ["user__username", "subject"]
     readonly_fields = ["user", "issuer", "subject", "last_login_at", "claims"]
 
     def has_add_permission(self, request):
         return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False  # who a provider account is stays on record
 
 
 class ContactForm(WriteOnlySecret, forms.ModelForm):
@@ -89,7 +88,7 @@ class ContactAdmin(AuditedAdmin):
 
 
 @admin.register(Delivery)
-class DeliveryAdmin(AuditedAdmin):
+class DeliveryAdmin(KeptAdmin):
     list_display = [
         "event",
         "destination",
@@ -102,11 +101,23 @@ class DeliveryAdmin(AuditedAdmin):
     list_filter = ["status", "channel"]
     readonly_fields = [f.name for f in Delivery._meta.fields]
 
-    def has_delete_permission(self, request, obj=None):
-        return False  # what was sent, or failed, is evidence
-
     def has_add_permission(self, request):
         return False
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+# Users and their groups (roles) are who sees what: their changes are audited too.
+admin.site.unregister(User)
+admin.site.unregister(Group)
+
+
+@admin.register(User)
+class AuditedUserAdmin(AuditedAdmin, UserAdmin):
+    pass
+
+
+@admin.register(Group)
+class AuditedGroupAdmin(AuditedAdmin, GroupAdmin):
+    pass

@@ -241,6 +241,11 @@ def test_the_mapping_command_adds_lists_and_removes_rules(db, capsys):
     assert "groups=t -> team-lead */t-*" in capsys.readouterr().out
     call_command("sso_mapping", "remove", str(rule.pk))
     assert not GroupMapping.objects.exists()
+    changes = [
+        e.scope["change"]
+        for e in AuditEvent.objects.filter(action="admin_change").order_by("seq")
+    ]
+    assert changes == ["added", "deleted"]  # as the admin's changes are
 
 
 def test_hostile_claims_are_bounded_and_dropped():

@@ -1,8 +1,11 @@
 """manage.py sso_mapping: list, add and remove single sign-on mapping rules."""
 
+import getpass
+
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
+from compliance.audit import log
 from compliance.models import Cluster
 from compliance.models.identity import CLAIMS, ROLE_CHOICES, GroupMapping
 
@@ -52,9 +55,28 @@ class Command(BaseCommand):
                     "; ".join(f"{k}: {', '.join(v)}" for k, v in e.message_dict.items())
                 ) from None
             rule.save()
+            _audit(rule.pk, "added", str(rule))
             self.stdout.write(f"{rule.pk}\t{rule}")
         else:
             deleted, _ = GroupMapping.objects.filter(pk=options["id"]).delete()
             if not deleted:
                 raise CommandError(f"no rule {options['id']}")
+            _audit(options["id"], "deleted", "")
             self.stdout.write(f"removed rule {options['id']}")
+
+
+def _audit(pk: int, change: str, shown: str) -> None:
+    """As the admin records it (admin_change), by the command line's user."""
+    log.record(
+        None,
+        "admin_change",
+        f"groupmapping {pk}",
+        {
+            "model": "compliance.groupmapping",
+            "id": pk,
+            "change": change,
+            "fields": [],
+            "object": shown[:200],
+        },
+        username=f"{getpass.getuser()} (command line)",
+    )

@@ -18,8 +18,10 @@ from typing import Any
 
 from celery import shared_task
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import transaction
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Q, QuerySet
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 from compliance.audit import log
@@ -233,6 +235,36 @@ def may_request(scope: Scope) -> bool:
     return scope.can_manage or scope.role == access.LEAD
 
 
+def same_person(a: int | None, b: int | None) -> bool:
+    """Two accounts of one person, for four eyes: the same account, or the same e-mail (a
+    provider account's is verified at sign-in, a local one's set by an administrator), as
+    when someone has a password and single sign-on."""
+    if a is None or b is None:
+        return False
+    if a == b:
+        return True
+    emails = {
+        pk: (email or "").strip().lower()
+        for pk, email in User.objects.filter(pk__in=(a, b)).values_list("pk", "email")
+    }
+    return bool(emails.get(a)) and emails.get(a) == emails.get(b)
+
+
+def officers_sharing_an_email() -> list[tuple[str, int]]:
+    """(e-mail, accounts) of officers with more than one account (a password and single
+    sign-on, say): four eyes count them as one person; the Settings page names them."""
+    officers = User.objects.filter(Q(is_superuser=True) | Q(groups__name=access.OFFICER))
+    return list(
+        officers.exclude(email="")
+        .annotate(address=Lower("email"))
+        .values("address")
+        .annotate(n=Count("pk", distinct=True))
+        .filter(n__gt=1)
+        .order_by("address")
+        .values_list("address", "n")
+    )
+
+
 def refusal(scope: Scope, e: RiskException, user_id: int, action: str, status: str):
     """Why this user may not approve, reject or revoke this exception in this status (an
     ExceptionError), or None when they may: only a security officer, never on their own
@@ -246,6 +278,12 @@ def refusal(scope: Scope, e: RiskException, user_id: int, action: str, status: s
         if e.requested_by_id == user_id:
             return ExceptionError(
                 "user", "you requested this exception: another officer decides on it"
+            )
+        if same_person(e.requested_by_id, user_id):
+            return ExceptionError(
+                "user",
+                "another account of yours (the same e-mail) requested this exception: "
+                "another officer decides on it",
             )
         if status != REQUESTED:
             return ExceptionError("exception", f"it is {status}, not waiting for a decision")

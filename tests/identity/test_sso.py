@@ -242,8 +242,7 @@ def test_the_mapping_command_adds_lists_and_removes_rules(db, capsys):
     call_command("sso_mapping", "remove", str(rule.pk))
     assert not GroupMapping.objects.exists()
     changes = [
-        e.scope["change"]
-        for e in AuditEvent.objects.filter(action="admin_change").order_by("seq")
+        e.scope["change"] for e in AuditEvent.objects.filter(action="admin_change").order_by("seq")
     ]
     assert changes == ["added", "deleted"]  # as the admin's changes are
 

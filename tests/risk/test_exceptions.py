@@ -855,3 +855,23 @@ def test_pages_and_api_agree_through_rescans_and_a_fleet_wide_exception(fleet, c
     agree(0)
     scan(None, workloads)
     agree(0)
+
+
+def test_two_accounts_of_one_officer_do_not_make_four_eyes(db, client):
+    """With passwords and single sign-on both on, an officer's provider account is a
+    second user: it must not decide on the local account's request (the same e-mail is
+    one person), and Settings names such officers."""
+    scan(T1, {("shop", "a"): (ROOT, "app:1")})
+    local, other, _, _ = users()
+    local.email = "Alice@Example.com"
+    local.save()
+    sso = make_user("officer", username="alice-sso")
+    sso.email = "alice@example.com"
+    sso.save()
+    e = ask(local)
+    with pytest.raises(exceptions.ExceptionError, match="another account of yours"):
+        decide(sso, e, "approve")
+    assert decide(other, e, "approve").decision == "approved"
+    client.force_login(other)
+    page = client.get("/settings/").content.decode()
+    assert "one person, several officer accounts" in page and "alice@example.com" in page

@@ -16,6 +16,7 @@ from compliance.models import AuditEvent
 from compliance.models.identity import GroupMapping
 from compliance.models.notify import Contact, Delivery
 from compliance.notify import delivery, outbox
+from compliance.risk import exceptions
 from compliance.vocabulary import FAILED, PENDING, SENDING
 
 FAILED_PAGE = 50
@@ -43,6 +44,7 @@ def overview(request):
             "issuer": settings.WELKIN_OIDC_ISSUER,
             "local_login": settings.WELKIN_LOCAL_LOGIN,
             "local_users": settings.WELKIN_LOCAL_LOGIN_USERS,
+            "shared_officers": exceptions.officers_sharing_an_email(),
             "rules": GroupMapping.objects.select_related("cluster"),
             "contacts": Contact.objects.select_related("cluster"),
             "email_on": outbox.email_on(),

@@ -166,7 +166,7 @@ INSTALLED_APPS = [
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "compliance.web.api_auth.ExpiringToken",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -320,6 +320,9 @@ WELKIN_OIDC_NAME = env_str("WELKIN_OIDC_NAME", "single sign-on")
 WELKIN_OIDC_GROUPS_CLAIM = env_str("WELKIN_OIDC_GROUPS_CLAIM", "groups")
 WELKIN_OIDC_ROLES_CLAIM = env_str("WELKIN_OIDC_ROLES_CLAIM", "roles")
 WELKIN_OIDC_TIMEOUT = env_int("WELKIN_OIDC_TIMEOUT", 10, minimum=1)
+# API tokens are refused this many days after they were made (make a new one with
+# `manage.py drf_create_token -r USER`); Settings lists them and revokes them.
+WELKIN_API_TOKEN_DAYS = env_int("WELKIN_API_TOKEN_DAYS", 90, minimum=1)
 # A provider account not seen (signed in) for this long loses its role and grants at the
 # next hourly sweep: nothing else tells us someone left. Its next sign-in maps them again.
 WELKIN_SSO_ACCESS_SECONDS = env_int(

@@ -61,6 +61,11 @@ urlpatterns = [
     path(
         "settings/contacts/<int:pk>/test/", notifications.send_test, name="compliance-contact-test"
     ),
+    path(
+        "settings/tokens/<int:user_id>/revoke/",
+        notifications.revoke_token,
+        name="compliance-token-revoke",
+    ),
     path("sso/login/", sso.start, name="compliance-sso-login"),
     path("sso/callback/", sso.callback, name="compliance-sso-callback"),
     path("logout/", sso.logout, name="compliance-logout"),

@@ -1,6 +1,8 @@
 """The REST API: token authentication, the same access rules as the pages for every
 endpoint, cursor pagination, and the OpenAPI schema."""
 
+import datetime as dt
+
 from rest_framework.test import APIClient
 
 from compliance.models import AuditEvent, Finding
@@ -70,3 +72,38 @@ def test_it_serves_an_openapi_schema(api_as, db):
         "/api/v1/report/",
     ):
         assert path in body
+
+
+def test_a_token_ends_after_its_days_and_with_its_owners_password_login(api_as, settings):
+    """Access that ends: a token older than WELKIN_API_TOKEN_DAYS, or of a local account
+    that may no longer sign in with its password, is refused (it kept working)."""
+    from rest_framework.authtoken.models import Token
+
+    api = api_as("auditor")
+    assert api.get("/api/v1/clusters/").status_code == 200
+    token = Token.objects.get()
+    Token.objects.filter(pk=token.pk).update(
+        created=token.created - dt.timedelta(days=settings.WELKIN_API_TOKEN_DAYS)
+    )
+    r = api.get("/api/v1/clusters/")
+    assert r.status_code == 401 and "expired" in r.json()["detail"]
+    Token.objects.filter(pk=token.pk).update(created=token.created)
+    settings.WELKIN_LOCAL_LOGIN = False  # passwords off: this local account's token too
+    r = api.get("/api/v1/clusters/")
+    assert r.status_code == 401 and "WELKIN_LOCAL_LOGIN" in r.json()["detail"]
+
+
+def test_settings_lists_the_tokens_and_an_officer_revokes_one(api_as, login_as):
+    api = api_as("auditor")
+    officer = login_as("officer")
+    page = officer.get("/settings/").content.decode()
+    assert "auditor-user" in page and "API tokens" in page
+    owner = AuditEvent.objects.model._meta.apps.get_model("auth", "User").objects.get(
+        username="auditor-user"
+    )
+    r = officer.post(f"/settings/tokens/{owner.pk}/revoke/")
+    assert r.status_code == 302
+    assert api.get("/api/v1/clusters/").status_code == 401
+    assert AuditEvent.objects.filter(
+        action="admin_change", scope__model="authtoken.token", scope__change="deleted"
+    ).exists()

@@ -7,7 +7,9 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib import messages
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_POST
+from rest_framework.authtoken.models import Token
 
 from compliance import params
 from compliance.audit import log
@@ -18,6 +20,7 @@ from compliance.models.notify import Contact, Delivery
 from compliance.notify import delivery, outbox
 from compliance.risk import exceptions
 from compliance.vocabulary import FAILED, PENDING, SENDING
+from compliance.web import api_auth
 
 FAILED_PAGE = 50
 
@@ -45,6 +48,12 @@ def overview(request):
             "local_login": settings.WELKIN_LOCAL_LOGIN,
             "local_users": settings.WELKIN_LOCAL_LOGIN_USERS,
             "shared_officers": exceptions.officers_sharing_an_email(),
+            "tokens": [
+                (t.user, t.created, api_auth.expires_at(t))
+                for t in Token.objects.select_related("user").order_by("created")
+            ],
+            "now": timezone.now(),
+            "token_days": settings.WELKIN_API_TOKEN_DAYS,
             "rules": GroupMapping.objects.select_related("cluster"),
             "contacts": Contact.objects.select_related("cluster"),
             "email_on": outbox.email_on(),
@@ -73,4 +82,27 @@ def send_test(request, pk):
         messages.success(request, f"Test message sent to {contact.name}.")
     else:
         messages.error(request, f"Test message to {contact.name} not sent: {d.last_error}")
+    return redirect("compliance-settings")
+
+
+@require_POST
+def revoke_token(request, user_id):
+    """Revoke one user's API token (officers; audited like an admin change)."""
+    _officer(request)
+    token = get_object_or_404(Token.objects.select_related("user"), user_id=user_id)
+    name = token.user.get_username()
+    token.delete()
+    log.record(
+        request,
+        AuditEvent.Action.ADMIN_CHANGE,
+        f"token of user {user_id}",
+        {
+            "model": "authtoken.token",
+            "id": user_id,
+            "change": "deleted",
+            "fields": [],
+            "object": f"the API token of {name}"[:200],
+        },
+    )
+    messages.success(request, f"The API token of {name} is revoked.")
     return redirect("compliance-settings")

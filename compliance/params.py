@@ -9,10 +9,12 @@ page for the dashboard and the API's exception handler as a 400 JSON body.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import BadRequest
 from django.shortcuts import render
 from django.utils import timezone
@@ -221,3 +223,33 @@ def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise DuplicateKey(repr(key))
         seen[key] = value
     return seen
+
+
+def client_address(request) -> str | None:
+    """Where a request comes from, for throttling (AXES_CLIENT_IP_CALLABLE) and the audit
+    log alike: the TCP peer, or, when the peer is a trusted proxy (WELKIN_TRUSTED_PROXIES,
+    none by default), the right-most X-Forwarded-For hop that is not one -- the hops to its
+    left are whatever the client wrote."""
+    peer = (request.META.get("REMOTE_ADDR") or "").strip() or None
+    nets = settings.WELKIN_TRUSTED_PROXIES
+    if peer is None or not nets:
+        return peer
+
+    def trusted(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in nets)
+
+    if not trusted(peer):
+        return peer
+    hops = [h.strip() for h in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
+    for hop in reversed([h for h in hops if h][:64]):
+        if trusted(hop):
+            continue
+        try:
+            return str(ipaddress.ip_address(hop))
+        except ValueError:
+            return peer  # not an address: nothing to the left of it can be believed
+    return peer

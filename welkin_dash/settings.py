@@ -340,7 +340,14 @@ AUTHENTICATION_BACKENDS = [
 # address, lock that user name or address out for WELKIN_LOGIN_LOCKOUT_MINUTES.
 AXES_FAILURE_LIMIT = env_int("WELKIN_LOGIN_FAILURE_LIMIT", 5, minimum=1)
 AXES_COOLOFF_TIME = timedelta(minutes=env_int("WELKIN_LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
-AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+# An address that fails too often is locked out (a guesser trying many names), and a name
+# from that address (a stranger cannot lock a known name out everywhere).
+AXES_LOCKOUT_PARAMETERS = ["ip_address", ["username", "ip_address"]]
+AXES_CLIENT_IP_CALLABLE = "compliance.params.client_address"
+# Behind a proxy (an Ingress, nginx): its addresses, CIDRs. Only from them is
+# X-Forwarded-For believed, its right-most untrusted hop taken as the client. None: the
+# TCP peer is the client.
+WELKIN_TRUSTED_PROXIES = env_networks("WELKIN_TRUSTED_PROXIES", [])
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_VERBOSE = False

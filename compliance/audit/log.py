@@ -26,6 +26,7 @@ from django.db import IntegrityError, connection, transaction
 from django.dispatch import receiver
 from django.http import Http404
 
+from compliance import params
 from compliance.models import AuditEvent, AuditHead, ExceptionEvent, Export
 from compliance.rules.inert import csv_row
 
@@ -291,9 +292,7 @@ def csv_lines() -> Iterator[str]:
 
 
 def _ip(request) -> str | None:
-    if request is None:
-        return None
-    return request.META.get("REMOTE_ADDR") or None
+    return params.client_address(request) if request is not None else None
 
 
 @receiver(user_logged_in)

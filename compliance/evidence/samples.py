@@ -159,6 +159,11 @@ def _container(row: dict[str, Any], f: Finding | None) -> dict[str, Any]:
 
 
 def create(scope: access.Scope, user, at, size, seed="", cluster=None, namespace=None) -> Sample:
+    """Draw and keep a sample. The drawer's seed is joined with a nonce of the server's,
+    made now: a seed tried offline until it gave a liked sample picks nothing (the drawn
+    seed, stored and audited, redraws it: `manage.py sample --seed`)."""
+    nonce = secrets.token_hex(16)
+    seed = f"{check_seed(seed)[:31]}-{nonce}"
     d = draw(scope, at, size, seed, cluster, namespace, user.get_username())
     return Sample.objects.create(
         user=user,

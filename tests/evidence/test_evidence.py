@@ -5,6 +5,7 @@ validates with compliance-trestle."""
 
 import datetime as dt
 import io
+import re
 import subprocess
 
 import orjson
@@ -342,16 +343,16 @@ def test_a_sample_is_redrawn_from_its_seed(client, demo_fleet, settings, tmp_pat
     r = c.post("/reports/samples/", {"size": "5", "seed": "audit-2026"})
     assert r.status_code == 302, r.content[:400]
     s = samples.Sample.objects.get()
-    assert s.seed == "audit-2026" and len(s.items) == 5 and s.population > 5
+    # The drawer's seed, and the server's nonce after it: the drawer cannot pick the draw.
+    assert re.fullmatch(r"audit-2026-[0-9a-f]{32}", s.seed), s.seed
+    assert len(s.items) == 5 and s.population > 5
     first = s.items[0]["containers"][0]
     assert first["steps"] and first["state"] and first["controls_2022"]
     page = c.get(f"/reports/samples/{s.pk}/")
-    assert page.status_code == 200 and b"audit-2026" in page.content
+    assert page.status_code == 200 and s.seed.encode() in page.content
     # Anyone with the seed draws the same workloads from the same population.
     out = io.StringIO()
-    call_command(
-        "sample", "--size", "5", "--seed", "audit-2026", "--at", s.at.isoformat(), stdout=out
-    )
+    call_command("sample", "--size", "5", "--seed", s.seed, "--at", s.at.isoformat(), stdout=out)
     again = orjson.loads(out.getvalue())
     assert again["population_sha256"] == s.population_sha256
     assert [
@@ -366,11 +367,15 @@ def test_a_sample_is_redrawn_from_its_seed(client, demo_fleet, settings, tmp_pat
     e = Export.objects.get()
     path = store.file_path(e)
     doc = orjson.loads(path.read_bytes())
-    assert doc["sample"]["seed"] == "audit-2026" and "--seed audit-2026" in doc["sample"]["redraw"]
+    assert doc["sample"]["seed"] == s.seed and f"--seed {s.seed}" in doc["sample"]["redraw"]
     code, out = verify_report(path)
     assert code == 0, out
     # Both draws are audited: the page's and the command line's.
     assert AuditEvent.objects.filter(action="sample").count() == 2
+    # The same seed asked for again gets another nonce: trying seeds offline picks nothing.
+    c.post("/reports/samples/", {"size": "5", "seed": "audit-2026"})
+    seeds = set(samples.Sample.objects.values_list("seed", flat=True))
+    assert len(seeds) == 2 and all(x.startswith("audit-2026-") for x in seeds)
 
 
 @pytest.mark.parametrize(

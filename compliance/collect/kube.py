@@ -188,7 +188,7 @@ class ClusterClient:
         while True:
             body = self._page(resource, token)
             try:
-                items, token = podjson.decode_page(resource, body)
+                items, token = podjson.decode_page(resource, body, p.page_limit)
             except podjson.PageError as e:
                 raise ScanError(f"list {resource}: {e}") from None
             del body  # one page in memory at a time

@@ -25,6 +25,7 @@ class OidcIdentityAdmin(KeptAdmin):
     list_display = ["user", "issuer", "subject", "last_login_at"]
     search_fields = ["user__username", "subject"]
     readonly_fields = ["user", "issuer", "subject", "last_login_at", "claims"]
+    raw_id_fields = ["person"]  # link it to the local account of the same person
 
     def has_add_permission(self, request):
         return False

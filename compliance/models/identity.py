@@ -82,6 +82,17 @@ class OidcIdentity(models.Model):
     last_login_at = models.DateTimeField(default=timezone.now)
     # What the last sign-in matched on, for the admin (bounded: see identity.py).
     claims = models.JSONField(default=dict, blank=True)
+    # The local account of the same person (linked by an administrator): four eyes count
+    # the two accounts as one, and the register names the person.
+    person = models.ForeignKey(
+        "auth.User",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="linked_identities",
+        help_text="The local account of the same person: they never decide on each "
+        "other's requests.",
+    )
 
     class Meta:
         constraints = [

@@ -32,6 +32,7 @@ from compliance.models import (
     ExceptionEvent,
     ExceptionMatch,
     Finding,
+    OidcIdentity,
     RiskException,
 )
 from compliance.notify import outbox
@@ -236,12 +237,19 @@ def may_request(scope: Scope) -> bool:
 
 
 def same_person(a: int | None, b: int | None) -> bool:
-    """Two accounts of one person, for four eyes: the same account, or the same e-mail (a
-    provider account's is verified at sign-in, a local one's set by an administrator), as
-    when someone has a password and single sign-on."""
+    """Two accounts of one person, for four eyes: the same account, a provider account
+    linked to the other (OidcIdentity.person), or the same e-mail (a provider account's is
+    verified at sign-in, a local one's set by an administrator)."""
     if a is None or b is None:
         return False
     if a == b:
+        return True
+    linked = dict(
+        OidcIdentity.objects.filter(user_id__in=(a, b), person__isnull=False).values_list(
+            "user_id", "person_id"
+        )
+    )
+    if linked.get(a) == b or linked.get(b) == a or (a in linked and linked[a] == linked.get(b)):
         return True
     emails = {
         pk: (email or "").strip().lower()
@@ -282,7 +290,8 @@ def refusal(scope: Scope, e: RiskException, user_id: int, action: str, status: s
         if same_person(e.requested_by_id, user_id):
             return ExceptionError(
                 "user",
-                "another account of yours (the same e-mail) requested this exception: "
+                "another account of yours (linked, or the same e-mail) requested this "
+                "exception: "
                 "another officer decides on it",
             )
         if status != REQUESTED:
@@ -375,7 +384,9 @@ def visible(scope: Scope) -> QuerySet[RiskException]:
     """Exceptions a user may read: all for officers and auditors; for a lead, those for
     their namespaces (the namespace a grant) and those covering a finding they can see (an
     officer's glob that reaches into their namespaces)."""
-    qs = RiskException.objects.select_related("cluster", "requested_by", "decided_by")
+    qs = RiskException.objects.select_related(
+        "cluster", "requested_by__oidc__person", "decided_by__oidc__person"
+    )
     if scope.fleet:
         return qs
     if scope.role != access.LEAD or not scope.grants:

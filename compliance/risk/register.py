@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.core.exceptions import ObjectDoesNotExist
 from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
@@ -110,6 +111,16 @@ def covered_counts(scope: Scope, ids: list[int]) -> dict[int, int]:
     )
 
 
+def person(user) -> str:
+    """An account as the register names it: with the person it is linked to (a provider
+    account linked to a local one), so two accounts of one person read as one."""
+    try:
+        linked = user.oidc.person
+    except ObjectDoesNotExist:
+        linked = None
+    return f"{user.username} ({linked.username})" if linked is not None else user.username
+
+
 def row(e: RiskException, now: dt.datetime, covered: int) -> dict[str, Any]:
     status = exceptions.status_at(e, now)
     return {
@@ -126,9 +137,9 @@ def row(e: RiskException, now: dt.datetime, covered: int) -> dict[str, Any]:
         "controls_2013": " ".join(e.controls),
         "reason": e.reason,
         "ticket": e.ticket,
-        "requested_by": e.requested_by.username,
+        "requested_by": person(e.requested_by),
         "requested_at": e.requested_at.isoformat(),
-        "decided_by": e.decided_by.username if e.decided_by_id else "",
+        "decided_by": person(e.decided_by) if e.decided_by_id else "",
         "decided_at": e.decided_at.isoformat() if e.decided_at else "",
         "decision_comment": e.decision_comment,
         "revoked_by": e.revoked_by.username if e.revoked_by_id else "",

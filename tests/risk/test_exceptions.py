@@ -25,9 +25,10 @@ from compliance.models import (
     Export,
     Finding,
     FindingEvent,
+    OidcIdentity,
     RiskException,
 )
-from compliance.risk import acceptance, exceptions
+from compliance.risk import acceptance, exceptions, register
 from tests import podgen
 from tests.builders import ROOT, TOKEN, make_user, scrape, value
 
@@ -875,3 +876,27 @@ def test_two_accounts_of_one_officer_do_not_make_four_eyes(db, client):
     client.force_login(other)
     page = client.get("/settings/").content.decode()
     assert "one person, several officer accounts" in page and "alice@example.com" in page
+
+
+def test_a_provider_account_linked_to_a_local_one_is_one_person(db, client):
+    """Without a shared e-mail: an administrator links the accounts (manage.py
+    link_identity, or the admin); four eyes then count them as one, and the register
+    names the person."""
+    scan(T1, {("shop", "a"): (ROOT, "app:1")})
+    local, other, _, _ = users()
+    sso = make_user("officer", username="alice-sso")
+    OidcIdentity.objects.create(user=sso, issuer="https://idp.example", subject="alice")
+    call_command("link_identity", "alice-sso", "officer")
+    e = ask(local)
+    with pytest.raises(exceptions.ExceptionError, match="another account of yours"):
+        decide(sso, e, "approve")
+    f = ask(sso)
+    with pytest.raises(exceptions.ExceptionError, match="another account of yours"):
+        decide(local, f, "approve")
+    rows = {
+        r["id"]: r for r in register.page(access.scope_for(other), register.Filters(), None)["rows"]
+    }
+    assert rows[f.pk]["requested_by"] == "alice-sso (officer)"
+    assert AuditEvent.objects.filter(action="admin_change", scope__fields=["person"]).exists()
+    call_command("link_identity", "alice-sso", "--unlink")
+    assert decide(sso, e, "approve").decision == "approved"

@@ -165,6 +165,7 @@ class FakeKube:
     ignore_limit: bool = False  # every item in one page, whatever the limit
     empty_pages: bool = False  # no items, and always a fresh continue token
     generated_pods: int = 0  # one page of this many generated pods (about 5 KB each)
+    small_pods: bool = False  # the generated pods minimal (about 250 bytes each)
     drip_bytes_per_second: float = 0.0  # pages are sent this slowly
     drip_chunked: bool = False  # ... as chunked encoding, each chunk-size line 4 KB long
     invalid_utf8: bool = False  # the first object's name in each page starts with byte 0xff
@@ -394,9 +395,18 @@ class _Handler(BaseHTTPRequestHandler):
         from tests import podgen
 
         marker = b"gen-pod-0000000000"
-        template = orjson.dumps(
-            podgen.pod("gen", marker.decode(), "registry.example/app", {}, {"runAsUser": 0})
-        )
+        if self.server.state.small_pods:  # about 250 bytes: many fit under the byte cap
+            template = orjson.dumps(
+                {
+                    "metadata": {"name": marker.decode(), "namespace": "gen"},
+                    "spec": {"containers": [{"name": "app", "image": "app"}]},
+                    "status": {"phase": "Running"},
+                }
+            )
+        else:
+            template = orjson.dumps(
+                podgen.pod("gen", marker.decode(), "registry.example/app", {}, {"runAsUser": 0})
+            )
         self._start_chunked()
         try:
             batch = [
@@ -656,12 +666,14 @@ def main() -> None:
         help="one page of this many generated pods, whatever the limit",
     )
     hostile.add_argument("--drip-bytes-per-second", type=float, default=0.0)
+    hostile.add_argument("--small-pods", action="store_true", help="--generated-pods minimal")
     args = parser.parse_args()
     # Started from a background job, SIGINT arrives ignored: stop() sends it, so listen.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     server = FakeKubeServer()
     server.state.repeat_continue = args.repeat_continue
     server.state.generated_pods = args.generated_pods
+    server.state.small_pods = args.small_pods
     server.state.drip_bytes_per_second = args.drip_bytes_per_second
     server.state.put_many(obj for _, obj in podgen.fleet(args.pods))
     server.state.current_snapshot()

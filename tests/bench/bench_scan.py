@@ -218,6 +218,7 @@ def run_scan(cluster_id: int, timeout: float = 900):
 HOSTILE = [
     ("repeated continue token", 2_000, ("--repeat-continue",)),
     ("200,000 pods in one page", 1_000, ("--generated-pods", "200000")),
+    ("200,000 small pods/page", 1_000, ("--generated-pods", "200000", "--small-pods")),
     ("page drip-fed at 100 B/s", 2_000, ("--drip-bytes-per-second", "100")),
 ]
 HOSTILE_ENV = {"WELKIN_KUBE_REQUEST_DEADLINE": "10"}

@@ -111,3 +111,14 @@ def test_a_shortened_log_renumbered_from_one_is_refused(week):
     result = audit.verify_chain()
     assert not result.ok
     assert "the log begins at" in result.message or "signed head" in result.message, result.message
+
+
+def test_the_demo_fleets_log_verifies(db):
+    """The first look (`make run`) must not greet anyone with a broken chain: the demo's
+    seeded history (an exception that ran its course weeks ago) is not a shortened log."""
+    from compliance import demo
+    from tests.builders import PASSWORD
+
+    demo.load(PASSWORD, days=7)
+    result = audit.verify_chain()
+    assert result.ok, result.message

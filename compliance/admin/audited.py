@@ -11,19 +11,7 @@ from compliance.audit import log
 
 class AuditedAdmin(admin.ModelAdmin):
     def _record(self, request, obj, change: str, fields=()) -> None:
-        opts = obj._meta
-        log.record(
-            request,
-            "admin_change",
-            f"{opts.model_name} {obj.pk}",
-            {
-                "model": opts.label_lower,
-                "id": obj.pk,
-                "change": change,
-                "fields": sorted(fields),
-                "object": str(obj)[:200],
-            },
-        )
+        log.record_change(request, obj._meta.label_lower, obj.pk, change, fields, str(obj))
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)

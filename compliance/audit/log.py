@@ -92,6 +92,33 @@ def _append(event: AuditEvent) -> AuditEvent:
     return event
 
 
+def record_change(
+    request,
+    model: str,
+    pk,
+    change: str,
+    fields=(),
+    shown: str = "",
+    username: str | None = None,
+) -> AuditEvent:
+    """A change to what decides access or notifications (the admin, the commands, the
+    Settings page): `model` as app.model, added/changed/deleted, the fields, never their
+    values."""
+    return record(
+        request,
+        "admin_change",
+        f"{model.rsplit('.', 1)[-1]} {pk}",
+        {
+            "model": model,
+            "id": pk,
+            "change": change,
+            "fields": sorted(fields),
+            "object": shown[:200],
+        },
+        username=username,
+    )
+
+
 def chain_hash(e: AuditEvent) -> str:
     """SHA-256 over the event's recorded fields and the previous hash (not the user's id:
     deleting a user sets it to NULL; the user name is kept and hashed)."""

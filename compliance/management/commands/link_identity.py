@@ -35,18 +35,14 @@ class Command(BaseCommand):
                 raise CommandError(f"{local_user!r} is not a local account")
         identity.person = person
         identity.save(update_fields=["person"])
-        log.record(
+        log.record_change(
             None,
-            "admin_change",
-            f"oidcidentity {identity.pk}",
-            {
-                "model": "compliance.oidcidentity",
-                "id": identity.pk,
-                "change": "changed",
-                "fields": ["person"],
-                "object": str(identity)[:200],
-            },
-            username=f"{getpass.getuser()} (command line)",
+            "compliance.oidcidentity",
+            identity.pk,
+            "changed",
+            ["person"],
+            str(identity),
+            f"{getpass.getuser()} (command line)",
         )
         self.stdout.write(
             f"{provider_user} is {'linked to ' + person.username if person else 'not linked'}"

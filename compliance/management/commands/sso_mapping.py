@@ -66,17 +66,13 @@ class Command(BaseCommand):
 
 
 def _audit(pk: int, change: str, shown: str) -> None:
-    """As the admin records it (admin_change), by the command line's user."""
-    log.record(
+    """As the admin records it, by the command line's user."""
+    log.record_change(
         None,
-        "admin_change",
-        f"groupmapping {pk}",
-        {
-            "model": "compliance.groupmapping",
-            "id": pk,
-            "change": change,
-            "fields": [],
-            "object": shown[:200],
-        },
-        username=f"{getpass.getuser()} (command line)",
+        "compliance.groupmapping",
+        pk,
+        change,
+        (),
+        shown,
+        f"{getpass.getuser()} (command line)",
     )

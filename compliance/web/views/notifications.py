@@ -92,17 +92,8 @@ def revoke_token(request, user_id):
     token = get_object_or_404(Token.objects.select_related("user"), user_id=user_id)
     name = token.user.get_username()
     token.delete()
-    log.record(
-        request,
-        AuditEvent.Action.ADMIN_CHANGE,
-        f"token of user {user_id}",
-        {
-            "model": "authtoken.token",
-            "id": user_id,
-            "change": "deleted",
-            "fields": [],
-            "object": f"the API token of {name}"[:200],
-        },
+    log.record_change(
+        request, "authtoken.token", user_id, "deleted", (), f"the API token of {name}"
     )
     messages.success(request, f"The API token of {name} is revoked.")
     return redirect("compliance-settings")

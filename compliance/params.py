@@ -245,11 +245,28 @@ def client_address(request) -> str | None:
     if not trusted(peer):
         return peer
     hops = [h.strip() for h in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
-    for hop in reversed([h for h in hops if h][:64]):
+    # From the right: the proxies' own hops are last, what the client wrote comes first
+    # (so a client's long list cannot push the real address out of reach).
+    for hop in reversed([h for h in hops if h][-64:]):
         if trusted(hop):
             continue
-        try:
-            return str(ipaddress.ip_address(hop))
-        except ValueError:
-            return peer  # not an address: nothing to the left of it can be believed
+        address = _address(hop)
+        return address if address is not None else peer  # nothing left of it is believable
     return peer
+
+
+def _address(hop: str) -> str | None:
+    """An X-Forwarded-For hop as an address ("1.2.3.4:5678" and "[::1]:80" without the
+    port); None for anything else, a scoped IPv6 address included (no database stores it)."""
+    host = hop
+    if hop.startswith("[") and "]" in hop:
+        host = hop[1 : hop.index("]")]
+    elif hop.count(":") == 1:
+        host = hop.split(":", 1)[0]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if getattr(ip, "scope_id", None):
+        return None
+    return str(ip)

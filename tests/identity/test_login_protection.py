@@ -153,3 +153,24 @@ def test_behind_a_proxy_a_stranger_cannot_lock_an_officer_out(proxy, live_server
         direct.login("nobody", "wrong", headers={"X-Forwarded-For": "127.0.0.3"})
     assert officer.login("officer", builders.PASSWORD) == 302
     assert AuditEvent.objects.filter(action="login_failed", ip="127.0.0.4").exists()
+
+
+@pytest.mark.parametrize(
+    "forwarded, client",
+    [
+        (", ".join(["198.51.100.7"] * 64 + ["203.0.113.9"]), "203.0.113.9"),  # a long list
+        ("198.51.100.7, 203.0.113.9, 10.0.0.9", "203.0.113.9"),  # proxies on the right
+        ("1.2.3.4:5555", "1.2.3.4"),
+        ("[2001:db8::1]:80", "2001:db8::1"),
+        ("fe80::1%eth0", "10.0.0.5"),  # scoped: no database stores it
+        ("not-an-address", "10.0.0.5"),
+    ],
+)
+def test_the_client_address_is_the_right_most_untrusted_hop(rf, settings, forwarded, client):
+    """What a client writes in X-Forwarded-For comes first; the proxies append on the
+    right. However long the client's list, the real address is the one taken."""
+    from compliance.params import client_address
+
+    settings.WELKIN_TRUSTED_PROXIES = [ipaddress.ip_network("10.0.0.0/8")]
+    request = rf.get("/", REMOTE_ADDR="10.0.0.5", HTTP_X_FORWARDED_FOR=forwarded)
+    assert client_address(request) == client

@@ -202,11 +202,21 @@ def verify_chain(chunk: int = 5000, tsa_ca: bytes | None = None) -> ChainCheck:
         first_at = first_at or e.at
         expected_seq, prev, last_seq, prev_at = e.seq + 1, e.hash, e.seq, e.at
         if e.action == AuditEvent.Action.AUDIT_HEAD:
-            signed_events.append((e.seq, (e.scope or {}).get("seq"), e.content_hash))
+            scope = e.scope if isinstance(e.scope, dict) else {}
+            signed_events.append((e.seq, scope.get("seq"), e.content_hash))
         if e.at < old:
             old_seq = e.seq
     if n == 0 and get_user_model().objects.filter(last_login__isnull=False).exists():
         return ChainCheck(False, 0, "the log is empty, yet users have logged in: it was emptied")
+    later = _postdating(prev_at) if n else ""
+    if later:
+        return ChainCheck(
+            False,
+            n,
+            f"the log ends at {prev_at:%Y-%m-%d %H:%M:%S} (event {last_seq}), yet {later}: "
+            "its newest events were deleted",
+            last_seq + 1,
+        )
     earlier = _predating(first_at)
     if earlier:
         return ChainCheck(
@@ -244,6 +254,7 @@ def verify_chain(chunk: int = 5000, tsa_ca: bytes | None = None) -> ChainCheck:
             covered + 1,
         )
     signed = len(kept)
+    outages = heads.gaps()
     return ChainCheck(
         True,
         n,
@@ -252,9 +263,36 @@ def verify_chain(chunk: int = 5000, tsa_ca: bytes | None = None) -> ChainCheck:
             f" and matches all {signed:,} signed heads"
             if signed
             else "; no head has been signed yet (the daily task signs it)"
+        )
+        + (
+            f"; no head was signed from {', from '.join(outages)} (sign-audit-head did not run)"
+            if outages
+            else ""
         ),
         heads=signed,
     )
+
+
+def _postdating(last_at) -> str:
+    """What the log should record but ends before: a login or an export after its last
+    event. '' when nothing does."""
+    from django.contrib.auth import get_user_model  # noqa: PLC0415 - as in verify_chain
+
+    limit = last_at + dt.timedelta(seconds=1)
+    checks = [
+        ("a user logged in", get_user_model().objects, "last_login"),
+        ("an export was asked for", Export.objects, "created_at"),
+    ]
+    for what, objects, field in checks:
+        at = (
+            objects.filter(**{f"{field}__gt": limit})
+            .order_by(f"-{field}")
+            .values_list(field, flat=True)
+            .first()
+        )
+        if at is not None:
+            return f"{what} at {at:%Y-%m-%d %H:%M:%S}"
+    return ""
 
 
 def _predating(first_at) -> str:

@@ -78,7 +78,7 @@ def check_manifest(manifest_bytes: bytes) -> Verification:
         json.loads(manifest_bytes, object_pairs_hook=unique_keys)
     except DuplicateKey as e:
         return Verification(False, f"the manifest gives the key {e} twice: it was edited")
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, RecursionError):
         return Verification(False, "the manifest is not a welkin-dash manifest")
     if m.get("public_key") != public_key_b64():
         return Verification(False, "the manifest was not signed by this server's key", m)

@@ -122,3 +122,43 @@ def test_the_demo_fleets_log_verifies(db):
     demo.load(PASSWORD, days=7)
     result = audit.verify_chain()
     assert result.ok, result.message
+
+
+def test_a_missed_days_head_is_reported_not_a_failure_for_ever(db, monkeypatch):
+    """One sign-audit-head run missed (a deploy, a backed-up queue) leaves two chained
+    heads over 48 h apart with events between: reported, and the chain still verifies."""
+    at = AuditEvent._meta.get_field("at")
+    for day in range(6, 0, -1):
+        t = NOW - dt.timedelta(days=day, minutes=5 if day == 4 else 0)
+        monkeypatch.setattr(timezone, "now", lambda t=t: t)
+        monkeypatch.setattr(at, "_get_default", lambda t=t: t)
+        audit.record(None, AuditEvent.Action.API, f"day {day}")
+        if day != 3:  # that day's run did not happen: 48 h and 5 minutes between heads
+            heads.sign_head()
+    monkeypatch.setattr(timezone, "now", lambda: NOW)
+    monkeypatch.setattr(at, "_get_default", lambda: NOW)
+    result = audit.verify_chain()
+    assert result.ok, result.message
+    assert "no head was signed from" in result.message and "did not run" in result.message
+
+
+def test_deleting_the_newest_events_after_the_last_head_is_caught(week, persona):
+    """No rehash is needed to cut the log's end: a login after its last event (the week's
+    last event is a day old) shows the newest events were deleted."""
+    user = persona("auditor")
+    user.last_login = NOW - dt.timedelta(hours=5)
+    user.save()
+    result = audit.verify_chain()
+    assert not result.ok and "its newest events were deleted" in result.message, result.message
+
+
+def test_a_manifest_folder_with_oddities_fails_cleanly(tmp_path, week):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    (tmp_path / "odd.manifest.json").mkdir()  # a folder with a manifest's name
+    (tmp_path / "deep.manifest.json").write_bytes(b'{"a":' * 1000 + b"1" + b"}" * 1000)
+    out = StringIO()
+    call_command("verify_audit_log", "--manifests", str(tmp_path), stdout=out)
+    assert "OK" in out.getvalue() and "2 files in the folder are not" in out.getvalue()

@@ -52,12 +52,18 @@ class Command(BaseCommand):
         if not folder.is_dir():
             raise CommandError(f"{folder}: not a folder")
         paths = sorted(folder.glob("*.manifest.json"))[:MANIFESTS_MAX]
-        checked = 0
+        checked, others = 0, 0
         for path in paths:
-            data = path.read_bytes()[: signed.MANIFEST_MAX_BYTES + 1]
+            try:
+                with open(path, "rb") as f:
+                    data = f.read(signed.MANIFEST_MAX_BYTES + 1)
+            except OSError:
+                others += 1  # a folder, unreadable: not a manifest
+                continue
             manifest = signed.check_manifest(data)
             if not manifest.ok:
-                continue  # not one of ours, or edited: verify_report says which
+                others += 1  # not one of ours (another key), or edited: verify_report says
+                continue
             head = (manifest.manifest or {}).get("audit_head")
             if not isinstance(head, dict) or not isinstance(head.get("seq"), int):
                 continue  # made before any head was signed
@@ -71,4 +77,11 @@ class Command(BaseCommand):
                     "were deleted"
                 )
             checked += 1
-        return True, f"{message}; the heads of {checked:,} export manifests are all in it"
+        skipped = (
+            f"; {others:,} file{'s' if others != 1 else ''} in the folder "
+            f"{'are' if others != 1 else 'is'} not a manifest this server's key signed "
+            "(another key, edited, or not a manifest: verify_report names which)"
+            if others
+            else ""
+        )
+        return True, f"{message}; the heads of {checked:,} export manifests are all in it{skipped}"

@@ -27,7 +27,16 @@ class Refused(Exception):
 # networks), IPv6 site-local.
 _NOT_PUBLIC = [
     ipaddress.ip_network(n)
-    for n in ("192.0.0.0/24", "192.88.99.0/24", "100.64.0.0/10", "240.0.0.0/4", "fec0::/10")
+    for n in (
+        "192.0.0.0/24",
+        "192.88.99.0/24",
+        "100.64.0.0/10",
+        "240.0.0.0/4",
+        "fec0::/10",
+        "64:ff9b:1::/48",  # NAT64 for local use
+        "::ffff:0:0:0/96",  # IPv4-translated
+        "::/96",  # IPv4-compatible (deprecated), and :: and ::1 with them
+    )
 ]
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 

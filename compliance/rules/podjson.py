@@ -139,8 +139,10 @@ def decode_page(
             if max_items is not None:
                 try:
                     n = len(_COUNT.decode(body).get("items") or ())
-                except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
-                    n = 0  # not a list of items: the decoding below says what it is
+                except msgspec.ValidationError:
+                    # Not an object with a list of items: refused here, unread (the
+                    # fallback below would build the whole body to say where it fails).
+                    raise PageError("the API server's answer is not a list") from None
                 if n > max_items:
                     raise PageError(
                         f"the API server sent {n:,} items in one page, but at most "

@@ -43,6 +43,9 @@ def no_allowed_networks(settings):
         "http://[64:ff9b::7f00:1]/h",  # NAT64 of 127.0.0.1
         "http://224.0.0.1/h",
         "http://2130706433/h",  # 127.0.0.1 as one number
+        "http://[64:ff9b:1::a9fe:a9fe]/h",  # local-use NAT64
+        "http://[::ffff:0:7f00:1]/h",  # IPv4-translated
+        "http://[::7f00:1]/h",  # IPv4-compatible
     ],
 )
 def test_the_admin_refuses_a_webhook_to_an_internal_address(admin_client, no_allowed_networks, url):

@@ -191,3 +191,11 @@ def test_a_page_with_more_items_than_asked_for_is_refused_before_they_are_built(
     assert len(podjson.decode_page("pods", body, 3)[0]) == 3
     with pytest.raises(podjson.PageError, match="sent 3 items in one page, but at most 2"):
         podjson.decode_page("pods", body, 2)
+
+
+@pytest.mark.parametrize("body", [b"[" + b"{}," * 1000 + b"{}]", b'{"items": {"a": [{}]}}'])
+def test_a_page_that_is_not_a_list_of_items_is_refused_unread(body):
+    """Not an object holding a list: the full fallback parse (to say where it fails) built
+    a 28 MB body of such items into 734 MB; with a limit it is refused before."""
+    with pytest.raises(podjson.PageError, match="not a list"):
+        podjson.decode_page("pods", body, 500)

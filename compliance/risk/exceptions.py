@@ -21,7 +21,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Count, Q, QuerySet
-from django.db.models.functions import Lower
+from django.db.models.functions import Lower, Trim
 from django.utils import timezone
 
 from compliance.audit import log
@@ -237,25 +237,39 @@ def may_request(scope: Scope) -> bool:
 
 
 def same_person(a: int | None, b: int | None) -> bool:
-    """Two accounts of one person, for four eyes: the same account, a provider account
-    linked to the other (OidcIdentity.person), or the same e-mail (a provider account's is
-    verified at sign-in, a local one's set by an administrator)."""
+    """Two accounts of one person, for four eyes: joined, directly or through others, by a
+    link (a provider account linked to a local one, OidcIdentity.person) or the same e-mail
+    (a provider account's is verified at sign-in, a local one's set by an administrator)."""
     if a is None or b is None:
         return False
-    if a == b:
-        return True
-    linked = dict(
-        OidcIdentity.objects.filter(user_id__in=(a, b), person__isnull=False).values_list(
-            "user_id", "person_id"
+    return a == b or b in _accounts_of(a)
+
+
+def _accounts_of(user_id: int, limit: int = 50) -> set[int]:
+    """Every account one person has, reached from one: links and e-mails followed until
+    nothing new (a few queries; bounded)."""
+    seen, frontier = {user_id}, {user_id}
+    while frontier and len(seen) < limit:
+        emails = {
+            e.strip().lower()
+            for e in User.objects.filter(pk__in=frontier).values_list("email", flat=True)
+            if e and e.strip()
+        }
+        found = set(
+            OidcIdentity.objects.filter(
+                Q(user_id__in=frontier, person__isnull=False) | Q(person_id__in=frontier)
+            ).values_list("user_id", "person_id")
         )
-    )
-    if linked.get(a) == b or linked.get(b) == a or (a in linked and linked[a] == linked.get(b)):
-        return True
-    emails = {
-        pk: (email or "").strip().lower()
-        for pk, email in User.objects.filter(pk__in=(a, b)).values_list("pk", "email")
-    }
-    return bool(emails.get(a)) and emails.get(a) == emails.get(b)
+        reached = {pk for pair in found for pk in pair}
+        if emails:
+            reached |= set(
+                User.objects.annotate(address=Lower(Trim("email")))
+                .filter(address__in=emails)
+                .values_list("pk", flat=True)
+            )
+        frontier = reached - seen
+        seen |= frontier
+    return seen
 
 
 def officers_sharing_an_email() -> list[tuple[str, int]]:
@@ -264,7 +278,7 @@ def officers_sharing_an_email() -> list[tuple[str, int]]:
     officers = User.objects.filter(Q(is_superuser=True) | Q(groups__name=access.OFFICER))
     return list(
         officers.exclude(email="")
-        .annotate(address=Lower("email"))
+        .annotate(address=Lower(Trim("email")))
         .values("address")
         .annotate(n=Count("pk", distinct=True))
         .filter(n__gt=1)

@@ -900,3 +900,25 @@ def test_a_provider_account_linked_to_a_local_one_is_one_person(db, client):
     assert AuditEvent.objects.filter(action="admin_change", scope__fields=["person"]).exists()
     call_command("link_identity", "alice-sso", "--unlink")
     assert decide(sso, e, "approve").decision == "approved"
+
+
+def test_one_person_is_followed_through_links_and_emails(db):
+    """A chain counts: a provider account linked to a local one, and that local account
+    sharing an e-mail with a third, are all one person; a stranger is not."""
+    scan(T1, {("shop", "a"): (ROOT, "app:1")})
+    local, other, _, _ = users()
+    local.email = "alice@example.com"
+    local.save()
+    third = make_user("officer", username="alice-old")
+    third.email = " ALICE@example.com"
+    third.save()
+    sso = make_user("officer", username="alice-sso")
+    OidcIdentity.objects.create(
+        user=sso, issuer="https://idp.example", subject="alice", person=local
+    )
+    e = ask(third)
+    with pytest.raises(exceptions.ExceptionError, match="another account of yours"):
+        decide(sso, e, "approve")
+    assert exceptions.same_person(third.pk, sso.pk) and exceptions.same_person(sso.pk, third.pk)
+    assert not exceptions.same_person(other.pk, sso.pk)
+    assert decide(other, e, "approve").decision == "approved"

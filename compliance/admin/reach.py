@@ -5,6 +5,7 @@ from django import forms
 from django.contrib import admin
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group, User
+from rest_framework.authtoken.models import TokenProxy
 
 from compliance.admin.audited import AuditedAdmin, KeptAdmin
 from compliance.admin.fleet import WriteOnlySecret
@@ -122,3 +123,27 @@ class AuditedUserAdmin(AuditedAdmin, UserAdmin):
 @admin.register(Group)
 class AuditedGroupAdmin(AuditedAdmin, GroupAdmin):
     pass
+
+
+# DRF's own token admin lists every key (a credential) and adds and deletes tokens
+# unaudited: here tokens are only listed, by owner and age, never by key; Settings revokes
+# them (audited) and `manage.py drf_create_token` issues them.
+admin.site.unregister(TokenProxy)
+
+
+@admin.register(TokenProxy)
+class ApiTokenAdmin(admin.ModelAdmin):
+    list_display = ["user", "created"]
+    list_display_links = None  # a token's URL would carry its key
+    search_fields = ["user__username"]
+    ordering = ["user__username"]
+    actions = None
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

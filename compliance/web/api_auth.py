@@ -1,6 +1,7 @@
 """The API's token authentication (REST_FRAMEWORK's DEFAULT_AUTHENTICATION_CLASSES): DRF's
 tokens, refused once older than WELKIN_API_TOKEN_DAYS, and refused for a local account
-that may no longer sign in with its password (WELKIN_LOCAL_LOGIN): access ends for a
+(one without a provider identity, whatever its password) that may no longer sign in with
+its password (WELKIN_LOCAL_LOGIN): access ends for a
 token when it ends for its owner. A provider account's token ends with its role (the
 idle sweep)."""
 
@@ -25,7 +26,7 @@ class ExpiringToken(TokenAuthentication):
             raise AuthenticationFailed(
                 "the token expired (WELKIN_API_TOKEN_DAYS): ask an administrator for a new one"
             )
-        if user.has_usable_password() and not signin.local_login_allowed(user):
+        if not hasattr(user, "oidc") and not signin.local_login_allowed(user):
             raise AuthenticationFailed(
                 "this account may not sign in with a password (WELKIN_LOCAL_LOGIN), nor "
                 "use its token"

@@ -91,6 +91,23 @@ def test_a_token_ends_after_its_days_and_with_its_owners_password_login(api_as, 
     settings.WELKIN_LOCAL_LOGIN = False  # passwords off: this local account's token too
     r = api.get("/api/v1/clusters/")
     assert r.status_code == 401 and "WELKIN_LOCAL_LOGIN" in r.json()["detail"]
+    token.user.set_unusable_password()  # no password is still a local account
+    token.user.save()
+    r = api.get("/api/v1/clusters/")
+    assert r.status_code == 401 and "WELKIN_LOCAL_LOGIN" in r.json()["detail"]
+
+
+def test_the_admin_lists_tokens_by_owner_never_by_key(api_as, client):
+    from django.contrib.auth.models import User
+    from rest_framework.authtoken.models import Token
+
+    api_as("auditor")
+    key = Token.objects.get().key
+    client.force_login(User.objects.create_superuser("root", "root@example.com", "x"))
+    page = client.get("/admin/authtoken/tokenproxy/")
+    assert page.status_code == 200 and "auditor-user" in page.content.decode()
+    assert key not in page.content.decode()
+    assert client.get("/admin/authtoken/tokenproxy/add/").status_code == 403
 
 
 def test_settings_lists_the_tokens_and_an_officer_revokes_one(api_as, login_as):

@@ -118,8 +118,8 @@ def check(
 def check_all(last_seq: int, tsa_ca: bytes | None = None) -> tuple[int, str] | None:
     """The first head that does not match the chain (its seq and why), or None: each head
     signed and matching its event, naming the head before it (heads signed since they are
-    chained), and none missing for longer than the signing allows (HEAD_EVERY) while
-    events were written -- between two heads, or from the last one until now."""
+    chained), and the last one no older than HEAD_LATE while events came after it (gaps
+    between two chained heads are outages, reported by gaps())."""
     key = signing.public_key_b64()
     heads = list(AuditHead.objects.order_by("at", "pk"))
     hashes = dict(

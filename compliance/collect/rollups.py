@@ -205,6 +205,7 @@ def namespace_changes_sql(
     accepted_values = ", ".join(["(%s::int, %s::text, %s::int)"] * len(accepted_rows))
     table = DailyRollup._meta.db_table
     ranking = NamespaceRanking._meta.db_table
+    clusters = Cluster._meta.db_table  # ties broken by cluster name, as the page sorts
     ranked = (
         f"""NOT EXISTS (SELECT 1 FROM {ranking} k
                         WHERE k.cluster_id = d0.cluster_id AND k.day = d0.today)
@@ -232,9 +233,11 @@ def namespace_changes_sql(
                    g0.now - CASE WHEN g0.cluster_id = ANY(%s::int[]) THEN COALESCE(a.n, 0)
                                  ELSE g0.accepted END AS now, g0.before
             FROM g0 LEFT JOIN a ON a.cluster_id = g0.cluster_id AND a.namespace = g0.namespace)
-        (SELECT * FROM g WHERE now > before ORDER BY now - before DESC, namespace LIMIT 10)
+        (SELECT g.* FROM g JOIN {clusters} c ON c.id = g.cluster_id WHERE now > before
+         ORDER BY now - before DESC, namespace, c.name LIMIT 10)
         UNION
-        (SELECT * FROM g WHERE now > 0 ORDER BY now DESC, namespace LIMIT 10)"""
+        (SELECT g.* FROM g JOIN {clusters} c ON c.id = g.cluster_id WHERE now > 0
+         ORDER BY now DESC, namespace, c.name LIMIT 10)"""
     if stored:
         sql += f"""
         UNION ALL

@@ -221,9 +221,14 @@ def _fleet_overview(scope: Scope, version: int) -> dict[str, Any]:
 
     worse_rows = sorted(
         (r for r in ns_rows if r["now"] > r["before"]),
-        key=lambda r: (r["before"] - r["now"], r["namespace"]),
+        key=lambda r: (r["before"] - r["now"], r["namespace"], r["cluster__name"]),
     )[:10]
-    top = sorted((r for r in ns_rows if r["now"]), key=lambda r: (-r["now"], r["namespace"]))[:10]
+    # Ties broken by namespace, then cluster: the same order whichever way the rows came
+    # (stored rankings or live), so the page and the API never reorder equal rows.
+    top = sorted(
+        (r for r in ns_rows if r["now"]),
+        key=lambda r: (-r["now"], r["namespace"], r["cluster__name"]),
+    )[:10]
 
     trend = _state_series(_counts(scope).filter(day__gte=now.date() - dt.timedelta(days=30)))
     per_control = []

@@ -244,7 +244,7 @@ pods = st.fixed_dictionaries(
 # --- metrics, the production environment ----------------------------------------------
 
 TOKEN = "a-metrics-token-for-tests-0123456789"
-# The production settings the README documents ("Running at scale"), with test values.
+# The production settings docs/operating.md documents ("Running at scale"), with test values.
 PRODUCTION_ENV = {
     "DEBUG": "false",
     "SECRET_KEY": "k" + "0123456789abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJKLMNOP",

@@ -89,7 +89,7 @@ def test_every_pod_template_passes_our_guardrail_and_psa_restricted(overlay):
 
 
 def test_the_whole_rendered_output_pipes_through_evaluate(overlay):
-    """As README shows it: `kubectl kustomize ... | manage.py evaluate -`, exit 0."""
+    """As docs/operating.md shows it: `kubectl kustomize ... | manage.py evaluate -`, exit 0."""
     _, text, docs = overlay
     p = evaluate(text, "--fail-on", "unenforced,root,blocked,unverified")
     assert p.returncode == 0, p.stdout + p.stderr

@@ -1,7 +1,7 @@
 """A webhook receiver for the notification tests, in its own process
 (`python -m tests.webhook_receiver SECRET`; it prints `listening on PORT`).
 
-It checks each request as the README's receiver does: the HMAC-SHA256 signature
+It checks each request as the receiver in docs/operating.md does: the HMAC-SHA256 signature
 (X-Welkin-Signature over the timestamp, delivery id, event and body, a line break apart)
 and the timestamp's freshness (5 minutes), and keeps every request it got, with its
 headers (a test replays one). POST /control sets how it

@@ -299,7 +299,7 @@ if env_str("WELKIN_CSP_REPORT_URI"):
     CONTENT_SECURITY_POLICY["DIRECTIVES"]["report-uri"] = [env_str("WELKIN_CSP_REPORT_URI")]
 
 
-# --- sessions and sign-in: single sign-on, local passwords, lockouts (README) -------------
+# --- sessions and sign-in: single sign-on, local passwords, lockouts (docs/operating.md) --
 # Logins: a session ends after WELKIN_SESSION_IDLE_SECONDS without a request (background
 # polling does not count) and WELKIN_SESSION_MAX_SECONDS after the login, whichever is first.
 WELKIN_SESSION_IDLE_SECONDS = env_int("WELKIN_SESSION_IDLE_SECONDS", 30 * 60, minimum=60)
@@ -372,7 +372,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER",
 # Celery's queues, one per purpose, so an export or a notification never waits behind a
 # fleet's scans: scans, exports, notifications, and "celery" (beat's housekeeping: the
 # fan-out, sweeps, pruning, signing). A worker started without -Q consumes all four (a
-# small install); at scale, run workers per queue (README, "Running at scale").
+# small install); at scale, run workers per queue (docs/operating.md, "Running at scale").
 CELERY_QUEUES_BY_PURPOSE = ("scans", "exports", "notifications", "celery")
 CELERY_TASK_QUEUES = {q: {"exchange": q, "routing_key": q} for q in CELERY_QUEUES_BY_PURPOSE}
 CELERY_TASK_DEFAULT_QUEUE = "celery"

@@ -5,7 +5,7 @@ the registry settings and cache when there is a database). `manage.py evaluate` 
 command. Exit status: 0 when no container is in a `--fail-on` state, 1 when some are,
 2 on broken input (named, with the other documents still reported).
 
-Formats: a table for people (default), JSON (documented in the README), SARIF 2.1.0 (code
+Formats: a table for people (default), JSON (documented in docs/ci-gate.md), SARIF 2.1.0 (code
 scanning), JUnit XML (test reports) and GitHub workflow annotations.
 """
 

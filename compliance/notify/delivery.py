@@ -334,9 +334,10 @@ def webhook_body(delivery: Delivery, m: Message, fmt: str) -> bytes:
 
 def signature(secret: str, timestamp: str, delivery_id: str, event: str, body: bytes) -> str:
     """HMAC-SHA256 of "<timestamp>\n<delivery id>\n<event>\n<body>" under the destination's
-    secret (README): the headers a receiver acts on are signed with the body, so a request
-    replayed with another delivery id (past its dedupe) or event is refused. A header
-    cannot hold a line break, so the fields cannot be cut another way."""
+    secret (docs/operating.md, Notifications): the headers a receiver acts on are signed
+    with the body, so a request replayed with another delivery id (past its dedupe) or
+    event is refused. A header cannot hold a line break, so the fields cannot be cut
+    another way."""
     signed = f"{timestamp}\n{delivery_id}\n{event}\n".encode() + body
     return "sha256=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
 

@@ -1,6 +1,7 @@
 """Running it in production, in-process: /healthz, /readyz, /metrics after a real scan
 (compared with the database), the security headers, logins that end, keys checked at
-start-up and generated for a first look, `check --deploy` with the README's settings."""
+start-up and generated for a first look, `check --deploy` with the production settings
+of docs/operating.md."""
 
 import os
 import stat

@@ -74,7 +74,9 @@ class Handler(BaseHTTPRequestHandler):
                         self.headers.get("X-Welkin-Signature", ""), expected
                     ),
                     "fresh": fresh,
-                    "headers": {k: v for k, v in self.headers.items() if k.startswith("X-")},
+                    "headers": {
+                        k: v for k, v in self.headers.items() if k.startswith("X-") or k == "Host"
+                    },
                     "new": delivery not in self.seen,
                     "answer": answer,
                     "body": json.loads(body),

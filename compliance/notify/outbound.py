@@ -65,7 +65,12 @@ def resolve(url: str) -> tuple[str, IPAddress]:
     being allowed; Refused names the first that is not."""
     parts = urlsplit(url)
     host = parts.hostname or ""
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # a port out of range (URLField lets five digits through)
+        raise Refused(
+            f"the URL's port is not a port (0 to 65535): {parts.netloc[-60:]!r}"
+        ) from None
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as e:
@@ -104,7 +109,7 @@ class _Pinned(HTTPAdapter):
 def post(url: str, **kwargs) -> requests.Response:
     """requests.post to the webhook, through the checks above (Refused if it may not)."""
     host, ip = resolve(url)
-    netloc = urlsplit(url).netloc
+    netloc = urlsplit(url).netloc.rpartition("@")[2]  # never the URL's credentials
     headers = {**kwargs.pop("headers", {}), "Host": netloc}
     with requests.Session() as session:
         # Straight to the checked address: a proxy from the environment would look the

@@ -2,7 +2,9 @@
 saved and when a message is sent (unless WELKIN_WEBHOOK_ALLOWED_NETWORKS allows it), and
 the request goes to the address that was checked."""
 
+import ipaddress
 import socket
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -54,6 +56,24 @@ def test_the_admin_refuses_a_webhook_to_an_internal_address(admin_client, no_all
     r = admin_client.post("/admin/compliance/contact/add/", form)
     assert r.status_code == 200 and b"an internal address" in r.content, r.content[-800:]
     assert not Contact.objects.exists()
+
+
+def test_a_port_out_of_range_is_named_not_a_server_error(admin_client, no_allowed_networks):
+    form = {"name": "probe", "channel": "webhook", "email": "", "webhook_format": "json"}
+    form |= {"namespace": "*", "enabled": "on", "secret": "s" * 20}
+    r = admin_client.post(
+        "/admin/compliance/contact/add/", form | {"url": "https://example.com:99999/h"}
+    )
+    assert r.status_code == 200 and b"is not a port" in r.content, r.content[-800:]
+    assert not Contact.objects.exists()
+
+
+def test_the_host_header_never_carries_the_urls_credentials(receiver, settings):
+    settings.WELKIN_WEBHOOK_ALLOWED_NETWORKS = [ipaddress.ip_network("127.0.0.0/8")]
+    netloc = urlsplit(receiver.url).netloc
+    r = outbound.post(f"http://user:secret@{netloc}/h", data=b"{}", timeout=5)
+    assert r.status_code == 200
+    assert receiver.received()[-1]["headers"]["Host"] == netloc
 
 
 def test_a_send_to_an_internal_address_fails_for_good_and_reaches_nothing(

@@ -26,7 +26,7 @@ class ExpiringToken(TokenAuthentication):
             raise AuthenticationFailed(
                 "the token expired (WELKIN_API_TOKEN_DAYS): ask an administrator for a new one"
             )
-        if not hasattr(user, "oidc") and not signin.local_login_allowed(user):
+        if not signin.local_login_allowed(user) and not hasattr(user, "oidc"):
             raise AuthenticationFailed(
                 "this account may not sign in with a password (WELKIN_LOCAL_LOGIN), nor "
                 "use its token"

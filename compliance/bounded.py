@@ -1,6 +1,6 @@
 """Reading an HTTP response body from a server that may be hostile: a byte cap and a total
-deadline. Used for Kubernetes LIST pages (kube.py) and registry answers (registry.py).
-No Django here.
+deadline. Used for Kubernetes LIST pages (kube.py) and registry answers (registry.py),
+whole or, for image layers, a chunk at a time (BodyReader). No Django here.
 
 A socket timeout bounds each read, not the request: a server that sends a few bytes every
 second never trips it. So the body is read with urllib3's `read1` (one socket read at a
@@ -51,36 +51,56 @@ def read_body(response: Any, limit: int, deadline: float) -> bytes:
     Raises TooLarge or DeadlineExceeded (and closes the response, so that its connection is
     not reused mid-body); network errors are raised as urllib3/OS errors, as from read().
     The caller still releases the connection."""
-    announced = response.headers.get("Content-Length")
-    if announced and announced.strip().isdigit() and int(announced) > limit:
-        response.close()
-        raise TooLarge(limit, int(announced))
+    body = BodyReader(response, limit, deadline)
     buf = bytearray()
-    alarm = _Alarm(response, remaining(deadline))
     try:
-        while True:
-            if time.monotonic() >= deadline:
-                raise DeadlineExceeded(len(buf))
-            try:
-                data = response.read1(CHUNK)
-            except Exception:
-                if alarm.fired or time.monotonic() >= deadline:
-                    raise DeadlineExceeded(len(buf)) from None
-                raise
-            if not data:
-                break
+        while data := body.read1():
             buf += data
-            if len(buf) > limit:
-                raise TooLarge(limit)
-        if alarm.fired:  # an EOF caused by the watchdog is not the end of the body
-            raise DeadlineExceeded(len(buf))
-    except BodyError:
-        alarm.cancel()
-        response.close()
-        raise
     finally:
-        alarm.cancel()
+        body.close()
     return bytes(buf)
+
+
+class BodyReader:
+    """A body read a chunk at a time within read_body's bounds, for one too large to hold
+    (an image layer): `read1` returns what one socket read brought (b"" at the end), and
+    raises TooLarge past `limit` bytes or DeadlineExceeded at `deadline`, closing the
+    response then. The watchdog runs until close(), which the caller must call; the caller
+    also releases the connection, or closes the response if it stops before the end."""
+
+    def __init__(self, response: Any, limit: int, deadline: float):
+        announced = response.headers.get("Content-Length")
+        if announced and announced.strip().isdigit() and int(announced) > limit:
+            response.close()
+            raise TooLarge(limit, int(announced))
+        self._response, self._limit, self._deadline = response, limit, deadline
+        self.received = 0
+        self._alarm = _Alarm(response, remaining(deadline))
+
+    def read1(self, amount: int = CHUNK) -> bytes:
+        try:
+            if time.monotonic() >= self._deadline:
+                raise DeadlineExceeded(self.received)
+            try:
+                data = self._response.read1(amount)
+            except Exception:
+                if self._alarm.fired or time.monotonic() >= self._deadline:
+                    raise DeadlineExceeded(self.received) from None
+                raise
+            if not data and self._alarm.fired:  # an EOF caused by the watchdog
+                raise DeadlineExceeded(self.received)
+            self.received += len(data)
+            if self.received > self._limit:
+                raise TooLarge(self._limit)
+            return data
+        except BodyError:
+            self._alarm.cancel()
+            self._response.close()
+            raise
+
+    def close(self) -> None:
+        """Stops the watchdog (the response stays as it is)."""
+        self._alarm.cancel()
 
 
 class _Alarm:

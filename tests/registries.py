@@ -4,9 +4,12 @@ Several registry processes share one storage directory: plain HTTP (for pushing 
 anonymous pulls), TLS with a test CA, Bearer tokens from a small token server (the flow of
 Docker Hub, GHCR, Quay, Harbor), and htpasswd basic auth. A fault server answers 429 or
 malformed manifests, which a real registry never does on purpose, or stands between the
-client and a real registry and lies: other bytes for a config blob or for a manifest asked
-for by digest, a wrong Docker-Content-Digest header, answers drip-fed a few bytes a second,
-blobs redirected elsewhere.
+client and a real registry and lies: other bytes for a blob or for a manifest asked for by
+digest, a wrong Docker-Content-Digest header, answers drip-fed a few bytes a second, blobs
+redirected elsewhere or sent without a length.
+
+Images with real layers (push_layered_image) are made of tars built by tar_layer: files,
+symlinks, hard links, directories, and whiteouts named by whiteout() and opaque().
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import base64
 import crypt
 import datetime
+import gzip
 import hashlib
 import io
 import json
@@ -25,12 +29,15 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import urllib3
 import yaml
+import zstandard
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -42,6 +49,12 @@ from tests.fakekube import make_ca_and_cert
 REGISTRY_BIN = shutil.which("docker-registry") or "/usr/bin/docker-registry"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+LAYER_MEDIA_TYPES = {
+    "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+    "docker": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
+    "none": "application/vnd.oci.image.layer.v1.tar",
+}
 
 
 def reply(
@@ -90,6 +103,8 @@ class RegistryProcess:
             "log": {"level": "error", "accesslog": {"disabled": True}},
             "storage": {"filesystem": {"rootdirectory": str(storage)}, "delete": {"enabled": True}},
             "http": http,
+            # Foreign layers (their blob served from `urls`) are refused unless allowed.
+            "validation": {"manifests": {"urls": {"allow": ["^https://"]}}},
         }
         if auth:
             config["auth"] = auth
@@ -234,7 +249,8 @@ class FaultServer:
     - "429": 429 with Retry-After; "malformed": a manifest cut short;
     - "drip": 200, then a 4,000-byte body at `drip_rate` bytes a second;
     with `upstream` (a registry host on plain HTTP), which it otherwise passes through:
-    - "bad-config": every blob is answered with ROOT_CONFIG;
+    - "bad-config": every blob is answered with `blob` (ROOT_CONFIG unless given);
+    - "stream": blobs are passed on as they come, without a Content-Length;
     - "bad-manifest": a manifest asked for by digest is answered with the manifest of the
       same repository's tag `swap_tag`;
     - "wrong-header": manifests carry `Docker-Content-Digest: <header_digest>`;
@@ -248,6 +264,7 @@ class FaultServer:
         swap_tag: str = "evil",
         header_digest: str = "sha256:" + "e" * 64,
         drip_rate: float = 20.0,
+        blob: bytes = ROOT_CONFIG,
     ):
         self.mode, self.requests = mode, 0
         http = urllib3.PoolManager(retries=False, timeout=10)
@@ -284,7 +301,9 @@ class FaultServer:
                 if mode == "drip":
                     return self._drip(b" " * 4000)
                 if mode == "bad-config" and is_blob:
-                    return reply(self, 200, ROOT_CONFIG, "application/octet-stream")
+                    return reply(self, 200, blob, "application/octet-stream")
+                if mode == "stream" and is_blob:
+                    return self._stream(path)
                 if mode == "redirect" and is_blob:
                     return reply(
                         self, 307, b"", "text/plain", {"Location": f"http://{upstream}{path}"}
@@ -300,6 +319,20 @@ class FaultServer:
                         else "sha256:" + hashlib.sha256(body).hexdigest()
                     )
                 reply(self, status, body, ctype, headers)
+
+            def _stream(self, path):
+                r = http.request("GET", f"http://{upstream}{path}", preload_content=False)
+                try:
+                    self.send_response(r.status)
+                    self.send_header("Content-Type", "application/octet-stream")
+                    self.end_headers()  # HTTP/1.0, no length: the body ends with the connection
+                    for chunk in r.stream(1 << 16):
+                        self.wfile.write(chunk)
+                except OSError:
+                    pass  # the client stopped reading
+                finally:
+                    r.close()
+                    r.release_conn()
 
             def _drip(self, body):
                 self.send_response(200)
@@ -435,6 +468,115 @@ class Registries:
         self.push_manifest(repo, tag or digest, manifest, OCI_MANIFEST)
         return digest
 
+    def push_blob_stream(self, repo: str, chunks: Iterable[bytes]) -> tuple[str, int]:
+        """A blob uploaded as it is made (one chunked PATCH), never held whole: (digest,
+        size)."""
+        base = f"http://{self.plain.host}"
+        r = self.http.request("POST", f"{base}/v2/{repo}/blobs/uploads/")
+        assert r.status == 202, r.data
+        location = r.headers["Location"]
+        if location.startswith("/"):
+            location = base + location
+        digest, size = hashlib.sha256(), 0
+
+        def body():
+            nonlocal size
+            for chunk in chunks:
+                digest.update(chunk)
+                size += len(chunk)
+                yield chunk
+
+        r = self.http.request(
+            "PATCH",
+            location,
+            body=body(),
+            chunked=True,
+            headers={"Content-Type": "application/octet-stream"},
+            timeout=120,
+        )
+        assert r.status == 202, r.data
+        location = r.headers["Location"]
+        if location.startswith("/"):
+            location = base + location
+        sep = "&" if "?" in location else "?"
+        name = "sha256:" + digest.hexdigest()
+        r = self.http.request("PUT", f"{location}{sep}digest={name}", timeout=120)
+        assert r.status == 201, r.data
+        return name, size
+
+    def push_layer(self, repo: str, blob: bytes, media_type: str) -> dict:
+        """A layer blob, and its descriptor for a manifest."""
+        return {"mediaType": media_type, "digest": self.push_blob(repo, blob), "size": len(blob)}
+
+    def push_layered_image(
+        self,
+        repo: str,
+        tag: str | None,
+        layers: list[bytes | dict],
+        compression: list[str] | str = "gzip",
+        user: str = "",
+        platform: tuple[str, str] = ("linux", "amd64"),
+    ) -> str:
+        """An image of these layers, base first: each a tar (tar_layer), compressed as
+        `compression` says (gzip, docker, zstd or none; one for all, or one each), or a
+        descriptor put in the manifest as it is. Its config's User is `user`. Returns the
+        manifest digest."""
+        kinds = [compression] * len(layers) if isinstance(compression, str) else compression
+        descriptors, diff_ids = [], []
+        for layer, kind in zip(layers, kinds, strict=True):
+            if isinstance(layer, dict):
+                descriptors.append(layer)
+                diff_ids.append(layer["digest"])  # not read by anything here
+                continue
+            descriptors.append(
+                self.push_layer(repo, compress(layer, kind), LAYER_MEDIA_TYPES[kind])
+            )
+            diff_ids.append("sha256:" + hashlib.sha256(layer).hexdigest())
+        config = json.dumps(
+            {
+                "architecture": platform[1],
+                "os": platform[0],
+                "config": {"User": user, "Cmd": ["/bin/sh"]},
+                "rootfs": {"type": "layers", "diff_ids": diff_ids},
+            }
+        ).encode()
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": self.push_blob(repo, config),
+                "size": len(config),
+            },
+            "layers": descriptors,
+        }
+        digest = "sha256:" + hashlib.sha256(json.dumps(manifest).encode()).hexdigest()
+        self.push_manifest(repo, tag or digest, manifest, OCI_MANIFEST)
+        return digest
+
+    def push_index_of(self, repo: str, tag: str, manifests: dict[tuple[str, str], str]) -> str:
+        """An image index of manifests already pushed: (os, architecture) -> digest."""
+        entries = []
+        for (os_, arch), digest in manifests.items():
+            size = len(
+                self.http.request(
+                    "GET",
+                    f"http://{self.plain.host}/v2/{repo}/manifests/{digest}",
+                    headers={"Accept": OCI_MANIFEST},
+                ).data
+            )
+            entries.append(
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": digest,
+                    "size": size,
+                    "platform": {"os": os_, "architecture": arch},
+                }
+            )
+        return self.push_manifest(
+            repo, tag, {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}, OCI_INDEX
+        )
+
     def push_index(self, repo: str, tag: str, users: dict[tuple[str, str], str]) -> str:
         entries = []
         for (os_, arch), user in users.items():
@@ -470,6 +612,70 @@ def _tiny_tar(seed: str) -> bytes:
 
 
 def _tiny_layer(seed: str) -> bytes:
-    import gzip
-
     return gzip.compress(_tiny_tar(seed), mtime=0)
+
+
+# --- layers ---
+
+
+@dataclass(frozen=True)
+class Symlink:
+    target: str
+
+
+@dataclass(frozen=True)
+class Hardlink:
+    target: str
+
+
+@dataclass(frozen=True)
+class Dir:
+    pass
+
+
+DIR = Dir()
+
+
+def whiteout(path: str) -> str:
+    """The entry that deletes `path` from the layers below: etc/passwd -> etc/.wh.passwd."""
+    parent, _, name = path.rpartition("/")
+    return f"{parent}/.wh.{name}" if parent else f".wh.{name}"
+
+
+def opaque(directory: str) -> str:
+    """The entry that hides what the layers below have in `directory`."""
+    return f"{directory}/.wh..wh..opq"
+
+
+def tar_layer(
+    entries: dict[str, bytes | Symlink | Hardlink | Dir], fmt: int = tarfile.PAX_FORMAT
+) -> bytes:
+    """A layer's tar, entries in the order given: path (as written in the tar, so
+    './etc/passwd' and '/etc/passwd' stay so) -> content, a Symlink, a Hardlink or DIR.
+    Whiteouts are empty files: {whiteout("etc/passwd"): b""}."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        for path, content in entries.items():
+            info = tarfile.TarInfo(path)
+            info.mtime, info.mode = 0, 0o644
+            if isinstance(content, Symlink | Hardlink):
+                info.type = tarfile.SYMTYPE if isinstance(content, Symlink) else tarfile.LNKTYPE
+                info.linkname = content.target
+                tar.addfile(info)
+            elif isinstance(content, Dir):
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            else:
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+    return buf.getvalue()
+
+
+def compress(tar: bytes, compression: str) -> bytes:
+    """A layer's blob: gzip (OCI's or Docker's media type), zstd, or none."""
+    if compression in ("gzip", "docker"):
+        return gzip.compress(tar, mtime=0)
+    if compression == "zstd":
+        return zstandard.ZstdCompressor().compress(tar)
+    assert compression == "none", compression
+    return tar

@@ -19,7 +19,10 @@ marked as an integrity failure, which the cache does not keep.
 
 Each request (redirects included) has a timeout per socket read (`timeout`) and a total
 deadline of DEADLINE_FACTOR x `timeout` (30 s at the default 10 s), however slowly the
-bytes come: bodies are read by bounded.py, with a size cap per kind of answer.
+bytes come: bodies are read by bounded.py, with a size cap per kind of answer. A layer
+blob, too large to hold, is opened instead (`open_blob`) and read a chunk at a time within
+the caller's byte cap and deadline, hashed as it comes and verified at its last byte
+(layers.py reads files from layers so).
 
 No Django here: caching and per-registry settings are passed in (see images.py).
 """
@@ -51,9 +54,10 @@ MAX_MANIFEST_BYTES = 4 << 20
 MAX_CONFIG_BYTES = 8 << 20
 DEADLINE_FACTOR = 3  # a request's total deadline, in multiples of the per-read timeout
 MAX_REDIRECTS = 5
+MAX_ERROR_BYTES = 1 << 20  # the body of an error answer to a streamed request
 # Digest algorithms that are verified: name -> (hash, length of the hex encoding).
 DIGEST_ALGORITHMS = {"sha256": (hashlib.sha256, 64), "sha512": (hashlib.sha512, 128)}
-_HEX_RE = re.compile(r"^[a-f0-9]+$")
+_HEX_RE = re.compile(r"[a-f0-9]+")
 
 MANIFEST_TYPES = (
     "application/vnd.oci.image.index.v1+json",
@@ -85,6 +89,14 @@ class RegistryError(Exception):
         super().__init__(reason)
         self.reason = reason
         self.integrity = integrity
+
+
+class BlobTooLarge(RegistryError):
+    """A blob larger than the byte cap it was opened with (announced, or as it came)."""
+
+    def __init__(self, reason: str, limit: int):
+        super().__init__(reason)
+        self.limit = limit
 
 
 @dataclass(frozen=True)
@@ -193,6 +205,7 @@ class _Response:
     status: int
     headers: Any
     data: bytes
+    raw: Any = None  # a streamed answer's open urllib3 response, its body unread
 
 
 @dataclass
@@ -220,17 +233,12 @@ class RegistryClient:
     def resolve(self, ref: ImageRef, platform: Platform = Platform()) -> Resolution:
         """The config User of the image at ref, for platform."""
         try:
-            manifest, media_type, digest = self._manifest(
-                ref, ref.reference, by_digest=ref.digest is not None
-            )
-            if media_type in INDEX_TYPES or "manifests" in manifest:
-                entry = _pick_platform(manifest, platform, str(ref))
-                manifest, media_type, digest = self._manifest(ref, entry, by_digest=True)
+            manifest, digest = self.image_manifest(ref, platform)
             config = manifest.get("config")
             if not isinstance(config, dict) or not isinstance(config.get("digest"), str):
                 raise RegistryError(f"{ref.domain}: malformed manifest for {ref}: no config")
             config_digest = config["digest"]
-            _check_digest_syntax(ref, config_digest)
+            check_digest_syntax(ref, config_digest)
             blob = self._get(
                 ref,
                 f"/v2/{ref.repository}/blobs/{config_digest}",
@@ -242,6 +250,40 @@ class RegistryClient:
             return Resolution(user, digest, config_digest)
         except RegistryError as e:
             return Resolution(None, ref.digest, error=e.reason, integrity_failure=e.integrity)
+
+    def image_manifest(self, ref: ImageRef, platform: Platform = Platform()) -> tuple[dict, str]:
+        """(manifest, digest) of the image at ref for platform: for an image index or a
+        manifest list, its entry for the platform. Fetched by digest when ref has one, and
+        then verified. Raises RegistryError."""
+        manifest, media_type, digest = self._manifest(
+            ref, ref.reference, by_digest=ref.digest is not None
+        )
+        if media_type in INDEX_TYPES or "manifests" in manifest:
+            entry = _pick_platform(manifest, platform, str(ref))
+            manifest, media_type, digest = self._manifest(ref, entry, by_digest=True)
+        return manifest, digest
+
+    def open_blob(self, ref: ImageRef, digest: str, limit: int, deadline: float) -> BlobStream:
+        """The blob `digest` of ref's repository, opened to be read a chunk at a time (a
+        layer, too large to hold): at most `limit` bytes, the last by `deadline`
+        (time.monotonic()). Authentication and redirects as for other blobs. Raises
+        RegistryError (BlobTooLarge when its announced length is over `limit`)."""
+        check_digest_syntax(ref, digest)
+        host = ref.api_host
+        late = f"{host}: timed out (blob {digest} not complete by the deadline)"
+
+        def send(host: str, cfg: RegistryConfig, url: str, headers: dict) -> _Response:
+            r = self._open(host, cfg, url, headers, deadline, late)
+            if r.status == 200:
+                return _Response(r.status, r.headers, b"", r)
+            return _Response(
+                r.status, r.headers, self._body(host, r, MAX_ERROR_BYTES, deadline, late)
+            )
+
+        r = self._authorized(ref, f"/v2/{ref.repository}/blobs/{digest}", "*/*", send)
+        if r.status != 200:
+            raise RegistryError(_status_reason(ref, r.status, r.data))
+        return BlobStream(ref, digest, r.raw, limit, deadline, late)
 
     def close(self) -> None:
         for pool in self._pools.values():
@@ -276,7 +318,7 @@ class RegistryClient:
         """(manifest, media type, digest) of the manifest at reference (a tag or a digest);
         the digest is the one asked for, verified, or for a tag the sha256 of the bytes."""
         if by_digest:
-            _check_digest_syntax(ref, reference)
+            check_digest_syntax(ref, reference)
         body, headers = self._get(
             ref,
             f"/v2/{ref.repository}/manifests/{reference}",
@@ -303,6 +345,25 @@ class RegistryClient:
     def _get(
         self, ref: ImageRef, path: str, accept: str, limit: int, with_headers: bool = False
     ) -> Any:
+        r = self._authorized(
+            ref,
+            path,
+            accept,
+            lambda host, cfg, url, headers: self._request(host, cfg, url, headers, limit),
+        )
+        if r.status == 200:
+            return (r.data, r.headers) if with_headers else r.data
+        raise RegistryError(_status_reason(ref, r.status, r.data))
+
+    def _authorized(
+        self,
+        ref: ImageRef,
+        path: str,
+        accept: str,
+        send: Callable[[str, RegistryConfig, str, dict], _Response],
+    ) -> _Response:
+        """The answer to GET path on ref's registry, sent by `send` with the credentials it
+        asks for (a 401 is answered once with a token or basic auth)."""
         host = ref.api_host
         cfg = self._config_for(ref.domain)  # settings are kept by the name in references
         scheme = "http" if cfg.plain_http else "https"
@@ -313,7 +374,7 @@ class RegistryClient:
         for attempt in (1, 2):
             if auth:
                 headers["Authorization"] = auth
-            r = self._request(host, cfg, url, headers, limit)
+            r = send(host, cfg, url, headers)
             if r.status == 401 and attempt == 1:
                 auth = self._authenticate(
                     host, scope, cfg, r.headers.get("WWW-Authenticate", ""), ref
@@ -321,23 +382,30 @@ class RegistryClient:
                 if auth:
                     continue
             break
-        if r.status == 200:
-            return (r.data, r.headers) if with_headers else r.data
-        raise RegistryError(_status_reason(ref, r.status, r.data))
+        return r
 
     def _request(
         self, host: str, cfg: RegistryConfig, url: str, headers: dict, limit: int
     ) -> _Response:
         """One GET, following redirects, complete (body included) within the deadline."""
-        with self._lock:
-            self.requests += 1
         seconds = self.timeout * DEADLINE_FACTOR
         deadline = time.monotonic() + seconds
+        late = f"{host}: timed out (no complete answer within {seconds:g} s)"
+        r = self._open(host, cfg, url, headers, deadline, late)
+        return _Response(r.status, r.headers, self._body(host, r, limit, deadline, late))
+
+    def _open(
+        self, host: str, cfg: RegistryConfig, url: str, headers: dict, deadline: float, late: str
+    ) -> Any:
+        """One GET, following redirects, by the deadline (`late` says it passed): the open
+        urllib3 response of the last, its body unread."""
+        with self._lock:
+            self.requests += 1
         pool = self._pool(host, cfg)
         for _ in range(MAX_REDIRECTS + 1):
             left = bounded.remaining(deadline)
             if left <= 0:
-                raise RegistryError(f"{host}: timed out (no complete answer within {seconds:g} s)")
+                raise RegistryError(late)
             try:
                 r = pool.request(
                     "GET",
@@ -366,18 +434,21 @@ class RegistryClient:
                     headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
                 url = target
                 continue
-            try:
-                data = bounded.read_body(r, limit, deadline)
-            except bounded.TooLarge as e:
-                raise RegistryError(f"{host}: response too large (more than {e.limit} bytes)")
-            except bounded.DeadlineExceeded:
-                raise RegistryError(f"{host}: timed out (no complete answer within {seconds:g} s)")
-            except (urllib3.exceptions.HTTPError, OSError) as e:
-                raise RegistryError(f"{host}: connection lost ({_last_line(e)})")
-            finally:
-                r.release_conn()
-            return _Response(r.status, r.headers, data)
+            return r
         raise RegistryError(f"{host}: more than {MAX_REDIRECTS} redirects")
+
+    def _body(self, host: str, r: Any, limit: int, deadline: float, late: str) -> bytes:
+        """The whole body of an open response, within the bounds; the connection released."""
+        try:
+            return bounded.read_body(r, limit, deadline)
+        except bounded.TooLarge as e:
+            raise RegistryError(f"{host}: response too large (more than {e.limit} bytes)")
+        except bounded.DeadlineExceeded:
+            raise RegistryError(late)
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise RegistryError(f"{host}: connection lost ({_last_line(e)})")
+        finally:
+            r.release_conn()
 
     # --- authentication ---------------------------------------------------------------
 
@@ -449,8 +520,84 @@ class RegistryClient:
             self._tokens[(host, scope)] = _Token(value, time.monotonic() + ttl)
 
 
-def _check_digest_syntax(ref: ImageRef, digest: str) -> None:
-    """A digest that can be verified: a known algorithm and its full hex encoding."""
+class BlobStream:
+    """A blob's body, read a chunk at a time and hashed as it comes (from open_blob).
+    Nothing read is to be believed before `verify()`, after the last byte, has checked the
+    digest. close() it in any case: a blob left unfinished closes its connection."""
+
+    def __init__(
+        self, ref: ImageRef, digest: str, response: Any, limit: int, deadline: float, late: str
+    ):
+        self.ref, self.digest, self._response, self._late = ref, digest, response, late
+        self._host = ref.api_host
+        try:
+            self._body = bounded.BodyReader(response, limit, deadline)
+        except bounded.TooLarge as e:
+            response.release_conn()
+            raise BlobTooLarge(
+                f"{self._host}: blob {digest} is {e.size} bytes, over the {limit}-byte bound",
+                limit,
+            )
+        self._hash = DIGEST_ALGORITHMS[digest.partition(":")[0]][0]()
+        self.done = False  # its last byte was read
+
+    @property
+    def received(self) -> int:
+        """Bytes of the blob read so far (the read that went over the cap included)."""
+        return self._body.received
+
+    def read1(self, amount: int = bounded.CHUNK) -> bytes:
+        """What one socket read brought, at most `amount` bytes; b"" at the end."""
+        if self.done:
+            return b""
+        try:
+            data = self._body.read1(amount)
+        except bounded.TooLarge as e:
+            raise BlobTooLarge(
+                f"{self._host}: blob {self.digest} is over the {e.limit}-byte bound", e.limit
+            )
+        except bounded.DeadlineExceeded:
+            raise RegistryError(self._late)
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise RegistryError(f"{self._host}: connection lost ({_last_line(e)})")
+        self._hash.update(data)
+        self.done = not data
+        return data
+
+    read = read1  # for readers that call read(n) and take what comes (zstandard's)
+
+    def verify(self) -> None:
+        """Raises a RegistryError (integrity) unless every byte was read and they hash to the
+        digest."""
+        if not self.done:
+            raise RegistryError(
+                f"{self._host}: blob {self.digest} verified before its end", integrity=True
+            )
+        algorithm, _, encoded = self.digest.partition(":")
+        actual = self._hash.hexdigest()
+        if actual != encoded:
+            raise RegistryError(
+                f"{self.ref.domain}: digest mismatch for {self.ref}: the blob's bytes "
+                f"hash to {algorithm}:{actual}, expected {self.digest}",
+                integrity=True,
+            )
+
+    def close(self) -> None:
+        self._body.close()
+        if not self.done:  # its unread rest must not be taken for the next answer
+            self._response.close()
+        self._response.release_conn()
+
+    def __enter__(self) -> BlobStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_digest_syntax(ref: ImageRef, digest: str) -> None:
+    """A digest that can be verified: a known algorithm and its full hex encoding; else a
+    RegistryError (integrity)."""
     algorithm, _, encoded = digest.partition(":")
     spec = DIGEST_ALGORITHMS.get(algorithm)
     if spec is None:
@@ -459,7 +606,7 @@ def _check_digest_syntax(ref: ImageRef, digest: str) -> None:
             f"for {ref} (sha256 and sha512 are verified)",
             integrity=True,
         )
-    if len(encoded) != spec[1] or not _HEX_RE.match(encoded):
+    if len(encoded) != spec[1] or not _HEX_RE.fullmatch(encoded):
         raise RegistryError(
             f"{ref.domain}: malformed digest {digest[:160]!r} for {ref}", integrity=True
         )
@@ -467,7 +614,7 @@ def _check_digest_syntax(ref: ImageRef, digest: str) -> None:
 
 def verify_digest(ref: ImageRef, what: str, data: bytes, digest: str) -> None:
     """Raise a RegistryError (integrity) unless data hashes to digest."""
-    _check_digest_syntax(ref, digest)
+    check_digest_syntax(ref, digest)
     algorithm, _, encoded = digest.partition(":")
     actual = DIGEST_ALGORITHMS[algorithm][0](data).hexdigest()
     if actual != encoded:

@@ -19,7 +19,8 @@ from django.contrib.auth.models import Group, User
 from django.db import transaction
 from django.utils import timezone
 
-from compliance.collect import scanning
+from compliance import demo_images
+from compliance.collect import images, scanning
 from compliance.identity import access
 from compliance.models import (
     Cluster,
@@ -239,6 +240,8 @@ def load(password: str, days: int = 90, now: dt.datetime | None = None) -> dict[
     now = now or timezone.now()
     old_lookups = settings.WELKIN_REGISTRY_LOOKUPS
     settings.WELKIN_REGISTRY_LOOKUPS = False  # the demo registry does not exist
+    # ... but its images' layers do, in memory: the fixes read /etc/passwd from them.
+    images.LOCAL_IMAGES = demo_images.DemoImages(REGISTRY)
     try:
         with transaction.atomic():
             for image, user in IMAGES.items():
@@ -273,6 +276,7 @@ def load(password: str, days: int = 90, now: dt.datetime | None = None) -> dict[
         grants = Cluster.objects.count()
     finally:
         settings.WELKIN_REGISTRY_LOOKUPS = old_lookups
+        images.LOCAL_IMAGES = None
     return {"clusters": grants, "snapshots": imports}
 
 

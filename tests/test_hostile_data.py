@@ -49,7 +49,7 @@ with open(os.environ["ARGV_LOG"], "a") as f:
 @pytest.fixture(scope="module")
 def stubs(tmp_path_factory):
     bin_dir = tmp_path_factory.mktemp("bin")
-    for name in ("kubectl", "id"):
+    for name in ("kubectl", "docker"):
         p = bin_dir / name
         p.write_text(STUB.format(python=sys.executable))
         p.chmod(0o755)
@@ -75,10 +75,11 @@ def run_in_bash(command: str, stubs: Path, tmp: Path) -> list[list[str]]:
     return [json.loads(line) for line in log.read_text().splitlines()]
 
 
-def hostile_finding(namespace, workload, container, image_user):
+def hostile_finding(namespace, workload, container, image_user, passwd=None, image="img"):
     return SimpleNamespace(
         state="blocked",
-        detail={"run_as_non_root_from": "container"},
+        detail={"run_as_non_root_from": "container", "passwd": passwd},
+        image=image,
         image_user=image_user,
         uid=None,
         run_as_user=None,
@@ -110,21 +111,38 @@ def test_suggested_commands_run_only_what_they_show(
     stubs, tmp_path_factory, namespace, workload, container, user
 ):
     tmp = tmp_path_factory.mktemp("sh")
-    user = "x" + user  # non-numeric: the fix suggests `id -u USER`
-    fix = explain.remediation(hostile_finding(namespace, workload, container, user))
-    id_cmd, kubectl = fix["commands"]  # in the order the steps name them
+    user = "x" + user  # non-numeric
+    name = user.split(":", 1)[0]  # the name part of USER name:group
+    # Its uid not known: the fix says how to look it up in the image (getent).
+    unknown = explain.remediation(
+        hostile_finding(namespace, workload, container, user, image=namespace)
+    )
+    assert unknown["kind"] == "uid-unknown" and unknown["kubectl"] is None
+    lookup = shell.command(
+        "docker",
+        "run",
+        "--rm",
+        "--entrypoint",
+        "getent",
+        namespace,
+        "passwd",
+        name,
+        values=(namespace, name),
+    )
+    assert unknown["commands"] == ([lookup.text] if lookup else [])
+    # Its uid read from /etc/passwd: the kubectl patch, with a hostile context name too.
+    entry = {"name": name, "uid": 1000, "gid": 1000, "layer": "sha256:" + "a" * 64, "line": 3}
+    fix = explain.remediation(
+        hostile_finding(namespace, workload, container, user, {"user": entry}), context=container
+    )
+    kubectl = {"text": fix["kubectl"], "withheld": fix["kubectl_withheld"]}
     # The container name travels inside the JSON patch, \u-escaped by json.dumps.
     patch = json.dumps(
         {
             "spec": {
                 "template": {
                     "spec": {
-                        "containers": [
-                            {
-                                "name": container,
-                                "securityContext": {"runAsNonRoot": True, "runAsUser": 1000},
-                            }
-                        ]
+                        "containers": [{"name": container, "securityContext": {"runAsUser": 1000}}]
                     }
                 }
             }
@@ -134,6 +152,8 @@ def test_suggested_commands_run_only_what_they_show(
     expected = {
         "kubectl": [
             "kubectl",
+            "--context",
+            container,
             "-n",
             namespace,
             "patch",
@@ -144,11 +164,14 @@ def test_suggested_commands_run_only_what_they_show(
             "-p",
             patch,
         ],
-        "id": ["id", "-u", "--", user.split(":", 1)[0]],  # the name part of USER name:group
+        "docker": ["docker", "run", "--rm", "--entrypoint", "getent", namespace, "passwd", name],
     }
-    for suggested, argv in ((kubectl, expected["kubectl"]), (id_cmd, expected["id"])):
+    lookup = {"text": lookup.text, "withheld": lookup.withheld}
+    for suggested, argv in ((kubectl, expected["kubectl"]), (lookup, expected["docker"])):
         if suggested["text"] is None:  # withheld: some value cannot be pasted safely
-            if argv[0] == "kubectl" and any(v.startswith("-") for v in (namespace, workload)):
+            if any(
+                v.startswith("-") for v in argv[2:] if v in (namespace, workload, container, name)
+            ):
                 assert "would be read as an option" in suggested["withheld"]
             else:
                 assert "cannot be pasted into a shell safely" in suggested["withheld"]
@@ -158,7 +181,8 @@ def test_suggested_commands_run_only_what_they_show(
 
 
 def test_a_withheld_command_says_why_on_the_finding_page():
-    fix = explain.remediation(hostile_finding("ns", "web\x1b[2J", "c", "node"))
+    entry = {"name": "node", "uid": 1000, "gid": 1000, "layer": "sha256:" + "a" * 64, "line": 3}
+    fix = explain.remediation(hostile_finding("ns", "web\x1b[2J", "c", "node", {"user": entry}))
     assert fix["kubectl"] is None
     assert "U+001B" in fix["kubectl_withheld"]
 

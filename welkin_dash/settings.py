@@ -427,6 +427,10 @@ WELKIN_REGISTRY_CONCURRENCY = env_int("WELKIN_REGISTRY_CONCURRENCY", 8, minimum=
 WELKIN_REGISTRY_TAG_TTL = env_int("WELKIN_REGISTRY_TAG_TTL", 3600, minimum=0)
 WELKIN_REGISTRY_FAILURE_TTL = env_int("WELKIN_REGISTRY_FAILURE_TTL", 300, minimum=0)
 WELKIN_REGISTRY_LOOKUPS = env_bool("WELKIN_REGISTRY_LOOKUPS", True)
+# Reading /etc/passwd from an image's layers (for the fix): bytes of layer blobs read per
+# image, and the time per image.
+WELKIN_PASSWD_MAX_BYTES = env_int("WELKIN_PASSWD_MAX_BYTES", 64 << 20, minimum=1 << 20)
+WELKIN_PASSWD_SECONDS = env_int("WELKIN_PASSWD_SECONDS", 60, minimum=1)
 
 CELERY_BEAT_SCHEDULE.update(
     {

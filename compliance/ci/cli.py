@@ -140,7 +140,9 @@ def _resolved(inputs, given, stderr) -> offline.OfflineReport:
     if resolver.offline_note:
         stderr.write(f"note: {resolver.offline_note}\n")
     try:
-        lookups = offline.Lookups(resolver.prepare, resolver.users_for, resolver.notes)
+        lookups = offline.Lookups(
+            resolver.prepare, resolver.users_for, resolver.notes, resolver.accounts_for
+        )
         return offline.evaluate_inputs(inputs, given, lookups)
     finally:
         resolver.close()
@@ -237,7 +239,7 @@ def table(report: offline.OfflineReport, fail_on, colour: bool = False) -> str:
             if c["kubelet_error"]:
                 lines.append(f"      kubelet: {c['kubelet_error']}")
             if c["state"] != COMPLIANT:
-                lines.append(f"      fix: {c['remediation']['summary']}")
+                lines.append(f"      fix: {c['remediation']['one_line']}")
     s = report.summary
     lines.append("")
     lines.append(", ".join(f"{s[k]} {k}" for k in s))
@@ -280,9 +282,10 @@ def _rule(state: str) -> dict[str, Any]:
     ]
     help_text = (
         f"{term.description}\n\nISO/IEC 27001 controls:\n" + "\n".join(rows) + "\n\n"
-        "How to fix: give the image a numeric non-root USER (USER 1000 in the Dockerfile) or "
-        "set securityContext.runAsUser: 1000, and set runAsNonRoot: true. Each result's "
-        "message says what to do for that container."
+        "How to fix: each result's message gives the smallest change that makes that "
+        "container compliant, checked by evaluating the changed container again: a "
+        "runAsUser: 0 to remove, the image's own uid for a named USER, a Dockerfile USER for "
+        "a root image, or runAsNonRoot: true where it is missing."
     )
     return {
         "id": f"welkin/{state}",
@@ -311,7 +314,7 @@ def _message(c: dict) -> str:
     text = f"{c['type']} container {c['name']} ({c['image']}): {STATE[c['state']].label}. "
     if c["kubelet_error"]:
         text += f"The kubelet says: {c['kubelet_error']}. "
-    return text + c["remediation"]["summary"]
+    return text + c["remediation"]["one_line"]
 
 
 def sarif(report: offline.OfflineReport, fail_on) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from compliance.rules import controls, gate, runas
+from compliance.rules import controls, fix, gate, runas
 from compliance.rules.manifests import (
     Located,
     ManifestError,
@@ -136,8 +136,10 @@ def evaluate_object(
     image_users: Mapping[str, str],
     sources: Mapping[str, str] | None = None,
     notes: Mapping[str, str] | None = None,
+    accounts: Mapping[str, dict] | None = None,
 ) -> dict[str, Any]:
-    """One pod's verdicts in the JSON shape of `evaluate --format json` (kind/name aside)."""
+    """One pod's verdicts in the JSON shape of `evaluate --format json` (kind/name aside);
+    `accounts`: per image, what its /etc/passwd says (--resolve), for the fix."""
     verdict = runas.evaluate_pod(pod, image_users, sources)
     return {
         "psa_restricted": verdict.psa.as_dict(),
@@ -148,11 +150,17 @@ def evaluate_object(
                 "needs_root": c.needs_root,
                 "controls_2022": list(controls.ids_2022(c.state)),
                 "controls_2013": list(controls.controls_for(c.state)),
-                "remediation": controls.remediation(c),
+                "remediation": _fix(c, (accounts or {}).get(c.image)),
             }
             for c in verdict.containers
         ],
     }
+
+
+def _fix(c: runas.ContainerVerdict, account: dict | None) -> dict[str, Any]:
+    """The proven fix (rules/fix.py) as plain data: steps as text, and the fix in one line."""
+    out = fix.remediation(c, fix.Account.of(account))
+    return {**out, "steps": [fix.plain(s) for s in out["steps"]], "one_line": fix.one_line(out)}
 
 
 UsersFor = Callable[[dict], tuple[Mapping[str, str], Mapping[str, str]]]
@@ -167,6 +175,7 @@ class Lookups:
     prepare: Callable[[list[dict]], None]
     users_for: UsersFor
     notes: Mapping[str, str]
+    accounts_for: Callable[[dict], Mapping[str, dict]] = lambda pod: {}
 
 
 def evaluate_inputs(
@@ -226,8 +235,9 @@ def _evaluate_item(
         # What the command line gives wins over what a registry says.
         users, sources = {**found, **supplied}, {**found_sources}
         notes = {**lookups.notes, **notes}
+    accounts = lookups.accounts_for(item.pod) if lookups is not None else None
     try:
-        result = evaluate_object(item.pod, users, sources, notes)
+        result = evaluate_object(item.pod, users, sources, notes, accounts)
     except ValueError as e:
         report.errors.append(f"{item.where}: {e}")
         return

@@ -16,7 +16,9 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import logging
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -25,14 +27,18 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
-from compliance.collect import registry
-from compliance.models import ImageCache, ImageUserOverride, Registry
-from compliance.rules.runas import CONTAINER_LISTS
+from compliance.collect import layers, registry
+from compliance.models import ImageCache, ImageLayer, ImageUserOverride, Registry
+from compliance.rules import passwd
+from compliance.rules.runas import CONTAINER_LISTS, ImageUser
 from compliance.vocabulary import SOURCE_OPERATOR, SOURCE_REGISTRY
 
 log = logging.getLogger(__name__)
 
 _NOT_CACHED = object()  # _expiry's answer for what must not be cached
+# Where /etc/passwd is read from when not from the registries: load_demo's in-memory
+# images (demo_images.DemoImages) while it loads, else None.
+LOCAL_IMAGES = None
 
 
 def registry_configs() -> dict[str, registry.RegistryConfig]:
@@ -86,8 +92,12 @@ class ImageResolver:
         self._users: dict[registry.Platform, tuple[dict[str, str], dict[str, str]]] = {}
         self.users, self.sources = self._maps(registry.Platform())
         self.notes: dict[str, str] = {}  # spec image -> digest it resolved to, or why not
+        # Per platform, spec image -> what its /etc/passwd says (one image can hold
+        # another /etc/passwd per architecture).
+        self.accounts: dict[registry.Platform, dict[str, dict]] = {}
         self._done: set[tuple[str, registry.Platform]] = set()
         self._failed_hosts: dict[str, str] = {}
+        self._answered: dict[tuple, registry.ImageRef] = {}  # the reference that answered
         self._overrides = (
             overrides
             if overrides is not None
@@ -98,6 +108,11 @@ class ImageResolver:
         self.failures = 0  # lookups the registry did not answer with a user
         self.seconds = 0.0  # spent in prepare: cache reads, registry lookups, cache writes
         self.offline_note = ""  # why `evaluate --resolve` runs without the database
+        self.read_passwd = True  # read /etc/passwd of named and root images (for the fix)
+        self.files_client = LOCAL_IMAGES  # where layers come from, when not the registries
+        self.passwd_lookups = 0  # images whose layers were walked
+        self.layers_read = 0  # layer blobs fetched
+        self.layer_bytes = 0
 
     def close(self) -> None:
         self.client.close()
@@ -107,6 +122,10 @@ class ImageResolver:
         if maps is None:
             maps = self._users[platform] = (dict(self._known), {})
         return maps
+
+    def accounts_for(self, pod: dict) -> dict[str, dict]:
+        """spec image -> what its /etc/passwd says (fix.Account), for the pod's platform."""
+        return self.accounts.get(platform_of(pod), {})
 
     def users_for(self, pod: dict) -> tuple[dict[str, str], dict[str, str]]:
         """(image users, their sources) for the pod's platform."""
@@ -122,6 +141,7 @@ class ImageResolver:
 
     def _prepare(self, pods: list[dict]) -> None:
         wanted: dict[tuple[str, registry.Platform], _Wanted] = {}
+        supplied: dict[tuple[str, registry.Platform], _Wanted] = {}
         for pod in pods:
             if not isinstance(pod, dict):
                 continue
@@ -133,19 +153,28 @@ class ImageResolver:
                 if (key, platform) in self._done or image in users:
                     continue
                 self._done.add((key, platform))
-                if self._override(image, key, platform):
-                    continue
+                overridden = self._override(image, key, platform)
                 try:
                     ref = registry.ImageRef.parse(image)
                 except registry.ReferenceError as e:
-                    self.notes.setdefault(image, str(e))
+                    if not overridden:
+                        self.notes.setdefault(image, str(e))
                     continue
                 # The digest the status reports is what runs; the tag is the fallback when
                 # the registry no longer (or never did) serve that digest.
                 refs = [ref.with_digest(digest), ref] if digest and not ref.digest else [ref]
-                wanted[(key, platform)] = _Wanted(image, refs, platform)
+                # An operator-supplied user still has the image's /etc/passwd behind it.
+                (supplied if overridden else wanted)[(key, platform)] = _Wanted(
+                    image, refs, platform
+                )
         if wanted:
             self._resolve(wanted)
+        if (
+            (wanted or supplied)
+            and self.read_passwd
+            and (self.use_registry or self.files_client is not None)
+        ):
+            self._accounts({**wanted, **supplied})
 
     def _override(self, image: str, key: str, platform: registry.Platform) -> bool:
         for pattern, user in self._overrides:
@@ -174,6 +203,8 @@ class ImageResolver:
                     retry[key] = _Wanted(w.image, w.refs[1:], w.platform)
                 elif res is not None:
                     self._apply(key, w.image, res.user, res.digest or "", res.error or "")
+                    if res.user is not None:
+                        self._answered[key] = w.refs[0]  # what /etc/passwd is read from
             pending = retry
 
     def _lookup_round(self, wanted: dict[tuple, _Wanted], now):
@@ -239,6 +270,91 @@ class ImageResolver:
         if self.use_cache:
             _store(rows)
 
+    def _accounts(self, wanted: dict[tuple, _Wanted]) -> None:
+        """What each named or root image's /etc/passwd says (fix.Account), for the fix:
+        from the image cache when read before, else from its layers (each layer's facts
+        cached for good). A failure is kept for this scan only and retried next scan."""
+        todo: dict[tuple, tuple[registry.ImageRef, registry.Platform, str]] = {}
+        for (key, platform), w in wanted.items():
+            users, _ = self._maps(platform)
+            user = users.get(key)
+            known = self.accounts.setdefault(platform, {})
+            if user is None or w.image in known or (w.image, platform) in todo:
+                continue
+            parsed = ImageUser.parse(user)
+            if parsed.name is None and not parsed.is_root:
+                continue  # a numeric non-root uid: /etc/passwd adds nothing to the fix
+            ref = self._answered.get((key, platform), w.refs[0])
+            todo[(w.image, platform)] = (ref, platform, user)
+        if not todo:
+            return
+        keys = {item: _cache_key(ref, platform) for item, (ref, platform, _) in todo.items()}
+        if self.use_cache:
+            stored = dict(
+                ImageCache.objects.filter(
+                    key__in=list(keys.values()), passwd__isnull=False
+                ).values_list("key", "passwd")
+            )
+            for item in list(todo):
+                if isinstance(stored.get(keys[item]), dict):
+                    self.accounts[item[1]][item[0]] = stored[keys[item]]
+                    del todo[item]
+        if not todo:
+            return
+        for item, (ref, platform, _) in list(todo.items()):
+            if ref.domain in self._failed_hosts and self.files_client is None:
+                self.accounts[platform][item[0]] = {"error": self._failed_hosts[ref.domain]}
+                del todo[item]
+        if not todo:
+            return
+        memo = _ManifestMemo(self.files_client or self.client)
+        manifests = _pool_map(
+            lambda item: memo.layer_digests(item[0], item[1]),
+            list(todo.values()),
+            settings.WELKIN_REGISTRY_CONCURRENCY,
+        )
+        digests = sorted({d for found in manifests for d in found})
+        cache = _LayerDict(
+            {
+                row.digest: facts
+                for row in ImageLayer.objects.filter(digest__in=digests)
+                if (facts := _facts(row.facts)) is not None
+            }
+            if self.use_cache
+            else {}
+        )
+        limits = layers.Limits(
+            max_compressed=settings.WELKIN_PASSWD_MAX_BYTES,
+            seconds=float(settings.WELKIN_PASSWD_SECONDS),
+        )
+        results = _pool_map(
+            lambda item: layers.read_image_files(
+                memo, item[0], item[1], limits=limits, cache=cache
+            ),
+            list(todo.values()),
+            settings.WELKIN_REGISTRY_CONCURRENCY,
+        )
+        for item, files in zip(todo, results, strict=True):
+            ref, platform, user = todo[item]
+            self.passwd_lookups += 1
+            self.layers_read += files.layers_read
+            self.layer_bytes += files.bytes_read
+            if files.error and ("unreachable" in files.error or "timed out" in files.error):
+                self._failed_hosts.setdefault(ref.domain, files.error)
+            account = account_of(files, user, ref.repository)
+            self.accounts[platform][item[0]] = account
+            if files.error is None and self.use_cache:
+                ImageCache.objects.filter(key=keys[item]).update(passwd=account)
+        if cache.new and self.use_cache:
+            now = timezone.now()
+            ImageLayer.objects.bulk_create(
+                [
+                    ImageLayer(digest=d, facts=f.to_json(), read_at=now)
+                    for d, f in cache.new.items()
+                ],
+                ignore_conflicts=True,
+            )
+
     @staticmethod
     def _expiry(ref: registry.ImageRef, res: registry.Resolution, now):
         """When a cached answer expires: None for good, _NOT_CACHED for an answer that did
@@ -266,6 +382,102 @@ class ImageResolver:
             self.notes[image] = f"registry ({digest})" if digest else "registry"
         else:
             self.notes[image] = error or "unknown"
+
+
+def account_of(files: layers.ImageFiles, image_user: str, repository: str) -> dict:
+    """What an image's files say for the fix (rules/fix.Account): the entry of its USER
+    name, an existing non-root user fit to run it, its OS family; or why not."""
+    if files.error:
+        return {"error": files.error}
+    family = passwd.os_family(files.os_release)
+    hit = files.files.get("etc/passwd")
+    if hit is None:
+        why = files.missing.get("etc/passwd", "not in any layer")
+        return {"missing": f"no /etc/passwd in the image: {why}", "family": family}
+    try:
+        entries, refused = passwd.parse_passwd(hit.data)
+    except passwd.PasswdError as e:
+        return {"error": f"/etc/passwd in layer {hit.layer}: {e}"}
+
+    def entry(e: passwd.Entry | None) -> dict | None:
+        if e is None:
+            return None
+        return {"name": e.name, "uid": e.uid, "gid": e.gid, "layer": hit.layer, "line": e.line}
+
+    out: dict = {"family": family, "layer": hit.layer, "refused": refused[:5]}
+    name = ImageUser.parse(image_user).name
+    if name is not None:
+        out["user"] = entry(passwd.lookup(entries, name))
+        if out["user"] is None:
+            out["missing"] = f"no user {name!r} in /etc/passwd (layer {hit.layer})"[:300]
+    out["fit"] = entry(passwd.fitting_user(entries, repository))
+    return out
+
+
+class _ManifestMemo:
+    """The registry client, with each image's manifest fetched once for both passes."""
+
+    def __init__(self, client: registry.RegistryClient):
+        self.client = client
+        self._lock = threading.Lock()
+        self._manifests: dict = {}
+
+    def image_manifest(self, ref, platform=layers.DEFAULT_PLATFORM):
+        with self._lock:
+            hit = self._manifests.get((ref, platform))
+        if hit is not None:
+            return hit
+        found = self.client.image_manifest(ref, platform)
+        with self._lock:
+            self._manifests[(ref, platform)] = found
+        return found
+
+    def open_blob(self, *args, **kwargs):
+        return self.client.open_blob(*args, **kwargs)
+
+    def layer_digests(self, ref, platform) -> list[str]:
+        try:
+            manifest, _ = self.image_manifest(ref, platform)
+        except registry.RegistryError:
+            return []  # the second pass reports it
+        found = manifest.get("layers") if isinstance(manifest, dict) else None
+        return [
+            d["digest"][:200]
+            for d in (found if isinstance(found, list) else [])[: layers.MAX_LAYERS]
+            if isinstance(d, dict) and isinstance(d.get("digest"), str)
+        ]
+
+
+class _LayerDict:
+    """layers.LayerCache over what the database held before the lookups; what they read
+    anew is collected in `new`, written by the caller's thread."""
+
+    def __init__(self, known: dict):
+        self.known, self.new = known, {}
+        self._lock = threading.Lock()
+
+    def get(self, digests):
+        with self._lock:
+            return {d: self.known[d] for d in digests if d in self.known}
+
+    def put(self, facts):
+        with self._lock:
+            self.known.update(facts)
+            self.new.update(facts)
+
+
+def _facts(doc) -> layers.LayerFacts | None:
+    try:
+        return layers.LayerFacts.from_json(doc)
+    except ValueError:
+        return None  # not what we wrote: read the layer again
+
+
+def _pool_map(fn, items: list, workers: int) -> list:
+    if len(items) <= 1:
+        return [fn(i) for i in items]
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        return list(pool.map(fn, items))
 
 
 def offline_resolver(known: dict[str, str]) -> ImageResolver:

@@ -32,6 +32,7 @@ from compliance.models import (
     ScanRun,
     State,
 )
+from compliance.rules import fix
 from compliance.rules.workloads import GroupKey, WorkloadGroup
 
 
@@ -78,6 +79,7 @@ TRACKED = (
     "uid",
     "run_as_user",
     "run_as_non_root",
+    "fix",
 )
 _STATE = TRACKED.index("state")
 _DIGEST = TRACKED.index("image_digest")
@@ -133,7 +135,11 @@ def _values(g: WorkloadGroup) -> dict[str, Any]:
             "needs_root": c.needs_root,
             "image_note": g.note,
             "digests": digests[:MAX_DIGESTS] if len(digests) > 1 else [],
+            "pod_run_as_user": c.pod_run_as_user,
+            "pod_run_as_non_root": c.pod_run_as_non_root,
+            "passwd": g.account,
         },
+        "fix": fix.one_line(fix.remediation(c, fix.Account.of(g.account))),
     }
 
 

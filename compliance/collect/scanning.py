@@ -241,6 +241,9 @@ class NoLookups:
     def prepare(self, pods: list[dict]) -> None:
         pass
 
+    def accounts_for(self, pod: dict) -> dict[str, dict]:
+        return {}
+
     def users_for(self, pod: dict) -> tuple[dict[str, str], dict[str, str]]:
         return {}, {}
 
@@ -273,7 +276,7 @@ def collect_pods(
                 _reject(out, owners, pod, e)
                 continue
             kind, name = owners.workload_of(pod)
-            out.grouping.add(kind, name, verdict, resolver.notes)
+            out.grouping.add(kind, name, verdict, resolver.notes, resolver.accounts_for(pod))
         progress(out.grouping.pods)
     return out
 
@@ -298,6 +301,9 @@ def _image_timings(resolver: images.ImageResolver) -> dict[str, float]:
         "registry_failures": resolver.failures,
         "image_cache_hits": resolver.cache_hits,
         "registry_requests": resolver.client.requests,
+        "passwd_lookups": resolver.passwd_lookups,
+        "layers_read": resolver.layers_read,
+        "layer_bytes": resolver.layer_bytes,
         "images_s": round(resolver.seconds, 3),
     }
 

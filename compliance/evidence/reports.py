@@ -47,6 +47,7 @@ REPORT_COLUMNS = [
     "exception",
     "exception_approved_by",
     "exception_ends_at",
+    "fix",
 ]
 
 
@@ -214,6 +215,8 @@ class Report:
             first_seen,
             event,
             accepted_by,
+            current_state,
+            current_fix,
         ) in self._queryset.iterator(chunk_size=5000):
             _, state, _, since = event.split("|", 3)
             exception, approver, ends = (
@@ -236,6 +239,9 @@ class Report:
                 "exception": int(exception) if exception else None,
                 "exception_approved_by": approver,
                 "exception_ends_at": ends,
+                # The finding's fix is its latest scan's: shown only while the state at T
+                # is the state it was written for.
+                "fix": current_fix if state == current_state else "",
             }
 
 
@@ -251,6 +257,8 @@ _SELECTED = (
     "first_seen",
     "event",
     "acceptance",
+    "state",
+    "fix",
 )
 _TEXT = ("cluster", "namespace", "workload_kind", "workload_name", "container")
 _TEXT += ("container_type", "image")
@@ -279,7 +287,7 @@ def copy_sql(
     # OFFSET 0 keeps the inner query whole: its last-event subquery is then evaluated once
     # a finding (in the SELECT) instead of again for the outer WHERE, and the planner
     # estimates its rows from the findings, not from a regular expression on a subquery.
-    columns = f"{', '.join(_TEXT)}, first_seen, event, acceptance, pk"
+    columns = f"{', '.join(_TEXT)}, first_seen, event, acceptance, cur_state, fix, pk"
     # The open rows, sorted while narrow; formatted (wider) after the sort, in its order.
     source = (
         f"(SELECT * FROM ({inner} OFFSET 0) AS t({columns}) "
@@ -347,6 +355,7 @@ def _cells(csv: bool) -> list[tuple[str, str]]:
         ("exception", "NULLIF(split_part(t.acceptance, '|', 1), '')::bigint"),
         ("exception_approved_by", text("split_part(t.acceptance, '|', 2)")),
         ("exception_ends_at", plain(r"substring(t.acceptance FROM '^[^|]*\|[^|]*\|(.*)$')")),
+        ("fix", text(f"(CASE WHEN {state} = t.cur_state THEN t.fix ELSE '' END)")),
     ]
 
 

@@ -39,6 +39,7 @@ from compliance.models.identity import (
 )
 from compliance.models.images import (
     ImageCache,
+    ImageLayer,
     ImageUserOverride,
     Registry,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "Registry",
     "ImageUserOverride",
     "ImageCache",
+    "ImageLayer",
     "CLAIMS",
     "ROLE_CHOICES",
     "VALUE_MAX",

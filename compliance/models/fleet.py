@@ -146,6 +146,9 @@ class Finding(models.Model):
     pods = models.PositiveIntegerField(default=0)
     mixed = models.BooleanField(default=False)
     detail = models.JSONField(default=dict)  # the sample pod's verdict, PSA, level origins
+    # The proven fix in one line (rules/fix.one_line), kept by the scan so that exports
+    # written by COPY carry the same text the finding page shows.
+    fix = models.TextField(blank=True, default="", db_default="")
     first_seen = models.DateTimeField()
     last_changed = models.DateTimeField()
     resolved_at = models.DateTimeField(null=True, blank=True)

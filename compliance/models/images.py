@@ -71,6 +71,22 @@ class ImageCache(models.Model):
     error = models.TextField(blank=True)
     resolved_at = models.DateTimeField()
     expires_at = models.DateTimeField(null=True, blank=True)  # None: for good
+    # What the image's /etc/passwd says for the fix (finding detail "passwd"), read once per
+    # image: None when not read (or when the read failed, which is retried next scan).
+    passwd = models.JSONField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"{self.key} -> {self.user!r}{' ' + self.error if self.error else ''}"
+
+
+class ImageLayer(models.Model):
+    """What one image layer says about /etc/passwd, /etc/group and os-release (collect/
+    layers.py): the files it holds, deletes or hides. A layer is named by the digest of its
+    bytes, which were verified, so a row never expires; failures are never stored."""
+
+    digest = models.CharField(max_length=200, unique=True)
+    facts = models.JSONField()  # layers.LayerFacts.to_json()
+    read_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return self.digest

@@ -124,7 +124,8 @@ def _findings(event, keys) -> Message:
             section.items.append(
                 Item(
                     f"{x['workload']} container {x['container']}: "
-                    f"{STATE.label(x['state'])} ({what})",
+                    f"{STATE.label(x['state'])} ({what})"
+                    + (f". Fix: {x['fix']}" if x.get("fix") else ""),
                     url(f"/findings/{x['id']}/"),
                 )
             )

@@ -244,6 +244,13 @@ def _record_scan(cluster, scan, opened, changed) -> OutboxEvent | None:
             add(key, pk, to_state, "became")
     if not news:
         return None
+    # Each example carries its one-line fix (rules/fix.py), as the finding page shows it.
+    examples = [x for e in news.values() for x in e["examples"]]
+    fixes = dict(
+        Finding.objects.filter(pk__in=[x["id"] for x in examples]).values_list("pk", "fix")
+    )
+    for x in examples:
+        x["fix"] = fixes.get(x["id"], "")
     payload = {
         "cluster": cluster.name,
         "scan": scan.pk,

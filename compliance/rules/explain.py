@@ -5,13 +5,14 @@ Pure functions of a stored finding: the finding page renders them, exports can r
 
 from __future__ import annotations
 
+import difflib
 import json
 from types import SimpleNamespace
 from typing import Any
 
 import yaml
 
-from compliance.rules import controls, shell
+from compliance.rules import controls, fix, shell
 from compliance.rules.runas import CONTAINER_LISTS
 from compliance.vocabulary import OBSERVED, STATE, WORKLOAD_KINDS
 
@@ -23,6 +24,7 @@ def verdict_of(f: Any) -> SimpleNamespace:
     d = f.detail or {}
     return SimpleNamespace(
         state=f.state,
+        image=f.image,
         windows=d.get("windows", False),
         image_user=f.image_user,
         uid=f.uid,
@@ -31,7 +33,24 @@ def verdict_of(f: Any) -> SimpleNamespace:
         run_as_user_from=d.get("run_as_user_from"),
         run_as_non_root_from=d.get("run_as_non_root_from"),
         needs_root=d.get("needs_root"),
+        run_as_user_name=d.get("run_as_user_name"),
+        pod_run_as_user=_pod_value(d, "pod_run_as_user", int),
+        pod_run_as_non_root=_pod_value(d, "pod_run_as_non_root", bool),
     )
+
+
+def _pod_value(d: dict, key: str, kind: type) -> Any:
+    """A pod-level value the scan stored; for findings stored before it did, what PSA's
+    violations say of the pod (it names a pod-level runAsUser: 0 or runAsNonRoot: false)."""
+    value = d.get(key)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    psa = " ".join(v for v in d.get("psa_violations") or [] if isinstance(v, str))
+    if key == "pod_run_as_user" and ("(pod must not set runAsUser" in psa or "(pod and " in psa):
+        return 0
+    if key == "pod_run_as_non_root" and "(pod must not set securityContext.runAsNonRoot" in psa:
+        return False
+    return None
 
 
 def _origin(where: str | None) -> str:
@@ -165,12 +184,17 @@ def other_tools(f: Any) -> list[str]:
     return notes
 
 
-def remediation(f: Any) -> dict[str, Any]:
-    """The fix for this workload: summary, steps, Dockerfile line, YAML patch, kubectl."""
-    fix = controls.remediation(verdict_of(f))
-    sc = fix.get("security_context")
-    out = {**fix, "yaml": None, "kubectl": None, "kubectl_withheld": None, "note": None}
-    if not sc:
+def remediation(f: Any, context: str | None = None) -> dict[str, Any]:
+    """The proven fix for a stored finding (rules/fix.py), with what the page, the API and
+    the exports show: the securityContext before and after, the strategic merge patch,
+    `kubectl --context <context> -n <ns> patch ...`, and the fix in one line."""
+    d = f.detail or {}
+    v = verdict_of(f)
+    out = fix.remediation(v, fix.Account.of(d.get("passwd")))
+    out.update(yaml=None, diff=None, patch=None, kubectl=None, kubectl_withheld=None, note=None)
+    out["one_line"] = fix.one_line(out)
+    change = out["change"]
+    if not change:
         return out
     kind = WORKLOAD_KINDS.get(f.workload_kind)
     if kind is None or kind.resource is None:
@@ -181,21 +205,30 @@ def remediation(f: Any) -> dict[str, Any]:
             else f"{f.workload_kind} is not a kind this page knows how to patch; apply "
             "the securityContext below to its pod template."
         )
-    pod_spec: dict[str, Any] = {}
-    if sc["level"] == "pod":
-        pod_spec["securityContext"] = sc["fields"]
+    key = CONTAINER_KEYS.get(f.container_type, "containers")
+    pod_sc, ctr_sc = fix.levels_of(v)
+    pod_after, ctr_after = fix.applied(pod_sc, ctr_sc, change)
+    out["diff"] = _diff(pod_sc, pod_after, ctr_sc, ctr_after, key, f.container)
+    spec: dict[str, Any] = {}
+    nulls = dict.fromkeys(change["remove"])  # strategic merge: null deletes the field
+    if change["level"] == "pod":
+        spec["securityContext"] = {**nulls, **change["set"]}
     else:
-        pod_spec[CONTAINER_KEYS.get(f.container_type, "containers")] = [
-            {"name": f.container, "securityContext": sc["fields"]}
-        ]
+        spec[key] = [{"name": f.container, "securityContext": {**nulls, **change["set"]}}]
+        if change.get("pod_remove"):
+            spec["securityContext"] = dict.fromkeys(change["pod_remove"])
     path = kind.pod_spec if kind and kind.pod_spec else ("spec", "template", "spec")
-    patch: dict[str, Any] = pod_spec
-    for key in reversed(path):
-        patch = {key: patch}
+    patch: dict[str, Any] = spec
+    for part in reversed(path):
+        patch = {part: patch}
+    out["patch"] = patch
     out["yaml"] = yaml.safe_dump(patch, sort_keys=False)
     if kind and kind.resource and f.container_type != "ephemeral":
+        cluster = getattr(f, "cluster", None)
+        ctx = context or getattr(cluster, "context", "") or getattr(cluster, "name", "")
         kubectl = shell.command(
             "kubectl",
+            *(("--context", ctx) if ctx else ()),
             "-n",
             f.namespace,
             "patch",
@@ -205,10 +238,43 @@ def remediation(f: Any) -> dict[str, Any]:
             "strategic",
             "-p",
             json.dumps(patch, separators=(",", ":")),
-            values=(f.namespace, f.workload_name),
+            values=(ctx, f.namespace, f.workload_name) if ctx else (f.namespace, f.workload_name),
         )
         out["kubectl"], out["kubectl_withheld"] = kubectl.text, kubectl.withheld
-        out["commands"] = [*out["commands"], {"text": kubectl.text, "withheld": kubectl.withheld}]
+        if kubectl:
+            out["commands"] = [*out["commands"], kubectl.text]
+    return out
+
+
+def _diff(pod_sc, pod_after, ctr_sc, ctr_after, key: str, container: str) -> list[tuple[str, str]]:
+    """The securityContexts before and after, as (sign, line) pairs of a unified diff."""
+    lines: list[tuple[str, str]] = []
+
+    def block(title: str, before: dict, after: dict, indent: str) -> None:
+        if before == after:
+            return
+        lines.extend((" ", line) for line in title.splitlines())
+        before_lines = _yaml_lines(before, indent)
+        after_lines = _yaml_lines(after, indent)
+        for sign, line in _difflines(before_lines, after_lines):
+            lines.append((sign, line))
+
+    block("securityContext:", pod_sc, pod_after, "  ")
+    block(f"{key}:\n- name: {container}\n  securityContext:", ctr_sc, ctr_after, "    ")
+    return lines
+
+
+def _yaml_lines(sc: dict, indent: str) -> list[str]:
+    if not sc:
+        return [indent + "{}"]
+    return [indent + line for line in yaml.safe_dump(sc, sort_keys=True).splitlines()]
+
+
+def _difflines(a: list[str], b: list[str]) -> list[tuple[str, str]]:
+    out = []
+    for line in difflib.ndiff(a, b):
+        if line[:1] in ("-", "+", " "):
+            out.append((line[:1], line[2:]))
     return out
 
 

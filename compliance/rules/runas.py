@@ -264,6 +264,10 @@ class ContainerVerdict:
     run_as_non_root_from: str | None = None
     needs_root: str | None = None  # "is privileged", "adds capabilities SYS_ADMIN"
     image_id: str | None = None  # the status imageID: the image (by digest) that runs
+    # The pod-level values, also when the container overrides them (the fix needs them:
+    # removing a container's value exposes the pod's).
+    pod_run_as_user: int | None = None
+    pod_run_as_non_root: bool | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -507,6 +511,8 @@ def _evaluate_container(
         run_as_non_root_from=_origin(c.sc.run_as_non_root, pod_sc.run_as_non_root),
         needs_root=c.needs_root,
         image_id=_image_id(status),
+        pod_run_as_user=pod_sc.run_as_user,
+        pod_run_as_non_root=pod_sc.run_as_non_root,
     )
 
 

@@ -102,6 +102,7 @@ class WorkloadGroup:
     worst_pod: str = ""
     psa: list[str] = field(default_factory=list)
     note: str | None = None  # where the image user came from, or why it is unknown
+    account: dict | None = None  # what the image's /etc/passwd says (fix.Account)
     image_ids: set[str] = field(default_factory=set)  # every pod's status imageID ("": none)
 
     @property
@@ -118,10 +119,15 @@ class Grouping:
         self.containers = 0
 
     def add(
-        self, kind: str, name: str, verdict: runas.PodVerdict, notes: Mapping[str, str]
+        self,
+        kind: str,
+        name: str,
+        verdict: runas.PodVerdict,
+        notes: Mapping[str, str],
+        accounts: Mapping[str, dict] | None = None,
     ) -> None:
         """One pod's verdict, under its workload (kind, name); `notes` says, per image,
-        where its user came from."""
+        where its user came from, `accounts` what its /etc/passwd says."""
         sev = _SEVERITY
         self.pods += 1
         ns = sys.intern(verdict.namespace)
@@ -145,3 +151,4 @@ class Grouping:
             ):
                 g.worst, g.worst_pod, g.psa = c, verdict.name, verdict.psa.violations
                 g.note = notes.get(c.image)
+                g.account = accounts.get(c.image) if accounts else None

@@ -169,6 +169,7 @@ class FindingSerializer(serializers.ModelSerializer):
             "controls_2013",
             "standing",
             "exception",
+            "fix",
         ]
 
     def get_controls_2022(self, f) -> list[str]:
@@ -200,6 +201,10 @@ class FindingDetailSerializer(FindingSerializer):
         fields = [*FindingSerializer.Meta.fields, "remediation", "psa_violations"]
 
     def get_remediation(self, f) -> dict:
+        """The proven fix as data: kind, summary, steps (text and code segments), the
+        securityContext `change`, the strategic merge `patch`, the `dockerfile` lines, the
+        uid and where it came from, the `proof` (state and PSA after the change), and the
+        kubectl command with the cluster's context."""
         return explain.remediation(f)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import time
 
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/welkin_bench_scan")
@@ -23,6 +24,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pods", type=int, default=10_000)
     parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--named", type=int, default=100, help="images with named users")
     args = parser.parse_args()
 
     from tests.bench.bench_scan import fresh_database, use_environment
@@ -79,7 +81,8 @@ def main() -> None:
 
         print(
             f"{'status digests':<15} {'scan':<9} {'seconds':>8} {'image work':>11} "
-            f"{'looked up':>10} {'cache hits':>11} {'requests':>9}"
+            f"{'looked up':>10} {'cache hits':>11} {'requests':>9} {'passwd':>7} "
+            f"{'layers':>7} {'layer MB':>9}"
         )
         for with_digest in (True, False):
             load(with_digest)
@@ -90,12 +93,69 @@ def main() -> None:
                 print(
                     f"{label:<15} {name:<9} {secs:>7.2f}s {t.get('images_s', 0):>10.2f}s "
                     f"{t['images_looked_up']:>10} {t['image_cache_hits']:>11} "
-                    f"{t['registry_requests']:>9}",
+                    f"{t['registry_requests']:>9} {t['passwd_lookups']:>7} "
+                    f"{t['layers_read']:>7} {t['layer_bytes'] / 1e6:>9.2f}",
                     flush=True,
                 )
+        passwd_lookups(regs, server, args.named, scan)
     finally:
         server.stop()
         regs.stop()
+
+
+def passwd_lookups(regs, server, count: int, scan) -> None:
+    """`count` images whose USER is a name, each a real Debian-sized stack: a shared 2 MB
+    base, its own layer adding the user to /etc/passwd, and a 256 KiB application layer.
+    Scanned cold (every layer read and hashed) and warm (no layer request)."""
+    from compliance.models import ImageCache, ImageLayer
+    from tests import podgen
+    from tests.registries import tar_layer
+
+    rng = random.Random(7)
+    base_passwd = "".join(
+        f"sys{i}:x:{i}:{i}::/nonexistent:/usr/sbin/nologin\n" for i in range(1, 20)
+    )
+    base = tar_layer(
+        {
+            "etc/passwd": ("root:x:0:0::/root:/bin/bash\n" + base_passwd).encode(),
+            "etc/os-release": b"ID=debian\n",
+            "usr/lib/libbig.so": rng.randbytes(2 << 20),
+        }
+    )
+    t = time.perf_counter()
+    for i in range(count):
+        users = tar_layer(
+            {
+                "etc/passwd": (
+                    "root:x:0:0::/root:/bin/bash\n"
+                    + base_passwd
+                    + f"app{i}:x:{1000 + i}:{1000 + i}::/home/app:/bin/sh\n"
+                ).encode()
+            }
+        )
+        app = tar_layer({"srv/app.bin": rng.randbytes(256 << 10)})
+        regs.push_layered_image(f"named/app-{i}", "1", [base, users, app], user=f"app{i}")
+    print(f"\npushed {count} images with named users in {time.perf_counter() - t:.1f} s")
+    server.state.clear()
+    host = regs.plain.host
+    for i in range(count):
+        server.state.put(
+            podgen.pod("named", f"named-{i}", f"{host}/named/app-{i}:1", {"runAsNonRoot": True}, {})
+        )
+    ImageCache.objects.all().delete()
+    ImageLayer.objects.all().delete()
+    print(
+        f"{'named users':<12} {'seconds':>8} {'image work':>11} {'requests':>9} "
+        f"{'req/image':>10} {'layers':>7} {'MB read':>8} {'MB/image':>9}"
+    )
+    for name in ("cold", "warm"):
+        secs, t = scan(True)
+        print(
+            f"{name:<12} {secs:>7.2f}s {t['images_s']:>10.2f}s {t['registry_requests']:>9} "
+            f"{t['registry_requests'] / count:>10.1f} {t['layers_read']:>7} "
+            f"{t['layer_bytes'] / 1e6:>8.1f} {t['layer_bytes'] / 1e6 / count:>9.2f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

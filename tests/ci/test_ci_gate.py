@@ -82,7 +82,7 @@ def test_a_privileged_init_container_is_pointed_to_an_exception():
     sysctl = doc["objects"][0]["containers"][0]
     assert sysctl["needs_root"] == "is privileged"
     fix = sysctl["remediation"]
-    assert fix["exception"] is True and fix["security_context"] is None
+    assert fix["exception"] is True and fix["change"] is None
     assert "Request an exception" in fix["summary"] and "runAsUser: 1000" not in fix["steps"][0]
 
 

@@ -11,8 +11,9 @@ from django.core.management import call_command
 from compliance.collect import images, registry, scanning
 from compliance.collect.registry import ImageRef, Platform, RegistryClient, RegistryConfig
 from compliance.models import Finding, ImageCache, ImageUserOverride, Registry
+from compliance.rules import explain
 from tests import podgen
-from tests.registries import ROOT_CONFIG, FaultServer, Registries
+from tests.registries import OCI_MANIFEST, ROOT_CONFIG, FaultServer, Registries, tar_layer
 
 pytestmark = pytest.mark.uses_registry
 
@@ -279,11 +280,15 @@ def test_a_rescan_asks_the_registry_nothing_for_known_digests(cluster, fake_kube
     from compliance.models import ScanRun
 
     t1 = ScanRun.objects.get(pk=first.scan_id).timings
-    assert (t1["images_looked_up"], t1["registry_requests"]) == (1, 2)  # manifest + config
+    assert (t1["images_looked_up"], t1["registry_requests"]) == (1, 4)
+    # manifest + config for the USER; for /etc/passwd behind `node`, the manifest again
+    # (the image by digest) and its one layer
+    assert (t1["passwd_lookups"], t1["layers_read"]) == (1, 1)
     assert ImageCache.objects.get().expires_at is None  # a digest: cached for good
     second = scanning.scan_cluster(cluster.pk)
     t2 = ScanRun.objects.get(pk=second.scan_id).timings
     assert (t2["images_looked_up"], t2["image_cache_hits"], t2["registry_requests"]) == (0, 1, 0)
+    assert (t2["passwd_lookups"], t2["layers_read"]) == (0, 0)
 
 
 def test_tags_and_failures_expire(cluster, fake_kube, regs, settings):
@@ -497,3 +502,39 @@ def test_evaluate_resolve_answers_per_platform_like_the_scan(
     scanning.scan_cluster(cluster.pk)
     scanned = {f.workload_name: f.state for f in Finding.objects.all()}
     assert scanned == {"arm": "blocked"}  # compliant containers are not findings
+
+
+def test_the_uid_behind_a_named_user_is_read_from_the_images_passwd_into_the_fix(
+    cluster, fake_kube, regs
+):
+    h = regs.plain.host
+    base = tar_layer(
+        {"etc/passwd": b"root:x:0:0::/root:/bin/sh\n", "etc/os-release": b"ID=debian\n"}
+    )
+    users = tar_layer(
+        {"etc/passwd": b"root:x:0:0::/root:/bin/sh\nnode:x:1000:1000::/home/node:/bin/sh\n"}
+    )
+    app = tar_layer({"app/index.js": b"//\n"})
+    regs.push_layered_image("img/named", "1", [base, users, app], user="node")
+    put_pods(fake_kube, {"named": f"{h}/img/named:1"})
+    first = scanning.scan_cluster(cluster.pk)
+    f = findings()["named"]
+    assert f.state == "blocked"
+    assert "user" in f.detail["passwd"], f.detail["passwd"]
+    entry = f.detail["passwd"]["user"]
+    assert (entry["name"], entry["uid"], entry["line"]) == ("node", 1000, 2)
+    manifest = regs.http.request(
+        "GET", f"http://{h}/v2/img/named/manifests/1", headers={"Accept": OCI_MANIFEST}
+    )
+    layer_digests = [d["digest"] for d in json.loads(manifest.data)["layers"]]
+    assert entry["layer"] == layer_digests[1]  # the newest layer holding /etc/passwd
+    fix = explain.remediation(f)
+    assert fix["kind"] == "numeric-user" and fix["dockerfile"] == ["USER 1000"]
+    assert f"/etc/passwd in layer {layer_digests[1]}, line 2" in f.fix
+    from compliance.models import ScanRun
+
+    # All three layers read (os-release is only in the base); a rescan reads none.
+    assert ScanRun.objects.get(pk=first.scan_id).timings["layers_read"] == 3
+    second = scanning.scan_cluster(cluster.pk)
+    assert ScanRun.objects.get(pk=second.scan_id).timings["layers_read"] == 0
+    assert findings()["named"].detail["passwd"]["user"]["uid"] == 1000

@@ -1,6 +1,7 @@
 """COPY's CSV and JSON (compliance/reports.copy_sql) against the row-by-row writers: the
 same bytes, on hostile strings, accepted findings, several times and scopes."""
 
+import csv
 import datetime as dt
 import io
 import time
@@ -12,9 +13,9 @@ from django.utils import timezone
 from compliance import demo
 from compliance.evidence import pgcopy, reports, store, writers
 from compliance.identity import access
-from compliance.models import Cluster, ScanRun
+from compliance.models import Cluster, Finding, ScanRun
 from compliance.risk import exceptions
-from compliance.rules import controls
+from compliance.rules import controls, explain
 from tests.builders import FORMULAS, stored_finding
 
 FLEET = access.Scope(None, access.AUDITOR)
@@ -54,7 +55,13 @@ def test_copy_writes_the_same_bytes_as_the_row_by_row_writers(demo_fleet, settin
     hostile = [*FORMULAS, 'a "quoted", name', "ünï ☃", "", "x|y|z", "back\\slash", "a\nb", "a\r\nb"]
     for i, value in enumerate(hostile):
         stored_finding(
-            cluster, scan, at, workload_name=f"w{i}", image=value, container=value[:60] or "c"
+            cluster,
+            scan,
+            at,
+            workload_name=f"w{i}",
+            image=value,
+            container=value[:60] or "c",
+            fix=value,
         )
     now = timezone.now()
     times = [now, now - dt.timedelta(days=1, hours=3)]
@@ -83,6 +90,14 @@ def test_copy_writes_the_same_bytes_as_the_row_by_row_writers(demo_fleet, settin
     body = io.BytesIO()
     writers.write(reports.point_in_time(FLEET, now), "csv", body)
     assert b",accepted," in body.getvalue() and b"'=HYPERLINK" in body.getvalue()
+    # The fix column is the finding page's fix, in one line.
+    rows = list(csv.DictReader(io.StringIO(body.getvalue().decode())))
+    worker = Finding.objects.get(
+        cluster__name="prod-eu", namespace="payments", workload_name="worker", resolved_at=None
+    )
+    row = next(r for r in rows if (r["cluster"], r["workload_name"]) == ("prod-eu", "worker"))
+    assert row["fix"] == worker.fix == explain.remediation(worker)["one_line"]
+    assert "uid 1000 from /etc/passwd in layer sha256:" in row["fix"]
 
 
 @pytest.mark.django_db(transaction=True)

@@ -18,7 +18,7 @@ from django.contrib.auth.models import Group
 from django.db import connection
 
 from compliance.collect import scanning
-from compliance.models import AuditEvent, Cluster, NamespaceGrant, ScanRun
+from compliance.models import AuditEvent, Cluster, Finding, NamespaceGrant, ScanRun
 from compliance.models.notify import Contact, Delivery, OutboxEvent
 from compliance.notify import delivery, outbox
 from tests import builders
@@ -183,6 +183,10 @@ def test_a_finding_that_came_back_and_one_newly_blocked_are_news(owners, setting
     ).latest("pk")
     m = delivery.render(lead)
     assert "came back" in m.text() and "https://welkin.example/findings/" in m.html()
+    # Each example carries its one-line fix, the one the finding page and exports show.
+    later = Finding.objects.get(workload_name="later", resolved_at=None)
+    assert {x["fix"] for x in news["examples"] if x["workload"] == "Pod/later"} == {later.fix}
+    assert later.fix and f"Fix: {later.fix}" in m.text()
 
 
 def test_stale_clusters_are_told_to_officers_once(owners, settings):

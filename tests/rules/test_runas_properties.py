@@ -4,7 +4,7 @@ exception."""
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compliance.rules import controls, runas
+from compliance.rules import controls, fix, runas
 from tests.builders import json_values, pods
 
 image_users = st.dictionaries(st.sampled_from(["a", "b", "c"]), st.text(max_size=12), max_size=3)
@@ -21,7 +21,7 @@ def check(pod, users):
         assert c.runs_as_root in (True, False, None)
         assert (c.state == "blocked") == (c.kubelet_error is not None)
         assert set(controls.controls_for(c.state)) <= set(controls.CONTROLS)
-        assert controls.remediation(c)["summary"]
+        assert fix.remediation(c)["summary"]
 
 
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])

@@ -37,6 +37,12 @@ def test_every_endpoint_follows_the_access_rules(api_as, history):
     assert lead.get(f"/api/v1/findings/{d.pk}/").status_code == 404
     b = lead.get(f"/api/v1/findings/{Finding.objects.get(workload_name='b').pk}/").json()
     assert b["state"] == "blocked" and b["remediation"]["summary"]
+    # The fix as data another tool can apply: the patch, the proof, the same one line.
+    fix = b["remediation"]
+    assert set(fix) >= {"kind", "change", "patch", "dockerfile", "proof", "uid", "uid_source"}
+    assert fix["one_line"] == b["fix"] == Finding.objects.get(workload_name="b").fix
+    listed = lead.get("/api/v1/findings/").json()["results"]
+    assert [r["fix"] for r in listed] == [b["fix"]]
     assert b["controls_2022"] == ["8.27"] and b["controls_2013"] == ["A.14.2.5"]
     assert [c["name"] for c in lead.get("/api/v1/clusters/").json()["results"]] == ["airgap"]
     assert lead.get("/api/v1/scans/").json()["results"] == []

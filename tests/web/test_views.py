@@ -123,8 +123,11 @@ def test_the_welkin_cases_are_explained_with_their_fix(as_user):
     f = open_finding(cluster__name="prod-eu", namespace="payments", workload_name="worker")
     body = as_user("lead").get(f"/findings/{f.pk}/").content.decode()
     assert "image has non-numeric user (node)" in body
-    assert "USER 1000" in body  # the numeric form of node
-    assert "kubectl -n payments patch deployment worker --type strategic" in body
+    assert "USER 1000" in body  # the numeric form of node, read from the image
+    assert "line 19" in body and "/etc/passwd in layer sha256:" in body
+    assert "Checked: after the workload change below, this container is" in body
+    assert "kubectl --context prod-eu -n payments patch deployment worker" in body
+    assert "`" not in body.split('id="fix-h"')[1].split("</section>")[0]  # no raw Markdown
     assert "none of them can see the image" in body  # how other tools differ
     assert "Opened" in body  # history
 

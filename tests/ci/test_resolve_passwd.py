@@ -1,0 +1,76 @@
+"""`welkin-evaluate --resolve` reads the uid behind a named USER from the image's own
+/etc/passwd in a real registry (TLS, a test CA), and prints the same fix the page shows,
+with file and line."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.registries import Registries, tar_layer
+
+pytestmark = pytest.mark.uses_registry
+WELKIN_EVALUATE = Path(sys.executable).parent / "welkin-evaluate"
+
+
+@pytest.fixture(scope="module")
+def regs():
+    r = Registries()
+    yield r
+    r.stop()
+
+
+def run(*args, cwd, env):
+    p = subprocess.run(
+        [str(WELKIN_EVALUATE), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"], **env},
+        cwd=cwd,
+        timeout=120,
+    )
+    return p.returncode, p.stdout, p.stderr
+
+
+def test_resolve_gives_the_uid_from_etc_passwd_and_the_proven_fix(regs, tmp_path):
+    passwd = (
+        b"root:x:0:0::/root:/bin/sh\nbin:x:1:1::/:/bin/false\n"
+        b"node:x:1000:1000::/home/node:/bin/sh\n"
+    )
+    regs.push_layered_image(
+        "team/web",
+        "1",
+        [tar_layer({"etc/passwd": passwd}), tar_layer({"srv/app": b"x"})],
+        user="node",
+    )
+    ca = tmp_path / "ca.pem"
+    ca.write_text(regs.ca_pem)
+    image = f"{regs.tls.host}/team/web:1"
+    pod = tmp_path / "web.yaml"
+    pod.write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop}\nspec:\n"
+        "  securityContext: {runAsNonRoot: true}\n"
+        f"  containers:\n  - name: app\n    image: {image}\n"
+    )
+    env = {"SSL_CERT_FILE": str(ca)}
+    code, out, err = run("--resolve", "--format", "json", pod, cwd=tmp_path, env=env)
+    c = json.loads(out)["objects"][0]["containers"][0]
+    assert (c["state"], c["image_user"]) == ("blocked", "node"), err
+    fix = c["remediation"]
+    assert fix["kind"] == "numeric-user" and fix["uid"] == 1000
+    assert fix["uid_source"].startswith("/etc/passwd in layer sha256:")
+    assert fix["uid_source"].endswith(", line 3")
+    assert fix["proof"]["workload"]["state"] == "compliant"
+    code, out, _ = run("--resolve", pod, cwd=tmp_path, env=env)
+    assert code == 1
+    assert "web.yaml:7:5" in out  # file, line and column of the container
+    assert "fix: The image's USER is the name 'node'" in out and "line 3" in out
+    # Without --resolve the uid is not known: the fix says so, and guesses nothing.
+    code, out, _ = run(
+        "--format", "json", "--image-user", f"{image}=node", pod, cwd=tmp_path, env=env
+    )
+    fix = json.loads(out)["objects"][0]["containers"][0]["remediation"]
+    assert fix["kind"] == "uid-unknown" and fix["uid"] is None and "1000" not in fix["one_line"]

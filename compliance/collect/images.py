@@ -411,6 +411,16 @@ def account_of(files: layers.ImageFiles, image_user: str, repository: str) -> di
         if out["user"] is None:
             out["missing"] = f"no user {name!r} in /etc/passwd (layer {hit.layer})"[:300]
     out["fit"] = entry(passwd.fitting_user(entries, repository))
+    group = image_user.split(":", 1)[1] if ":" in image_user else ""
+    if group and not group.isdigit():  # USER node:staff: the group's gid, from /etc/group
+        found = files.files.get("etc/group")
+        try:
+            groups, _ = passwd.parse_group(found.data) if found else ([], [])
+        except passwd.PasswdError:
+            groups = []
+        g = next((x for x in groups if x.name == group), None)
+        if g is not None and found is not None:
+            out["group"] = {"name": g.name, "gid": g.gid, "layer": found.layer, "line": g.line}
     return out
 
 

@@ -67,6 +67,7 @@ class Account:
 
     user: dict | None = None
     fit: dict | None = None
+    group: dict | None = None  # the group of `USER name:group`, from /etc/group
     family: str | None = None
     error: str | None = None
     missing: str | None = None
@@ -85,9 +86,12 @@ class Account:
             return v[:300] if isinstance(v, str) and v else None
 
         error = text(raw.get("error"))
+        group = raw.get("group")
+        ok = isinstance(group, dict) and isinstance(group.get("gid"), int)
         return cls(
             entry(raw.get("user")),
             entry(raw.get("fit")),
+            group if ok and 0 <= group["gid"] <= UID_MAX else None,
             raw.get("family") if raw.get("family") in ("alpine", "debian", "rhel") else None,
             error,
             text(raw.get("missing")),
@@ -238,13 +242,19 @@ def plan(v: Any, account: Account | None = None) -> dict[str, Any]:
             f"The image's USER is the name {_shown(image.name)}, which the kubelet cannot "
             f"check; its uid is {uid}, read from the image's /etc/passwd. Use the number."
         )
+        numeric = f"{uid}:{account.group['gid']}" if account.group else str(uid)
         steps += [
             t(
                 "In the Dockerfile replace ",
-                code(f"USER {image.name}"),
+                code(f"USER {v.image_user}"),
                 " with ",
-                code(f"USER {uid}"),
-                ".",
+                code(f"USER {numeric}"),
+                (
+                    f" (group {_shown(account.group['name'])} is gid {account.group['gid']}, "
+                    f"/etc/group line {account.group['line']})."
+                    if account.group
+                    else "."
+                ),
             ),
             t(
                 "Or now, in the workload: set ",
@@ -252,7 +262,7 @@ def plan(v: Any, account: Account | None = None) -> dict[str, Any]:
                 f" in the {level} securityContext.",
             ),
         ]
-        dockerfile = [f"USER {uid}"]
+        dockerfile = [f"USER {numeric}"]
     else:
         kind = "image-user"
         if image.name is None and image.uid not in (None, 0):
@@ -307,6 +317,9 @@ def plan(v: Any, account: Account | None = None) -> dict[str, Any]:
         change=_change(level, fields, v=v),
         uid=uid,
         uid_source=source,
+        uid_name=(image.name if kind == "numeric-user" else (account.fit or {}).get("name"))
+        if not created
+        else None,
     )
 
 
@@ -405,6 +418,7 @@ def _out(kind: str, summary: str, **kw: Any) -> dict[str, Any]:
         "change": None,
         "uid": None,
         "uid_source": None,
+        "uid_name": None,  # the user the uid belongs to, when read from /etc/passwd
         "unknown": None,
         "exception": False,
         "proof": None,

@@ -40,11 +40,12 @@ def test_resolve_gives_the_uid_from_etc_passwd_and_the_proven_fix(regs, tmp_path
         b"root:x:0:0::/root:/bin/sh\nbin:x:1:1::/:/bin/false\n"
         b"node:x:1000:1000::/home/node:/bin/sh\n"
     )
+    group = b"root:x:0:\nstaff:x:50:node\n"
     regs.push_layered_image(
         "team/web",
         "1",
-        [tar_layer({"etc/passwd": passwd}), tar_layer({"srv/app": b"x"})],
-        user="node",
+        [tar_layer({"etc/passwd": passwd, "etc/group": group}), tar_layer({"srv/app": b"x"})],
+        user="node:staff",
     )
     ca = tmp_path / "ca.pem"
     ca.write_text(regs.ca_pem)
@@ -58,9 +59,10 @@ def test_resolve_gives_the_uid_from_etc_passwd_and_the_proven_fix(regs, tmp_path
     env = {"SSL_CERT_FILE": str(ca)}
     code, out, err = run("--resolve", "--format", "json", pod, cwd=tmp_path, env=env)
     c = json.loads(out)["objects"][0]["containers"][0]
-    assert (c["state"], c["image_user"]) == ("blocked", "node"), err
+    assert (c["state"], c["image_user"]) == ("blocked", "node:staff"), err
     fix = c["remediation"]
     assert fix["kind"] == "numeric-user" and fix["uid"] == 1000
+    assert fix["dockerfile"] == ["USER 1000:50"]  # staff's gid, from /etc/group
     assert fix["uid_source"].startswith("/etc/passwd in layer sha256:")
     assert fix["uid_source"].endswith(", line 3")
     assert fix["proof"]["workload"]["state"] == "compliant"
@@ -70,7 +72,7 @@ def test_resolve_gives_the_uid_from_etc_passwd_and_the_proven_fix(regs, tmp_path
     assert "fix: The image's USER is the name 'node'" in out and "line 3" in out
     # Without --resolve the uid is not known: the fix says so, and guesses nothing.
     code, out, _ = run(
-        "--format", "json", "--image-user", f"{image}=node", pod, cwd=tmp_path, env=env
+        "--format", "json", "--image-user", f"{image}=node:staff", pod, cwd=tmp_path, env=env
     )
     fix = json.loads(out)["objects"][0]["containers"][0]["remediation"]
     assert fix["kind"] == "uid-unknown" and fix["uid"] is None and "1000" not in fix["one_line"]

@@ -191,3 +191,12 @@ def test_every_combination(user, pod_sc, ctr_sc):
     users = {} if user is None else {"img": user}
     for account in (None, Account(user=NODE, fit=NGINX, read=True), Account(error="x")):
         check(one(p, users), account, p, users)
+
+
+def test_user_name_and_group_both_become_numbers():
+    staff = {"name": "staff", "gid": 50, "layer": "sha256:" + "d" * 64, "line": 7}
+    v = one(pod(sc={"runAsNonRoot": True}), {"img": "node:staff"})
+    f = fix.remediation(v, Account(user=NODE, group=staff, read=True))
+    assert f["dockerfile"] == ["USER 1000:50"] and f["uid_name"] == "node"
+    assert "/etc/group line 7" in fix.plain(f["steps"][0])
+    assert f["proof"]["dockerfile"]["state"] == "compliant"

@@ -124,7 +124,7 @@ def test_the_welkin_cases_are_explained_with_their_fix(as_user):
     body = as_user("lead").get(f"/findings/{f.pk}/").content.decode()
     assert "image has non-numeric user (node)" in body
     assert "USER 1000" in body  # the numeric form of node, read from the image
-    assert "line 19" in body and "/etc/passwd in layer sha256:" in body
+    assert "uid 1000 for node: from /etc/passwd in layer sha256:" in body and "line 19" in body
     assert "Checked: after the workload change below, this container is" in body
     assert "kubectl --context prod-eu -n payments patch deployment worker" in body
     assert "`" not in body.split('id="fix-h"')[1].split("</section>")[0]  # no raw Markdown

@@ -70,6 +70,8 @@ WORKLOADS = {  # namespace -> [(kind, name, image, replicas)]
         ("DaemonSet", "vendor-agent", UNKNOWN_IMAGE, 5),
     ],
 }
+# A vendor's node agent: privileged, so its fix is the exception path, not a uid.
+PRIVILEGED = {"vendor-agent"}
 GOOD = ({"runAsNonRoot": True}, {"runAsUser": 10001, "allowPrivilegeEscalation": False})
 BAD = [({}, {}), ({"runAsNonRoot": True}, {}), ({}, {"runAsUser": 0})]
 
@@ -178,6 +180,8 @@ def _pods(
         container = {"name": "app", "image": image}
         if c_sc:
             container["securityContext"] = dict(c_sc)
+        if name in PRIVILEGED:
+            container["securityContext"] = {**dict(c_sc), "privileged": True}
         objs.append(
             {
                 "apiVersion": "v1",

@@ -150,7 +150,9 @@ def evaluate_object(
                 "needs_root": c.needs_root,
                 "controls_2022": list(controls.ids_2022(c.state)),
                 "controls_2013": list(controls.controls_for(c.state)),
-                "remediation": _fix(c, (accounts or {}).get(c.image)),
+                "remediation": _fix(
+                    c, (accounts or {}).get(c.image_id or "") or (accounts or {}).get(c.image)
+                ),
             }
             for c in verdict.containers
         ],

@@ -124,7 +124,8 @@ class ImageResolver:
         return maps
 
     def accounts_for(self, pod: dict) -> dict[str, dict]:
-        """spec image -> what its /etc/passwd says (fix.Account), for the pod's platform."""
+        """image (its status imageID when known, else as written in the pod) -> what its
+        /etc/passwd says (fix.Account), for the pod's platform."""
         return self.accounts.get(platform_of(pod), {})
 
     def users_for(self, pod: dict) -> tuple[dict[str, str], dict[str, str]]:
@@ -279,13 +280,15 @@ class ImageResolver:
             users, _ = self._maps(platform)
             user = users.get(key)
             known = self.accounts.setdefault(platform, {})
-            if user is None or w.image in known or (w.image, platform) in todo:
+            # Keyed as the users are (the status digest when known): two builds behind one
+            # tag have two /etc/passwd files.
+            if user is None or key in known or (key, platform) in todo:
                 continue
             parsed = ImageUser.parse(user)
             if parsed.name is None and not parsed.is_root:
                 continue  # a numeric non-root uid: /etc/passwd adds nothing to the fix
             ref = self._answered.get((key, platform), w.refs[0])
-            todo[(w.image, platform)] = (ref, platform, user)
+            todo[(key, platform)] = (ref, platform, user)
         if not todo:
             return
         keys = {item: _cache_key(ref, platform) for item, (ref, platform, _) in todo.items()}
@@ -407,10 +410,22 @@ def account_of(files: layers.ImageFiles, image_user: str, repository: str) -> di
     out: dict = {"family": family, "layer": hit.layer, "refused": refused[:5]}
     name = ImageUser.parse(image_user).name
     if name is not None:
-        out["user"] = entry(passwd.lookup(entries, name))
-        if out["user"] is None:
-            out["missing"] = f"no user {name!r} in /etc/passwd (layer {hit.layer})"[:300]
-    out["fit"] = entry(passwd.fitting_user(entries, repository))
+        found = passwd.lookup(entries, name)
+        shadow = passwd.shadowed_by(hit.data, name, found.line if found else None)
+        if shadow is not None:  # a malformed line a runtime may read as this user
+            out["user"] = None
+            out["missing"] = (
+                f"line {shadow} of /etc/passwd (layer {hit.layer}) names {name!r} but is not "
+                "well-formed: a container runtime may read it, so the uid is not known"
+            )[:300]
+        else:
+            out["user"] = entry(found)
+            if found is None:
+                out["missing"] = f"no user {name!r} in /etc/passwd (layer {hit.layer})"[:300]
+    fit = passwd.fitting_user(entries, repository)
+    if fit is not None and passwd.shadowed_by(hit.data, fit.name, fit.line) is not None:
+        fit = None  # its name is also on a malformed line before it: not suggested
+    out["fit"] = entry(fit)
     group = image_user.split(":", 1)[1] if ":" in image_user else ""
     if group and not group.isdigit():  # USER node:staff: the group's gid, from /etc/group
         found = files.files.get("etc/group")
@@ -552,6 +567,7 @@ def _store(rows: list[ImageCache]) -> None:
                     "error",
                     "resolved_at",
                     "expires_at",
+                    "passwd",  # a new answer: its /etc/passwd is read again
                 ],
             )
     except IntegrityError:  # pragma: no cover - a race on the same key

@@ -658,6 +658,13 @@ def _scan(source: Any, wanted: tuple[str, ...], max_file: int) -> LayerFacts:
                 length = 0  # read: only its padding is left
         elif path in ancestors and path:
             parent_kinds[path] = _kind(typeflag)
+            if parent_kinds[path] != "directory":
+                # Unpacking replaces the directory, and what was written under it earlier in
+                # this layer goes with it (containerd removes it before it writes the link).
+                for p in wanted:
+                    if p.startswith(path + "/"):
+                        present.pop(p, None)
+                        refused.pop(p, None)
         tar.skip(length + padding)
     for ancestor in sorted(parent_kinds, key=len):
         kind = parent_kinds[ancestor]

@@ -193,11 +193,17 @@ def remediation(f: Any, context: str | None = None) -> dict[str, Any]:
     out = fix.remediation(v, fix.Account.of(d.get("passwd")))
     out.update(yaml=None, diff=None, patch=None, kubectl=None, kubectl_withheld=None, note=None)
     out["one_line"] = fix.one_line(out)
+    out["dockerfile_text"] = "\n".join(out["dockerfile"] or [])
     change = out["change"]
     if not change:
         return out
     kind = WORKLOAD_KINDS.get(f.workload_kind)
-    if kind is None or kind.resource is None:
+    if f.container_type == "ephemeral":
+        out["note"] = (
+            "An ephemeral container (kubectl debug) cannot be changed in place, nor is it in "
+            "a pod template: start the next one with this securityContext."
+        )
+    elif kind is None or kind.resource is None:
         out["note"] = (
             f"{f.workload_kind} {f.workload_name} cannot be patched in place: change "
             "the manifest that creates it and recreate it."
@@ -217,7 +223,12 @@ def remediation(f: Any, context: str | None = None) -> dict[str, Any]:
         spec[key] = [{"name": f.container, "securityContext": {**nulls, **change["set"]}}]
         if change.get("pod_remove"):
             spec["securityContext"] = dict.fromkeys(change["pod_remove"])
-    path = kind.pod_spec if kind and kind.pod_spec else ("spec", "template", "spec")
+    if f.container_type == "ephemeral":
+        return out  # the diff shows the securityContext; there is no template to patch
+    if kind is not None and kind.kind == "Pod":
+        path: tuple[str, ...] = ("spec",)
+    else:
+        path = kind.pod_spec if kind and kind.pod_spec else ("spec", "template", "spec")
     patch: dict[str, Any] = spec
     for part in reversed(path):
         patch = {part: patch}

@@ -138,8 +138,10 @@ def plan(v: Any, account: Account | None = None) -> dict[str, Any]:
             ],
             exception=True,
         )
+    # Every change goes to this container's securityContext: a value set on the pod is
+    # overridden there, never changed on the pod, where the other containers inherit it.
+    level = "container"
     if v.windows:
-        level = v.run_as_non_root_from or "container"
         return _out(
             "windows",
             "Run the container as ContainerUser, not ContainerAdministrator.",
@@ -159,12 +161,11 @@ def plan(v: Any, account: Account | None = None) -> dict[str, Any]:
         )
 
     image = _image_user(v)
-    nr_level = v.run_as_non_root_from or None
     if state == UNENFORCED:
-        level = nr_level or "container"
         return _out(
             "enforce",
-            "Enforce the guardrail: add runAsNonRoot: true. Nothing else changes.",
+            "Enforce the guardrail: add runAsNonRoot: true to this container. Nothing else "
+            "changes.",
             steps=[
                 t(
                     "Add ",
@@ -177,31 +178,68 @@ def plan(v: Any, account: Account | None = None) -> dict[str, Any]:
             uid=v.uid,
         )
 
+    pod_user, _ = pod_values(v)
+    nr = (
+        []
+        if v.run_as_non_root is True
+        else [t("Add ", code("runAsNonRoot: true"), " to the container securityContext.")]
+    )
+    nr_field = {} if v.run_as_non_root is True else {"runAsNonRoot": True}
+    if (
+        v.run_as_user == 0
+        and v.run_as_user_from == "container"
+        and pod_user is not None
+        and 0 < pod_user <= UID_MAX
+    ):
+        # The pod already says a non-root uid; the container's 0 overrides it.
+        return _out(
+            "remove-run-as-user",
+            f"Remove runAsUser: 0 from the container securityContext: the pod's "
+            f"runAsUser: {pod_user} then applies. The Dockerfile needs nothing.",
+            steps=[
+                t("Delete ", code("runAsUser: 0"), " from the container securityContext."),
+                *nr,
+            ],
+            change=_change(level, nr_field, ["runAsUser"], v),
+            uid=pod_user,
+            uid_source=f"the pod's runAsUser: {pod_user}",
+        )
     if v.run_as_user == 0 and image is not None and image.name is None:
         uid = image.uid
         if uid is not None and 0 < uid <= UID_MAX:
             # The image already runs as a non-root uid: runAsUser: 0 is the only cause.
-            level = v.run_as_user_from or "container"
-            nr = (
-                []
-                if v.run_as_non_root is True
-                else [t("Add ", code("runAsNonRoot: true"), f" to the {level} securityContext.")]
-            )
+            if v.run_as_user_from == "container" and pod_user is None:
+                summary = (
+                    "Remove runAsUser: 0 from the container securityContext: the image "
+                    f"already runs as uid {uid} (its USER {v.image_user}). The Dockerfile "
+                    "needs nothing."
+                )
+                first = t(
+                    "Delete ",
+                    code("runAsUser: 0"),
+                    " from the container securityContext (or set ",
+                    code(f"runAsUser: {uid}"),
+                    ", the image's own uid).",
+                )
+                change = _change(level, nr_field, ["runAsUser"], v)
+            else:  # the pod sets it: the container says the image's own uid instead
+                summary = (
+                    f"Override the pod's runAsUser: 0 on this container with the image's own "
+                    f"uid {uid} (its USER {v.image_user}). The Dockerfile needs nothing."
+                )
+                first = t(
+                    "Set ",
+                    code(f"runAsUser: {uid}"),
+                    " in the container securityContext (the pod's ",
+                    code("runAsUser: 0"),
+                    " stays for the containers that inherit it).",
+                )
+                change = _change(level, {"runAsUser": uid, **nr_field}, v=v)
             return _out(
                 "remove-run-as-user",
-                f"Remove runAsUser: 0 from the {level} securityContext: the image already "
-                f"runs as uid {uid} (its USER {v.image_user}). The Dockerfile needs nothing.",
-                steps=[
-                    t(
-                        "Delete ",
-                        code("runAsUser: 0"),
-                        f" from the {level} securityContext (or set ",
-                        code(f"runAsUser: {uid}"),
-                        ", the image's own uid).",
-                    ),
-                    *nr,
-                ],
-                change=_change(level, {"runAsNonRoot": True}, ["runAsUser"], v),
+                summary,
+                steps=[first, *nr],
+                change=change,
                 uid=uid,
                 uid_source=f"the image's USER {v.image_user}",
             )
@@ -224,10 +262,17 @@ def plan(v: Any, account: Account | None = None) -> dict[str, Any]:
         )
 
     # From here the image is root, a name, or an out-of-range uid: the image needs a user
-    # (a Dockerfile change), and runAsUser is the stopgap in the workload, set where
-    # runAsUser was set, else on this container only.
-    level = v.run_as_user_from or "container"
-    if image.name is not None and account.user is None:
+    # (a Dockerfile change), and runAsUser on this container is the stopgap.
+    if image.name is not None and (
+        account.user is None or account.user.get("name") != image.name
+    ):  # an entry for another name (a stale answer) says nothing about this one
+        account = Account(
+            fit=account.fit,
+            family=account.family,
+            error=account.error,
+            missing=account.missing,
+            read=account.read,
+        )
         return _unknown_name(image.name, getattr(v, "image", "") or "<image>", account, level)
     uid, source, created = _target_uid(image, account)
     fields: dict[str, Any] = {"runAsUser": uid}
@@ -235,7 +280,10 @@ def plan(v: Any, account: Account | None = None) -> dict[str, Any]:
         fields["runAsNonRoot"] = True
     steps: list[Step] = []
     if v.run_as_user == 0:
-        steps.append(t("Replace ", code("runAsUser: 0"), f" in the {level} securityContext:"))
+        where = "container" if v.run_as_user_from == "container" else "pod"
+        steps.append(
+            t("Replace ", code("runAsUser: 0"), f" (set on the {where}) for this container:")
+        )
     if image.name is not None and account.user["uid"] != 0:
         kind = "numeric-user"
         summary = (
@@ -265,8 +313,13 @@ def plan(v: Any, account: Account | None = None) -> dict[str, Any]:
         dockerfile = [f"USER {numeric}"]
     else:
         kind = "image-user"
-        if image.name is None and image.uid not in (None, 0):
+        if image.name is None and image.uid is not None and not 0 <= image.uid <= UID_MAX:
             what = f"The image's uid {image.uid} is outside 0..{UID_MAX}"
+        elif image.name is None and image.uid not in (None, 0):
+            what = (
+                "It runs as root by what the cluster reports, although the image's recorded "
+                f"USER is {v.image_user} (the record may be stale)"
+            )
         else:
             what = "The image runs as root"
         if not created:
@@ -391,16 +444,13 @@ def _shown(value: str, limit: int = 80) -> str:
 
 
 def _change(level: str, set_: dict, remove: list[str] = (), v: Any = None) -> dict[str, Any]:
-    """The securityContext change at `level`; for a container-level change, the pod-level
-    values PSA restricted rejects even when overridden (runAsUser: 0, runAsNonRoot: false)
-    or that a removal would expose are removed from the pod too (`pod_remove`)."""
+    """The securityContext change at `level`. A pod-level `runAsNonRoot: false`, which PSA
+    restricted rejects even when overridden, is removed from the pod too (`pod_remove`):
+    that changes no other container (unset and false both leave it unchecked). A pod-level
+    runAsUser: 0 stays: the containers that inherit it would change identity."""
     pod_remove = []
-    if v is not None and level == "container":
-        pod_user, pod_non_root = pod_values(v)
-        if pod_user == 0:
-            pod_remove.append("runAsUser")
-        if pod_non_root is False:
-            pod_remove.append("runAsNonRoot")
+    if v is not None and level == "container" and pod_values(v)[1] is False:
+        pod_remove.append("runAsNonRoot")
     return {"level": level, "set": set_, "remove": list(remove), "pod_remove": pod_remove}
 
 
@@ -503,9 +553,13 @@ def prove(v: Any, fix: dict[str, Any]) -> dict[str, Any]:
         "dockerfile": None,
     }
     if fix.get("dockerfile") and not v.windows:
-        # The image rebuilt with the new USER, and the workload's stopgap runAsUser gone.
-        keep = {k: x for k, x in change["set"].items() if k != "runAsUser"}
-        rebuilt = {**change, "set": keep, "remove": ["runAsUser"]}
+        # The image rebuilt with the new USER, and the workload's stopgap runAsUser gone
+        # (kept while the pod sets a runAsUser of its own, which would win over the image).
+        rebuilt = change
+        proof["keeps_run_as_user"] = pod_values(v)[0] is not None
+        if pod_values(v)[0] is None:
+            keep = {k: x for k, x in change["set"].items() if k != "runAsUser"}
+            rebuilt = {**change, "set": keep, "remove": ["runAsUser"]}
         user = fix["dockerfile"][-1].removeprefix("USER ")
         proof["dockerfile"] = evaluate(v, *applied(pod_sc, ctr_sc, rebuilt), user)
     results = [p for p in (proof["workload"], proof["dockerfile"]) if p]

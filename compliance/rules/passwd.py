@@ -1,7 +1,7 @@
-"""An image's own /etc/passwd, /etc/group and os-release, read as the C library reads them,
-so a remediation can name the uid behind `USER node` (1000) and, for an image that runs as
-root, a user it already has (nginx 101, node 1000, postgres 999) or the Dockerfile lines
-that create one.
+"""An image's own /etc/passwd, /etc/group and os-release, read strictly (well-formed lines
+only; shadowed_by finds the malformed lines a runtime would read anyway), so a remediation
+can name the uid behind `USER node` (1000) and, for an image that runs as root, a user it
+already has (nginx 101, node 1000, postgres 999) or the Dockerfile lines that create one.
 
 Pure: standard library only, no Django, no I/O. The bytes come from an image's layers and
 are hostile: the input, each line and the number of lines are bounded (PasswdError past a
@@ -151,6 +151,21 @@ def _name_problem(name: str) -> str | None:
         return "name is not printable"
     if len(name) > NAME_MAX:
         return f"name is longer than {NAME_MAX} characters"
+    return None
+
+
+def shadowed_by(data: bytes, name: str, before: int | None) -> int | None:
+    """The number of a line this module refused (or skipped) that names `name` and comes
+    before line `before` (None: anywhere), or None. Runtimes read passwd leniently
+    (moby/sys/user trims spaces, tolerates missing or extra fields, reads "+0" as 0), so
+    such a line may be the one a container's `USER name` resolves to: its uid is then not
+    known here."""
+    for number, raw in enumerate(bytes(data[:MAX_BYTES]).split(b"\n")[:MAX_LINES], 1):
+        if before is not None and number >= before:
+            break
+        first = raw.split(b":", 1)[0].strip(b" \t\r\n\x00")
+        if first == name.encode("utf-8", "replace"):
+            return number
     return None
 
 

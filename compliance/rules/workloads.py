@@ -151,4 +151,6 @@ class Grouping:
             ):
                 g.worst, g.worst_pod, g.psa = c, verdict.name, verdict.psa.violations
                 g.note = notes.get(c.image)
-                g.account = accounts.get(c.image) if accounts else None
+                g.account = (
+                    (accounts.get(c.image_id or "") or accounts.get(c.image)) if accounts else None
+                )

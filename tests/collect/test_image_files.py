@@ -254,6 +254,31 @@ def test_symlinks_and_hard_links_at_wanted_paths_are_not_followed(regs):
         files.missing["etc/passwd"] == f"/etc is a symlink: not followed (layer {files.layers[1]})"
     )
     assert files.files["usr/lib/os-release"].data == DEBIAN_RELEASE
+    # /etc/passwd written, then /etc replaced by a symlink later in the same layer: the
+    # unpacked layer has no such file
+    same = {"etc/passwd": NODE_PASSWD, "etc": Symlink("/var/etc")}
+    c, ref = image(regs, "img/links", "3", [BASE, same])
+    files = read_image_files(c, ref)
+    assert "etc/passwd" not in files.files
+    assert files.missing["etc/passwd"].startswith("/etc is a symlink: not followed")
+
+
+def test_a_malformed_line_naming_the_user_first_leaves_the_uid_unknown():
+    # Runtimes read these leniently (moby/sys/user): the first could be the user's line.
+    for line in (
+        b"node:x:0:0:r:/root:/bin/sh\r",
+        b" node:x:0:0::/:/bin/sh",
+        b"node:x:0:0",
+        b"node:x:+0:0::/:/bin/sh",
+        b"node:x:0:0::/:/bin/sh:extra",
+    ):
+        data = b"root:x:0:0::/root:/bin/sh\n" + line + b"\nnode:x:1000:1000::/:/bin/sh\n"
+        entries, _ = passwd.parse_passwd(data)
+        found = passwd.lookup(entries, "node")
+        assert found is not None and found.uid == 1000
+        assert passwd.shadowed_by(data, "node", found.line) == 2, line
+    clean = b"root:x:0:0::/root:/bin/sh\nnode:x:1000:1000::/:/bin/sh\n"
+    assert passwd.shadowed_by(clean, "node", 2) is None
 
 
 def test_a_passwd_line_with_control_characters_is_refused(regs):
@@ -501,3 +526,20 @@ def gzip_bomb(size: int) -> bytes:
     return (
         b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff" + head + block * (size >> 20) + tail + trailer
     )
+
+
+def test_what_the_fix_is_told_names_the_layer_and_line_or_why_not():
+    from compliance.collect.images import account_of
+    from compliance.collect.layers import FileHit, ImageFiles
+
+    layer = "sha256:" + "e" * 64
+    good = b"root:x:0:0::/root:/bin/sh\nnode:x:1000:1000::/:/bin/sh\n"
+    files = ImageFiles({"etc/passwd": FileHit(good, layer)}, {}, None, [layer])
+    a = account_of(files, "node", "library/node")
+    assert a["user"] == {"name": "node", "uid": 1000, "gid": 1000, "layer": layer, "line": 2}
+    shadowed = b"root:x:0:0::/root:/bin/sh\n node:x:0:0::/:/bin/sh\n" + good.split(b"\n")[1]
+    files = ImageFiles({"etc/passwd": FileHit(shadowed, layer)}, {}, None, [layer])
+    a = account_of(files, "node", "library/node")
+    assert a["user"] is None and "line 2" in a["missing"] and "not known" in a["missing"]
+    failed = ImageFiles({}, {}, None, [], error="registry: 401 unauthorized")
+    assert account_of(failed, "node", "library/node") == {"error": "registry: 401 unauthorized"}

@@ -33,16 +33,33 @@ def test_an_image_built_for_10001_keeps_10001():
     assert f["uid"] == 10001 and "1000 " not in fix.one_line(f)
 
 
-def test_run_as_user_0_on_both_levels_is_removed_from_both():
-    f = fix.remediation(one(pod([c(runAsUser=0)], sc={"runAsUser": 0}), {"img": "1000"}))
-    assert f["change"]["remove"] == f["change"]["pod_remove"] == ["runAsUser"]
-    assert f["proof"]["workload"] == {"state": "compliant", "psa": "allowed"}
+def test_a_pod_level_run_as_user_0_is_overridden_on_the_container_not_removed():
+    # The pod's 0 is inherited by the other containers: changing it would change them.
+    for p in (pod([c(runAsUser=0)], sc={"runAsUser": 0}), pod(sc={"runAsUser": 0})):
+        f = fix.remediation(one(p, {"img": "1000"}))
+        assert f["kind"] == "remove-run-as-user"
+        assert f["change"]["level"] == "container" and f["change"]["pod_remove"] == []
+        assert f["change"]["set"] == {"runAsUser": 1000, "runAsNonRoot": True}
+        assert f["proof"]["workload"]["state"] == "compliant"
+        assert "pod must not set runAsUser=0" in f["proof"]["workload"]["psa"]
 
 
-def test_pod_level_run_as_user_0_is_removed_at_the_pod():
-    f = fix.remediation(one(pod(sc={"runAsUser": 0}), {"img": "1000"}))
-    assert f["change"]["level"] == "pod" and f["change"]["remove"] == ["runAsUser"]
-    assert f["proof"]["workload"]["psa"] == "allowed"
+def test_a_container_0_over_a_pod_uid_is_just_removed():
+    f = fix.remediation(one(pod([c(runAsUser=0)], sc={"runAsUser": 1000}), {"img": ""}))
+    assert f["kind"] == "remove-run-as-user" and f["dockerfile"] is None
+    assert f["change"]["remove"] == ["runAsUser"] and f["uid"] == 1000
+
+
+def test_a_pod_run_as_non_root_false_goes_and_nothing_else_on_the_pod():
+    f = fix.remediation(one(pod([c()], sc={"runAsNonRoot": False, "runAsUser": 0}), {"img": ""}))
+    assert f["change"]["level"] == "container" and f["change"]["pod_remove"] == ["runAsNonRoot"]
+    assert f["proof"]["workload"]["state"] == "compliant"
+
+
+def test_an_account_for_another_name_is_not_used():
+    v = one(pod(sc={"runAsNonRoot": True}), {"img": "app"})
+    f = fix.remediation(v, Account(user=NODE, read=True))  # node's entry, USER app
+    assert f["kind"] == "uid-unknown" and f["uid"] is None
 
 
 def test_a_named_user_gets_its_uid_from_the_images_passwd():
@@ -153,6 +170,12 @@ def check(v, account, p=None, users=None):
         # Applied to the real pod, not the proof's reconstruction, it still comes out
         # compliant (the reconstruction is what the page can do from a stored finding).
         after = runas.evaluate_pod(fix.apply_to_pod(p, KEYS[v.type], v.name, f["change"]), users)
+        before = runas.evaluate_pod(p, users)
+        # The other containers of the pod are as they were: the change touches this one.
+        others = [(x.type, x.name, x.state) for x in before.containers if x.name != v.name]
+        assert others == [
+            (x.type, x.name, x.state) for x in after.containers if x.name != v.name
+        ], (p, f)
         assert (
             next(x for x in after.containers if x.name == v.name and x.type == v.type).state
             == "compliant"
@@ -200,3 +223,37 @@ def test_user_name_and_group_both_become_numbers():
     assert f["dockerfile"] == ["USER 1000:50"] and f["uid_name"] == "node"
     assert "/etc/group line 7" in fix.plain(f["steps"][0])
     assert f["proof"]["dockerfile"]["state"] == "compliant"
+
+
+def stored(kind="Deployment", container_type="app"):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        state="unenforced",
+        detail={},
+        image="img",
+        image_user="1000",
+        uid=1000,
+        run_as_user=None,
+        run_as_non_root=None,
+        namespace="shop",
+        workload_kind=kind,
+        workload_name="web",
+        container="app",
+        container_type=container_type,
+        cluster=SimpleNamespace(name="prod", context="prod-admin"),
+    )
+
+
+def test_a_bare_pods_patch_is_at_spec_and_an_ephemeral_container_has_none():
+    from compliance.rules import explain
+
+    pod_fix = explain.remediation(stored("Pod"))
+    assert pod_fix["patch"] == {
+        "spec": {"containers": [{"name": "app", "securityContext": {"runAsNonRoot": True}}]}
+    }
+    assert pod_fix["kubectl"] is None and "cannot be patched in place" in pod_fix["note"]
+    eph = explain.remediation(stored(container_type="ephemeral"))
+    assert eph["patch"] is None and eph["kubectl"] is None and "kubectl debug" in eph["note"]
+    d = explain.remediation(stored())
+    assert d["kubectl"].startswith("kubectl --context prod-admin -n shop patch deployment web")

@@ -224,3 +224,14 @@ def test_cluster_ages_move_on_while_the_page_is_cached(as_user, monkeypatch):
     rows = c.get("/").context["clusters"]
     assert all(r["age"] > first[r["cluster"].name] + dt.timedelta(days=1) for r in rows)
     assert all(r["stale"] for r in rows)
+
+
+def test_a_created_user_is_two_dockerfile_lines_that_copy_as_two_lines(as_user):
+    f = open_finding(cluster__name="prod-eu", namespace="search", workload_name="indexer")
+    body = as_user("officer").get(f"/findings/{f.pk}/").content.decode()
+    block = body.split('<pre id="fix-dockerfile">')[1].split("</pre>")[0]
+    assert block.splitlines() == [
+        "RUN useradd --system --no-create-home --uid 10001 app",  # Debian, from os-release
+        "USER 10001",
+    ]
+    assert "uid 10001 is a choice, not read from the image" in body

@@ -42,6 +42,23 @@ def fake_kube():
 
 
 @pytest.fixture
+def faults(regs):
+    """Start FaultServers in front of the module's real registry (its `regs` fixture)."""
+    from tests.registries import FaultServer  # noqa: PLC0415 - only registry tests need it
+
+    started = []
+
+    def start(mode, **kw):
+        f = FaultServer(mode, upstream=regs.plain.host, **kw)
+        started.append(f)
+        return f
+
+    yield start
+    for f in started:
+        f.stop()
+
+
+@pytest.fixture
 def cluster(db, fake_kube):
     return clusters.add_cluster("prod-1", kubeconfig=fake_kube.kubeconfig_yaml())
 

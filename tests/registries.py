@@ -578,26 +578,14 @@ class Registries:
         )
 
     def push_index(self, repo: str, tag: str, users: dict[tuple[str, str], str]) -> str:
-        entries = []
-        for (os_, arch), user in users.items():
-            digest = self.push_image(repo, None, user, (os_, arch))
-            size = len(
-                self.http.request(
-                    "GET",
-                    f"http://{self.plain.host}/v2/{repo}/manifests/{digest}",
-                    headers={"Accept": OCI_MANIFEST},
-                ).data
-            )
-            entries.append(
-                {
-                    "mediaType": OCI_MANIFEST,
-                    "digest": digest,
-                    "size": size,
-                    "platform": {"os": os_, "architecture": arch},
-                }
-            )
-        return self.push_manifest(
-            repo, tag, {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}, OCI_INDEX
+        """An image index with one image per platform, each with its own User."""
+        return self.push_index_of(
+            repo,
+            tag,
+            {
+                (os_, arch): self.push_image(repo, None, user, (os_, arch))
+                for (os_, arch), user in users.items()
+            },
         )
 
 

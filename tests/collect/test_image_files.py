@@ -20,7 +20,6 @@ from compliance.rules import passwd
 from tests.registries import (
     DIR,
     LAYER_MEDIA_TYPES,
-    FaultServer,
     Hardlink,
     Registries,
     Symlink,
@@ -59,20 +58,6 @@ def regs():
     r = Registries()
     yield r
     r.stop()
-
-
-@pytest.fixture
-def faults(regs):
-    started = []
-
-    def start(mode, **kw):
-        f = FaultServer(mode, upstream=regs.plain.host, **kw)
-        started.append(f)
-        return f
-
-    yield start
-    for f in started:
-        f.stop()
 
 
 def client_for(host, **kw):

@@ -349,20 +349,6 @@ spec:
 # --- verified answers ---
 
 
-@pytest.fixture
-def faults(regs):
-    started = []
-
-    def start(mode, **kw):
-        f = FaultServer(mode, upstream=regs.plain.host, **kw)
-        started.append(f)
-        return f
-
-    yield start
-    for f in started:
-        f.stop()
-
-
 def via(fault, **kw):
     return RegistryClient({fault.host: RegistryConfig(fault.host, plain_http=True)}, **kw)
 

@@ -3,29 +3,12 @@ hostile lines refused one by one and bounds on the whole."""
 
 import pytest
 
+from compliance.demo_images import DEBIAN_PASSWD
 from compliance.rules import passwd
 from compliance.rules.passwd import Entry, GroupEntry, PasswdError
 
 # As in the official images (Debian bookworm base; node, nginx, postgres add their user).
-DEBIAN = b"""root:x:0:0:root:/root:/bin/bash
-daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin
-bin:x:2:2:bin:/bin:/usr/sbin/nologin
-sys:x:3:3:sys:/dev:/usr/sbin/nologin
-sync:x:4:65534:sync:/bin:/bin/sync
-games:x:5:60:games:/usr/games:/usr/sbin/nologin
-man:x:6:12:man:/var/cache/man:/usr/sbin/nologin
-lp:x:7:7:lp:/var/spool/lpd:/usr/sbin/nologin
-mail:x:8:8:mail:/var/mail:/usr/sbin/nologin
-news:x:9:9:news:/var/spool/news:/usr/sbin/nologin
-uucp:x:10:10:uucp:/var/spool/uucp:/usr/sbin/nologin
-proxy:x:13:13:proxy:/bin:/usr/sbin/nologin
-www-data:x:33:33:www-data:/var/www:/usr/sbin/nologin
-backup:x:34:34:backup:/var/backups:/usr/sbin/nologin
-list:x:38:38:Mailing List Manager:/var/list:/usr/sbin/nologin
-irc:x:39:39:ircd:/run/ircd:/usr/sbin/nologin
-_apt:x:42:65534::/nonexistent:/usr/sbin/nologin
-nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin
-"""
+DEBIAN = DEBIAN_PASSWD.encode()
 NODE = DEBIAN + b"node:x:1000:1000::/home/node:/bin/bash\n"
 NGINX = DEBIAN + b"nginx:x:101:101:nginx user:/nonexistent:/bin/false\n"
 POSTGRES = DEBIAN + b"postgres:x:999:999::/var/lib/postgresql:/bin/bash\n"

@@ -392,14 +392,17 @@ class Registries:
 
     # --- pushing ---
 
-    def push_blob(self, repo: str, data: bytes) -> str:
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    def _upload(self, repo: str) -> str:
+        """Start a blob upload: the URL to send its bytes to."""
         base = f"http://{self.plain.host}"
         r = self.http.request("POST", f"{base}/v2/{repo}/blobs/uploads/")
         assert r.status == 202, r.data
         location = r.headers["Location"]
-        if location.startswith("/"):
-            location = base + location
+        return base + location if location.startswith("/") else location
+
+    def push_blob(self, repo: str, data: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        location = self._upload(repo)
         sep = "&" if "?" in location else "?"
         r = self.http.request(
             "PUT",
@@ -471,12 +474,7 @@ class Registries:
     def push_blob_stream(self, repo: str, chunks: Iterable[bytes]) -> tuple[str, int]:
         """A blob uploaded as it is made (one chunked PATCH), never held whole: (digest,
         size)."""
-        base = f"http://{self.plain.host}"
-        r = self.http.request("POST", f"{base}/v2/{repo}/blobs/uploads/")
-        assert r.status == 202, r.data
-        location = r.headers["Location"]
-        if location.startswith("/"):
-            location = base + location
+        location = self._upload(repo)
         digest, size = hashlib.sha256(), 0
 
         def body():
@@ -497,7 +495,7 @@ class Registries:
         assert r.status == 202, r.data
         location = r.headers["Location"]
         if location.startswith("/"):
-            location = base + location
+            location = f"http://{self.plain.host}{location}"
         sep = "&" if "?" in location else "?"
         name = "sha256:" + digest.hexdigest()
         r = self.http.request("PUT", f"{location}{sep}digest={name}", timeout=120)

@@ -478,6 +478,11 @@ def import_snapshot(
             f"{filename}: larger than {settings.WELKIN_SNAPSHOT_MAX_BYTES:,} "
             "bytes (WELKIN_SNAPSHOT_MAX_BYTES)"
         )
+    if not data.strip():
+        raise SnapshotError(
+            f"{filename}: the file is empty, expected the output of `kubectl get "
+            "pods,replicasets,jobs -A -o json`"
+        )
     slim = podjson.decode_snapshot(data) if data.lstrip()[:1] == b"{" else None
     try:
         docs = [slim] if slim is not None else parse_documents(data, filename)

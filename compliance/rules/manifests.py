@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import stat
 import sys
 from collections.abc import Iterator
@@ -87,10 +88,70 @@ for _tag, _construct in (
     _YamlLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _bounded(_construct))
 
 
+# Plain scalars are resolved as kubectl resolves them (sigs.k8s.io/yaml over go-yaml v2),
+# not as PyYAML's YAML 1.1 does: `=` is a string (PyYAML's "value" tag, which it cannot
+# even construct, failed a CRD with an enum value `=`); no base-60 numbers (`1:0` is a
+# string, not 60) and no timestamps (a date is a string); `0o17` is octal 15; `y` and `n`
+# are booleans. Checked against kubectl in tests/ci/test_yaml_like_kubectl.py.
+_YAML_BOOLS = {
+    **dict.fromkeys(
+        ["y", "Y", "yes", "Yes", "YES", "true", "True", "TRUE", "on", "On", "ON"], True
+    ),
+    **dict.fromkeys(
+        ["n", "N", "no", "No", "NO", "false", "False", "FALSE", "off", "Off", "OFF"], False
+    ),
+}
+_YamlLoader.yaml_implicit_resolvers = {}
+for _tag, _pattern, _first in (
+    ("bool", "|".join(_YAML_BOOLS), "yYnNtTfFoO"),
+    (
+        "int",
+        r"[-+]?0b[0-1_]+|[-+]?0o[0-7_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)"
+        r"|[-+]?0x[0-9a-fA-F_]+",
+        "-+0123456789",
+    ),
+    (  # go-yaml's: digits with an optional fraction and exponent (after int, as there)
+        "float",
+        r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)",
+        "-+0123456789.",
+    ),
+    ("merge", "<<", "<"),
+    ("null", r"~|null|Null|NULL|", ["~", "n", "N", ""]),
+):
+    _YamlLoader.add_implicit_resolver(
+        f"tag:yaml.org,2002:{_tag}", re.compile(f"^(?:{_pattern})$"), list(_first)
+    )
+
+
+def _int(loader, node):
+    value = node.value.replace("_", "")
+    sign, digits = (-1, value[1:]) if value[:1] == "-" else (1, value.lstrip("+"))
+    if digits.startswith("0o"):
+        return sign * int(digits[2:], 8)
+    return _BaseLoader.construct_yaml_int(loader, node)
+
+
+def _bool(loader, node):
+    value = _YAML_BOOLS.get(node.value)
+    return value if value is not None else _BaseLoader.construct_yaml_bool(loader, node)
+
+
+def _float(loader, node):
+    """A float; an integral one as an int, as kubectl's YAML-to-JSON writes it (`1e3` and
+    `1.0` reach the API server as 1000 and 1, which an integer field takes)."""
+    value = _BaseLoader.construct_yaml_float(loader, node)
+    return int(value) if value.is_integer() and abs(value) < 2**63 else value
+
+
+_YamlLoader.add_constructor("tag:yaml.org,2002:int", _bounded(_int))
+_YamlLoader.add_constructor("tag:yaml.org,2002:float", _bounded(_float))
+_YamlLoader.add_constructor("tag:yaml.org,2002:bool", _bool)
+
 _STR, _SEQ, _MAP = "tag:yaml.org,2002:str", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"
 # First characters that some implicit resolver (bool, int, float, null, timestamp, merge)
 # looks at: any other plain scalar is a string, without trying every regular expression.
-_RESOLVED_FIRST = frozenset(k for k in _BaseLoader.yaml_implicit_resolvers if k)
+_RESOLVED_FIRST = frozenset(k for k, v in _YamlLoader.yaml_implicit_resolvers.items() if k and v)
 
 
 class _FastLoader(_YamlLoader):  # type: ignore[misc,valid-type]
@@ -220,7 +281,7 @@ def parse_documents(data: bytes, filename: str) -> list[Any]:
 
 def _parse_documents(data: bytes, filename: str) -> list[Any]:
     if not data.strip():
-        raise ManifestError(f"{filename}: the file is empty, expected a Kubernetes object")
+        return []  # an empty file is zero documents, as kustomize reads it
     stripped = data.lstrip()
     if stripped[:1] in (b"{", b"["):
         try:
@@ -240,8 +301,6 @@ def _parse_documents(data: bytes, filename: str) -> list[Any]:
         raise _yaml_error(filename, e) from None
     except UnicodeDecodeError:
         raise ManifestError(f"{filename}: not text (UTF-8) JSON or YAML") from None
-    if not docs:
-        raise ManifestError(f"{filename}: no documents, expected a Kubernetes object")
     return docs
 
 
@@ -268,7 +327,7 @@ def parse_located(data: bytes, filename: str) -> list[Located]:
                     return [Located(docs[0], nodes[0])]
             return [Located(d) for d in docs]
         if not data.strip():
-            raise ManifestError(f"{filename}: the file is empty, expected a Kubernetes object")
+            return []  # an empty file is zero documents, as kustomize reads it
         try:
             _check_aliases(data, filename)
             loader = _FastLoader(data)

@@ -145,11 +145,11 @@ def test_sarif_is_valid_against_the_published_schema(tmp_path):
         "- 8.27 Secure system architecture and engineering principles (2013: A.14.2.5)"
         in (blocked_rule["help"]["text"])
     )
-    # Empty input: still a valid SARIF log, with no results.
+    # Empty input (zero documents, as kustomize reads it): still a valid SARIF log.
     code, out, _ = evaluate("--format", "sarif", "-", stdin="")
     empty = json.loads(out)
     jsonschema.Draft4Validator(schema).validate(empty)
-    assert (code, empty["runs"][0]["results"]) == (2, [])
+    assert (code, empty["runs"][0]["results"]) == (0, [])
 
 
 def test_junit_is_read_by_a_junit_parser(tmp_path):
@@ -266,7 +266,9 @@ def test_a_folder_stands_for_its_manifests():
 def test_a_file_name_cannot_inject_workflow_commands_or_escapes(tmp_path):
     folder = tmp_path / "inj"
     folder.mkdir()
-    (folder / "x\n::error file=evil.yaml,line=1::INJECTED\n::add-mask::foo\n.yaml").write_text("")
+    (folder / "x\n::error file=evil.yaml,line=1::INJECTED\n::add-mask::foo\n.yaml").write_text(
+        "{not json"
+    )
     (folder / "y\x1b[2J\n::warning::fromstdout.yaml").write_text(
         (FIXTURES / "helm.yaml").read_text()
     )

@@ -159,7 +159,6 @@ def test_it_colours_nothing_when_not_a_terminal(files):
 @pytest.mark.parametrize(
     "text,message",
     [
-        ("", "the file is empty"),
         ("{not json", "invalid JSON"),
         ("[" * 100_000, "invalid JSON: depth limit exceeded"),  # was a RecursionError
         ("[" * 1010 + "]" * 1010, "invalid JSON: nested too deeply"),

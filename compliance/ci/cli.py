@@ -249,12 +249,25 @@ def table(report: offline.OfflineReport, fail_on, colour: bool = False) -> str:
             + ", ".join(f"{n} {kind}" for kind, n in sorted(report.skipped.items()))
         )
     lines.extend(_advice(report))
-    failing = report.failing(fail_on)
-    lines.append(
-        f"gate (--fail-on {','.join(fail_on)}): "
-        + (f"FAILED, {failing} container{'s' if failing != 1 else ''}" if failing else "passed")
-    )
+    lines.append(verdict_line(report, fail_on))
     return "\n".join(lines) + "\n"
+
+
+def verdict_line(report: offline.OfflineReport, fail_on) -> str:
+    """The last line: the exit status and its reason, as run() decides it."""
+    failing = report.failing(fail_on)
+    gate = f"gate (--fail-on {','.join(fail_on)}): " + (
+        f"FAILED, {failing} container{'s' if failing != 1 else ''}" if failing else "passed"
+    )
+    if report.errors:
+        n = len(report.errors)
+        return (
+            f"exit 2: {n} input{'s' if n != 1 else ''} could not be read or judged (the "
+            f"errors are on stderr); on the rest, {gate}"
+        )
+    if not report.objects:
+        return f"exit 0: no workloads to check; {gate}"
+    return f"exit {1 if failing else 0}: {gate}"
 
 
 def _advice(report: offline.OfflineReport) -> list[str]:

@@ -328,3 +328,21 @@ def test_resolve_names_every_failed_registry(tmp_path):
     )
     _, doc, _ = as_json("--resolve", pod, cwd=tmp_path)
     assert "registry.invalid:1" in doc["lookup_errors"]["registry.invalid:1/app:1"]
+
+
+def test_the_last_line_states_the_exit_codes_reason(tmp_path):
+    (tmp_path / "broken.yaml").write_text("a: [b\n")
+    (tmp_path / "ok.yaml").write_text((FIXTURES / "helm.yaml").read_text())
+    code, out, err = evaluate(tmp_path, "--image-user", "*=1000")
+    assert code == 2 and "invalid YAML" in err
+    assert out.splitlines()[-1].startswith("exit 2: 1 input could not be read or judged")
+    (tmp_path / "broken.yaml").unlink()
+    code, out, _ = evaluate(tmp_path, "--image-user", "*=1000")
+    assert out.splitlines()[-1] == f"exit {code}: gate (--fail-on root,blocked): " + (
+        "passed" if code == 0 else out.splitlines()[-1].split(": ", 2)[2]
+    )
+    code, out, _ = evaluate("-", stdin="")
+    assert (code, out.splitlines()[-1]) == (
+        0,
+        "exit 0: no workloads to check; gate (--fail-on root,blocked): passed",
+    )

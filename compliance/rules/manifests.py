@@ -438,6 +438,20 @@ def _check_aliases(data: bytes, filename: str) -> None:
             open_nodes[-1][1] += n
 
 
+def _partial(spec: Any) -> bool:
+    """A pod spec with a container that names no image: part of a patch (the API server
+    requires an image for every container and init container of an object it stores)."""
+    if not isinstance(spec, dict):
+        return False
+    for key in ("containers", "initContainers"):
+        items = spec.get(key)
+        if isinstance(items, list) and any(
+            isinstance(c, dict) and not c.get("image") for c in items
+        ):
+            return True
+    return False
+
+
 def pod_sources(
     doc: Any, where: str, default_kind: str | None = None, path: tuple = ()
 ) -> Iterator[PodSource | Skipped | ManifestError]:
@@ -473,6 +487,9 @@ def pod_sources(
     namespace = namespace or "default"
     label = inert(f"{where} ({kind} {namespace}/{name or '?'})", 400)
     if kind == "Pod":
+        if _partial(doc.get("spec")):
+            yield Skipped(f"{kind} (partial)", label)
+            return
         yield PodSource(kind, namespace, name, doc, label, (*path, "spec"))
         return
     template = WORKLOAD_KINDS[kind].template if kind in WORKLOAD_KINDS else None
@@ -483,8 +500,14 @@ def pod_sources(
     for step in template:
         node = node.get(step) if isinstance(node, dict) else None
     spec = node.get("spec") if isinstance(node, dict) else None
-    if node is None or spec is None or (isinstance(spec, dict) and not spec.get("containers")):
-        # No template, or one without containers: a patch (Kustomize), not a workload.
+    if (
+        node is None
+        or spec is None
+        or (isinstance(spec, dict) and not spec.get("containers"))
+        or _partial(spec)
+    ):
+        # No template, one without containers, or containers without images: a patch
+        # (Kustomize, a strategic merge), not a workload.
         yield Skipped(f"{kind} (partial)", label)
         return
     if not isinstance(node, dict):

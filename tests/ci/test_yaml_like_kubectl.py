@@ -83,3 +83,24 @@ def test_a_crd_with_an_enum_value_equals_and_an_empty_file_are_not_errors(tmp_pa
     assert code == 0 and doc["errors"] == []
     assert doc["skipped"] == {"CustomResourceDefinition": 1}
     assert doc["summary"]["compliant"] == 1
+
+
+def test_a_patch_whose_containers_name_no_image_is_a_partial_object(tmp_path, capsys):
+    patch = b"""apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  template:
+    spec:
+      containers:
+      - name: app
+        resources: {limits: {memory: 256Mi}}
+      initContainers:
+      - name: migrate
+        image: ghcr.io/acme/migrate:1
+"""
+    (tmp_path / "patch.yaml").write_bytes(patch)
+    code = cli.main([str(tmp_path / "patch.yaml"), "--format", "json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert (code, doc["objects"], doc["skipped"]) == (0, [], {"Deployment (partial)": 1})
+    assert doc["summary"]["unverified"] == 0

@@ -12,8 +12,10 @@ scanning), JUnit XML (test reports) and GitHub workflow annotations.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import os
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from typing import IO, Any
 from xml.etree import ElementTree as ET
@@ -59,6 +61,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "(nginx: every tag) or a pattern (ghcr.io/acme/*)",
     )
     parser.add_argument("--image-users", metavar="FILE", help="a JSON object {image: user}")
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="skip files whose path matches (repeatable; also read from .welkinignore in "
+        "the current directory, one glob a line)",
+    )
     parser.add_argument("--format", choices=FORMATS, default="table")
     parser.add_argument("-o", "--output", metavar="FILE", help="write there, not to stdout")
     parser.add_argument(
@@ -94,9 +104,20 @@ def run(options: dict[str, Any], stdout: IO[str], stderr: IO[str]) -> int:
     except (ValueError, OSError) as e:
         stderr.write(f"error: {getattr(e, 'strerror', None) or e}\n")
         return 2
+    try:
+        excludes = [*(options.get("exclude") or []), *_welkinignore()]
+    except (OSError, ValueError) as e:
+        stderr.write(f"error: .welkinignore: {getattr(e, 'strerror', None) or e}\n")
+        return 2
     names = _expand(options.get("files") or ["-"])
-    inputs, read_errors = [], []
+    inputs, read_errors, skipped = [], [], Counter()
     for name in names:
+        if name != "-" and _excluded(name, excludes):
+            skipped[EXCLUDED] += 1
+            continue
+        if name != "-" and chart_template(name):
+            skipped[offline.HELM_TEMPLATE] += 1
+            continue
         # A file name is data too (a pull request chooses it): shown inert, never raw.
         shown = "<stdin>" if name == "-" else inert(name, 500)
         try:
@@ -108,6 +129,7 @@ def run(options: dict[str, Any], stdout: IO[str], stderr: IO[str]) -> int:
     else:
         report = offline.evaluate_inputs(inputs, given)
     report.errors[:0] = read_errors
+    report.skipped.update(skipped)
     try:
         _write(options, report, fail_on, stdout)
     except UsageError as e:
@@ -166,6 +188,44 @@ def _expand(names: Sequence[str]) -> list[str]:
         else:
             out.append(name)
     return out
+
+
+EXCLUDED = "(excluded by --exclude or .welkinignore)"
+IGNORE_FILE = ".welkinignore"
+
+
+def chart_template(path: str) -> bool:
+    """A file under a Helm chart's templates/ (a Chart.yaml in the folder above it): Go
+    templates, not manifests, until `helm template` renders them."""
+    parts = os.path.normpath(path).split(os.sep)
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i] == "templates":
+            chart = os.sep.join(parts[:i]) or "."
+            if os.path.isfile(os.path.join(chart, "Chart.yaml")):
+                return True
+    return False
+
+
+def _welkinignore() -> list[str]:
+    """The globs of ./.welkinignore (the repository root, where CI runs): one a line,
+    blank lines and # comments ignored."""
+    try:
+        text = read_input(IGNORE_FILE, 1 << 20).decode("utf-8")
+    except FileNotFoundError:
+        return []
+    return [g.strip() for g in text.splitlines() if g.strip() and not g.lstrip().startswith("#")]
+
+
+def _excluded(path: str, globs: list[str]) -> bool:
+    """Whether a path (relative to the current directory when inside it, `/`-separated,
+    without a leading ./) or its file name matches one of the globs."""
+    rel = os.path.normpath(path)
+    if os.path.isabs(rel):  # inside the current directory: relative to it, as globs are
+        inside = os.path.relpath(rel)
+        rel = inside if not inside.startswith("..") else rel
+    rel = rel.replace(os.sep, "/").removeprefix("./")
+    base = rel.rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatchcase(rel, g) or fnmatch.fnmatchcase(base, g) for g in globs)
 
 
 INPUT_MAX_BYTES = 1 << 30  # a manifest file larger than 1 GiB is refused

@@ -196,13 +196,19 @@ def evaluate_inputs(
     return report
 
 
+HELM_TEMPLATE = "Helm template (render it: helm template ... | welkin-evaluate)"
+
+
 def _evaluate_file(
     report: OfflineReport, filename: str, data: bytes, given: ImageUsers, lookups: Lookups | None
 ) -> None:
     try:
         docs = parse_located(data, filename)
     except ManifestError as e:
-        report.errors.append(str(e))
+        if b"{{" in data:  # Go template syntax: a chart template outside a chart folder
+            report.skipped[HELM_TEMPLATE] += 1
+        else:
+            report.errors.append(str(e))
         return
     for n, doc in enumerate(docs, 1):
         where = f"{filename}: document {n}" if len(docs) > 1 else filename

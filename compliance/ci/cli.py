@@ -97,6 +97,8 @@ def run(options: dict[str, Any], stdout: IO[str], stderr: IO[str]) -> int:
     try:
         fail_on = offline.parse_fail_on(options["fail_on"])
         given = {}
+        if os.path.isfile(IMAGES_FILE):  # the repository's answers, written once
+            given.update(offline.parse_image_users_file(_read(IMAGES_FILE), IMAGES_FILE))
         if options.get("image_users"):
             path = options["image_users"]
             given.update(offline.parse_image_users_file(_read(path), path))
@@ -192,6 +194,7 @@ def _expand(names: Sequence[str]) -> list[str]:
 
 EXCLUDED = "(excluded by --exclude or .welkinignore)"
 IGNORE_FILE = ".welkinignore"
+IMAGES_FILE = ".welkin-images.yaml"  # {image or pattern: user}, read when present
 
 
 def chart_template(path: str) -> bool:

@@ -17,15 +17,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
-from compliance.rules import controls, fix, gate, runas
+from compliance.rules import controls, fix, gate, reference, runas
 from compliance.rules.manifests import (
     Located,
     ManifestError,
     PodSource,
     Skipped,
     gc_paused,
+    parse_documents,
     parse_located,
     pod_sources,
     position,
@@ -89,23 +88,37 @@ class ImageUsers:
     """
 
     def __init__(self, entries: Mapping[str, str] | None = None):
-        self.exact: dict[str, str] = {}
+        self.exact: dict[str, tuple[str, str]] = {}  # normalised image -> (entry, user)
+        self.repositories: dict[str, tuple[str, str]] = {}  # normalised repository -> ...
         self.patterns: list[tuple[str, str]] = []
         for key, user in (entries or {}).items():
             if any(ch in key for ch in "*?["):
                 self.patterns.append((key, user))
-            else:
-                self.exact[key] = user
+                continue
+            ref = reference.normalised(key)
+            # Two spellings of one image: the later entry wins (the command line comes
+            # after .welkin-images.yaml and --image-users).
+            if ref is None:  # not a valid reference: matched as written
+                self.exact[key] = (key, user)
+            elif _has_version(key):
+                self.exact[_key(ref)] = (key, user)
+            else:  # `nginx`: every tag and digest of docker.io/library/nginx
+                self.repositories[f"{ref.domain}/{ref.repository}"] = (key, user)
 
     def match(self, image: str) -> tuple[str, str] | None:
-        """(entry, user) for an image, or None."""
-        if image in self.exact:
-            return image, self.exact[image]
-        repository = _repository(image)
-        if repository in self.exact:
-            return repository, self.exact[repository]
+        """(entry, user) for an image, or None. Images and entries are compared as Docker
+        reads them: `nginx`, `docker.io/nginx` and `docker.io/library/nginx:latest` are one
+        image."""
+        ref = reference.normalised(image)
+        found = self.exact.get(_key(ref) if ref is not None else image)
+        if found is None and ref is not None:
+            found = self.repositories.get(f"{ref.domain}/{ref.repository}")
+        if found is not None:
+            return found
         for pattern, user in self.patterns:
-            if fnmatch.fnmatchcase(image, pattern):
+            if fnmatch.fnmatchcase(image, pattern) or (
+                ref is not None and fnmatch.fnmatchcase(str(ref), pattern)
+            ):
                 return pattern, user
         return None
 
@@ -124,11 +137,17 @@ class ImageUsers:
         return users, rules
 
 
-def _repository(image: str) -> str:
-    """`nginx:1.27` -> `nginx`; `reg:5000/a/b@sha256:...` -> `reg:5000/a/b`."""
-    name = image.split("@", 1)[0]
-    head, sep, last = name.rpartition("/")
-    return f"{head}{sep}{last.split(':', 1)[0]}"
+def _key(ref: reference.ImageRef) -> str:
+    """What names one image: the digest when there is one (a tag beside it is ignored,
+    as the runtimes ignore it), else the tag."""
+    name = f"{ref.domain}/{ref.repository}"
+    return f"{name}@{ref.digest}" if ref.digest else f"{name}:{ref.tag}"
+
+
+def _has_version(image: str) -> bool:
+    """Whether a reference names a tag or a digest (`nginx:1.27`, `x@sha256:...`), not
+    just a repository (`nginx`, `reg:5000/a/b`)."""
+    return "@" in image or ":" in image.rsplit("/", 1)[-1]
 
 
 def evaluate_object(
@@ -302,16 +321,19 @@ def parse_image_user_args(values: Iterable[str]) -> dict[str, str]:
 
 
 def parse_image_users_file(data: bytes, filename: str) -> dict[str, str]:
-    """A JSON object {image or pattern: user} with string values."""
+    """A JSON or YAML mapping {image or pattern: user} with string values (YAML reads
+    `1000` as a number: quote it, or it is refused by name)."""
     try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError as e:
-        raise ValueError(f"{filename}: invalid JSON: {e}") from None
+        docs = parse_documents(data, filename)
+    except ManifestError as e:
+        raise ValueError(str(e)) from None
+    obj = docs[0] if len(docs) == 1 else None
     if not isinstance(obj, dict):
-        raise ValueError(f"{filename}: expected a JSON object {{image: user}}")
+        raise ValueError(f"{filename}: expected one mapping {{image: user}}")
     for image, user in obj.items():
         if not isinstance(user, str):
             raise ValueError(
-                f'{filename}: the user of {image!r} must be a string ("" for an image without USER)'
+                f'{filename}: the user of {image!r} must be a string ("" for an image without '
+                'USER; quote numbers: "1000")'
             )
     return obj

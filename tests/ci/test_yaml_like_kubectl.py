@@ -139,3 +139,47 @@ def test_helm_chart_templates_are_skipped_and_counted_and_globs_exclude(
     assert code == 0  # a file named on the command line is excluded the same way
     (tmp_path / ".welkinignore").unlink()
     assert cli.main([".", "--format", "json"]) == 2  # not excluded: an error
+
+
+def test_image_names_are_compared_as_docker_reads_them():
+    from compliance.ci.offline import ImageUsers
+
+    spellings = [
+        "nginx",
+        "nginx:latest",
+        "docker.io/nginx",
+        "docker.io/library/nginx:latest",
+        "index.docker.io/library/nginx",
+        "registry-1.docker.io/library/nginx:1.27",
+    ]
+    for entry in ("nginx", "docker.io/library/nginx", "index.docker.io/nginx"):
+        users = ImageUsers({entry: "101"})
+        assert all(users.match(s) == (entry, "101") for s in spellings), entry
+    tagged = ImageUsers({"docker.io/library/nginx:1.27": "", "ghcr.io/acme/*": "1000"})
+    assert tagged.match("nginx:1.27") == ("docker.io/library/nginx:1.27", "")
+    assert tagged.match("nginx:1.28") is None
+    digest = "sha256:" + "a" * 64
+    pinned = ImageUsers({f"nginx@{digest}": "101"})
+    assert pinned.match(f"docker.io/library/nginx:1.27@{digest}") == (f"nginx@{digest}", "101")
+    assert tagged.match("ghcr.io/acme/api:2") == ("ghcr.io/acme/*", "1000")
+    assert ImageUsers({"not a ref!": "1"}).match("not a ref!") == ("not a ref!", "1")
+
+
+def test_a_repository_image_users_file_is_read_when_present(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "app.yaml").write_bytes(
+        pod("1")
+        .replace(b"runAsUser: 1", b"runAsNonRoot: true")
+        .replace(b"image: i", b"image: nginx:1.27")
+    )
+    assert cli.main(["app.yaml", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["summary"]["unverified"] == 1
+    (tmp_path / ".welkin-images.yaml").write_text("# our images\ndocker.io/library/nginx: ''\n")
+    assert cli.main(["app.yaml", "--format", "json"]) == 1  # nginx has no USER: blocked
+    c = json.loads(capsys.readouterr().out)["objects"][0]["containers"][0]
+    assert (c["state"], c["image_user_note"]) == ("blocked", "supplied (docker.io/library/nginx)")
+    assert cli.main(["app.yaml", "--format", "json", "--image-user", "nginx=101"]) == 0
+    capsys.readouterr()  # the command line wins over the file
+    (tmp_path / ".welkin-images.yaml").write_text("nginx: 101\n")
+    assert cli.main(["app.yaml"]) == 2
+    assert 'quote numbers: "1000"' in capsys.readouterr().err

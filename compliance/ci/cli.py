@@ -14,10 +14,12 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import os
+import re
 import sys
 from collections import Counter
 from collections.abc import Sequence
 from typing import IO, Any
+from urllib.parse import quote
 from xml.etree import ElementTree as ET
 
 import orjson
@@ -132,6 +134,7 @@ def run(options: dict[str, Any], stdout: IO[str], stderr: IO[str]) -> int:
         report = offline.evaluate_inputs(inputs, given)
     report.errors[:0] = read_errors
     report.skipped.update(skipped)
+    report.inputs = ["<stdin>" if n == "-" else inert(n, 500) for n in names]
     try:
         _write(options, report, fail_on, stdout)
     except UsageError as e:
@@ -365,12 +368,14 @@ def _rule(state: str) -> dict[str, Any]:
     )
     return {
         "id": f"welkin/{state}",
-        "name": term.label.replace(" ", ""),
+        "name": "".join(word[:1].upper() + word[1:] for word in term.label.split()),
         "shortDescription": {"text": term.label},
         "fullDescription": {"text": term.description},
         "help": {"text": help_text, "markdown": help_text},
         "defaultConfiguration": {"level": "error" if term.severity >= 3 else "warning"},
         "properties": {
+            # GitHub code scanning ranks results by it (0-10; 7 and up is high).
+            "security-severity": SECURITY_SEVERITY[state],
             "tags": [
                 "security",
                 "kubernetes",
@@ -379,6 +384,11 @@ def _rule(state: str) -> dict[str, Any]:
             ]
         },
     }
+
+
+# Runs as root (a CVE in it is root in the container), refused by the kubelet (a root or
+# unverifiable image under the guardrail), unknown, not enforced.
+SECURITY_SEVERITY = {"root": "8.0", "blocked": "6.0", "unverified": "5.0", "unenforced": "3.0"}
 
 
 def _control_pairs(c: dict) -> list[str]:
@@ -464,7 +474,8 @@ def _uri(path: str) -> str:
     if path == "<stdin>":
         return "stdin"
     rel = os.path.relpath(path) if os.path.isabs(path) else path
-    return rel.replace(os.sep, "/").removeprefix("./")
+    # Percent-encoded: a space, `#` or `?` in a file name is not a URI's syntax.
+    return quote(rel.replace(os.sep, "/").removeprefix("./"), safe="/")
 
 
 # --- JUnit XML ----------------------------------------------------------------------------
@@ -523,6 +534,9 @@ def _gh_property(text: str) -> str:
     return _gh_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
+_AT_LINE = re.compile(r" at line (?P<line>\d+), column (?P<column>\d+)")
+
+
 def github(report: offline.OfflineReport, fail_on) -> str:
     lines = []
     for obj in report.objects:
@@ -537,7 +551,15 @@ def github(report: offline.OfflineReport, fail_on) -> str:
             props.append(f"title={_gh_property(title)}")
             lines.append(f"::{level} {','.join(props)}::{_gh_data(_message(c))}")
     for error in report.errors:
-        lines.append(f"::error title=broken input::{_gh_data(error)}")
+        props = []
+        file = max((n for n in report.inputs if error.startswith(n + ":")), key=len, default=None)
+        if file is not None:
+            props.append(f"file={_gh_property(file)}")
+            at = _AT_LINE.search(error)
+            if at:
+                props += [f"line={at['line']}", f"col={at['column']}"]
+        props.append("title=broken input")
+        lines.append(f"::error {','.join(props)}::{_gh_data(error)}")
     s = report.summary
     lines.append(f"::notice title={TOOL}::" + _gh_data(", ".join(f"{s[k]} {k}" for k in s)))
     return "\n".join(lines) + "\n"

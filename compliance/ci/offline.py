@@ -56,6 +56,7 @@ class OfflineReport:
     errors: list[str] = field(default_factory=list)
     summary: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATES, 0))
     skipped: Counter = field(default_factory=Counter)  # kind -> documents
+    inputs: list[str] = field(default_factory=list)  # the file names read, as shown
     unknown_users: int = 0  # unverified containers whose image user is unknown
     lookup_errors: dict[str, str] = field(default_factory=dict)  # image -> why not known
 
@@ -268,7 +269,10 @@ def _evaluate_item(
     except ValueError as e:
         report.errors.append(f"{item.where}: {e}")
         return
-    line = position(doc.node, item.spec_path)
+    # The object's first line (where its document or List item starts), not its spec's.
+    line = position(doc.node, item.path) if item.path else None
+    if line is None and doc.node is not None:
+        line = (doc.node.start_mark.line + 1, doc.node.start_mark.column + 1)
     report.objects.append(
         {
             "kind": item.kind,

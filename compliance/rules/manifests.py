@@ -221,6 +221,7 @@ class PodSource:
     pod: dict
     where: str  # "file: document N[, items[i]]", for error messages
     spec_path: tuple = ()  # keys and indices from the document's root to the pod spec
+    path: tuple = ()  # ... to the object itself (a List's item, or the document's root)
 
 
 @dataclass(slots=True)
@@ -490,7 +491,7 @@ def pod_sources(
         if _partial(doc.get("spec")):
             yield Skipped(f"{kind} (partial)", label)
             return
-        yield PodSource(kind, namespace, name, doc, label, (*path, "spec"))
+        yield PodSource(kind, namespace, name, doc, label, (*path, "spec"), path)
         return
     template = WORKLOAD_KINDS[kind].template if kind in WORKLOAD_KINDS else None
     if template is None:
@@ -523,4 +524,4 @@ def pod_sources(
         },
         "spec": spec,
     }
-    yield PodSource(kind, namespace, name, pod, label, (*path, *template, "spec"))
+    yield PodSource(kind, namespace, name, pod, label, (*path, *template, "spec"), path)

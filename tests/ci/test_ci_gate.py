@@ -74,7 +74,10 @@ def test_line_numbers_point_at_each_container():
     for c in doc["objects"][0]["containers"]:
         assert c["file"] == "app.yaml"
         assert lines[c["line"] - 1][c["column"] - 1 :].startswith(f"name: {c['name']}")
-    assert lines[doc["objects"][0]["line"] - 1].strip() == "serviceAccountName: shop"
+    # the object's own line: where its document starts, not its pod spec's first key
+    obj = doc["objects"][0]
+    assert lines[obj["line"] - 1] == "apiVersion: apps/v1"
+    assert lines[obj["line"] - 3 : obj["line"] - 1][-1] == "---" or obj["line"] == 1
 
 
 def test_a_privileged_init_container_is_pointed_to_an_exception():

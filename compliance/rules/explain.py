@@ -13,10 +13,10 @@ from typing import Any
 import yaml
 
 from compliance.rules import controls, fix, shell
-from compliance.rules.runas import CONTAINER_LISTS
+from compliance.rules.runas import SPEC_KEYS
 from compliance.vocabulary import OBSERVED, STATE, WORKLOAD_KINDS
 
-CONTAINER_KEYS = {ctype: key for key, ctype, _ in CONTAINER_LISTS}
+CONTAINER_KEYS = SPEC_KEYS
 
 
 def verdict_of(f: Any) -> SimpleNamespace:
@@ -179,7 +179,7 @@ def other_tools(f: Any) -> list[str]:
         )
     if f.container_type == "ephemeral":
         notes.append("Polaris skips ephemeral containers; checkov looks only at spec.containers.")
-    elif f.container_type == "init":
+    elif f.container_type in ("init", "sidecar"):
         notes.append("checkov looks only at spec.containers, not at init containers.")
     return notes
 

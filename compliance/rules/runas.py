@@ -35,6 +35,12 @@ CONTAINER_LISTS = (
     ("containers", "app", "containerStatuses"),
     ("ephemeralContainers", "ephemeral", "ephemeralContainerStatuses"),
 )
+# Container type -> the pod spec list that holds it. A native sidecar (an init container
+# with restartPolicy: Always, Kubernetes 1.29+) is its own type, in initContainers.
+SPEC_KEYS = {
+    **{ctype: key for key, ctype, _ in CONTAINER_LISTS},
+    "sidecar": "initContainers",
+}
 
 __all__ = ["STATES", "SOURCE_SUPPLIED", "SOURCE_UNKNOWN", "evaluate_pod"]
 
@@ -324,10 +330,11 @@ class PodVerdict:
 @dataclass(slots=True)
 class _Container:
     name: str
-    type: str
+    type: str  # the spec list's: init, app, ephemeral (statuses are keyed by it)
     image: str
     sc: SecurityContext
     needs_root: str | None = None
+    sidecar: bool = False  # an init container with restartPolicy: Always
 
 
 def _containers(spec: Mapping, path: str) -> list[_Container]:
@@ -343,7 +350,9 @@ def _containers(spec: Mapping, path: str) -> list[_Container]:
                 raise ValueError(f"{cpath}.name: required")
             image = _get(raw, "image", str, cpath) or ""
             sc = SecurityContext.parse(raw.get("securityContext"), cpath + ".securityContext")
-            out.append(_Container(name, ctype, image, sc, _needs_root(raw.get("securityContext"))))
+            sidecar = ctype == "init" and raw.get("restartPolicy") == "Always"
+            needs_root = _needs_root(raw.get("securityContext"))
+            out.append(_Container(name, ctype, image, sc, needs_root, sidecar))
     return out
 
 
@@ -494,7 +503,7 @@ def _evaluate_container(
     state = _state(error, runs_as_root, non_root)
     return ContainerVerdict(
         name=c.name,
-        type=c.type,
+        type="sidecar" if c.sidecar else c.type,
         image=c.image,
         run_as_user=eff.run_as_user,
         run_as_non_root=eff.run_as_non_root,

@@ -207,3 +207,22 @@ def test_formats_say_where_in_their_own_syntax(tmp_path, capsys, monkeypatch):
     assert cli.main(["broken.yaml", "--format", "github"]) == 2
     out = capsys.readouterr().out
     assert "::error file=broken.yaml,line=3,col=1,title=broken input::" in out
+
+
+def test_a_native_sidecar_is_called_a_sidecar(tmp_path, capsys):
+    (tmp_path / "p.yaml").write_text(
+        "kind: Pod\nmetadata: {name: p}\nspec:\n  securityContext: {runAsNonRoot: true}\n"
+        "  initContainers:\n  - {name: migrate, image: m, securityContext: {runAsUser: 1}}\n"
+        "  - {name: proxy, image: envoy, restartPolicy: Always}\n"
+        "  containers:\n  - {name: app, image: a, securityContext: {runAsUser: 2}}\n"
+    )
+    cli.main([str(tmp_path / "p.yaml"), "--format", "json", "--image-user", "envoy=0"])
+    containers = json.loads(capsys.readouterr().out)["objects"][0]["containers"]
+    assert [(c["name"], c["type"], c["line"]) for c in containers] == [
+        ("migrate", "init", 6),
+        ("proxy", "sidecar", 7),
+        ("app", "app", 9),
+    ]
+    proxy = containers[1]
+    assert proxy["state"] == "blocked"
+    assert '"initContainers"' in json.dumps(proxy["remediation"]) or proxy["remediation"]["change"]

@@ -161,7 +161,7 @@ accounts = st.sampled_from(
 )
 
 
-KEYS = {ctype: key for key, ctype, _ in runas.CONTAINER_LISTS}
+KEYS = runas.SPEC_KEYS
 
 
 def check(v, account, p=None, users=None):

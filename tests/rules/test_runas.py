@@ -312,7 +312,7 @@ def test_it_evaluates_init_sidecar_and_ephemeral_containers():
     got = [(x.name, x.type, x.state) for x in v.containers]
     assert got == [
         ("setup", "init", "blocked"),
-        ("sidecar", "init", "blocked"),
+        ("sidecar", "sidecar", "blocked"),  # a native sidecar: restartPolicy: Always
         ("main", "app", "compliant"),
         ("debug", "ephemeral", "blocked"),
     ]

@@ -381,7 +381,7 @@ def _rule(state: str) -> dict[str, Any]:
                 "kubernetes",
                 *(f"ISO27001:2022/{i}" for i in controls.ids_2022(state)),
                 *controls.controls_for(state),
-            ]
+            ],
         },
     }
 

@@ -14,7 +14,6 @@ scan asks again; other failures are kept for WELKIN_REGISTRY_FAILURE_TTL.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import logging
 import threading
 import time
@@ -29,11 +28,17 @@ from django.utils import timezone
 
 from compliance.collect import layers, registry
 from compliance.models import ImageCache, ImageLayer, ImageUserOverride, Registry
-from compliance.rules import passwd
-from compliance.rules.runas import CONTAINER_LISTS, ImageUser
+from compliance.rules.runas import ImageUser
 from compliance.vocabulary import SOURCE_OPERATOR, SOURCE_REGISTRY
 
 log = logging.getLogger(__name__)
+
+# Django-free pieces, shared with welkin-evaluate --resolve after a plain pip install
+# (ci/resolve.py): where a pod runs, its images, the cache key, what /etc/passwd says.
+platform_of = registry.platform_of
+_images = registry.pod_images
+_cache_key = registry.cache_key
+account_of = layers.account_of
 
 _NOT_CACHED = object()  # _expiry's answer for what must not be cached
 # Where /etc/passwd is read from when not from the registries: load_demo's in-memory
@@ -48,16 +53,6 @@ def registry_configs() -> dict[str, registry.RegistryConfig]:
         )
         for r in Registry.objects.all()
     }
-
-
-def platform_of(pod: dict) -> registry.Platform:
-    """The pod's platform: spec.os, the kubernetes.io/arch node selector, else amd64."""
-    spec = pod.get("spec") if isinstance(pod.get("spec"), dict) else {}
-    os_ = spec.get("os") if isinstance(spec.get("os"), dict) else {}
-    selector = spec.get("nodeSelector") if isinstance(spec.get("nodeSelector"), dict) else {}
-    arch = selector.get("kubernetes.io/arch")
-    name = os_.get("name") if isinstance(os_.get("name"), str) else "linux"
-    return registry.Platform(name or "linux", arch if isinstance(arch, str) and arch else "amd64")
 
 
 @dataclass(frozen=True)
@@ -387,58 +382,6 @@ class ImageResolver:
             self.notes[image] = error or "unknown"
 
 
-def account_of(files: layers.ImageFiles, image_user: str, repository: str) -> dict:
-    """What an image's files say for the fix (rules/fix.Account): the entry of its USER
-    name, an existing non-root user fit to run it, its OS family; or why not."""
-    if files.error:
-        return {"error": files.error}
-    family = passwd.os_family(files.os_release)
-    hit = files.files.get("etc/passwd")
-    if hit is None:
-        why = files.missing.get("etc/passwd", "not in any layer")
-        return {"missing": f"no /etc/passwd in the image: {why}", "family": family}
-    try:
-        entries, refused = passwd.parse_passwd(hit.data)
-    except passwd.PasswdError as e:
-        return {"error": f"/etc/passwd in layer {hit.layer}: {e}"}
-
-    def entry(e: passwd.Entry | None) -> dict | None:
-        if e is None:
-            return None
-        return {"name": e.name, "uid": e.uid, "gid": e.gid, "layer": hit.layer, "line": e.line}
-
-    out: dict = {"family": family, "layer": hit.layer, "refused": refused[:5]}
-    name = ImageUser.parse(image_user).name
-    if name is not None:
-        found = passwd.lookup(entries, name)
-        shadow = passwd.shadowed_by(hit.data, name, found.line if found else None)
-        if shadow is not None:  # a malformed line a runtime may read as this user
-            out["user"] = None
-            out["missing"] = (
-                f"line {shadow} of /etc/passwd (layer {hit.layer}) names {name!r} but is not "
-                "well-formed: a container runtime may read it, so the uid is not known"
-            )[:300]
-        else:
-            out["user"] = entry(found)
-            if found is None:
-                out["missing"] = f"no user {name!r} in /etc/passwd (layer {hit.layer})"[:300]
-    fit = passwd.fitting_user(entries, repository)
-    if fit is not None and passwd.shadowed_by(hit.data, fit.name, fit.line) is not None:
-        fit = None  # its name is also on a malformed line before it: not suggested
-    out["fit"] = entry(fit)
-    group = image_user.split(":", 1)[1] if ":" in image_user else ""
-    if group and not group.isdigit():  # USER node:staff: the group's gid, from /etc/group
-        found = files.files.get("etc/group")
-        try:
-            groups, _ = passwd.parse_group(found.data) if found else ([], [])
-        except passwd.PasswdError:
-            groups = []
-        g = next((x for x in groups if x.name == group), None)
-        if g is not None and found is not None:
-            out["group"] = {"name": g.name, "gid": g.gid, "layer": found.layer, "line": g.line}
-    return out
-
-
 class _ManifestMemo:
     """The registry client, with each image's manifest fetched once for both passes."""
 
@@ -522,32 +465,6 @@ def offline_resolver(known: dict[str, str]) -> ImageResolver:
             "registry credentials or operator overrides"
         )
         return resolver
-
-
-def _cache_key(ref: registry.ImageRef, platform: registry.Platform) -> str:
-    """`reference|platform`, or its SHA-256 when that is longer than the column."""
-    key = f"{ref}|{platform}"
-    if len(key) <= 1000:
-        return key
-    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
-
-
-def _images(pod: dict):
-    """(image, status imageID or None) for every container of a pod."""
-    spec = pod.get("spec") if isinstance(pod.get("spec"), dict) else {}
-    status = pod.get("status") if isinstance(pod.get("status"), dict) else {}
-    for spec_key, _, status_key in CONTAINER_LISTS:
-        ids = {}
-        entries = status.get(status_key)
-        if isinstance(entries, list):
-            ids = {e.get("name"): e.get("imageID") for e in entries if isinstance(e, dict)}
-        containers = spec.get(spec_key)
-        if not isinstance(containers, list):
-            continue
-        for c in containers:
-            if isinstance(c, dict) and isinstance(c.get("image"), str) and c["image"]:
-                image_id = ids.get(c.get("name"))
-                yield c["image"], image_id if isinstance(image_id, str) else None
 
 
 def _store(rows: list[ImageCache]) -> None:

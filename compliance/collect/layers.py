@@ -43,7 +43,8 @@ from compliance.collect.registry import (
     RegistryError,
     check_digest_syntax,
 )
-from compliance.rules import gate
+from compliance.rules import gate, passwd
+from compliance.rules.runas import ImageUser
 
 DEFAULT_PLATFORM = Platform()  # linux/amd64
 WANTED = ("etc/passwd", "etc/group", "etc/os-release", "usr/lib/os-release")
@@ -772,3 +773,55 @@ def _pax(data: bytes, at: int) -> dict[str, str]:
             )
         pos = end
     return records
+
+
+def account_of(files: ImageFiles, image_user: str, repository: str) -> dict:
+    """What an image's files say for the fix (rules/fix.Account): the entry of its USER
+    name, an existing non-root user fit to run it, its OS family; or why not."""
+    if files.error:
+        return {"error": files.error}
+    family = passwd.os_family(files.os_release)
+    hit = files.files.get("etc/passwd")
+    if hit is None:
+        why = files.missing.get("etc/passwd", "not in any layer")
+        return {"missing": f"no /etc/passwd in the image: {why}", "family": family}
+    try:
+        entries, refused = passwd.parse_passwd(hit.data)
+    except passwd.PasswdError as e:
+        return {"error": f"/etc/passwd in layer {hit.layer}: {e}"}
+
+    def entry(e: passwd.Entry | None) -> dict | None:
+        if e is None:
+            return None
+        return {"name": e.name, "uid": e.uid, "gid": e.gid, "layer": hit.layer, "line": e.line}
+
+    out: dict = {"family": family, "layer": hit.layer, "refused": refused[:5]}
+    name = ImageUser.parse(image_user).name
+    if name is not None:
+        found = passwd.lookup(entries, name)
+        shadow = passwd.shadowed_by(hit.data, name, found.line if found else None)
+        if shadow is not None:  # a malformed line a runtime may read as this user
+            out["user"] = None
+            out["missing"] = (
+                f"line {shadow} of /etc/passwd (layer {hit.layer}) names {name!r} but is not "
+                "well-formed: a container runtime may read it, so the uid is not known"
+            )[:300]
+        else:
+            out["user"] = entry(found)
+            if found is None:
+                out["missing"] = f"no user {name!r} in /etc/passwd (layer {hit.layer})"[:300]
+    fit = passwd.fitting_user(entries, repository)
+    if fit is not None and passwd.shadowed_by(hit.data, fit.name, fit.line) is not None:
+        fit = None  # its name is also on a malformed line before it: not suggested
+    out["fit"] = entry(fit)
+    group = image_user.split(":", 1)[1] if ":" in image_user else ""
+    if group and not group.isdigit():  # USER node:staff: the group's gid, from /etc/group
+        found = files.files.get("etc/group")
+        try:
+            groups, _ = passwd.parse_group(found.data) if found else ([], [])
+        except passwd.PasswdError:
+            groups = []
+        g = next((x for x in groups if x.name == group), None)
+        if g is not None and found is not None:
+            out["group"] = {"name": g.name, "gid": g.gid, "layer": found.layer, "line": g.line}
+    return out

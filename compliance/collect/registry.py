@@ -54,6 +54,7 @@ from compliance.rules.reference import (  # noqa: F401 - the names scans and tes
     ReferenceError,
     digest_from_image_id,
 )
+from compliance.rules.runas import CONTAINER_LISTS
 
 USER_MAX = 255  # the longest image config User accepted (a user name is at most 32)
 MAX_MANIFEST_BYTES = 4 << 20
@@ -101,6 +102,42 @@ class Platform:
 
     def __str__(self) -> str:
         return f"{self.os}/{self.architecture}" + (f"/{self.variant}" if self.variant else "")
+
+
+def platform_of(pod: dict) -> Platform:
+    """The pod's platform: spec.os, the kubernetes.io/arch node selector, else amd64."""
+    spec = pod.get("spec") if isinstance(pod.get("spec"), dict) else {}
+    os_ = spec.get("os") if isinstance(spec.get("os"), dict) else {}
+    selector = spec.get("nodeSelector") if isinstance(spec.get("nodeSelector"), dict) else {}
+    arch = selector.get("kubernetes.io/arch")
+    name = os_.get("name") if isinstance(os_.get("name"), str) else "linux"
+    return Platform(name or "linux", arch if isinstance(arch, str) and arch else "amd64")
+
+
+def cache_key(ref: ImageRef, platform: Platform) -> str:
+    """`reference|platform`, or its SHA-256 when that is longer than the column."""
+    key = f"{ref}|{platform}"
+    if len(key) <= 1000:
+        return key
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def pod_images(pod: dict):
+    """(image, status imageID or None) for every container of a pod."""
+    spec = pod.get("spec") if isinstance(pod.get("spec"), dict) else {}
+    status = pod.get("status") if isinstance(pod.get("status"), dict) else {}
+    for spec_key, _, status_key in CONTAINER_LISTS:
+        ids = {}
+        entries = status.get(status_key)
+        if isinstance(entries, list):
+            ids = {e.get("name"): e.get("imageID") for e in entries if isinstance(e, dict)}
+        containers = spec.get(spec_key)
+        if not isinstance(containers, list):
+            continue
+        for c in containers:
+            if isinstance(c, dict) and isinstance(c.get("image"), str) and c["image"]:
+                image_id = ids.get(c.get("name"))
+                yield c["image"], image_id if isinstance(image_id, str) else None
 
 
 @dataclass(frozen=True)

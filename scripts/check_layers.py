@@ -42,6 +42,9 @@ PARSERS = ("yaml", "orjson", "msgspec")
 PURE = ("rules", "vocabulary", "bounded", "workers")
 PIP_ONLY = ("ci",)
 ALLOWED = set(sys.stdlib_module_names) | set(PARSERS) | {"compliance"}
+# Modules of ci/ that only an extra loads (imported inside a function, saying so), and the
+# packages that extra installs (pyproject.toml's optional-dependencies): never Django.
+EXTRAS = {"compliance.ci.resolve": ("urllib3", "zstandard")}
 
 
 def layer(module: str) -> int | None:
@@ -160,10 +163,12 @@ def _pulled_in(graph: dict[str, set[str]], external: dict[str, dict[str, str]]) 
         if package not in PURE + PIP_ONLY:
             continue
         seen, stack, parent = {module}, [module], {module: ""}
+        extra = set(EXTRAS.get(module, ()))
         while stack:
             m = stack.pop()
-            if external.get(m):
-                top, where = next(iter(sorted(external[m].items())))
+            beyond = {t: w for t, w in (external.get(m) or {}).items() if t not in extra}
+            if beyond:
+                top, where = next(iter(sorted(beyond.items())))
                 chain = [m]
                 while parent[chain[-1]]:
                     chain.append(parent[chain[-1]])

@@ -82,17 +82,31 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument(
         "--resolve",
         action="store_true",
-        help="look image users up in their registries (public ones need no settings)",
+        help="look image users up in their registries (public ones need no settings; "
+        "pip install welkin-dash[resolve])",
+    )
+    parser.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="where --resolve keeps its answers (default $XDG_CACHE_HOME/welkin-dash); "
+        "cache it between CI runs",
     )
     if standalone:
         parser.add_argument("--version", action="version", version=f"{TOOL} {__version__}")
     return parser
 
 
+INTERNAL_ERROR = 3  # never 1: 1 means only that the gate found what --fail-on names
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The console script: parse, run, return the exit status."""
     args = build_parser().parse_args(argv)
-    return run(vars(args), sys.stdout, sys.stderr)
+    try:
+        return run(vars(args), sys.stdout, sys.stderr)
+    except Exception as e:  # a bug or a missing package: say so, and not as a failed gate
+        sys.stderr.write(f"internal error: {type(e).__name__}: {inert(str(e), 2000)}\n")
+        return INTERNAL_ERROR
 
 
 def run(options: dict[str, Any], stdout: IO[str], stderr: IO[str]) -> int:
@@ -129,7 +143,11 @@ def run(options: dict[str, Any], stdout: IO[str], stderr: IO[str]) -> int:
         except (OSError, ValueError) as e:
             read_errors.append(f"{shown}: cannot read: {getattr(e, 'strerror', None) or e}")
     if options.get("resolve"):
-        report = _resolved(inputs, given, stderr)
+        try:
+            report = _resolved(inputs, given, stderr, options.get("cache"))
+        except UsageError as e:
+            stderr.write(f"error: {e}\n")
+            return 2
     else:
         report = offline.evaluate_inputs(inputs, given)
     report.errors[:0] = read_errors
@@ -147,25 +165,25 @@ def run(options: dict[str, Any], stdout: IO[str], stderr: IO[str]) -> int:
     return 1 if report.failing(fail_on) else 0
 
 
-def _resolved(inputs, given, stderr) -> offline.OfflineReport:
-    """Registry lookups need Django (settings, the optional cache): set it up now."""
-    import django
-    from django.conf import settings
+def _resolved(inputs, given, stderr, cache: str | None) -> offline.OfflineReport:
+    """Registry lookups: with the dashboard's settings and database under manage.py
+    evaluate (Django set up already), else without Django, cached on disk."""
+    django = sys.modules.get("django.conf")
+    if django is not None and django.settings.configured:
+        from compliance.collect import images  # local: manage.py evaluate has Django set up
 
-    if not settings.configured:  # welkin-evaluate: set up for this process only
-        saved = dict(os.environ)
-        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "welkin_dash.settings")
-        os.environ.setdefault("WELKIN_OFFLINE_COMMAND", "1")
+        resolver: Any = images.offline_resolver({})
+        if resolver.offline_note:
+            stderr.write(f"note: {resolver.offline_note}\n")
+    else:
         try:
-            django.setup()
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
-    from compliance.collect import images  # local: only --resolve needs Django and a database
-
-    resolver = images.offline_resolver({})
-    if resolver.offline_note:
-        stderr.write(f"note: {resolver.offline_note}\n")
+            from compliance.ci import resolve  # local: needs the [resolve] extra (urllib3)
+        except ImportError as e:
+            raise UsageError(
+                f"--resolve needs the registry client: pip install 'welkin-dash[resolve]' "
+                f"({e.name} is missing)"
+            ) from None
+        resolver = resolve.PipResolver(resolve.DiskCache(resolve.cache_dir(cache)))
     try:
         lookups = offline.Lookups(
             resolver.prepare, resolver.users_for, resolver.notes, resolver.accounts_for

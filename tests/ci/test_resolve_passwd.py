@@ -76,3 +76,67 @@ def test_resolve_gives_the_uid_from_etc_passwd_and_the_proven_fix(regs, tmp_path
     )
     fix = json.loads(out)["objects"][0]["containers"][0]["remediation"]
     assert fix["kind"] == "uid-unknown" and fix["uid"] is None and "1000" not in fix["one_line"]
+
+
+def pip_venv(tmp_path, extra: str) -> Path:
+    """welkin-dash installed as a CI job installs it: pip install into an empty venv."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", f"{root}{extra}"],
+        check=True,
+        timeout=600,
+        capture_output=True,
+    )
+    return venv / "bin" / "welkin-evaluate"
+
+
+def test_resolve_after_a_plain_pip_install_with_its_cache(regs, tmp_path):
+    passwd = b"root:x:0:0::/root:/bin/sh\nnode:x:1000:1000::/home/node:/bin/sh\n"
+    regs.push_layered_image("team/pip", "1", [tar_layer({"etc/passwd": passwd})], user="node")
+    ca = tmp_path / "ca.pem"
+    ca.write_text(regs.ca_pem)
+    pod = tmp_path / "pod.yaml"
+    pod.write_text(
+        "kind: Pod\nmetadata: {name: p}\nspec:\n  securityContext: {runAsNonRoot: true}\n"
+        f"  containers:\n  - {{name: a, image: '{regs.tls.host}/team/pip:1'}}\n"
+    )
+    evaluate = pip_venv(tmp_path, "[resolve]")
+    cache = tmp_path / "cache"
+
+    def resolve(cert):
+        p = subprocess.run(
+            [str(evaluate), "--resolve", "--cache", str(cache), "--format", "json", str(pod)],
+            capture_output=True,
+            text=True,
+            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SSL_CERT_FILE": str(cert)},
+            timeout=120,
+        )
+        assert "Traceback" not in p.stderr and "django" not in p.stderr.lower(), p.stderr
+        return p.returncode, json.loads(p.stdout)["objects"][0]["containers"][0]
+
+    code, c = resolve(ca)
+    assert (code, c["state"], c["image_user"]) == (1, "blocked", "node")
+    assert c["remediation"]["uid"] == 1000 and c["remediation"]["dockerfile"] == ["USER 1000"]
+    assert list((cache / "images").glob("*.json")) and list((cache / "layers").glob("*.json"))
+    # Again with TLS verification failing: the answers come from the cache, not the registry.
+    code, again = resolve(tmp_path / "no-such-ca.pem")
+    assert (code, again["image_user"], again["remediation"]["uid"]) == (1, "node", 1000)
+
+
+def test_resolve_without_the_extra_says_what_to_install(tmp_path):
+    evaluate = pip_venv(tmp_path, "")
+    pod = tmp_path / "pod.yaml"
+    pod.write_text(
+        "kind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - {name: a, image: x}\n"
+    )
+    p = subprocess.run(
+        [str(evaluate), "--resolve", str(pod)],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        timeout=120,
+    )
+    assert p.returncode == 2, p.stderr  # not 1: the gate did not fail, it could not run
+    assert "pip install 'welkin-dash[resolve]' (" in p.stderr and "is missing)" in p.stderr

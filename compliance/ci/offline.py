@@ -24,6 +24,7 @@ from compliance.rules.manifests import (
     PodSource,
     Skipped,
     gc_paused,
+    iter_located,
     parse_documents,
     parse_located,
     pod_sources,
@@ -222,28 +223,51 @@ HELM_TEMPLATE = "Helm template (render it: helm template ... | welkin-evaluate)"
 def _evaluate_file(
     report: OfflineReport, filename: str, data: bytes, given: ImageUsers, lookups: Lookups | None
 ) -> None:
+    """The file's documents, each evaluated as it is read and then let go."""
+    if b"{{" in data:  # perhaps a chart template: read it whole, to skip it whole
+        try:
+            docs: Iterable[Located] = parse_located(data, filename)
+        except ManifestError:
+            report.skipped[HELM_TEMPLATE] += 1  # Go template syntax, not a manifest
+            return
+    else:
+        docs = iter_located(data, filename)
+    previous: Located | None = None
+    n = 0
     try:
-        docs = parse_located(data, filename)
+        for doc in docs:  # one behind, to know whether the file holds several documents
+            if previous is not None:
+                _evaluate_doc(
+                    report, f"{filename}: document {n}", filename, previous, given, lookups
+                )
+            previous, n = doc, n + 1
     except ManifestError as e:
-        if b"{{" in data:  # Go template syntax: a chart template outside a chart folder
-            report.skipped[HELM_TEMPLATE] += 1
+        report.errors.append(str(e))
+    if previous is not None:
+        where = f"{filename}: document {n}" if n > 1 else filename
+        _evaluate_doc(report, where, filename, previous, given, lookups)
+
+
+def _evaluate_doc(
+    report: OfflineReport,
+    where: str,
+    filename: str,
+    doc: Located,
+    given: ImageUsers,
+    lookups: Lookups | None,
+) -> None:
+    items = [_checked(item) for item in pod_sources(doc.data, where)]
+    pods = [i.pod for i in items if isinstance(i, PodSource)]
+    supplied, rules = given.resolved(pods)
+    if lookups is not None:
+        lookups.prepare(pods)
+    for item in items:
+        if isinstance(item, Skipped):
+            report.skipped[item.kind] += 1
+        elif isinstance(item, ManifestError):
+            report.errors.append(str(item))
         else:
-            report.errors.append(str(e))
-        return
-    for n, doc in enumerate(docs, 1):
-        where = f"{filename}: document {n}" if len(docs) > 1 else filename
-        items = [_checked(item) for item in pod_sources(doc.data, where)]
-        pods = [i.pod for i in items if isinstance(i, PodSource)]
-        supplied, rules = given.resolved(pods)
-        if lookups is not None:
-            lookups.prepare(pods)
-        for item in items:
-            if isinstance(item, Skipped):
-                report.skipped[item.kind] += 1
-            elif isinstance(item, ManifestError):
-                report.errors.append(str(item))
-            else:
-                _evaluate_item(report, filename, doc, item, supplied, rules, lookups)
+            _evaluate_item(report, filename, doc, item, supplied, rules, lookups)
 
 
 def _evaluate_item(

@@ -310,42 +310,50 @@ POSITIONS_MAX_BYTES = 20 << 20  # JSON larger than this is reported without line
 
 def parse_located(data: bytes, filename: str) -> list[Located]:
     """Every document of a file with its YAML node, so findings can name their line and
-    column. YAML is composed once (nodes, then data from them); JSON is parsed by orjson
-    and, up to POSITIONS_MAX_BYTES, composed as YAML for its marks."""
+    column (iter_located, all at once)."""
     with gc_paused():
-        if data.lstrip()[:1] in (b"{", b"["):
-            docs = _parse_documents(data, filename)
-            if len(docs) == 1 and len(data) <= POSITIONS_MAX_BYTES:
-                try:
-                    nodes = list(yaml.compose_all(data, Loader=_YamlLoader))
-                except (yaml.YAMLError, ValueError):
-                    nodes = []  # not YAML-compatible JSON: no line numbers
-                if len(nodes) == 1:
-                    try:
-                        _unique_keys_everywhere(nodes[0])
-                    except yaml.YAMLError as e:
-                        raise _yaml_error(filename, e, "JSON") from None
-                    return [Located(docs[0], nodes[0])]
-            return [Located(d) for d in docs]
-        if not data.strip():
-            return []  # an empty file is zero documents, as kustomize reads it
-        try:
-            _check_aliases(data, filename)
-            loader = _FastLoader(data)
-            out = []
+        return list(iter_located(data, filename))
+
+
+def iter_located(data: bytes, filename: str) -> Iterator[Located]:
+    """The documents of a file one at a time, each with its YAML node: YAML is composed a
+    document at a time (nodes, then data from them), so a caller that is done with one
+    lets its nodes go before the next is read (a 10,000-workload file never holds all its
+    nodes at once). JSON is parsed by orjson and, up to POSITIONS_MAX_BYTES, composed as
+    YAML for its marks. A ManifestError can come after some documents were given."""
+    if data.lstrip()[:1] in (b"{", b"["):
+        docs = _parse_documents(data, filename)
+        if len(docs) == 1 and len(data) <= POSITIONS_MAX_BYTES:
             try:
-                while loader.check_node():
-                    node = loader.get_node()
-                    doc = _build(loader, node, {})
-                    if doc is not None:
-                        out.append(Located(doc, node))
-            finally:
-                loader.dispose()
-        except yaml.YAMLError as e:
-            raise _yaml_error(filename, e) from None
-        except UnicodeDecodeError:
-            raise ManifestError(f"{filename}: not text (UTF-8) JSON or YAML") from None
-        return out  # a stream of empty documents evaluates to nothing
+                nodes = list(yaml.compose_all(data, Loader=_YamlLoader))
+            except (yaml.YAMLError, ValueError):
+                nodes = []  # not YAML-compatible JSON: no line numbers
+            if len(nodes) == 1:
+                try:
+                    _unique_keys_everywhere(nodes[0])
+                except yaml.YAMLError as e:
+                    raise _yaml_error(filename, e, "JSON") from None
+                yield Located(docs[0], nodes[0])
+                return
+        yield from (Located(d) for d in docs)
+        return
+    if not data.strip():
+        return  # an empty file is zero documents, as kustomize reads it
+    try:
+        _check_aliases(data, filename)
+        loader = _FastLoader(data)
+        try:
+            while loader.check_node():
+                node = loader.get_node()
+                doc = _build(loader, node, {})
+                if doc is not None:
+                    yield Located(doc, node)
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as e:
+        raise _yaml_error(filename, e) from None
+    except UnicodeDecodeError:
+        raise ManifestError(f"{filename}: not text (UTF-8) JSON or YAML") from None
 
 
 def _yaml_error(filename: str, e: yaml.YAMLError, language: str = "YAML") -> ManifestError:

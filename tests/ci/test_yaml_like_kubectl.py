@@ -226,3 +226,12 @@ def test_a_native_sidecar_is_called_a_sidecar(tmp_path, capsys):
     proxy = containers[1]
     assert proxy["state"] == "blocked"
     assert '"initContainers"' in json.dumps(proxy["remediation"]) or proxy["remediation"]["change"]
+
+
+def test_documents_before_a_broken_one_are_still_reported(tmp_path, capsys):
+    good = pod("1000").replace(b"runAsUser: 1000", b"runAsUser: 1000, runAsNonRoot: true")
+    (tmp_path / "multi.yaml").write_bytes(good + b"---\n" + good + b"---\nkind: Pod\nspec: [a\n")
+    code = cli.main([str(tmp_path / "multi.yaml"), "--format", "json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 2 and len(doc["errors"]) == 1 and "invalid YAML at line" in doc["errors"][0]
+    assert doc["summary"]["compliant"] == 2  # read and judged one at a time, as they came

@@ -260,30 +260,37 @@ def _read(name: str) -> bytes:
 
 
 def _write(options: dict, report: offline.OfflineReport, fail_on, stdout: IO[str]) -> None:
+    """The report in its format, to -o or stdout. JSON and SARIF stay bytes (orjson's) all
+    the way out: a large report is not held a second time as a str."""
     fmt = options.get("format") or "table"
-    text = {
+    out: str | bytes = {
         "table": lambda: table(
             report, fail_on, colour=stdout.isatty() and not options.get("output")
         ),
         "json": lambda: (
             orjson.dumps(
                 {**report.as_dict(), "fail_on": list(fail_on), "failed": report.failing(fail_on)},
-                option=orjson.OPT_INDENT_2,
-            ).decode()
-            + "\n"
+                option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE,
+            )
         ),
-        "sarif": lambda: (
-            orjson.dumps(sarif(report, fail_on), option=orjson.OPT_INDENT_2).decode() + "\n"
+        "sarif": lambda: orjson.dumps(
+            sarif(report, fail_on), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
         ),
         "junit": lambda: junit(report, fail_on),
         "github": lambda: github(report, fail_on),
     }[fmt]()
     if not options.get("output"):
-        stdout.write(text)
+        binary = getattr(stdout, "buffer", None)
+        if isinstance(out, bytes) and binary is not None:
+            stdout.flush()
+            binary.write(out)
+            binary.flush()
+        else:
+            stdout.write(out.decode() if isinstance(out, bytes) else out)
         return
     try:
-        with open(options["output"], "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(options["output"], "wb") as f:
+            f.write(out if isinstance(out, bytes) else out.encode())
     except OSError as e:
         raise UsageError(f"{options['output']}: cannot write: {e.strerror or e}") from None
 

@@ -128,36 +128,51 @@ def run(options: dict[str, Any], stdout: IO[str], stderr: IO[str]) -> int:
         stderr.write(f"error: .welkinignore: {getattr(e, 'strerror', None) or e}\n")
         return 2
     names = _expand(options.get("files") or ["-"])
-    inputs, read_errors, skipped = [], [], Counter()
-    for name in names:
-        if name != "-" and _excluded(name, excludes):
-            skipped[EXCLUDED] += 1
-            continue
-        if name != "-" and chart_template(name):
-            skipped[offline.HELM_TEMPLATE] += 1
-            continue
-        # A file name is data too (a pull request chooses it): shown inert, never raw.
-        shown = "<stdin>" if name == "-" else inert(name, 500)
-        try:
-            inputs.append((shown, _read(name)))
-        except (OSError, ValueError) as e:
-            read_errors.append(f"{shown}: cannot read: {getattr(e, 'strerror', None) or e}")
-    if options.get("resolve"):
-        try:
-            report = _resolved(inputs, given, stderr, options.get("cache"))
-        except UsageError as e:
-            stderr.write(f"error: {e}\n")
-            return 2
-    else:
-        report = offline.evaluate_inputs(inputs, given)
-    report.errors[:0] = read_errors
-    report.skipped.update(skipped)
-    report.inputs = ["<stdin>" if n == "-" else inert(n, 500) for n in names]
+    read_errors: list[str] = []
+    skipped: Counter = Counter()
+
+    def inputs():  # read one at a time: a file's bytes go once it is judged
+        for name in names:
+            if name != "-" and _excluded(name, excludes):
+                skipped[EXCLUDED] += 1
+                continue
+            if name != "-" and chart_template(name):
+                skipped[offline.HELM_TEMPLATE] += 1
+                continue
+            # A file name is data too (a pull request chooses it): shown inert, never raw.
+            shown = "<stdin>" if name == "-" else inert(name, 500)
+            try:
+                data = _read(name)
+            except (OSError, ValueError) as e:
+                read_errors.append(f"{shown}: cannot read: {getattr(e, 'strerror', None) or e}")
+                continue
+            yield shown, data
+
     try:
-        _write(options, report, fail_on, stdout)
+        out = _Output(options, stdout)
     except UsageError as e:
         stderr.write(f"error: {e}\n")
         return 2
+    with out:
+        stream = STREAMS.get(options.get("format") or "table")
+        colour = stdout.isatty() and not options.get("output")
+        writer = stream(out, colour, fail_on) if stream else None
+        sink = writer.object if writer else None
+        if options.get("resolve"):
+            try:
+                report = _resolved(inputs(), given, stderr, options.get("cache"), sink)
+            except UsageError as e:
+                stderr.write(f"error: {e}\n")
+                return 2
+        else:
+            report = offline.evaluate_inputs(inputs(), given, sink=sink)
+        report.errors[:0] = read_errors
+        report.skipped.update(skipped)
+        report.inputs = ["<stdin>" if n == "-" else inert(n, 500) for n in names]
+        if writer is not None:
+            writer.finish(report, fail_on)
+        else:
+            out.write(_render(options.get("format"), report, fail_on))
     for error in report.errors:
         stderr.write(f"error: {inert(error, 4000)}\n")
     if report.errors:
@@ -165,7 +180,7 @@ def run(options: dict[str, Any], stdout: IO[str], stderr: IO[str]) -> int:
     return 1 if report.failing(fail_on) else 0
 
 
-def _resolved(inputs, given, stderr, cache: str | None) -> offline.OfflineReport:
+def _resolved(inputs, given, stderr, cache: str | None, sink=None) -> offline.OfflineReport:
     """Registry lookups: with the dashboard's settings and database under manage.py
     evaluate (Django set up already), else without Django, cached on disk."""
     django = sys.modules.get("django.conf")
@@ -188,7 +203,7 @@ def _resolved(inputs, given, stderr, cache: str | None) -> offline.OfflineReport
         lookups = offline.Lookups(
             resolver.prepare, resolver.users_for, resolver.notes, resolver.accounts_for
         )
-        return offline.evaluate_inputs(inputs, given, lookups)
+        return offline.evaluate_inputs(inputs, given, lookups, sink=sink)
     finally:
         resolver.close()
 
@@ -259,40 +274,97 @@ def _read(name: str) -> bytes:
     return read_input(name, INPUT_MAX_BYTES)
 
 
-def _write(options: dict, report: offline.OfflineReport, fail_on, stdout: IO[str]) -> None:
-    """The report in its format, to -o or stdout. JSON and SARIF stay bytes (orjson's) all
-    the way out: a large report is not held a second time as a str."""
-    fmt = options.get("format") or "table"
-    out: str | bytes = {
-        "table": lambda: table(
-            report, fail_on, colour=stdout.isatty() and not options.get("output")
-        ),
-        "json": lambda: (
-            orjson.dumps(
-                {**report.as_dict(), "fail_on": list(fail_on), "failed": report.failing(fail_on)},
-                option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE,
-            )
-        ),
-        "sarif": lambda: orjson.dumps(
-            sarif(report, fail_on), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
-        ),
-        "junit": lambda: junit(report, fail_on),
-        "github": lambda: github(report, fail_on),
-    }[fmt]()
-    if not options.get("output"):
-        binary = getattr(stdout, "buffer", None)
-        if isinstance(out, bytes) and binary is not None:
-            stdout.flush()
-            binary.write(out)
+class _Output:
+    """Where the report goes: -o FILE (opened before anything is judged, so an unwritable
+    path is said at once) or stdout; bytes are written as bytes where stdout has a buffer."""
+
+    def __init__(self, options: dict, stdout: IO[str]):
+        self.stdout, self.file = stdout, None
+        if options.get("output"):
+            try:
+                self.file = open(options["output"], "wb")  # noqa: SIM115 - closed by __exit__
+            except OSError as e:
+                raise UsageError(f"{options['output']}: cannot write: {e.strerror or e}") from None
+
+    def write(self, data: str | bytes) -> None:
+        if self.file is not None:
+            self.file.write(data if isinstance(data, bytes) else data.encode())
+            return
+        binary = getattr(self.stdout, "buffer", None)
+        if isinstance(data, bytes) and binary is not None:
+            self.stdout.flush()
+            binary.write(data)
             binary.flush()
         else:
-            stdout.write(out.decode() if isinstance(out, bytes) else out)
-        return
-    try:
-        with open(options["output"], "wb") as f:
-            f.write(out if isinstance(out, bytes) else out.encode())
-    except OSError as e:
-        raise UsageError(f"{options['output']}: cannot write: {e.strerror or e}") from None
+            self.stdout.write(data.decode() if isinstance(data, bytes) else data)
+
+    def __enter__(self) -> _Output:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def _render(fmt: str | None, report: offline.OfflineReport, fail_on) -> str | bytes:
+    """The formats written whole at the end (their headers count what follows)."""
+    if fmt == "sarif":
+        return orjson.dumps(
+            sarif(report, fail_on), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
+        )
+    return junit(report, fail_on)
+
+
+class _JsonStream:
+    """--format json, written as objects are judged: the same bytes as one orjson.dumps of
+    the whole report (OPT_INDENT_2), without holding the objects."""
+
+    def __init__(self, out: _Output, colour: bool, fail_on):
+        self.out, self.count = out, 0
+        out.write(b'{\n  "objects": [')
+
+    def object(self, obj: dict) -> None:
+        body = orjson.dumps(obj, option=orjson.OPT_INDENT_2)
+        self.out.write((b",\n" if self.count else b"\n") + b"    " + body.replace(b"\n", b"\n    "))
+        self.count += 1
+
+    def finish(self, report: offline.OfflineReport, fail_on) -> None:
+        rest = {k: v for k, v in report.as_dict().items() if k != "objects"}
+        rest.update(fail_on=list(fail_on), failed=report.failing(fail_on))
+        tail = orjson.dumps(rest, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+        self.out.write((b"\n  ]," if self.count else b"],") + tail[1:])
+
+
+class _GithubStream:
+    """--format github, an annotation per container as it is judged."""
+
+    def __init__(self, out: _Output, colour: bool, fail_on):
+        self.out, self.fail_on = out, fail_on
+
+    def object(self, obj: dict) -> None:
+        lines = _github_object(obj, self.fail_on)
+        if lines:
+            self.out.write("\n".join(lines) + "\n")
+
+    def finish(self, report: offline.OfflineReport, fail_on) -> None:
+        self.out.write(_github_tail(report))
+
+
+class _TableStream:
+    """The table: each object kept as its few printed fields (not the whole verdict), laid
+    out at the end, when the columns' widths are known."""
+
+    def __init__(self, out: _Output, colour: bool, fail_on):
+        self.out, self.colour, self.objects = out, colour, []
+
+    def object(self, obj: dict) -> None:
+        self.objects.append(_table_object(obj))
+
+    def finish(self, report: offline.OfflineReport, fail_on) -> None:
+        self.out.write(_table(self.objects, report, fail_on, self.colour))
+
+
+STREAMS = {"json": _JsonStream, "github": _GithubStream, "table": _TableStream}
 
 
 # --- the table ----------------------------------------------------------------------------
@@ -311,26 +383,49 @@ def _where(c: dict) -> str:
 
 
 def table(report: offline.OfflineReport, fail_on, colour: bool = False) -> str:
-    rows = [c for o in report.objects for c in o["containers"]]
-    w_name = max([len(c["name"]) for c in rows] + [4])
-    w_who = max([len(_identity(c)) for c in rows] + [8])
+    return _table([_table_object(o) for o in report.objects], report, fail_on, colour)
+
+
+def _table_object(obj: dict) -> tuple[str, list[tuple]]:
+    """What the table prints of an object: its header and, per container, (state, type,
+    name, identity, image, where, kubelet message, fix)."""
+    psa = obj["psa_restricted"]
+    verdict = "allowed" if psa["allowed"] else "denied: " + "; ".join(psa["violations"])
+    header = f"{obj['kind']} {obj['namespace']}/{obj['name']}  [PSA restricted {verdict}]"
+    rows = [
+        (
+            c["state"],
+            c["type"],
+            c["name"],
+            _identity(c),
+            c["image"],
+            _where(c),
+            c["kubelet_error"],
+            c["remediation"]["one_line"] if c["state"] != COMPLIANT else None,
+        )
+        for c in obj["containers"]
+    ]
+    return header, rows
+
+
+def _table(objects: list, report: offline.OfflineReport, fail_on, colour: bool) -> str:
+    rows = [r for _, rs in objects for r in rs]
+    w_name = max([len(r[2]) for r in rows] + [4])
+    w_who = max([len(r[3]) for r in rows] + [8])
     lines = []
-    for obj in report.objects:
-        psa = obj["psa_restricted"]
-        verdict = "allowed" if psa["allowed"] else "denied: " + "; ".join(psa["violations"])
-        lines.append(f"{obj['kind']} {obj['namespace']}/{obj['name']}  [PSA restricted {verdict}]")
-        for c in obj["containers"]:
-            state = f"{c['state']:<10}"
+    for header, rs in objects:
+        lines.append(header)
+        for state_name, ctype, name, who, image, where, kubelet, fix in rs:
+            state = f"{state_name:<10}"
             if colour:
-                state = f"\x1b[{STATE[c['state']].ansi}m{state}\x1b[0m"
+                state = f"\x1b[{STATE[state_name].ansi}m{state}\x1b[0m"
             lines.append(
-                f"  {state}  {c['type']:<9} {c['name']:<{w_name}}  {_identity(c):<{w_who}}  "
-                f"{c['image']}  {_where(c)}"
+                f"  {state}  {ctype:<9} {name:<{w_name}}  {who:<{w_who}}  {image}  {where}"
             )
-            if c["kubelet_error"]:
-                lines.append(f"      kubelet: {c['kubelet_error']}")
-            if c["state"] != COMPLIANT:
-                lines.append(f"      fix: {c['remediation']['one_line']}")
+            if kubelet:
+                lines.append(f"      kubelet: {kubelet}")
+            if fix is not None:
+                lines.append(f"      fix: {fix}")
     s = report.summary
     lines.append("")
     lines.append(", ".join(f"{s[k]} {k}" for k in s))
@@ -356,7 +451,7 @@ def verdict_line(report: offline.OfflineReport, fail_on) -> str:
             f"exit 2: {n} input{'s' if n != 1 else ''} could not be read or judged (the "
             f"errors are on stderr); on the rest, {gate}"
         )
-    if not report.objects:
+    if not report.evaluated:
         return f"exit 0: no workloads to check; {gate}"
     return f"exit {1 if failing else 0}: {gate}"
 
@@ -563,18 +658,27 @@ _AT_LINE = re.compile(r" at line (?P<line>\d+), column (?P<column>\d+)")
 
 
 def github(report: offline.OfflineReport, fail_on) -> str:
+    lines = [line for obj in report.objects for line in _github_object(obj, fail_on)]
+    return "".join(line + "\n" for line in lines) + _github_tail(report)
+
+
+def _github_object(obj: dict, fail_on) -> list[str]:
     lines = []
-    for obj in report.objects:
-        for c in obj["containers"]:
-            if c["state"] == COMPLIANT:
-                continue
-            level = "error" if c["state"] in fail_on else "warning"
-            props = [f"file={_gh_property(c['file'])}"]
-            if c.get("line"):
-                props += [f"line={c['line']}", f"col={c['column']}"]
-            title = f"{STATE[c['state']].label}: {obj['kind']} {obj['name']}/{c['name']}"
-            props.append(f"title={_gh_property(title)}")
-            lines.append(f"::{level} {','.join(props)}::{_gh_data(_message(c))}")
+    for c in obj["containers"]:
+        if c["state"] == COMPLIANT:
+            continue
+        level = "error" if c["state"] in fail_on else "warning"
+        props = [f"file={_gh_property(c['file'])}"]
+        if c.get("line"):
+            props += [f"line={c['line']}", f"col={c['column']}"]
+        title = f"{STATE[c['state']].label}: {obj['kind']} {obj['name']}/{c['name']}"
+        props.append(f"title={_gh_property(title)}")
+        lines.append(f"::{level} {','.join(props)}::{_gh_data(_message(c))}")
+    return lines
+
+
+def _github_tail(report: offline.OfflineReport) -> str:
+    lines = []
     for error in report.errors:
         props = []
         file = max((n for n in report.inputs if error.startswith(n + ":")), key=len, default=None)

@@ -114,7 +114,10 @@ def run(options: dict[str, Any], stdout: IO[str], stderr: IO[str]) -> int:
         fail_on = offline.parse_fail_on(options["fail_on"])
         given = {}
         if os.path.isfile(IMAGES_FILE):  # the repository's answers, written once
-            given.update(offline.parse_image_users_file(_read(IMAGES_FILE), IMAGES_FILE))
+            found = offline.parse_image_users_file(_read(IMAGES_FILE), IMAGES_FILE)
+            given.update(found)
+            # Said every run: a pull request can change this file as it can the manifests.
+            stderr.write(f"note: {len(found)} image users from {IMAGES_FILE}\n")
         if options.get("image_users"):
             path = options["image_users"]
             given.update(offline.parse_image_users_file(_read(path), path))
@@ -123,10 +126,15 @@ def run(options: dict[str, Any], stdout: IO[str], stderr: IO[str]) -> int:
         stderr.write(f"error: {getattr(e, 'strerror', None) or e}\n")
         return 2
     try:
-        excludes = [*(options.get("exclude") or []), *_welkinignore()]
+        ignored = _welkinignore()
     except (OSError, ValueError) as e:
         stderr.write(f"error: .welkinignore: {getattr(e, 'strerror', None) or e}\n")
         return 2
+    if ignored:
+        stderr.write(
+            f"note: {len(ignored)} globs from {IGNORE_FILE}: {inert(', '.join(ignored), 500)}\n"
+        )
+    excludes = [*(options.get("exclude") or []), *ignored]
     names = _expand(options.get("files") or ["-"])
     read_errors: list[str] = []
     skipped: Counter = Counter()

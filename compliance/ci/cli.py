@@ -16,6 +16,7 @@ import fnmatch
 import os
 import re
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from typing import IO, Any
@@ -162,10 +163,10 @@ def run(options: dict[str, Any], stdout: IO[str], stderr: IO[str]) -> int:
         stderr.write(f"error: {e}\n")
         return 2
     with out:
-        stream = STREAMS.get(options.get("format") or "table")
+        stream = STREAMS[options.get("format") or "table"]
         colour = stdout.isatty() and not options.get("output")
-        writer = stream(out, colour, fail_on) if stream else None
-        sink = writer.object if writer else None
+        writer = stream(out, colour, fail_on)
+        sink = writer.object
         if options.get("resolve"):
             try:
                 report = _resolved(inputs(), given, stderr, options.get("cache"), sink)
@@ -177,10 +178,7 @@ def run(options: dict[str, Any], stdout: IO[str], stderr: IO[str]) -> int:
         report.errors[:0] = read_errors
         report.skipped.update(skipped)
         report.inputs = ["<stdin>" if n == "-" else inert(n, 500) for n in names]
-        if writer is not None:
-            writer.finish(report, fail_on)
-        else:
-            out.write(_render(options.get("format"), report, fail_on))
+        writer.finish(report, fail_on)
     for error in report.errors:
         stderr.write(f"error: {inert(error, 4000)}\n")
     if report.errors:
@@ -314,15 +312,6 @@ class _Output:
             self.file.close()
 
 
-def _render(fmt: str | None, report: offline.OfflineReport, fail_on) -> str | bytes:
-    """The formats written whole at the end (their headers count what follows)."""
-    if fmt == "sarif":
-        return orjson.dumps(
-            sarif(report, fail_on), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
-        )
-    return junit(report, fail_on)
-
-
 class _JsonStream:
     """--format json, written as objects are judged: the same bytes as one orjson.dumps of
     the whole report (OPT_INDENT_2), without holding the objects."""
@@ -358,21 +347,107 @@ class _GithubStream:
         self.out.write(_github_tail(report))
 
 
+class _Spill:
+    """Lines kept in a temporary file until the end (memory stays flat at any size)."""
+
+    def __init__(self):
+        self.file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by lines()
+
+    def add(self, line: bytes) -> None:
+        self.file.write(line)
+
+    def lines(self):
+        with self.file:
+            self.file.seek(0)
+            yield from self.file
+
+    def chunks(self):
+        with self.file:
+            self.file.seek(0)
+            while chunk := self.file.read(1 << 20):
+                yield chunk
+
+
 class _TableStream:
-    """The table: each object kept as its few printed fields (not the whole verdict), laid
-    out at the end, when the columns' widths are known."""
+    """The table: each object's printed fields spilled to a temporary file, laid out at
+    the end, when the columns' widths are known."""
 
     def __init__(self, out: _Output, colour: bool, fail_on):
-        self.out, self.colour, self.objects = out, colour, []
+        self.out, self.colour, self.spill, self.widths = out, colour, _Spill(), [4, 8]
 
     def object(self, obj: dict) -> None:
-        self.objects.append(_table_object(obj))
+        header, rows = _table_object(obj)
+        for r in rows:
+            self.widths = [max(self.widths[0], len(r[2])), max(self.widths[1], len(r[3]))]
+        self.spill.add(orjson.dumps([header, rows]) + b"\n")
 
     def finish(self, report: offline.OfflineReport, fail_on) -> None:
-        self.out.write(_table(self.objects, report, fail_on, self.colour))
+        objects = (orjson.loads(line) for line in self.spill.lines())
+        for line in _table_lines(objects, tuple(self.widths), self.colour):
+            self.out.write(line)
+        self.out.write(_table_tail(report, fail_on))
 
 
-STREAMS = {"json": _JsonStream, "github": _GithubStream, "table": _TableStream}
+class _SarifStream:
+    """--format sarif, each result written as its container is judged; the invocation
+    (whether every input was read) after the results."""
+
+    def __init__(self, out: _Output, colour: bool, fail_on):
+        self.out, self.fail_on, self.count = out, fail_on, 0
+        head = orjson.dumps(
+            _sarif_log("@@RESULTS@@", "@@INVOCATIONS@@"), option=orjson.OPT_INDENT_2
+        )
+        before, self.after = head.split(b'"@@RESULTS@@"')
+        out.write(before + b"[")
+
+    def object(self, obj: dict) -> None:
+        for result in _sarif_results(obj, self.fail_on):
+            body = orjson.dumps(result, option=orjson.OPT_INDENT_2).replace(b"\n", b"\n        ")
+            self.out.write((b",\n" if self.count else b"\n") + b"        " + body)
+            self.count += 1
+
+    def finish(self, report: offline.OfflineReport, fail_on) -> None:
+        invocations = orjson.dumps(_sarif_invocations(report), option=orjson.OPT_INDENT_2)
+        tail = self.after.replace(b'"@@INVOCATIONS@@"', invocations.replace(b"\n", b"\n      "))
+        self.out.write((b"\n      ]" if self.count else b"]") + tail + b"\n")
+
+
+class _JunitStream:
+    """--format junit: each testcase spilled as it is judged; the suite, whose attributes
+    count them, written around them at the end."""
+
+    def __init__(self, out: _Output, colour: bool, fail_on):
+        self.out, self.fail_on, self.spill = out, fail_on, _Spill()
+        self.tests = self.failures = 0
+
+    def object(self, obj: dict) -> None:
+        for case, failed in _junit_cases(obj, self.fail_on):
+            self.spill.add(ET.tostring(case))
+            self.tests += 1
+            self.failures += failed
+
+    def finish(self, report: offline.OfflineReport, fail_on) -> None:
+        errors = [_junit_error(e) for e in report.errors]
+        self.out.write(
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            f'<testsuites name="{TOOL}"><testsuite name="{TOOL}" '
+            f'tests="{self.tests + len(errors)}" failures="{self.failures}" '
+            f'errors="{len(errors)}" skipped="0">'
+        )
+        for chunk in self.spill.chunks():
+            self.out.write(chunk)
+        for case in errors:
+            self.out.write(ET.tostring(case))
+        self.out.write("</testsuite></testsuites>\n")
+
+
+STREAMS = {
+    "json": _JsonStream,
+    "github": _GithubStream,
+    "table": _TableStream,
+    "sarif": _SarifStream,
+    "junit": _JunitStream,
+}
 
 
 # --- the table ----------------------------------------------------------------------------
@@ -391,7 +466,10 @@ def _where(c: dict) -> str:
 
 
 def table(report: offline.OfflineReport, fail_on, colour: bool = False) -> str:
-    return _table([_table_object(o) for o in report.objects], report, fail_on, colour)
+    objects = [_table_object(o) for o in report.objects]
+    rows = [r for _, rs in objects for r in rs]
+    widths = (max([len(r[2]) for r in rows] + [4]), max([len(r[3]) for r in rows] + [8]))
+    return "".join(_table_lines(objects, widths, colour)) + _table_tail(report, fail_on)
 
 
 def _table_object(obj: dict) -> tuple[str, list[tuple]]:
@@ -416,27 +494,25 @@ def _table_object(obj: dict) -> tuple[str, list[tuple]]:
     return header, rows
 
 
-def _table(objects: list, report: offline.OfflineReport, fail_on, colour: bool) -> str:
-    rows = [r for _, rs in objects for r in rs]
-    w_name = max([len(r[2]) for r in rows] + [4])
-    w_who = max([len(r[3]) for r in rows] + [8])
-    lines = []
+def _table_lines(objects, widths: tuple[int, int], colour: bool):
+    """The table's lines (each with its newline) for (header, rows) objects."""
+    w_name, w_who = widths
     for header, rs in objects:
-        lines.append(header)
+        yield header + "\n"
         for state_name, ctype, name, who, image, where, kubelet, fix in rs:
             state = f"{state_name:<10}"
             if colour:
                 state = f"\x1b[{STATE[state_name].ansi}m{state}\x1b[0m"
-            lines.append(
-                f"  {state}  {ctype:<9} {name:<{w_name}}  {who:<{w_who}}  {image}  {where}"
-            )
+            yield f"  {state}  {ctype:<9} {name:<{w_name}}  {who:<{w_who}}  {image}  {where}\n"
             if kubelet:
-                lines.append(f"      kubelet: {kubelet}")
+                yield f"      kubelet: {kubelet}\n"
             if fix is not None:
-                lines.append(f"      fix: {fix}")
+                yield f"      fix: {fix}\n"
+
+
+def _table_tail(report: offline.OfflineReport, fail_on) -> str:
     s = report.summary
-    lines.append("")
-    lines.append(", ".join(f"{s[k]} {k}" for k in s))
+    lines = ["", ", ".join(f"{s[k]} {k}" for k in s)]
     if report.skipped:
         lines.append(
             "skipped (not workloads): "
@@ -531,70 +607,73 @@ def _message(c: dict) -> str:
     return text + c["remediation"]["one_line"]
 
 
+RULES = [_rule(s) for s in NONCOMPLIANT]
+RULE_INDEX = {r["id"]: i for i, r in enumerate(RULES)}
+
+
 def sarif(report: offline.OfflineReport, fail_on) -> dict[str, Any]:
-    rules = [_rule(s) for s in NONCOMPLIANT]
-    index = {r["id"]: i for i, r in enumerate(rules)}
-    results = []
-    for obj in report.objects:
-        for c in obj["containers"]:
-            if c["state"] == COMPLIANT:
-                continue
-            location: dict[str, Any] = {"artifactLocation": {"uri": _uri(c["file"])}}
-            if c.get("line"):
-                location["region"] = {"startLine": c["line"], "startColumn": c["column"]}
-            rule = f"welkin/{c['state']}"
-            results.append(
-                {
-                    "ruleId": rule,
-                    "ruleIndex": index[rule],
-                    "level": "error" if c["state"] in fail_on else "warning",
-                    "message": {"text": _message(c)},
-                    "locations": [
-                        {
-                            "physicalLocation": location,
-                            "logicalLocations": [
-                                {
-                                    "name": c["name"],
-                                    "fullyQualifiedName": f"{obj['kind']}/{obj['namespace']}/"
-                                    f"{obj['name']}/{c['name']}",
-                                    "kind": "object",
-                                }
-                            ],
-                        }
-                    ],
-                    "properties": {
-                        "controls_2022": c["controls_2022"],
-                        "controls_2013": c["controls_2013"],
-                        "steps": c["remediation"]["steps"],
-                    },
-                }
-            )
-    notifications = [
-        {"level": "error", "message": {"text": error}, "descriptor": {"id": "input"}}
-        for error in report.errors
-    ]
+    results = [r for obj in report.objects for r in _sarif_results(obj, fail_on)]
+    return _sarif_log(results, _sarif_invocations(report))
+
+
+def _sarif_log(results: Any, invocations: Any) -> dict[str, Any]:
     return {
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
         "version": "2.1.0",
         "runs": [
             {
-                "tool": {
-                    "driver": {
-                        "name": TOOL,
-                        "version": __version__,
-                        "rules": rules,
-                    }
-                },
-                "invocations": [
-                    {
-                        "executionSuccessful": not report.errors,
-                        "toolExecutionNotifications": notifications,
-                    }
-                ],
+                "tool": {"driver": {"name": TOOL, "version": __version__, "rules": RULES}},
                 "results": results,
+                "invocations": invocations,
             }
         ],
     }
+
+
+def _sarif_invocations(report: offline.OfflineReport) -> list[dict[str, Any]]:
+    notifications = [
+        {"level": "error", "message": {"text": error}, "descriptor": {"id": "input"}}
+        for error in report.errors
+    ]
+    return [{"executionSuccessful": not report.errors, "toolExecutionNotifications": notifications}]
+
+
+def _sarif_results(obj: dict, fail_on) -> list[dict[str, Any]]:
+    results = []
+    for c in obj["containers"]:
+        if c["state"] == COMPLIANT:
+            continue
+        location: dict[str, Any] = {"artifactLocation": {"uri": _uri(c["file"])}}
+        if c.get("line"):
+            location["region"] = {"startLine": c["line"], "startColumn": c["column"]}
+        rule = f"welkin/{c['state']}"
+        results.append(
+            {
+                "ruleId": rule,
+                "ruleIndex": RULE_INDEX[rule],
+                "level": "error" if c["state"] in fail_on else "warning",
+                "message": {"text": _message(c)},
+                "locations": [
+                    {
+                        "physicalLocation": location,
+                        "logicalLocations": [
+                            {
+                                "name": c["name"],
+                                "fullyQualifiedName": f"{obj['kind']}/{obj['namespace']}/"
+                                f"{obj['name']}/{c['name']}",
+                                "kind": "object",
+                            }
+                        ],
+                    }
+                ],
+                "properties": {
+                    "controls_2022": c["controls_2022"],
+                    "controls_2013": c["controls_2013"],
+                    "steps": c["remediation"]["steps"],
+                },
+            }
+        )
+    return results
 
 
 def _uri(path: str) -> str:
@@ -610,33 +689,12 @@ def _uri(path: str) -> str:
 
 
 def junit(report: offline.OfflineReport, fail_on) -> str:
-    cases = []
-    failures = 0
+    cases, failures = [], 0
     for obj in report.objects:
-        for c in obj["containers"]:
-            case = ET.Element(
-                "testcase",
-                classname=inert(f"{c['file']}.{obj['kind']}.{obj['namespace']}.{obj['name']}"),
-                name=f"{c['type']} container {c['name']}",
-                file=c["file"],
-            )
-            if c.get("line"):
-                case.set("line", str(c["line"]))
-            if c["state"] in fail_on:
-                failures += 1
-                failure = ET.SubElement(
-                    case, "failure", message=_message(c), type=STATE[c["state"]].label
-                )
-                failure.text = "\n".join(
-                    [_where(c), *c["remediation"]["steps"], *_control_pairs(c)]
-                )
-            elif c["state"] != COMPLIANT:
-                ET.SubElement(case, "system-out").text = _message(c)
+        for case, failed in _junit_cases(obj, fail_on):
             cases.append(case)
-    for error in report.errors:
-        case = ET.Element("testcase", classname="input", name=error[:200])
-        ET.SubElement(case, "error", message=error, type="broken input")
-        cases.append(case)
+            failures += failed
+    cases += [_junit_error(error) for error in report.errors]
     suite = ET.Element(
         "testsuite",
         name=TOOL,
@@ -649,6 +707,34 @@ def junit(report: offline.OfflineReport, fail_on) -> str:
     root = ET.Element("testsuites", name=TOOL)
     root.append(suite)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _junit_cases(obj: dict, fail_on):
+    """(testcase, whether it is a failure) for each container of an object."""
+    for c in obj["containers"]:
+        case = ET.Element(
+            "testcase",
+            classname=inert(f"{c['file']}.{obj['kind']}.{obj['namespace']}.{obj['name']}"),
+            name=f"{c['type']} container {c['name']}",
+            file=c["file"],
+        )
+        if c.get("line"):
+            case.set("line", str(c["line"]))
+        failed = c["state"] in fail_on
+        if failed:
+            failure = ET.SubElement(
+                case, "failure", message=_message(c), type=STATE[c["state"]].label
+            )
+            failure.text = "\n".join([_where(c), *c["remediation"]["steps"], *_control_pairs(c)])
+        elif c["state"] != COMPLIANT:
+            ET.SubElement(case, "system-out").text = _message(c)
+        yield case, failed
+
+
+def _junit_error(error: str) -> ET.Element:
+    case = ET.Element("testcase", classname="input", name=error[:200])
+    ET.SubElement(case, "error", message=error, type="broken input")
+    return case
 
 
 # --- GitHub workflow commands --------------------------------------------------------------

@@ -308,6 +308,16 @@ def _parse_documents(data: bytes, filename: str) -> list[Any]:
 POSITIONS_MAX_BYTES = 20 << 20  # JSON larger than this is reported without line numbers
 
 
+_FIRST = re.compile(rb"\s*(\S)")
+
+
+def _first(data: bytes) -> bytes:
+    """The first byte that is not white space (b"" for none), without copying the data
+    (bytes.lstrip() would copy a file of hundreds of megabytes to look at one byte)."""
+    m = _FIRST.match(data)
+    return m.group(1) if m else b""
+
+
 def parse_located(data: bytes, filename: str) -> list[Located]:
     """Every document of a file with its YAML node, so findings can name their line and
     column (iter_located, all at once)."""
@@ -321,7 +331,7 @@ def iter_located(data: bytes, filename: str) -> Iterator[Located]:
     lets its nodes go before the next is read (a 10,000-workload file never holds all its
     nodes at once). JSON is parsed by orjson and, up to POSITIONS_MAX_BYTES, composed as
     YAML for its marks. A ManifestError can come after some documents were given."""
-    if data.lstrip()[:1] in (b"{", b"["):
+    if _first(data) in (b"{", b"["):
         docs = _parse_documents(data, filename)
         if len(docs) == 1 and len(data) <= POSITIONS_MAX_BYTES:
             try:
@@ -337,7 +347,7 @@ def iter_located(data: bytes, filename: str) -> Iterator[Located]:
                 return
         yield from (Located(d) for d in docs)
         return
-    if not data.strip():
+    if not _first(data):
         return  # an empty file is zero documents, as kustomize reads it
     try:
         _check_aliases(data, filename)
@@ -346,6 +356,11 @@ def iter_located(data: bytes, filename: str) -> Iterator[Located]:
             while loader.check_node():
                 node = loader.get_node()
                 doc = _build(loader, node, {})
+                # What the constructor built is kept by node until its document is done
+                # (construct_document clears it; _build bypasses that): clear it here, or
+                # a file of 40,000 documents keeps every number and boolean's node.
+                loader.constructed_objects.clear()
+                loader.recursive_objects.clear()
                 if doc is not None:
                     yield Located(doc, node)
         finally:

@@ -4,6 +4,7 @@ with file and line."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -82,9 +83,14 @@ def pip_venv(tmp_path, extra: str) -> Path:
     """welkin-dash installed as a CI job installs it: pip install into an empty venv."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    root = Path(__file__).resolve().parents[2]
+    # A copy of what pip packages, so the build leaves nothing (build/) in the checkout.
+    root, src = Path(__file__).resolve().parents[2], tmp_path / "src"
+    src.mkdir()
+    shutil.copy(root / "pyproject.toml", src)
+    for package in ("compliance", "welkin_dash"):
+        shutil.copytree(root / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "-q", f"{root}{extra}"],
+        [str(venv / "bin" / "pip"), "install", "-q", f"{src}{extra}"],
         check=True,
         timeout=600,
         capture_output=True,

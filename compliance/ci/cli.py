@@ -15,6 +15,7 @@ import argparse
 import fnmatch
 import os
 import re
+import stat
 import sys
 import tempfile
 from collections import Counter
@@ -114,15 +115,19 @@ def run(options: dict[str, Any], stdout: IO[str], stderr: IO[str]) -> int:
     try:
         fail_on = offline.parse_fail_on(options["fail_on"])
         given = {}
-        if os.path.isfile(IMAGES_FILE):  # the repository's answers, written once
-            found = offline.parse_image_users_file(_read(IMAGES_FILE), IMAGES_FILE)
-            given.update(found)
-            # Said every run: a pull request can change this file as it can the manifests.
-            stderr.write(f"note: {len(found)} image users from {IMAGES_FILE}\n")
+        from_file = {}
+        if _repository_file(IMAGES_FILE):  # the repository's answers, written once
+            from_file = offline.parse_image_users_file(_read(IMAGES_FILE), IMAGES_FILE)
+            # Said in full every run: a pull request can change this file like the manifests.
+            for image, user in from_file.items():
+                stderr.write(f"note: {IMAGES_FILE}: {inert(image, 200)} = {inert(user, 60)!r}\n")
         if options.get("image_users"):
             path = options["image_users"]
             given.update(offline.parse_image_users_file(_read(path), path))
         given.update(offline.parse_image_user_args(options.get("image_user") or []))
+        # The command line wins over the repository's file at every level (an exact image
+        # in the file does not beat a repository or a pattern given by the pipeline).
+        given = offline.ImageUsers(given, fallback=offline.ImageUsers(from_file))
     except (ValueError, OSError) as e:
         stderr.write(f"error: {getattr(e, 'strerror', None) or e}\n")
         return 2
@@ -131,14 +136,12 @@ def run(options: dict[str, Any], stdout: IO[str], stderr: IO[str]) -> int:
     except (OSError, ValueError) as e:
         stderr.write(f"error: .welkinignore: {getattr(e, 'strerror', None) or e}\n")
         return 2
-    if ignored:
-        stderr.write(
-            f"note: {len(ignored)} globs from {IGNORE_FILE}: {inert(', '.join(ignored), 500)}\n"
-        )
+    for glob in ignored:  # each said, every run (a pull request can change the file)
+        stderr.write(f"note: {IGNORE_FILE}: skipping {inert(glob, 200)}\n")
     excludes = [*(options.get("exclude") or []), *ignored]
-    names = _expand(options.get("files") or ["-"])
     read_errors: list[str] = []
     skipped: Counter = Counter()
+    names = _expand(options.get("files") or ["-"], skipped)
 
     def inputs():  # read one at a time: a file's bytes go once it is judged
         for name in names:
@@ -169,7 +172,9 @@ def run(options: dict[str, Any], stdout: IO[str], stderr: IO[str]) -> int:
         sink = writer.object
         if options.get("resolve"):
             try:
-                report = _resolved(inputs(), given, stderr, options.get("cache"), sink)
+                report = _resolved(
+                    inputs(), given, stderr, options.get("cache"), sink, options.get("dashboard")
+                )
             except UsageError as e:
                 stderr.write(f"error: {e}\n")
                 return 2
@@ -186,11 +191,12 @@ def run(options: dict[str, Any], stdout: IO[str], stderr: IO[str]) -> int:
     return 1 if report.failing(fail_on) else 0
 
 
-def _resolved(inputs, given, stderr, cache: str | None, sink=None) -> offline.OfflineReport:
+def _resolved(
+    inputs, given, stderr, cache: str | None, sink=None, dashboard: bool = False
+) -> offline.OfflineReport:
     """Registry lookups: with the dashboard's settings and database under manage.py
-    evaluate (Django set up already), else without Django, cached on disk."""
-    django = sys.modules.get("django.conf")
-    if django is not None and django.settings.configured:
+    evaluate (`dashboard`: Django set up already), else without Django, cached on disk."""
+    if dashboard:
         from compliance.collect import images  # local: manage.py evaluate has Django set up
 
         resolver: Any = images.offline_resolver({})
@@ -204,7 +210,11 @@ def _resolved(inputs, given, stderr, cache: str | None, sink=None) -> offline.Of
                 f"--resolve needs the registry client: pip install 'welkin-dash[resolve]' "
                 f"({e.name} is missing)"
             ) from None
-        resolver = resolve.PipResolver(resolve.DiskCache(resolve.cache_dir(cache)))
+        try:
+            disk = resolve.DiskCache(resolve.cache_dir(cache))
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        resolver = resolve.PipResolver(disk)
     try:
         lookups = offline.Lookups(
             resolver.prepare, resolver.users_for, resolver.notes, resolver.accounts_for
@@ -217,9 +227,13 @@ def _resolved(inputs, given, stderr, cache: str | None, sink=None) -> offline.Of
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
 
-def _expand(names: Sequence[str]) -> list[str]:
+SYMLINK = "(symbolic link: not followed)"
+
+
+def _expand(names: Sequence[str], skipped: Counter) -> list[str]:
     """Files as given; a directory stands for its YAML and JSON files, recursively, not
-    following symbolic links (they could lead out of the repository, or to a device)."""
+    following symbolic links (they could lead out of the repository, or to a device):
+    those are counted in `skipped`, never dropped unsaid."""
     out = []
     for name in names:
         if name != "-" and os.path.isdir(name):
@@ -227,7 +241,11 @@ def _expand(names: Sequence[str]) -> list[str]:
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 for f in sorted(files):
                     path = os.path.join(folder, f)
-                    if f.endswith(MANIFEST_SUFFIXES) and not os.path.islink(path):
+                    if not f.endswith(MANIFEST_SUFFIXES):
+                        continue
+                    if os.path.islink(path):
+                        skipped[SYMLINK] += 1
+                    else:
                         out.append(path)
         else:
             out.append(name)
@@ -251,13 +269,24 @@ def chart_template(path: str) -> bool:
     return False
 
 
+def _repository_file(name: str) -> bool:
+    """Whether ./name is there as a regular file; a symbolic link is refused (it could
+    point at the runner's secrets, which the notes would print)."""
+    try:
+        info = os.lstat(name)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{name}: not a regular file (a symbolic link is not followed)")
+    return True
+
+
 def _welkinignore() -> list[str]:
     """The globs of ./.welkinignore (the repository root, where CI runs): one a line,
     blank lines and # comments ignored."""
-    try:
-        text = read_input(IGNORE_FILE, 1 << 20).decode("utf-8")
-    except FileNotFoundError:
+    if not _repository_file(IGNORE_FILE):
         return []
+    text = read_input(IGNORE_FILE, 1 << 20).decode("utf-8")
     return [g.strip() for g in text.splitlines() if g.strip() and not g.lstrip().startswith("#")]
 
 
@@ -635,7 +664,13 @@ def _sarif_invocations(report: offline.OfflineReport) -> list[dict[str, Any]]:
         {"level": "error", "message": {"text": error}, "descriptor": {"id": "input"}}
         for error in report.errors
     ]
-    return [{"executionSuccessful": not report.errors, "toolExecutionNotifications": notifications}]
+    return [
+        {
+            "executionSuccessful": not report.errors,
+            "toolExecutionNotifications": notifications,
+            "properties": {"skipped": dict(sorted(report.skipped.items()))},
+        }
+    ]
 
 
 def _sarif_results(obj: dict, fail_on) -> list[dict[str, Any]]:
@@ -784,7 +819,10 @@ def _github_tail(report: offline.OfflineReport) -> str:
         props.append("title=broken input")
         lines.append(f"::error {','.join(props)}::{_gh_data(error)}")
     s = report.summary
-    lines.append(f"::notice title={TOOL}::" + _gh_data(", ".join(f"{s[k]} {k}" for k in s)))
+    counts = ", ".join(f"{s[k]} {k}" for k in s)
+    if report.skipped:  # excluded, templates, links: said, so nothing is skipped unseen
+        counts += "; skipped: " + ", ".join(f"{n} {k}" for k, n in sorted(report.skipped.items()))
+    lines.append(f"::notice title={TOOL}::" + _gh_data(counts))
     return "\n".join(lines) + "\n"
 
 

@@ -12,6 +12,7 @@ the results of the others.
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -91,7 +92,12 @@ class ImageUsers:
     says which entry decided.
     """
 
-    def __init__(self, entries: Mapping[str, str] | None = None):
+    def __init__(
+        self, entries: Mapping[str, str] | None = None, fallback: ImageUsers | None = None
+    ):
+        """`fallback`: asked only when no entry here matches (a repository's file under
+        the pipeline's own entries)."""
+        self.fallback = fallback
         self.exact: dict[str, tuple[str, str]] = {}  # normalised image -> (entry, user)
         self.repositories: dict[str, tuple[str, str]] = {}  # normalised repository -> ...
         self.patterns: list[tuple[str, str]] = []
@@ -124,7 +130,7 @@ class ImageUsers:
                 ref is not None and fnmatch.fnmatchcase(str(ref), pattern)
             ):
                 return pattern, user
-        return None
+        return self.fallback.match(image) if self.fallback is not None else None
 
     def resolved(self, pods: Iterable[dict]) -> tuple[dict[str, str], dict[str, str]]:
         """({image: user}, {image: the entry that decided}) for these pods' images."""
@@ -231,8 +237,11 @@ def _evaluate_file(
     if b"{{" in data:  # perhaps a chart template: read it whole, to skip it whole
         try:
             docs: Iterable[Located] = parse_located(data, filename)
-        except ManifestError:
-            report.skipped[HELM_TEMPLATE] += 1  # Go template syntax, not a manifest
+        except ManifestError as e:
+            if _near_template(data, str(e)):
+                report.skipped[HELM_TEMPLATE] += 1  # Go template syntax, not a manifest
+            else:  # broken for another reason (a duplicate key, a tag): an error still
+                report.errors.append(str(e))
             return
     else:
         docs = iter_located(data, filename)
@@ -250,6 +259,19 @@ def _evaluate_file(
     if previous is not None:
         where = f"{filename}: document {n}" if n > 1 else filename
         _evaluate_doc(report, where, filename, previous, given, lookups)
+
+
+_AT_LINE = re.compile(r"invalid (?:YAML|JSON) at line (\d+)")
+
+
+def _near_template(data: bytes, error: str) -> bool:
+    """Whether a parse error is at template syntax: `{{` on its line or the two before."""
+    m = _AT_LINE.search(error)
+    if m is None:
+        return False
+    line = int(m.group(1))
+    lines = data.split(b"\n", line)[max(0, line - 3) : line]
+    return any(b"{{" in x for x in lines)
 
 
 def _evaluate_doc(

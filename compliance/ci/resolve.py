@@ -4,10 +4,12 @@ their registries, without Django or a database.
 The same verified, per-platform answers as the scanner (collect/registry.py hashes every
 manifest and blob against its digest; collect/layers.py reads /etc/passwd for the fix),
 kept in a cache on disk so a CI job asks each digest once across runs: `--cache DIR`, else
-$XDG_CACHE_HOME/welkin-dash (~/.cache/welkin-dash). An answer about a digest is kept for
-good, one about a tag for TAG_TTL; a failure is never kept. What a layer says about
-/etc/passwd is kept by its digest. Anonymous registries only (public ones need nothing);
-the dashboard's stored credentials are `manage.py evaluate --resolve`'s.
+$XDG_CACHE_HOME/welkin-dash (~/.cache/welkin-dash). The cache is trusted like the runner:
+keep it outside the checked-out tree, which a pull request controls. An answer about a
+digest is kept for good, one about a tag for TAG_TTL; a failure is never kept. What a
+layer says about /etc/passwd is kept by its digest. Anonymous registries only (public
+ones need nothing); the dashboard's stored credentials are `manage.py evaluate
+--resolve`'s.
 
 Imported only for --resolve: the registry client needs urllib3 and zstandard (the
 `resolve` extra), which a plain welkin-evaluate run does not load.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +28,7 @@ from pathlib import Path
 from compliance.collect import layers, registry
 from compliance.rules.runas import ImageUser
 
+MAX_ENTRY = 4 << 20  # bytes of one cache entry (a layer's passwd and group fit)
 TAG_TTL = 3600  # seconds an answer about a tag is kept (the tag may move)
 SOURCE = "registry"
 
@@ -44,15 +48,34 @@ class DiskCache:
     def __init__(self, root: Path):
         self.root = root
         for sub in ("images", "layers"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
+            try:
+                (root / sub).mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ValueError(f"--cache {root}: cannot use it: {e.strerror or e}") from None
 
     def _path(self, kind: str, key: str) -> Path:
         return self.root / kind / (hashlib.sha256(key.encode()).hexdigest() + ".json")
 
     def read(self, kind: str, key: str) -> dict | None:
+        """An entry: a regular file (a symbolic link is not followed), at most MAX_ENTRY
+        bytes; anything else is a miss."""
         try:
-            doc = json.loads(self._path(kind, key).read_bytes()[: 4 << 20])
-        except (OSError, ValueError):
+            fd = os.open(self._path(kind, key), os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            data = os.read(fd, MAX_ENTRY + 1)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        if len(data) > MAX_ENTRY:
+            return None
+        try:
+            doc = json.loads(data)
+        except ValueError:
             return None
         if not isinstance(doc, dict) or doc.get("key") != key:
             return None

@@ -55,19 +55,44 @@ def _unique_keys_everywhere(root: Any) -> None:
             stack.extend(node.value)
 
 
+_KEY_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "merge")}
+_MERGE = "tag:yaml.org,2002:merge"
+
+
 def _unique_keys(node: Any) -> None:
     """A mapping whose key is given twice is refused: PyYAML keeps the last value, other
-    parsers may keep the first or refuse it (kubectl does), so the gate could judge a
-    securityContext the cluster never gets. A merge (`<<`) may override; that is YAML."""
-    seen: set[tuple[str, str]] = set()
-    for k, _ in node.value:
-        if type(k) is not yaml.ScalarNode or k.tag == "tag:yaml.org,2002:merge":
+    parsers may keep the first or refuse it, so the gate could judge a securityContext the
+    cluster never gets. So is a key that a merge (`<<`) also sets (go-yaml lets the merge
+    win over the keys before it, PyYAML lets the explicit key win), and a key of another
+    tag (`!!binary cnVuQXNVc2Vy` is `runAsUser` to kubectl, bytes to PyYAML)."""
+    seen: set[str] = set()
+    merged: set[str] = set()
+    for k, v in node.value:
+        if type(k) is not yaml.ScalarNode:
             continue
-        if (k.tag, k.value) in seen:
+        if k.tag not in _KEY_TAGS:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a key tagged {inert(k.tag, 60)!r}: keys are strings", k.start_mark
+            )
+        if k.tag == _MERGE:
+            for m in v.value if type(v) is yaml.SequenceNode else [v]:
+                if type(m) is yaml.MappingNode:
+                    merged.update(x.value for x, _ in m.value if type(x) is yaml.ScalarNode)
+            continue
+        if k.value in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"the key {inert(k.value, 60)!r} is given twice", k.start_mark
             )
-        seen.add((k.tag, k.value))
+        seen.add(k.value)
+    both = sorted(seen & merged)
+    if both:
+        raise yaml.constructor.ConstructorError(
+            None,
+            None,
+            f"the key {inert(both[0], 60)!r} is both given and merged (<<): parsers disagree "
+            "on which wins",
+            node.start_mark,
+        )
 
 
 def _bounded(construct):
@@ -106,8 +131,8 @@ for _tag, _pattern, _first in (
     ("bool", "|".join(_YAML_BOOLS), "yYnNtTfFoO"),
     (
         "int",
-        r"[-+]?0b[0-1_]+|[-+]?0o[0-7_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)"
-        r"|[-+]?0x[0-9a-fA-F_]+",
+        r"[-+]?0b_*[0-1][0-1_]*|[-+]?0o_*[0-7][0-7_]*|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)"
+        r"|[-+]?0x_*[0-9a-fA-F][0-9a-fA-F_]*",
         "-+0123456789",
     ),
     (  # go-yaml's: digits with an optional fraction and exponent (after int, as there)
@@ -127,9 +152,12 @@ for _tag, _pattern, _first in (
 def _int(loader, node):
     value = node.value.replace("_", "")
     sign, digits = (-1, value[1:]) if value[:1] == "-" else (1, value.lstrip("+"))
-    if digits.startswith("0o"):
-        return sign * int(digits[2:], 8)
-    return _BaseLoader.construct_yaml_int(loader, node)
+    try:
+        if digits.startswith("0o"):
+            return sign * int(digits[2:], 8)
+        return _BaseLoader.construct_yaml_int(loader, node)
+    except ValueError:  # an explicit !!int that is not one: kubectl reads it as text
+        return node.value
 
 
 def _bool(loader, node):

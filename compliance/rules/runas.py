@@ -369,8 +369,14 @@ def _needs_root(sc: Any) -> str | None:
     if isinstance(added, list):
         names = sorted({c for c in added if isinstance(c, str)} - {"NET_BIND_SERVICE"})
         if names:
-            return "adds capabilities " + ", ".join(n[:40] for n in names[:8])
+            # Names from the manifest, printed everywhere: escaped like every hostile string.
+            return "adds capabilities " + ", ".join(_printable(n[:40]) for n in names[:8])
     return None
+
+
+def _printable(value: str) -> str:
+    """A value as it is when printable, else its repr (control characters escaped)."""
+    return value if value.isprintable() else repr(value)
 
 
 def _statuses(status: Any) -> dict[tuple[str, str], dict]:

@@ -146,3 +146,26 @@ def test_resolve_without_the_extra_says_what_to_install(tmp_path):
     )
     assert p.returncode == 2, p.stderr  # not 1: the gate did not fail, it could not run
     assert "pip install 'welkin-dash[resolve]' (" in p.stderr and "is missing)" in p.stderr
+
+
+def test_the_disk_cache_believes_only_its_own_regular_files(tmp_path):
+    from compliance.ci import cli
+    from compliance.ci.resolve import MAX_ENTRY, DiskCache
+
+    cache = DiskCache(tmp_path / "c")
+    cache.write("images", "k", {"user": "1000"})
+    assert cache.read("images", "k")["user"] == "1000"
+    path = cache._path("images", "k")
+    path.unlink()
+    (tmp_path / "planted.json").write_text(json.dumps({"key": "k", "user": "0"}))
+    path.symlink_to(tmp_path / "planted.json")  # a link is not followed
+    assert cache.read("images", "k") is None
+    path.unlink()
+    path.write_bytes(b'{"key": "k", "user": "0", "pad": "' + b"x" * MAX_ENTRY + b'"}')
+    assert cache.read("images", "k") is None  # larger than an entry can be
+    (tmp_path / "afile").write_text("")
+    pod = tmp_path / "p.yaml"
+    pod.write_text(
+        "kind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - {name: a, image: x}\n"
+    )
+    assert cli.main(["--resolve", "--cache", str(tmp_path / "afile"), str(pod)]) == 2

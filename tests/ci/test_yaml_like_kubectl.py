@@ -136,7 +136,7 @@ def test_helm_chart_templates_are_skipped_and_counted_and_globs_exclude(
     code = cli.main([".", "--format", "json"])
     captured = capsys.readouterr()
     assert (code, json.loads(captured.out)["errors"]) == (0, [])
-    assert "note: 1 globs from .welkinignore: generated/*" in captured.err  # said every run
+    assert "note: .welkinignore: skipping generated/*" in captured.err  # said every run
     code = cli.main([str(tmp_path / "generated" / "bad.yaml"), "--format", "json"])
     assert code == 0  # a file named on the command line is excluded the same way
     (tmp_path / ".welkinignore").unlink()
@@ -179,7 +179,7 @@ def test_a_repository_image_users_file_is_read_when_present(tmp_path, capsys, mo
     (tmp_path / ".welkin-images.yaml").write_text("# our images\ndocker.io/library/nginx: ''\n")
     assert cli.main(["app.yaml", "--format", "json"]) == 1  # nginx has no USER: blocked
     captured = capsys.readouterr()
-    assert "note: 1 image users from .welkin-images.yaml" in captured.err
+    assert "note: .welkin-images.yaml: docker.io/library/nginx = ''" in captured.err
     c = json.loads(captured.out)["objects"][0]["containers"][0]
     assert (c["state"], c["image_user_note"]) == ("blocked", "supplied (docker.io/library/nginx)")
     assert cli.main(["app.yaml", "--format", "json", "--image-user", "nginx=101"]) == 0
@@ -239,3 +239,70 @@ def test_documents_before_a_broken_one_are_still_reported(tmp_path, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert code == 2 and len(doc["errors"]) == 1 and "invalid YAML at line" in doc["errors"][0]
     assert doc["summary"]["compliant"] == 2  # read and judged one at a time, as they came
+
+
+SC_POD = (
+    "kind: Pod\nmetadata: {{name: p}}\nspec:\n  containers:\n  - name: a\n    image: i\n"
+    "    securityContext:\n{sc}"
+)
+
+
+@pytest.mark.parametrize(
+    "sc, message",
+    [
+        # go-yaml lets the merge win over the keys before it; PyYAML the explicit key
+        (
+            "      runAsNonRoot: true\n      runAsUser: 1000\n      <<: {runAsUser: 0}\n",
+            "'runAsUser' is both given and merged",
+        ),
+        # kubectl reads this key as runAsUser
+        (
+            "      runAsUser: 1000\n      !!binary cnVuQXNVc2Vy: 0\n",
+            "a key tagged 'tag:yaml.org,2002:binary'",
+        ),
+    ],
+)
+def test_documents_parsers_disagree_on_are_refused_by_name(tmp_path, capsys, sc, message):
+    (tmp_path / "p.yaml").write_text(SC_POD.format(sc=sc))
+    assert cli.main([str(tmp_path / "p.yaml")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_what_a_pull_request_could_hide_is_said(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = SC_POD.format(sc="      runAsUser: 0\n")
+    # template syntax somewhere does not make another parse error a "Helm template"
+    (tmp_path / "t.yaml").write_text(
+        "# {{ not a template }}\n" + root.replace("image: i", "image: !x i")
+    )
+    assert cli.main(["t.yaml"]) == 2
+    assert "could not determine a constructor" in capsys.readouterr().err
+    # a symbolic link in a folder is counted, not dropped
+    (tmp_path / "k8s").mkdir()
+    (tmp_path / "root.txt").write_text(root)
+    (tmp_path / "k8s" / "deploy.yaml").symlink_to(tmp_path / "root.txt")
+    assert cli.main(["k8s", "--format", "github"]) == 0
+    assert "skipped: 1 (symbolic link: not followed)" in capsys.readouterr().out
+    # a symlinked .welkinignore is refused (it could print the runner's secrets)
+    (tmp_path / ".welkinignore").symlink_to("/proc/self/environ")
+    assert cli.main(["k8s"]) == 2
+    assert "not a regular file" in capsys.readouterr().err
+    (tmp_path / ".welkinignore").unlink()
+    # the pipeline's --image-user wins over an exact entry in the repository's file
+    nginx = SC_POD.format(sc="      runAsNonRoot: true\n").replace("image: i", "image: nginx:1.27")
+    (tmp_path / "n.yaml").write_text(nginx)
+    (tmp_path / ".welkin-images.yaml").write_text("'nginx:1.27': '1000'\n")
+    assert cli.main(["n.yaml", "--image-user", "nginx=0", "--format", "json"]) == 1
+    c = json.loads(capsys.readouterr().out)["objects"][0]["containers"][0]
+    assert (c["state"], c["image_user_note"]) == ("blocked", "supplied (nginx)")
+
+
+def test_hostile_capability_names_and_half_numbers_stay_inert(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text(
+        SC_POD.format(sc='      capabilities: {add: ["\\e[31mX"]}\n      runAsUser: 0\n')
+    )
+    (tmp_path / "m.yaml").write_text("kind: ConfigMap\ndata: {a: 0o_, b: 0x_}\n")
+    for fmt in ("table", "junit"):
+        assert cli.main([str(tmp_path), "--format", fmt]) == 1
+        out = capsys.readouterr().out
+        assert "\x1b" not in out and "'\\x1b[31mX'" in out

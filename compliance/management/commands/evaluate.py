@@ -19,6 +19,7 @@ class Command(BaseCommand):
         cli.build_parser(parser)
 
     def handle(self, *args, **options):
-        code = cli.run(options, self.stdout, self.stderr)
+        # --resolve with the dashboard's registry credentials, overrides and cache
+        code = cli.run({**options, "dashboard": True}, self.stdout, self.stderr)
         if code:
             sys.exit(code)

@@ -106,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(vars(args), sys.stdout, sys.stderr)
+    except BrokenPipeError:  # `| head` stopped reading: not a result, not a bug
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 2
     except Exception as e:  # a bug or a missing package: say so, and not as a failed gate
         sys.stderr.write(f"internal error: {type(e).__name__}: {inert(str(e), 2000)}\n")
         return INTERNAL_ERROR

@@ -497,13 +497,6 @@ def _where(c: dict) -> str:
     return f"{c['file']}:{c['line']}:{c['column']}" if c.get("line") else c.get("file", "")
 
 
-def table(report: offline.OfflineReport, fail_on, colour: bool = False) -> str:
-    objects = [_table_object(o) for o in report.objects]
-    rows = [r for _, rs in objects for r in rs]
-    widths = (max([len(r[2]) for r in rows] + [4]), max([len(r[3]) for r in rows] + [8]))
-    return "".join(_table_lines(objects, widths, colour)) + _table_tail(report, fail_on)
-
-
 def _table_object(obj: dict) -> tuple[str, list[tuple]]:
     """What the table prints of an object: its header and, per container, (state, type,
     name, identity, image, where, kubelet message, fix)."""
@@ -643,11 +636,6 @@ RULES = [_rule(s) for s in NONCOMPLIANT]
 RULE_INDEX = {r["id"]: i for i, r in enumerate(RULES)}
 
 
-def sarif(report: offline.OfflineReport, fail_on) -> dict[str, Any]:
-    results = [r for obj in report.objects for r in _sarif_results(obj, fail_on)]
-    return _sarif_log(results, _sarif_invocations(report))
-
-
 def _sarif_log(results: Any, invocations: Any) -> dict[str, Any]:
     return {
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
@@ -726,27 +714,6 @@ def _uri(path: str) -> str:
 # --- JUnit XML ----------------------------------------------------------------------------
 
 
-def junit(report: offline.OfflineReport, fail_on) -> str:
-    cases, failures = [], 0
-    for obj in report.objects:
-        for case, failed in _junit_cases(obj, fail_on):
-            cases.append(case)
-            failures += failed
-    cases += [_junit_error(error) for error in report.errors]
-    suite = ET.Element(
-        "testsuite",
-        name=TOOL,
-        tests=str(len(cases)),
-        failures=str(failures),
-        errors=str(len(report.errors)),
-        skipped="0",
-    )
-    suite.extend(cases)
-    root = ET.Element("testsuites", name=TOOL)
-    root.append(suite)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
-
-
 def _junit_cases(obj: dict, fail_on):
     """(testcase, whether it is a failure) for each container of an object."""
     for c in obj["containers"]:
@@ -787,11 +754,6 @@ def _gh_property(text: str) -> str:
 
 
 _AT_LINE = re.compile(r" at line (?P<line>\d+), column (?P<column>\d+)")
-
-
-def github(report: offline.OfflineReport, fail_on) -> str:
-    lines = [line for obj in report.objects for line in _github_object(obj, fail_on)]
-    return "".join(line + "\n" for line in lines) + _github_tail(report)
 
 
 def _github_object(obj: dict, fail_on) -> list[str]:
